@@ -1,0 +1,1 @@
+"""Ingestion: uploaded file -> detect -> parse (unstructured) -> chunk (llama-index) -> embed -> kb."""

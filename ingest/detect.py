@@ -1,0 +1,95 @@
+"""File type detection from the content, checked against the extension, and text decoding."""
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import PurePath
+
+from ingest.errors import EmptyFile, ExtensionMismatch, FileTooLarge, UnsupportedFileType
+
+EXTENSIONS = {
+    ".pdf": "pdf", ".docx": "docx", ".pptx": "pptx", ".xlsx": "xlsx",
+    ".html": "html", ".htm": "html", ".md": "md", ".markdown": "md",
+    ".txt": "txt", ".text": "txt", ".csv": "csv", ".tsv": "tsv", ".eml": "eml",
+}
+TEXT_TYPES = {"html", "md", "txt", "csv", "tsv", "eml"}
+CONTENT_NAMES = {
+    "pdf": "a PDF document", "docx": "a Word document", "pptx": "a PowerPoint presentation",
+    "xlsx": "an Excel workbook", "text": "plain text", "zip": "a ZIP archive", "ole": "a legacy Office (97-2003) file",
+    "image": "an image", "binary": "binary data",
+}
+_BOMS = [
+    (b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"),
+    (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"),
+]
+
+
+def sniff(data: bytes) -> str:
+    """Name what the bytes are, regardless of the filename."""
+    head = data[:1024]
+    if b"%PDF-" in head:
+        return "pdf"
+    if data.startswith(b"PK\x03\x04"):
+        try:
+            names = set(zipfile.ZipFile(io.BytesIO(data)).namelist())
+        except zipfile.BadZipFile:
+            return "binary"
+        for marker, kind in (("word/document.xml", "docx"), ("xl/workbook.xml", "xlsx"), ("ppt/presentation.xml", "pptx")):
+            if marker in names:
+                return kind
+        return "zip"
+    if data.startswith(b"\xd0\xcf\x11\xe0"):
+        return "ole"
+    if data.startswith((b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"II*\x00", b"MM\x00*")):
+        return "image"
+    try:
+        decode_text(data)
+        return "text"
+    except UnicodeDecodeError:
+        return "binary"
+
+
+def decode_text(data: bytes) -> str:
+    """Decode text files: BOMs (UTF-8/16/32), BOM-less UTF-16, UTF-8, then cp1252."""
+    for bom, codec in _BOMS:
+        if data.startswith(bom):
+            return data.decode(codec)
+    sample = data[:4096]
+    if len(sample) >= 4 and sample.count(b"\x00") > len(sample) // 4:
+        # BOM-less UTF-16: every other byte of ASCII-range text is NUL
+        return data.decode("utf-16-le" if sample[1::2].count(0) > sample[0::2].count(0) else "utf-16-be")
+    if b"\x00" in sample:
+        raise UnicodeDecodeError("ascii", sample, 0, 1, "NUL bytes in text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = data.decode("cp1252", errors="strict") if _cp1252_ok(data) else None
+        if text is None:
+            raise
+        return text
+
+
+def _cp1252_ok(data: bytes) -> bool:
+    # the five bytes cp1252 leaves undefined never appear in real cp1252 text
+    return not any(b in data for b in (b"\x81", b"\x8d", b"\x8f", b"\x90", b"\x9d"))
+
+
+def detect_file_type(filename: str, data: bytes, max_bytes: int) -> str:
+    """Return the file type for ``filename``/``data`` or raise an ``InvalidUpload`` that says why."""
+    if not data:
+        raise EmptyFile(f"'{filename}' is empty (0 bytes)")
+    if len(data) > max_bytes:
+        raise FileTooLarge(f"'{filename}' is {len(data) / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.1f} MB")
+    ext = PurePath(filename).suffix.lower()
+    expected = EXTENSIONS.get(ext)
+    if expected is None:
+        supported = ", ".join(sorted(EXTENSIONS))
+        raise UnsupportedFileType(f"'{filename}': unsupported file type {ext or '(no extension)'}; supported: {supported}")
+    actual = sniff(data)
+    if actual == expected or (actual == "text" and expected in TEXT_TYPES):
+        if expected in TEXT_TYPES and not decode_text(data).strip():
+            raise EmptyFile(f"'{filename}' contains only whitespace")
+        return expected
+    if expected == "pdf" and actual in ("text", "binary"):
+        raise ExtensionMismatch(f"'{filename}' is not a valid PDF (no %PDF header); the file is corrupt or not a PDF")
+    raise ExtensionMismatch(f"'{filename}' has extension {ext} but its content is {CONTENT_NAMES.get(actual, actual)}")

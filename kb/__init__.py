@@ -1,0 +1,1 @@
+"""Knowledge bases: assistants, document registry, embedders, vector store and search."""

