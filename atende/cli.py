@@ -1,0 +1,166 @@
+"""The ``atende`` command line: serve, worker, assistants, kb ingest/search, bench."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _services(args):
+    from atende.services import build_services
+    from atende.settings import Settings
+
+    return build_services(Settings())
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from api.app import create_app
+
+    app = create_app(services=_services(args), demo=args.demo)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from atende.jobs import make_huey
+
+    services = _services(args)
+    huey = make_huey(services)
+    huey.create_consumer(workers=args.workers, worker_type="thread").run()
+    return 0
+
+
+def cmd_assistant_create(args) -> int:
+    from kb import registry
+
+    services = _services(args)
+    s = services.settings
+    with services.session() as session:
+        a = registry.create_assistant(
+            session, name=args.name, description=args.description,
+            embedding_model=args.embedding_model or s.embedding_model,
+            chunk_size=args.chunk_size or s.chunk_size,
+            chunk_overlap=s.chunk_overlap if args.chunk_overlap is None else args.chunk_overlap,
+        )
+        session.commit()
+        print(f"{a.id}\t{a.name}\t{a.knowledge_base.embedding_model}")
+    return 0
+
+
+def cmd_assistant_list(args) -> int:
+    from kb import registry
+
+    services = _services(args)
+    with services.session() as session:
+        for a in registry.list_assistants(session):
+            print(f"{a.id}\t{a.name}\t{a.knowledge_base.embedding_model}")
+    return 0
+
+
+def cmd_kb_ingest(args) -> int:
+    from atende.ingest_files import ingest_paths
+
+    results = ingest_paths(_services(args), args.assistant, [Path(p) for p in args.paths], progress=True)
+    width = max((len(r.name) for r in results), default=10)
+    for r in results:
+        print(f"{r.symbol} {r.name:<{width}}  {r.summary}")
+    failed = sum(r.failed for r in results)
+    print(f"{len(results)} files: {sum(r.status == 'ready' for r in results)} ingested, "
+          f"{sum(r.status == 'unchanged' for r in results)} unchanged, {failed} failed")
+    return 1 if failed else 0
+
+
+def cmd_kb_search(args) -> int:
+    from kb import registry
+    from kb.search import search
+
+    services = _services(args)
+    with services.session() as session:
+        kb = registry.get_assistant(session, args.assistant).knowledge_base
+        hits = search(services, session, kb, args.query, args.top_k)
+    if args.json:
+        print(json.dumps([h.to_dict() for h in hits], ensure_ascii=False, indent=2))
+        return 0
+    for h in hits:
+        where = " · ".join(x for x in (h.filename, f"p. {h.page}" if h.page else "", h.section) if x)
+        print(f"{h.rank}. [{h.score:.3f}] {where}\n   {' '.join(h.text.split())[:300]}\n")
+    if not hits:
+        print("no results")
+    return 0
+
+
+def cmd_bench_ingest(args) -> int:
+    from benchmarks.ingest import run_benchmark
+
+    run_benchmark([Path(p) for p in args.paths], model=args.model, batch_sizes=args.batch_sizes)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="atende", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the API and background jobs")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--demo", action="store_true", help="create the demo assistant and ingest its sample documents")
+    s.set_defaults(func=cmd_serve)
+
+    w = sub.add_parser("worker", help="run background-job workers (for a Redis queue)")
+    w.add_argument("--workers", type=int, default=1)
+    w.set_defaults(func=cmd_worker)
+
+    a = sub.add_parser("assistants", help="manage assistants").add_subparsers(dest="sub", required=True)
+    c = a.add_parser("create")
+    c.add_argument("name")
+    c.add_argument("--description", default="")
+    c.add_argument("--embedding-model")
+    c.add_argument("--chunk-size", type=int)
+    c.add_argument("--chunk-overlap", type=int)
+    c.set_defaults(func=cmd_assistant_create)
+    a.add_parser("list").set_defaults(func=cmd_assistant_list)
+
+    k = sub.add_parser("kb", help="knowledge base").add_subparsers(dest="sub", required=True)
+    i = k.add_parser("ingest", help="ingest files or folders into an assistant's knowledge base")
+    i.add_argument("assistant", help="assistant id or name")
+    i.add_argument("paths", nargs="+")
+    i.set_defaults(func=cmd_kb_ingest)
+    q = k.add_parser("search", help="search an assistant's knowledge base")
+    q.add_argument("assistant")
+    q.add_argument("query")
+    q.add_argument("--top-k", type=int, default=5)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_kb_search)
+
+    b = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="sub", required=True)
+    bi = b.add_parser("ingest", help="time the ingest pipeline per stage against raw encode throughput")
+    bi.add_argument("paths", nargs="+")
+    bi.add_argument("--model", default="all-minilm-l6-v2")
+    bi.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16, 32, 64])
+    bi.set_defaults(func=cmd_bench_ingest)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ingest.errors import IngestError
+    from kb.errors import KBError
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (KBError, IngestError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""The demo assistant and its sample knowledge base, shipped in the repository's demo/ folder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from atende.services import Services
+from kb import registry
+from kb.errors import NotFound
+
+DEMO_NAME = "demo"
+DEMO_DIR = Path(__file__).resolve().parent.parent / "demo" / "knowledge"
+
+
+def ensure_demo(services: Services, folder: Path = DEMO_DIR) -> list[str]:
+    """Create the demo assistant if missing and queue its sample documents; returns queued job ids.
+
+    Uploads are incremental, so running this at every start re-embeds nothing unless a file changed.
+    """
+    s = services.settings
+    jobs = []
+    with services.session() as session:
+        try:
+            assistant = registry.get_assistant(session, DEMO_NAME)
+        except NotFound:
+            assistant = registry.create_assistant(
+                session, name=DEMO_NAME, description="Sample assistant answering from demo/knowledge",
+                embedding_model=s.embedding_model, chunk_size=s.chunk_size, chunk_overlap=s.chunk_overlap,
+            )
+        for path in sorted(p for p in folder.iterdir() if p.is_file()):
+            upload = registry.register_upload(
+                session, services.blobs, assistant.knowledge_base, path.name, path.read_bytes(), s.max_upload_bytes
+            )
+            if upload.job is not None:
+                jobs.append(upload.job.id)
+        session.commit()
+    return jobs

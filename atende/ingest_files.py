@@ -1,0 +1,82 @@
+"""Ingest files and folders from disk into an assistant's knowledge base (the CLI's ``kb ingest``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from atende.services import Services
+from ingest.errors import InvalidUpload
+from ingest.pipeline import run_job
+from kb import registry
+
+
+@dataclass
+class FileResult:
+    name: str
+    status: str  # ready | unchanged | failed
+    chunks: int = 0
+    version: int | None = None
+    seconds: float = 0.0
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "failed"
+
+    @property
+    def symbol(self) -> str:
+        return {"ready": "✓", "unchanged": "=", "failed": "✗"}[self.status]
+
+    @property
+    def summary(self) -> str:
+        if self.status == "ready":
+            return f"{self.chunks} chunks (version {self.version}, {self.seconds:.1f}s)"
+        if self.status == "unchanged":
+            return f"unchanged (version {self.version}, nothing embedded)"
+        return f"failed: {self.error}"
+
+
+def expand_paths(paths: list[Path]) -> list[Path]:
+    """Files given, plus the files under folders given (hidden files and folders skipped)."""
+    out = []
+    for p in paths:
+        if p.is_dir():
+            out.extend(f for f in sorted(p.rglob("*")) if f.is_file() and not any(x.startswith(".") for x in f.relative_to(p).parts))
+        else:
+            out.append(p)
+    return out
+
+
+def ingest_paths(services: Services, assistant_ref: str, paths: list[Path], progress: bool = False) -> list[FileResult]:
+    """Upload and ingest each file in this process, one after another; never stops at a bad file."""
+    from tqdm import tqdm
+
+    files = expand_paths(paths)
+    results = []
+    bar = tqdm(files, unit="file", disable=not progress, leave=False)
+    for path in bar:
+        bar.set_postfix_str(path.name[:40])
+        results.append(_ingest_one(services, assistant_ref, path))
+    bar.close()
+    return results
+
+
+def _ingest_one(services: Services, assistant_ref: str, path: Path) -> FileResult:
+    with services.session() as session:
+        kb = registry.get_assistant(session, assistant_ref).knowledge_base
+        try:
+            data = path.read_bytes()
+            upload = registry.register_upload(session, services.blobs, kb, path.name, data, services.settings.max_upload_bytes)
+        except (InvalidUpload, OSError) as exc:
+            return FileResult(path.name, "failed", error=str(exc))
+        session.commit()
+        if upload.job is None:
+            return FileResult(path.name, "unchanged", version=upload.document.current_version)
+        job_id, doc_id = upload.job.id, upload.document.id
+    job = run_job(services, job_id)
+    with services.session() as session:
+        doc = registry.get_document(session, doc_id)
+        if job.status != "ready":
+            return FileResult(path.name, "failed", error=job.error)
+        return FileResult(path.name, "ready", chunks=job.chunks_total, version=doc.current_version,
+                          seconds=job.timings.get("total_s", 0.0))

@@ -1,0 +1,61 @@
+"""Background jobs on huey: SQLite storage in the data dir by default, Redis when REDIS_URL is set.
+
+``atende serve`` runs an embedded consumer (worker threads in the API process); with Redis,
+``atende worker`` runs consumers as separate processes.
+"""
+from __future__ import annotations
+
+import logging
+
+from huey import RedisHuey, SqliteHuey
+from huey.api import Huey
+from huey.consumer import Consumer
+from sqlalchemy import select
+
+from atende.services import Services
+from ingest.pipeline import run_job
+from kb.models import IngestJob
+
+log = logging.getLogger(__name__)
+
+
+def make_huey(services: Services) -> Huey:
+    """The queue for this deployment, with the ingest task registered on it."""
+    settings = services.settings
+    if settings.redis_url:
+        huey = RedisHuey("atende", url=settings.redis_url)
+    else:
+        huey = SqliteHuey("atende", filename=str(settings.home / "queue.db"))
+
+    @huey.task(name="ingest.run_job")
+    def run_ingest_job(job_id: str) -> None:
+        run_job(services, job_id)
+
+    services.enqueue = run_ingest_job
+    return huey
+
+
+class EmbeddedConsumer(Consumer):
+    """A huey consumer that runs inside another server: it leaves the signal handlers alone."""
+
+    def _set_signal_handlers(self) -> None:
+        pass
+
+
+def start_embedded_consumer(huey: Huey, workers: int) -> EmbeddedConsumer:
+    consumer = EmbeddedConsumer(huey, workers=workers, worker_type="thread", periodic=False)
+    consumer.start()
+    return consumer
+
+
+def requeue_interrupted(services: Services) -> int:
+    """Re-enqueue jobs left queued or processing by a stopped process (chunk ids are deterministic,
+    so re-running a half-written version simply overwrites it)."""
+    with services.session() as session:
+        jobs = list(session.scalars(select(IngestJob).where(IngestJob.status.in_(("queued", "processing")))))
+        for job in jobs:
+            job.status = "queued"
+        session.commit()
+    for job in jobs:
+        services.enqueue(job.id)
+    return len(jobs)

@@ -1,0 +1,50 @@
+"""The process's shared components, built once from settings at the edge (CLI or app factory)."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from atende.db import make_engine, make_sessionmaker, migrate
+from atende.settings import Settings
+from kb.blobs import BlobStore
+from kb.embedders import EmbedderRegistry
+from kb.vectorstore import ChromaVectorStore
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker
+    embedders: EmbedderRegistry
+    vectors: ChromaVectorStore
+    blobs: BlobStore
+    # hands a job id to the background queue; None means callers run jobs inline
+    enqueue: Callable[[str], None] | None = None
+
+    def session(self) -> Session:
+        return self.sessions()
+
+
+def build_services(settings: Settings, run_migrations: bool = True) -> Services:
+    """Open the database (migrated to head), the vector store, the file store and the embedders."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url)
+    if run_migrations:
+        migrate(engine)
+    vectors = (
+        ChromaVectorStore(url=settings.chroma_url)
+        if settings.chroma_url
+        else ChromaVectorStore(path=settings.home / "chroma")
+    )
+    return Services(
+        settings=settings,
+        engine=engine,
+        sessions=make_sessionmaker(engine),
+        embedders=EmbedderRegistry(),
+        vectors=vectors,
+        blobs=BlobStore(settings.home / "files"),
+    )

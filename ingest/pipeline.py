@@ -1,0 +1,218 @@
+"""Ingestion jobs: parse -> chunk -> embed -> store a document version, then swap it in atomically.
+
+A version's chunks are written while it is ``writing`` (hidden from search); one database
+transaction then makes it ``current`` and the previous version ``stale``; stale chunks are
+purged afterwards. A failure at any point leaves the previous version searchable.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import select, update
+
+from atende.db import new_id, utcnow
+from atende.services import Services
+from ingest.chunk import Chunker
+from ingest.errors import IngestError
+from ingest.parse import parse_document
+from kb.embedders import Embedder
+from kb.models import Document, DocumentVersion, IngestJob, KnowledgeBase
+from kb.registry import purge_stale
+from kb.types import Chunk
+
+log = logging.getLogger(__name__)
+EMBED_BATCH = 64  # chunks embedded and written per step (bounds memory, drives progress)
+
+
+class Cancelled(Exception):
+    """The document was deleted or replaced while its job ran."""
+
+
+@dataclass
+class Timings:
+    parse_s: float = 0.0
+    chunk_s: float = 0.0
+    embed_s: float = 0.0
+    store_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self, total: float) -> dict:
+        out = {k: round(v, 3) for k, v in vars(self).items() if k != "extra"}
+        return out | self.extra | {"total_s": round(total, 3)}
+
+
+def prepare_chunks(data: bytes, file_type: str, embedder: Embedder, kb: KnowledgeBase, timings: Timings) -> tuple[int, list[Chunk]]:
+    """Parse and chunk one file; returns (element count, chunks)."""
+    t = time.perf_counter()
+    elements = parse_document(data, file_type)
+    timings.parse_s += time.perf_counter() - t
+    t = time.perf_counter()
+    chunks = Chunker(embedder, kb.chunk_size, kb.chunk_overlap).chunk(elements)
+    timings.chunk_s += time.perf_counter() - t
+    return len(elements), chunks
+
+
+def chunk_metadata(chunk: Chunk, doc: Document, version: DocumentVersion) -> dict:
+    return {
+        "document_id": doc.id, "version": version.version, "doc_version": version.key,
+        "filename": doc.filename, "position": chunk.position, "section": chunk.section,
+        "page": chunk.page, "page_end": chunk.page_end, "element_types": ",".join(chunk.element_types),
+        "char_start": chunk.char_start, "char_end": chunk.char_end,
+    }
+
+
+def embed_and_store(
+    services: Services, collection: str, embedder: Embedder, doc: Document, version: DocumentVersion,
+    chunks: list[Chunk], timings: Timings, on_batch: Callable[[int], None] = lambda n: None,
+) -> None:
+    """Embed chunks in batches and write each batch to the collection as soon as it is embedded."""
+    for i in range(0, len(chunks), EMBED_BATCH):
+        batch = chunks[i : i + EMBED_BATCH]
+        t = time.perf_counter()
+        vectors = embedder.embed_documents([c.embed_text for c in batch], batch_size=services.settings.embed_batch_size)
+        timings.embed_s += time.perf_counter() - t
+        t = time.perf_counter()
+        services.vectors.add(
+            collection,
+            ids=[c.chunk_id(doc.id, version.version) for c in batch],
+            embeddings=vectors,
+            texts=[c.text for c in batch],
+            metadatas=[chunk_metadata(c, doc, version) for c in batch],
+        )
+        timings.store_s += time.perf_counter() - t
+        on_batch(i + len(batch))
+
+
+def run_job(services: Services, job_id: str) -> IngestJob:
+    """Run one queued job (ingest or re-embed) to completion; never raises for a failed document."""
+    with services.session() as session:
+        # claim the job atomically: a job enqueued twice runs once
+        claimed = session.execute(
+            update(IngestJob)
+            .where(IngestJob.id == job_id, IngestJob.status == "queued")
+            .values(status="processing", started_at=utcnow())
+        ).rowcount
+        job = session.get(IngestJob, job_id)
+        if not claimed:
+            return job
+        if job.document_id:
+            session.get(Document, job.document_id).status = "processing"
+        session.commit()
+        kind = job.kind
+    started = time.perf_counter()
+    timings = Timings()
+    try:
+        if kind == "reembed":
+            _reembed(services, job_id, timings)
+        else:
+            _ingest(services, job_id, timings)
+    except Exception as exc:
+        message = str(exc) if isinstance(exc, (IngestError, Cancelled)) else f"internal error: {type(exc).__name__}: {exc}"
+        if not isinstance(exc, (IngestError, Cancelled)):
+            log.exception("ingest job %s failed", job_id)
+        _fail(services, job_id, message, timings.as_dict(time.perf_counter() - started))
+    else:
+        _finish_timings(services, job_id, timings.as_dict(time.perf_counter() - started))
+    with services.session() as session:
+        return session.get(IngestJob, job_id)
+
+
+def _ingest(services: Services, job_id: str, timings: Timings) -> None:
+    with services.session() as session:
+        job = session.get(IngestJob, job_id)
+        version = session.get(DocumentVersion, job.version_id)
+        doc, kb = version.document, session.get(KnowledgeBase, job.knowledge_base_id)
+        version.state = "writing"
+        session.commit()
+        embedder = services.embedders.get(kb.embedding_model)
+        elements, chunks = prepare_chunks(services.blobs.get(version.content_hash), version.file_type, embedder, kb, timings)
+        job.elements, job.chunks_total = elements, len(chunks)
+        session.commit()
+
+        def progress(done: int) -> None:
+            session.refresh(doc)
+            if doc.status == "deleting":
+                raise Cancelled("the document was deleted while it was being ingested")
+            job.chunks_embedded = done
+            session.commit()
+
+        embed_and_store(services, kb.collection, embedder, doc, version, chunks, timings, progress)
+        _swap_in(session, doc, version, job, len(chunks))
+        purge_stale(session, services.vectors, kb)
+
+
+def _swap_in(session, doc: Document, version: DocumentVersion, job: IngestJob, chunk_count: int) -> None:
+    """One transaction: the new version becomes current, the old one stale."""
+    session.refresh(doc)
+    session.refresh(version)
+    if doc.status == "deleting" or version.state != "writing":
+        raise Cancelled("the document was deleted or replaced while it was being ingested")
+    for other in doc.versions:
+        if other.state == "current":
+            other.state = "stale"
+    version.state, version.chunk_count = "current", chunk_count
+    doc.current_version, doc.status, doc.error = version.version, "ready", None
+    job.status, job.finished_at = "ready", utcnow()
+    session.commit()
+
+
+def _fail(services: Services, job_id: str, message: str, timings: dict) -> None:
+    with services.session() as session:
+        job = session.get(IngestJob, job_id)
+        job.status, job.error, job.finished_at, job.timings = "failed", message, utcnow(), timings
+        kb = session.get(KnowledgeBase, job.knowledge_base_id)
+        if job.kind == "reembed":
+            kb.target_embedding_model = None
+        version = session.get(DocumentVersion, job.version_id) if job.version_id else None
+        if version is not None and version.state in ("pending", "writing"):
+            version.state = "stale"  # its partial chunks are hidden at once, purged below
+        doc = session.get(Document, job.document_id) if job.document_id else None
+        if doc is not None and doc.status != "deleting":
+            doc.status, doc.error = "failed", message
+        session.commit()
+        purge_stale(session, services.vectors, kb)
+
+
+def _finish_timings(services: Services, job_id: str, timings: dict) -> None:
+    with services.session() as session:
+        session.get(IngestJob, job_id).timings = timings
+        session.commit()
+
+
+def _reembed(services: Services, job_id: str, timings: Timings) -> None:
+    """Rebuild the knowledge base in a new collection with the target model, then switch to it."""
+    with services.session() as session:
+        job = session.get(IngestJob, job_id)
+        kb = session.get(KnowledgeBase, job.knowledge_base_id)
+        embedder = services.embedders.get(kb.target_embedding_model)
+        new_collection = f"kb_{kb.id}_{new_id()[:8]}"
+        done: set[str] = set()
+        while True:
+            current = list(
+                session.scalars(
+                    select(DocumentVersion).where(
+                        DocumentVersion.knowledge_base_id == kb.id, DocumentVersion.state == "current"
+                    )
+                )
+            )
+            todo = [v for v in current if v.id not in done]
+            if not todo:
+                break
+            job.chunks_total += len(todo)
+            for version in todo:  # documents replaced meanwhile show up in the next round
+                _, chunks = prepare_chunks(services.blobs.get(version.content_hash), version.file_type, embedder, kb, timings)
+                embed_and_store(services, new_collection, embedder, version.document, version, chunks, timings)
+                version.chunk_count = len(chunks)
+                done.add(version.id)
+                job.chunks_embedded += 1
+                session.commit()
+        gone = [v.key for v in session.scalars(select(DocumentVersion).where(DocumentVersion.id.in_(done), DocumentVersion.state != "current"))]
+        old_collection = kb.collection
+        kb.collection, kb.embedding_model, kb.target_embedding_model = new_collection, kb.target_embedding_model, None
+        job.status, job.finished_at = "ready", utcnow()
+        session.commit()
+        services.vectors.delete_versions(new_collection, gone)
+        services.vectors.drop(old_collection)
