@@ -248,6 +248,14 @@ def test_create_assistant_with_chunk_size_zero_is_refused(client):
     assert r.status_code == 422, r.text
 
 
+@pytest.mark.xfail(reason="BUG: validate_model_name accepts any 'st:<path>' without checking the directory, so an "
+                          "assistant is created whose every upload fails with 'internal error' and whose search is a 500",
+                   strict=True)
+def test_embedding_model_pointing_at_a_missing_directory_is_refused(client, tmp_path):
+    r = client.post("/api/assistants", json={"name": "ghost", "embedding_model": f"st:{tmp_path / 'no-such-model'}"})
+    assert r.status_code == 422, r.text
+
+
 @pytest.mark.xfail(reason="BUG: PATCH {'chunk_size': null} reaches _check_chunking(None, ...) and raises TypeError (500)",
                    raises=TypeError, strict=True)
 def test_patch_chunk_size_null_is_a_client_error(client):
@@ -301,6 +309,11 @@ def test_upload_is_ingested_and_identical_reupload_is_unchanged(client):
     assert body["current_version"] == 1 and body["latest_version"] == 1
     assert client.get(f"/api/documents/{doc['id']}").json()["job"]["id"] == doc["job"]["id"]
     assert len(client.get(f"/api/assistants/{a['id']}/documents").json()) == 1
+
+    # a path in the upload's filename is dropped: the same document, unchanged
+    for name in ("../../policy.txt", "C:\\Users\\me\\policy.txt", "dir/policy.txt"):
+        r = upload(client, a["id"], name, POLICY.encode())
+        assert r.status_code == 200 and r.json()["id"] == doc["id"] and r.json()["filename"] == "policy.txt", r.text
 
     # new content under the same name is a new version of the same document
     r = upload(client, a["id"], "policy.txt", (POLICY + "Gift cards are never refunded.\n").encode())
@@ -503,6 +516,8 @@ def test_search_validation(client):
         r = client.post(url, json=body)
         assert r.status_code == 422, (body, r.text)
     assert client.post(url, json={"query": "refund", "top_k": 50}).status_code == 200
+    empty = create_assistant(client, "empty")
+    assert search(client, empty["id"], "refund") == []
     assert client.post(url, json={"query": "refund", "top_k": 1}).status_code == 200
 
 

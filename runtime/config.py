@@ -1,0 +1,118 @@
+"""Per-assistant conversation configuration: data in the database, edited through the admin API."""
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+DEFAULT_SYSTEM_PROMPT = (
+    "Você é o assistente virtual de {{business_name}}. Responda sempre no idioma do cliente, com "
+    "cordialidade e objetividade, usando apenas as informações das fontes fornecidas."
+)
+DEFAULT_TEXT_INSTRUCTIONS = (
+    "You are writing a chat message (WhatsApp). Use short paragraphs of 1-3 sentences, *bold* for key facts, "
+    "'- ' bullets for lists. Never use tables, headings or links in markdown syntax. Keep replies under 120 words."
+)
+DEFAULT_FALLBACK = (
+    "I could not find this in my knowledge base, so I won't guess. Would you like me to transfer you to a "
+    "human agent?"
+)
+TOOL_NAMES = ("search_knowledge_base", "transfer_to_human", "collect_data", "list_available_slots", "schedule_appointment")
+FieldType = Literal["email", "phone", "date", "number", "enum", "regex", "cpf", "cnpj", "text"]
+_HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+
+
+class RetrievalConfig(BaseModel):
+    mode: Literal["every_turn", "as_tool"] = "every_turn"
+    top_k: int = Field(default=3, ge=1, le=20)
+    min_score: float = Field(default=0.3, ge=-1.0, le=1.0)
+
+
+class DataField(BaseModel):
+    """A piece of customer data the assistant may collect with ``collect_data``."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,49}$")
+    type: FieldType = "text"
+    description: str = ""
+    options: list[str] = Field(default_factory=list, description="allowed values for type enum")
+    pattern: str | None = Field(default=None, description="regular expression for type regex")
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            re.compile(v)
+        return v
+
+
+class HttpTool(BaseModel):
+    """A lookup in the customer's own systems, defined as data."""
+
+    name: str = Field(pattern=r"^[a-zA-Z][a-zA-Z0-9_]{0,49}$")
+    description: str
+    url: str = Field(description="may contain {param} placeholders filled from the arguments")
+    method: Literal["GET", "POST"] = "GET"
+    parameters: dict = Field(default_factory=lambda: {"type": "object", "properties": {}}, description="JSON schema")
+    timeout_s: float = Field(default=10.0, gt=0, le=60)
+    credential: str | None = Field(default=None, description="name of an entry in ATENDE_HTTP_TOOL_CREDENTIALS")
+    max_response_bytes: int = Field(default=16_000, ge=256, le=1_000_000)
+
+
+class Scheduling(BaseModel):
+    timezone: str = "America/Sao_Paulo"
+    slot_minutes: int = Field(default=30, ge=5, le=480)
+    # weekday (0 = Monday) -> list of ["HH:MM", "HH:MM"] opening windows, in ``timezone``
+    availability: dict[int, list[tuple[str, str]]] = Field(
+        default_factory=lambda: {d: [("09:00", "12:00"), ("13:00", "18:00")] for d in range(5)}
+    )
+    horizon_days: int = Field(default=30, ge=1, le=365)
+
+    @field_validator("availability")
+    @classmethod
+    def _windows(cls, v: dict) -> dict:
+        for day, windows in v.items():
+            if not 0 <= int(day) <= 6:
+                raise ValueError("weekday keys are 0 (Monday) to 6 (Sunday)")
+            for start, end in windows:
+                if not (_HHMM.match(start) and _HHMM.match(end)) or start >= end:
+                    raise ValueError(f"bad window {start}-{end}: use HH:MM and start < end")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo
+
+        ZoneInfo(v)
+        return v
+
+
+class AssistantConfig(BaseModel):
+    """Everything that shapes an assistant's replies; stored as JSON on the assistant."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    text_channel_instructions: str = DEFAULT_TEXT_INSTRUCTIONS
+    fallback_message: str = DEFAULT_FALLBACK
+    model: str | None = Field(default=None, description="chat model name; default from settings")
+    temperature: float = Field(default=0.2, ge=0, le=2)
+    max_tokens: int = Field(default=256, ge=16, le=4096)
+    tools: list[str] = Field(default_factory=lambda: list(TOOL_NAMES))
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    history_messages: int = Field(default=8, ge=0, le=50)
+    max_tool_rounds: int = Field(default=3, ge=1, le=10)
+    turn_deadline_s: float = Field(default=180.0, gt=0, le=900)
+    handoff_url: str | None = None
+    data_fields: list[DataField] = Field(default_factory=list)
+    http_tools: list[HttpTool] = Field(default_factory=list)
+    scheduling: Scheduling = Field(default_factory=Scheduling)
+
+    @field_validator("tools")
+    @classmethod
+    def _known_tools(cls, v: list[str]) -> list[str]:
+        unknown = set(v) - set(TOOL_NAMES)
+        if unknown:
+            raise ValueError(f"unknown tools {sorted(unknown)}; built-in tools are {list(TOOL_NAMES)} (HTTP tools go in http_tools)")
+        return v

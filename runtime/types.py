@@ -1,0 +1,70 @@
+"""Core value types of the conversation runtime: chat messages in and out of a model, tool calls, turns."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: dict
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    call_id: str
+    name: str
+    content: str  # what the model reads back (the error text when ``error`` is set)
+    error: str | None = None
+    duration_ms: int = 0
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def __add__(self, other: "Usage") -> "Usage":
+        return Usage(self.prompt_tokens + other.prompt_tokens, self.completion_tokens + other.completion_tokens)
+
+
+@dataclass(frozen=True)
+class ChatResponse:
+    """One model reply: text and/or tool calls, with token usage."""
+
+    content: str
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    usage: Usage = Usage()
+    model: str = ""
+
+
+class ChatModel(Protocol):
+    """OpenAI-style messages and tool schemas in, a ChatResponse out."""
+
+    name: str
+
+    def complete(
+        self, messages: list[dict], tools: list[dict] | None = None, *, temperature: float = 0.2,
+        max_tokens: int = 256, timeout: float = 120.0,
+    ) -> ChatResponse: ...
+
+
+@dataclass
+class TurnResult:
+    """What a turn produced: the reply with its sources and tool calls, usage, cost and timings."""
+
+    conversation_id: str
+    reply: str | None
+    status: str  # answered | fallback | handoff | paused | error
+    sources: list[dict] = field(default_factory=list)
+    function_calls: list[dict] = field(default_factory=list)
+    ai_enabled: bool = True
+    usage: Usage = Usage()
+    cost: float = 0.0
+    timings: dict = field(default_factory=dict)
+    message_id: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
