@@ -47,7 +47,7 @@ def cmd_assistant_create(args) -> int:
         a = registry.create_assistant(
             session, name=args.name, description=args.description,
             embedding_model=args.embedding_model or s.embedding_model,
-            chunk_size=args.chunk_size or s.chunk_size,
+            chunk_size=s.chunk_size if args.chunk_size is None else args.chunk_size,
             chunk_overlap=s.chunk_overlap if args.chunk_overlap is None else args.chunk_overlap,
         )
         session.commit()

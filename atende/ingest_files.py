@@ -77,6 +77,8 @@ def _upload(services: Services, assistant_ref: str, path: Path) -> FileResult | 
         except (InvalidUpload, OSError) as exc:
             return FileResult(path.name, "failed", error=str(exc))
         session.commit()
+        if upload.job is None and upload.document.status == "failed":
+            return FileResult(path.name, "failed", error=f"{upload.document.error} (same content as before)")
         if upload.job is None:
             return FileResult(path.name, "unchanged", version=upload.document.current_version)
         return path.name, upload.job.id, upload.document.id

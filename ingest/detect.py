@@ -79,7 +79,7 @@ def detect_file_type(filename: str, data: bytes, max_bytes: int) -> str:
     if not data:
         raise EmptyFile(f"'{filename}' is empty (0 bytes)")
     if len(data) > max_bytes:
-        raise FileTooLarge(f"'{filename}' is {len(data) / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.1f} MB")
+        raise FileTooLarge(f"'{filename}' is over the size limit of {max_bytes / 2**20:g} MiB")
     ext = PurePath(filename).suffix.lower()
     expected = EXTENSIONS.get(ext)
     if expected is None:

@@ -20,7 +20,7 @@ from ingest.errors import IngestError
 from ingest.parse import parse_document
 from kb.embedders import Embedder
 from kb.models import Document, DocumentVersion, IngestJob, KnowledgeBase
-from kb.registry import purge_stale
+from kb.registry import INTERNAL_ERROR, purge_stale
 from kb.types import Chunk
 
 log = logging.getLogger(__name__)
@@ -37,11 +37,11 @@ class Timings:
     chunk_s: float = 0.0
     embed_s: float = 0.0
     store_s: float = 0.0
-    extra: dict = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
 
-    def as_dict(self, total: float) -> dict:
-        out = {k: round(v, 3) for k, v in vars(self).items() if k != "extra"}
-        return out | self.extra | {"total_s": round(total, 3)}
+    def as_dict(self) -> dict:
+        stages = {k: round(getattr(self, k), 3) for k in ("parse_s", "chunk_s", "embed_s", "store_s")}
+        return stages | {"total_s": round(time.perf_counter() - self.started, 3)}
 
 
 def prepare_chunks(data: bytes, file_type: str, embedder: Embedder, kb: KnowledgeBase, timings: Timings) -> tuple[int, list[Chunk]]:
@@ -102,7 +102,6 @@ def run_job(services: Services, job_id: str) -> IngestJob:
             session.get(Document, job.document_id).status = "processing"
         session.commit()
         kind = job.kind
-    started = time.perf_counter()
     timings = Timings()
     try:
         if kind == "reembed":
@@ -110,12 +109,10 @@ def run_job(services: Services, job_id: str) -> IngestJob:
         else:
             _ingest(services, job_id, timings)
     except Exception as exc:
-        message = str(exc) if isinstance(exc, (IngestError, Cancelled)) else f"internal error: {type(exc).__name__}: {exc}"
+        message = str(exc) if isinstance(exc, (IngestError, Cancelled)) else f"{INTERNAL_ERROR}: {type(exc).__name__}: {exc}"
         if not isinstance(exc, (IngestError, Cancelled)):
             log.exception("ingest job %s failed", job_id)
-        _fail(services, job_id, message, timings.as_dict(time.perf_counter() - started))
-    else:
-        _finish_timings(services, job_id, timings.as_dict(time.perf_counter() - started))
+        _fail(services, job_id, message, timings.as_dict())
     with services.session() as session:
         return session.get(IngestJob, job_id)
 
@@ -140,11 +137,11 @@ def _ingest(services: Services, job_id: str, timings: Timings) -> None:
             session.commit()
 
         embed_and_store(services, kb.collection, embedder, doc, version, chunks, timings, progress)
-        _swap_in(session, doc, version, job, len(chunks))
+        _swap_in(session, doc, version, job, len(chunks), timings)
         purge_stale(session, services.vectors, kb)
 
 
-def _swap_in(session, doc: Document, version: DocumentVersion, job: IngestJob, chunk_count: int) -> None:
+def _swap_in(session, doc: Document, version: DocumentVersion, job: IngestJob, chunk_count: int, timings: Timings) -> None:
     """One transaction: the new version becomes current, the old one stale."""
     session.refresh(doc)
     session.refresh(version)
@@ -155,7 +152,7 @@ def _swap_in(session, doc: Document, version: DocumentVersion, job: IngestJob, c
             other.state = "stale"
     version.state, version.chunk_count = "current", chunk_count
     doc.current_version, doc.status, doc.error = version.version, "ready", None
-    job.status, job.finished_at = "ready", utcnow()
+    job.status, job.finished_at, job.timings = "ready", utcnow(), timings.as_dict()
     session.commit()
 
 
@@ -174,12 +171,6 @@ def _fail(services: Services, job_id: str, message: str, timings: dict) -> None:
             doc.status, doc.error = "failed", message
         session.commit()
         purge_stale(session, services.vectors, kb)
-
-
-def _finish_timings(services: Services, job_id: str, timings: dict) -> None:
-    with services.session() as session:
-        session.get(IngestJob, job_id).timings = timings
-        session.commit()
 
 
 def _reembed(services: Services, job_id: str, timings: Timings) -> None:
@@ -212,7 +203,7 @@ def _reembed(services: Services, job_id: str, timings: Timings) -> None:
         gone = [v.key for v in session.scalars(select(DocumentVersion).where(DocumentVersion.id.in_(done), DocumentVersion.state != "current"))]
         old_collection = kb.collection
         kb.collection, kb.embedding_model, kb.target_embedding_model = new_collection, kb.target_embedding_model, None
-        job.status, job.finished_at = "ready", utcnow()
+        job.status, job.finished_at, job.timings = "ready", utcnow(), timings.as_dict()
         session.commit()
         services.vectors.delete_versions(new_collection, gone)
         services.vectors.drop(old_collection)

@@ -7,6 +7,7 @@ can guarantee that no chunk is silently truncated by the model.
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -104,8 +105,12 @@ KNOWN_MODELS = {
 
 def validate_model_name(name: str) -> str:
     """Return ``name`` if it names a known model or a local sentence-transformers directory (``st:/path``)."""
-    if name in KNOWN_MODELS or (name.startswith("st:") and len(name) > 3):
+    if name in KNOWN_MODELS:
         return name
+    if name.startswith("st:"):
+        if (Path(name[3:]) / "modules.json").is_file() or (Path(name[3:]) / "config.json").is_file():
+            return name
+        raise InvalidRequest(f"embedding model {name!r}: {name[3:]} is not a sentence-transformers model directory")
     raise InvalidRequest(f"unknown embedding model {name!r}; choose one of {sorted(KNOWN_MODELS)} or 'st:/path/to/model'")
 
 

@@ -16,6 +16,7 @@ from kb.models import VERSION_HIDDEN_STATES, Assistant, Document, DocumentVersio
 from kb.vectorstore import ChromaVectorStore
 
 MIN_CHUNK_TOKENS, MAX_CHUNK_TOKENS = 32, 2048
+INTERNAL_ERROR = "internal error"  # prefix of job errors that are not the file's fault
 
 
 def _check_chunking(size: int, overlap: int) -> None:
@@ -74,8 +75,8 @@ def update_assistant(session: Session, assistant: Assistant, changes: dict) -> I
         assistant.name = name
     if "description" in changes:
         assistant.description = changes["description"] or ""
-    size = changes.get("chunk_size", kb.chunk_size)
-    overlap = changes.get("chunk_overlap", kb.chunk_overlap)
+    size = kb.chunk_size if changes.get("chunk_size") is None else changes["chunk_size"]
+    overlap = kb.chunk_overlap if changes.get("chunk_overlap") is None else changes["chunk_overlap"]
     _check_chunking(size, overlap)
     kb.chunk_size, kb.chunk_overlap = size, overlap
     model = changes.get("embedding_model")
@@ -117,7 +118,10 @@ def register_upload(
         raise Conflict(f"'{filename}' is being deleted; upload it again in a moment")
     if doc is not None:
         latest = doc.versions[-1] if doc.versions else None
-        if latest is not None and latest.content_hash == digest and doc.status != "failed":
+        # the same bytes again change nothing, even after a failure: parsing would fail the same
+        # way; only a failure of ours (an internal error) is worth retrying
+        retry = doc.status == "failed" and (doc.error or "").startswith(INTERNAL_ERROR)
+        if latest is not None and latest.content_hash == digest and not retry:
             return Upload(doc, None, unchanged=True)
     else:
         doc = Document(id=new_id(), knowledge_base_id=kb.id, filename=filename)

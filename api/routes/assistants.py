@@ -33,7 +33,7 @@ def create_assistant(body: AssistantCreate, session: SessionDep, services: Servi
         name=body.name,
         description=body.description,
         embedding_model=body.embedding_model or s.embedding_model,
-        chunk_size=body.chunk_size or s.chunk_size,
+        chunk_size=s.chunk_size if body.chunk_size is None else body.chunk_size,
         chunk_overlap=s.chunk_overlap if body.chunk_overlap is None else body.chunk_overlap,
     )
     session.commit()

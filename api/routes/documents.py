@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 from api.deps import AdminDep, ServicesDep, SessionDep
 from api.schemas import DocumentPublic, JobPublic
 from kb import registry
+from ingest.errors import FileTooLarge
 from kb.errors import NotFound
 from kb.models import Document, IngestJob
 
@@ -31,7 +32,11 @@ def document_public(session, doc: Document, unchanged: bool = False) -> Document
 async def upload_document(assistant_id: str, session: SessionDep, services: ServicesDep, file: UploadFile = File(...)):
     kb = registry.get_assistant(session, assistant_id).knowledge_base
     limit = services.settings.max_upload_bytes
-    data = await file.read(limit + 1)  # one byte past the limit is enough to refuse it
+    if file.size is not None and file.size > limit:  # refuse before reading it into memory
+        raise FileTooLarge(
+            f"'{file.filename}' is {file.size / 1e6:.1f} MB; the limit is {services.settings.max_upload_mb:g} MiB"
+        )
+    data = await file.read(limit + 1)
     upload = registry.register_upload(session, services.blobs, kb, file.filename, data, limit)
     session.commit()
     if upload.job is not None:
