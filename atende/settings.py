@@ -28,6 +28,19 @@ class Settings(BaseSettings):
     workers: int = 1  # background-job worker threads in `atende serve` (0: none, e.g. with `atende worker`)
     ingest_parallelism: int = 2  # files ingested at once by `atende kb ingest`
 
+    # chat model: any OpenAI-compatible endpoint; unset base URL = the embedded llama.cpp server
+    llm_base_url: str | None = None
+    llm_api_key: str = "local"
+    llm_model: str = "qwen2.5-coder-1.5b-instruct-q4_k_m"
+    llm_model_path: Path | None = Field(default=None, description="GGUF for the embedded server (default: scripts/setup_llm.sh's)")
+    llm_threads: int = 2
+    llm_context: int = 4096
+    # model name -> {"input_per_1m": USD, "output_per_1m": USD}; unknown models cost 0
+    llm_prices: dict[str, dict[str, float]] = Field(default_factory=dict)
+    # custom HTTP tools: credential name -> {"header": "Authorization", "value": "Bearer ..."}
+    http_tool_credentials: dict[str, dict[str, str]] = Field(default_factory=dict)
+    http_tools_allow_private: bool = False  # allow HTTP tools to reach loopback/private addresses
+
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> "Settings":
         if self.environment != "development" and self.admin_token == PLACEHOLDER_TOKEN:
