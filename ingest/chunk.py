@@ -96,17 +96,32 @@ class Chunker:
             )
         return [t for t in self._splitters[budget].split_text(text) if t.strip()]
 
-    def _fit(self, text: str, header: str) -> list[str]:
-        """Split ``text`` into pieces whose ``header + piece`` fits the model, whatever the splitter did."""
+    def _fit(self, text: str, header: str) -> list[tuple[str, int]]:
+        """Split ``text`` into (piece, offset in text) whose ``header + piece`` fits the model,
+        whatever the splitter did."""
         out = []
+        cursor = 0
         for piece in self._split(text, self._budget(header)):
+            found = text.find(piece, cursor)
+            offset = found if found >= 0 else cursor
+            cursor = offset + 1  # pieces overlap, but each starts after the previous one
             while self._count(header + piece) > self._max:
                 # a run without separators (e.g. a long URL) can defeat the splitter: cut by characters
-                cut = max(1, int(len(piece) * self._max / self._count(header + piece)) - 8)
-                out.append(piece[:cut])
-                piece = piece[cut:]
-            out.append(piece)
+                cut = self._longest_fitting_prefix(piece, header)
+                out.append((piece[:cut], offset))
+                piece, offset = piece[cut:], offset + cut
+            out.append((piece, offset))
         return out
+
+    def _longest_fitting_prefix(self, piece: str, header: str) -> int:
+        lo, hi = 1, len(piece) - 1  # binary search on the measured count, never on an estimate
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self._count(header + piece[:mid]) <= self._max:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
 
     def _budget(self, header: str) -> int:
         return max(MIN_BUDGET, min(self.chunk_size, self._max - self._overhead - self._tokens(header)))
@@ -141,12 +156,8 @@ class Chunker:
         for el, doc_offset in block.items:
             spans.append((pos, pos + len(el.text), el, doc_offset))
             pos += len(el.text) + 2
-        cursor = 0
-        for piece in self._fit(text, header):
-            found = text.find(piece, cursor)
-            start = found if found >= 0 else cursor
+        for piece, start in self._fit(text, header):
             end = start + len(piece)
-            cursor = start + 1
             hit = [(s, e, el, off) for s, e, el, off in spans if s < end and e > start] or [spans[-1]]
             char_start = hit[0][3] + max(0, start - hit[0][0])
             char_end = hit[-1][3] + min(hit[-1][1], end) - hit[-1][0]
@@ -157,7 +168,7 @@ class Chunker:
         span = (offset, offset + len(el.text))
         rows = _table_rows(el.html)
         if not rows:
-            yield from ((p, block.items, *span) for p in self._fit(el.text, header))
+            yield from ((p, block.items, *span) for p, _ in self._fit(el.text, header))
             return
         whole = "\n".join(rows)
         if self._fits(header, whole):
@@ -170,7 +181,7 @@ class Chunker:
                 yield "\n".join([head, *group]), block.items, *span
                 group = []
             if not self._fits(header, f"{head}\n{row}"):  # one row longer than a chunk
-                for piece in self._fit(row, f"{header}{head}\n"):
+                for piece, _ in self._fit(row, f"{header}{head}\n"):
                     yield f"{head}\n{piece}", block.items, *span
                 continue
             group.append(row)

@@ -27,7 +27,7 @@ _BOMS = [
 def sniff(data: bytes) -> str:
     """Name what the bytes are, regardless of the filename."""
     head = data[:1024]
-    if b"%PDF-" in head:
+    if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"%PDF-"):
         return "pdf"
     if data.startswith(b"PK\x03\x04"):
         try:
@@ -46,7 +46,8 @@ def sniff(data: bytes) -> str:
         decode_text(data)
         return "text"
     except UnicodeDecodeError:
-        return "binary"
+        # the PDF format allows bytes before the header; text that merely mentions %PDF- decodes
+        return "pdf" if b"%PDF-" in head else "binary"
 
 
 def decode_text(data: bytes) -> str:

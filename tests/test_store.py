@@ -336,12 +336,6 @@ def test_changing_the_embedding_model_reembeds_into_a_new_collection(services):
     )
 
 
-@pytest.mark.xfail(
-    reason="BUG: _swap_in makes any finished version current, even when a newer upload of the same "
-    "document is already current; with several workers (or a requeued job) an older upload that "
-    "finishes last silently replaces the newer content",
-    strict=True,
-)
 def test_an_older_upload_finishing_last_does_not_replace_a_newer_one(services):
     aid = new_assistant(services)
     doc_id, _ = ingest(services, aid, "hours.txt", HOURS_V1.encode())
@@ -354,11 +348,6 @@ def test_an_older_upload_finishing_last_does_not_replace_a_newer_one(services):
     assert {h.version for h in find(services, aid, "when is the shop open?")} == {3}
 
 
-@pytest.mark.xfail(
-    reason="BUG: when a re-embed job fails, _reembed/_fail never drop the half-built new collection "
-    "(kb_<id>_<suffix>): its chunks stay in chromadb forever",
-    strict=True,
-)
 def test_failed_reembed_keeps_the_old_model_and_leaves_no_orphan_collection(services):
     aid = new_assistant(services)
     returns_id, returns_job = ingest(services, aid, "returns.txt", RETURNS.encode())
