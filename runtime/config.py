@@ -88,6 +88,19 @@ class Scheduling(BaseModel):
         return v
 
 
+def merge_config(stored: dict, changes: dict) -> dict:
+    """Stored config with the given top-level keys replaced, validated; raises InvalidRequest."""
+    from pydantic import ValidationError
+
+    from kb.errors import InvalidRequest
+
+    try:
+        return AssistantConfig.model_validate({**stored, **changes}).model_dump(mode="json")
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InvalidRequest(f"invalid config: {problems}") from exc
+
+
 class AssistantConfig(BaseModel):
     """Everything that shapes an assistant's replies; stored as JSON on the assistant."""
 

@@ -9,12 +9,14 @@ from api.schemas import AssistantCreate, AssistantPublic, AssistantUpdate, Searc
 from kb import registry
 from kb.models import Assistant, IngestJob
 from kb.search import search
+from runtime.config import AssistantConfig, merge_config
 
 router = APIRouter(prefix="/api/assistants", tags=["assistants"], dependencies=[AdminDep])
 
 
 def assistant_public(session, assistant: Assistant) -> AssistantPublic:
     out = AssistantPublic.model_validate(assistant)
+    out.config = AssistantConfig.model_validate(assistant.config or {}).model_dump(mode="json")
     job = session.scalar(
         select(IngestJob)
         .where(IngestJob.knowledge_base_id == assistant.knowledge_base.id, IngestJob.kind == "reembed")
@@ -53,7 +55,10 @@ def get_assistant(assistant_id: str, session: SessionDep):
 @router.patch("/{assistant_id}", response_model=AssistantPublic)
 def update_assistant(assistant_id: str, body: AssistantUpdate, session: SessionDep, services: ServicesDep):
     assistant = registry.get_assistant(session, assistant_id)
-    job = registry.update_assistant(session, assistant, body.model_dump(exclude_unset=True))
+    changes = body.model_dump(exclude_unset=True)
+    if changes.get("config") is not None:
+        assistant.config = merge_config(assistant.config or {}, changes.pop("config"))
+    job = registry.update_assistant(session, assistant, changes)
     session.commit()
     if job is not None:
         services.enqueue(job.id)

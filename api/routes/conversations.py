@@ -1,0 +1,45 @@
+"""The API channel (generate a reply), conversation inspection and the AI on/off switch."""
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from api.deps import AdminDep, ServicesDep, SessionDep
+from api.schemas import AIToggle, ChatRequest, ChatResult, ConversationPublic, MessagePublic
+from runtime import store
+from runtime.models import Message
+from runtime.turn import handle_message
+
+router = APIRouter(tags=["conversations"], dependencies=[AdminDep])
+
+
+@router.post("/api/chat", response_model=ChatResult, responses={502: {"description": "the language model failed"}})
+def chat(body: ChatRequest, services: ServicesDep):
+    """Generate the assistant's reply to a customer message (API channel), grounded and logged."""
+    result = handle_message(
+        services, assistant_ref=body.assistant_id, channel="api", sender="api", customer_id=body.customer_id,
+        text=body.message, variables=body.variables,
+    )
+    out = ChatResult.from_turn(result)
+    if result.status == "error":
+        return JSONResponse(status_code=502, content={"detail": "the language model failed; the message is stored",
+                                                      **out.model_dump(mode="json")})
+    return out
+
+
+@router.get("/api/conversations/{conversation_id}", response_model=ConversationPublic)
+def get_conversation(conversation_id: str, session: SessionDep):
+    conv = store.get_conversation(session, conversation_id)
+    messages = session.query(Message).filter(Message.conversation_id == conv.id).order_by(Message.created_at, Message.id)
+    out = ConversationPublic.model_validate(conv)
+    out.messages = [MessagePublic.from_message(m) for m in messages]
+    return out
+
+
+@router.post("/api/conversations/{conversation_id}/ai", response_model=ConversationPublic)
+def set_ai(conversation_id: str, body: AIToggle, session: SessionDep):
+    """Pause (after a handoff, or by hand) or resume the AI for one conversation."""
+    conv = store.get_conversation(session, conversation_id)
+    conv.ai_enabled = body.enabled
+    session.commit()
+    return ConversationPublic.model_validate(conv)

@@ -1,0 +1,59 @@
+"""Prompt building: system prompt with variables, channel instructions, numbered sources, history."""
+from __future__ import annotations
+
+import re
+
+from runtime.config import AssistantConfig
+
+NO_ANSWER = "NO_ANSWER"  # the model's signal that the sources do not answer the question
+SOURCE_CHARS = 700  # per source: prompt processing is the local model's bottleneck
+_VAR = re.compile(r"\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}")
+
+GROUNDING = (
+    "Answer in the customer's language, only from the numbered sources below. Never invent prices, dates, "
+    f"names, policies or contact details. If the sources do not answer the question, reply exactly {NO_ANSWER}. "
+    "Greetings and thanks need no sources. Use the tools when the customer wants to book, gives personal data "
+    "or asks for a human. Do not mention source numbers."
+)
+
+
+def fill_variables(template: str, variables: dict) -> str:
+    """Replace ``{{name}}`` with the conversation's variable (empty when unknown)."""
+    return _VAR.sub(lambda m: str(variables.get(m.group(1), "")), template)
+
+
+def seen_sources(hits: list[dict]) -> list[dict]:
+    """Renumber hits 1..n and cut each text to what the prompt shows (that is what gets logged)."""
+    out = []
+    for i, hit in enumerate(hits, 1):
+        text = hit["text"] if len(hit["text"]) <= SOURCE_CHARS else hit["text"][:SOURCE_CHARS].rsplit(" ", 1)[0] + " …"
+        out.append({**hit, "rank": i, "text": text})
+    return out
+
+
+def format_sources(sources: list[dict]) -> str:
+    if not sources:
+        return "Sources: none matched this message."
+    blocks = []
+    for s in sources:
+        where = ", ".join(x for x in (s["filename"], f"p. {s['page']}" if s.get("page") else "", s.get("section") or "") if x)
+        blocks.append(f"[{s['rank']}] ({where})\n{s['text']}")
+    return "Sources:\n" + "\n\n".join(blocks)
+
+
+def build_messages(
+    config: AssistantConfig, variables: dict, history: list[tuple[str, str]], user_text: str, sources: list[dict]
+) -> list[dict]:
+    """OpenAI-style messages: system (prompt, channel rules, grounding, sources), history, the new message."""
+    system = "\n\n".join(
+        part for part in (
+            fill_variables(config.system_prompt, variables).strip(),
+            config.text_channel_instructions.strip(),
+            GROUNDING,
+            format_sources(sources),
+        ) if part
+    )
+    messages = [{"role": "system", "content": system}]
+    messages += [{"role": role, "content": text} for role, text in history]
+    messages.append({"role": "user", "content": user_text})
+    return messages

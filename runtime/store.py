@@ -1,0 +1,132 @@
+"""Conversation store: find or create conversations, store inbound messages at once, read history,
+and write a whole turn (reply, tool calls, cited sources, usage) in one transaction."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from atende.db import new_id, utcnow
+from kb.errors import InvalidRequest, NotFound
+from runtime.models import CHANNELS, Conversation, Message, MessageSource, ToolCallRecord, Turn
+from runtime.types import ToolResult, TurnResult
+
+
+def find_or_create_conversation(
+    session: Session, *, assistant_id: str, channel: str, sender: str, customer_id: str, variables: dict | None = None
+) -> Conversation:
+    """The conversation of (channel, assistant, sender, customer), created on first contact.
+
+    ``variables`` are merged into the conversation's variables (they fill ``{{placeholders}}``).
+    Safe under concurrency: a lost insert race falls back to the row the winner created.
+    """
+    if channel not in CHANNELS:
+        raise InvalidRequest(f"unknown channel {channel!r}; one of {CHANNELS}")
+    customer_id = (customer_id or "").strip()
+    if not customer_id:
+        raise InvalidRequest("customer_id must not be empty")
+    key = dict(assistant_id=assistant_id, channel=channel, sender=sender, customer_id=customer_id)
+    conv = session.scalar(select(Conversation).filter_by(**key))
+    if conv is None:
+        try:
+            with session.begin_nested():
+                conv = Conversation(id=new_id(), variables={}, **key)
+                session.add(conv)
+        except IntegrityError:
+            conv = session.scalar(select(Conversation).filter_by(**key))
+    if variables:
+        conv.variables = {**(conv.variables or {}), **{str(k): str(v) for k, v in variables.items()}}
+    return conv
+
+
+def get_conversation(session: Session, conversation_id: str) -> Conversation:
+    conv = session.get(Conversation, conversation_id)
+    if conv is None:
+        raise NotFound(f"conversation {conversation_id!r} not found")
+    return conv
+
+
+def store_inbound(
+    session: Session, conv: Conversation, text: str, *, channel_message_id: str | None = None,
+    received_at: datetime | None = None,
+) -> Message:
+    """Store an inbound message (status ``received``) and commit at once, before any processing."""
+    text = (text or "").strip()
+    if not text:
+        raise InvalidRequest("message must not be empty")
+    now = received_at or utcnow()
+    msg = Message(
+        id=new_id(), conversation_id=conv.id, direction="inbound", text=text, status="received",
+        channel_message_id=channel_message_id, received_at=now, created_at=utcnow(),
+    )
+    session.add(msg)
+    conv.last_inbound_at = max(conv.last_inbound_at or now, now)
+    session.commit()
+    return msg
+
+
+def pending_inbound(session: Session, conversation_id: str) -> list[Message]:
+    """Inbound messages no turn has covered yet, oldest first."""
+    return list(
+        session.scalars(
+            select(Message)
+            .where(Message.conversation_id == conversation_id, Message.direction == "inbound", Message.status == "received")
+            .order_by(Message.created_at, Message.id)
+        )
+    )
+
+
+def recent_history(session: Session, conversation_id: str, limit: int) -> list[Message]:
+    """The last ``limit`` covered messages (both directions), oldest first."""
+    if limit <= 0:
+        return []
+    rows = session.scalars(
+        select(Message)
+        .where(Message.conversation_id == conversation_id, Message.status != "received")
+        .order_by(Message.created_at.desc(), Message.id.desc())
+        .limit(limit)
+    )
+    return list(reversed(list(rows)))
+
+
+def log_turn(
+    session: Session, conv: Conversation, covered: list[Message], result: TurnResult, *, tool_results: list[tuple[int, dict, ToolResult]],
+    retrieval_query: str | None, rounds: int, model: str, started_at: datetime, error: str | None = None,
+) -> None:
+    """Write the turn, its reply with tool calls and sources, and mark the covered messages — one commit."""
+    turn = Turn(
+        id=new_id(), conversation_id=conv.id, status=result.status, retrieval_query=retrieval_query,
+        rounds=rounds, timings=result.timings, error=error, started_at=started_at, finished_at=utcnow(),
+    )
+    session.add(turn)
+    session.flush()  # the turn row first: covered messages and the reply point at it
+    for msg in covered:
+        msg.turn_id = turn.id
+        msg.status = "skipped" if result.status == "paused" else "answered"
+    if result.reply is not None:
+        reply = Message(
+            id=new_id(), conversation_id=conv.id, direction="outbound", text=result.reply, status="answered",
+            turn_id=turn.id, created_at=utcnow(), model=model, tokens_in=result.usage.prompt_tokens,
+            tokens_out=result.usage.completion_tokens, cost=result.cost, latency_ms=int(result.timings.get("total_ms", 0)),
+        )
+        reply.sources = [MessageSource(id=new_id(), **_source_row(s)) for s in result.sources]
+        reply.tool_calls = [
+            ToolCallRecord(
+                id=new_id(), position=i, round=rnd, name=res.name, arguments=args,
+                result=None if res.error else res.content, error=res.error, duration_ms=res.duration_ms,
+            )
+            for i, (rnd, args, res) in enumerate(tool_results)
+        ]
+        session.add(reply)
+        result.message_id = reply.id
+    conv.tokens_in += result.usage.prompt_tokens
+    conv.tokens_out += result.usage.completion_tokens
+    conv.cost += result.cost
+    session.commit()
+
+
+def _source_row(hit: dict) -> dict:
+    keys = ("rank", "chunk_id", "document_id", "version", "filename", "page", "section", "score", "text")
+    return {k: hit.get(k) if k != "section" else (hit.get(k) or "") for k in keys}

@@ -1,0 +1,223 @@
+"""The turn engine: pending inbound messages -> contextual retrieval -> prompt -> LLM <-> tools
+(bounded rounds, per-turn deadline) -> reply, logged in one transaction.
+
+Turns of one conversation never overlap: ``conversation_lock`` serializes them in this process and,
+on PostgreSQL, across processes (advisory lock).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import zlib
+from contextlib import contextmanager
+
+from sqlalchemy import select
+
+from atende.db import utcnow
+from atende.services import Services
+from kb import registry
+from kb.models import Assistant
+from kb.search import search
+from runtime import store
+from runtime.config import AssistantConfig
+from runtime.cost import usage_cost
+from runtime.models import Conversation, Message, Turn
+from runtime.prompt import NO_ANSWER, build_messages, seen_sources
+from runtime.tools import ToolContext, build_toolset
+from runtime.types import ToolCall, ToolResult, TurnResult, Usage
+
+log = logging.getLogger(__name__)
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+@contextmanager
+def conversation_lock(services: Services, conversation_id: str):
+    """Hold the conversation's lock for the duration of a turn."""
+    with _locks_guard:
+        lock = _locks.setdefault(conversation_id, threading.Lock())
+    with lock:
+        if services.engine.dialect.name != "postgresql":
+            yield
+            return
+        key = zlib.crc32(conversation_id.encode())
+        with services.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT pg_advisory_lock(%s)", (key,))
+            try:
+                yield
+            finally:
+                conn.exec_driver_sql("SELECT pg_advisory_unlock(%s)", (key,))
+                conn.commit()
+
+
+def handle_message(
+    services: Services, *, assistant_ref: str, channel: str, sender: str, customer_id: str, text: str,
+    variables: dict | None = None, channel_message_id: str | None = None,
+) -> TurnResult:
+    """Store an inbound message at once, then run the conversation's turn and return what answered it."""
+    with services.session() as session:
+        assistant = registry.get_assistant(session, assistant_ref)
+        conv = store.find_or_create_conversation(
+            session, assistant_id=assistant.id, channel=channel, sender=sender, customer_id=customer_id, variables=variables
+        )
+        msg = store.store_inbound(session, conv, text, channel_message_id=channel_message_id)
+        conv_id, msg_id = conv.id, msg.id
+    run_turn(services, conv_id)
+    with services.session() as session:
+        return result_for_message(session, msg_id)
+
+
+def run_turn(services: Services, conversation_id: str) -> TurnResult | None:
+    """Answer every pending inbound message of the conversation in one turn (None if none is pending)."""
+    with conversation_lock(services, conversation_id), services.session() as session:
+        conv = store.get_conversation(session, conversation_id)
+        pending = store.pending_inbound(session, conv.id)
+        if not pending:
+            return None
+        started_at, t0 = utcnow(), time.perf_counter()
+        if not conv.ai_enabled:
+            result = TurnResult(conv.id, None, "paused", ai_enabled=False, timings={"total_ms": 0})
+            store.log_turn(session, conv, pending, result, tool_results=[], retrieval_query=None, rounds=0,
+                           model="", started_at=started_at)
+            return result
+        assistant = session.get(Assistant, conv.assistant_id)
+        return _answer(services, session, conv, assistant, pending, started_at, t0)
+
+
+def _answer(services, session, conv: Conversation, assistant: Assistant, pending: list[Message], started_at, t0) -> TurnResult:
+    config = AssistantConfig.model_validate(assistant.config or {})
+    timings = {"retrieval_ms": 0.0, "prompt_ms": 0.0, "llm_ms": 0.0, "tools_ms": 0.0}
+    history = [("user" if m.direction == "inbound" else "assistant", m.text)
+               for m in store.recent_history(session, conv.id, config.history_messages)]
+    user_text = "\n".join(m.text for m in pending)
+
+    t = time.perf_counter()
+    hits, queries = [], []
+    if config.retrieval.mode == "every_turn":
+        queries = retrieval_queries(user_text, history)
+        hits = retrieve(services, session, assistant, queries, config.retrieval.top_k, config.retrieval.min_score)
+    timings["retrieval_ms"] = _ms(t)
+
+    t = time.perf_counter()
+    sources = seen_sources([h.to_dict() for h in hits])
+    messages = build_messages(config, conv.variables or {}, history, user_text, sources)
+    toolset = build_toolset(config)
+    ctx = ToolContext(services=services, assistant=assistant, config=config, conversation_id=conv.id,
+                      sources=list(hits), now=utcnow(), events=[])
+    timings["prompt_ms"] = _ms(t)
+
+    model = services.chat_models.get(config.model)
+    usage, rounds, tool_results, error = Usage(), 0, [], None
+    deadline = t0 + config.turn_deadline_s
+    reply, executed, force_text = "", set(), False
+    try:
+        while True:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                error = f"turn deadline of {config.turn_deadline_s:g}s exceeded"
+                break
+            offer = toolset.schemas() if toolset.names and rounds < config.max_tool_rounds and not force_text else None
+            t = time.perf_counter()
+            resp = model.complete(messages, offer, temperature=config.temperature, max_tokens=config.max_tokens,
+                                  timeout=remaining)
+            timings["llm_ms"] += _ms(t)
+            usage, rounds = usage + resp.usage, rounds + 1
+            if not (offer and resp.tool_calls):
+                reply = resp.content.strip()
+                break
+            signatures = {(c.name, json.dumps(c.arguments, sort_keys=True)) for c in resp.tool_calls}
+            if signatures <= executed:
+                # small models repeat a call they already made instead of answering: make them answer
+                force_text = True
+                continue
+            executed |= signatures
+            messages.append(_assistant_tool_message(resp.content, resp.tool_calls))
+            t = time.perf_counter()
+            for call in resp.tool_calls:
+                res = toolset.run(ctx, call)
+                tool_results.append((rounds, call.arguments, res))
+                messages.append({"role": "tool", "tool_call_id": call.id, "content": res.content})
+            timings["tools_ms"] += _ms(t)
+    except Exception as exc:  # the model endpoint failed: log the turn, tell the caller
+        log.exception("turn of conversation %s failed", conv.id)
+        error = f"{type(exc).__name__}: {exc}"
+
+    session.refresh(conv)
+    handed_off = any(res.name == "transfer_to_human" and not res.error for _, _, res in tool_results)
+    status = "handoff" if handed_off else "answered"
+    if error and not reply:
+        status, reply = "error", None
+    elif not reply or NO_ANSWER in reply:
+        status, reply = ("handoff" if handed_off else "fallback"), (reply.replace(NO_ANSWER, "").strip() if handed_off and reply else config.fallback_message)
+    # passages found by the search tool were shown whole, numbered after the automatic ones
+    all_sources = sources + [h.to_dict() for h in ctx.sources[len(hits):]]
+    result = TurnResult(
+        conversation_id=conv.id, reply=reply, status=status, sources=all_sources,
+        function_calls=[_call_dict(rnd, args, res) for rnd, args, res in tool_results],
+        ai_enabled=conv.ai_enabled, usage=usage, cost=usage_cost(services.settings.llm_prices, model.name, usage),
+    )
+    timings["total_ms"] = _ms(t0)
+    result.timings = {k: round(v, 1) for k, v in timings.items()}
+    t = time.perf_counter()
+    store.log_turn(session, conv, pending, result, tool_results=tool_results, retrieval_query=" || ".join(queries) or None,
+                   rounds=rounds, model=model.name, started_at=started_at, error=error)
+    result.timings["log_ms"] = round(_ms(t), 1)
+    if ctx.events and services.deliver_events is not None:
+        services.deliver_events(ctx.events)
+    return result
+
+
+def retrieval_queries(user_text: str, history: list[tuple[str, str]]) -> list[str]:
+    """The message itself, plus the message in the context of the customer's previous one, so a
+    follow-up such as "e no sábado?" finds what the conversation is about."""
+    previous = [text for role, text in history if role == "user"]
+    return [user_text] + ([f"{previous[-1]}\n{user_text}"] if previous else [])
+
+
+def retrieve(services: Services, session, assistant: Assistant, queries: list[str], top_k: int, min_score: float):
+    """Best ``top_k`` hits over all queries (a chunk keeps its best score), at or above ``min_score``."""
+    best = {}
+    for q in queries:
+        for hit in search(services, session, assistant.knowledge_base, q, top_k):
+            if hit.score >= min_score and (hit.chunk_id not in best or hit.score > best[hit.chunk_id].score):
+                best[hit.chunk_id] = hit
+    return sorted(best.values(), key=lambda h: -h.score)[:top_k]
+
+
+def result_for_message(session, message_id: str) -> TurnResult:
+    """Rebuild the TurnResult that covered an inbound message (it may have been answered by a turn
+    that another request ran, when messages arrive together)."""
+    msg = session.get(Message, message_id)
+    conv = session.get(Conversation, msg.conversation_id)
+    turn = session.get(Turn, msg.turn_id) if msg.turn_id else None
+    reply = session.scalar(select(Message).where(Message.turn_id == msg.turn_id, Message.direction == "outbound")) if turn else None
+    if reply is None:
+        return TurnResult(conv.id, None, turn.status if turn else "pending", ai_enabled=conv.ai_enabled,
+                          timings=turn.timings if turn else {})
+    return TurnResult(
+        conversation_id=conv.id, reply=reply.text, status=turn.status, ai_enabled=conv.ai_enabled,
+        sources=[{k: getattr(s, k) for k in ("rank", "chunk_id", "document_id", "version", "filename", "page",
+                                             "section", "score", "text")} for s in reply.sources],
+        function_calls=[{"name": c.name, "arguments": c.arguments, "result": c.result, "error": c.error,
+                         "round": c.round, "duration_ms": c.duration_ms} for c in reply.tool_calls],
+        usage=Usage(reply.tokens_in, reply.tokens_out), cost=reply.cost, timings=turn.timings, message_id=reply.id,
+    )
+
+
+def _assistant_tool_message(content: str, calls: list[ToolCall]) -> dict:
+    return {
+        "role": "assistant", "content": content or "",
+        "tool_calls": [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False)}}
+                       for c in calls],
+    }
+
+
+def _call_dict(rnd: int, args: dict, res: ToolResult) -> dict:
+    return {"name": res.name, "arguments": args, "result": None if res.error else res.content, "error": res.error,
+            "round": rnd, "duration_ms": res.duration_ms}
+
+
+def _ms(t: float) -> float:
+    return (time.perf_counter() - t) * 1000

