@@ -134,6 +134,13 @@ def cmd_bench_ingest(args) -> int:
     return 0
 
 
+def cmd_bench_turn(args) -> int:
+    from benchmarks.turn import run_benchmark
+
+    run_benchmark(turns=args.turns, local=args.local)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="atende", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -184,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     bi.add_argument("--model", default="all-minilm-l6-v2")
     bi.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16, 32, 64])
     bi.set_defaults(func=cmd_bench_ingest)
+    bt = b.add_parser("turn", help="turn latency per stage (scripted model), and the local model's time per reply")
+    bt.add_argument("--turns", type=int, default=60)
+    bt.add_argument("--local", type=int, default=0, metavar="N", help="also run N turns on the embedded local model")
+    bt.set_defaults(func=cmd_bench_turn)
     return p
 
 

@@ -64,9 +64,11 @@ def handle_message(
         )
         msg = store.store_inbound(session, conv, text, channel_message_id=channel_message_id)
         conv_id, msg_id = conv.id, msg.id
-    run_turn(services, conv_id)
+    result = run_turn(services, conv_id)
     with services.session() as session:
-        return result_for_message(session, msg_id)
+        own = result is not None and result.message_id is not None and \
+            session.get(Message, result.message_id).turn_id == session.get(Message, msg_id).turn_id
+        return result if own else result_for_message(session, msg_id)
 
 
 def run_turn(services: Services, conversation_id: str) -> TurnResult | None:

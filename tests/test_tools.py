@@ -59,7 +59,10 @@ def local_server(respond):
                 self.send_header(k, v)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout tests)
+                pass
 
         do_GET = do_POST = _handle
 
@@ -85,8 +88,8 @@ def settings(tmp_path, allow_private=True, **kw) -> Settings:
     return Settings(home=tmp_path, http_tools_allow_private=allow_private, **kw)
 
 
-def call(name: str, **arguments) -> ToolCall:
-    return ToolCall(id=f"call_{name}", name=name, arguments=arguments)
+def call(tool: str, /, **arguments) -> ToolCall:
+    return ToolCall(id=f"call_{tool}", name=tool, arguments=arguments)
 
 
 class Env:
@@ -102,9 +105,9 @@ class Env:
             assistant = s.get(Assistant, self.assistant_id)
         return ToolContext(self.services, assistant, config or AssistantConfig(), self.conversation_id, now=NOW, **kw)
 
-    def run(self, config: AssistantConfig, name: str, ctx: ToolContext | None = None, **arguments):
+    def run(self, config: AssistantConfig, tool: str, ctx: ToolContext | None = None, /, **arguments):
         ctx = ctx or self.ctx(config)
-        return build_toolset(config).run(ctx, call(name, **arguments))
+        return build_toolset(config).run(ctx, call(tool, **arguments))
 
 
 @pytest.fixture
@@ -200,7 +203,7 @@ def test_run_checks_arguments():
     assert result.call_id == "call_sample" and result.name == "sample" and result.duration_ms >= 0
     # lossless conversions small models need
     loose = good | {"text": 12, "count": "3", "ratio": 1, "note": None}
-    assert json.loads(toolset.run(ctx, call("sample", **loose)).content) | {} == good | {
+    assert json.loads(toolset.run(ctx, call("sample", **loose)).content) == good | {
         "text": "12", "count": 3, "ratio": 1.0, "note": None, "level": 1}
     cases = [
         ({k: v for k, v in good.items() if k != "count"}, "missing required argument(s): count"),
@@ -236,6 +239,8 @@ def test_exceptions_become_error_results():
 
 
 def test_search_knowledge_base(env):
+    empty = env.run(AssistantConfig(), "search_knowledge_base", query="opening hours")
+    assert (empty.error, empty.content) == (None, "No relevant passages found in the knowledge base.")
     with env.services.session() as s:
         kb = registry.get_assistant(s, env.assistant_id).knowledge_base
         up = registry.register_upload(s, env.services.blobs, kb, "shop.txt", KB_TEXT.encode(), env.services.settings.max_upload_bytes)
@@ -433,8 +438,8 @@ def test_http_tool_truncates_long_responses(tmp_path):
 
 @pytest.mark.parametrize("respond, message", [
     (lambda n, req: (404, {}, b"no such order"), "the service answered HTTP 404: no such order"),
-    (lambda n, req: (302, {"Location": "http://169.254.169.254/"}, b""), "redirect (HTTP 302) to http://169.254.169.254/; redirects are not followed"),
-    (lambda n, req: (time.sleep(1.5), (200, {}, b"late"))[1], "did not answer within 0.5 seconds"),
+    (lambda n, req: (302, {"Location": "http://169.254.169.254/"}, b""), "the service answered with a redirect (HTTP 302) to http://169.254.169.254/; redirects are not followed"),
+    (lambda n, req: (time.sleep(1.5), (200, {}, b"late"))[1], "the service did not answer within 0.5 seconds"),
 ])
 def test_http_tool_errors(tmp_path, respond, message):
     with local_server(respond) as (url, requests):

