@@ -1,6 +1,8 @@
 """The FastAPI application factory."""
 from __future__ import annotations
 
+import logging
+import threading
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -12,6 +14,15 @@ from atende.demo import ensure_demo
 from atende.jobs import make_huey, requeue_interrupted, start_embedded_consumer
 from atende.services import Services, build_services
 from atende.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _warm_up(services: Services) -> None:
+    try:
+        services.chat_models.get()
+    except Exception as exc:  # the API still serves search and admin routes without a chat model
+        log.warning("chat model unavailable: %s", exc)
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None, demo: bool = False) -> FastAPI:
@@ -32,6 +43,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         if demo:
             for job_id in ensure_demo(services):
                 services.enqueue(job_id)
+            # start the embedded chat model now, so the first customer does not wait for it
+            threading.Thread(target=_warm_up, args=(services,), daemon=True).start()
         yield
         if consumer is not None:
             consumer.stop(graceful=True)

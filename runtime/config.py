@@ -82,9 +82,12 @@ class Scheduling(BaseModel):
     @field_validator("timezone")
     @classmethod
     def _tz(cls, v: str) -> str:
-        from zoneinfo import ZoneInfo
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-        ZoneInfo(v)
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {v!r}; use an IANA name such as America/Sao_Paulo") from exc
         return v
 
 
@@ -121,6 +124,15 @@ class AssistantConfig(BaseModel):
     data_fields: list[DataField] = Field(default_factory=list)
     http_tools: list[HttpTool] = Field(default_factory=list)
     scheduling: Scheduling = Field(default_factory=Scheduling)
+
+    @field_validator("http_tools")
+    @classmethod
+    def _unique_tool_names(cls, v: list[HttpTool]) -> list[HttpTool]:
+        names = [t.name for t in v]
+        clashes = sorted({n for n in names if names.count(n) > 1 or n in TOOL_NAMES})
+        if clashes:
+            raise ValueError(f"HTTP tool names must be unique and differ from the built-in tools: {clashes}")
+        return v
 
     @field_validator("tools")
     @classmethod

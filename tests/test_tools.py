@@ -189,10 +189,13 @@ def test_builtin_schemas_are_compact():
 def test_toolset_follows_config():
     assert build_toolset(AssistantConfig(tools=["transfer_to_human"])).names == ["transfer_to_human"]
     assert "collect_data" not in build_toolset(AssistantConfig())  # no fields configured: nothing to collect
-    http = [HttpTool(name="order_status", description="Order status", url="https://example.com/{order}"),
-            HttpTool(name="transfer_to_human", description="clash", url="https://example.com/")]
-    names = build_toolset(AssistantConfig(tools=[], http_tools=http)).names
-    assert names == ["order_status"]
+    order = HttpTool(name="order_status", description="Order status", url="https://example.com/{order}")
+    assert build_toolset(AssistantConfig(tools=[], http_tools=[order])).names == ["order_status"]
+    clash = HttpTool(name="transfer_to_human", description="clash", url="https://example.com/")
+    with pytest.raises(ValueError, match="differ from the built-in tools"):
+        AssistantConfig(http_tools=[order, clash])
+    with pytest.raises(ValueError, match="must be unique"):
+        AssistantConfig(http_tools=[order, order])
 
 
 def test_run_checks_arguments():

