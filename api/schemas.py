@@ -154,10 +154,8 @@ class MessagePublic(BaseModel):
         out = cls(id=m.id, direction=m.direction, text=m.text, status=m.status, created_at=m.created_at,
                   tokens_in=m.tokens_in, tokens_out=m.tokens_out, cost=m.cost, latency_ms=m.latency_ms)
         if m.direction == "outbound":
-            out.sources = [{k: getattr(s, k) for k in ("rank", "chunk_id", "document_id", "version", "filename",
-                                                       "page", "section", "score", "text")} for s in m.sources]
-            out.function_calls = [{"name": c.name, "arguments": c.arguments, "result": c.result, "error": c.error}
-                                  for c in m.tool_calls]
+            out.sources = [s.as_dict() for s in m.sources]
+            out.function_calls = [c.as_dict() for c in m.tool_calls]
         return out
 
 

@@ -87,6 +87,10 @@ class ToolCallRecord(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     duration_ms: Mapped[int] = mapped_column(Integer, default=0)
 
+    def as_dict(self) -> dict:
+        keys = ("name", "arguments", "result", "error", "round", "duration_ms")
+        return {k: getattr(self, k) for k in keys}
+
 
 class MessageSource(Base):
     """A knowledge-base passage a reply was grounded on, with the exact text the model saw."""
@@ -104,6 +108,10 @@ class MessageSource(Base):
     section: Mapped[str] = mapped_column(Text, default="")
     score: Mapped[float] = mapped_column(Float)
     text: Mapped[str] = mapped_column(Text)
+
+    def as_dict(self) -> dict:
+        keys = ("rank", "chunk_id", "document_id", "version", "filename", "page", "section", "score", "text")
+        return {k: getattr(self, k) for k in keys}
 
 
 class CollectedData(Base):

@@ -200,10 +200,8 @@ def result_for_message(session, message_id: str) -> TurnResult:
                           timings=turn.timings if turn else {})
     return TurnResult(
         conversation_id=conv.id, reply=reply.text, status=turn.status, ai_enabled=conv.ai_enabled,
-        sources=[{k: getattr(s, k) for k in ("rank", "chunk_id", "document_id", "version", "filename", "page",
-                                             "section", "score", "text")} for s in reply.sources],
-        function_calls=[{"name": c.name, "arguments": c.arguments, "result": c.result, "error": c.error,
-                         "round": c.round, "duration_ms": c.duration_ms} for c in reply.tool_calls],
+        sources=[s.as_dict() for s in reply.sources],
+        function_calls=[c.as_dict() for c in reply.tool_calls],
         usage=Usage(reply.tokens_in, reply.tokens_out), cost=reply.cost, timings=turn.timings, message_id=reply.id,
     )
 
