@@ -41,10 +41,17 @@ class Settings(BaseSettings):
     http_tool_credentials: dict[str, dict[str, str]] = Field(default_factory=dict)
     http_tools_allow_private: bool = False  # allow HTTP tools to reach loopback/private addresses
 
+    # WhatsApp Cloud API
+    whatsapp_graph_url: str = Field(default="https://graph.facebook.com", validation_alias=AliasChoices("WHATSAPP_GRAPH_URL", "ATENDE_WHATSAPP_GRAPH_URL"))
+    whatsapp_debounce_s: float = 2.0  # a burst of messages within this time is answered by one turn
+    whatsapp_send_timeout_s: float = 15.0
+    # signs web-widget visitor ids; must be set outside development
+    secret_key: str = PLACEHOLDER_TOKEN
+
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> "Settings":
-        if self.environment != "development" and self.admin_token == PLACEHOLDER_TOKEN:
-            raise ValueError("ATENDE_ADMIN_TOKEN must be set outside development")
+        if self.environment != "development" and PLACEHOLDER_TOKEN in (self.admin_token, self.secret_key):
+            raise ValueError("ATENDE_ADMIN_TOKEN and ATENDE_SECRET_KEY must be set outside development")
         return self
 
     @property

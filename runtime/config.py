@@ -104,6 +104,15 @@ def merge_config(stored: dict, changes: dict) -> dict:
         raise InvalidRequest(f"invalid config: {problems}") from exc
 
 
+class WidgetConfig(BaseModel):
+    """The embeddable web chat: where it may run and how fast a visitor may write."""
+
+    allowed_origins: list[str] = Field(default_factory=list, description="e.g. https://shop.example; empty = any origin")
+    rate_limit_per_minute: int = Field(default=10, ge=1, le=600)
+    title: str = "Chat"
+    greeting: str = ""
+
+
 class AssistantConfig(BaseModel):
     """Everything that shapes an assistant's replies; stored as JSON on the assistant."""
 
@@ -124,6 +133,7 @@ class AssistantConfig(BaseModel):
     data_fields: list[DataField] = Field(default_factory=list)
     http_tools: list[HttpTool] = Field(default_factory=list)
     scheduling: Scheduling = Field(default_factory=Scheduling)
+    widget: WidgetConfig = Field(default_factory=WidgetConfig)
 
     @field_validator("http_tools")
     @classmethod

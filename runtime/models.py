@@ -26,6 +26,8 @@ class Conversation(Base):
     handoff: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # reason, callback, at
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_inbound_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # set when Meta says the 24-hour window is closed (error 131047); a later inbound message re-opens it
+    window_closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     tokens_in: Mapped[int] = mapped_column(Integer, default=0)
     tokens_out: Mapped[int] = mapped_column(Integer, default=0)
     cost: Mapped[float] = mapped_column(Float, default=0.0)
@@ -58,8 +60,17 @@ class Message(Base):
     conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
     direction: Mapped[str] = mapped_column(String(10))  # inbound | outbound
     text: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(20))  # received | answered | sent | delivered | read | failed
-    channel_message_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # inbound: received | answered | skipped | logged ; outbound: answered (not for a channel) | pending |
+    # sent | delivered | read | played | failed | unknown (the send timed out; statuses settle it)
+    status: Mapped[str] = mapped_column(String(20))
+    channel_message_id: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
+    kind: Mapped[str] = mapped_column(String(30), default="text")  # text, image, location, template, reaction...
+    payload: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # the channel's raw message, media ids...
+    error_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error_title: Mapped[str | None] = mapped_column(Text, nullable=True)
+    billable: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    pricing_category: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    channel_cost: Mapped[float] = mapped_column(Float, default=0.0)
     turn_id: Mapped[str | None] = mapped_column(ForeignKey("turns.id", ondelete="SET NULL"), nullable=True, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     received_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -3,6 +3,7 @@ from alembic import context
 
 import kb.models  # noqa: F401  (register tables on the metadata)
 import runtime.models  # noqa: F401
+import runtime.whatsapp.models  # noqa: F401
 from atende.db import Base
 
 connection = context.config.attributes["connection"]
