@@ -38,8 +38,23 @@ def make_huey(services: Services) -> Huey:
         for event_id in event_ids:
             deliver_event(services, event_id)
 
+    @huey.task(name="whatsapp.process")
+    def process_webhook(post_id: str) -> None:
+        from runtime.whatsapp.inbound import process_post
+
+        for conversation_id in process_post(services, post_id):
+            services.schedule_turn(conversation_id, services.settings.whatsapp_debounce_s)
+
+    @huey.task(name="whatsapp.turn")
+    def whatsapp_turn(conversation_id: str) -> None:
+        from runtime.whatsapp.turns import run_whatsapp_turn
+
+        run_whatsapp_turn(services, conversation_id)
+
     services.enqueue = run_ingest_job
     services.deliver_events = deliver_events
+    services.enqueue_webhook = process_webhook
+    services.schedule_turn = lambda conversation_id, delay: whatsapp_turn.schedule((conversation_id,), delay=delay)
     return huey
 
 

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from atende.db import make_engine, make_sessionmaker, migrate
+from atende.db import make_engine, make_sessionmaker, migrate, utcnow
 from atende.settings import Settings
 from kb.blobs import BlobStore
 from kb.embedders import EmbedderRegistry
@@ -29,6 +30,12 @@ class Services:
     deliver_events: Callable[[list[str]], None] | None = None
     # ChatModelProvider-like: .get(name) -> ChatModel, .close()
     chat_models: object | None = None
+    # hands a stored WhatsApp webhook post to the background queue; None means process inline
+    enqueue_webhook: Callable[[str], None] | None = None
+    # runs a WhatsApp conversation's turn after a delay in seconds; None means run inline
+    schedule_turn: Callable[[str, float], None] | None = None
+    # the time, replaceable in tests (24-hour window)
+    clock: Callable[[], datetime] = utcnow
 
     def session(self) -> Session:
         return self.sessions()

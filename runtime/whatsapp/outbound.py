@@ -1,0 +1,141 @@
+"""Outbound WhatsApp: the 24-hour window, replies rendered and split for WhatsApp, templates, and the
+send bookkeeping (stored before sending; accepted / failed / unknown afterwards)."""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from atende.db import new_id, utcnow
+from atende.services import Services
+from kb.errors import Conflict, InvalidRequest, NotFound
+from runtime.models import Conversation, Message
+from runtime.whatsapp.models import WhatsAppSender, WhatsAppTemplate
+
+WINDOW = timedelta(hours=24)
+OUTSIDE_WINDOW = 131047  # Meta's error code for a free-form send outside the window
+_PARAM = re.compile(r"\{\{\s*(\d+)\s*\}\}")
+
+
+def window_open(conv: Conversation, now: datetime) -> bool:
+    """Free-form messages may be sent while the customer's last message is under 24 h old and Meta has
+    not said otherwise since then."""
+    last = conv.last_inbound_at
+    if last is None or now - last >= WINDOW:
+        return False
+    return conv.window_closed_at is None or conv.window_closed_at < last
+
+
+def graph_client(services: Services):
+    from runtime.whatsapp.graph import GraphClient
+
+    s = services.settings
+    return GraphClient(s.whatsapp_graph_url, timeout_s=s.whatsapp_send_timeout_s)
+
+
+def sender_of(session: Session, conv: Conversation) -> WhatsAppSender:
+    sender = session.scalar(select(WhatsAppSender).where(WhatsAppSender.phone_number_id == conv.sender))
+    if sender is None:
+        raise NotFound(f"no WhatsApp sender {conv.sender!r} is configured")
+    return sender
+
+
+def send_reply(services: Services, reply_message_id: str) -> list[Message]:
+    """Send a turn's reply to WhatsApp: rendered, split under 4096 characters, one stored message per part.
+
+    Outside the window nothing is sent to Meta: the reply is kept with status ``not_sent``.
+    """
+    from runtime.whatsapp.render import render_for_whatsapp, split_message
+
+    with services.session() as session:
+        reply = session.get(Message, reply_message_id)
+        conv = session.get(Conversation, reply.conversation_id)
+        if not window_open(conv, services.clock()):
+            reply.status, reply.error_title = "not_sent", "outside the 24-hour window: only templates may be sent"
+            session.commit()
+            return [reply]
+        parts = split_message(render_for_whatsapp(reply.text))
+        rows = [reply]
+        reply.text, reply.status = parts[0], "pending"
+        for text in parts[1:]:
+            rows.append(Message(id=new_id(), conversation_id=conv.id, direction="outbound", text=text, status="pending",
+                                turn_id=reply.turn_id, created_at=utcnow()))
+            session.add(rows[-1])
+        session.commit()  # stored before anything goes out
+        sender, to = sender_of(session, conv), conv.customer_id
+        client = graph_client(services)
+        for row in rows:
+            _record(session, conv, row, client.send_text(sender, to, row.text), services.clock())
+            if row.status == "failed":
+                break  # the rest would fail the same way; they stay pending for review
+        return rows
+
+
+def _record(session: Session, conv: Conversation, row: Message, result, now: datetime) -> None:
+    if result.status == "accepted":
+        row.status, row.channel_message_id, row.sent_at = "sent", result.wamid, now
+    else:
+        row.status, row.error_code, row.error_title = result.status, result.error_code, result.error_title
+        if result.error_code == OUTSIDE_WINDOW:
+            conv.window_closed_at = now
+    session.commit()
+
+
+def send_operator_message(services: Services, conversation_id: str, text: str) -> Message:
+    """A human agent's message, under the same window rules as the AI's."""
+    text = (text or "").strip()
+    if not text:
+        raise InvalidRequest("text must not be empty")
+    with services.session() as session:
+        conv = session.get(Conversation, conversation_id)
+        if conv is None:
+            raise NotFound(f"conversation {conversation_id!r} not found")
+        msg = Message(id=new_id(), conversation_id=conv.id, direction="outbound", text=text, kind="operator",
+                      status="answered", created_at=utcnow())
+        if conv.channel == "whatsapp" and not window_open(conv, services.clock()):
+            raise Conflict("the 24-hour window is closed: send an approved template instead")
+        session.add(msg)
+        session.commit()
+        if conv.channel == "whatsapp":
+            send_reply(services, msg.id)
+        session.refresh(msg)
+        return msg
+
+
+def fill_template(body: str, parameters: list[str]) -> str:
+    """The template's text with ``{{n}}`` replaced; every parameter it names must be given."""
+    needed = {int(n) for n in _PARAM.findall(body)}
+    if needed and max(needed) > len(parameters):
+        raise InvalidRequest(f"the template needs {max(needed)} parameter(s); {len(parameters)} given")
+    return _PARAM.sub(lambda m: parameters[int(m.group(1)) - 1], body)
+
+
+def send_template(services: Services, *, sender_id: str, customer_id: str, name: str, language: str,
+                  parameters: list[str]) -> Message:
+    """Send an approved template (e.g. to re-open a conversation); recorded like any message."""
+    with services.session() as session:
+        sender = session.get(WhatsAppSender, sender_id)
+        if sender is None:
+            raise NotFound(f"WhatsApp sender {sender_id!r} not found")
+        template = session.scalar(select(WhatsAppTemplate).where(
+            WhatsAppTemplate.sender_id == sender.id, WhatsAppTemplate.name == name, WhatsAppTemplate.language == language))
+        if template is None:
+            raise NotFound(f"template {name!r} ({language}) not found")
+        if template.status != "APPROVED":
+            raise Conflict(f"template {name!r} is {template.status}: only approved templates can be sent")
+        text = fill_template(template.body, parameters)
+        from runtime.store import find_or_create_conversation
+
+        conv = find_or_create_conversation(session, assistant_id=sender.assistant_id, channel="whatsapp",
+                                           sender=sender.phone_number_id, customer_id=customer_id)
+        msg = Message(id=new_id(), conversation_id=conv.id, direction="outbound", text=text, kind="template",
+                      status="pending", payload={"template": name, "language": language, "parameters": parameters},
+                      created_at=utcnow())
+        session.add(msg)
+        session.commit()
+        result = graph_client(services).send_template(sender, customer_id, name, language, parameters)
+        _record(session, conv, msg, result, services.clock())
+        session.refresh(msg)
+        return msg
