@@ -1,1 +1,1 @@
-"""FastAPI app: admin API (assistants, documents, search); webhook, review and widget come later."""
+"""FastAPI app: admin API (assistants, documents, search, chat, conversations), web widget, WhatsApp webhook."""

@@ -10,7 +10,7 @@ SOURCE_CHARS = 700  # per source: prompt processing is the local model's bottlen
 _VAR = re.compile(r"\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}")
 
 GROUNDING = (
-    "Answer in the customer's language, only from the numbered sources below. Never invent prices, dates, "
+    "Answer in the customer's language, only from the numbered sources given with the message. Never invent prices, dates, "
     f"names, policies or contact details. If the sources do not answer the question, reply exactly {NO_ANSWER}. "
     "Greetings and thanks need no sources. Use the tools when the customer wants to book, gives personal data "
     "or asks for a human. Do not mention source numbers."
@@ -44,16 +44,17 @@ def format_sources(sources: list[dict]) -> str:
 def build_messages(
     config: AssistantConfig, variables: dict, history: list[tuple[str, str]], user_text: str, sources: list[dict]
 ) -> list[dict]:
-    """OpenAI-style messages: system (prompt, channel rules, grounding, sources), history, the new message."""
+    """OpenAI-style messages: system (prompt, channel rules, grounding), history, then the sources and
+    the new message last. What changes per turn comes last, so a server that reuses the evaluated
+    prefix of the previous prompt (llama.cpp does) only processes the new tail."""
     system = "\n\n".join(
         part for part in (
             fill_variables(config.system_prompt, variables).strip(),
             config.text_channel_instructions.strip(),
             GROUNDING,
-            format_sources(sources),
         ) if part
     )
     messages = [{"role": "system", "content": system}]
     messages += [{"role": role, "content": text} for role, text in history]
-    messages.append({"role": "user", "content": user_text})
+    messages.append({"role": "user", "content": f"{format_sources(sources)}\n\nCustomer message:\n{user_text}"})
     return messages

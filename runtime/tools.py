@@ -422,23 +422,21 @@ class Toolset:
 
 
 def build_toolset(config: AssistantConfig) -> Toolset:
-    """The assistant's enabled built-in tools (in ``TOOL_NAMES`` order), then its HTTP tools."""
+    """The assistant's enabled built-in tools (in ``TOOL_NAMES`` order), then its HTTP tools.
+
+    The search tool is offered only when retrieval runs as a tool: with ``every_turn`` the engine has
+    already searched, and small models would spend rounds searching again.
+    """
     tools = []
     for name in TOOL_NAMES:
-        if name not in config.tools:
+        if name not in config.tools or (name == "search_knowledge_base" and config.retrieval.mode == "every_turn"):
             continue
         if name == "collect_data":
             if config.data_fields:  # without fields the tool can do nothing: spare the prompt
                 tools.append(_collect_data_tool(config))
             continue
         tools.append(function_tool(BUILTIN_TOOLS[name]))
-    taken = {t.name for t in tools}
-    for tool in config.http_tools:
-        if tool.name in taken or tool.name in TOOL_NAMES:
-            log.warning("HTTP tool %r skipped: the name is already taken", tool.name)
-            continue
-        taken.add(tool.name)
-        tools.append(http_tool(tool))
+    tools += [http_tool(tool) for tool in config.http_tools]  # names are unique (AssistantConfig checks)
     return Toolset(tools)
 
 

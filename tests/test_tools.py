@@ -175,9 +175,12 @@ def test_unsupported_annotation_is_refused_at_definition():
 
 
 def test_builtin_schemas_are_compact():
-    config = AssistantConfig(data_fields=[DataField(name="cpf", type="cpf"), DataField(name="plan", type="enum", options=["Basic", "Pro"])])
+    config = AssistantConfig(data_fields=[DataField(name="cpf", type="cpf"), DataField(name="plan", type="enum", options=["Basic", "Pro"])],
+                             retrieval=RetrievalConfig(mode="as_tool"))
     toolset = build_toolset(config)
     assert toolset.names == ["search_knowledge_base", "transfer_to_human", "collect_data", "list_available_slots", "schedule_appointment"]
+    every_turn = build_toolset(config.model_copy(update={"retrieval": RetrievalConfig()}))
+    assert "search_knowledge_base" not in every_turn  # the engine already searched this turn
     schemas = {s["function"]["name"]: s["function"] for s in toolset.schemas()}
     assert schemas["collect_data"]["parameters"]["properties"]["field"]["enum"] == ["cpf", "plan"]
     assert "plan (one of Basic/Pro)" in schemas["collect_data"]["description"]
@@ -242,7 +245,7 @@ def test_exceptions_become_error_results():
 
 
 def test_search_knowledge_base(env):
-    empty = env.run(AssistantConfig(), "search_knowledge_base", query="opening hours")
+    empty = env.run(AssistantConfig(retrieval=RetrievalConfig(mode="as_tool")), "search_knowledge_base", query="opening hours")
     assert (empty.error, empty.content) == (None, "No relevant passages found in the knowledge base.")
     with env.services.session() as s:
         kb = registry.get_assistant(s, env.assistant_id).knowledge_base
@@ -262,7 +265,7 @@ def test_search_knowledge_base(env):
     count = len(ctx.sources)
     again = toolset.run(ctx, call("search_knowledge_base", query="When does the shop open on Saturday?"))
     assert again.content == result.content and len(ctx.sources) == count  # de-duplicated by chunk id
-    strict = AssistantConfig(retrieval=RetrievalConfig(min_score=0.99))
+    strict = AssistantConfig(retrieval=RetrievalConfig(mode="as_tool", min_score=0.99))
     none = env.run(strict, "search_knowledge_base", query="What is the capital of Mongolia?")
     assert none.error is None and "No relevant passages" in none.content
 

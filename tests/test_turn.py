@@ -53,14 +53,20 @@ def system_prompt(request) -> str:
     return request.messages[0]["content"]
 
 
+def turn_prompt(request) -> str:
+    """The new message with the sources retrieved for it."""
+    return request.messages[-1]["content"]
+
+
 def test_reply_is_grounded_and_logged_with_sources_tokens_and_cost(shop):
     services, model, aid = shop
     model.enqueue(ChatResponse("Abrimos de segunda a sexta, das 8h às 18h.", usage=Usage(120, 14), model="scripted"))
     r = chat(services, aid, "Qual o horário de funcionamento?", variables={"customer_name": "Ana"})
     assert r.status == "answered" and r.reply.startswith("Abrimos")
     assert r.sources and r.sources[0]["filename"] == "horarios.txt" and r.sources[0]["rank"] == 1
-    prompt = system_prompt(model.requests[0])
-    assert "Cliente: Ana." in prompt and "[1] (horarios.txt" in prompt and "das 8h às 18h" in prompt
+    prompt = turn_prompt(model.requests[0])
+    assert "Cliente: Ana." in system_prompt(model.requests[0])
+    assert "[1] (horarios.txt" in prompt and "das 8h às 18h" in prompt and prompt.endswith("Qual o horário de funcionamento?")
     assert r.cost == pytest.approx((120 * 1.0 + 14 * 2.0) / 1e6)
     with services.session() as session:
         msgs = session.scalars(select(Message).where(Message.conversation_id == r.conversation_id).order_by(Message.created_at)).all()
@@ -82,9 +88,9 @@ def test_follow_up_is_retrieved_in_the_conversation_context(shop):
     chat(services, aid, "Qual o horário de funcionamento da loja?")
     r = chat(services, aid, "e no sábado?")
     assert r.sources[0]["filename"] == "horarios.txt"
-    assert "sábados abrimos das 9h às 13h" in system_prompt(model.requests[1])
-    history = [m["content"] for m in model.requests[1].messages[1:]]
-    assert history == ["Qual o horário de funcionamento da loja?", "Abrimos de segunda a sexta, das 8h às 18h.", "e no sábado?"]
+    assert "sábados abrimos das 9h às 13h" in turn_prompt(model.requests[1])
+    history = [m["content"] for m in model.requests[1].messages[1:-1]]
+    assert history == ["Qual o horário de funcionamento da loja?", "Abrimos de segunda a sexta, das 8h às 18h."]
     assert retrieval_queries("e no sábado?", [("user", "Qual o horário?"), ("assistant", "8h")])[1] == "Qual o horário?\ne no sábado?"
 
 
@@ -114,7 +120,7 @@ def test_handoff_pauses_the_ai_until_resumed(shop):
     model.enqueue("Oi de novo! Como posso ajudar?")
     back = chat(services, aid, "Voltei")
     assert back.status == "answered" and back.ai_enabled
-    history = [m["content"] for m in model.requests[-1].messages[1:]]
+    history = [m["content"] for m in model.requests[-1].messages[1:-1]]
     assert "Alô? Tem alguém aí?" in history  # the human-handled message stays in the history
 
 
@@ -145,6 +151,10 @@ def test_tool_errors_and_unknown_tools_do_not_crash_the_turn(shop):
 
 def test_tool_rounds_are_capped_and_a_repeated_call_forces_an_answer(shop):
     services, model, aid = shop
+    with services.session() as session:
+        a = registry.get_assistant(session, aid)
+        a.config = merge_config(a.config, {"retrieval": {"mode": "as_tool", "top_k": 1, "min_score": 0.1}})
+        session.commit()
     search = lambda q: [ToolCall("call_0", "search_knowledge_base", {"query": q})]  # noqa: E731
     model.enqueue(search("frete"), search("frete"), "O frete é grátis acima de R$ 150.")
     r = chat(services, aid, "Quanto custa o frete?")

