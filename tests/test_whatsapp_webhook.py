@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -78,9 +79,8 @@ STATUS_FILES = {
 # --------------------------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture
-def wa(client):
-    """The real app with the WhatsApp routers (added here until api/app.py registers them)."""
+def _with_whatsapp_routes(client):
+    """The WhatsApp routers are added here when api/app.py does not register them (yet)."""
     from api.routes.whatsapp import router, webhook_router
 
     paths = {getattr(r, "path", None) for r in client.app.routes}
@@ -89,6 +89,21 @@ def wa(client):
     if "/api/whatsapp/senders" not in paths:
         client.app.include_router(router)
     return client
+
+
+@pytest.fixture
+def wa(client):
+    """The real app, processing webhook posts inline (so no turn is scheduled and rows can be read at once)."""
+    services_of(client).enqueue_webhook = None
+    return _with_whatsapp_routes(client)
+
+
+@pytest.fixture
+def queued(client):
+    """The real app with its queue: posts are processed by the embedded consumer; turns are recorded, not run."""
+    scheduled = []
+    services_of(client).schedule_turn = lambda conversation_id, delay: scheduled.append((conversation_id, delay))
+    return _with_whatsapp_routes(client), scheduled
 
 
 @pytest.fixture
@@ -347,6 +362,31 @@ def test_duplicate_delivery_stores_one_message(wa, public):
     assert len(message_by_wamid(services, "wamid.T1")) == 1
     with services.session() as s:
         assert s.scalar(select(func.count()).select_from(WebhookPost)) == 3
+
+
+def test_queued_processing_schedules_turns(queued):
+    """Through the real queue: the post is acknowledged at once, processed in the background, and each
+    conversation with a new turn-worthy message gets its turn scheduled (a reaction gets none)."""
+    client, scheduled = queued
+    services = services_of(client)
+    public = TestClient(client.app)
+    add_sender(client, new_assistant(client), "111")
+    reaction = text_payload("111", wamid="wamid.R1")
+    reaction["entry"][0]["changes"][0]["value"]["messages"][0].update(
+        type="reaction", reaction={"message_id": "wamid.T1", "emoji": "👍"})
+    for body in (text_payload("111"), text_payload("111"), reaction):
+        assert post_signed(public, body).status_code == 200
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with services.session() as s:
+            if s.scalar(select(func.count()).select_from(WebhookPost).where(WebhookPost.processed.is_(True))) == 3:
+                break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("webhook posts were not processed by the queue")
+    (msg,) = message_by_wamid(services, "wamid.T1")
+    assert len(message_by_wamid(services, "wamid.R1")) == 1
+    assert scheduled == [(msg.conversation_id, services.settings.whatsapp_debounce_s)]
 
 
 def test_process_post_returns_turn_conversations_once(services):

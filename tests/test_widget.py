@@ -48,10 +48,7 @@ def shop(sqlite_services):
         session.commit()
     assert run_job(services, job).status == "ready"
     closed = add_assistant(services, "fechada", widget={"allowed_origins": [SHOP + "/"]})
-    app = create_app(services=services)
-    if not any(getattr(r, "path", None) == "/widget.js" for r in app.routes):  # until the lead wires it
-        app.include_router(widget.router)
-    with TestClient(app) as client:
+    with TestClient(create_app(services=services)) as client:
         yield client, services, model, aid, closed
 
 

@@ -43,7 +43,9 @@ _HTML_TAGS = (
     "small|span|strike|strong|sub|summary|sup|table|tbody|td|tfoot|th|thead|tr|tt|u|ul"
 )
 _HTML_TAG = re.compile(rf"</?(?:{_HTML_TAGS})(?:\s[^<>]*)?/?>", re.IGNORECASE)
-_HTML_BREAK = re.compile(r"<(?:br|/p|/div|/li|/tr|hr)(?:\s[^<>]*)?/?>", re.IGNORECASE)
+_HTML_BLOCK_TAGS = "br|hr|p|div|tr|table|ul|ol|h[1-6]|blockquote|pre|section|article|header|footer|details|summary"
+_HTML_BREAK = re.compile(rf"[ \t]*</?(?:{_HTML_BLOCK_TAGS})(?:\s[^<>]*)?/?>[ \t]*", re.IGNORECASE)
+_HTML_ITEM = re.compile(r"[ \t]*<li(?:\s[^<>]*)?>[ \t]*", re.IGNORECASE)
 _HTML_COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
 _HTML_ANCHOR = re.compile(r"<a\s[^<>]*?href\s*=\s*[\"']([^\"']+)[\"'][^<>]*>(.*?)</a>", re.IGNORECASE | re.DOTALL)
 _HTML_STYLE = {
@@ -102,7 +104,7 @@ class _Renderer:
         # a definition no link used would vanish from the rendered Markdown; keep its URL visible
         lines += [f"[{label}] {self._protect(url)}" for key, (label, url) in self.references.items()
                   if key not in self.used_references]
-        text = "\n".join(line.rstrip() for line in lines)
+        text = "\n".join(line.rstrip() for line in "\n".join(lines).split("\n"))
         text = _BLANK_RUNS.sub("\n\n", text).strip("\n")
         return self._restore(text).strip()
 
@@ -121,7 +123,7 @@ class _Renderer:
 
     def _fence(self, m: re.Match) -> str:
         indent = len(m.group("indent"))
-        lines = [line[indent:] if line[:indent].isspace() else line.lstrip() for line in m.group("code").split("\n")]
+        lines = [line[indent:] if not line[:indent].strip() else line.lstrip() for line in m.group("code").split("\n")]
         code = "\n".join(lines).strip("\n")
         if not code.strip():
             return ""
@@ -238,6 +240,7 @@ class _Renderer:
         text = _BARE_URL.sub(self._bare_url, text)
         for marker, pattern in _HTML_STYLE.items():
             text = pattern.sub(lambda m, marker=marker: f"{marker}{m.group(2)}{marker}", text)
+        text = _HTML_ITEM.sub("\n- ", text)
         text = _HTML_BREAK.sub("\n", text)
         text = _HTML_TAG.sub("", text)
         for entity, char in _ENTITIES.items():
