@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
-from api.routes import assistants, conversations, documents, widget
+from api.routes import assistants, conversations, documents, whatsapp, widget
 from atende import __version__
 from atende.demo import ensure_demo
 from atende.jobs import make_huey, requeue_interrupted, start_embedded_consumer
@@ -58,6 +58,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(documents.router)
     app.include_router(conversations.router)
     app.include_router(widget.router)
+    app.include_router(whatsapp.router)
+    app.include_router(whatsapp.webhook_router)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict:

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from atende.services import Services
 from ingest.pipeline import run_job
 from kb.models import IngestJob
+from runtime.whatsapp.models import WebhookPost
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def start_embedded_consumer(huey: Huey, workers: int) -> EmbeddedConsumer:
 
 def requeue_interrupted(services: Services) -> int:
     """Re-enqueue jobs left queued or processing by a stopped process (chunk ids are deterministic,
-    so re-running a half-written version simply overwrites it)."""
+    so re-running a half-written version simply overwrites it), and unprocessed webhook posts."""
     with services.session() as session:
         jobs = list(session.scalars(select(IngestJob).where(IngestJob.status.in_(("queued", "processing")))))
         for job in jobs:
@@ -81,4 +82,8 @@ def requeue_interrupted(services: Services) -> int:
         session.commit()
     for job in jobs:
         services.enqueue(job.id)
-    return len(jobs)
+    with services.session() as session:  # webhook posts stored but not processed (crash, queue outage)
+        posts = list(session.scalars(select(WebhookPost.id).where(WebhookPost.processed.is_(False))))
+    for post_id in posts:
+        services.enqueue_webhook(post_id)
+    return len(jobs) + len(posts)

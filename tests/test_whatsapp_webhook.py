@@ -39,8 +39,8 @@ EXPECTED = {
     "callback_button__quick_reply_without_context": ("button", "received", "title", None),
     "callback_selection__callback": ("list_reply", "received", "title", None),
     "callback_selection__description": ("list_reply", "received", "description", None),
-    "deleted_message__revoke": ("revoke", "logged", "deleted", None),
-    "edited_message__image": ("edit", "logged", "edited", None),
+    "deleted_message__revoke": ("revoke", "logged", "deleted a message", None),
+    "edited_message__image": ("edit", "logged", "edited an earlier message", None),
     "message__animated_sticker": ("sticker", "received", "sticker", "1234567890987654321"),
     "message__audio": ("audio", "received", "audio", "1234567890987654321"),
     "message__chosen_location": ("location", "received", "Facebook HQ, 1 Hacker Way, Menlo Park, CA 94025", None),
@@ -50,7 +50,7 @@ EXPECTED = {
     "message__forwarded": ("text", "received", "forwarded text", None),
     "message__forwarded_many_times": ("text", "received", "text forwarded many times", None),
     "message__image": ("image", "received", "an image", "65463453"),
-    "message__interactive_message_with_err": ("interactive", "logged", "interactive", None),
+    "message__interactive_message_with_err": ("interactive", "logged", "not readable", None),
     "message__media_with_url": ("image", "received", "an image", "65463453"),
     "message__order": ("order", "received", "3 x HAMBURGER at 30 ILS", None),
     "message__reaction": ("reaction", "logged", "\U0001f62e", None),
@@ -58,9 +58,9 @@ EXPECTED = {
     "message__reply": ("text", "received", "replied text", None),
     "message__static_sticker": ("sticker", "received", "sticker", "1234567890987654321"),
     "message__text": ("text", "received", "Body Text", None),
-    "message__unreaction_empty": ("reaction", "logged", "reaction removed", None),
-    "message__unreaction_no_emoji": ("reaction", "logged", "reaction removed", None),
-    "message__unsupported": ("unsupported", "logged", "unsupported", None),
+    "message__unreaction_empty": ("reaction", "logged", "removed a reaction", None),
+    "message__unreaction_no_emoji": ("reaction", "logged", "removed a reaction", None),
+    "message__unsupported": ("unsupported", "logged", "131051 Message type unknown", None),
     "message__unsupported_with_type": ("unsupported", "logged", "pool", None),
     "message__video": ("video", "received", "caption", "765756756"),
     "message__voice": ("voice", "received", "voice message", "1234567890987654321"),
@@ -79,23 +79,12 @@ STATUS_FILES = {
 # --------------------------------------------------------------------------------------------- helpers
 
 
-def _with_whatsapp_routes(client):
-    """The WhatsApp routers are added here when api/app.py does not register them (yet)."""
-    from api.routes.whatsapp import router, webhook_router
-
-    paths = {getattr(r, "path", None) for r in client.app.routes}
-    if "/webhooks/whatsapp" not in paths:
-        client.app.include_router(webhook_router)
-    if "/api/whatsapp/senders" not in paths:
-        client.app.include_router(router)
-    return client
-
 
 @pytest.fixture
 def wa(client):
     """The real app, processing webhook posts inline (so no turn is scheduled and rows can be read at once)."""
     services_of(client).enqueue_webhook = None
-    return _with_whatsapp_routes(client)
+    return client
 
 
 @pytest.fixture
@@ -103,7 +92,7 @@ def queued(client):
     """The real app with its queue: posts are processed by the embedded consumer; turns are recorded, not run."""
     scheduled = []
     services_of(client).schedule_turn = lambda conversation_id, delay: scheduled.append((conversation_id, delay))
-    return _with_whatsapp_routes(client), scheduled
+    return client, scheduled
 
 
 @pytest.fixture
@@ -320,6 +309,19 @@ def test_invalid_json_is_refused_after_the_signature(wa, public):
     assert counts(services) == (0, 0, 0)
 
 
+def test_a_post_that_fails_to_process_is_still_acknowledged(wa, public, monkeypatch):
+    """The body is stored before the answer; a processing error is kept on the post for a retry."""
+    import runtime.whatsapp.inbound as inbound
+
+    services = services_of(wa)
+    add_sender(wa, new_assistant(wa), "111")
+    monkeypatch.setattr(inbound, "_apply", lambda run, event: 1 / 0)
+    assert post_signed(public, text_payload("111")).status_code == 200
+    with services.session() as s:
+        post = s.scalars(select(WebhookPost)).one()
+        assert (post.processed, post.error) == (False, "ZeroDivisionError: division by zero")
+
+
 def test_no_sender_means_every_post_is_refused(wa, public):
     assert post_signed(public, text_payload("111")).status_code == 403
     assert counts(services_of(wa)) == (0, 0, 0)
@@ -379,8 +381,9 @@ def test_queued_processing_schedules_turns(queued):
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         with services.session() as s:
-            if s.scalar(select(func.count()).select_from(WebhookPost).where(WebhookPost.processed.is_(True))) == 3:
-                break
+            done = s.scalar(select(func.count()).select_from(WebhookPost).where(WebhookPost.processed.is_(True)))
+        if done == 3 and scheduled:
+            break
         time.sleep(0.05)
     else:
         raise AssertionError("webhook posts were not processed by the queue")
@@ -413,6 +416,8 @@ def test_concurrent_duplicate_posts_store_one_message(services):
     """Two workers processing two deliveries of the same message at once: one row, one turn."""
     assistant = _assistant(services)
     _sender(services, assistant, "111")
+    first = json.dumps(text_payload("111", wamid="wamid.T0")).encode()
+    process_post(services, accept_post(services, first, sign(first, SECRET_A)).id)  # the conversation exists
     raw = json.dumps(text_payload("111")).encode()
     posts = [accept_post(services, raw, sign(raw, SECRET_A)).id for _ in range(4)]
     results, errors, barrier = [], [], threading.Barrier(len(posts))
@@ -432,6 +437,54 @@ def test_concurrent_duplicate_posts_store_one_message(services):
     assert errors == []
     assert len(message_by_wamid(services, "wamid.T1")) == 1
     assert sum(len(r) for r in results) == 1
+
+
+def test_unique_constraint_catches_a_missed_duplicate(services, monkeypatch):
+    """When the look-up misses a duplicate (a race), the savepoint drops just that row: the rest of the
+    post is still stored, in the same transaction."""
+    import runtime.whatsapp.inbound as inbound
+
+    _sender(services, _assistant(services), "111")
+    raw = json.dumps(text_payload("111")).encode()
+    (conv_id,) = process_post(services, accept_post(services, raw, sign(raw, SECRET_A)).id)
+    monkeypatch.setattr(inbound, "_inbound_exists", lambda *args: False)
+    body = text_payload("111")
+    body["entry"] += text_payload("111", wamid="wamid.T2", body="And on holidays?")["entry"]
+    raw = json.dumps(body).encode()
+    post = accept_post(services, raw, sign(raw, SECRET_A))
+    assert process_post(services, post.id) == [conv_id]
+    assert len(message_by_wamid(services, "wamid.T1")) == 1
+    assert [m.text for m in message_by_wamid(services, "wamid.T2")] == ["And on holidays?"]
+    with services.session() as s:
+        assert s.get(WebhookPost, post.id).processed
+
+
+def test_a_failing_post_is_rolled_back_and_can_be_retried(services, monkeypatch):
+    import runtime.whatsapp.inbound as inbound
+
+    _sender(services, _assistant(services), "111")
+    body = text_payload("111")
+    body["entry"] += text_payload("111", wamid="wamid.T2", body="And on holidays?")["entry"]
+    raw = json.dumps(body).encode()
+    post = accept_post(services, raw, sign(raw, SECRET_A))
+    store, calls = inbound._store_inbound, []
+
+    def flaky(run, event):
+        calls.append(event.wamid)
+        if len(calls) == 2:
+            raise RuntimeError("database hiccup")
+        store(run, event)
+
+    monkeypatch.setattr(inbound, "_store_inbound", flaky)
+    with pytest.raises(RuntimeError):
+        process_post(services, post.id)
+    with services.session() as s:
+        row = s.get(WebhookPost, post.id)
+        assert (row.processed, row.error) == (False, "RuntimeError: database hiccup")
+    assert counts(services) == (1, 0, 0)  # nothing half-written
+    monkeypatch.setattr(inbound, "_store_inbound", store)
+    assert len(process_post(services, post.id)) == 1
+    assert counts(services) == (1, 2, 1)
 
 
 def test_accept_post_errors(services):

@@ -29,6 +29,8 @@ _FENCE = re.compile(
     r"(?:(?<=\n)[ \t]*(?P=fence)[`~]*[ \t]*$|\Z)",
     re.MULTILINE | re.DOTALL,
 )
+# WhatsApp's own multi-line monospace: ```text``` hugging its text, with no fence line inside.
+_WHATSAPP_MONO = re.compile(r"```(?=[^\s`])(?:(?!\n[ \t]*```)[^`]|`(?!``))+?(?<=[^\s`])```", re.DOTALL)
 _REF_DEF = re.compile(r"^[ \t]{0,3}\[([^\]\n]+)\]:[ \t]*<?(\S+?)>?(?:[ \t]+[\"'(].*[\"')])?[ \t]*$", re.MULTILINE)
 _CODE_SPAN = re.compile(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)")
 _ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")
@@ -60,12 +62,13 @@ _NOT_ALNUM_BEFORE = r"(?<![^\W_])"
 _NOT_ALNUM_AFTER = r"(?![^\W_])"
 _BOLD_ITALIC_STARS = re.compile(_NOT_ALNUM_BEFORE + r"\*\*\*(?=[^\s*])([^\n]+?)(?<=[^\s*])\*\*\*" + _NOT_ALNUM_AFTER)
 _BOLD_STARS = re.compile(_NOT_ALNUM_BEFORE + r"\*\*(?=[^\s*])([^\n]+?)(?<=[^\s*])\*\*" + _NOT_ALNUM_AFTER)
-_BOLD_UNDERSCORES = re.compile(r"(?<!\w)__(?=[^\s_])([^\n]+?)(?<=[^\s_])__(?!\w)")
+# ... and a closing __ must not lead into a name either (__init__.py is a file name, not bold "init")
+_BOLD_UNDERSCORES = re.compile(r"(?<!\w)__(?=[^\s_])([^\n]+?)(?<=[^\s_])__(?!\w|[.\-/]\w)")
 _STRIKE_TILDES = re.compile(r"~~(?=[^\s~])([^\n]+?)(?<=[^\s~])~~")
-_ITALIC_STAR = re.compile(_NOT_ALNUM_BEFORE + r"\*(?=[^\s*])([^*\n]*?[^\s*])?\*" + _NOT_ALNUM_AFTER)
+_ITALIC_STAR = re.compile(_NOT_ALNUM_BEFORE + r"(?<!\*)\*(?=[^\s*])([^*\n]*?[^\s*])?\*(?!\*)" + _NOT_ALNUM_AFTER)
 
 _MARKDOWN_SIGNS = re.compile(
-    r"\*\*\S|__\S[^\n]*?\S__|~~\S|^[ \t]*#{1,6}[ \t]|\]\([^)\s]+\)|^[ \t]*(?:```|~~~)|^[ \t]*\|?[ \t]*:?-{3,}",
+    r"\*\*\S|__\S[^\n]*?\S__|~~\S|^[ \t]*#{1,6}[ \t]|\]\([^)\s]+\)|^[ \t]*(?:```|~~~)[\w+#.-]*[ \t]*$|^[ \t]*\|?[ \t]*:?-{3,}",
     re.MULTILINE,
 )
 _HEADING = re.compile(r"^[ \t]{0,3}(#{1,6})[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")
@@ -83,20 +86,21 @@ _COMPACT_TABLE_COLUMNS = 3
 def render_for_whatsapp(markdown: str) -> str:
     """Rewrite Markdown (as language models write it) in WhatsApp's formatting."""
     text = _PRIVATE.sub("", markdown.replace("\r\n", "\n").replace("\r", "\n"))
-    renderer = _Renderer(markdown_mode=bool(_MARKDOWN_SIGNS.search(text)))
-    return renderer.render(text)
+    return _Renderer().render(text)
 
 
 class _Renderer:
     """One rendering: holds the protected snippets (code, URLs) until the text is put back together."""
 
-    def __init__(self, markdown_mode: bool) -> None:
-        self.markdown_mode = markdown_mode
+    def __init__(self) -> None:
+        self.markdown_mode = False
         self.tokens: list[str] = []
         self.references: dict[str, tuple[str, str]] = {}
         self.used_references: set[str] = set()
 
     def render(self, text: str) -> str:
+        text = _WHATSAPP_MONO.sub(lambda m: self._protect(m.group(0)) if "\n" in m.group(0) else m.group(0), text)
+        self.markdown_mode = bool(_MARKDOWN_SIGNS.search(text))
         text = _FENCE.sub(self._fence, text)
         text = _HTML_COMMENT.sub("", text)
         text = _REF_DEF.sub(self._reference, text)
@@ -216,7 +220,7 @@ class _Renderer:
         body = [[self._inline(cell) for cell in _cells(row)] for row in rows if not _TABLE_SEPARATOR.match(row)]
         has_header = any(name.strip() for name in names)
         if not has_header or len(names) <= _COMPACT_TABLE_COLUMNS:
-            out = [f"{_BOLD}{' · '.join(names)}{_BOLD}"] if has_header else []
+            out = [f"{_BOLD}{' · '.join(name for name in names if name)}{_BOLD}"] if has_header else []
             out += [" · ".join(cell for cell in row if cell) for row in body if any(row)]
             return out
         out: list[str] = []

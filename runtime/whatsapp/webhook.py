@@ -240,7 +240,8 @@ def _describe_interactive(body: dict) -> tuple[str, str | None, str, None]:
     if sub == "nfm_reply":  # a WhatsApp Flow submitted
         answers = reply.get("response_json") or reply.get("body") or ""
         return _said(sub, f"[The customer submitted a form: {answers}]" if answers else None, "[an empty form]")
-    return ("interactive", None, f"[an interactive reply WhatsApp did not describe{f' ({sub})' if sub else ''}]", None)
+    sub = f" ({sub})" if sub else ""
+    return ("interactive", None, f"[The customer sent an interactive reply{sub}, not readable here]", None)
 
 
 def _describe_media(kind: str, body: dict) -> tuple[str, str, str, str | None]:
@@ -268,36 +269,40 @@ def _describe_location(loc: dict) -> str:
 def _describe_contacts(contacts) -> str:
     people = []
     for c in _list(contacts):
-        name = (c.get("name") or {}).get("formatted_name") or " ".join(
-            filter(None, [(c.get("name") or {}).get("first_name"), (c.get("name") or {}).get("last_name")])) or "unnamed"
+        name = c.get("name") or {}
+        full = name.get("formatted_name") or " ".join(filter(None, [name.get("first_name"), name.get("last_name")]))
         phones = ", ".join(str(p.get("phone") or p.get("wa_id")) for p in _list(c.get("phones")) if isinstance(p, dict))
-        people.append(f"{name} ({phones})" if phones else name)
+        people.append(f"{full or 'unnamed'} ({phones})" if phones else full or "unnamed")
     return f"[The customer shared contact cards: {'; '.join(people) or 'empty'}]"
 
 
 def _describe_order(order: dict) -> str:
     items = []
     for item in _list(order.get("product_items")):
-        price = f" at {item.get('item_price')} {item.get('currency', '')}".rstrip() if item.get("item_price") is not None else ""
+        price = item.get("item_price")
+        price = f" at {price} {item.get('currency', '')}".rstrip() if price is not None else ""
         items.append(f"{item.get('quantity', 1)} x {item.get('product_retailer_id', '?')}{price}")
     note = f"; note: {order['text']}" if order.get("text") else ""
-    return f"[The customer sent an order from catalog {order.get('catalog_id', '?')}: {', '.join(items) or 'no items'}{note}]"
+    catalog = order.get("catalog_id", "?")
+    return f"[The customer sent an order from catalog {catalog}: {', '.join(items) or 'no items'}{note}]"
 
 
 def _describe_logged(kind: str, m: dict) -> str:
     body = m.get(kind) if isinstance(m.get(kind), dict) else {}
+    # readable without ids (the ids stay in the payload): these lines may end up in the turn's history
     if kind == "reaction":
         emoji = body.get("emoji")
-        return f"[reaction {emoji} to {body.get('message_id')}]" if emoji else f"[reaction removed from {body.get('message_id')}]"
+        return f"[The customer reacted {emoji} to a message]" if emoji else "[The customer removed a reaction]"
     if kind == "edit":
-        return f"[the customer edited message {body.get('original_message_id')}]"
+        return "[The customer edited an earlier message]"
     if kind in ("revoke", "deleted"):
-        return f"[the customer deleted message {body.get('original_message_id')}]"
+        return "[The customer deleted a message]"
     if kind == "system":
-        return f"[system: {body.get('body') or body.get('type')}]"
+        return f"[WhatsApp notice: {body.get('body') or body.get('type')}]"
     errors = "; ".join(_error_text(e) for e in _list(m.get("errors")))
     sub = f" ({body['type']})" if body.get("type") else ""
-    return f"[{kind} message{sub}{': ' + errors if errors else ''}]"
+    what = "a message type the API does not deliver" if kind == "unsupported" else f"a message of type {kind}"
+    return f"[The customer sent {what}{sub}, not readable here{': ' + errors if errors else ''}]"
 
 
 def _parse_status(phone_number_id: str, s: dict, received_at: datetime) -> Event:
@@ -328,7 +333,7 @@ def _parse_preferences(value: dict, received_at: datetime) -> list[Event]:
         ts = _timestamp(pref.get("timestamp"), received_at)
         # preferences carry no message id; this one is stable across redeliveries
         wamid = f"pref:{pref.get('category')}:{pref.get('value')}:{int(ts.timestamp())}"
-        description = f"[marketing preference: {pref.get('value')} — {pref.get('detail') or pref.get('category')}]"
+        description = f"[Marketing messages preference: {pref.get('value')} ({pref.get('detail') or pref.get('category')})]"
         events.append(InboundMessage(
             phone_number_id=str(phone_number_id), wamid=wamid, customer_id=str(pref.get("wa_id") or pref.get("user_id")),
             wa_id=pref.get("wa_id"), user_id=pref.get("user_id"), profile_name=None, timestamp=ts,

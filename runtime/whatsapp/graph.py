@@ -1,0 +1,212 @@
+"""Sending messages through Meta's Graph API (WhatsApp Cloud API ``/messages``).
+
+A send is retried only when it certainly did not reach Meta's message handling: the connection
+could not be made (refused, DNS, connect timeout), or Meta said so (HTTP 429, HTTP 5xx). Once the
+request may have been read and no answer came (read timeout, dropped connection), the outcome is
+``"unknown"`` and it is not retried, since a retry could deliver the message twice; the status
+webhook settles it later. The access token goes only into the ``Authorization`` header and is
+never logged.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, replace
+from typing import Literal, Protocol
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "atende-whatsapp/1"
+MAX_RETRY_AFTER_S = 30.0
+# Business-scoped user id (BSUID): country code, a dot, then letters/digits, e.g. US.13491208655302741918
+# or a parent BSUID such as US.ENT.11815799212886844830. Phone numbers (wa_id) are digits.
+_BSUID = re.compile(r"^[A-Z]{2}\.[A-Za-z0-9.]+$")
+_META_CODE_PREFIX = re.compile(r"^\(#\d+\)\s*")
+_URL = re.compile(r"https?://", re.IGNORECASE)
+
+SendStatus = Literal["accepted", "failed", "unknown"]
+
+
+class GraphSender(Protocol):
+    """What a send needs of a business number (``WhatsAppSender`` fits)."""
+
+    phone_number_id: str
+    access_token: str
+    graph_version: str
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """How a send ended. ``accepted``: Meta took it (``wamid`` set); ``failed``: it certainly was
+    not sent; ``unknown``: it may have been sent, wait for the status webhook."""
+
+    status: SendStatus
+    wamid: str | None
+    error_code: int | None
+    error_title: str | None
+    attempts: int
+    http_status: int | None
+
+
+class _Retry(Exception):
+    """An attempt that certainly was not accepted and may be tried again."""
+
+    def __init__(self, result: SendResult, wait_s: float | None = None) -> None:
+        super().__init__(result.error_title)
+        self.result = result
+        self.wait_s = wait_s
+
+
+class GraphClient:
+    """Posts messages to ``{base_url}/{graph_version}/{phone_number_id}/messages``. Thread-safe."""
+
+    def __init__(self, base_url: str, timeout_s: float = 15, attempts: int = 3, backoff_s: float = 0.5) -> None:
+        if attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        self.base_url = base_url.rstrip("/")
+        self.attempts = attempts
+        self.backoff_s = backoff_s
+        self._http = httpx.Client(timeout=timeout_s, follow_redirects=False, trust_env=False,
+                                  headers={"User-Agent": USER_AGENT})
+
+    def __enter__(self) -> GraphClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # ------------------------------------------------------------------ message kinds
+
+    def send_text(self, sender: GraphSender, to: str, text: str, reply_to: str | None = None) -> SendResult:
+        """Send ``text`` (already rendered for WhatsApp, at most 4096 characters); quote ``reply_to`` if given."""
+        payload = {
+            **recipient_fields(to),
+            "type": "text",
+            "text": {"body": text, "preview_url": bool(_URL.search(text))},
+        }
+        if reply_to:
+            payload["context"] = {"message_id": reply_to}
+        return self.send(sender, payload)
+
+    def send_template(self, sender: GraphSender, to: str, name: str, language: str,
+                      parameters: list[str]) -> SendResult:
+        """Send an approved template, filling its body's ``{{1}}``, ``{{2}}`` ... with ``parameters``."""
+        template: dict = {"name": name, "language": {"code": language}}
+        if parameters:
+            template["components"] = [
+                {"type": "body", "parameters": [{"type": "text", "text": value} for value in parameters]}
+            ]
+        return self.send(sender, {**recipient_fields(to), "type": "template", "template": template})
+
+    # ------------------------------------------------------------------ the request
+
+    def send(self, sender: GraphSender, payload: dict) -> SendResult:
+        """POST ``payload`` (``messaging_product`` is added), retrying only what certainly was not sent."""
+        url = f"{self.base_url}/{sender.graph_version}/{sender.phone_number_id}/messages"
+        body = {"messaging_product": "whatsapp", **payload}
+        headers = {"Authorization": f"Bearer {sender.access_token}"}
+        for attempt in range(1, self.attempts + 1):
+            try:
+                result = self._attempt(url, body, headers, attempt)
+            except _Retry as retry:
+                result = _scrub(retry.result, sender.access_token)
+                if attempt < self.attempts:
+                    wait = retry.wait_s if retry.wait_s is not None else self.backoff_s * 2 ** (attempt - 1)
+                    log.warning("WhatsApp send to number %s not accepted (%s); attempt %d of %d in %.2fs",
+                                sender.phone_number_id, result.error_title, attempt + 1, self.attempts, wait)
+                    time.sleep(wait)
+                    continue
+            result = _scrub(result, sender.access_token)
+            if result.status != "accepted":
+                log.warning("WhatsApp send to number %s %s after %d attempt(s): %s (code %s)",
+                            sender.phone_number_id, result.status, attempt, result.error_title, result.error_code)
+            return result
+        raise AssertionError("unreachable")  # the last attempt always returns
+
+    def _attempt(self, url: str, body: dict, headers: dict, attempt: int) -> SendResult:
+        try:
+            response = self._http.post(url, json=body, headers=headers)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            # nothing was sent: refused, unresolvable, or no connection in time
+            raise _Retry(_result("failed", attempt, title=f"could not connect: {_describe(exc)}")) from None
+        except httpx.UnsupportedProtocol as exc:
+            return _result("failed", attempt, title=f"invalid Graph API URL: {exc}")
+        except httpx.LocalProtocolError:
+            # nothing was sent; the message would quote the offending header, i.e. the token
+            return _result("failed", attempt, title="the request could not be built (is the access token valid?)")
+        except httpx.TransportError as exc:
+            # the request went out (at least partly) and no answer came: Meta may have taken it
+            return _result("unknown", attempt, title=f"no answer from the Graph API: {_describe(exc)}")
+        return _interpret(response, attempt)
+
+
+def recipient_fields(to: str) -> dict:
+    """Addressing of a one-to-one send: a phone number goes in ``to``, a business-scoped user id
+    (BSUID, for users who hide their number behind a username) in ``recipient``."""
+    to = to.strip()
+    key = "recipient" if _BSUID.match(to) else "to"
+    return {"recipient_type": "individual", key: to}
+
+
+def _interpret(response: httpx.Response, attempt: int) -> SendResult:
+    status = response.status_code
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    if 200 <= status < 300:
+        messages = answer.get("messages") if isinstance(answer, dict) else None
+        wamid = messages[0].get("id") if messages and isinstance(messages[0], dict) else None
+        if wamid:
+            return _result("accepted", attempt, wamid=wamid, http_status=status)
+        return _result("unknown", attempt, http_status=status,
+                       title=f"HTTP {status} without a message id: {response.text[:200]}")
+    code, title = _meta_error(answer, response)
+    result = _result("failed", attempt, code=code, title=title, http_status=status)
+    if status == 429 or status >= 500:
+        raise _Retry(result, _retry_after(response))
+    return result
+
+
+def _meta_error(answer, response: httpx.Response) -> tuple[int | None, str]:
+    """Meta's error code and a readable title (message, then details) from an error answer."""
+    error = answer.get("error") if isinstance(answer, dict) else None
+    if not isinstance(error, dict):
+        return None, f"HTTP {response.status_code}: {response.text[:200]}"
+    message = _META_CODE_PREFIX.sub("", str(error.get("error_user_title") or error.get("message") or "")).strip()
+    details = (error.get("error_data") or {}).get("details") if isinstance(error.get("error_data"), dict) else None
+    title = message or f"HTTP {response.status_code}"
+    if details and details != message:
+        title = f"{title}: {details}"
+    code = error.get("code")
+    return (code if isinstance(code, int) else None), title
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        return min(max(float(response.headers["Retry-After"]), 0.0), MAX_RETRY_AFTER_S)
+    except (KeyError, ValueError):
+        return None
+
+
+def _result(status: SendStatus, attempts: int, *, wamid: str | None = None, code: int | None = None,
+            title: str | None = None, http_status: int | None = None) -> SendResult:
+    return SendResult(status=status, wamid=wamid, error_code=code, error_title=title,
+                      attempts=attempts, http_status=http_status)
+
+
+def _scrub(result: SendResult, token: str) -> SendResult:
+    """Make sure no error text quotes the access token."""
+    if token and result.error_title and token in result.error_title:
+        return replace(result, error_title=result.error_title.replace(token, "[token]"))
+    return result
+
+
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

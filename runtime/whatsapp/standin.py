@@ -1,0 +1,256 @@
+"""A local stand-in for Meta's Graph API and webhook sender, for tests and the demo.
+
+``GraphStandIn`` is a threaded stdlib HTTP server on loopback that answers
+``POST /{version}/{phone_number_id}/messages`` the way Meta does, records every request, and
+can be told to fail, stall or hang up on the next requests. ``post_status`` / ``signed_post``
+play Meta's side of webhooks: a body signed with the app secret, POSTed to our endpoint.
+Only the standard library is used, so the real ``GraphClient`` is what gets tested.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+_MESSAGES_PATH = re.compile(r"^/v\d+(?:\.\d+)?/[^/]+/messages$")
+_BSUID = re.compile(r"^[A-Z]{2}\.[A-Za-z0-9.]+$")
+
+# Meta's error code and message for a status, when a test does not pick one.
+_DEFAULT_ERRORS = {
+    400: (100, "Invalid parameter"),
+    401: (190, "Invalid OAuth access token"),
+    403: (200, "Permissions error"),
+    404: (100, "Unsupported post request"),
+    429: (130429, "Rate limit hit"),
+    500: (131000, "Something went wrong"),
+    503: (131016, "Service unavailable"),
+}
+
+
+@dataclass
+class _Plan:
+    """What to do with one coming request instead of answering it normally."""
+
+    status: int | None = None
+    error_code: int | None = None
+    message: str | None = None
+    details: str | None = None
+    delay_s: float = 0.0
+    drop: bool = False
+
+
+class GraphStandIn:
+    """The Graph API's ``/messages`` endpoint on 127.0.0.1; use as a context manager.
+
+    ``.sent`` lists every request that reached it (also those failed, delayed or dropped on
+    purpose), each ``{"method", "path", "headers", "json", "body"}``.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.sent: list[dict] = []
+        self._address = (host, port)
+        self._plans: deque[_Plan] = deque()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> GraphStandIn:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self._server = ThreadingHTTPServer(self._address, _handler_for(self))
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
+                                        name="graph-standin", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()  # cuts short a request held by delay_next
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join(timeout=5)
+            self._server = None
+
+    @property
+    def base_url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the stand-in is not running")
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    # ------------------------------------------------------------------ failure injection
+
+    def fail_next(self, status: int = 500, error_code: int | None = None, message: str | None = None,
+                  *, details: str | None = None, times: int = 1) -> None:
+        """Answer the next ``times`` requests with ``status`` and a Meta error object."""
+        code, text = _DEFAULT_ERRORS.get(status, (1, "An unknown error occurred"))
+        plan = _Plan(status=status, error_code=error_code or code, message=message or text, details=details)
+        with self._lock:
+            self._plans.extend([plan] * times)
+
+    def delay_next(self, seconds: float) -> None:
+        """Hold the next request ``seconds`` before answering it (it is still accepted, like Meta would)."""
+        with self._lock:
+            self._plans.append(_Plan(delay_s=seconds))
+
+    def drop_next(self) -> None:
+        """Read the next request, then close the connection without answering."""
+        with self._lock:
+            self._plans.append(_Plan(drop=True))
+
+    # ------------------------------------------------------------------ handling
+
+    def _next_plan(self) -> _Plan | None:
+        with self._lock:
+            return self._plans.popleft() if self._plans else None
+
+    def _record(self, method: str, path: str, headers: dict, body: bytes) -> dict | None:
+        try:
+            payload = json.loads(body) if body else None
+        except ValueError:
+            payload = None
+        with self._lock:
+            self.sent.append({"method": method, "path": path, "headers": headers, "json": payload, "body": body})
+        return payload
+
+    def _answer(self, path: str, headers: dict, payload) -> tuple[int, dict]:
+        """Meta's answer to an undisturbed request."""
+        if not _MESSAGES_PATH.match(path):
+            return _error(404, 100, "Unsupported post request")
+        if not headers.get("Authorization", "").startswith("Bearer ") or len(headers["Authorization"]) <= 7:
+            return _error(401, 190, "Invalid OAuth access token")
+        if not isinstance(payload, dict) or payload.get("messaging_product") != "whatsapp":
+            return _error(400, 100, "Invalid parameter", "messaging_product must be 'whatsapp'")
+        target = payload.get("to") or payload.get("recipient")
+        if not target:
+            return _error(400, 100, "Invalid parameter", "to or recipient is required")
+        contact = {"input": target, "user_id" if _BSUID.match(target) and not payload.get("to") else "wa_id": target}
+        return 200, {
+            "messaging_product": "whatsapp",
+            "contacts": [contact],
+            "messages": [{"id": f"wamid.{uuid.uuid4().hex.upper()}"}],
+        }
+
+
+def _error(status: int, code: int, message: str, details: str | None = None) -> tuple[int, dict]:
+    error = {"message": f"(#{code}) {message}", "type": "OAuthException", "code": code,
+             "fbtrace_id": uuid.uuid4().hex[:22]}
+    if details:
+        error["error_data"] = {"messaging_product": "whatsapp", "details": details}
+    return status, {"error": error}
+
+
+def _handler_for(standin: GraphStandIn) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:  # noqa: N802 (stdlib name)
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            headers = {name.title(): value for name, value in self.headers.items()}
+            payload = standin._record("POST", self.path, headers, body)
+            plan = standin._next_plan() or _Plan()
+            if plan.drop:
+                self.close_connection = True
+                return
+            if plan.delay_s and standin._stopping.wait(plan.delay_s):
+                self.close_connection = True
+                return
+            if plan.status is not None:
+                status, answer = _error(plan.status, plan.error_code, plan.message, plan.details)
+            else:
+                status, answer = standin._answer(self.path, headers, payload)
+            self._send_json(status, answer)
+
+        def do_GET(self) -> None:  # noqa: N802
+            self._send_json(*_error(404, 100, "Unsupported get request"))
+
+        def _send_json(self, status: int, answer: dict) -> None:
+            data = json.dumps(answer).encode()
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up (read timeout)
+                self.close_connection = True
+
+        def log_message(self, format, *args) -> None:  # noqa: A002 (stdlib signature)
+            pass
+
+    return Handler
+
+
+# --------------------------------------------------------------------------- webhooks
+
+
+def status_body(phone_number_id: str, wamid: str, recipient_id: str, status: str, *,
+                timestamp: int | None = None, errors: list | None = None, pricing: dict | None = None,
+                display_phone_number: str = "15550000000", waba_id: str = "0") -> dict:
+    """A Meta ``statuses`` webhook body for one message (shape of Meta's sent/delivered/read/failed posts)."""
+    entry = {"id": wamid, "status": status, "timestamp": str(int(time.time()) if timestamp is None else timestamp),
+             "recipient_id": recipient_id}
+    if status == "failed":
+        entry["errors"] = errors if errors is not None else [{
+            "code": 131026, "title": "Message undeliverable", "message": "Message undeliverable",
+            "error_data": {"details": "Message Undeliverable."},
+        }]
+    elif errors is not None:
+        entry["errors"] = errors
+    if pricing is not None:
+        entry["pricing"] = pricing
+    contact = {"user_id": recipient_id} if _BSUID.match(recipient_id) else {"wa_id": recipient_id}
+    value = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": display_phone_number, "phone_number_id": phone_number_id},
+        "contacts": [contact],
+        "statuses": [entry],
+    }
+    return {"object": "whatsapp_business_account",
+            "entry": [{"id": waba_id, "changes": [{"value": value, "field": "messages"}]}]}
+
+
+def sign(app_secret: str, raw_body: bytes) -> str:
+    """The ``X-Hub-Signature-256`` value Meta sends with ``raw_body``."""
+    return "sha256=" + hmac.new(app_secret.encode(), raw_body, hashlib.sha256).hexdigest()
+
+
+def signed_post(webhook_url: str, app_secret: str, body: dict) -> int:
+    """POST ``body`` as Meta would (JSON, signed with ``app_secret``); returns the HTTP status."""
+    raw = json.dumps(body, ensure_ascii=False).encode()
+    request = urllib.request.Request(webhook_url, data=raw, method="POST", headers={
+        "Content-Type": "application/json", "User-Agent": "facebookexternalua",
+        "X-Hub-Signature-256": sign(app_secret, raw),
+    })
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
+    try:
+        with opener.open(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def post_status(webhook_url: str, app_secret: str, phone_number_id: str, wamid: str, recipient_id: str,
+                status: str, *, timestamp: int | None = None, errors: list | None = None,
+                pricing: dict | None = None) -> int:
+    """Send Meta's status webhook for ``wamid`` (sent/delivered/read/failed) to ``webhook_url``."""
+    body = status_body(phone_number_id, wamid, recipient_id, status,
+                       timestamp=timestamp, errors=errors, pricing=pricing)
+    return signed_post(webhook_url, app_secret, body)
