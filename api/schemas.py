@@ -136,11 +136,18 @@ class AIToggle(BaseModel):
     enabled: bool
 
 
+class OperatorMessage(BaseModel):
+    text: str = Field(min_length=1, max_length=4096)
+
+
 class MessagePublic(BaseModel):
     id: str
     direction: str
+    kind: str = "text"
     text: str
     status: str
+    error_code: int | None = None
+    error_title: str | None = None
     created_at: datetime
     tokens_in: int
     tokens_out: int
@@ -151,7 +158,8 @@ class MessagePublic(BaseModel):
 
     @classmethod
     def from_message(cls, m) -> "MessagePublic":
-        out = cls(id=m.id, direction=m.direction, text=m.text, status=m.status, created_at=m.created_at,
+        out = cls(id=m.id, direction=m.direction, kind=m.kind, text=m.text, status=m.status, error_code=m.error_code,
+                  error_title=m.error_title, created_at=m.created_at,
                   tokens_in=m.tokens_in, tokens_out=m.tokens_out, cost=m.cost, latency_ms=m.latency_ms)
         if m.direction == "outbound":
             out.sources = [s.as_dict() for s in m.sources]

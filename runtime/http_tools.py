@@ -1,6 +1,6 @@
 """Outbound HTTP: lookups in the customer's own systems (HTTP tools) and event webhooks.
 
-The one home of ``httpx``. An HTTP tool's URL is admin-configured but filled with model-chosen
+Uses ``httpx`` (as does the WhatsApp Graph client). An HTTP tool's URL is admin-configured but filled with model-chosen
 arguments, so every call is guarded against server-side request forgery: the host is resolved
 first, every address must be public, and the connection is pinned to the checked address (a DNS
 answer cannot change between the check and the connect). Redirects are refused, responses are

@@ -5,10 +5,11 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from api.deps import AdminDep, ServicesDep, SessionDep
-from api.schemas import AIToggle, ChatRequest, ChatResult, ConversationPublic, MessagePublic
+from api.schemas import AIToggle, ChatRequest, ChatResult, ConversationPublic, MessagePublic, OperatorMessage
 from runtime import store
 from runtime.models import Message
 from runtime.turn import handle_message
+from runtime.whatsapp.outbound import send_operator_message
 
 router = APIRouter(tags=["conversations"], dependencies=[AdminDep])
 
@@ -34,6 +35,12 @@ def get_conversation(conversation_id: str, session: SessionDep):
     out = ConversationPublic.model_validate(conv)
     out.messages = [MessagePublic.from_message(m) for m in messages]
     return out
+
+
+@router.post("/api/conversations/{conversation_id}/messages", status_code=201, response_model=MessagePublic)
+def operator_message(conversation_id: str, body: OperatorMessage, services: ServicesDep):
+    """A human agent writes to the customer (WhatsApp: only inside the 24-hour window, else 409)."""
+    return MessagePublic.from_message(send_operator_message(services, conversation_id, body.text))
 
 
 @router.post("/api/conversations/{conversation_id}/ai", response_model=ConversationPublic)

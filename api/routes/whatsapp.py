@@ -15,11 +15,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from api.deps import AdminDep, ServicesDep, SessionDep
+from api.schemas import MessagePublic
 from atende.db import new_id
 from kb import registry
 from kb.errors import Conflict, NotFound
 from runtime.whatsapp.inbound import WebhookError, accept_post, process_post
 from runtime.whatsapp.models import WhatsAppSender, WhatsAppTemplate
+from runtime.whatsapp.outbound import send_template
 
 log = logging.getLogger(__name__)
 _PARAM = re.compile(r"\{\{\s*(\d+)\s*\}\}")
@@ -244,3 +246,19 @@ def list_templates(session: SessionDep, sender_id: str | None = None):
     if sender_id:
         query = query.where(WhatsAppTemplate.sender_id == sender_id)
     return [TemplatePublic.from_template(t) for t in session.scalars(query)]
+
+
+class TemplateSend(BaseModel):
+    sender_id: str
+    customer_id: str = Field(min_length=1, max_length=200, description="the customer's wa_id (or business-scoped user id)")
+    name: str
+    language: str
+    parameters: list[str] = Field(default_factory=list, description="values for {{1}}, {{2}}, ...")
+
+
+@router.post("/messages/template", status_code=201, response_model=MessagePublic)
+def send_template_message(body: TemplateSend, services: ServicesDep):
+    """Send an approved template to a customer (e.g. to re-open a conversation after 24 h)."""
+    msg = send_template(services, sender_id=body.sender_id, customer_id=body.customer_id, name=body.name,
+                        language=body.language, parameters=body.parameters)
+    return MessagePublic.from_message(msg)

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 USER_AGENT = "atende-whatsapp/1"
 MAX_RETRY_AFTER_S = 30.0
+CONNECT_TIMEOUT_S = 5.0
 # Business-scoped user id (BSUID): country code, a dot, then letters/digits, e.g. US.13491208655302741918
 # or a parent BSUID such as US.ENT.11815799212886844830. Phone numbers (wa_id) are digits.
 _BSUID = re.compile(r"^[A-Z]{2}\.[A-Za-z0-9.]+$")
@@ -69,7 +70,9 @@ class GraphClient:
         self.base_url = base_url.rstrip("/")
         self.attempts = attempts
         self.backoff_s = backoff_s
-        self._http = httpx.Client(timeout=timeout_s, follow_redirects=False, trust_env=False,
+        # a connection that cannot be made in a few seconds will not be made; the answer may take longer
+        timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, CONNECT_TIMEOUT_S))
+        self._http = httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False,
                                   headers={"User-Agent": USER_AGENT})
 
     def __enter__(self) -> GraphClient:

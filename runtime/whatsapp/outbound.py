@@ -57,6 +57,10 @@ def send_reply(services: Services, reply_message_id: str) -> list[Message]:
             session.commit()
             return [reply]
         parts = split_message(render_for_whatsapp(reply.text))
+        if not parts:
+            reply.status, reply.error_title = "not_sent", "the reply is empty once rendered for WhatsApp"
+            session.commit()
+            return [reply]
         rows = [reply]
         reply.text, reply.status = parts[0], "pending"
         for text in parts[1:]:
@@ -65,11 +69,11 @@ def send_reply(services: Services, reply_message_id: str) -> list[Message]:
             session.add(rows[-1])
         session.commit()  # stored before anything goes out
         sender, to = sender_of(session, conv), conv.customer_id
-        client = graph_client(services)
-        for row in rows:
-            _record(session, conv, row, client.send_text(sender, to, row.text), services.clock())
-            if row.status == "failed":
-                break  # the rest would fail the same way; they stay pending for review
+        with graph_client(services) as client:
+            for row in rows:
+                _record(session, conv, row, client.send_text(sender, to, row.text), services.clock())
+                if row.status == "failed":
+                    break  # the rest would fail the same way; they stay pending for review
         return rows
 
 
@@ -135,7 +139,8 @@ def send_template(services: Services, *, sender_id: str, customer_id: str, name:
                       created_at=utcnow())
         session.add(msg)
         session.commit()
-        result = graph_client(services).send_template(sender, customer_id, name, language, parameters)
+        with graph_client(services) as client:
+            result = client.send_template(sender, customer_id, name, language, parameters)
         _record(session, conv, msg, result, services.clock())
         session.refresh(msg)
         return msg

@@ -67,8 +67,8 @@ _BOLD_UNDERSCORES = re.compile(r"(?<!\w)__(?=[^\s_])([^\n]+?)(?<=[^\s_])__(?!\w|
 _STRIKE_TILDES = re.compile(r"~~(?=[^\s~])([^\n]+?)(?<=[^\s~])~~")
 _ITALIC_STAR = re.compile(_NOT_ALNUM_BEFORE + r"(?<!\*)\*(?=[^\s*])([^*\n]*?[^\s*])?\*(?!\*)" + _NOT_ALNUM_AFTER)
 
-_MARKDOWN_SIGNS = re.compile(
-    r"\*\*\S|__\S[^\n]*?\S__|~~\S|^[ \t]*#{1,6}[ \t]|\]\([^)\s]+\)|^[ \t]*(?:```|~~~)[\w+#.-]*[ \t]*$|^[ \t]*\|?[ \t]*:?-{3,}",
+_MARKDOWN_BLOCKS = re.compile(
+    r"^[ \t]*#{1,6}[ \t]|\]\([^)\s]+\)|^[ \t]*(?:```|~~~)[\w+#.-]*[ \t]*$|^[ \t]*\|?[ \t]*:?-{3,}",
     re.MULTILINE,
 )
 _HEADING = re.compile(r"^[ \t]{0,3}(#{1,6})[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")
@@ -100,7 +100,7 @@ class _Renderer:
 
     def render(self, text: str) -> str:
         text = _WHATSAPP_MONO.sub(lambda m: self._protect(m.group(0)) if "\n" in m.group(0) else m.group(0), text)
-        self.markdown_mode = bool(_MARKDOWN_SIGNS.search(text))
+        self.markdown_mode = _looks_like_markdown(text)
         text = _FENCE.sub(self._fence, text)
         text = _HTML_COMMENT.sub("", text)
         text = _REF_DEF.sub(self._reference, text)
@@ -131,7 +131,7 @@ class _Renderer:
         code = "\n".join(lines).strip("\n")
         if not code.strip():
             return ""
-        return "\n" + self._protect(f"```{code}```") + "\n"
+        return self._protect(f"```{code}```")
 
     def _reference(self, m: re.Match) -> str:
         self.references[m.group(1).strip().lower()] = (m.group(1).strip(), m.group(2))
@@ -281,6 +281,11 @@ class _Renderer:
             trail = url[-1] + trail
             url = url[:-1]
         return self._protect(url) + trail if url else m.group(0)
+
+
+def _looks_like_markdown(text: str) -> bool:
+    """Whether the text uses Markdown that WhatsApp lacks (then a single *x* means italic, not bold)."""
+    return any(p.search(text) for p in (_MARKDOWN_BLOCKS, _BOLD_STARS, _BOLD_UNDERSCORES, _STRIKE_TILDES))
 
 
 def _list_level(indents: list[int], indent: int) -> int:
