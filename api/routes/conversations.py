@@ -38,9 +38,10 @@ def get_conversation(conversation_id: str, session: SessionDep):
 
 
 @router.post("/api/conversations/{conversation_id}/messages", status_code=201, response_model=MessagePublic)
-def operator_message(conversation_id: str, body: OperatorMessage, services: ServicesDep):
+def operator_message(conversation_id: str, body: OperatorMessage, services: ServicesDep, session: SessionDep):
     """A human agent writes to the customer (WhatsApp: only inside the 24-hour window, else 409)."""
-    return MessagePublic.from_message(send_operator_message(services, conversation_id, body.text))
+    msg = send_operator_message(services, conversation_id, body.text)
+    return MessagePublic.from_message(session.get(Message, msg.id))
 
 
 @router.post("/api/conversations/{conversation_id}/ai", response_model=ConversationPublic)

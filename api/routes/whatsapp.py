@@ -20,6 +20,7 @@ from atende.db import new_id
 from kb import registry
 from kb.errors import Conflict, NotFound
 from runtime.whatsapp.inbound import WebhookError, accept_post, process_post
+from runtime.models import Message
 from runtime.whatsapp.models import WhatsAppSender, WhatsAppTemplate
 from runtime.whatsapp.outbound import send_template
 
@@ -257,8 +258,8 @@ class TemplateSend(BaseModel):
 
 
 @router.post("/messages/template", status_code=201, response_model=MessagePublic)
-def send_template_message(body: TemplateSend, services: ServicesDep):
+def send_template_message(body: TemplateSend, services: ServicesDep, session: SessionDep):
     """Send an approved template to a customer (e.g. to re-open a conversation after 24 h)."""
     msg = send_template(services, sender_id=body.sender_id, customer_id=body.customer_id, name=body.name,
                         language=body.language, parameters=body.parameters)
-    return MessagePublic.from_message(msg)
+    return MessagePublic.from_message(session.get(Message, msg.id))

@@ -86,8 +86,12 @@ class GraphClient:
 
     # ------------------------------------------------------------------ message kinds
 
-    def send_text(self, sender: GraphSender, to: str, text: str, reply_to: str | None = None) -> SendResult:
-        """Send ``text`` (already rendered for WhatsApp, at most 4096 characters); quote ``reply_to`` if given."""
+    def send_text(self, sender: GraphSender, to: str, text: str, reply_to: str | None = None,
+                  callback_data: str | None = None) -> SendResult:
+        """Send ``text`` (already rendered for WhatsApp, at most 4096 characters); quote ``reply_to`` if given.
+
+        ``callback_data`` (our message id) comes back in every status webhook of the message, so a send
+        whose answer was lost (timeout) is still matched when Meta reports on it."""
         payload = {
             **recipient_fields(to),
             "type": "text",
@@ -95,17 +99,20 @@ class GraphClient:
         }
         if reply_to:
             payload["context"] = {"message_id": reply_to}
+        if callback_data:
+            payload["biz_opaque_callback_data"] = callback_data
         return self.send(sender, payload)
 
     def send_template(self, sender: GraphSender, to: str, name: str, language: str,
-                      parameters: list[str]) -> SendResult:
+                      parameters: list[str], callback_data: str | None = None) -> SendResult:
         """Send an approved template, filling its body's ``{{1}}``, ``{{2}}`` ... with ``parameters``."""
         template: dict = {"name": name, "language": {"code": language}}
         if parameters:
             template["components"] = [
                 {"type": "body", "parameters": [{"type": "text", "text": value} for value in parameters]}
             ]
-        return self.send(sender, {**recipient_fields(to), "type": "template", "template": template})
+        extra = {"biz_opaque_callback_data": callback_data} if callback_data else {}
+        return self.send(sender, {**recipient_fields(to), "type": "template", "template": template, **extra})
 
     # ------------------------------------------------------------------ the request
 

@@ -165,11 +165,14 @@ def _inbound_exists(session: Session, conversation_id: str, wamid: str) -> bool:
 
 def _apply_status(run: _Run, event: StatusUpdate) -> None:
     # scoped to the signing app's number, so one app cannot touch another app's messages
-    found = run.session.execute(
-        select(Message, Conversation).join(Conversation, Conversation.id == Message.conversation_id).where(
-            Message.channel_message_id == event.wamid, Message.direction == "outbound",
-            Conversation.channel == "whatsapp", Conversation.sender == event.phone_number_id)
-    ).first()
+    scope = select(Message, Conversation).join(Conversation, Conversation.id == Message.conversation_id).where(
+        Message.direction == "outbound", Conversation.channel == "whatsapp", Conversation.sender == event.phone_number_id)
+    found = run.session.execute(scope.where(Message.channel_message_id == event.wamid)).first()
+    if found is None and event.callback_data:
+        # a send whose answer we never got (timeout): Meta echoes our message id, the wamid is learnt here
+        found = run.session.execute(scope.where(Message.id == event.callback_data, Message.channel_message_id.is_(None))).first()
+        if found is not None:
+            found[0].channel_message_id = event.wamid
     if found is None:
         log.info("whatsapp webhook: status %s for unknown message %s", event.status, event.wamid)
         return

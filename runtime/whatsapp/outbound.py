@@ -71,7 +71,7 @@ def send_reply(services: Services, reply_message_id: str) -> list[Message]:
         sender, to = sender_of(session, conv), conv.customer_id
         with graph_client(services) as client:
             for row in rows:
-                _record(session, conv, row, client.send_text(sender, to, row.text), services.clock())
+                _record(session, conv, row, client.send_text(sender, to, row.text, callback_data=row.id), services.clock())
                 if row.status == "failed":
                     break  # the rest would fail the same way; they stay pending for review
         return rows
@@ -140,7 +140,7 @@ def send_template(services: Services, *, sender_id: str, customer_id: str, name:
         session.add(msg)
         session.commit()
         with graph_client(services) as client:
-            result = client.send_template(sender, customer_id, name, language, parameters)
+            result = client.send_template(sender, customer_id, name, language, parameters, callback_data=msg.id)
         _record(session, conv, msg, result, services.clock())
         session.refresh(msg)
         return msg

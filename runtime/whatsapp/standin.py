@@ -203,6 +203,7 @@ def _handler_for(standin: GraphStandIn) -> type[BaseHTTPRequestHandler]:
 
 def status_body(phone_number_id: str, wamid: str, recipient_id: str, status: str, *,
                 timestamp: int | None = None, errors: list | None = None, pricing: dict | None = None,
+                callback_data: str | None = None,
                 display_phone_number: str = "15550000000", waba_id: str = "0") -> dict:
     """A Meta ``statuses`` webhook body for one message (shape of Meta's sent/delivered/read/failed posts)."""
     entry = {"id": wamid, "status": status, "timestamp": str(int(time.time()) if timestamp is None else timestamp),
@@ -216,6 +217,8 @@ def status_body(phone_number_id: str, wamid: str, recipient_id: str, status: str
         entry["errors"] = errors
     if pricing is not None:
         entry["pricing"] = pricing
+    if callback_data is not None:
+        entry["biz_opaque_callback_data"] = callback_data
     contact = {"user_id": recipient_id} if _BSUID.match(recipient_id) else {"wa_id": recipient_id}
     value = {
         "messaging_product": "whatsapp",

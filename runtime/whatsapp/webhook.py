@@ -60,6 +60,7 @@ class StatusUpdate:
     error_title: str | None
     billable: bool | None
     pricing_category: str | None
+    callback_data: str | None = None  # biz_opaque_callback_data: our message id, echoed by Meta
 
 
 @dataclass(frozen=True)
@@ -316,7 +317,7 @@ def _parse_status(phone_number_id: str, s: dict, received_at: datetime) -> Event
         timestamp=_timestamp(s.get("timestamp"), received_at), recipient_id=s.get("recipient_id"),
         error_code=int(code) if code is not None else None, error_title=error.get("title") or error.get("message"),
         billable=pricing.get("billable") if isinstance(pricing.get("billable"), bool) else None,
-        pricing_category=pricing.get("category"),
+        pricing_category=pricing.get("category"), callback_data=s.get("biz_opaque_callback_data"),
     )
 
 

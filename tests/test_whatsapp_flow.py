@@ -1,0 +1,184 @@
+"""WhatsApp end to end on the real app and queue: signed webhook -> stored -> debounced turn -> reply sent
+to the local Graph API stand-in -> status webhooks; duplicates, bursts, the 24-hour window, templates."""
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from api.app import create_app
+from runtime.llm import ScriptedChatModel
+from runtime.llm_provider import FixedChatModelProvider
+from runtime.models import Conversation, Message, Turn
+from runtime.whatsapp.standin import GraphStandIn, sign, status_body
+from tests.conftest import ADMIN_TOKEN, make_services
+
+SECRET, PHONE_ID, CUSTOMER = "app-secret-flow", "106540352242922", "5511987654321"
+
+
+class Clock:
+    def __init__(self):
+        self.now = datetime.now(timezone.utc)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def wa(tmp_path, embedders):
+    with GraphStandIn() as graph:
+        services = make_services(tmp_path / "home", embedders, whatsapp_graph_url=graph.base_url, whatsapp_debounce_s=0.4)
+        model = ScriptedChatModel()
+        services.chat_models = FixedChatModelProvider(model)
+        clock = Clock()
+        services.clock = clock
+        with TestClient(create_app(services=services)) as client:
+            client.headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
+            client.post("/api/assistants", json={"name": "loja"}).raise_for_status()
+            sender = client.post("/api/whatsapp/senders", json={
+                "assistant_id": "loja", "phone_number_id": PHONE_ID, "display_phone_number": "15550001111",
+                "access_token": "token-xyz", "app_secret": SECRET, "verify_token": "verify-me"}).json()
+            yield client, services, model, graph, clock, sender
+        services.engine.dispose()
+
+
+def text_payload(wamid: str, text: str, ts: datetime, customer: str = CUSTOMER) -> dict:
+    value = {"messaging_product": "whatsapp",
+             "metadata": {"display_phone_number": "15550001111", "phone_number_id": PHONE_ID},
+             "contacts": [{"profile": {"name": "Ana"}, "wa_id": customer}],
+             "messages": [{"from": customer, "id": wamid, "timestamp": str(int(ts.timestamp())), "type": "text",
+                           "text": {"body": text}}]}
+    return {"object": "whatsapp_business_account", "entry": [{"id": "0", "changes": [{"value": value, "field": "messages"}]}]}
+
+
+def post(client, body: dict):
+    raw = json.dumps(body).encode()
+    r = client.post("/webhooks/whatsapp", content=raw, headers={"X-Hub-Signature-256": sign(SECRET, raw),
+                                                                "Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    return r
+
+
+def wait_for(predicate, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+def outbound(services) -> list[Message]:
+    with services.session() as session:
+        return list(session.scalars(select(Message).where(Message.direction == "outbound").order_by(Message.created_at)))
+
+
+def test_reply_is_rendered_sent_and_settled_by_status_webhooks(wa):
+    client, services, model, graph, clock, _ = wa
+    model.enqueue("**Olá!** Abrimos às [9h](https://loja.example/horarios).")
+    post(client, text_payload("wamid.in1", "Que horas abrem?", clock.now))
+    sent = wait_for(lambda: graph.sent)
+    assert sent[0]["path"] == f"/v21.0/{PHONE_ID}/messages"
+    assert sent[0]["json"]["text"]["body"] == "*Olá!* Abrimos às 9h (https://loja.example/horarios)."
+    assert sent[0]["headers"]["Authorization"] == "Bearer token-xyz"
+    reply = wait_for(lambda: [m for m in outbound(services) if m.status == "sent"])[0]
+    for status in ("read", "delivered", "sent", "delivered"):  # out of order and repeated
+        post(client, status_body(PHONE_ID, reply.channel_message_id, CUSTOMER, status,
+                                 pricing={"billable": True, "category": "service", "pricing_model": "PMP"}))
+    final = wait_for(lambda: [m for m in outbound(services) if m.status == "read"])[0]
+    assert final.billable is True and final.pricing_category == "service"
+
+
+def test_a_redelivered_message_gets_exactly_one_reply(wa):
+    client, services, model, graph, clock, _ = wa
+    model.enqueue("Resposta única.")
+    body = text_payload("wamid.dup", "Oi", clock.now)
+    for _ in range(3):
+        post(client, body)
+    wait_for(lambda: graph.sent)
+    time.sleep(1.5)  # time for any second turn to (wrongly) happen
+    assert len(graph.sent) == 1 and model.remaining == 0
+    with services.session() as session:
+        assert session.scalar(select(func.count()).select_from(Message).where(Message.direction == "inbound")) == 1
+
+
+def test_a_burst_is_answered_by_one_turn(wa):
+    client, services, model, graph, clock, _ = wa
+    model.enqueue("Uma resposta para tudo.")
+    for i, text in enumerate(("Oi", "queria saber o preço", "da limpeza")):
+        post(client, text_payload(f"wamid.b{i}", text, clock.now))
+        time.sleep(0.1)
+    wait_for(lambda: graph.sent)
+    time.sleep(1.0)
+    assert len(graph.sent) == 1 and len(model.requests) == 1
+    assert model.requests[0].messages[-1]["content"].endswith("Oi\nqueria saber o preço\nda limpeza")
+    with services.session() as session:
+        assert session.scalar(select(func.count()).select_from(Turn)) == 1
+
+
+def test_24_hour_window_templates_and_reopening(wa):
+    client, services, model, graph, clock, sender = wa
+    start = clock.now
+    model.enqueue("Dentro da janela.")
+    post(client, text_payload("wamid.w1", "Oi", start))
+    wait_for(lambda: graph.sent)
+    conv_id = outbound(services)[0].conversation_id
+    clock.now = start + timedelta(hours=25)
+    r = client.post(f"/api/conversations/{conv_id}/messages", json={"text": "Ainda precisa de ajuda?"})
+    assert r.status_code == 409 and "template" in r.json()["detail"]
+    assert len(graph.sent) == 1  # nothing free-form went to Meta
+    client.post("/api/whatsapp/templates", json={"sender_id": sender["id"], "name": "retomar", "language": "pt_BR",
+                                                 "category": "UTILITY", "body": "Olá {{1}}, podemos ajudar?",
+                                                 "status": "APPROVED"}).raise_for_status()
+    t = client.post("/api/whatsapp/messages/template", json={"sender_id": sender["id"], "customer_id": CUSTOMER,
+                                                             "name": "retomar", "language": "pt_BR", "parameters": ["Ana"]})
+    assert t.status_code == 201, t.text
+    assert t.json()["kind"] == "template" and t.json()["text"] == "Olá Ana, podemos ajudar?" and t.json()["status"] == "sent"
+    assert graph.sent[-1]["json"]["type"] == "template" and graph.sent[-1]["json"]["template"]["name"] == "retomar"
+    model.enqueue("Que bom que voltou!")
+    post(client, text_payload("wamid.w2", "Voltei", clock.now))  # the customer writes: the window re-opens
+    wait_for(lambda: len(graph.sent) == 3)
+    assert graph.sent[-1]["json"]["text"]["body"] == "Que bom que voltou!"
+
+
+def test_a_reply_generated_after_the_window_is_not_sent(wa):
+    client, services, model, graph, clock, _ = wa
+    def late(messages, tools):
+        clock.now += timedelta(hours=24, minutes=1)  # the model answered too late
+        return "Tarde demais."
+    model.enqueue(late)
+    post(client, text_payload("wamid.late", "Oi", clock.now))
+    msg = wait_for(lambda: [m for m in outbound(services) if m.status == "not_sent"])[0]
+    assert "24-hour window" in msg.error_title and graph.sent == []
+
+
+def test_meta_refusing_outside_the_window_closes_it(wa):
+    client, services, model, graph, clock, _ = wa
+    graph.fail_next(status=400, error_code=131047, message="Re-engagement message")
+    model.enqueue("Olá")
+    post(client, text_payload("wamid.f1", "Oi", clock.now))
+    failed = wait_for(lambda: [m for m in outbound(services) if m.status == "failed"])[0]
+    assert failed.error_code == 131047
+    with services.session() as session:
+        assert session.get(Conversation, failed.conversation_id).window_closed_at is not None
+    assert client.post(f"/api/conversations/{failed.conversation_id}/messages", json={"text": "oi"}).status_code == 409
+
+
+def test_a_send_timeout_is_unknown_not_resent_and_settled_by_status(wa):
+    client, services, model, graph, clock, _ = wa
+    services.settings.whatsapp_send_timeout_s = 0.5
+    graph.delay_next(1.5)
+    model.enqueue("Olá")
+    post(client, text_payload("wamid.t1", "Oi", clock.now))
+    unknown = wait_for(lambda: [m for m in outbound(services) if m.status == "unknown"])[0]
+    time.sleep(1.5)
+    assert len(graph.sent) == 1 and unknown.channel_message_id is None  # never blindly re-sent
+    assert graph.sent[0]["json"]["biz_opaque_callback_data"] == unknown.id
+    post(client, status_body(PHONE_ID, "wamid.learnt", CUSTOMER, "delivered", callback_data=unknown.id))
+    settled = wait_for(lambda: [m for m in outbound(services) if m.status == "delivered"])[0]
+    assert settled.id == unknown.id and settled.channel_message_id == "wamid.learnt"
