@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     whatsapp_graph_url: str = Field(default="https://graph.facebook.com", validation_alias=AliasChoices("WHATSAPP_GRAPH_URL", "ATENDE_WHATSAPP_GRAPH_URL"))
     whatsapp_debounce_s: float = 2.0  # a burst of messages within this time is answered by one turn
     whatsapp_send_timeout_s: float = 15.0
+    # Meta's charge per billable message by pricing category (USD), e.g. {"marketing": 0.0625, "utility": 0.008}
+    whatsapp_prices: dict[str, float] = Field(default_factory=dict)
     # signs web-widget visitor ids; must be set outside development
     secret_key: str = PLACEHOLDER_TOKEN
 

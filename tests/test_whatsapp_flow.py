@@ -31,7 +31,8 @@ class Clock:
 @pytest.fixture
 def wa(tmp_path, embedders):
     with GraphStandIn() as graph:
-        services = make_services(tmp_path / "home", embedders, whatsapp_graph_url=graph.base_url, whatsapp_debounce_s=0.4)
+        services = make_services(tmp_path / "home", embedders, whatsapp_graph_url=graph.base_url, whatsapp_debounce_s=0.4,
+                                 whatsapp_prices={"utility": 0.008})
         model = ScriptedChatModel()
         services.chat_models = FixedChatModelProvider(model)
         clock = Clock()
@@ -89,9 +90,12 @@ def test_reply_is_rendered_sent_and_settled_by_status_webhooks(wa):
     reply = wait_for(lambda: [m for m in outbound(services) if m.status == "sent"])[0]
     for status in ("read", "delivered", "sent", "delivered"):  # out of order and repeated
         post(client, status_body(PHONE_ID, reply.channel_message_id, CUSTOMER, status,
-                                 pricing={"billable": True, "category": "service", "pricing_model": "PMP"}))
+                                 pricing={"billable": True, "category": "utility", "pricing_model": "PMP"}))
     final = wait_for(lambda: [m for m in outbound(services) if m.status == "read"])[0]
-    assert final.billable is True and final.pricing_category == "service"
+    assert final.billable is True and final.pricing_category == "utility"
+    assert final.channel_cost == pytest.approx(0.008)  # charged once, however many statuses came
+    with services.session() as session:
+        assert session.get(Conversation, final.conversation_id).cost == pytest.approx(0.008)
 
 
 def test_a_redelivered_message_gets_exactly_one_reply(wa):

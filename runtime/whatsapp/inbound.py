@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -87,6 +87,7 @@ class _Run:
     session: Session
     senders: dict[str, WhatsAppSender]
     turn_conversations: list[str]
+    prices: dict[str, float] = field(default_factory=dict)  # pricing category -> USD per billable message
 
 
 def process_post(services: Services, post_id: str) -> list[str]:
@@ -106,7 +107,7 @@ def process_post(services: Services, post_id: str) -> list[str]:
             numbers = {e.phone_number_id for e in events if isinstance(e, (InboundMessage, StatusUpdate))}
             senders = {s.phone_number_id: s for s in session.scalars(
                 select(WhatsAppSender).where(WhatsAppSender.phone_number_id.in_(numbers)))} if numbers else {}
-            run = _Run(session, senders, [])
+            run = _Run(session, senders, [], services.settings.whatsapp_prices)
             for event in events:
                 _apply(run, event)
             session.commit()
@@ -187,6 +188,10 @@ def _apply_status(run: _Run, event: StatusUpdate) -> None:
         msg.billable = event.billable
     if event.pricing_category:
         msg.pricing_category = event.pricing_category
+    charge = run.prices.get(msg.pricing_category or "", 0.0) if msg.billable else 0.0
+    if charge != msg.channel_cost:  # Meta's pricing feeds the message's and the conversation's cost
+        conv.cost += charge - msg.channel_cost
+        msg.channel_cost = charge
     if event.error_code == OUTSIDE_WINDOW:
         conv.window_closed_at = max(conv.window_closed_at or event.timestamp, event.timestamp)
 
