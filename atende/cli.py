@@ -127,6 +127,28 @@ def cmd_chat(args) -> int:
     return 0 if result.status != "error" else 1
 
 
+def cmd_conversations_export(args) -> int:
+    from runtime.review import ConversationFilters, export_conversations
+
+    filters = ConversationFilters.parse(channel=args.channel, assistant_id=args.assistant_id, since=args.since,
+                                        until=args.until, customer=args.customer, waiting_for_human=None)
+    out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
+    try:
+        rows = export_conversations(_services(args), out, args.format, filters)
+    finally:
+        if args.output:
+            out.close()
+    print(f"{rows} messages exported", file=sys.stderr)
+    return 0
+
+
+def cmd_bench_export(args) -> int:
+    from benchmarks.export import run_benchmark
+
+    run_benchmark(messages=args.messages)
+    return 0
+
+
 def cmd_bench_ingest(args) -> int:
     from benchmarks.ingest import run_benchmark
 
@@ -185,12 +207,23 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--json", action="store_true")
     ch.set_defaults(func=cmd_chat)
 
+    cv = sub.add_parser("conversations", help="review").add_subparsers(dest="sub", required=True)
+    ex = cv.add_parser("export", help="export messages with their sources and function calls")
+    ex.add_argument("--format", choices=["csv", "jsonl"], default="jsonl")
+    ex.add_argument("--output", "-o", help="file to write (default: standard output)")
+    for flag in ("--channel", "--assistant-id", "--since", "--until", "--customer"):
+        ex.add_argument(flag)
+    ex.set_defaults(func=cmd_conversations_export)
+
     b = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="sub", required=True)
     bi = b.add_parser("ingest", help="time the ingest pipeline per stage against raw encode throughput")
     bi.add_argument("paths", nargs="+")
     bi.add_argument("--model", default="all-minilm-l6-v2")
     bi.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16, 32, 64])
     bi.set_defaults(func=cmd_bench_ingest)
+    be = b.add_parser("export", help="stream an export of N messages and watch peak memory")
+    be.add_argument("--messages", type=int, default=100_000)
+    be.set_defaults(func=cmd_bench_export)
     bt = b.add_parser("turn", help="turn latency per stage (scripted model), and the local model's time per reply")
     bt.add_argument("--turns", type=int, default=60)
     bt.add_argument("--local", type=int, default=0, metavar="N", help="also run N turns on the embedded local model")

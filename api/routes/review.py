@@ -1,0 +1,129 @@
+"""The review dashboard's backend: the conversation list, the metrics and the streamed export, all
+under one set of filters (``runtime.review.ConversationFilters``, parsed here from the query string).
+
+Include this router before ``conversations.router``: ``GET /api/conversations/export`` would otherwise
+be taken for ``GET /api/conversations/{conversation_id}``.
+"""
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from api.deps import AdminDep, ServicesDep, SessionDep
+from runtime import review
+from runtime.review import ConversationFilters
+
+router = APIRouter(tags=["review"], dependencies=[AdminDep])
+
+MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
+
+
+class ConversationSummary(BaseModel):
+    id: str
+    channel: str
+    customer_id: str
+    assistant_id: str
+    assistant_name: str
+    message_count: int
+    last_activity: datetime
+    llm_cost: float
+    channel_cost: float
+    cost: float
+    ai_enabled: bool
+    handoff_reason: str | None
+    created_at: datetime
+
+
+class ConversationsPage(BaseModel):
+    items: list[ConversationSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class ResponseTimes(BaseModel):
+    count: int
+    avg_ms: float | None
+    p50_ms: float | None
+    p95_ms: float | None
+
+
+class CostSummary(BaseModel):
+    llm: float
+    channel: float
+    total: float
+    per_conversation: float | None
+
+
+class DayMetrics(BaseModel):
+    day: date
+    conversations: int
+    messages: int
+    replies: int
+    cost: float
+
+
+class Metrics(BaseModel):
+    conversations: int
+    messages: int
+    inbound_messages: int
+    outbound_messages: int
+    messages_per_conversation: float | None
+    turn_worthy_inbound: int
+    answered_inbound: int
+    response_rate: float | None
+    response_time: ResponseTimes
+    cost: CostSummary
+    delivery_failures: int
+    unknown_sends: int
+    not_sent: int
+    turns: dict[str, int]
+    handoff_conversations: int
+    handoff_rate: float | None
+    fallback_rate: float | None
+    per_day: list[DayMetrics]
+
+
+def conversation_filters(
+    channel: Literal["whatsapp", "widget", "test", "api"] | None = None,
+    assistant_id: str | None = None,
+    since: Annotated[str | None, Query(description="ISO date or datetime (UTC if no offset), on last activity")] = None,
+    until: Annotated[str | None, Query(description="ISO date (the whole day) or datetime, inclusive")] = None,
+    customer: Annotated[str | None, Query(description="substring of the customer id, any case")] = None,
+    waiting_for_human: Annotated[bool | None, Query(description="true: the AI is off (after a handoff)")] = None,
+) -> ConversationFilters:
+    return ConversationFilters.parse(channel=channel, assistant_id=assistant_id, since=since, until=until,
+                                     customer=customer, waiting_for_human=waiting_for_human)
+
+
+FiltersDep = Annotated[ConversationFilters, Depends(conversation_filters)]
+
+
+@router.get("/api/conversations", response_model=ConversationsPage)
+def list_conversations(filters: FiltersDep, session: SessionDep, limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                       offset: Annotated[int, Query(ge=0)] = 0):
+    """Conversations, most recently active first, with message count, cost and handoff state."""
+    total, items = review.list_conversations(session, filters, limit=limit, offset=offset)
+    return ConversationsPage(items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get("/api/conversations/export", response_class=StreamingResponse,
+            responses={200: {"content": {"text/csv": {}, "application/x-ndjson": {}}}})
+def export_conversations(filters: FiltersDep, services: ServicesDep,
+                         fmt: Annotated[Literal["csv", "jsonl"], Query(alias="format")] = "csv"):
+    """One row per message, with its conversation, sources and function calls, streamed."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return StreamingResponse(
+        review.stream_export(services, fmt, filters), media_type=MEDIA_TYPES[fmt],
+        headers={"Content-Disposition": f'attachment; filename="conversations-{stamp}.{fmt}"'},
+    )
+
+
+@router.get("/api/metrics", response_model=Metrics)
+def metrics(filters: FiltersDep, session: SessionDep):
+    """Volume, response rate and time, cost, delivery problems, handoffs and fallbacks, per day."""
+    return review.compute_metrics(session, filters)
