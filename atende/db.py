@@ -59,7 +59,8 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # turns hold a connection for their advisory lock; worker and request threads need room beside them
+    return create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=80, pool_timeout=60)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker:

@@ -6,12 +6,14 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 from huey import RedisHuey, SqliteHuey
 from huey.api import Huey
 from huey.consumer import Consumer
 from sqlalchemy import select
 
+from atende.db import utcnow
 from atende.services import Services
 from ingest.pipeline import run_job
 from kb.models import IngestJob
@@ -39,23 +41,24 @@ def make_huey(services: Services) -> Huey:
         for event_id in event_ids:
             deliver_event(services, event_id)
 
-    @huey.task(name="whatsapp.process")
+    @huey.task(name="whatsapp.process", retries=3, retry_delay=2)
     def process_webhook(post_id: str) -> None:
         from runtime.whatsapp.inbound import process_post
 
         for conversation_id in process_post(services, post_id):
             services.schedule_turn(conversation_id, services.settings.whatsapp_debounce_s)
 
-    @huey.task(name="whatsapp.turn")
-    def whatsapp_turn(conversation_id: str) -> None:
+    @huey.task(name="whatsapp.turn", retries=2, retry_delay=2)
+    def whatsapp_turn(conversation_id: str, scheduled_at: str) -> None:
         from runtime.whatsapp.turns import run_whatsapp_turn
 
-        run_whatsapp_turn(services, conversation_id)
+        run_whatsapp_turn(services, conversation_id, datetime.fromisoformat(scheduled_at))
 
     services.enqueue = run_ingest_job
     services.deliver_events = deliver_events
     services.enqueue_webhook = process_webhook
-    services.schedule_turn = lambda conversation_id, delay: whatsapp_turn.schedule((conversation_id,), delay=delay)
+    services.schedule_turn = lambda conversation_id, delay: whatsapp_turn.schedule(
+        (conversation_id, utcnow().isoformat()), delay=delay)
     return huey
 
 

@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     # WhatsApp Cloud API
     whatsapp_graph_url: str = Field(default="https://graph.facebook.com", validation_alias=AliasChoices("WHATSAPP_GRAPH_URL", "ATENDE_WHATSAPP_GRAPH_URL"))
     whatsapp_debounce_s: float = 2.0  # a burst of messages within this time is answered by one turn
+    whatsapp_debounce_max_s: float = 10.0  # ... but a burst is never left unanswered for longer than this
     whatsapp_send_timeout_s: float = 15.0
     # Meta's charge per billable message by pricing category (USD), e.g. {"marketing": 0.0625, "utility": 0.008}
     whatsapp_prices: dict[str, float] = Field(default_factory=dict)

@@ -10,10 +10,11 @@ SOURCE_CHARS = 700  # per source: prompt processing is the local model's bottlen
 _VAR = re.compile(r"\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}")
 
 GROUNDING = (
-    "Answer in the customer's language, only from the numbered sources given with the message. Never invent prices, dates, "
-    f"names, policies or contact details. If the sources do not answer the question, reply exactly {NO_ANSWER}. "
-    "Greetings and thanks need no sources. Use the tools when the customer wants to book, gives personal data "
-    "or asks for a human. Do not mention source numbers."
+    "Answer questions in the customer's language with facts from the numbered sources below, even if they are "
+    f"in another language. If no source mentions what the customer asks about, reply exactly {NO_ANSWER}; never "
+    "answer from general knowledge. Greetings and thanks need no sources. Do not mention source numbers. "
+    "If the customer asks for a human or an attendant, call transfer_to_human. If the customer gives personal "
+    "data, call collect_data."
 )
 
 

@@ -111,6 +111,7 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
     timings["prompt_ms"] = _ms(t)
 
     model = services.chat_models.get(config.model)
+    session.commit()  # end the read transaction: no pooled connection is held while the model thinks
     usage, rounds, tool_results, error = Usage(), 0, [], None
     deadline = t0 + config.turn_deadline_s
     reply, executed, force_text = "", set(), False

@@ -1,6 +1,8 @@
 """Debounced WhatsApp turns: a burst of messages is answered by one turn, whose reply is then sent."""
 from __future__ import annotations
 
+from datetime import datetime
+
 from atende.db import utcnow
 from atende.services import Services
 from runtime import store
@@ -9,21 +11,30 @@ from runtime.types import TurnResult
 from runtime.whatsapp.outbound import send_reply
 
 
-def run_whatsapp_turn(services: Services, conversation_id: str) -> TurnResult | None:
+def run_whatsapp_turn(services: Services, conversation_id: str, scheduled_at: datetime | None = None) -> TurnResult | None:
     """Answer the conversation's pending messages once the newest is ``whatsapp_debounce_s`` old.
 
-    Each inbound message schedules this job after the debounce; a job that finds a younger message
-    steps aside for that message's job (or re-schedules itself when it runs early).
+    Every stored message schedules this job after the debounce, marked with the time it was scheduled.
+    A job that finds a message newer than its mark steps aside (that message's job follows); the job of
+    the newest message waits out the rest of the debounce. A burst is answered at the latest
+    ``whatsapp_debounce_max_s`` after its first message, however long the customer keeps typing.
     """
-    debounce = services.settings.whatsapp_debounce_s
+    s = services.settings
     with services.session() as session:
         pending = store.pending_inbound(session, conversation_id)
         if not pending:
             return None
-        age = (utcnow() - max(m.created_at for m in pending)).total_seconds()
-    if services.schedule_turn is not None and age < debounce:
-        services.schedule_turn(conversation_id, debounce - age)
-        return None
+        newest = max(m.created_at for m in pending)
+        oldest = min(m.created_at for m in pending)
+    now = utcnow()
+    overdue = (now - oldest).total_seconds() >= s.whatsapp_debounce_max_s
+    if services.schedule_turn is not None and not overdue:
+        if scheduled_at is not None and newest > scheduled_at:
+            return None
+        wait = s.whatsapp_debounce_s - (now - newest).total_seconds()
+        if wait > 0:
+            services.schedule_turn(conversation_id, wait)
+            return None
     result = run_turn(services, conversation_id)
     if result is not None and result.message_id is not None:
         send_reply(services, result.message_id)
