@@ -149,6 +149,14 @@ def cmd_bench_export(args) -> int:
     return 0
 
 
+def cmd_bench_whatsapp(args) -> int:
+    from benchmarks.whatsapp_load import run_benchmark
+
+    run_benchmark(customers=args.customers, rate=args.rate, seconds=args.seconds, llm_delay_s=args.llm_delay,
+                  workers=args.workers)
+    return 0
+
+
 def cmd_bench_ingest(args) -> int:
     from benchmarks.ingest import run_benchmark
 
@@ -221,6 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     bi.add_argument("--model", default="all-minilm-l6-v2")
     bi.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16, 32, 64])
     bi.set_defaults(func=cmd_bench_ingest)
+    bw = b.add_parser("whatsapp", help="signed webhook load against the real app with a slow scripted model")
+    bw.add_argument("--customers", type=int, default=100)
+    bw.add_argument("--rate", type=float, default=200.0)
+    bw.add_argument("--seconds", type=float, default=30.0)
+    bw.add_argument("--llm-delay", type=float, default=2.0)
+    bw.add_argument("--workers", type=int, default=32)
+    bw.set_defaults(func=cmd_bench_whatsapp)
     be = b.add_parser("export", help="stream an export of N messages and watch peak memory")
     be.add_argument("--messages", type=int, default=100_000)
     be.set_defaults(func=cmd_bench_export)
