@@ -11,6 +11,8 @@ from sqlalchemy.orm import DeclarativeBase, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# job worker threads, request threads and turns' advisory-lock connections all need room at once
+POOL = {"pool_size": 20, "max_overflow": 80, "pool_timeout": 60}
 
 
 def utcnow() -> datetime:
@@ -48,7 +50,7 @@ def make_engine(url: str) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **POOL)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):
@@ -59,8 +61,7 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    # turns hold a connection for their advisory lock; worker and request threads need room beside them
-    return create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=80, pool_timeout=60)
+    return create_engine(url, pool_pre_ping=True, **POOL)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker:
