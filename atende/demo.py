@@ -19,6 +19,7 @@ DEMO_CONFIG = {
     "fallback_message": (
         "Não encontrei essa informação na nossa base. Posso transferir você para alguém da recepção?"
     ),
+    "handoff_message": "Certo! Vou transferir você para alguém da recepção, que responde por aqui em instantes.",
     "data_fields": [
         {"name": "nome", "type": "text", "description": "nome completo"},
         {"name": "cpf", "type": "cpf"},

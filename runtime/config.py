@@ -14,6 +14,7 @@ DEFAULT_TEXT_INSTRUCTIONS = (
     "You are writing a chat message (WhatsApp). Use short paragraphs of 1-3 sentences, *bold* for key facts, "
     "'- ' bullets for lists. Never use tables, headings or links in markdown syntax. Keep replies under 120 words."
 )
+DEFAULT_HANDOFF = "I'm passing you to a human agent, who will reply here shortly."
 DEFAULT_FALLBACK = (
     "I could not find this in my knowledge base, so I won't guess. Would you like me to transfer you to a "
     "human agent?"
@@ -121,6 +122,7 @@ class AssistantConfig(BaseModel):
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     text_channel_instructions: str = DEFAULT_TEXT_INSTRUCTIONS
     fallback_message: str = DEFAULT_FALLBACK
+    handoff_message: str = Field(default=DEFAULT_HANDOFF, description="sent when a handoff turn has no text of its own")
     model: str | None = Field(default=None, description="chat model name; default from settings")
     temperature: float = Field(default=0.2, ge=0, le=2)
     max_tokens: int = Field(default=256, ge=16, le=4096)

@@ -14,7 +14,8 @@ GROUNDING = (
     f"in another language. If no source mentions what the customer asks about, reply exactly {NO_ANSWER}; never "
     "answer from general knowledge. Greetings and thanks need no sources. Do not mention source numbers. "
     "If the customer asks for a human or an attendant, call transfer_to_human. If the customer gives personal "
-    "data, call collect_data."
+    "data, call collect_data. Use the scheduling tools only when the customer asks to book. After a tool call, "
+    "tell the customer its result in their language."
 )
 
 

@@ -23,6 +23,7 @@ from kb.search import search
 from runtime import store
 from runtime.config import AssistantConfig
 from runtime.cost import usage_cost
+from runtime.llm import text_tool_calls
 from runtime.models import Conversation, Message, Turn
 from runtime.prompt import NO_ANSWER, build_messages, seen_sources
 from runtime.tools import ToolContext, build_toolset
@@ -149,11 +150,18 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
 
     session.refresh(conv)
     handed_off = any(res.name == "transfer_to_human" and not res.error for _, _, res in tool_results)
-    status = "handoff" if handed_off else "answered"
+    no_answer = NO_ANSWER in (reply or "")
+    # a call written as text once tools were withdrawn is not for the customer's eyes
+    reply = text_tool_calls(reply, set(toolset.names))[0].replace(NO_ANSWER, "").strip() if reply else reply
+    no_answer = no_answer or not reply
     if error and not reply:
         status, reply = "error", None
-    elif not reply or NO_ANSWER in reply:
-        status, reply = ("handoff" if handed_off else "fallback"), (reply.replace(NO_ANSWER, "").strip() if handed_off and reply else config.fallback_message)
+    elif handed_off:
+        status, reply = "handoff", reply or config.handoff_message
+    elif no_answer:
+        status, reply = "fallback", config.fallback_message
+    else:
+        status = "answered"
     # passages found by the search tool were shown whole, numbered after the automatic ones
     all_sources = sources + [h.to_dict() for h in ctx.sources[len(hits):]]
     result = TurnResult(

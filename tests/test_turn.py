@@ -223,3 +223,20 @@ def test_run_turn_without_pending_messages_does_nothing(shop):
     model.enqueue("oi")
     r = chat(services, aid, "oi")
     assert run_turn(services, r.conversation_id) is None
+
+
+def test_a_tool_call_written_as_text_is_never_sent_to_the_customer(shop):
+    services, model, aid = shop
+    handoff = [ToolCall("call_0", "transfer_to_human", {"reason": "pediu um humano"})]
+    written = '```json\n{"name": "transfer_to_human", "arguments": {"reason": "pediu um humano"}}\n```'
+    model.enqueue(handoff, handoff, written)  # repeats the call, then writes it as text once tools are withdrawn
+    r = chat(services, aid, "Quero um atendente")
+    with services.session() as session:
+        expected = registry.get_assistant(session, aid).config["handoff_message"]
+    assert r.status == "handoff" and r.reply == expected and "transfer_to_human" not in r.reply
+    model.enqueue(written.replace("transfer_to_human", "list_available_slots"))
+    with services.session() as session:
+        session.get(Conversation, r.conversation_id).ai_enabled = True
+        session.commit()
+    r2 = chat(services, aid, "Tem horário amanhã?")
+    assert r2.status == "fallback" and "list_available_slots" not in r2.reply
