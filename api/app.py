@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from api.errors import install_error_handlers
 from api.routes import assistants, conversations, documents, review, whatsapp, widget
+from api.routes import insights
 from atende import __version__
 from atende.demo import ensure_demo
 from atende.jobs import make_huey, requeue_interrupted, start_embedded_consumer
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(assistants.router)
     app.include_router(documents.router)
     app.include_router(review.router)  # before conversations: /api/conversations/export is not an id
+    app.include_router(insights.router)
     app.include_router(conversations.router)
     app.include_router(widget.router)
     app.include_router(whatsapp.router)
