@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from atende.settings import Settings
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -171,6 +173,16 @@ def cmd_bench_turn(args) -> int:
     return 0
 
 
+def cmd_eval_retrieval(args) -> int:
+    from benchmarks.retrieval import evaluate, format_table
+
+    result = evaluate(Path(args.corpus), Path(args.queries), model=args.model, split=args.split, limit=args.limit,
+                      chunk_size=args.chunk_size, modes=tuple(args.modes.split(",")), cache=not args.no_cache,
+                      log=(lambda *a: print(*a, file=sys.stderr)) if args.json else print)
+    print(json.dumps(result) if args.json else format_table(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="atende", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -243,6 +255,20 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--turns", type=int, default=60)
     bt.add_argument("--local", type=int, default=0, metavar="N", help="also run N turns on the embedded local model")
     bt.set_defaults(func=cmd_bench_turn)
+
+    ev = sub.add_parser("eval", help="quality evaluations").add_subparsers(dest="sub", required=True)
+    er = ev.add_parser("retrieval", help="recall/MRR/nDCG of atende's retriever vs plain dense and BM25 on a QA set")
+    er.add_argument("--corpus", required=True, help="corpus.jsonl: {id, title, text} per line")
+    er.add_argument("--queries", required=True, help="queries.jsonl: {id, question, gold_ids} per line")
+    er.add_argument("--model", default=Settings.model_fields["embedding_model"].default, help="embedding model")
+    er.add_argument("--split", choices=["all", "dev", "test"], default="all",
+                    help="only queries whose gold passage is in this half of the corpus")
+    er.add_argument("--limit", type=int, default=None, help="at most N queries")
+    er.add_argument("--chunk-size", type=int, default=Settings.model_fields["chunk_size"].default)
+    er.add_argument("--modes", default="hybrid", help="atende modes to score: hybrid,dense,keyword")
+    er.add_argument("--no-cache", action="store_true", help="do not reuse cached embeddings")
+    er.add_argument("--json", action="store_true", help="print one JSON object")
+    er.set_defaults(func=cmd_eval_retrieval)
     return p
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy.engine import Engine
@@ -12,6 +12,7 @@ from atende.db import make_engine, make_sessionmaker, migrate, utcnow
 from atende.settings import Settings
 from kb.blobs import BlobStore
 from kb.embedders import EmbedderRegistry
+from kb.keyword import KeywordIndexCache
 from kb.vectorstore import ChromaVectorStore
 from runtime.llm_provider import ChatModelProvider
 
@@ -36,6 +37,8 @@ class Services:
     schedule_turn: Callable[[str, float], None] | None = None
     # the time, replaceable in tests (24-hour window)
     clock: Callable[[], datetime] = utcnow
+    # BM25 indexes of the knowledge bases, rebuilt when their current versions change
+    keywords: KeywordIndexCache = field(default_factory=KeywordIndexCache)
 
     def session(self) -> Session:
         return self.sessions()

@@ -1,52 +1,169 @@
-"""Dense search over one knowledge base, seeing only the current version of each document."""
+"""Hybrid search over one knowledge base: dense (chromadb) + keyword (BM25), fused by reciprocal rank.
+
+Only chunks of each document's current version are ever returned. Every hit carries three numbers:
+``score`` is the dense cosine similarity of the chunk to the query (comparable across queries, so the
+"nothing relevant" threshold ``min_score`` applies to it), ``keyword_score`` its BM25 score and
+``fusion`` the fused ranking score the results are ordered by.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from atende.services import Services
 from kb.errors import InvalidRequest
+from kb.keyword import IndexedChunk
 from kb.models import DocumentVersion, KnowledgeBase
-from kb.registry import hidden_version_keys
 from kb.types import SearchHit
 
 MAX_TOP_K = 50
+Mode = Literal["hybrid", "dense", "keyword"]
+FILTER_KEYS = ("document_id", "filename", "section", "page")
 
 
-def search(services: Services, session: Session, kb: KnowledgeBase, query: str, top_k: int = 5) -> list[SearchHit]:
-    """Rank the knowledge base's chunks for ``query`` by cosine similarity (score in [-1, 1])."""
+@dataclass(frozen=True)
+class Fusion:
+    """How the two rankings are fused: RRF with constant ``k`` over ``candidates`` from each side;
+    the keyword ranking counts ``keyword_weight`` times a dense rank. Chosen on the dev halves of the
+    QA sets (``atende eval retrieval --split dev``); see the README's retrieval section."""
+
+    candidates: int = 50
+    k: int = 60
+    keyword_weight: float = 1.0
+
+
+FUSION = Fusion()
+
+
+def _validate_where(where: dict | None) -> dict | None:
+    if not where:
+        return None
+    unknown = set(where) - set(FILTER_KEYS)
+    if unknown:
+        raise InvalidRequest(f"unknown filter field(s) {sorted(unknown)}; filter on {list(FILTER_KEYS)}")
+    for key, value in where.items():
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in values):
+            raise InvalidRequest(f"filter {key!r} must be a string/integer or a non-empty list of them")
+    return where
+
+
+def _chroma_where(where: dict) -> dict:
+    parts = [{k: {"$in": v} if isinstance(v, list) else v} for k, v in where.items()]
+    return parts[0] if len(parts) == 1 else {"$and": parts}
+
+
+def _matches(metadata: dict, where: dict | None) -> bool:
+    return not where or all(
+        metadata.get(k) in (v if isinstance(v, list) else [v]) for k, v in where.items()
+    )
+
+
+def _versions(session: Session, kb_id: str) -> tuple[set[str], list[str]]:
+    """(current ``doc_version`` keys, hidden keys) of the knowledge base, read in one query."""
+    current, hidden = set(), []
+    for d, v, state in session.execute(
+        select(DocumentVersion.document_id, DocumentVersion.version, DocumentVersion.state).where(
+            DocumentVersion.knowledge_base_id == kb_id, DocumentVersion.state != "gone"
+        )
+    ):
+        (current.add if state == "current" else hidden.append)(f"{d}:{v}")
+    return current, hidden
+
+
+def _still_current(session: Session, kb_id: str, keys: set[str]) -> set[str]:
+    """Belt and braces: which of ``keys`` are current right now (a swap may have happened meanwhile)."""
+    if not keys:
+        return set()
+    return {
+        f"{d}:{v}"
+        for d, v in session.execute(
+            select(DocumentVersion.document_id, DocumentVersion.version).where(
+                DocumentVersion.knowledge_base_id == kb_id,
+                DocumentVersion.state == "current",
+                DocumentVersion.document_id.in_({k.split(":")[0] for k in keys}),
+            )
+        )
+    }
+
+
+def keyword_index(services: Services, kb: KnowledgeBase, current: set[str]):
+    """The knowledge base's BM25 index over its current versions (built or reused from the cache)."""
+    fingerprint = tuple(sorted(current))
+
+    def load() -> tuple[list[IndexedChunk], np.ndarray]:
+        stored, vectors = services.vectors.chunks(kb.collection, sorted(current))
+        return [IndexedChunk(m.chunk_id, m.text, m.metadata) for m in stored], vectors
+
+    return services.keywords.get(kb.collection, fingerprint, load)
+
+
+def search(services: Services, session: Session, kb: KnowledgeBase, query: str, top_k: int = 5, *,
+           where: dict | None = None, mode: Mode = "hybrid", max_per_document: int | None = None) -> list[SearchHit]:
+    """Rank the knowledge base's chunks for ``query``.
+
+    ``where`` filters on chunk metadata (``document_id``, ``filename``, ``section``, ``page``; a value or a
+    list of values). ``mode`` picks hybrid (default), dense only or keyword only. ``max_per_document``
+    keeps at most that many chunks of one document, for more diverse results.
+    """
     query = (query or "").strip()
     if not query:
         raise InvalidRequest("query must not be empty")
     if not 1 <= top_k <= MAX_TOP_K:
         raise InvalidRequest(f"top_k must be between 1 and {MAX_TOP_K}")
-    embedder = services.embedders.get(kb.embedding_model)
-    vector = embedder.embed_query(query)
-    matches = services.vectors.query(kb.collection, vector, top_k * 2, hidden_version_keys(session, kb.id))
-    # belt and braces: keep only chunks of versions that are current right now
-    keys = {m.metadata.get("doc_version") for m in matches}
-    current = {
-        f"{d}:{v}"
-        for d, v in session.execute(
-            select(DocumentVersion.document_id, DocumentVersion.version).where(
-                DocumentVersion.knowledge_base_id == kb.id,
-                DocumentVersion.state == "current",
-                DocumentVersion.document_id.in_({k.split(":")[0] for k in keys if k}),
-            )
-        )
-    }
-    hits = []
-    for m in matches:
-        if m.metadata.get("doc_version") not in current:
+    if max_per_document is not None and max_per_document < 1:
+        raise InvalidRequest("max_per_document must be at least 1")
+    where = _validate_where(where)
+    current, hidden = _versions(session, kb.id)
+    if not current:
+        return []
+    n = max(FUSION.candidates, top_k * 2)
+    vector = services.embedders.get(kb.embedding_model).embed_query(query)
+
+    found: dict[str, tuple[str, dict]] = {}  # chunk id -> (text, metadata)
+    similarity: dict[str, float] = {}
+    fusion: dict[str, float] = {}
+    if mode != "keyword":
+        dense = services.vectors.query(kb.collection, vector, n, hidden, _chroma_where(where) if where else None)
+        for rank, m in enumerate(dense):
+            found[m.chunk_id] = (m.text, m.metadata)
+            similarity[m.chunk_id] = 1.0 - m.distance
+            fusion[m.chunk_id] = 1.0 / (FUSION.k + rank + 1)
+    keyword: dict[str, float] = {}
+    if mode != "dense":
+        index = keyword_index(services, kb, current)
+        ranked = [(c, s) for c, s in index.top(query, n if where is None else len(index.chunks))
+                  if _matches(c.metadata, where)][:n]
+        for rank, (chunk, score) in enumerate(ranked):
+            found.setdefault(chunk.chunk_id, (chunk.text, chunk.metadata))
+            keyword[chunk.chunk_id] = score
+            fusion[chunk.chunk_id] = fusion.get(chunk.chunk_id, 0.0) + FUSION.keyword_weight / (FUSION.k + rank + 1)
+        for cid in keyword.keys() - similarity.keys():
+            similarity[cid] = float(np.dot(index.vectors[index.row[cid]], vector))
+
+    alive = _still_current(session, kb.id, {md.get("doc_version") for _, md in found.values()} - {None})
+    hits: list[SearchHit] = []
+    per_document: dict[str, int] = {}
+    for cid in sorted(found, key=lambda c: (-fusion[c], -similarity.get(c, -1.0))):
+        text, md = found[cid]
+        if md.get("doc_version") not in alive:
             continue
-        md = m.metadata
+        doc = md["document_id"]
+        if max_per_document and per_document.get(doc, 0) >= max_per_document:
+            continue
+        per_document[doc] = per_document.get(doc, 0) + 1
         hits.append(
             SearchHit(
-                rank=len(hits) + 1, chunk_id=m.chunk_id, score=round(1.0 - m.distance, 4), text=m.text,
-                document_id=md["document_id"], version=int(md["version"]), filename=md.get("filename", ""),
+                rank=len(hits) + 1, chunk_id=cid, score=round(similarity.get(cid, 0.0), 4), text=text,
+                document_id=doc, version=int(md["version"]), filename=md.get("filename", ""),
                 page=md.get("page"), section=md.get("section", ""),
                 element_types=[t for t in md.get("element_types", "").split(",") if t],
                 char_start=int(md.get("char_start", 0)), char_end=int(md.get("char_end", 0)),
+                keyword_score=round(keyword.get(cid, 0.0), 4), fusion=round(fusion[cid], 6),
             )
         )
         if len(hits) == top_k:

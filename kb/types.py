@@ -45,6 +45,8 @@ class SearchHit:
     element_types: list[str] = field(default_factory=list)
     char_start: int = 0
     char_end: int = 0
+    keyword_score: float = 0.0  # BM25; 0 when no query word occurs in the chunk
+    fusion: float = 0.0  # the fused ranking score results are ordered by
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -67,10 +67,16 @@ class ChromaVectorStore:
                 metadatas=clean[i : i + step],
             )
 
-    def query(self, collection: str, embedding: np.ndarray, k: int, exclude_versions: list[str] = ()) -> list[StoredMatch]:
-        """Nearest ``k`` chunks by cosine distance, skipping chunks whose ``doc_version`` is excluded."""
+    def query(self, collection: str, embedding: np.ndarray, k: int, exclude_versions: list[str] = (),
+              where: dict | None = None) -> list[StoredMatch]:
+        """Nearest ``k`` chunks by cosine distance, skipping chunks whose ``doc_version`` is excluded.
+
+        ``where`` is an extra chromadb metadata filter (e.g. ``{"filename": "faq.pdf"}``).
+        """
         col = self._collection(collection)
-        where = {"doc_version": {"$nin": list(exclude_versions)}} if exclude_versions else None
+        conditions = ([{"doc_version": {"$nin": list(exclude_versions)}}] if exclude_versions else []) + (
+            [where] if where else [])
+        where = conditions[0] if len(conditions) == 1 else ({"$and": conditions} if conditions else None)
         res = col.query(
             query_embeddings=[np.asarray(embedding, dtype=np.float32).tolist()],
             n_results=k,
@@ -81,6 +87,24 @@ class ChromaVectorStore:
             StoredMatch(cid, doc, meta or {}, float(dist))
             for cid, doc, meta, dist in zip(res["ids"][0], res["documents"][0], res["metadatas"][0], res["distances"][0])
         ]
+
+    def chunks(self, collection: str, version_keys: list[str], page: int = 5000) -> tuple[list[StoredMatch], np.ndarray]:
+        """Every chunk of the given ``doc_version`` keys (distance 0) and their vectors, row for row."""
+        col, out, vectors = self._collection(collection), [], []
+        for i in range(0, len(version_keys), 500):  # keep each $in list small
+            keys = version_keys[i : i + 500]
+            offset = 0
+            while True:
+                res = col.get(where={"doc_version": {"$in": keys}}, include=["documents", "metadatas", "embeddings"],
+                              limit=page, offset=offset)
+                out += [StoredMatch(cid, doc, meta or {}, 0.0)
+                        for cid, doc, meta in zip(res["ids"], res["documents"], res["metadatas"])]
+                if len(res["ids"]):
+                    vectors.append(np.asarray(res["embeddings"], dtype=np.float32))
+                if len(res["ids"]) < page:
+                    break
+                offset += page
+        return out, (np.vstack(vectors) if vectors else np.zeros((0, 0), dtype=np.float32))
 
     def delete_versions(self, collection: str, version_keys: list[str]) -> None:
         if version_keys:
