@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session, aliased
 from atende.services import Services
 from kb.errors import InvalidRequest
 from kb.models import Assistant
-from runtime.models import CHANNELS, Conversation, Message, MessageSource, ToolCallRecord, Turn
+from runtime.models import CHANNELS, CollectedData, Conversation, Message, MessageSource, ToolCallRecord, Turn
 
 EXPORT_FORMATS = ("csv", "jsonl")
 EXPORT_PAGE_SIZE = 1000
@@ -162,6 +162,13 @@ def _money(value: float) -> float:
 
 def _ratio(num: float, den: float) -> float | None:
     return num / den if den else None
+
+
+def collected_data(session: Session, conversation_id: str) -> list[dict]:
+    """The data fields collected in a conversation (by the AI's ``collect_data`` or by hand), by field name."""
+    rows = session.scalars(select(CollectedData).where(CollectedData.conversation_id == conversation_id)
+                           .order_by(CollectedData.field))
+    return [{"field": r.field, "value": r.value, "source": r.source, "updated_at": r.updated_at} for r in rows]
 
 
 # --------------------------------------------------------------------------- metrics

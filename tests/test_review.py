@@ -382,3 +382,15 @@ def test_export_of_the_assembled_app_is_not_taken_for_a_conversation_id(sqlite_s
     assert r.status_code == 200 and r.text == ""
     with sqlite_services.session() as s:
         assert s.query(Conversation).count() == 0
+
+
+def test_collected_data_of_one_conversation_by_field(services, fixture_log):
+    from runtime.models import CollectedData
+
+    with services.session() as s:
+        s.add_all([CollectedData(id=new_id(), conversation_id=fixture_log["c3"], field=f, value=v, source=src)
+                   for f, v, src in (("name", "Ana", "ai"), ("email", "ana@example.com", "operator"))])
+        s.commit()
+        assert [(d["field"], d["value"], d["source"]) for d in review.collected_data(s, fixture_log["c3"])] == \
+            [("email", "ana@example.com", "operator"), ("name", "Ana", "ai")]
+        assert review.collected_data(s, fixture_log["c1"]) == []
