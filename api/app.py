@@ -4,11 +4,13 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from api.errors import install_error_handlers
-from api.routes import assistants, conversations, documents, review, whatsapp, widget
+from api.routes import assistants, conversations, dashboard, dashboard_api, documents, review, whatsapp, widget
 from api.routes import insights
 from atende import __version__
 from atende.demo import ensure_demo
@@ -63,6 +65,11 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(widget.router)
     app.include_router(whatsapp.router)
     app.include_router(whatsapp.webhook_router)
+    app.include_router(dashboard_api.router)
+    app.include_router(dashboard.public)
+    app.include_router(dashboard.router)
+    dashboard.install_page_handlers(app)
+    app.mount("/static", StaticFiles(directory=Path(__file__).resolve().parent / "static"), name="static")
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict:

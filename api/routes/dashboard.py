@@ -1,0 +1,286 @@
+"""The review dashboard's pages: server-rendered Jinja2 templates (autoescaped: customer text is
+untrusted) with a little vanilla JS (``api/static/dashboard.js``) that calls the JSON API with the
+session cookie.
+
+Pages need the session cookie handed out by the login page (``api.deps``); without it they redirect
+to ``/dashboard/login``. The list, metrics and improve pages share the review filters, kept in the URL
+(``channel``, ``assistant_id``, ``since``, ``until``, ``customer``, ``waiting_for_human``) so a view
+can be bookmarked and the export links carry the same selection.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import quote, urlencode
+
+from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from api.deps import (SESSION_COOKIE, SESSION_TTL_S, ServicesDep, SessionDep, has_session, issue_session_cookie,
+                      same_origin, token_matches)
+from api.routes import conversations as conversation_routes
+from api.routes import documents as document_routes
+from api.routes import whatsapp as whatsapp_routes
+from kb import registry
+from kb.errors import InvalidRequest, NotFound
+from runtime import review, store
+from runtime.models import CHANNELS
+from runtime.review import ConversationFilters
+from runtime.whatsapp.models import WhatsAppSender
+from runtime.whatsapp.outbound import window_open
+
+PAGE_SIZE = 25
+FILTER_KEYS = ("channel", "assistant_id", "since", "until", "customer", "waiting_for_human")
+CHANNEL_LABELS = {"whatsapp": "WhatsApp", "widget": "Widget", "test": "Test", "api": "API"}
+
+_env = Environment(loader=FileSystemLoader(Path(__file__).resolve().parents[1] / "templates"),
+                   autoescape=select_autoescape(default=True), trim_blocks=True, lstrip_blocks=True)
+templates = Jinja2Templates(env=_env)
+
+
+def _datetime(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
+def _money(value: float | None) -> str:
+    return "–" if value is None else f"${value:.4f}" if value < 1 else f"${value:,.2f}"
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{value * 100:.1f}%"
+
+
+def _millis(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f} ms" if value < 1000 else f"{value / 1000:.1f} s"
+
+
+def _pretty(value) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+
+
+_env.filters.update(dt=_datetime, money=_money, pct=_percent, ms=_millis, pretty=_pretty)
+_env.globals.update(channel_labels=CHANNEL_LABELS, channels=CHANNELS)
+
+
+class LoginRequired(Exception):
+    """Raised by page dependencies; the handler in ``install_page_handlers`` redirects to the login page."""
+
+    def __init__(self, next_path: str):
+        self.next_path = next_path
+
+
+def require_page_session(request: Request, services: ServicesDep) -> None:
+    """Pages need the session cookie; otherwise the browser is sent to the login page."""
+    if not has_session(request, services.settings):
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        raise LoginRequired(path)
+
+
+def install_page_handlers(app) -> None:
+    """Redirect ``LoginRequired`` to the login page, remembering where the admin was going."""
+    async def to_login(request: Request, exc: LoginRequired) -> RedirectResponse:
+        return RedirectResponse(f"/dashboard/login?next={quote(exc.next_path, safe='')}", status_code=303)
+
+    app.add_exception_handler(LoginRequired, to_login)
+
+
+public = APIRouter(prefix="/dashboard", include_in_schema=False)
+router = APIRouter(prefix="/dashboard", include_in_schema=False, dependencies=[Depends(require_page_session)])
+
+
+def render(request: Request, name: str, status_code: int = 200, **context) -> HTMLResponse:
+    """Render a template with the request (for the navigation's active link)."""
+    return templates.TemplateResponse(request, name, context, status_code=status_code)
+
+
+def _safe_next(value: str | None) -> str:
+    """Only paths inside the dashboard: never an open redirect to another site."""
+    if value and value.startswith("/dashboard/") and not value.startswith("/dashboard//") and "\\" not in value:
+        return value
+    return "/dashboard/conversations"
+
+
+# --------------------------------------------------------------------------- login
+
+
+@public.get("/login")
+def login_page(request: Request, services: ServicesDep, next: str | None = None):
+    """The login form (already signed in: straight to where the admin was going)."""
+    if has_session(request, services.settings):
+        return RedirectResponse(_safe_next(next), status_code=303)
+    return render(request, "login.html", next=_safe_next(next))
+
+
+@public.post("/login")
+def login(request: Request, services: ServicesDep, token: Annotated[str, Form()] = "",
+          next: Annotated[str | None, Form()] = None):
+    """Exchange the admin token for a signed session cookie."""
+    if not same_origin(request):
+        raise HTTPException(status_code=403, detail="cross-site request refused")
+    if not token or not token_matches(services.settings, token):
+        return render(request, "login.html", status_code=401, next=_safe_next(next),
+                      error="Wrong admin token. Use the value of ATENDE_ADMIN_TOKEN.")
+    response = RedirectResponse(_safe_next(next), status_code=303)
+    response.set_cookie(SESSION_COOKIE, issue_session_cookie(services.settings), max_age=SESSION_TTL_S,
+                        httponly=True, samesite="strict", secure=request.url.scheme == "https", path="/")
+    return response
+
+
+@public.post("/logout")
+def logout(request: Request):
+    """Forget the session cookie."""
+    if not same_origin(request):
+        raise HTTPException(status_code=403, detail="cross-site request refused")
+    response = RedirectResponse("/dashboard/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    return response
+
+
+@public.get("")
+@public.get("/")
+def home() -> Response:
+    return RedirectResponse("/dashboard/conversations", status_code=303)
+
+
+# --------------------------------------------------------------------------- filters
+
+
+def read_filters(request: Request) -> tuple[dict[str, str], ConversationFilters | None, str | None]:
+    """(raw filter values for the form and links, parsed filters or None, error message or None)."""
+    raw = {k: request.query_params.get(k, "").strip() for k in FILTER_KEYS}
+    waiting = raw["waiting_for_human"].lower()
+    try:
+        if waiting not in ("", "true", "false"):
+            raise InvalidRequest(f"waiting_for_human: {raw['waiting_for_human']!r} is not true or false")
+        filters = ConversationFilters.parse(
+            channel=raw["channel"], assistant_id=raw["assistant_id"], since=raw["since"], until=raw["until"],
+            customer=raw["customer"], waiting_for_human={"true": True, "false": False}.get(waiting))
+    except InvalidRequest as exc:
+        return raw, None, str(exc)
+    return raw, filters, None
+
+
+def query_string(raw: dict[str, str], **changes) -> str:
+    """The filters (plus ``changes``) as a query string, empty values left out."""
+    values = {**raw, **{k: str(v) for k, v in changes.items()}}
+    return urlencode({k: v for k, v in values.items() if v})
+
+
+def _filter_page(request: Request, session, name: str, status_code: int = 200, **context) -> HTMLResponse:
+    raw = context.pop("raw")
+    return render(request, name, status_code=status_code, raw=raw, qs=query_string(raw),
+                  assistants=registry.list_assistants(session), **context)
+
+
+# --------------------------------------------------------------------------- conversations
+
+
+@router.get("/conversations")
+def conversations_page(request: Request, session: SessionDep, page: int = 1):
+    """The conversation list with filters, pagination and export links."""
+    raw, filters, error = read_filters(request)
+    if filters is None:
+        return _filter_page(request, session, "conversations.html", 400, raw=raw, error=error, items=[], total=0,
+                            page=1, pages=1)
+    page = max(page, 1)
+    total, items = review.list_conversations(session, filters, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
+    pages = max((total + PAGE_SIZE - 1) // PAGE_SIZE, 1)
+    return _filter_page(request, session, "conversations.html", raw=raw, items=items, total=total, page=page,
+                        pages=pages, prev_qs=query_string(raw, page=page - 1) if page > 1 else None,
+                        next_qs=query_string(raw, page=page + 1) if page < pages else None)
+
+
+@router.get("/conversations/{conversation_id}")
+def conversation_page(request: Request, conversation_id: str, services: ServicesDep, session: SessionDep):
+    """One conversation: the thread with sources and function calls, its variables and the actions."""
+    try:
+        conv = conversation_routes.get_conversation(conversation_id, session)
+    except NotFound as exc:
+        return render(request, "error.html", status_code=404, title="Conversation not found", message=str(exc))
+    row = store.get_conversation(session, conversation_id)
+    templates_offered, sender_id, window = [], None, None
+    if conv.channel == "whatsapp":
+        window = window_open(row, services.clock())
+        sender = session.query(WhatsAppSender).filter_by(phone_number_id=conv.sender).one_or_none()
+        if sender is not None:
+            sender_id = sender.id
+            templates_offered = [t for t in whatsapp_routes.list_templates(session, sender.id) if t.status == "APPROVED"]
+    return render(request, "conversation.html", conv=conv, assistant=registry.get_assistant(session, conv.assistant_id),
+                  collected=review.collected_data(session, conversation_id), window_open=window,
+                  sender_id=sender_id, wa_templates=templates_offered)
+
+
+# --------------------------------------------------------------------------- metrics and insights
+
+
+@router.get("/metrics")
+def metrics_page(request: Request, session: SessionDep):
+    """The review figures and a per-day chart, under the list's filters."""
+    raw, filters, error = read_filters(request)
+    if filters is None:
+        return _filter_page(request, session, "metrics.html", 400, raw=raw, error=error, m=None, chart=None)
+    m = review.compute_metrics(session, filters)
+    return _filter_page(request, session, "metrics.html", raw=raw, m=m, chart=day_chart(m["per_day"]))
+
+
+def day_chart(per_day: list[dict], width: int = 720, height: int = 200) -> dict:
+    """Geometry of the per-day SVG chart: a bar per day for messages, a narrower one for replies."""
+    top = max((d["messages"] for d in per_day), default=0) or 1
+    pad_left, pad_bottom, pad_top = 36, 28, 10
+    inner_h = height - pad_bottom - pad_top
+    slot = (width - pad_left) / max(len(per_day), 1)
+    days = []
+    for i, d in enumerate(per_day):
+        x = pad_left + i * slot
+        bar = max(slot * 0.7, 2)
+        mh, rh = inner_h * d["messages"] / top, inner_h * d["replies"] / top
+        days.append({**d, "x": round(x + slot * 0.15, 1), "w": round(bar, 1), "mh": round(mh, 1),
+                     "my": round(pad_top + inner_h - mh, 1), "rx": round(x + slot * 0.15 + bar * 0.25, 1),
+                     "rw": round(bar * 0.5, 1), "rh": round(rh, 1), "ry": round(pad_top + inner_h - rh, 1),
+                     "label_x": round(x + slot / 2, 1), "label": str(d["day"])[5:]})
+    label_every = max(len(days) // 12, 1)
+    return {"width": width, "height": height, "top": top, "days": days, "label_every": label_every,
+            "base_y": pad_top + inner_h, "top_y": pad_top, "pad_left": pad_left}
+
+
+@router.get("/improve")
+def improve_page(request: Request, session: SessionDep):
+    """Question clusters and knowledge gaps, fetched by the browser from ``/api/insights``."""
+    raw, filters, error = read_filters(request)
+    return _filter_page(request, session, "improve.html", 400 if error else 200, raw=raw, error=error)
+
+
+# --------------------------------------------------------------------------- knowledge base and console
+
+
+def _pick_assistant(session, assistant_id: str | None):
+    assistants = registry.list_assistants(session)
+    if assistant_id:
+        return assistants, registry.get_assistant(session, assistant_id)
+    return assistants, assistants[0] if assistants else None
+
+
+@router.get("/knowledge")
+def knowledge_page(request: Request, session: SessionDep, assistant_id: str | None = None):
+    """Documents of one assistant's knowledge base, upload, delete, re-index and a search playground."""
+    try:
+        assistants, assistant = _pick_assistant(session, assistant_id)
+    except NotFound as exc:
+        return render(request, "error.html", status_code=404, title="Assistant not found", message=str(exc))
+    docs = document_routes.list_documents(assistant.id, session) if assistant else []
+    return render(request, "knowledge.html", assistants=assistants, assistant=assistant, documents=docs,
+                  busy=any(d.status in ("queued", "processing") for d in docs))
+
+
+@router.get("/console")
+def console_page(request: Request, session: SessionDep, assistant_id: str | None = None):
+    """Chat with an assistant as a ``test`` conversation, with sources and function calls shown live."""
+    try:
+        assistants, assistant = _pick_assistant(session, assistant_id)
+    except NotFound as exc:
+        return render(request, "error.html", status_code=404, title="Assistant not found", message=str(exc))
+    return render(request, "console.html", assistants=assistants, assistant=assistant)

@@ -1,0 +1,317 @@
+// The dashboard's interactivity: calls to the JSON API with the session cookie (same origin), and
+// rendering of their answers with textContent only -- customer text is never parsed as HTML.
+"use strict";
+(function () {
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k === "class") node.className = v; else node.setAttribute(k, v === true ? "" : v);
+    }
+    for (const c of children.flat()) {
+      if (c === null || c === undefined || c === "") continue;
+      node.append(c instanceof Node ? c : String(c));
+    }
+    return node;
+  }
+
+  function describe(data, response) {
+    if (data && typeof data.detail === "string") return data.detail;
+    if (data && Array.isArray(data.detail)) {
+      return data.detail.map((d) => (d.loc ? d.loc.slice(1).join(".") + ": " : "") + d.msg).join("; ");
+    }
+    return response.status + " " + response.statusText;
+  }
+
+  async function api(method, url, body) {
+    const opts = { method, credentials: "same-origin", headers: { Accept: "application/json" } };
+    if (body instanceof FormData) opts.body = body;
+    else if (body !== undefined) {
+      opts.headers["Content-Type"] = "application/json";
+      opts.body = JSON.stringify(body);
+    }
+    const response = await fetch(url, opts);
+    const text = await response.text();
+    let data = null;
+    try { data = text ? JSON.parse(text) : null; } catch (e) { data = null; }
+    if (response.status === 401) {  // the session expired: sign in again, then come back
+      location.href = "/dashboard/login?next=" + encodeURIComponent(location.pathname + location.search);
+    }
+    if (!response.ok) {
+      const err = new Error(describe(data, response));
+      err.status = response.status;
+      err.data = data;
+      throw err;
+    }
+    return data;
+  }
+
+  function showError(node, message) {
+    if (!node) return;
+    node.textContent = message || "";
+    node.hidden = !message;
+  }
+
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  // Re-render one element from a fresh copy of this page (one template renders it, server-side).
+  async function refreshFragment(id) {
+    const response = await fetch(location.href, { credentials: "same-origin" });
+    const fresh = new DOMParser().parseFromString(await response.text(), "text/html").getElementById(id);
+    const old = document.getElementById(id);
+    if (fresh && old) old.replaceWith(document.importNode(fresh, true));
+    return document.getElementById(id);
+  }
+
+  function money(v) { return "$" + Number(v || 0).toFixed(4); }
+
+  function sourceNode(s) {
+    const meta = el("div", { class: "src-meta" }, `[${s.rank}] `, el("b", {}, s.filename),
+      s.page ? ` · page ${s.page}` : "", s.section ? ` · ${s.section}` : "",
+      ` · score ${Number(s.score).toFixed(3)}`);
+    return el("div", { class: "source" }, meta, el("blockquote", { class: "passage" }, s.text));
+  }
+
+  function callNode(f) {
+    return el("details", { class: "call" },
+      el("summary", {}, "function ", el("code", {}, f.name), f.error ? el("span", { class: "error small" }, " error") : "",
+        ` · round ${f.round} · ${f.duration_ms} ms`),
+      el("div", { class: "kv" }, el("b", {}, "arguments"), el("pre", {}, JSON.stringify(f.arguments, null, 2))),
+      f.result !== null && f.result !== undefined ? el("div", { class: "kv" }, el("b", {}, "result"), el("pre", {}, f.result)) : "",
+      f.error ? el("div", { class: "kv" }, el("b", {}, "error"), el("pre", { class: "error" }, f.error)) : "");
+  }
+
+  // ------------------------------------------------------------------ conversation detail
+
+  function initConversation() {
+    const box = document.getElementById("conversation");
+    const errorBox = document.getElementById("action-error");
+    const id = encodeURIComponent(box.dataset.id);
+    const run = async (form, action) => {
+      showError(errorBox, "");
+      const buttons = form ? form.querySelectorAll("button") : [];
+      buttons.forEach((b) => { b.disabled = true; });
+      try {
+        await action();
+        location.reload();
+      } catch (e) {
+        showError(errorBox, e.message);
+      } finally {
+        buttons.forEach((b) => { b.disabled = false; });
+      }
+    };
+    document.getElementById("toggle-ai").addEventListener("click", () =>
+      run(null, () => api("POST", `/api/conversations/${id}/ai`, { enabled: box.dataset.ai !== "true" })));
+    const reply = document.getElementById("operator-reply");
+    reply.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      run(reply, () => api("POST", `/api/conversations/${id}/messages`, { text: reply.elements.text.value }));
+    });
+    const template = document.getElementById("send-template");
+    if (template && template.elements.template) {
+      template.addEventListener("submit", (ev) => {
+        ev.preventDefault();
+        const [name, language] = template.elements.template.value.split("|");
+        const parameters = template.elements.parameters.value.split("\n").map((p) => p.trim()).filter((p) => p);
+        if (!template.dataset.sender) {
+          showError(errorBox, "This conversation's business number is not registered as a sender.");
+          return;
+        }
+        run(template, () => api("POST", "/api/whatsapp/messages/template", {
+          sender_id: template.dataset.sender, customer_id: template.dataset.customer, name, language, parameters,
+        }));
+      });
+    }
+  }
+
+  // ------------------------------------------------------------------ knowledge base
+
+  function initKnowledge() {
+    const kb = document.getElementById("kb");
+    if (!kb) return;
+    const assistant = encodeURIComponent(kb.dataset.assistant);
+    const messages = document.getElementById("upload-messages");
+    let polling = false;
+
+    async function poll() {
+      if (polling) return;
+      polling = true;
+      try {
+        let table = await refreshFragment("documents");
+        while (table && table.dataset.busy === "true") {
+          await sleep(700);
+          table = await refreshFragment("documents");
+        }
+      } finally {
+        polling = false;
+      }
+    }
+
+    const upload = document.getElementById("upload");
+    upload.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const button = upload.querySelector("button");
+      button.disabled = true;
+      messages.replaceChildren();
+      for (const file of Array.from(upload.elements.files.files)) {
+        const data = new FormData();
+        data.append("file", file, file.name);
+        try {
+          const doc = await api("POST", `/api/assistants/${assistant}/documents`, data);
+          messages.append(el("li", { class: "ok" }, `${file.name}: ${doc.unchanged ? "unchanged, nothing to do" : "queued"}`));
+        } catch (e) {
+          messages.append(el("li", { class: "error" }, `${file.name}: ${e.message}`));
+        }
+      }
+      upload.reset();
+      button.disabled = false;
+      await poll();
+    });
+
+    kb.addEventListener("click", async (ev) => {
+      const button = ev.target.closest("button[data-action]");
+      if (!button) return;
+      const row = button.closest("tr");
+      const doc = encodeURIComponent(row.dataset.id);
+      messages.replaceChildren();
+      try {
+        if (button.dataset.action === "delete") {
+          if (!confirm(`Delete ${row.dataset.filename}? Its passages leave the knowledge base at once.`)) return;
+          button.disabled = true;
+          await api("DELETE", `/api/documents/${doc}`);
+        } else {
+          button.disabled = true;
+          await api("POST", `/api/documents/${doc}/reindex`);
+        }
+      } catch (e) {
+        messages.append(el("li", { class: "error" }, `${row.dataset.filename}: ${e.message}`));
+      }
+      await poll();
+    });
+
+    const search = document.getElementById("search");
+    const results = document.getElementById("search-results");
+    const searchError = document.getElementById("search-error");
+    search.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      showError(searchError, "");
+      results.replaceChildren();
+      try {
+        const data = await api("POST", `/api/assistants/${assistant}/search`, {
+          query: search.elements.query.value, top_k: Number(search.elements.top_k.value) || 5,
+        });
+        if (!data.results.length) results.append(el("li", { class: "muted" }, "No passages found."));
+        for (const r of data.results) results.append(el("li", {}, sourceNode(r)));
+      } catch (e) {
+        showError(searchError, e.message);
+      }
+    });
+
+    if (document.getElementById("documents").dataset.busy === "true") poll();
+  }
+
+  // ------------------------------------------------------------------ test console
+
+  function parseVariables(text) {
+    const out = {};
+    for (const line of text.split("\n")) {
+      if (!line.trim()) continue;
+      const at = line.indexOf("=");
+      if (at < 1) throw new Error(`variables: "${line}" is not key=value`);
+      out[line.slice(0, at).trim()] = line.slice(at + 1).trim();
+    }
+    return out;
+  }
+
+  function initConsole() {
+    const box = document.getElementById("console");
+    if (!box) return;
+    const transcript = document.getElementById("transcript");
+    const errorBox = document.getElementById("console-error");
+    const link = document.getElementById("console-link");
+    const form = document.getElementById("chat");
+
+    function showReply(data) {
+      const meta = `${data.status} · ${data.usage.prompt_tokens} in / ${data.usage.completion_tokens} out tokens · ` +
+        `${money(data.cost)}` + (data.timings.total_ms !== undefined ? ` · ${Math.round(data.timings.total_ms)} ms` : "");
+      transcript.append(el("article", { class: "msg outbound" },
+        el("header", {}, el("span", { class: "who" }, "AI"), el("span", { class: "status" }, data.status)),
+        el("div", { class: "text" }, data.reply === null ? "(no reply: the AI is paused for this conversation)" : data.reply),
+        el("footer", { class: "meta" }, meta),
+        data.sources.length ? el("div", { class: "sources" }, el("h3", {}, "Sources"), data.sources.map(sourceNode)) : "",
+        data.function_calls.map(callNode)));
+      link.hidden = false;
+      link.querySelector("a").href = `/dashboard/conversations/${encodeURIComponent(data.conversation_id)}`;
+    }
+
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      showError(errorBox, "");
+      let variables;
+      try { variables = parseVariables(form.elements.variables.value); } catch (e) { showError(errorBox, e.message); return; }
+      const message = form.elements.message.value;
+      transcript.append(el("article", { class: "msg inbound" },
+        el("header", {}, el("span", { class: "who" }, form.elements.customer_id.value)), el("div", { class: "text" }, message)));
+      const button = form.querySelector("button");
+      button.disabled = true;
+      try {
+        showReply(await api("POST", "/api/console/chat", {
+          assistant_id: box.dataset.assistant, customer_id: form.elements.customer_id.value, message, variables,
+        }));
+        form.elements.message.value = "";
+      } catch (e) {
+        showError(errorBox, e.message);
+      } finally {
+        button.disabled = false;
+        form.elements.message.focus();
+      }
+    });
+  }
+
+  // ------------------------------------------------------------------ improve
+
+  function conversationLinks(ids) {
+    return (ids || []).slice(0, 5).map((id, i) =>
+      [i ? " " : "", el("a", { href: `/dashboard/conversations/${encodeURIComponent(id)}` }, `#${i + 1}`)]);
+  }
+
+  // GET /api/insights: {clusters: [{question, count, conversations, examples, conversation_ids, assistant_name}],
+  //                     gaps: [{...the same, best_score (null: no sources), reasons}]}
+  async function initImprove() {
+    const box = document.getElementById("insights");
+    if (!box) return;
+    const state = document.getElementById("insights-state");
+    let data;
+    try {
+      data = await api("GET", "/api/insights" + (box.dataset.query ? "?" + box.dataset.query : ""));
+    } catch (e) {
+      state.textContent = e.status === 404 ? "Insights are not available on this server (no /api/insights)." : e.message;
+      state.className = e.status === 404 ? "muted" : "error";
+      return;
+    }
+    state.textContent = `${data.questions_considered} questions considered.`;
+    const clusters = document.getElementById("clusters");
+    for (const c of data.clusters) {
+      clusters.append(el("li", {},
+        el("b", {}, c.question), ` — asked ${c.count} times in ${c.conversations} conversation(s) · ${c.assistant_name} · `,
+        conversationLinks(c.conversation_ids),
+        el("ul", { class: "small muted" }, c.examples.map((q) => el("li", {}, q)))));
+    }
+    if (!data.clusters.length) clusters.append(el("li", { class: "muted" }, "No repeated questions in this selection."));
+    document.getElementById("clusters-card").hidden = false;
+    const gaps = document.querySelector("#gaps tbody");
+    for (const g of data.gaps) {
+      const reasons = Object.entries(g.reasons || {}).map(([k, n]) => `${k} ${n}`).join(", ");
+      gaps.append(el("tr", {},
+        el("td", {}, g.question, g.count > 1 ? el("span", { class: "muted small" }, ` (${g.count} similar; ${reasons})`) : ""),
+        el("td", { class: "num" }, g.best_score === null ? "no sources" : Number(g.best_score).toFixed(3)),
+        el("td", {}, conversationLinks(g.conversation_ids))));
+    }
+    if (!data.gaps.length) gaps.append(el("tr", {}, el("td", { colspan: "3", class: "muted" }, "No gaps found.")));
+    document.getElementById("gaps-card").hidden = false;
+  }
+
+  const pages = { conversation: initConversation, knowledge: initKnowledge, console: initConsole, improve: initImprove };
+  const init = pages[document.body.dataset.page];
+  if (init) init();
+})();
