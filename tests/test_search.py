@@ -1,0 +1,127 @@
+"""Hybrid search: the keyword index follows ingestion, re-uploads and deletes; fusion, filters, diversity
+and language-aware tokenisation. Real chromadb, real embedding model, SQLite and PostgreSQL."""
+from __future__ import annotations
+
+import pytest
+
+from kb import registry
+from kb.errors import InvalidRequest
+from kb.keyword import KeywordIndex, IndexedChunk, detect_language, query_terms, terms, words
+from kb.search import search
+from tests.test_store import find, ingest, new_assistant
+
+PARTS = (
+    "Spare parts\n\n"
+    "The replacement hinge for the cabinet door has catalogue number QX-4471-B. "
+    "It ships within two days and fits every model made after 2019."
+)
+PARTS_V2 = (
+    "Spare parts\n\n"
+    "The replacement hinge for the cabinet door now has catalogue number ZR-9902-K. "
+    "It ships within two days and fits every model made after 2019."
+)
+RETURNS = (
+    "Returns policy\n\n"
+    "Unused products can be returned within thirty days in their original box. "
+    "Refunds are paid to the original card within fourteen days of receiving the return."
+)
+HOURS_PT = (
+    "Horários\n\n"
+    "A loja de Lisboa abre às nove horas e fecha às dezoito horas de segunda a sexta-feira. "
+    "Aos sábados funcionamos das dez às catorze horas e não abrimos aos domingos."
+)
+
+
+def test_keyword_index_follows_reuploads_and_deletes(services):
+    a = new_assistant(services)
+    parts, _ = ingest(services, a, "parts.txt", PARTS.encode())
+    ingest(services, a, "returns.txt", RETURNS.encode())
+    # an exact code: the keyword side finds it, and it ranks first in hybrid search
+    assert find(services, a, "QX-4471-B")[0].document_id == parts
+    hit = find(services, a, "QX-4471-B")[0]
+    assert hit.keyword_score > 0 and hit.fusion > 0 and -1 <= hit.score <= 1
+    assert [h.document_id for h in find(services, a, "QX-4471-B", 5) if h.keyword_score > 0] == [parts]
+
+    # a new version replaces the old words in the keyword index at once
+    ingest(services, a, "parts.txt", PARTS_V2.encode())
+    assert all(h.keyword_score == 0 for h in find(services, a, "QX-4471-B"))
+    top = find(services, a, "ZR-9902-K")[0]
+    assert top.document_id == parts and top.version == 2 and top.keyword_score > 0
+
+    with services.session() as s:
+        registry.delete_document(s, services.vectors, services.blobs, registry.get_document(s, parts))
+        s.commit()
+    assert all(h.document_id != parts for h in find(services, a, "ZR-9902-K"))
+    with services.session() as s:
+        kb = registry.get_assistant(s, a).knowledge_base
+        assert search(services, s, kb, "ZR-9902-K", 5, mode="keyword") == []
+
+
+def test_modes_filters_and_diversity(services):
+    a = new_assistant(services)
+    returns, _ = ingest(services, a, "returns.txt", (RETURNS + "\n\n" + RETURNS.replace("thirty", "sixty")).encode())
+    parts, _ = ingest(services, a, "parts.txt", PARTS.encode())
+    with services.session() as s:
+        kb = registry.get_assistant(s, a).knowledge_base
+        keyword = search(services, s, kb, "catalogue number hinge", 5, mode="keyword")
+        assert keyword and all(h.keyword_score > 0 for h in keyword) and keyword[0].document_id == parts
+        dense = search(services, s, kb, "how long until my money comes back?", 5, mode="dense")
+        assert dense[0].document_id == returns and dense[0].fusion > 0
+
+        only_parts = search(services, s, kb, "refunds within fourteen days", 5, where={"filename": "parts.txt"})
+        assert only_parts and {h.document_id for h in only_parts} == {parts}
+        by_id = search(services, s, kb, "refunds", 5, where={"document_id": [returns]})
+        assert by_id and {h.document_id for h in by_id} == {returns}
+
+        many = search(services, s, kb, "returned within days", 10)
+        diverse = search(services, s, kb, "returned within days", 10, max_per_document=1)
+        assert len([h for h in many if h.document_id == returns]) >= 1
+        assert len({h.document_id for h in diverse}) == len(diverse)
+        assert [h.rank for h in diverse] == list(range(1, len(diverse) + 1))
+
+        with pytest.raises(InvalidRequest, match="unknown filter"):
+            search(services, s, kb, "refunds", 5, where={"colour": "red"})
+        with pytest.raises(InvalidRequest, match="filter 'page'"):
+            search(services, s, kb, "refunds", 5, where={"page": []})
+        with pytest.raises(InvalidRequest, match="max_per_document"):
+            search(services, s, kb, "refunds", 5, max_per_document=0)
+
+
+def test_accents_and_word_forms_match(sqlite_services):
+    services = sqlite_services
+    a = new_assistant(services)
+    hours, _ = ingest(services, a, "horarios.txt", HOURS_PT.encode())
+    ingest(services, a, "returns.txt", RETURNS.encode())
+    with services.session() as s:
+        kb = registry.get_assistant(s, a).knowledge_base
+        # no accents, and a singular where the text has a plural
+        hits = search(services, s, kb, "horario de funcionamento no sabado", 5, mode="keyword")
+        assert hits and hits[0].document_id == hours
+
+
+def test_language_detection_and_stemming():
+    assert detect_language(words("Qual o horário de funcionamento da loja aos sábados?")) == "pt"
+    assert detect_language(words("¿Cuál es el horario de la tienda los sábados?")) == "es"
+    assert detect_language(words("What are the opening hours of the shop on Saturdays?")) == "en"
+    assert detect_language(words("QX-4471-B 2019 12.5 kg")) is None
+    assert terms(words("Informações e horários"), "pt") == terms(words("informação e horário"), "pt") == ["inform", "horari"]
+    assert terms(words("Ações"), None) == ["acoes"]  # no language: folded, not stemmed
+    # a query gets each word's stem in every language of the index, once
+    assert query_terms("sábados", ("en", "pt")) == ["sab", "sabado"]
+    assert query_terms("sábados", ("pt",)) == ["sab"]
+    assert query_terms("sábados", (None, "pt")) == ["sab", "sabados"]
+
+
+def test_keyword_index_ranks_bm25():
+    chunks = [
+        IndexedChunk("a", "The hinge QX-4471-B fits every cabinet made after 2019.", {"section": "Parts"}),
+        IndexedChunk("b", "Refunds are paid within fourteen days.", {"section": "Returns"}),
+        IndexedChunk("c", "Cabinet doors and cabinet hinges: see the parts list.", {"section": ""}),
+    ]
+    index = KeywordIndex(chunks)
+    assert [c.chunk_id for c, _ in index.top("QX-4471-B", 3)] == ["a"]
+    assert {c.chunk_id for c, _ in index.top("cabinet hinge", 3)} == {"a", "c"}
+    assert [c.chunk_id for c, _ in index.top("refunds", 3)] == ["b"]
+    assert [c.chunk_id for c, _ in index.top("returns", 3)] == ["b"]  # the section path is indexed
+    assert index.top("nothing matches here", 3) == []
+    assert KeywordIndex([]).top("anything", 3) == []
