@@ -235,13 +235,13 @@ def day_chart(per_day: list[dict], width: int = 720, height: int = 200) -> dict:
     slot = (width - pad_left) / max(len(per_day), 1)
     days = []
     for i, d in enumerate(per_day):
-        x = pad_left + i * slot
-        bar = max(slot * 0.7, 2)
+        center = pad_left + (i + 0.5) * slot
+        bar = max(min(slot * 0.7, 48), 2)
         mh, rh = inner_h * d["messages"] / top, inner_h * d["replies"] / top
-        days.append({**d, "x": round(x + slot * 0.15, 1), "w": round(bar, 1), "mh": round(mh, 1),
-                     "my": round(pad_top + inner_h - mh, 1), "rx": round(x + slot * 0.15 + bar * 0.25, 1),
-                     "rw": round(bar * 0.5, 1), "rh": round(rh, 1), "ry": round(pad_top + inner_h - rh, 1),
-                     "label_x": round(x + slot / 2, 1), "label": str(d["day"])[5:]})
+        days.append({**d, "x": round(center - bar / 2, 1), "w": round(bar, 1), "mh": round(mh, 1),
+                     "my": round(pad_top + inner_h - mh, 1), "rx": round(center - bar / 4, 1),
+                     "rw": round(bar / 2, 1), "rh": round(rh, 1), "ry": round(pad_top + inner_h - rh, 1),
+                     "label_x": round(center, 1), "label": str(d["day"])[5:]})
     label_every = max(len(days) // 12, 1)
     return {"width": width, "height": height, "top": top, "days": days, "label_every": label_every,
             "base_y": pad_top + inner_h, "top_y": pad_top, "pad_left": pad_left}

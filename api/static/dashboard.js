@@ -8,7 +8,7 @@
       if (v === null || v === undefined || v === false) continue;
       if (k === "class") node.className = v; else node.setAttribute(k, v === true ? "" : v);
     }
-    for (const c of children.flat()) {
+    for (const c of children.flat(Infinity)) {
       if (c === null || c === undefined || c === "") continue;
       node.append(c instanceof Node ? c : String(c));
     }
@@ -160,7 +160,7 @@
           const doc = await api("POST", `/api/assistants/${assistant}/documents`, data);
           messages.append(el("li", { class: "ok" }, `${file.name}: ${doc.unchanged ? "unchanged, nothing to do" : "queued"}`));
         } catch (e) {
-          messages.append(el("li", { class: "error" }, `${file.name}: ${e.message}`));
+          messages.append(el("li", { class: "error" }, e.message.includes(file.name) ? e.message : `${file.name}: ${e.message}`));
         }
       }
       upload.reset();

@@ -1,0 +1,299 @@
+"""The dashboard in a real browser: Debian's Chromium driven by Playwright against a real uvicorn server
+(real database, job queue, ingestion and embedding model; the chat model is scripted so the reply cites
+source [1]). Every page is checked for JavaScript errors and photographed, full page, into
+``tests/artifacts/screenshots/``.
+
+Skipped (with the reason) only when Chromium or Playwright is missing and ``CI`` is not set.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from runtime.llm import ScriptedChatModel
+from runtime.llm_provider import FixedChatModelProvider
+from runtime.models import Conversation
+from runtime.types import ToolCall
+from tests.conftest import ADMIN_TOKEN, make_services, requires_shared, shared_doc
+from tests.test_dashboard import XSS, add_conversation
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = Path(__file__).resolve().parent / "artifacts" / "screenshots"
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking"]
+SATURDAY = "Aos sábados abrimos das 9h às 13h; aos domingos a clínica fica fechada."
+SHARED_FILE = "docx/eng_spa_mult.docx"
+
+
+def _unavailable(reason: str):
+    if os.environ.get("CI"):
+        pytest.fail(f"browser tests must run in CI: {reason}")
+    pytest.skip(reason)
+
+
+if not CHROMIUM.exists():
+    _unavailable(f"{CHROMIUM} not found (apt-get install chromium)")
+try:
+    from playwright.sync_api import Page, expect, sync_playwright
+except ImportError as exc:
+    _unavailable(f"playwright is not installed: {exc}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Site:
+    base: str
+    model: ScriptedChatModel
+    services: object
+    assistant_id: str
+    browser: object
+    ids: dict = field(default_factory=dict)
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, embedders):
+    """uvicorn serving the real app on a free port, one assistant, conversations on other channels, Chromium."""
+    import uvicorn
+
+    from api.app import create_app
+
+    services = make_services(tmp_path_factory.mktemp("dash") / "home", embedders)
+    model = ScriptedChatModel()
+    services.chat_models = FixedChatModelProvider(model)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(services=services), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    base = f"http://127.0.0.1:{port}"
+    api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30)
+    a = api.post("/api/assistants", json={"name": "clinica", "embedding_model": "all-minilm-l6-v2"}).json()
+    api.patch(f"/api/assistants/{a['id']}", json={"config": {"retrieval": {"mode": "as_tool"}}}).raise_for_status()
+    ids = {
+        "whatsapp": add_conversation(services, a["id"], "whatsapp", "5511999990001", "Oi, vocês abrem sábado?",
+                                     "Sim!", sender="phone-1"),
+        "widget": add_conversation(services, a["id"], "widget", "visitor-1", XSS, "Olá!"),
+        "api": add_conversation(services, a["id"], "api", "cliente-42", "Quanto custa?", "R$ 150."),
+    }
+    with services.session() as s:  # the customer wrote two days ago: the 24-hour window is closed
+        s.get(Conversation, ids["whatsapp"]).last_inbound_at -= timedelta(days=2)
+        s.commit()
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield Site(base, model, services, a["id"], browser, ids)
+        browser.close()
+    api.close()
+    server.should_exit = True
+    thread.join(timeout=30)
+    services.engine.dispose()
+
+
+class Watch:
+    """JavaScript errors and server errors seen by a page (failed loads the page expects are not errors)."""
+
+    def __init__(self, page: Page):
+        self.errors: list[str] = []
+        page.on("pageerror", lambda exc: self.errors.append(f"uncaught: {exc}"))
+        page.on("console", lambda msg: msg.type == "error" and not msg.text.startswith("Failed to load resource")
+                and self.errors.append(f"console: {msg.text}"))
+        page.on("response", lambda r: r.status >= 500 and self.errors.append(f"{r.status} {r.url}"))
+        page.on("dialog", lambda d: (self.errors.append(f"dialog: {d.message}"), d.dismiss()))
+
+
+@pytest.fixture
+def page(site):
+    """A signed-in page; fails the test if it saw a JavaScript or server error."""
+    context = site.browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    watch = Watch(page)
+    page.goto(site.url("/dashboard/login"))
+    page.fill("input[name=token]", ADMIN_TOKEN)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/dashboard/conversations")
+    yield page
+    context.close()
+    assert watch.errors == []
+
+
+def shot(page: Page, name: str) -> None:
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_login_refuses_a_wrong_token_then_signs_in(site):
+    context = site.browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    watch = Watch(page)
+    page.goto(site.url("/dashboard/metrics?channel=test"))
+    assert "/dashboard/login?next=" in page.url
+    page.fill("input[name=token]", "not-the-token")
+    with page.expect_response(lambda r: r.url.endswith("/dashboard/login") and r.request.method == "POST") as resp:
+        page.click("button[type=submit]")
+    assert resp.value.status == 401
+    expect(page.locator("p.error")).to_have_text(re.compile("Wrong admin token"))
+    assert context.cookies() == []
+    shot(page, "01-login-wrong-token")
+    page.fill("input[name=token]", ADMIN_TOKEN)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/dashboard/metrics?channel=test")
+    (cookie,) = context.cookies()
+    assert cookie["name"] == "atende_session" and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert cookie["expires"] > time.time() + 3600
+    page.click("text=Log out")
+    page.wait_for_url("**/dashboard/login")
+    assert context.cookies() == []
+    context.close()
+    assert watch.errors == []
+
+
+@requires_shared
+def test_review_flow_from_upload_to_export(site, page, tmp_path):
+    """Upload -> ready -> search -> console chat -> the conversation in the list, filtered -> its detail ->
+    CSV and JSONL export -> metrics -> improve."""
+    # knowledge base: upload a markdown file, a real document and a file we refuse, through the page
+    notes = tmp_path / "horarios.md"
+    notes.write_text(f"# Horários\n\n## Sábado\n\n{SATURDAY}\n\n## Semana\n\nDe segunda a sexta, das 8h às 18h.\n")
+    bad = tmp_path / "programa.exe"
+    bad.write_bytes(b"MZ\x90\x00" + bytes(range(256)) * 4)
+    page.goto(site.url(f"/dashboard/knowledge?assistant_id={site.assistant_id}"))
+    page.set_input_files("#upload input[type=file]", [str(notes), str(shared_doc(SHARED_FILE)), str(bad)])
+    page.click("#upload button[type=submit]")
+    expect(page.locator("#upload-messages li")).to_have_count(3)
+    expect(page.locator("#upload-messages li.error")).to_contain_text("programa.exe': unsupported file type")
+    for name in ("horarios.md", Path(SHARED_FILE).name):
+        page.wait_for_selector(f'#documents tr[data-filename="{name}"][data-status="ready"]', timeout=180_000)
+    expect(page.locator("#documents tbody tr")).to_have_count(2)
+    expect(page.locator('#documents tr[data-filename="horarios.md"] td').nth(3)).not_to_have_text("0")
+
+    # search playground
+    page.fill("#search input[name=query]", "A clínica abre no sábado?")
+    page.click("#search button[type=submit]")
+    first = page.locator("#search-results > li").first
+    expect(first).to_contain_text("horarios.md")
+    expect(first.locator(".passage")).to_contain_text("Aos sábados abrimos das 9h às 13h")
+    shot(page, "02-knowledge-base-and-search")
+
+    # test console: the scripted model searches, then answers citing [1]
+    site.model.enqueue([ToolCall("call_0", "search_knowledge_base", {"query": "horário de sábado"})],
+                       "Aos sábados abrimos das 9h às 13h [1].")
+    page.goto(site.url(f"/dashboard/console?assistant_id={site.assistant_id}"))
+    page.fill("#chat input[name=customer_id]", "console-e2e")
+    page.fill("#chat textarea[name=variables]", "customer_name=Ana")
+    page.fill("#chat input[name=message]", "Vocês abrem no sábado?")
+    page.click("#chat button[type=submit]")
+    reply = page.locator("#transcript .msg.outbound")
+    expect(reply.locator(".text")).to_have_text("Aos sábados abrimos das 9h às 13h [1].")
+    expect(reply.locator(".source .passage").first).to_contain_text("Aos sábados abrimos das 9h às 13h")
+    expect(reply.locator(".source .src-meta").first).to_contain_text("horarios.md")
+    reply.locator("details.call summary").click()
+    expect(reply.locator("details.call")).to_contain_text("search_knowledge_base")
+    expect(reply.locator("details.call pre").first).to_contain_text('"query": "horário de sábado"')
+    shot(page, "03-test-console")
+
+    # the list: every channel, then filtered by channel and customer through the form
+    page.goto(site.url("/dashboard/conversations"))
+    expect(page.locator("#conversations tbody tr")).to_have_count(4)
+    shot(page, "04-conversations")
+    page.select_option("form.filters select[name=channel]", "test")
+    page.fill("form.filters input[name=customer]", "E2E")
+    page.click("form.filters button[type=submit]")
+    page.wait_for_url(re.compile(r"channel=test.*customer=E2E"))
+    rows = page.locator("#conversations tbody tr")
+    expect(rows).to_have_count(1)
+    expect(rows.first.locator(".badge")).to_have_text("Test")
+    expect(rows.first).to_contain_text("console-e2e")
+    shot(page, "05-conversations-filtered")
+
+    # export what the filters select, as the browser downloads it
+    exported = {}
+    for fmt in ("csv", "jsonl"):
+        with page.expect_download() as download:
+            page.click(f"#export-{fmt}")
+        assert download.value.suggested_filename.endswith(f".{fmt}")
+        exported[fmt] = Path(download.value.path()).read_text(encoding="utf-8")
+    csv_rows = list(csv.DictReader(exported["csv"].splitlines()))
+    jsonl_rows = [json.loads(line) for line in exported["jsonl"].splitlines()]
+    for table in (csv_rows, jsonl_rows):
+        assert [r["direction"] for r in table] == ["inbound", "outbound"]
+        assert {r["channel"] for r in table} == {"test"} and {r["customer_id"] for r in table} == {"console-e2e"}
+    assert SATURDAY[:30] in json.loads(csv_rows[1]["sources"])[0]["text"]
+    assert jsonl_rows[1]["function_calls"][0]["name"] == "search_knowledge_base"
+
+    # the conversation's detail: the cited passage under the reply, the context passed in
+    rows.first.locator("a").click()
+    page.wait_for_url("**/dashboard/conversations/*")
+    ai = page.locator(".msg.outbound").first
+    expect(ai.locator(".text")).to_have_text("Aos sábados abrimos das 9h às 13h [1].")
+    expect(ai.locator(".passage").first).to_contain_text("Aos sábados abrimos das 9h às 13h")
+    expect(ai.locator(".src-meta").first).to_contain_text("Sábado")
+    expect(page.locator("aside")).to_contain_text("customer_name")
+    ai.locator("details.call summary").click()
+    shot(page, "06-conversation-detail")
+    page.click("#toggle-ai")
+    expect(page.locator("#ai-state")).to_have_text("off (waiting for a human)")
+    expect(page.locator("#toggle-ai")).to_have_text("Resume AI")
+
+    # metrics and improve
+    page.goto(site.url("/dashboard/metrics"))
+    expect(page.locator("#metrics .metric").first).to_contain_text("4")
+    expect(page.locator("#chart rect.bar-messages")).not_to_have_count(0)
+    shot(page, "07-metrics")
+    page.goto(site.url("/dashboard/improve"))
+    expect(page.locator("#insights-state")).not_to_have_text("Loading…")
+    shot(page, "08-improve")
+
+
+def test_customer_text_is_text_and_window_errors_are_shown(site, page):
+    page.goto(site.url(f"/dashboard/conversations/{site.ids['widget']}"))
+    expect(page.locator(".msg.inbound .text")).to_have_text(XSS)
+    assert page.locator(".msg.inbound script").count() == 0
+    page.goto(site.url(f"/dashboard/conversations/{site.ids['whatsapp']}"))
+    expect(page.locator("aside")).to_contain_text("closed: only templates")
+    page.fill("#operator-reply textarea", "Olá, ainda precisa de ajuda?")
+    page.click("#operator-reply button[type=submit]")
+    expect(page.locator("#action-error")).to_have_text("the 24-hour window is closed: send an approved template instead")
+    expect(page.locator("#send-template")).to_contain_text("No approved templates")
+    shot(page, "09-whatsapp-window-closed")
+
+
+def test_list_on_a_phone(site):
+    context = site.browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    watch = Watch(page)
+    page.goto(site.url("/dashboard/login"))
+    page.fill("input[name=token]", ADMIN_TOKEN)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/dashboard/conversations")
+    expect(page.locator("#conversations")).to_be_visible()
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390, f"the page scrolls sideways: {width}px"
+    shot(page, "10-conversations-phone")
+    context.close()
+    assert watch.errors == []
