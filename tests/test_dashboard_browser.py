@@ -25,6 +25,7 @@ from runtime.llm import ScriptedChatModel
 from runtime.llm_provider import FixedChatModelProvider
 from runtime.models import Conversation
 from runtime.types import ToolCall
+from runtime.whatsapp.standin import GraphStandIn
 from tests.conftest import ADMIN_TOKEN, make_services, requires_shared, shared_doc
 from tests.test_dashboard import XSS, add_conversation
 
@@ -63,6 +64,7 @@ class Site:
     services: object
     assistant_id: str
     browser: object
+    graph: GraphStandIn
     ids: dict = field(default_factory=dict)
 
     def url(self, path: str) -> str:
@@ -76,7 +78,9 @@ def site(tmp_path_factory, embedders):
 
     from api.app import create_app
 
-    services = make_services(tmp_path_factory.mktemp("dash") / "home", embedders)
+    graph = GraphStandIn()
+    graph.start()
+    services = make_services(tmp_path_factory.mktemp("dash") / "home", embedders, whatsapp_graph_url=graph.base_url)
     model = ScriptedChatModel()
     services.chat_models = FixedChatModelProvider(model)
     port = _free_port()
@@ -101,14 +105,21 @@ def site(tmp_path_factory, embedders):
     with services.session() as s:  # the customer wrote two days ago: the 24-hour window is closed
         s.get(Conversation, ids["whatsapp"]).last_inbound_at -= timedelta(days=2)
         s.commit()
+    sender = api.post("/api/whatsapp/senders", json={"assistant_id": a["id"], "phone_number_id": "phone-1",
+                                                     "access_token": "t", "app_secret": "s", "verify_token": "v"}).json()
+    for name, status in (("retorno", "APPROVED"), ("promocao", "PENDING")):
+        api.post("/api/whatsapp/templates", json={
+            "sender_id": sender["id"], "name": name, "language": "pt_BR", "category": "UTILITY",
+            "body": "Olá {{1}}, podemos continuar o seu atendimento?", "status": status}).raise_for_status()
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield Site(base, model, services, a["id"], browser, ids)
+        yield Site(base, model, services, a["id"], browser, graph, ids)
         browser.close()
     api.close()
     server.should_exit = True
     thread.join(timeout=30)
+    graph.stop()
     services.engine.dispose()
 
 
@@ -274,13 +285,28 @@ def test_customer_text_is_text_and_window_errors_are_shown(site, page):
     page.goto(site.url(f"/dashboard/conversations/{site.ids['widget']}"))
     expect(page.locator(".msg.inbound .text")).to_have_text(XSS)
     assert page.locator(".msg.inbound script").count() == 0
+    expect(page.locator("#send-template")).to_have_count(0)  # templates are WhatsApp's only
+
+    # WhatsApp, 2 days after the customer's last message: a free-form reply is refused, a template goes out
     page.goto(site.url(f"/dashboard/conversations/{site.ids['whatsapp']}"))
     expect(page.locator("aside")).to_contain_text("closed: only templates")
     page.fill("#operator-reply textarea", "Olá, ainda precisa de ajuda?")
     page.click("#operator-reply button[type=submit]")
     expect(page.locator("#action-error")).to_have_text("the 24-hour window is closed: send an approved template instead")
-    expect(page.locator("#send-template")).to_contain_text("No approved templates")
+    options = page.locator("#send-template select[name=template] option")
+    expect(options).to_have_count(1)  # the pending template is not offered
+    expect(options.first).to_have_text("retorno (pt_BR, 1 parameter)")
+    page.click("#send-template button[type=submit]")  # no parameter: the API's message is shown
+    expect(page.locator("#action-error")).to_have_text("the template needs 1 parameter(s); 0 given")
     shot(page, "09-whatsapp-window-closed")
+    page.fill("#send-template textarea[name=parameters]", "Ana")
+    page.click("#send-template button[type=submit]")
+    template = page.locator(".msg.kind-template")
+    expect(template.locator(".text")).to_have_text("Olá Ana, podemos continuar o seu atendimento?")
+    expect(template.locator(".status")).to_have_text("sent")
+    sent = site.graph.sent[-1]["json"]
+    assert sent["type"] == "template" and sent["to"] == "5511999990001" and sent["template"]["name"] == "retorno"
+    shot(page, "10-whatsapp-template-sent")
 
 
 def test_list_on_a_phone(site):
@@ -294,6 +320,6 @@ def test_list_on_a_phone(site):
     expect(page.locator("#conversations")).to_be_visible()
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 390, f"the page scrolls sideways: {width}px"
-    shot(page, "10-conversations-phone")
+    shot(page, "11-conversations-phone")
     context.close()
     assert watch.errors == []
