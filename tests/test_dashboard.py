@@ -364,3 +364,24 @@ def test_reindex_makes_a_new_version_of_the_same_file(scripted_kb):
 def test_session_cookie_issued_by_helper_is_accepted(app_client, sqlite_services):
     app_client.cookies.set(SESSION_COOKIE, issue_session_cookie(sqlite_services.settings))
     assert app_client.get("/dashboard/metrics").status_code == 200
+
+
+def test_the_new_json_routes_are_documented_and_the_pages_are_not(app_client):
+    paths = app_client.get("/openapi.json").json()["paths"]
+    assert "/api/console/chat" in paths and "/api/documents/{document_id}/reindex" in paths
+    assert not [p for p in paths if p.startswith("/dashboard")]
+
+
+def test_day_chart_scales_bars_to_the_busiest_day_and_thins_labels():
+    from api.routes.dashboard import day_chart
+
+    days = [{"day": f"2024-03-{d:02d}", "conversations": 1, "messages": d, "replies": d // 2, "cost": 0.0}
+            for d in range(1, 31)]
+    chart = day_chart(days, width=736, height=200)
+    bars = chart["days"]
+    assert chart["top"] == 30 and len(bars) == 30 and chart["label_every"] == 2
+    busiest, first = bars[-1], bars[0]
+    assert busiest["my"] == chart["top_y"] and busiest["my"] + busiest["mh"] == chart["base_y"]
+    assert first["mh"] == pytest.approx(busiest["mh"] / 30, abs=0.1) and first["rh"] == 0
+    assert all(a["x"] < b["x"] for a, b in zip(bars, bars[1:])) and bars[-1]["x"] + bars[-1]["w"] <= 736
+    assert day_chart([])["days"] == []
