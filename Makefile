@@ -10,7 +10,7 @@ PORT   ?= 8000
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install llm run test bench clean
+.PHONY: install llm browser run test bench clean
 
 $(STAMP): requirements.lock pyproject.toml vendor/en_core_web_sm/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,10 +33,15 @@ $(LLM): $(STAMP) scripts/setup_llm.sh
 
 llm: $(LLM)
 
+# Debian's Chromium for the dashboard's browser tests (Playwright drives /usr/bin/chromium; never
+# `playwright install`, which downloads from a CDN this machine cannot reach)
+browser:
+	@command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q --no-install-recommends chromium)
+
 run: install llm
 	$(VENV)/bin/atende serve --demo --host $(HOST) --port $(PORT)
 
-test: install llm
+test: install llm browser
 	$(PY) -m pytest -q
 
 bench: install

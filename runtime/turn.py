@@ -100,7 +100,8 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
     hits, queries = [], []
     if config.retrieval.mode == "every_turn":
         queries = retrieval_queries(user_text, history)
-        hits = retrieve(services, session, assistant, queries, config.retrieval.top_k, config.retrieval.min_score)
+        hits = retrieve(services, session, assistant, queries, config.retrieval.top_k,
+                        config.retrieval.threshold(assistant.knowledge_base.embedding_model))
     timings["retrieval_ms"] = _ms(t)
 
     t = time.perf_counter()
@@ -188,13 +189,13 @@ def retrieval_queries(user_text: str, history: list[tuple[str, str]]) -> list[st
 
 
 def retrieve(services: Services, session, assistant: Assistant, queries: list[str], top_k: int, min_score: float):
-    """Best ``top_k`` hits over all queries (a chunk keeps its best score), at or above ``min_score``."""
+    """Best ``top_k`` hits over all queries (a chunk keeps its best fused rank score), at or above ``min_score``."""
     best = {}
     for q in queries:
         for hit in search(services, session, assistant.knowledge_base, q, top_k):
-            if hit.score >= min_score and (hit.chunk_id not in best or hit.score > best[hit.chunk_id].score):
+            if hit.score >= min_score and (hit.chunk_id not in best or hit.fusion > best[hit.chunk_id].fusion):
                 best[hit.chunk_id] = hit
-    return sorted(best.values(), key=lambda h: -h.score)[:top_k]
+    return sorted(best.values(), key=lambda h: (-h.fusion, -h.score))[:top_k]
 
 
 def result_for_message(session, message_id: str) -> TurnResult:

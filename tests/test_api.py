@@ -526,11 +526,12 @@ def test_search_results_carry_citations_and_are_ordered(client):
     results = body["results"]
     assert results
     fields = {"rank", "chunk_id", "score", "text", "document_id", "version", "filename", "page", "section",
-              "element_types", "char_start", "char_end"}
+              "element_types", "char_start", "char_end", "keyword_score", "fusion"}
     for h in results:
         assert fields <= set(h) and h["text"] and isinstance(h["score"], float)
-    scores = [h["score"] for h in results]
-    assert scores == sorted(scores, reverse=True)
+    fused = [h["fusion"] for h in results]
+    assert fused == sorted(fused, reverse=True)  # ordered by the fused rank score
+    assert results[0]["keyword_score"] > 0  # "punctures" is in the text
     assert [h["rank"] for h in results] == list(range(1, len(results) + 1))
     assert len({h["chunk_id"] for h in results}) == len(results)
     total = policy["chunk_count"] + shipping["chunk_count"] + pdf["chunk_count"]

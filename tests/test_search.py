@@ -125,3 +125,24 @@ def test_keyword_index_ranks_bm25():
     assert [c.chunk_id for c, _ in index.top("returns", 3)] == ["b"]  # the section path is indexed
     assert index.top("nothing matches here", 3) == []
     assert KeywordIndex([]).top("anything", 3) == []
+
+
+def test_search_api_modes_filters_and_bad_input(client):
+    from tests.test_api import create_assistant
+    from tests.test_api import ingest as api_ingest
+
+    a = create_assistant(client)
+    parts = api_ingest(client, a["id"], "parts.txt", PARTS.encode())
+    api_ingest(client, a["id"], "returns.txt", RETURNS.encode())
+    url = f"/api/assistants/{a['id']}/search"
+    r = client.post(url, json={"query": "catalogue number QX-4471-B", "mode": "keyword"})
+    assert r.status_code == 200 and [h["document_id"] for h in r.json()["results"]] == [parts["id"]]
+    r = client.post(url, json={"query": "refunds", "filters": {"filename": ["parts.txt"]}, "top_k": 10})
+    assert r.status_code == 200 and {h["filename"] for h in r.json()["results"]} == {"parts.txt"}
+    r = client.post(url, json={"query": "refunds", "max_per_document": 1, "top_k": 10})
+    assert len({h["document_id"] for h in r.json()["results"]}) == len(r.json()["results"]) == 2
+    for body, fragment in (({"query": "x", "filters": {"colour": "red"}}, "unknown filter"),
+                           ({"query": "x", "mode": "fuzzy"}, "mode"),
+                           ({"query": "x", "max_per_document": 0}, "max_per_document")):
+        r = client.post(url, json=body)
+        assert r.status_code == 422 and fragment in r.text, r.text

@@ -74,5 +74,6 @@ def delete_assistant(assistant_id: str, session: SessionDep, services: ServicesD
 @router.post("/{assistant_id}/search", response_model=SearchResponse)
 def search_knowledge_base(assistant_id: str, body: SearchRequest, session: SessionDep, services: ServicesDep):
     kb = registry.get_assistant(session, assistant_id).knowledge_base
-    hits = search(services, session, kb, body.query, body.top_k)
+    hits = search(services, session, kb, body.query, body.top_k, where=body.filters, mode=body.mode,
+                  max_per_document=body.max_per_document)
     return SearchResponse(query=body.query, results=[h.to_dict() for h in hits])
