@@ -1,4 +1,4 @@
-"""Hybrid search over one knowledge base: dense (chromadb) + keyword (BM25), fused by reciprocal rank.
+"""Hybrid search over one knowledge base: dense (chromadb) + keyword (BM25), fused by score.
 
 Only chunks of each document's current version are ever returned. Every hit carries three numbers:
 ``score`` is the dense cosine similarity of the chunk to the query (comparable across queries, so the
@@ -27,15 +27,15 @@ FILTER_KEYS = ("document_id", "filename", "section", "page")
 
 @dataclass(frozen=True)
 class Fusion:
-    """How the two rankings are fused: RRF with constant ``k`` over ``candidates`` from each side;
-    the keyword ranking counts ``keyword_weight`` times a dense rank. Chosen on the dev halves of the
-    QA sets (``atende eval retrieval --split dev``) among k in {5, 10, 20, 60} and weights in
-    {0.5, 1, 1.5, 2}: a small k trusts the top of each list, and stemmed BM25 is the stronger ranker on
-    Portuguese; see the README's retrieval section for the figures."""
+    """How the two rankings are fused: the ``candidates`` best of each side are pooled and scored
+    ``alpha * dense + (1 - alpha) * keyword``, the dense similarity min-max scaled over the pool and the
+    BM25 score divided by the pool's best. Chosen on the dev halves of the QA sets (``atende eval
+    retrieval --split dev``) against reciprocal-rank fusion (k in {5, 10, 20, 60}, keyword weight in
+    {0.5, 1, 1.5, 2}) and alpha in {0.3 ... 0.6}: scores keep how far ahead a passage is, which ranks
+    lose; the README's retrieval section has the figures."""
 
     candidates: int = 50
-    k: int = 10
-    keyword_weight: float = 1.5
+    alpha: float = 0.5
 
 
 FUSION = Fusion()
@@ -93,6 +93,19 @@ def _still_current(session: Session, kb_id: str, keys: set[str]) -> set[str]:
     }
 
 
+def _fuse(similarity: dict[str, float], keyword: dict[str, float], mode: Mode) -> dict[str, float]:
+    if mode == "dense":
+        return similarity
+    if mode == "keyword":
+        return keyword
+    lo, hi = min(similarity.values(), default=0.0), max(similarity.values(), default=0.0)
+    best = max(keyword.values(), default=0.0) or 1.0
+    return {
+        cid: FUSION.alpha * (similarity.get(cid, lo) - lo) / ((hi - lo) or 1.0) + (1 - FUSION.alpha) * keyword[cid] / best
+        for cid in similarity.keys() | keyword.keys()
+    }
+
+
 def keyword_index(services: Services, kb: KnowledgeBase, current: set[str]):
     """The knowledge base's BM25 index over its current versions (built or reused from the cache)."""
     fingerprint = tuple(sorted(current))
@@ -128,29 +141,33 @@ def search(services: Services, session: Session, kb: KnowledgeBase, query: str, 
 
     found: dict[str, tuple[str, dict]] = {}  # chunk id -> (text, metadata)
     similarity: dict[str, float] = {}
-    fusion: dict[str, float] = {}
     if mode != "keyword":
-        dense = services.vectors.query(kb.collection, vector, n, hidden, _chroma_where(where) if where else None)
-        for rank, m in enumerate(dense):
+        for m in services.vectors.query(kb.collection, vector, n, hidden, _chroma_where(where) if where else None):
             found[m.chunk_id] = (m.text, m.metadata)
             similarity[m.chunk_id] = 1.0 - m.distance
-            fusion[m.chunk_id] = 1.0 / (FUSION.k + rank + 1)
     keyword: dict[str, float] = {}
     if mode != "dense":
         index = keyword_index(services, kb, current)
-        ranked = [(c, s) for c, s in index.top(query, n if where is None else len(index.chunks))
-                  if _matches(c.metadata, where)][:n]
-        for rank, (chunk, score) in enumerate(ranked):
-            found.setdefault(chunk.chunk_id, (chunk.text, chunk.metadata))
-            keyword[chunk.chunk_id] = score
-            fusion[chunk.chunk_id] = fusion.get(chunk.chunk_id, 0.0) + FUSION.keyword_weight / (FUSION.k + rank + 1)
-        for cid in keyword.keys() - similarity.keys():
-            similarity[cid] = float(np.dot(index.vectors[index.row[cid]], vector))
+        bm25 = index.scores(query)
+        pool = 0
+        for i in np.argsort(-bm25, kind="stable"):
+            chunk = index.chunks[i]
+            if bm25[i] <= 0 or pool == n:
+                break
+            if _matches(chunk.metadata, where):
+                found.setdefault(chunk.chunk_id, (chunk.text, chunk.metadata))
+                pool += 1
+        for cid in found:  # both scores for every pooled chunk
+            row = index.row.get(cid)
+            keyword[cid] = float(bm25[row]) if row is not None else 0.0
+            if cid not in similarity and row is not None:
+                similarity[cid] = float(np.dot(index.vectors[row], vector))
+    fusion = _fuse(similarity, keyword, mode)
 
     alive = _still_current(session, kb.id, {md.get("doc_version") for _, md in found.values()} - {None})
     hits: list[SearchHit] = []
     per_document: dict[str, int] = {}
-    for cid in sorted(found, key=lambda c: (-fusion[c], -similarity.get(c, -1.0))):
+    for cid in sorted(found, key=lambda c: (-fusion.get(c, 0.0), -similarity.get(c, -1.0))):
         text, md = found[cid]
         if md.get("doc_version") not in alive:
             continue
@@ -165,7 +182,7 @@ def search(services: Services, session: Session, kb: KnowledgeBase, query: str, 
                 page=md.get("page"), section=md.get("section", ""),
                 element_types=[t for t in md.get("element_types", "").split(",") if t],
                 char_start=int(md.get("char_start", 0)), char_end=int(md.get("char_end", 0)),
-                keyword_score=round(keyword.get(cid, 0.0), 4), fusion=round(fusion[cid], 6),
+                keyword_score=round(keyword.get(cid, 0.0), 4), fusion=round(fusion.get(cid, 0.0), 6),
             )
         )
         if len(hits) == top_k:
