@@ -185,6 +185,15 @@ def cmd_eval_retrieval(args) -> int:
     return 0
 
 
+def cmd_eval_answers(args) -> int:
+    from benchmarks.answers import evaluate_answers, format_report
+
+    result = evaluate_answers(Path(args.corpus), Path(args.queries), model=args.model, sample=args.sample,
+                              seed=args.seed, split=args.split,
+                              log=(lambda *a: print(*a, file=sys.stderr)) if args.json else print)
+    print(json.dumps(result, ensure_ascii=False) if args.json else format_report(result))
+    return 0
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="atende", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -273,6 +282,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also measure the dense similarity of answers vs uncovered questions (for min_score)")
     er.add_argument("--json", action="store_true", help="print one JSON object")
     er.set_defaults(func=cmd_eval_retrieval)
+    ea = ev.add_parser("answers", help="the whole runtime on a sample of QA questions: gold passage cited, token F1")
+    ea.add_argument("--corpus", required=True, help="corpus.jsonl: {id, title, text} per line")
+    ea.add_argument("--queries", required=True, help="queries.jsonl: {id, question, answers, gold_ids} per line")
+    ea.add_argument("--sample", type=int, default=20, help="questions drawn at random (0: all)")
+    ea.add_argument("--seed", type=int, default=0, help="seed of the sample")
+    ea.add_argument("--split", choices=["all", "dev", "test"], default="test",
+                    help="only queries whose gold passage is in this half of the corpus")
+    ea.add_argument("--model", default=Settings.model_fields["embedding_model"].default, help="embedding model")
+    ea.add_argument("--json", action="store_true", help="print one JSON object with summary and items")
+    ea.set_defaults(func=cmd_eval_answers)
     return p
 
 

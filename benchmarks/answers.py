@@ -1,0 +1,185 @@
+"""Answer-level evaluation (``atende eval answers``): the whole runtime on a sample of QA questions.
+
+The corpus (``{"id", "title", "text"}`` per line) becomes a throw-away knowledge base, one ``<id>.md``
+document per passage (see :mod:`benchmarks.retrieval`). The assistant ``eval`` gets a neutral system
+prompt and retrieval on every turn (top 3); each sampled question (``{"id", "question", "answers",
+"gold_ids"}``) is sent as a new customer on the ``test`` channel through the real turn engine, with the
+services' chat model (by default the embedded local model).
+
+Per question: ``retrieved_gold`` (a source shown to the model is a gold passage), ``cited_gold`` (the
+reply was an answer and one of its logged sources, the MessageSource rows, is gold — a fallback cites
+nothing), ``cited_in_text`` (the reply carries a marker ``[n]`` whose source is gold; the runtime's
+prompt asks the model *not* to mention source numbers, so this stays near zero), ``f1`` (SQuAD-style
+token F1 against the best gold answer), ``contains`` (a normalised gold answer appears in the
+normalised reply: small models answer in sentences, so containment is the fairer measure), status and
+latency.
+"""
+from __future__ import annotations
+
+import random
+import re
+import tempfile
+import time
+import unicodedata
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.retrieval import evaluation_services, ingest_corpus, load_jsonl, select_queries
+from kb import registry
+from runtime.config import merge_config
+from runtime.models import Message
+from runtime.turn import handle_message
+
+SYSTEM_PROMPT = "Answer the customer's question from the sources; short answer."
+TOP_K = 3
+ARTICLES = {
+    "a", "an", "the",  # English
+    "o", "os", "as", "um", "uma", "uns", "umas",  # Portuguese ("a" above)
+    "el", "la", "lo", "los", "las", "un", "una", "unos", "unas",  # Spanish
+}
+_MARKER = re.compile(r"\[(\d+)\]")
+
+
+def normalize(text: str) -> list[str]:
+    """Tokens of ``text``: lowercased, accents stripped, punctuation removed, English/Portuguese/Spanish
+    articles dropped, split on whitespace."""
+    text = unicodedata.normalize("NFKD", (text or "").lower())
+    text = "".join(ch for ch in text if not unicodedata.combining(ch)
+                   and not unicodedata.category(ch).startswith(("P", "S")))
+    return [t for t in text.split() if t not in ARTICLES]
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    """SQuAD token F1 of ``prediction`` against one ``gold`` answer, on :func:`normalize` tokens."""
+    pred, ref = normalize(prediction), normalize(gold)
+    if not pred or not ref:
+        return float(pred == ref)
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def best_f1(prediction: str, answers: list[str]) -> float:
+    """The best :func:`token_f1` over the gold answers (0 without answers)."""
+    return max((token_f1(prediction, a) for a in answers), default=0.0)
+
+
+def contains_answer(prediction: str, answers: list[str]) -> bool:
+    """Whether some gold answer, normalised, appears as a run of whole tokens in the normalised prediction."""
+    reply = f" {' '.join(normalize(prediction))} "
+    return any(ref and f" {' '.join(ref)} " in reply for ref in map(normalize, answers))
+
+
+def passage_id(filename: str) -> str:
+    """The passage id of an ingested ``<id>.md`` document."""
+    return filename.rsplit(".", 1)[0]
+
+
+def sample_queries(queries: list[dict], split: str, sample: int, seed: int) -> list[dict]:
+    """A reproducible random sample of ``sample`` questions of the split (all of them if fewer), in file order."""
+    chosen = select_queries(queries, split, None)
+    if sample and sample < len(chosen):
+        keep = set(random.Random(seed).sample(range(len(chosen)), sample))
+        chosen = [q for i, q in enumerate(chosen) if i in keep]
+    return chosen
+
+
+def configure_assistant(services) -> None:
+    """Neutral prompt, retrieval every turn with the top 3 passages, for the assistant ``eval``."""
+    with services.session() as session:
+        a = registry.get_assistant(session, "eval")
+        a.config = merge_config(a.config or {}, {"system_prompt": SYSTEM_PROMPT,
+                                                 "retrieval": {"mode": "every_turn", "top_k": TOP_K}})
+        session.commit()
+
+
+def ask(services, query: dict, customer_id: str) -> dict:
+    """Send one question as a new conversation and score the reply."""
+    gold = set(query["gold_ids"])
+    t = time.perf_counter()
+    result = handle_message(services, assistant_ref="eval", channel="test", sender="eval", customer_id=customer_id,
+                            text=query["question"])
+    latency_ms = (time.perf_counter() - t) * 1000
+    reply = result.reply or ""
+    shown = [passage_id(s["filename"]) for s in result.sources]
+    with services.session() as session:
+        message = session.get(Message, result.message_id) if result.message_id else None
+        logged = [passage_id(s.filename) for s in message.sources] if message else []
+    by_rank = {s["rank"]: passage_id(s["filename"]) for s in result.sources}
+    markers = [int(n) for n in _MARKER.findall(reply)]
+    return {
+        "id": query["id"], "question": query["question"], "reply": result.reply, "status": result.status,
+        "sources": shown,
+        "retrieved_gold": bool(gold & set(shown)),
+        "cited_gold": result.status == "answered" and bool(gold & set(logged)),
+        "cited_in_text": any(by_rank.get(n) in gold for n in markers),
+        "f1": round(best_f1(reply, query.get("answers") or []), 4),
+        "contains": contains_answer(reply, query.get("answers") or []),
+        "latency_ms": round(latency_ms, 1),
+    }
+
+
+def summarize(items: list[dict]) -> dict:
+    """Rates and means over the scored questions, with latency p50/p95 and the count of each status."""
+    if not items:
+        return {"n": 0}
+    rate = lambda key: round(float(np.mean([bool(i[key]) for i in items])), 4)  # noqa: E731
+    latencies = [i["latency_ms"] for i in items]
+    return {
+        "n": len(items),
+        "cited_gold_rate": rate("cited_gold"),
+        "retrieved_gold_rate": rate("retrieved_gold"),
+        "cited_in_text_rate": rate("cited_in_text"),
+        "mean_f1": round(float(np.mean([i["f1"] for i in items])), 4),
+        "contains_rate": rate("contains"),
+        "fallback_rate": round(float(np.mean([i["status"] == "fallback" for i in items])), 4),
+        "statuses": dict(Counter(i["status"] for i in items)),
+        "p50_ms": round(float(np.percentile(latencies, 50)), 1),
+        "p95_ms": round(float(np.percentile(latencies, 95)), 1),
+    }
+
+
+def evaluate_answers(corpus_path: Path, queries_path: Path, *, model: str, sample: int = 20, seed: int = 0,
+                     split: str = "test", chunk_size: int = 256, log=print) -> dict:
+    """Build the knowledge base, answer the sampled questions through the turn engine and score them."""
+    corpus = load_jsonl(corpus_path)
+    queries = sample_queries(load_jsonl(queries_path), split, sample, seed)
+    if not queries:
+        raise ValueError(f"no queries in split {split!r}")
+    with tempfile.TemporaryDirectory(prefix="atende-eval-answers-") as home:
+        services = evaluation_services(Path(home), model)
+        try:
+            ingest_corpus(services, corpus, model, chunk_size, Path(home), log)
+            configure_assistant(services)
+            items = []
+            for n, q in enumerate(queries, 1):
+                items.append(ask(services, q, customer_id=f"eval-{n}-{q['id']}"))
+                i = items[-1]
+                log(f"[{n}/{len(queries)}] {i['status']} f1={i['f1']:.2f} {i['latency_ms'] / 1000:.1f}s")
+        finally:
+            services.chat_models.close()
+            services.engine.dispose()
+    return {"summary": summarize(items), "items": items,
+            "meta": {"embedding_model": model, "split": split, "sample": sample, "seed": seed,
+                     "passages": len(corpus), "top_k": TOP_K}}
+
+
+def format_report(result: dict) -> str:
+    """One row per question (question, status, cited_gold, f1, contains), then the summary."""
+    lines = [f"{'question':52} {'status':9} {'cited':>5} {'f1':>5} {'contains':>8}"]
+    for i in result["items"]:
+        q = " ".join(i["question"].split())
+        q = q if len(q) <= 50 else q[:49] + "…"
+        lines.append(f"{q:52} {i['status']:9} {'yes' if i['cited_gold'] else 'no':>5} {i['f1']:>5.2f} "
+                     f"{'yes' if i['contains'] else 'no':>8}")
+    s = result["summary"]
+    if s["n"]:
+        lines += ["", f"n={s['n']}  cited-gold {s['cited_gold_rate']:.0%}  retrieved-gold {s['retrieved_gold_rate']:.0%}  "
+                      f"mean F1 {s['mean_f1']:.3f}  contains {s['contains_rate']:.0%}  "
+                      f"fallback {s['fallback_rate']:.0%}  latency p50 {s['p50_ms'] / 1000:.1f}s "
+                      f"p95 {s['p95_ms'] / 1000:.1f}s"]
+    return "\n".join(lines)
