@@ -127,20 +127,33 @@ def register_upload(
         doc = Document(id=new_id(), knowledge_base_id=kb.id, filename=filename)
         session.add(doc)
     blobs.put(data)
+    return Upload(doc, _queue_version(session, doc, digest, len(data), file_type), unchanged=False)
+
+
+def reindex_document(session: Session, doc: Document) -> IngestJob:
+    """Queue the document's latest file again as a new version (e.g. after a chunking change); the
+    current version stays searchable until the new one is ready."""
+    if doc.status in ("queued", "processing", "deleting"):
+        raise Conflict(f"'{doc.filename}' is {doc.status}; re-index it when that is done")
+    latest = doc.versions[-1]
+    return _queue_version(session, doc, latest.content_hash, latest.size_bytes, latest.file_type)
+
+
+def _queue_version(session: Session, doc: Document, digest: str, size: int, file_type: str) -> IngestJob:
     number = max((v.version for v in doc.versions), default=0) + 1
     version = DocumentVersion(
-        id=new_id(), knowledge_base_id=kb.id, version=number, content_hash=digest,
-        size_bytes=len(data), file_type=file_type,
+        id=new_id(), knowledge_base_id=doc.knowledge_base_id, version=number, content_hash=digest,
+        size_bytes=size, file_type=file_type,
     )
     doc.versions.append(version)
     doc.status, doc.error = "queued", None
-    job = IngestJob(id=new_id(), knowledge_base_id=kb.id, document_id=doc.id, version_id=version.id)
+    job = IngestJob(id=new_id(), knowledge_base_id=doc.knowledge_base_id, document_id=doc.id, version_id=version.id)
     session.add(job)
     try:
         session.flush()
-    except IntegrityError as exc:  # a concurrent upload of the same file took the version number
-        raise Conflict(f"'{filename}' is being uploaded concurrently; try again") from exc
-    return Upload(doc, job, unchanged=False)
+    except IntegrityError as exc:  # a concurrent upload or re-index took the version number
+        raise Conflict(f"'{doc.filename}' is being changed concurrently; try again") from exc
+    return job
 
 
 def _clean_filename(filename: str | None) -> str:
