@@ -173,6 +173,16 @@ def cmd_bench_turn(args) -> int:
     return 0
 
 
+def cmd_bench_retrieval(args) -> int:
+    from benchmarks.retrieval import latency_benchmark
+
+    qa = Path(args.qa)
+    sets = sorted(p for p in qa.iterdir() if (p / "corpus.jsonl").is_file() and (p / "queries.jsonl").is_file())
+    print(json.dumps(latency_benchmark([Path(p) for p in args.docs], sets, model=args.model,
+                                       chunk_size=args.chunk_size), indent=2))
+    return 0
+
+
 def cmd_eval_retrieval(args) -> int:
     from benchmarks.retrieval import evaluate, format_table
 
@@ -193,6 +203,7 @@ def cmd_eval_answers(args) -> int:
                               log=(lambda *a: print(*a, file=sys.stderr)) if args.json else print)
     print(json.dumps(result, ensure_ascii=False) if args.json else format_report(result))
     return 0
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="atende", description=__doc__)
@@ -266,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--turns", type=int, default=60)
     bt.add_argument("--local", type=int, default=0, metavar="N", help="also run N turns on the embedded local model")
     bt.set_defaults(func=cmd_bench_turn)
+    br = b.add_parser("retrieval", help="query latency of hybrid vs dense vs keyword search on a 10,000-chunk knowledge base")
+    br.add_argument("docs", nargs="+", help="documents or folders (e.g. ../shared/data/docs)")
+    br.add_argument("--qa", default="../shared/data/qa", help="folder of QA sets whose passages are added")
+    br.add_argument("--model", default=Settings.model_fields["embedding_model"].default)
+    br.add_argument("--chunk-size", type=int, default=48, help="small chunks, to reach 10,000 of them")
+    br.set_defaults(func=cmd_bench_retrieval)
 
     ev = sub.add_parser("eval", help="quality evaluations").add_subparsers(dest="sub", required=True)
     er = ev.add_parser("retrieval", help="recall/MRR/nDCG of atende's retriever vs plain dense and BM25 on a QA set")
