@@ -159,7 +159,9 @@ def evaluate_answers(corpus_path: Path, queries_path: Path, *, model: str, sampl
             for n, q in enumerate(queries, 1):
                 items.append(ask(services, q, customer_id=f"eval-{n}-{q['id']}"))
                 i = items[-1]
-                log(f"[{n}/{len(queries)}] {i['status']} f1={i['f1']:.2f} {i['latency_ms'] / 1000:.1f}s")
+                log(f"[{n}/{len(queries)}] {i['status']} retrieved_gold={i['retrieved_gold']} "
+                    f"cited_gold={i['cited_gold']} f1={i['f1']:.2f} contains={i['contains']} "
+                    f"{i['latency_ms'] / 1000:.1f}s")
         finally:
             services.chat_models.close()
             services.engine.dispose()
