@@ -35,7 +35,8 @@ def seen_sources(hits: list[dict]) -> list[dict]:
 
 def format_sources(sources: list[dict]) -> str:
     if not sources:
-        return "Sources: none matched this message."
+        return (f"Sources: none matched this message. Unless it is a greeting, thanks, a request for a human or "
+                f"personal data, reply exactly {NO_ANSWER}.")
     blocks = []
     for s in sources:
         where = ", ".join(x for x in (s["filename"], f"p. {s['page']}" if s.get("page") else "", s.get("section") or "") if x)
