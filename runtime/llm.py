@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -22,6 +23,9 @@ _HERMES = re.compile(r"<tool_call>(.*?)(?:</tool_call>|(?=<tool_call>)|\Z)", re.
 _FENCE = re.compile(r"```[ \t]*(?:json)?[ \t]*\n?(.*?)```", re.DOTALL | re.IGNORECASE)
 _JSON_START = re.compile(r"[\[{]")
 _BODY_EXCERPT = 300
+_RETRY_STATUS = {408, 409, 429}  # and every 5xx: what the openai client itself would retry
+_BACKOFF_S = 0.5
+_MIN_ATTEMPT_S = 1.0  # a retry needs at least this much of the deadline left
 
 
 class ChatModelError(Exception):
@@ -209,7 +213,9 @@ class OpenAICompatibleChatModel:
         self.base_url = base_url
         self.model = model
         self.name = name or model
-        self._client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=max_retries)
+        self.max_retries = max_retries
+        # retries are ours, inside the caller's deadline: the client's own would restart the full timeout
+        self._client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0)
 
     def complete(
         self, messages: list[dict], tools: list[dict] | None = None, *, temperature: float = 0.2,
@@ -217,18 +223,30 @@ class OpenAICompatibleChatModel:
     ) -> ChatResponse:
         """Send one chat completion request; tool calls come back parsed, whether structured or as text.
 
-        Raises :class:`ChatModelError` when the endpoint is unreachable, times out or answers an error.
+        ``timeout`` bounds the whole call: a refused connection, 408/409/429 or 5xx answer is retried
+        (up to ``max_retries`` times, with backoff) only while at least a second of it is left, and a
+        timed-out request is never retried. Raises :class:`ChatModelError` when the endpoint is
+        unreachable, times out or answers an error.
         """
         request: dict = {
             "model": self.model, "messages": sanitize_messages(messages),
-            "temperature": temperature, "max_tokens": max_tokens, "timeout": timeout,
+            "temperature": temperature, "max_tokens": max_tokens,
         }
         if tools:
             request["tools"] = tools
-        try:
-            completion = self._client.chat.completions.create(**request)
-        except openai.APIError as exc:
-            raise self._error(exc, timeout) from exc
+        deadline = time.monotonic() + timeout
+        for attempt in range(self.max_retries + 1):
+            try:
+                completion = self._client.chat.completions.create(
+                    **request, timeout=max(deadline - time.monotonic(), 0.01)
+                )
+                break
+            except openai.APIError as exc:
+                backoff = _BACKOFF_S * 2**attempt
+                if (attempt == self.max_retries or not _retryable(exc)
+                        or deadline - time.monotonic() - backoff < _MIN_ATTEMPT_S):
+                    raise self._error(exc, timeout) from exc
+                time.sleep(backoff)
         if not completion.choices:
             raise ChatModelError(f"{self.name}: the response at {self.base_url} has no choices")
         return self._response(completion, tools)
@@ -263,6 +281,14 @@ class OpenAICompatibleChatModel:
             excerpt = body[:_BODY_EXCERPT] + ("..." if len(body) > _BODY_EXCERPT else "")
             return ChatModelError(f"{where}: HTTP {exc.status_code}: {excerpt}")
         return ChatModelError(f"{where}: {exc}")
+
+
+def _retryable(exc: openai.APIError) -> bool:
+    if isinstance(exc, openai.APITimeoutError):
+        return False
+    if isinstance(exc, openai.APIConnectionError):
+        return True
+    return isinstance(exc, openai.APIStatusError) and (exc.status_code in _RETRY_STATUS or exc.status_code >= 500)
 
 
 # --- scripted fake --------------------------------------------------------------------------------

@@ -79,12 +79,18 @@ def pending_inbound(session: Session, conversation_id: str) -> list[Message]:
 
 
 def recent_history(session: Session, conversation_id: str, limit: int) -> list[Message]:
-    """The last ``limit`` covered messages (both directions), oldest first."""
+    """The last ``limit`` covered messages (both directions), oldest first, for the model's prompt.
+
+    Handoff exchanges (the customer's request and the "passing you to a person" reply) are left out:
+    once the AI is resumed they are settled, and a small model shown them tends to repeat the handoff.
+    """
     if limit <= 0:
         return []
+    handoff_turns = select(Turn.id).where(Turn.conversation_id == conversation_id, Turn.status == "handoff")
     rows = session.scalars(
         select(Message)
-        .where(Message.conversation_id == conversation_id, Message.status != "received")
+        .where(Message.conversation_id == conversation_id, Message.status != "received",
+               Message.turn_id.is_(None) | Message.turn_id.not_in(handoff_turns))
         .order_by(Message.created_at.desc(), Message.id.desc())
         .limit(limit)
     )

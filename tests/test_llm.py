@@ -324,6 +324,29 @@ def test_timeout_becomes_chat_model_error(fake_server):
         chat_model(fake_server, max_retries=0).complete([{"role": "user", "content": "hi"}], timeout=0.3)
 
 
+def test_a_timed_out_request_is_not_retried_past_the_deadline(fake_server):
+    fake_server.reply(completion("late"), delay=1.5)
+    fake_server.reply(completion("late again"), delay=1.5)
+    with pytest.raises(ChatModelError, match="timed out"):
+        chat_model(fake_server, max_retries=2).complete([{"role": "user", "content": "hi"}], timeout=0.3)
+    assert len(fake_server.requests) == 1
+
+
+def test_no_retry_when_too_little_of_the_deadline_is_left(fake_server):
+    fake_server.reply("overloaded", status=503)
+    fake_server.reply(completion("ok"))
+    with pytest.raises(ChatModelError, match="HTTP 503"):
+        chat_model(fake_server, max_retries=2).complete([{"role": "user", "content": "hi"}], timeout=1.2)
+    assert len(fake_server.requests) == 1
+
+
+def test_client_errors_are_not_retried(fake_server):
+    fake_server.reply({"error": {"message": "bad request"}}, status=400)
+    with pytest.raises(ChatModelError, match="HTTP 400"):
+        chat_model(fake_server, max_retries=2).complete([{"role": "user", "content": "hi"}])
+    assert len(fake_server.requests) == 1
+
+
 # --- ScriptedChatModel ----------------------------------------------------------------------------
 
 

@@ -122,6 +122,8 @@ def test_handoff_pauses_the_ai_until_resumed(shop):
     assert back.status == "answered" and back.ai_enabled
     history = [m["content"] for m in model.requests[-1].messages[1:-1]]
     assert "Alô? Tem alguém aí?" in history  # the human-handled message stays in the history
+    # the settled handoff exchange does not: a small model shown it repeats the handoff
+    assert "Quero falar com um humano" not in history and "Vou transferir você para um atendente." not in history
 
 
 def test_invalid_cpf_goes_back_to_the_model_and_a_valid_one_is_stored(shop):
