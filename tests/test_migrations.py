@@ -1,0 +1,43 @@
+"""Schema migrations on real SQLite and PostgreSQL, including the data migration of stored configs."""
+from __future__ import annotations
+
+import json
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+
+from atende.db import MIGRATIONS_DIR, make_engine, migrate
+
+
+def upgrade_to(engine, revision: str) -> None:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
+def test_the_old_default_min_score_becomes_the_calibrated_one(database_url):
+    engine = make_engine(database_url)
+    upgrade_to(engine, "0003")
+    configs = {
+        "old-default": {"retrieval": {"top_k": 4, "min_score": 0.3}, "temperature": 0.2},
+        "chosen": {"retrieval": {"top_k": 4, "min_score": 0.55}},
+        "empty": {},
+    }
+    with engine.begin() as conn:
+        for name, config in configs.items():
+            conn.execute(sa.text("INSERT INTO assistants (id, name, description, created_at, updated_at, config) "
+                                 "VALUES (:id, :id, '', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, :config)"),
+                         {"id": name, "config": json.dumps(config)})
+    migrate(engine)
+    with engine.connect() as conn:
+        rows = {r.id: r.config for r in conn.execute(sa.text("SELECT id, config FROM assistants"))}
+    stored = {k: v if isinstance(v, dict) else json.loads(v) for k, v in rows.items()}
+    assert stored["old-default"] == {"retrieval": {"top_k": 4, "min_score": None}, "temperature": 0.2}
+    assert stored["chosen"] == configs["chosen"] and stored["empty"] == {}
+    migrate(engine)  # at head: nothing to do, nothing changes
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM assistants")).scalar() == 3
+    engine.dispose()
