@@ -18,6 +18,12 @@ GROUNDING = (
     "tell the customer its result in their language."
 )
 
+# sent when a small model repeats a call it already made, with the tools withdrawn
+ANSWER_NOW = (
+    "That function was already called and its result is above. Do not call any function now: write your reply "
+    "to the customer in plain text, in their language (if a value was refused, ask them to check it)."
+)
+
 
 def fill_variables(template: str, variables: dict) -> str:
     """Replace ``{{name}}`` with the conversation's variable (empty when unknown)."""

@@ -25,7 +25,7 @@ from runtime.config import AssistantConfig
 from runtime.cost import usage_cost
 from runtime.llm import text_tool_calls
 from runtime.models import Conversation, Message, Turn
-from runtime.prompt import NO_ANSWER, build_messages, seen_sources
+from runtime.prompt import ANSWER_NOW, NO_ANSWER, build_messages, seen_sources
 from runtime.tools import ToolContext, build_toolset
 from runtime.types import ToolCall, ToolResult, TurnResult, Usage
 
@@ -136,6 +136,7 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
             if signatures <= executed:
                 # small models repeat a call they already made instead of answering: make them answer
                 force_text = True
+                messages.append({"role": "system", "content": ANSWER_NOW})
                 continue
             executed |= signatures
             messages.append(_assistant_tool_message(resp.content, resp.tool_calls))

@@ -14,6 +14,7 @@ from runtime.config import merge_config
 from runtime.llm import ScriptedChatModel
 from runtime.llm_provider import FixedChatModelProvider
 from runtime.models import CollectedData, Conversation, Message, MessageSource, ToolCallRecord, Turn
+from runtime.prompt import ANSWER_NOW
 from runtime.turn import handle_message, retrieval_queries, run_turn
 from runtime.types import ChatResponse, ToolCall, Usage
 
@@ -162,6 +163,7 @@ def test_tool_rounds_are_capped_and_a_repeated_call_forces_an_answer(shop):
     r = chat(services, aid, "Quanto custa o frete?")
     assert r.reply == "O frete é grátis acima de R$ 150." and len(r.function_calls) == 1
     assert model.requests[2].tools is None  # the repeated call was not run again; tools were withdrawn
+    assert model.requests[2].messages[-1] == {"role": "system", "content": ANSWER_NOW}  # and the model told to answer
     with services.session() as session:
         a = registry.get_assistant(session, aid)
         a.config = merge_config(a.config, {"max_tool_rounds": 2})
