@@ -18,7 +18,7 @@ import functools
 import re
 import threading
 import unicodedata
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,6 +88,11 @@ def query_terms(text: str, languages: tuple[str | None, ...]) -> list[str]:
     return out
 
 
+def _idf(n_docs: int, df: int) -> float:
+    """Lucene's BM25 idf, as ``bm25s`` computes it."""
+    return float(np.log(1 + (n_docs - df + 0.5) / (df + 0.5)))
+
+
 @dataclass(frozen=True)
 class IndexedChunk:
     chunk_id: str
@@ -113,9 +118,13 @@ class KeywordIndex:
         shares = {lang: detected.count(lang) / len(chunks) for lang in set(detected)}
         self.languages = tuple(sorted((lang for lang, share in shares.items() if share >= MIN_SHARE),
                                       key=lambda lang: lang or ""))
+        self._idf: dict[str, float] = {}
         if chunks:
+            corpus = [terms(t, lang) or [""] for t, lang in zip(tokens, detected)]
             self._bm25 = bm25s.BM25(k1=k1, b=b, method="lucene")
-            self._bm25.index([terms(t, lang) or [""] for t, lang in zip(tokens, detected)], show_progress=False)
+            self._bm25.index(corpus, show_progress=False)
+            df = Counter(term for doc in corpus for term in set(doc))
+            self._idf = {term: _idf(len(chunks), n) for term, n in df.items()}
 
     def scores(self, query: str) -> np.ndarray:
         """BM25 score of every chunk for ``query`` (zeros when no query word is in the index)."""
@@ -125,6 +134,21 @@ class KeywordIndex:
         if not ids:
             return np.zeros(len(self.chunks), dtype=np.float32)
         return self._bm25.get_scores_from_ids(ids)
+
+    def attainable(self, query: str) -> float:
+        """The score a chunk holding every word of ``query`` tends to, the sum of their idf (``bm25s``'s
+        Lucene term weight is ``idf * tf / (tf + k1 * length norm)`` < idf): BM25 scores divided by it say how much of the query a chunk matches, weighted by rarity. A word
+        absent from the index counts as the rarest possible (it matched nothing, and it was probably
+        what the query was about)."""
+        if not self.chunks:
+            return 0.0
+        unseen = _idf(len(self.chunks), 0)
+        total = 0.0
+        for word in words(query):
+            known = [self._idf[t] for t in {t for lang in self.languages or (None,) for t in terms([word], lang)}
+                     if t in self._idf]
+            total += max(known, default=unseen)
+        return total
 
     def top(self, query: str, k: int) -> list[tuple[IndexedChunk, float]]:
         """The ``k`` best chunks with a positive score, best first."""

@@ -2,6 +2,7 @@
 and language-aware tokenisation. Real chromadb, real embedding model, SQLite and PostgreSQL."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from kb import registry
@@ -125,6 +126,25 @@ def test_keyword_index_ranks_bm25():
     assert [c.chunk_id for c, _ in index.top("returns", 3)] == ["b"]  # the section path is indexed
     assert index.top("nothing matches here", 3) == []
     assert KeywordIndex([]).top("anything", 3) == []
+
+
+def test_attainable_keyword_score():
+    chunks = [
+        IndexedChunk("a", "Septicemia is an infection of the blood.", {"section": ""}),
+        IndexedChunk("b", "What the protests want is a fair wage.", {"section": ""}),
+        IndexedChunk("c", "What is a strike? A strike is a stop of work.", {"section": ""}),
+        IndexedChunk("d", "Blood tests are done in the morning.", {"section": ""}),
+    ]
+    index = KeywordIndex(chunks)
+    for query in ("what is septicemia", "blood tests", "what is a strike", "unknownword"):
+        assert 0 < index.scores(query).max(initial=0) < index.attainable(query) or not index.scores(query).any()
+    # a word the index never saw counts as the rarest possible, so a match on the common words is a small share
+    unseen = index.attainable("what is sepsis") - index.attainable("what is")
+    assert unseen > index.attainable("septicemia") and unseen == pytest.approx(np.log(1 + 4.5 / 0.5))
+    common = index.scores("what is sepsis").max()
+    assert common / index.attainable("what is sepsis") < 0.3 < index.scores("septicemia").max() / index.attainable("septicemia")
+    assert index.attainable("bloods") == index.attainable("blood")  # word forms are looked up stemmed
+    assert KeywordIndex([]).attainable("anything") == 0.0
 
 
 def test_search_api_modes_filters_and_bad_input(client):
