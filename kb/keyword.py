@@ -78,6 +78,12 @@ def terms(tokens: list[str], lang: str | None) -> list[str]:
     return [fold(t) for t in stemmed]
 
 
+def key_terms(text: str, lang: str | None) -> set[str]:
+    """The terms of ``text`` as indexed in ``lang``, that language's stopwords left out."""
+    stop = _stopwords().get(lang, frozenset())
+    return set(terms([w for w in words(text) if w not in stop], lang))
+
+
 def query_terms(text: str, languages: tuple[str | None, ...]) -> list[str]:
     """Terms of a query for an index holding ``languages`` (None: chunks with no language): each word
     stemmed as in each of them (a query's own language is unreliable to detect from a few words),

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import re
 
+from kb.keyword import detect_language, key_terms, words
 from runtime.config import AssistantConfig
 
 NO_ANSWER = "NO_ANSWER"  # the model's signal that the sources do not answer the question
 SOURCE_CHARS = 700  # per source: prompt processing is the local model's bottleneck
 _VAR = re.compile(r"\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}")
+_SENTENCE = re.compile(r"\S.*?(?:[.!?;:](?=\s)|\n|$)", re.DOTALL)
 
 GROUNDING = (
     "Answer questions in the customer's language with facts from the numbered sources below, even if they are "
@@ -30,13 +32,31 @@ def fill_variables(template: str, variables: dict) -> str:
     return _VAR.sub(lambda m: str(variables.get(m.group(1), "")), template)
 
 
-def seen_sources(hits: list[dict]) -> list[dict]:
-    """Renumber hits 1..n and cut each text to what the prompt shows (that is what gets logged)."""
-    out = []
-    for i, hit in enumerate(hits, 1):
-        text = hit["text"] if len(hit["text"]) <= SOURCE_CHARS else hit["text"][:SOURCE_CHARS].rsplit(" ", 1)[0] + " …"
-        out.append({**hit, "rank": i, "text": text})
-    return out
+def seen_sources(hits: list[dict], query: str = "") -> list[dict]:
+    """Renumber hits 1..n and cut each text to what the prompt shows, the part about ``query`` (that
+    is what gets logged)."""
+    return [{**hit, "rank": i, "text": excerpt(hit["text"], query)} for i, hit in enumerate(hits, 1)]
+
+
+def excerpt(text: str, query: str, limit: int = SOURCE_CHARS) -> str:
+    """``text`` cut to at most ``limit`` characters: the run of whole sentences sharing the most terms
+    with ``query`` (stemmed in the text's language, stopwords left out; the earliest run on a tie, so
+    with nothing in common the text's start), marked with "…" where text was left out."""
+    if len(text) <= limit:
+        return text
+    lang = detect_language(words(text))
+    wanted = key_terms(query, lang)
+    spans = [(m.start(), m.end()) for m in _SENTENCE.finditer(text)]
+    best, window = -1, (0, 0)
+    for i, (start, _) in enumerate(spans):
+        end = max((e for _, e in spans[i:] if e - start <= limit), default=None)
+        if end is None:  # one sentence longer than the limit: cut it at a word boundary
+            end = start + len(text[start:start + limit].rsplit(" ", 1)[0])
+        score = len(wanted & key_terms(text[start:end], lang))
+        if score > best:
+            best, window = score, (start, end)
+    start, end = window
+    return ("… " if start > 0 else "") + text[start:end].strip() + (" …" if end < len(text.rstrip()) else "")
 
 
 def format_sources(sources: list[dict]) -> str:

@@ -105,7 +105,7 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
     timings["retrieval_ms"] = _ms(t)
 
     t = time.perf_counter()
-    sources = seen_sources([h.to_dict() for h in hits])
+    sources = seen_sources([h.to_dict() for h in hits], user_text)
     messages = build_messages(config, conv.variables or {}, history, user_text, sources)
     toolset = build_toolset(config)
     ctx = ToolContext(services=services, assistant=assistant, config=config, conversation_id=conv.id,
