@@ -41,7 +41,7 @@ def seen_sources(hits: list[dict], query: str = "") -> list[dict]:
 def excerpt(text: str, query: str, limit: int = SOURCE_CHARS) -> str:
     """``text`` cut to at most ``limit`` characters: the run of whole sentences sharing the most terms
     with ``query`` (stemmed in the text's language, stopwords left out; the earliest run on a tie, so
-    with nothing in common the text's start), marked with "…" where text was left out."""
+    with nothing in common the text's start), with "…" marks where text was left out."""
     if len(text) <= limit:
         return text
     lang = detect_language(words(text))
