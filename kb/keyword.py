@@ -51,6 +51,32 @@ def _stemmer(lang: str):
     return Stemmer.Stemmer(_LANGUAGES[lang][1])
 
 
+# a customer's message: a few words, so stopwords (English: bm25s's longer list) and letters one language has
+_MESSAGE_CUES = {
+    "en": ("STOPWORDS_EN_PLUS", ""), "pt": ("STOPWORDS_PORTUGUESE", "ãõçêâôà"), "es": ("STOPWORDS_SPANISH", "ñ¿¡"),
+}
+
+
+@functools.cache
+def _message_stopwords() -> dict[str, frozenset[str]]:
+    import bm25s.stopwords
+
+    return {lang: frozenset(getattr(bm25s.stopwords, name)) for lang, (name, _) in _MESSAGE_CUES.items()}
+
+
+def message_language(text: str) -> str | None:
+    """``en``, ``pt`` or ``es`` for a short message, by its stopwords and the letters only one of them uses
+    (each counts double); None when nothing tells or two languages tie ("Oi", "Lisboa?")."""
+    tokens = words(text)
+    lowered = text.lower()
+    counts = {
+        lang: sum(t in stop for t in tokens) + 2 * sum(ch in lowered for ch in _MESSAGE_CUES[lang][1])
+        for lang, stop in _message_stopwords().items()
+    }
+    ranked = sorted(counts.values(), reverse=True)
+    return max(counts, key=counts.get) if ranked[0] > ranked[1] else None
+
+
 def fold(text: str) -> str:
     """Lower-case ``text`` and strip diacritics ("Horário" -> "horario", "Ação" -> "acao")."""
     decomposed = unicodedata.normalize("NFKD", text.lower())

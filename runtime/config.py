@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from kb.embedders import default_min_score
+from kb.keyword import message_language
 
 DEFAULT_SYSTEM_PROMPT = (
     "Você é o assistente virtual de {{business_name}}. Responda sempre no idioma do cliente, com "
@@ -16,11 +17,20 @@ DEFAULT_TEXT_INSTRUCTIONS = (
     "You are writing a chat message (WhatsApp). Use short paragraphs of 1-3 sentences, *bold* for key facts, "
     "'- ' bullets for lists. Never use tables, headings or links in markdown syntax. Keep replies under 120 words."
 )
-DEFAULT_HANDOFF = "I'm passing you to a human agent, who will reply here shortly."
-DEFAULT_FALLBACK = (
-    "I could not find this in my knowledge base, so I won't guess. Would you like me to transfer you to a "
-    "human agent?"
-)
+# built-in replies, in the customer's language, for assistants that do not set their own
+DEFAULT_HANDOFF = {
+    "en": "I'm passing you to a human agent, who will reply here shortly.",
+    "pt": "Vou passar você para um atendente, que responde por aqui em instantes.",
+    "es": "Te paso con un agente, que te responderá por aquí en breve.",
+}
+DEFAULT_FALLBACK = {
+    "en": "I could not find this in my knowledge base, so I won't guess. Would you like me to transfer you to a "
+          "human agent?",
+    "pt": "Não encontrei essa informação na minha base de conhecimento e prefiro não arriscar. Quer que eu passe "
+          "você para um atendente?",
+    "es": "No encontré esta información en mi base de conocimiento y prefiero no adivinar. ¿Quieres que te pase "
+          "con un agente?",
+}
 TOOL_NAMES = ("search_knowledge_base", "transfer_to_human", "collect_data", "list_available_slots", "schedule_appointment")
 FieldType = Literal["email", "phone", "date", "number", "enum", "regex", "cpf", "cnpj", "text"]
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
@@ -129,8 +139,11 @@ class AssistantConfig(BaseModel):
 
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     text_channel_instructions: str = DEFAULT_TEXT_INSTRUCTIONS
-    fallback_message: str = DEFAULT_FALLBACK
-    handoff_message: str = Field(default=DEFAULT_HANDOFF, description="sent when a handoff turn has no text of its own")
+    fallback_message: str | None = Field(
+        default=None, description="sent when the sources do not answer; default: a built-in one in the customer's "
+                                  "language (en, pt, es)")
+    handoff_message: str | None = Field(
+        default=None, description="sent when a handoff turn has no text of its own; default: built-in, as above")
     model: str | None = Field(default=None, description="chat model name; default from settings")
     temperature: float = Field(default=0.2, ge=0, le=2)
     max_tokens: int = Field(default=256, ge=16, le=4096)
@@ -144,6 +157,16 @@ class AssistantConfig(BaseModel):
     http_tools: list[HttpTool] = Field(default_factory=list)
     scheduling: Scheduling = Field(default_factory=Scheduling)
     widget: WidgetConfig = Field(default_factory=WidgetConfig)
+
+    def canned_reply(self, kind: Literal["fallback", "handoff"], texts: list[str]) -> str:
+        """The configured fallback/handoff message, or the built-in one in the language of ``texts``
+        (the customer's new message first, then earlier ones), else of the system prompt, else English."""
+        configured = self.fallback_message if kind == "fallback" else self.handoff_message
+        if configured:
+            return configured
+        builtin = DEFAULT_FALLBACK if kind == "fallback" else DEFAULT_HANDOFF
+        language = next(filter(None, map(message_language, [*texts, self.system_prompt])), "en")
+        return builtin[language]
 
     @field_validator("http_tools")
     @classmethod

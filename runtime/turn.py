@@ -156,12 +156,13 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
     # a call written as text once tools were withdrawn is not for the customer's eyes
     reply = text_tool_calls(reply, set(toolset.names))[0].replace(NO_ANSWER, "").strip() if reply else reply
     no_answer = no_answer or not reply
+    customer_texts = [user_text] + [text for role, text in reversed(history) if role == "user"]
     if error and not reply:
         status, reply = "error", None
     elif handed_off:
-        status, reply = "handoff", reply or config.handoff_message
+        status, reply = "handoff", reply or config.canned_reply("handoff", customer_texts)
     elif no_answer:
-        status, reply = "fallback", config.fallback_message
+        status, reply = "fallback", config.canned_reply("fallback", customer_texts)
     else:
         status = "answered"
     # passages found by the search tool were shown whole, numbered after the automatic ones

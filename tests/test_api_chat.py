@@ -73,7 +73,8 @@ def test_assistant_config_is_patched_validated_and_used(scripted):
     client, model, a = scripted
     r = client.patch(f"/api/assistants/{a['id']}", json={"config": {"system_prompt": "Loja {{store}}.", "retrieval": {"top_k": 2}}})
     assert r.status_code == 200 and r.json()["config"]["retrieval"]["top_k"] == 2
-    assert r.json()["config"]["fallback_message"]  # defaults are filled in
+    assert r.json()["config"]["history_messages"] == 8  # defaults are filled in
+    assert r.json()["config"]["fallback_message"] is None  # built-in, in the customer's language
     for bad in ({"tools": ["launch_rockets"]}, {"retrieval": {"mode": "sometimes"}}, {"temperature": 9},
                 {"data_fields": [{"name": "cpf", "type": "passport"}]}, {"unknown_key": 1},
                 {"scheduling": {"timezone": "Mars/Olympus"}}):

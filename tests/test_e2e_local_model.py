@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from ingest.pipeline import run_job
 from kb import registry
-from runtime.config import merge_config
+from runtime.config import DEFAULT_FALLBACK, merge_config
 from runtime.llm_provider import ChatModelProvider
 from runtime.local_llm import default_model_path
 from runtime.models import CollectedData, Conversation, Message, MessageSource, ToolCallRecord, Turn
@@ -127,7 +127,7 @@ def chat(live, customer: str, text: str):
 def fallback_message(live) -> str:
     services, aid, _ = live
     with services.session() as session:
-        return registry.get_assistant(session, aid).config["fallback_message"]
+        return registry.get_assistant(session, aid).config["fallback_message"] or DEFAULT_FALLBACK["pt"]
 
 
 def test_answers_from_a_document_with_its_sources_logged(live):

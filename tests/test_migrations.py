@@ -18,12 +18,16 @@ def upgrade_to(engine, revision: str) -> None:
         command.upgrade(cfg, revision)
 
 
-def test_the_old_default_min_score_becomes_the_calibrated_one(database_url):
+def test_old_config_defaults_become_unset(database_url):
     engine = make_engine(database_url)
     upgrade_to(engine, "0003")
+    old_fallback = ("I could not find this in my knowledge base, so I won't guess. Would you like me to transfer "
+                    "you to a human agent?")
     configs = {
-        "old-default": {"retrieval": {"top_k": 4, "min_score": 0.3}, "temperature": 0.2},
-        "chosen": {"retrieval": {"top_k": 4, "min_score": 0.55}},
+        "old-default": {"retrieval": {"top_k": 4, "min_score": 0.3}, "temperature": 0.2,
+                        "fallback_message": old_fallback,
+                        "handoff_message": "I'm passing you to a human agent, who will reply here shortly."},
+        "chosen": {"retrieval": {"top_k": 4, "min_score": 0.55}, "fallback_message": "Não sei, desculpe."},
         "empty": {},
     }
     with engine.begin() as conn:
@@ -35,7 +39,8 @@ def test_the_old_default_min_score_becomes_the_calibrated_one(database_url):
     with engine.connect() as conn:
         rows = {r.id: r.config for r in conn.execute(sa.text("SELECT id, config FROM assistants"))}
     stored = {k: v if isinstance(v, dict) else json.loads(v) for k, v in rows.items()}
-    assert stored["old-default"] == {"retrieval": {"top_k": 4, "min_score": None}, "temperature": 0.2}
+    assert stored["old-default"] == {"retrieval": {"top_k": 4, "min_score": None}, "temperature": 0.2,
+                                     "fallback_message": None, "handoff_message": None}
     assert stored["chosen"] == configs["chosen"] and stored["empty"] == {}
     migrate(engine)  # at head: nothing to do, nothing changes
     with engine.connect() as conn:

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from ingest.pipeline import run_job
 from kb import registry
 from runtime import store
-from runtime.config import merge_config
+from runtime.config import DEFAULT_FALLBACK, DEFAULT_HANDOFF, merge_config
 from runtime.llm import ScriptedChatModel
 from runtime.llm_provider import FixedChatModelProvider
 from runtime.models import CollectedData, Conversation, Message, MessageSource, ToolCallRecord, Turn
@@ -95,13 +95,21 @@ def test_follow_up_is_retrieved_in_the_conversation_context(shop):
     assert retrieval_queries("e no sábado?", [("user", "Qual o horário?"), ("assistant", "8h")])[1] == "Qual o horário?\ne no sábado?"
 
 
-def test_no_answer_becomes_the_fallback_message(shop):
+def test_no_answer_becomes_the_fallback_message_in_the_customers_language(shop):
     services, model, aid = shop
+    model.enqueue("NO_ANSWER", "NO_ANSWER", "NO_ANSWER", "NO_ANSWER")
+    assert chat(services, aid, "Vocês vendem passagens aéreas para Lisboa?").reply == DEFAULT_FALLBACK["pt"]
+    assert chat(services, aid, "¿Venden pasajes a Lisboa?", customer="es").reply == DEFAULT_FALLBACK["es"]
+    r = chat(services, aid, "Do you sell plane tickets to Lisbon?", customer="en")
+    assert r.status == "fallback" and r.reply == DEFAULT_FALLBACK["en"]
+    # a message that tells nothing ("Lisboa?") takes the language of the customer's earlier ones
+    assert chat(services, aid, "Lisboa?", customer="es").reply == DEFAULT_FALLBACK["es"]
+    with services.session() as session:  # a configured message is sent as written
+        a = registry.get_assistant(session, aid)
+        a.config = merge_config(a.config, {"fallback_message": "Não sei responder isso."})
+        session.commit()
     model.enqueue("NO_ANSWER")
-    r = chat(services, aid, "Vocês vendem passagens aéreas para Lisboa?")
-    with services.session() as session:
-        fallback = merge_config({}, {})["fallback_message"]
-    assert r.status == "fallback" and r.reply == fallback
+    assert chat(services, aid, "Do you sell plane tickets to Lisbon?", customer="en2").reply == "Não sei responder isso."
 
 
 def test_handoff_pauses_the_ai_until_resumed(shop):
@@ -236,7 +244,7 @@ def test_a_tool_call_written_as_text_is_never_sent_to_the_customer(shop):
     model.enqueue(handoff, handoff, written)  # repeats the call, then writes it as text once tools are withdrawn
     r = chat(services, aid, "Quero um atendente")
     with services.session() as session:
-        expected = registry.get_assistant(session, aid).config["handoff_message"]
+        expected = DEFAULT_HANDOFF["pt"]
     assert r.status == "handoff" and r.reply == expected and "transfer_to_human" not in r.reply
     model.enqueue(written.replace("transfer_to_human", "list_available_slots"))
     with services.session() as session:
