@@ -155,6 +155,8 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
     no_answer = NO_ANSWER in (reply or "")
     # a call written as text once tools were withdrawn is not for the customer's eyes
     reply = text_tool_calls(reply, set(toolset.names))[0].replace(NO_ANSWER, "").strip() if reply else reply
+    if reply and not any(ch.isalnum() for ch in reply):  # leftovers such as a lone ``` fence or "}"
+        reply = ""
     no_answer = no_answer or not reply
     customer_texts = [user_text] + [text for role, text in reversed(history) if role == "user"]
     if error and not reply:

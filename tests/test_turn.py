@@ -243,12 +243,13 @@ def test_a_tool_call_written_as_text_is_never_sent_to_the_customer(shop):
     written = '```json\n{"name": "transfer_to_human", "arguments": {"reason": "pediu um humano"}}\n```'
     model.enqueue(handoff, handoff, written)  # repeats the call, then writes it as text once tools are withdrawn
     r = chat(services, aid, "Quero um atendente")
-    with services.session() as session:
-        expected = DEFAULT_HANDOFF["pt"]
-    assert r.status == "handoff" and r.reply == expected and "transfer_to_human" not in r.reply
+    assert r.status == "handoff" and r.reply == DEFAULT_HANDOFF["pt"] and "transfer_to_human" not in r.reply
     model.enqueue(written.replace("transfer_to_human", "list_available_slots"))
     with services.session() as session:
         session.get(Conversation, r.conversation_id).ai_enabled = True
         session.commit()
     r2 = chat(services, aid, "Tem horário amanhã?")
     assert r2.status == "fallback" and "list_available_slots" not in r2.reply
+    for leftover in ("```", "}", " ** "):  # what is left of a mangled call is not a reply either
+        model.enqueue(leftover)
+        assert chat(services, aid, "Tem horário amanhã?", customer="c2").reply == DEFAULT_FALLBACK["pt"]
