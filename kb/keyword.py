@@ -168,10 +168,11 @@ class KeywordIndex:
         return self._bm25.get_scores_from_ids(ids)
 
     def attainable(self, query: str) -> float:
-        """The score a chunk holding every word of ``query`` tends to, the sum of their idf (``bm25s``'s
-        Lucene term weight is ``idf * tf / (tf + k1 * length norm)`` < idf): BM25 scores divided by it say how much of the query a chunk matches, weighted by rarity. A word
-        absent from the index counts as the rarest possible (it matched nothing, and it was probably
-        what the query was about)."""
+        """The score a chunk holding every word of ``query`` tends to: the sum of their idf (``bm25s``'s
+        Lucene term weight is ``idf * tf / (tf + k1 * length norm)``, below idf). A BM25 score divided
+        by it says how much of the query a chunk matches, weighted by rarity. A word absent from the
+        index counts as the rarest possible (it matched nothing, and it was probably what the query
+        was about)."""
         if not self.chunks:
             return 0.0
         unseen = _idf(len(self.chunks), 0)
