@@ -104,8 +104,11 @@ class LlamaCppServer:
         ]  # fmt: skip
         # Server output goes to a temp file (a pipe could fill up and block it).
         self._log = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log")
+        # llama_cpp.server lets $HOST / $PORT override --host / --port: a PORT exported for atende itself
+        # (``make run PORT=...``, a PaaS) would make it bind atende's port and exit
+        env = {**os.environ, "HOST": self.host, "PORT": str(self.port)}
         self._proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
+            cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=env
         )
         try:
             self._wait_ready()

@@ -112,12 +112,13 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
                       sources=list(hits), now=utcnow(), events=[])
     timings["prompt_ms"] = _ms(t)
 
-    model = services.chat_models.get(config.model)
     session.commit()  # end the read transaction: no pooled connection is held while the model thinks
     usage, rounds, tool_results, error = Usage(), 0, [], None
     deadline = t0 + config.turn_deadline_s
-    reply, executed, force_text = "", set(), False
+    reply, executed, force_text, model_name = "", set(), False, config.model or services.settings.llm_model
     try:
+        model = services.chat_models.get(config.model)  # the embedded server may fail to start: an error turn
+        model_name = model.name
         while True:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
@@ -172,13 +173,13 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
     result = TurnResult(
         conversation_id=conv.id, reply=reply, status=status, sources=all_sources,
         function_calls=[_call_dict(rnd, args, res) for rnd, args, res in tool_results],
-        ai_enabled=conv.ai_enabled, usage=usage, cost=usage_cost(services.settings.llm_prices, model.name, usage),
+        ai_enabled=conv.ai_enabled, usage=usage, cost=usage_cost(services.settings.llm_prices, model_name, usage),
     )
     timings["total_ms"] = _ms(t0)
     result.timings = {k: round(v, 1) for k, v in timings.items()}
     t = time.perf_counter()
     store.log_turn(session, conv, pending, result, tool_results=tool_results, retrieval_query=" || ".join(queries) or None,
-                   rounds=rounds, model=model.name, started_at=started_at, error=error)
+                   rounds=rounds, model=model_name, started_at=started_at, error=error)
     result.timings["log_ms"] = round(_ms(t), 1)
     if ctx.events and services.deliver_events is not None:
         services.deliver_events(ctx.events)

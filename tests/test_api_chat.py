@@ -69,6 +69,25 @@ def test_model_failure_is_a_502_and_the_message_is_kept(scripted):
     assert [m["text"] for m in conv["messages"]] == ["oi"]
 
 
+class BrokenProvider:
+    """The embedded model server failing to start, as when another process holds its port."""
+
+    def get(self, name=None):
+        raise RuntimeError("llama_cpp.server exited with code 3 during start-up")
+
+    def close(self):
+        pass
+
+
+def test_a_model_that_cannot_start_is_a_502_and_the_message_is_kept(scripted):
+    client, _, a = scripted
+    client.app.state.services.chat_models = BrokenProvider()
+    r = client.post("/api/chat", json={"assistant_id": a["id"], "customer_id": "c2", "message": "oi"})
+    assert r.status_code == 502 and r.json()["status"] == "error"
+    conv = client.get(f"/api/conversations/{r.json()['conversation_id']}").json()
+    assert [m["text"] for m in conv["messages"]] == ["oi"]
+
+
 def test_assistant_config_is_patched_validated_and_used(scripted):
     client, model, a = scripted
     r = client.patch(f"/api/assistants/{a['id']}", json={"config": {"system_prompt": "Loja {{store}}.", "retrieval": {"top_k": 2}}})

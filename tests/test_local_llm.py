@@ -41,3 +41,19 @@ def test_chat_completion_returns_text() -> None:
         )
     text = reply.choices[0].message.content or ""
     assert text.strip(), f"empty reply: {reply!r}"
+
+
+def test_host_and_port_in_the_environment_do_not_move_the_server(monkeypatch) -> None:
+    """llama_cpp.server prefers $HOST/$PORT to its flags; atende's own PORT must not leak into it."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        monkeypatch.setenv("PORT", str(taken.getsockname()[1]))
+        monkeypatch.setenv("HOST", "127.0.0.1")
+        with LlamaCppServer(MODEL_PATH, n_threads=1, n_ctx=512) as server:
+            assert server.port != taken.getsockname()[1]
+            with urllib.request.urlopen(f"{server.base_url}/models", timeout=10) as resp:
+                assert resp.status == 200
