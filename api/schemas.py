@@ -129,12 +129,13 @@ class ChatResult(BaseModel):
     usage: dict
     cost: float
     timings: dict
+    error: str | None = None  # why the model failed (status ``error``)
 
     @classmethod
     def from_turn(cls, r) -> "ChatResult":
         return cls(
             conversation_id=r.conversation_id, reply=r.reply, status=r.status, sources=r.sources,
-            function_calls=r.function_calls, ai_enabled=r.ai_enabled, cost=r.cost, timings=r.timings,
+            function_calls=r.function_calls, ai_enabled=r.ai_enabled, cost=r.cost, timings=r.timings, error=r.error,
             usage={"prompt_tokens": r.usage.prompt_tokens, "completion_tokens": r.usage.completion_tokens},
         )
 

@@ -17,7 +17,8 @@ from atende.services import build_services
 from atende.settings import Settings
 from ingest.pipeline import run_job
 from runtime.llm import ScriptedChatModel
-from runtime.llm_provider import ChatModelProvider, FixedChatModelProvider
+from runtime.llm_provider import ChatModelProvider, FixedChatModelProvider, local_server_log
+from runtime.local_llm import throughput
 from runtime.turn import handle_message
 from runtime.types import ChatResponse, ToolCall, Usage
 
@@ -77,8 +78,10 @@ def _local(services, n: int) -> dict:
             rows.append((r.timings, r.usage))
     finally:
         provider.close()
+    log_path = local_server_log(services.settings)
     return {
         "server_start_s": round(start_s, 1),
+        "throughput": throughput(log_path.read_text(errors="replace")) if log_path.exists() else {},
         "reply_s": _summary([t["llm_ms"] / 1000 for t, _ in rows]),
         "overhead_ms": _summary([t["total_ms"] + t.get("log_ms", 0.0) - t["llm_ms"] for t, _ in rows]),
         "prompt_tokens": _summary([u.prompt_tokens for _, u in rows]),
@@ -100,5 +103,9 @@ def _print(report: dict) -> None:
         print(f"\nlocal model ({len(QUESTIONS)} questions cycled): server start {loc['server_start_s']}s")
         print(f"  time per reply   p50 {loc['reply_s']['p50']} s   p95 {loc['reply_s']['p95']} s")
         print(f"  prompt tokens    p50 {loc['prompt_tokens']['p50']}   completion tokens p50 {loc['completion_tokens']['p50']}")
+        tp = loc["throughput"]
+        if tp:
+            print(f"  llama.cpp speed  prompt {tp['prompt_tok_s']} tok/s ({tp['prompt_tokens']} tokens evaluated)   "
+                  f"generation {tp['gen_tok_s']} tok/s ({tp['generated_tokens']} tokens)")
         share = report["scripted"]["overhead_ms"]["p50"] / 1000 / max(loc["reply_s"]["p50"], 1e-9)
         print(f"  runtime overhead p50 {loc['overhead_ms']['p50']} ms = {share:.1%} of the model's time per reply")

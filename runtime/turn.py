@@ -23,7 +23,7 @@ from kb.search import search
 from runtime import store
 from runtime.config import AssistantConfig
 from runtime.cost import usage_cost
-from runtime.llm import text_tool_calls
+from runtime.llm import ChatModelError, text_tool_calls
 from runtime.models import Conversation, Message, Turn
 from runtime.prompt import ANSWER_NOW, NO_ANSWER, build_messages, seen_sources
 from runtime.tools import ToolContext, build_toolset
@@ -149,7 +149,7 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
             timings["tools_ms"] += _ms(t)
     except Exception as exc:  # the model endpoint failed: log the turn, tell the caller
         log.exception("turn of conversation %s failed", conv.id)
-        error = f"{type(exc).__name__}: {exc}"
+        error = str(exc) if isinstance(exc, ChatModelError) else f"{type(exc).__name__}: {exc}"
 
     session.refresh(conv)
     handed_off = any(res.name == "transfer_to_human" and not res.error for _, _, res in tool_results)
@@ -174,6 +174,7 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
         conversation_id=conv.id, reply=reply, status=status, sources=all_sources,
         function_calls=[_call_dict(rnd, args, res) for rnd, args, res in tool_results],
         ai_enabled=conv.ai_enabled, usage=usage, cost=usage_cost(services.settings.llm_prices, model_name, usage),
+        error=error if status == "error" else None,
     )
     timings["total_ms"] = _ms(t0)
     result.timings = {k: round(v, 1) for k, v in timings.items()}
@@ -212,7 +213,7 @@ def result_for_message(session, message_id: str) -> TurnResult:
     reply = session.scalar(select(Message).where(Message.turn_id == msg.turn_id, Message.direction == "outbound")) if turn else None
     if reply is None:
         return TurnResult(conv.id, None, turn.status if turn else "pending", ai_enabled=conv.ai_enabled,
-                          timings=turn.timings if turn else {})
+                          timings=turn.timings if turn else {}, error=turn.error if turn else None)
     return TurnResult(
         conversation_id=conv.id, reply=reply.text, status=turn.status, ai_enabled=conv.ai_enabled,
         sources=[s.as_dict() for s in reply.sources],

@@ -65,6 +65,7 @@ class TurnResult:
     cost: float = 0.0
     timings: dict = field(default_factory=dict)
     message_id: str | None = None
+    error: str | None = None  # why an ``error`` turn failed, for operators (never shown to customers)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -84,6 +84,7 @@ def test_a_model_that_cannot_start_is_a_502_and_the_message_is_kept(scripted):
     client.app.state.services.chat_models = BrokenProvider()
     r = client.post("/api/chat", json={"assistant_id": a["id"], "customer_id": "c2", "message": "oi"})
     assert r.status_code == 502 and r.json()["status"] == "error"
+    assert r.json()["error"] == "RuntimeError: llama_cpp.server exited with code 3 during start-up"
     conv = client.get(f"/api/conversations/{r.json()['conversation_id']}").json()
     assert [m["text"] for m in conv["messages"]] == ["oi"]
 
