@@ -40,7 +40,7 @@ class Turn(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"), index=True)
-    status: Mapped[str] = mapped_column(String(20))  # answered | fallback | handoff | paused | error
+    status: Mapped[str] = mapped_column(String(20))  # answered | smalltalk | fallback | handoff | paused | error
     retrieval_query: Mapped[str | None] = mapped_column(Text, nullable=True)
     rounds: Mapped[int] = mapped_column(Integer, default=0)
     timings: Mapped[dict] = mapped_column(JSON, default=dict)

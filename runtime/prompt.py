@@ -5,6 +5,7 @@ import re
 
 from kb.keyword import detect_language, key_terms, words
 from runtime.config import AssistantConfig
+from runtime.replies import LANGUAGE_NAMES
 
 NO_ANSWER = "NO_ANSWER"  # the model's signal that the sources do not answer the question
 SOURCE_CHARS = 700  # per source: prompt processing is the local model's bottleneck
@@ -25,6 +26,14 @@ ANSWER_NOW = (
     "That function was already called and its result is above. Do not call any function now: write your reply "
     "to the customer in plain text, in their language (if a value was refused, ask them to check it)."
 )
+
+
+def retry_instruction(problem: str, language: str | None) -> str:
+    """Sent (tools withdrawn) when a reply could not go to the customer, saying why."""
+    lang = LANGUAGE_NAMES.get(language or "", "the customer's language")
+    return (f"Your last reply could not be sent to the customer: it was {problem}. Write only the message for the "
+            f"customer now, in plain text, in {lang}, with facts from the sources; if they do not answer, reply "
+            f"exactly {NO_ANSWER}.")
 
 
 def fill_variables(template: str, variables: dict) -> str:
@@ -73,11 +82,13 @@ def format_sources(sources: list[dict]) -> str:
 
 
 def build_messages(
-    config: AssistantConfig, variables: dict, history: list[tuple[str, str]], user_text: str, sources: list[dict]
+    config: AssistantConfig, variables: dict, history: list[tuple[str, str]], user_text: str, sources: list[dict],
+    language: str | None = None,
 ) -> list[dict]:
     """OpenAI-style messages: system (prompt, channel rules, grounding), history, then the sources and
-    the new message last. What changes per turn comes last, so a server that reuses the evaluated
-    prefix of the previous prompt (llama.cpp does) only processes the new tail."""
+    the new message last, with the language to reply in when the customer's is known. What changes per
+    turn comes last, so a server that reuses the evaluated prefix of the previous prompt (llama.cpp
+    does) only processes the new tail."""
     system = "\n\n".join(
         part for part in (
             fill_variables(config.system_prompt, variables).strip(),
@@ -87,5 +98,6 @@ def build_messages(
     )
     messages = [{"role": "system", "content": system}]
     messages += [{"role": role, "content": text} for role, text in history]
-    messages.append({"role": "user", "content": f"{format_sources(sources)}\n\nCustomer message:\n{user_text}"})
+    reply_in = f"\n\n(Reply in {LANGUAGE_NAMES[language]}.)" if language in LANGUAGE_NAMES else ""
+    messages.append({"role": "user", "content": f"{format_sources(sources)}\n\nCustomer message:\n{user_text}{reply_in}"})
     return messages

@@ -41,7 +41,7 @@ from runtime.models import CHANNELS, CollectedData, Conversation, Message, Messa
 
 EXPORT_FORMATS = ("csv", "jsonl")
 EXPORT_PAGE_SIZE = 1000
-REPLY_TURNS = ("answered", "fallback", "handoff")
+REPLY_TURNS = ("answered", "smalltalk", "fallback", "handoff")
 EXPORT_COLUMNS = (
     "conversation_id", "channel", "assistant_id", "assistant_name", "customer_id", "ai_enabled", "handoff_reason",
     "message_id", "direction", "kind", "text", "status", "created_at", "received_at", "sent_at", "turn_id", "model",

@@ -19,13 +19,15 @@ from atende.db import utcnow
 from atende.services import Services
 from kb import registry
 from kb.models import Assistant
+from kb.keyword import message_language
 from kb.search import search
 from runtime import store
 from runtime.config import AssistantConfig
 from runtime.cost import usage_cost
 from runtime.llm import ChatModelError, text_tool_calls
 from runtime.models import Conversation, Message, Turn
-from runtime.prompt import ANSWER_NOW, NO_ANSWER, build_messages, seen_sources
+from runtime.prompt import ANSWER_NOW, NO_ANSWER, build_messages, retry_instruction, seen_sources
+from runtime.replies import rejection, says_not_found, small_talk, small_talk_reply
 from runtime.tools import ToolContext, build_toolset
 from runtime.types import ToolCall, ToolResult, TurnResult, Usage
 
@@ -95,6 +97,14 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
     history = [("user" if m.direction == "inbound" else "assistant", m.text)
                for m in store.recent_history(session, conv.id, config.history_messages)]
     user_text = "\n".join(m.text for m in pending)
+    customer_texts = [user_text] + [text for role, text in reversed(history) if role == "user"]
+    if talk := small_talk(user_text):  # a greeting or thanks needs no sources and no model
+        kind, language = talk
+        result = TurnResult(conv.id, small_talk_reply(kind, language), "smalltalk", ai_enabled=conv.ai_enabled)
+        return _finish(services, session, conv, pending, result, timings, t0, started_at, model_name="",
+                       tool_results=[], queries=[], rounds=0, error=None, events=[])
+    # the customer's language; when their messages do not tell, the assistant's own
+    language = next(filter(None, map(message_language, [*customer_texts, config.system_prompt])), None)
 
     t = time.perf_counter()
     hits, queries = [], []
@@ -106,16 +116,17 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
 
     t = time.perf_counter()
     sources = seen_sources([h.to_dict() for h in hits], user_text)
-    messages = build_messages(config, conv.variables or {}, history, user_text, sources)
+    messages = build_messages(config, conv.variables or {}, history, user_text, sources, language=language)
     toolset = build_toolset(config)
     ctx = ToolContext(services=services, assistant=assistant, config=config, conversation_id=conv.id,
                       sources=list(hits), now=utcnow(), events=[])
     timings["prompt_ms"] = _ms(t)
 
     session.commit()  # end the read transaction: no pooled connection is held while the model thinks
-    usage, rounds, tool_results, error = Usage(), 0, [], None
+    usage, rounds, tool_results, error, rejected = Usage(), 0, [], None, []
     deadline = t0 + config.turn_deadline_s
-    reply, executed, force_text, model_name = "", set(), False, config.model or services.settings.llm_model
+    reply, no_answer, executed, force_text = "", False, set(), False
+    model_name = config.model or services.settings.llm_model
     try:
         model = services.chat_models.get(config.model)  # the embedded server may fail to start: an error turn
         model_name = model.name
@@ -131,7 +142,18 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
             timings["llm_ms"] += _ms(t)
             usage, rounds = usage + resp.usage, rounds + 1
             if not (offer and resp.tool_calls):
-                reply = resp.content.strip()
+                reply, no_answer = _clean(resp.content, set(toolset.names))
+                problem = None if no_answer else rejection(
+                    reply, instructions=messages[0]["content"], customer_text=user_text, language=language)
+                if problem and not rejected and not _handed_off(tool_results):  # once more, as text, told why
+                    rejected.append(problem)
+                    force_text = True
+                    messages.append({"role": "system", "content": retry_instruction(problem, language)})
+                    continue
+                if problem:
+                    rejected.append(problem)
+                    if not problem.startswith("written in"):  # a real answer in another language still goes
+                        reply = ""
                 break
             signatures = {(c.name, json.dumps(c.arguments, sort_keys=True)) for c in resp.tool_calls}
             if signatures <= executed:
@@ -152,14 +174,8 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
         error = str(exc) if isinstance(exc, ChatModelError) else f"{type(exc).__name__}: {exc}"
 
     session.refresh(conv)
-    handed_off = any(res.name == "transfer_to_human" and not res.error for _, _, res in tool_results)
-    no_answer = NO_ANSWER in (reply or "")
-    # a call written as text once tools were withdrawn is not for the customer's eyes
-    reply = text_tool_calls(reply, set(toolset.names))[0].replace(NO_ANSWER, "").strip() if reply else reply
-    if reply and not any(ch.isalnum() for ch in reply):  # leftovers such as a lone ``` fence or "}"
-        reply = ""
-    no_answer = no_answer or not reply
-    customer_texts = [user_text] + [text for role, text in reversed(history) if role == "user"]
+    handed_off = _handed_off(tool_results)
+    no_answer = no_answer or not reply or says_not_found(reply)
     if error and not reply:
         status, reply = "error", None
     elif handed_off:
@@ -176,14 +192,35 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
         ai_enabled=conv.ai_enabled, usage=usage, cost=usage_cost(services.settings.llm_prices, model_name, usage),
         error=error if status == "error" else None,
     )
+    note = error or ("reply rejected: " + "; ".join(rejected) if rejected else None)
+    return _finish(services, session, conv, pending, result, timings, t0, started_at, model_name=model_name,
+                   tool_results=tool_results, queries=queries, rounds=rounds, error=note, events=ctx.events)
+
+
+def _handed_off(tool_results: list) -> bool:
+    return any(res.name == "transfer_to_human" and not res.error for _, _, res in tool_results)
+
+
+def _clean(content: str, tool_names: set[str]) -> tuple[str, bool]:
+    """The model's final text without tool calls written as text (tools were withdrawn) and without
+    the NO_ANSWER signal; and whether it gave that signal."""
+    no_answer = NO_ANSWER in content
+    text = text_tool_calls(content.strip(), tool_names)[0].replace(NO_ANSWER, "").strip()
+    return text, no_answer
+
+
+def _finish(services, session, conv, pending, result: TurnResult, timings: dict, t0: float, started_at, *,
+            model_name: str, tool_results: list, queries: list[str], rounds: int, error: str | None,
+            events: list) -> TurnResult:
+    """Log the turn (``error``: why it failed or what was rejected on the way) and deliver its events."""
     timings["total_ms"] = _ms(t0)
     result.timings = {k: round(v, 1) for k, v in timings.items()}
     t = time.perf_counter()
     store.log_turn(session, conv, pending, result, tool_results=tool_results, retrieval_query=" || ".join(queries) or None,
                    rounds=rounds, model=model_name, started_at=started_at, error=error)
     result.timings["log_ms"] = round(_ms(t), 1)
-    if ctx.events and services.deliver_events is not None:
-        services.deliver_events(ctx.events)
+    if events and services.deliver_events is not None:
+        services.deliver_events(events)
     return result
 
 

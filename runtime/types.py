@@ -57,7 +57,7 @@ class TurnResult:
 
     conversation_id: str
     reply: str | None
-    status: str  # answered | fallback | handoff | paused | error
+    status: str  # answered | smalltalk | fallback | handoff | paused | error
     sources: list[dict] = field(default_factory=list)
     function_calls: list[dict] = field(default_factory=list)
     ai_enabled: bool = True

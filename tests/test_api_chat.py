@@ -41,7 +41,7 @@ def test_chat_returns_reply_sources_and_calls_and_logs_the_conversation(scripted
 def test_ai_switch_pauses_and_resumes(scripted):
     client, model, a = scripted
     model.enqueue("Olá!")
-    cid = client.post("/api/chat", json={"assistant_id": a["id"], "customer_id": "c1", "message": "oi"}).json()["conversation_id"]
+    cid = client.post("/api/chat", json={"assistant_id": a["id"], "customer_id": "c1", "message": "tenho uma dúvida"}).json()["conversation_id"]
     assert client.post(f"/api/conversations/{cid}/ai", json={"enabled": False}).json()["ai_enabled"] is False
     paused = client.post("/api/chat", json={"assistant_id": a["id"], "customer_id": "c1", "message": "alô?"}).json()
     assert paused["status"] == "paused" and paused["reply"] is None and paused["ai_enabled"] is False
@@ -53,20 +53,20 @@ def test_ai_switch_pauses_and_resumes(scripted):
 def test_chat_bad_input_is_a_4xx(scripted):
     client, model, a = scripted
     assert client.post("/api/chat", json={"assistant_id": a["id"], "customer_id": "c", "message": ""}).status_code == 422
-    assert client.post("/api/chat", json={"assistant_id": "nope", "customer_id": "c", "message": "oi"}).status_code == 404
-    assert client.post("/api/chat", json={"assistant_id": a["id"], "customer_id": " ", "message": "oi"}).status_code == 422
+    assert client.post("/api/chat", json={"assistant_id": "nope", "customer_id": "c", "message": "tenho uma dúvida"}).status_code == 404
+    assert client.post("/api/chat", json={"assistant_id": a["id"], "customer_id": " ", "message": "tenho uma dúvida"}).status_code == 422
     assert client.get("/api/conversations/nope").status_code == 404
     assert client.post("/api/conversations/nope/ai", json={"enabled": True}).status_code == 404
-    assert client.post("/api/chat", json={"customer_id": "c", "message": "oi"}).status_code == 422
+    assert client.post("/api/chat", json={"customer_id": "c", "message": "tenho uma dúvida"}).status_code == 422
 
 
 def test_model_failure_is_a_502_and_the_message_is_kept(scripted):
     client, model, a = scripted
     model.enqueue(lambda messages, tools: (_ for _ in ()).throw(ConnectionError("refused")))
-    r = client.post("/api/chat", json={"assistant_id": a["id"], "customer_id": "c", "message": "oi"})
+    r = client.post("/api/chat", json={"assistant_id": a["id"], "customer_id": "c", "message": "tenho uma dúvida"})
     assert r.status_code == 502 and r.json()["status"] == "error"
     conv = client.get(f"/api/conversations/{r.json()['conversation_id']}").json()
-    assert [m["text"] for m in conv["messages"]] == ["oi"]
+    assert [m["text"] for m in conv["messages"]] == ["tenho uma dúvida"]
 
 
 class BrokenProvider:
@@ -82,11 +82,11 @@ class BrokenProvider:
 def test_a_model_that_cannot_start_is_a_502_and_the_message_is_kept(scripted):
     client, _, a = scripted
     client.app.state.services.chat_models = BrokenProvider()
-    r = client.post("/api/chat", json={"assistant_id": a["id"], "customer_id": "c2", "message": "oi"})
+    r = client.post("/api/chat", json={"assistant_id": a["id"], "customer_id": "c2", "message": "tenho uma dúvida"})
     assert r.status_code == 502 and r.json()["status"] == "error"
     assert r.json()["error"] == "RuntimeError: llama_cpp.server exited with code 3 during start-up"
     conv = client.get(f"/api/conversations/{r.json()['conversation_id']}").json()
-    assert [m["text"] for m in conv["messages"]] == ["oi"]
+    assert [m["text"] for m in conv["messages"]] == ["tenho uma dúvida"]
 
 
 def test_assistant_config_is_patched_validated_and_used(scripted):
@@ -102,5 +102,5 @@ def test_assistant_config_is_patched_validated_and_used(scripted):
         assert resp.status_code == 422, (bad, resp.text)
     assert client.get(f"/api/assistants/{a['id']}").json()["config"]["system_prompt"] == "Loja {{store}}."
     model.enqueue("ok")
-    client.post("/api/chat", json={"assistant_id": a["id"], "customer_id": "c", "message": "oi", "variables": {"store": "Centro"}})
+    client.post("/api/chat", json={"assistant_id": a["id"], "customer_id": "c", "message": "tenho uma dúvida", "variables": {"store": "Centro"}})
     assert model.requests[-1].messages[0]["content"].startswith("Loja Centro.")

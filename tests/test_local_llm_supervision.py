@@ -115,10 +115,10 @@ def test_a_crash_is_an_error_turn_and_the_next_message_is_answered(supervised, s
     with services.session() as session:
         registry.create_assistant(session, name="clinic", embedding_model="all-minilm-l6-v2", chunk_size=256, chunk_overlap=32)
         session.commit()
-    first = handle_message(services, assistant_ref="clinic", channel="api", sender="api", customer_id="c1", text="Oi")
+    first = handle_message(services, assistant_ref="clinic", channel="api", sender="api", customer_id="c1", text="Qual o horário?")
     assert first.status == "error" and first.reply is None
     assert "crashed (signal 11, SIGSEGV)" in first.error
-    second = handle_message(services, assistant_ref="clinic", channel="api", sender="api", customer_id="c1", text="Oi?")
+    second = handle_message(services, assistant_ref="clinic", channel="api", sender="api", customer_id="c1", text="E aos sábados?")
     assert second.status in ("answered", "fallback") and second.reply
     with services.session() as session:
         errors = [t.error for t in session.query(Turn).order_by(Turn.started_at)]

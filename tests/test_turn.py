@@ -67,7 +67,7 @@ def test_reply_is_grounded_and_logged_with_sources_tokens_and_cost(shop):
     assert r.sources and r.sources[0]["filename"] == "horarios.txt" and r.sources[0]["rank"] == 1
     prompt = turn_prompt(model.requests[0])
     assert "Cliente: Ana." in system_prompt(model.requests[0])
-    assert "[1] (horarios.txt" in prompt and "das 8h às 18h" in prompt and prompt.endswith("Qual o horário de funcionamento?")
+    assert "[1] (horarios.txt" in prompt and "das 8h às 18h" in prompt and prompt.endswith("Qual o horário de funcionamento?\n\n(Reply in Portuguese.)")
     assert r.cost == pytest.approx((120 * 1.0 + 14 * 2.0) / 1e6)
     with services.session() as session:
         msgs = session.scalars(select(Message).where(Message.conversation_id == r.conversation_id).order_by(Message.created_at)).all()
@@ -184,7 +184,7 @@ def test_tool_rounds_are_capped_and_a_repeated_call_forces_an_answer(shop):
 def test_model_failure_is_logged_and_reported(shop):
     services, model, aid = shop
     model.enqueue(lambda messages, tools: (_ for _ in ()).throw(RuntimeError("endpoint down")))
-    r = chat(services, aid, "Oi")
+    r = chat(services, aid, "Tenho uma dúvida")
     assert r.status == "error" and r.reply is None
     with services.session() as session:
         turn = session.scalars(select(Turn).where(Turn.conversation_id == r.conversation_id)).one()
@@ -232,8 +232,8 @@ def test_conversations_are_found_by_channel_assistant_sender_and_customer(shop):
 
 def test_run_turn_without_pending_messages_does_nothing(shop):
     services, model, aid = shop
-    model.enqueue("oi")
-    r = chat(services, aid, "oi")
+    model.enqueue("Pois não?")
+    r = chat(services, aid, "Tenho uma dúvida")
     assert run_turn(services, r.conversation_id) is None
 
 
@@ -244,12 +244,67 @@ def test_a_tool_call_written_as_text_is_never_sent_to_the_customer(shop):
     model.enqueue(handoff, handoff, written)  # repeats the call, then writes it as text once tools are withdrawn
     r = chat(services, aid, "Quero um atendente")
     assert r.status == "handoff" and r.reply == DEFAULT_HANDOFF["pt"] and "transfer_to_human" not in r.reply
-    model.enqueue(written.replace("transfer_to_human", "list_available_slots"))
+    model.enqueue(written.replace("transfer_to_human", "list_available_slots"), "}")  # and nothing better when asked again
     with services.session() as session:
         session.get(Conversation, r.conversation_id).ai_enabled = True
         session.commit()
     r2 = chat(services, aid, "Tem horário amanhã?")
     assert r2.status == "fallback" and "list_available_slots" not in r2.reply
     for leftover in ("```", "}", " ** "):  # what is left of a mangled call is not a reply either
-        model.enqueue(leftover)
+        model.enqueue(leftover, leftover)  # rejected, and again when asked for plain text
         assert chat(services, aid, "Tem horário amanhã?", customer="c2").reply == DEFAULT_FALLBACK["pt"]
+
+
+# --- nothing but a real answer reaches the customer ---------------------------------------------------
+
+
+def _turn(services, conversation_id) -> Turn:
+    with services.session() as session:
+        return session.scalars(select(Turn).where(Turn.conversation_id == conversation_id)
+                               .order_by(Turn.started_at.desc())).first()
+
+
+def test_model_markup_is_retried_as_text_and_the_rejection_logged(shop):
+    services, model, aid = shop
+    model.enqueue("<tools></tools>", "Aos sábados abrimos das *9h às 13h*.")
+    r = chat(services, aid, "Abrem no sábado?")
+    assert r.status == "answered" and r.reply == "Aos sábados abrimos das *9h às 13h*."
+    retry = model.requests[1]
+    assert retry.tools is None and "could not be sent" in retry.messages[-1]["content"]
+    assert "Portuguese" in retry.messages[-1]["content"]
+    assert "model markup" in _turn(services, r.conversation_id).error
+
+
+@pytest.mark.parametrize("bad", ["<tool_call>\n</tool_call>", "<|im_start|>assistant", '{"answer": "sim"}', "...",
+                                 "Customer message:\nAbrem no sábado?"])
+def test_a_reply_rejected_twice_is_a_fallback(shop, bad):
+    services, model, aid = shop
+    model.enqueue(bad, bad)
+    r = chat(services, aid, "Abrem no sábado?")
+    assert r.status == "fallback" and r.reply == DEFAULT_FALLBACK["pt"]
+    assert _turn(services, r.conversation_id).error.startswith("reply rejected: ")
+
+
+def test_a_reply_in_another_language_is_asked_again_in_the_customers(shop):
+    services, model, aid = shop
+    model.enqueue("We open on Saturdays from 9 am to 1 pm.", "Abrimos aos sábados das 9h às 13h.")
+    r = chat(services, aid, "Vocês abrem aos sábados?")
+    assert r.reply == "Abrimos aos sábados das 9h às 13h." and "Portuguese" in model.requests[1].messages[-1]["content"]
+    assert model.requests[0].messages[-1]["content"].endswith("(Reply in Portuguese.)")
+
+
+def test_a_reply_saying_the_knowledge_base_has_no_answer_is_a_fallback(shop):
+    services, model, aid = shop
+    model.enqueue("Desculpe, não encontrei essa informação nas fontes.")
+    r = chat(services, aid, "Vocês vendem bicicletas?")
+    assert r.status == "fallback" and r.reply == DEFAULT_FALLBACK["pt"]
+
+
+@pytest.mark.parametrize("text, expected", [("Oi, bom dia!", "Olá! Como posso ajudar você hoje?"),
+                                            ("Hello World", "Hello! How can I help you today?"),
+                                            ("¡Hola!", "¡Hola! ¿En qué puedo ayudarte hoy?"),
+                                            ("muito obrigada!", "Por nada! Se precisar de mais alguma coisa, é só chamar.")])
+def test_small_talk_gets_a_friendly_reply_without_the_model(shop, text, expected):
+    services, model, aid = shop
+    r = chat(services, aid, text)
+    assert (r.status, r.reply, r.sources) == ("smalltalk", expected, []) and not model.requests

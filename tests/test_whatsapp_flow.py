@@ -101,7 +101,7 @@ def test_reply_is_rendered_sent_and_settled_by_status_webhooks(wa):
 def test_a_redelivered_message_gets_exactly_one_reply(wa):
     client, services, model, graph, clock, _ = wa
     model.enqueue("Resposta única.")
-    body = text_payload("wamid.dup", "Oi", clock.now)
+    body = text_payload("wamid.dup", "Tenho uma dúvida", clock.now)
     for _ in range(3):
         post(client, body)
     wait_for(lambda: graph.sent)
@@ -120,7 +120,7 @@ def test_a_burst_is_answered_by_one_turn(wa):
     wait_for(lambda: graph.sent)
     time.sleep(1.0)
     assert len(graph.sent) == 1 and len(model.requests) == 1
-    assert model.requests[0].messages[-1]["content"].endswith("Oi\nqueria saber o preço\nda limpeza")
+    assert model.requests[0].messages[-1]["content"].endswith("Oi\nqueria saber o preço\nda limpeza\n\n(Reply in Portuguese.)")
     with services.session() as session:
         assert session.scalar(select(func.count()).select_from(Turn)) == 1
 
@@ -129,7 +129,7 @@ def test_24_hour_window_templates_and_reopening(wa):
     client, services, model, graph, clock, sender = wa
     start = clock.now
     model.enqueue("Dentro da janela.")
-    post(client, text_payload("wamid.w1", "Oi", start))
+    post(client, text_payload("wamid.w1", "Tenho uma dúvida", start))
     wait_for(lambda: graph.sent)
     conv_id = outbound(services)[0].conversation_id
     clock.now = start + timedelta(hours=25)
@@ -156,7 +156,7 @@ def test_a_reply_generated_after_the_window_is_not_sent(wa):
         clock.now += timedelta(hours=24, minutes=1)  # the model answered too late
         return "Tarde demais."
     model.enqueue(late)
-    post(client, text_payload("wamid.late", "Oi", clock.now))
+    post(client, text_payload("wamid.late", "Tenho uma dúvida", clock.now))
     msg = wait_for(lambda: [m for m in outbound(services) if m.status == "not_sent"])[0]
     assert "24-hour window" in msg.error_title and graph.sent == []
 
@@ -165,7 +165,7 @@ def test_meta_refusing_outside_the_window_closes_it(wa):
     client, services, model, graph, clock, _ = wa
     graph.fail_next(status=400, error_code=131047, message="Re-engagement message")
     model.enqueue("Olá")
-    post(client, text_payload("wamid.f1", "Oi", clock.now))
+    post(client, text_payload("wamid.f1", "Tenho uma dúvida", clock.now))
     failed = wait_for(lambda: [m for m in outbound(services) if m.status == "failed"])[0]
     assert failed.error_code == 131047
     with services.session() as session:
@@ -178,7 +178,7 @@ def test_a_send_timeout_is_unknown_not_resent_and_settled_by_status(wa):
     services.settings.whatsapp_send_timeout_s = 0.5
     graph.delay_next(1.5)
     model.enqueue("Olá")
-    post(client, text_payload("wamid.t1", "Oi", clock.now))
+    post(client, text_payload("wamid.t1", "Tenho uma dúvida", clock.now))
     unknown = wait_for(lambda: [m for m in outbound(services) if m.status == "unknown"])[0]
     time.sleep(1.5)
     assert len(graph.sent) == 1 and unknown.channel_message_id is None  # never blindly re-sent

@@ -85,7 +85,7 @@ def test_forged_tokens_are_refused_and_nothing_is_stored(shop):
     forged = [f"{visitor_id}.{sig[:-1]}{'A' if sig[-1] != 'A' else 'B'}", f"v_{'x' * 24}.{sig}", visitor_id, "",
               f"{visitor_id}.", "not a token", new_token(client, "fechada")]
     for bad in forged:
-        r = send(client, "loja", bad, "oi")
+        r = send(client, "loja", bad, "tenho uma dúvida")
         assert r.status_code == 401, (bad, r.text)
         assert client.post("/api/widget/loja/history", json={"token": bad}).status_code == 401
     with services.session() as session:
@@ -121,7 +121,7 @@ def test_paused_ai_and_model_failure(shop):
     client, services, model, aid, closed = shop
     token = new_token(client, "loja")
     model.enqueue(lambda messages, tools: (_ for _ in ()).throw(ConnectionError("refused")))
-    r = send(client, "loja", token, "oi", headers={"Origin": SHOP})
+    r = send(client, "loja", token, "tenho uma dúvida", headers={"Origin": SHOP})
     assert r.status_code == 502 and r.headers["access-control-allow-origin"] == SHOP
     with services.session() as session:
         session.execute(update(Conversation).values(ai_enabled=False))
@@ -135,12 +135,12 @@ def test_bad_input_and_unknown_assistant(shop):
     token = new_token(client, "loja")
     for message in ("", "   ", "x" * 2001):
         assert send(client, "loja", token, message).status_code == 422, repr(message[:5])
-    assert client.post("/api/widget/loja/messages", json={"message": "oi"}).status_code == 422
+    assert client.post("/api/widget/loja/messages", json={"message": "tenho uma dúvida"}).status_code == 422
     model.enqueue("ok")
     assert send(client, "loja", token, "x" * 2000).status_code == 200
     assert client.get("/api/widget/nope/config").status_code == 404
     assert client.post("/api/widget/nope/session").status_code == 404
-    assert send(client, "nope", token, "oi").status_code == 404
+    assert send(client, "nope", token, "tenho uma dúvida").status_code == 404
     assert client.options("/api/widget/nope/messages", headers={"Origin": SHOP}).status_code == 404
 
 
@@ -163,21 +163,21 @@ def test_allowed_origins_and_preflight(shop):
 
     anywhere = client.get("/api/widget/loja/config", headers={"Origin": "https://any.example"})  # empty list: any origin
     assert anywhere.status_code == 200 and anywhere.headers["access-control-allow-origin"] == "https://any.example"
-    unauthorized = send(client, "fechada", "forged", "oi", headers={"Origin": SHOP})  # errors stay readable
+    unauthorized = send(client, "fechada", "forged", "tenho uma dúvida", headers={"Origin": SHOP})  # errors stay readable
     assert unauthorized.status_code == 401 and unauthorized.headers["access-control-allow-origin"] == SHOP
 
 
 def test_rate_limit_counts_messages_in_the_database(shop):
     client, services, model, aid, closed = shop
     token, other = new_token(client, "loja"), new_token(client, "loja")
-    model.enqueue("1", "2", "3")
+    model.enqueue("Resposta um.", "Resposta dois.", "Resposta três.")
     assert [send(client, "loja", token, f"m{i}").status_code for i in range(3)] == [200, 200, 200]
     limited = send(client, "loja", token, "m3", headers={"Origin": SHOP})
     assert limited.status_code == 429 and 1 <= int(limited.headers["retry-after"]) <= 60
     assert limited.headers["access-control-allow-origin"] == SHOP
     assert "Retry-After" in limited.headers["access-control-expose-headers"]
     model.enqueue("other visitor")
-    assert send(client, "loja", other, "oi").status_code == 200  # the limit is per visitor
+    assert send(client, "loja", other, "tenho uma dúvida").status_code == 200  # the limit is per visitor
     with services.session() as session:
         visitor = token.rsplit(".", 1)[0]
         conv = session.scalar(select(Conversation).filter_by(customer_id=visitor))

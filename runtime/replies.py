@@ -1,0 +1,144 @@
+"""What may reach a customer: small talk told apart from questions, model replies checked before they
+are sent (markup, empty text, echoes of the prompt, the wrong language) and replies that only say the
+knowledge base has no answer recognised as fallbacks, in English, Portuguese and Spanish."""
+from __future__ import annotations
+
+import json
+import re
+from typing import Literal
+
+from kb.keyword import fold, message_language, words
+
+SmallTalk = Literal["greeting", "thanks", "goodbye"]
+LANGUAGE_NAMES = {"en": "English", "pt": "Portuguese", "es": "Spanish"}
+
+# small talk: a message made only of these words, with at least one anchor (which also tells the language)
+_ANCHORS: dict[str, tuple[SmallTalk, str]] = {
+    **{w: ("greeting", "pt") for w in ("oi", "ola", "opa", "oie", "eai", "alo", "bom dia", "boa tarde", "boa noite")},
+    **{w: ("greeting", "en") for w in ("hello", "hi", "hey", "hiya", "howdy", "good morning", "good afternoon",
+                                       "good evening", "greetings")},
+    **{w: ("greeting", "es") for w in ("hola", "buenos dias", "buenas tardes", "buenas noches", "buenas", "saludos")},
+    **{w: ("thanks", "pt") for w in ("obrigado", "obrigada", "brigado", "brigada", "valeu", "agradeco", "grato", "grata")},
+    **{w: ("thanks", "en") for w in ("thanks", "thank you", "thx", "ty", "cheers")},
+    **{w: ("thanks", "es") for w in ("gracias",)},
+    **{w: ("goodbye", "pt") for w in ("tchau", "ate logo", "ate mais", "ate breve", "falou")},
+    **{w: ("goodbye", "en") for w in ("bye", "goodbye", "see you", "see ya")},
+    **{w: ("goodbye", "es") for w in ("adios", "hasta luego", "hasta pronto", "chau", "chao")},
+}
+_FILLERS = frozenset(
+    "world mundo there all everyone everybody folks pessoal gente todos amigo amiga friend tudo bem bom boa "
+    "como vai vc voce voces how are you doing que tal estas esta usted e and y muito much so lot very muchas "
+    "muito mil ok okay certo perfeito otimo great perfect vale bueno por pela pelo for the a o ajuda help ayuda "
+    "entao so pues ne".split()
+)
+_MAX_SMALL_TALK_WORDS = 8
+
+SMALL_TALK_REPLIES: dict[SmallTalk, dict[str, str]] = {
+    "greeting": {"en": "Hello! How can I help you today?", "pt": "Olá! Como posso ajudar você hoje?",
+                 "es": "¡Hola! ¿En qué puedo ayudarte hoy?"},
+    "thanks": {"en": "You're welcome! If you need anything else, just ask.",
+               "pt": "Por nada! Se precisar de mais alguma coisa, é só chamar.",
+               "es": "¡De nada! Si necesitas algo más, aquí estoy."},
+    "goodbye": {"en": "Goodbye! Write to us anytime.", "pt": "Até logo! Quando precisar, é só chamar.",
+                "es": "¡Hasta luego! Escríbenos cuando lo necesites."},
+}
+
+# a reply that only says the sources have no answer (checked on the accent-folded text)
+_NOT_FOUND = re.compile(
+    r"\bnao (encontrei|achei|localizei)\b|\bnao (tenho|possuo|temos|ha) (essa |esta |a |nenhuma |)informac"
+    r"|\bnao (sei|consigo) (informar|dizer|responder)|\bnao consta\b|\bsem informac(ao|oes) sobre"
+    r"|\b(couldn't|could not|can't|cannot|didn't|did not|unable to) (find|locate)\b"
+    r"|\b(don't|do not|doesn't|does not) have (that|this|any|the|enough|specific) (information|info|details)"
+    r"|\bi (don't|do not) know\b|\bno information (about|on|regarding)\b"
+    r"|\bnot (mentioned|available|covered|provided|included) in (the|my|our)\b"
+    r"|\bno (encontre|halle)\b|\bno (tengo|dispongo de|tenemos) (esa |esta |la |)informac"
+    r"|\bno (se|puedo) (decir|responder|informar)\b|\bno pude encontrar\b",
+)
+# what only the model's machinery writes: tool-call tags, chat-template tokens, fences, JSON calls
+_MARKUP = re.compile(
+    r"</?\s*(tools?|tool_calls?|tool_response|function(_call)?s?|arguments|im_start|im_end)\s*/?>"
+    r"|<\|[a-z_]+\|>|```|\{\s*\"(name|function|tool_calls?)\"\s*:",
+    re.IGNORECASE,
+)
+_PROMPT_HEADERS = ("Customer message:", "Sources:", "NO_ANSWER")
+_ECHO_WORDS = 8  # this many consecutive words of the instructions in a reply make it an echo
+
+
+def small_talk(text: str) -> tuple[SmallTalk, str] | None:
+    """``(kind, language)`` when ``text`` is only a greeting, thanks or goodbye ("Oi, bom dia!", "Hello
+    World", "muito obrigado"), else None; a message that asks anything else is not small talk."""
+    tokens = fold(" ".join(words(text))).split()
+    if not tokens or len(tokens) > _MAX_SMALL_TALK_WORDS:
+        return None
+    found, i = [], 0
+    while i < len(tokens):
+        pair = " ".join(tokens[i:i + 2])
+        if pair in _ANCHORS:
+            found.append(_ANCHORS[pair])
+            i += 2
+        elif tokens[i] in _ANCHORS:
+            found.append(_ANCHORS[tokens[i]])
+            i += 1
+        elif tokens[i] in _FILLERS:
+            i += 1
+        else:
+            return None
+    if not found:
+        return None
+    order = ("thanks", "goodbye", "greeting")  # "oi, obrigado!" thanks; "tchau, bom dia" says goodbye
+    return min(found, key=lambda f: order.index(f[0]))
+
+
+def small_talk_reply(kind: SmallTalk, language: str) -> str:
+    """The built-in short reply to small talk, in ``language`` (English when unknown)."""
+    replies = SMALL_TALK_REPLIES[kind]
+    return replies.get(language, replies["en"])
+
+
+def says_not_found(reply: str) -> bool:
+    """Whether ``reply`` says the knowledge base has no answer ("Não encontrei essa informação...",
+    "I couldn't find...", "No tengo esa información...")."""
+    return bool(_NOT_FOUND.search(fold(reply)))
+
+
+def rejection(reply: str, *, instructions: str = "", customer_text: str = "", language: str | None = None) -> str | None:
+    """Why ``reply`` must not be sent to the customer, or None if it may: model markup (tool-call tags,
+    template tokens, code fences, a JSON tool call), no real text, an echo of the prompt's
+    ``instructions`` or of the customer's own message, or a language other than ``language`` (checked
+    only when both are told apart with confidence)."""
+    text = reply.strip()
+    if m := _MARKUP.search(text):
+        return f"model markup ({m.group(0)[:20]!r})"
+    if _is_json(text):
+        return "a JSON value instead of text"
+    if sum(ch.isalnum() for ch in text) < 2:
+        return "no text"
+    if any(header in text for header in _PROMPT_HEADERS):
+        return "an echo of the prompt"
+    if customer_text and fold(text).strip(" .!?") == fold(customer_text).strip(" .!?") and len(words(text)) > 1:
+        return "an echo of the customer's message"
+    if instructions and _shares_run(text, instructions, _ECHO_WORDS):
+        return "an echo of the instructions"
+    if language and len(words(text)) >= 4:
+        said = message_language(text)
+        if said and said != language:
+            return f"written in {LANGUAGE_NAMES.get(said, said)}, not in the customer's {LANGUAGE_NAMES.get(language, language)}"
+    return None
+
+
+def _is_json(text: str) -> bool:
+    if not text or text[0] not in "[{":
+        return False
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _shares_run(text: str, source: str, n: int) -> bool:
+    """Whether ``text`` contains ``n`` consecutive words of ``source`` (accent- and case-folded)."""
+    src = fold(" ".join(words(source))).split()
+    runs = {tuple(src[i:i + n]) for i in range(len(src) - n + 1)}
+    got = fold(" ".join(words(text))).split()
+    return any(tuple(got[i:i + n]) in runs for i in range(len(got) - n + 1))

@@ -1,0 +1,58 @@
+"""What may reach a customer: small talk, rejected replies and replies that say there is no answer."""
+from __future__ import annotations
+
+import pytest
+
+from runtime.replies import rejection, says_not_found, small_talk
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Oi, bom dia!", ("greeting", "pt")), ("Hello World", ("greeting", "en")), ("hi there, how are you?", ("greeting", "en")),
+    ("Buenas tardes", ("greeting", "es")), ("valeu, obrigado!", ("thanks", "pt")), ("Thank you so much", ("thanks", "en")),
+    ("muchas gracias", ("thanks", "es")), ("Oi, obrigada", ("thanks", "pt")), ("tchau", ("goodbye", "pt")),
+])
+def test_small_talk_is_told_with_its_language(text, expected):
+    assert small_talk(text) == expected
+
+
+@pytest.mark.parametrize("text", ["Oi, quanto custa a limpeza?", "bom dia, vocês abrem sábado?", "ok", "hello, my card was blocked",
+                                  "obrigado, e o preço?", "", "👍"])
+def test_questions_and_acknowledgements_are_not_small_talk(text):
+    assert small_talk(text) is None
+
+
+@pytest.mark.parametrize("reply", ["Não encontrei essa informação na nossa base.", "Infelizmente não tenho essa informação.",
+                                   "I couldn't find that in the documents.", "Sorry, I don't have that information.",
+                                   "No tengo esa información, lo siento."])
+def test_replies_that_say_there_is_no_answer(reply):
+    assert says_not_found(reply)
+
+
+@pytest.mark.parametrize("reply", ["Não abrimos aos domingos.", "We don't have parking, but there is a garage next door.",
+                                   "No abrimos los domingos.", "A limpeza custa R$ 180,00."])
+def test_answers_with_a_negative_are_not_fallbacks(reply):
+    assert not says_not_found(reply)
+
+
+@pytest.mark.parametrize("reply, reason", [
+    ("<tools></tools>", "model markup"), ("</tool_call>", "model markup"), ("<|im_end|>", "model markup"),
+    ('{"name": "transfer_to_human", "arguments": {}}', "model markup"), ("```\nok\n```", "model markup"),
+    ("[1, 2]", "a JSON value"), ("?!", "no text"), ("   ", "no text"), ("Sources:\n[1] x", "an echo of the prompt"),
+])
+def test_what_only_the_machinery_writes_is_rejected(reply, reason):
+    assert rejection(reply).startswith(reason)
+
+
+def test_echoes_of_the_instructions_or_the_customer_are_rejected():
+    instructions = "Answer questions in the customer's language with facts from the numbered sources below, even if"
+    assert rejection("Answer questions in the customer's language with facts from the numbered sources.",
+                     instructions=instructions) == "an echo of the instructions"
+    assert rejection("Quanto custa a limpeza?", customer_text="quanto custa a limpeza") == "an echo of the customer's message"
+    assert rejection("A limpeza custa R$ 180,00 e dura 40 minutos.", instructions=instructions,
+                     customer_text="Quanto custa a limpeza?", language="pt") is None
+
+
+def test_the_language_is_checked_only_when_both_are_clear():
+    assert rejection("We are open on Saturdays from 8 to 12.", language="pt").startswith("written in English")
+    assert rejection("Sim, R$ 180.", language="en") is None  # too short to tell
+    assert rejection("Abrimos aos sábados das 8h às 12h.", language=None) is None
