@@ -85,19 +85,21 @@ def build_messages(
     config: AssistantConfig, variables: dict, history: list[tuple[str, str]], user_text: str, sources: list[dict],
     language: str | None = None,
 ) -> list[dict]:
-    """OpenAI-style messages: system (prompt, channel rules, grounding), history, then the sources and
-    the new message last, with the language to reply in when the customer's is known. What changes per
-    turn comes last, so a server that reuses the evaluated prefix of the previous prompt (llama.cpp
-    does) only processes the new tail."""
+    """OpenAI-style messages: system (prompt, channel rules, grounding, the customer's ``language`` when
+    known), history, then the sources and the new message last. What changes per turn comes last, so a
+    server that reuses the evaluated prefix of the previous prompt (llama.cpp does) only processes the
+    new tail."""
+    reply_in = f"The customer writes in {LANGUAGE_NAMES[language]}: always reply in {LANGUAGE_NAMES[language]}." \
+        if language in LANGUAGE_NAMES else ""
     system = "\n\n".join(
         part for part in (
             fill_variables(config.system_prompt, variables).strip(),
             config.text_channel_instructions.strip(),
             GROUNDING,
+            reply_in,
         ) if part
     )
     messages = [{"role": "system", "content": system}]
     messages += [{"role": role, "content": text} for role, text in history]
-    reply_in = f"\n\n(Reply in {LANGUAGE_NAMES[language]}.)" if language in LANGUAGE_NAMES else ""
-    messages.append({"role": "user", "content": f"{format_sources(sources)}\n\nCustomer message:\n{user_text}{reply_in}"})
+    messages.append({"role": "user", "content": f"{format_sources(sources)}\n\nCustomer message:\n{user_text}"})
     return messages

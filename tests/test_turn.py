@@ -67,7 +67,7 @@ def test_reply_is_grounded_and_logged_with_sources_tokens_and_cost(shop):
     assert r.sources and r.sources[0]["filename"] == "horarios.txt" and r.sources[0]["rank"] == 1
     prompt = turn_prompt(model.requests[0])
     assert "Cliente: Ana." in system_prompt(model.requests[0])
-    assert "[1] (horarios.txt" in prompt and "das 8h às 18h" in prompt and prompt.endswith("Qual o horário de funcionamento?\n\n(Reply in Portuguese.)")
+    assert "[1] (horarios.txt" in prompt and "das 8h às 18h" in prompt and prompt.endswith("Qual o horário de funcionamento?")
     assert r.cost == pytest.approx((120 * 1.0 + 14 * 2.0) / 1e6)
     with services.session() as session:
         msgs = session.scalars(select(Message).where(Message.conversation_id == r.conversation_id).order_by(Message.created_at)).all()
@@ -290,7 +290,7 @@ def test_a_reply_in_another_language_is_asked_again_in_the_customers(shop):
     model.enqueue("We open on Saturdays from 9 am to 1 pm.", "Abrimos aos sábados das 9h às 13h.")
     r = chat(services, aid, "Vocês abrem aos sábados?")
     assert r.reply == "Abrimos aos sábados das 9h às 13h." and "Portuguese" in model.requests[1].messages[-1]["content"]
-    assert model.requests[0].messages[-1]["content"].endswith("(Reply in Portuguese.)")
+    assert "always reply in Portuguese" in system_prompt(model.requests[0])
 
 
 def test_a_reply_saying_the_knowledge_base_has_no_answer_is_a_fallback(shop):

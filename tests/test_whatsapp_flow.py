@@ -120,7 +120,7 @@ def test_a_burst_is_answered_by_one_turn(wa):
     wait_for(lambda: graph.sent)
     time.sleep(1.0)
     assert len(graph.sent) == 1 and len(model.requests) == 1
-    assert model.requests[0].messages[-1]["content"].endswith("Oi\nqueria saber o preço\nda limpeza\n\n(Reply in Portuguese.)")
+    assert model.requests[0].messages[-1]["content"].endswith("Oi\nqueria saber o preço\nda limpeza")
     with services.session() as session:
         assert session.scalar(select(func.count()).select_from(Turn)) == 1
 
