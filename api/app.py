@@ -12,6 +12,9 @@ from fastapi.staticfiles import StaticFiles
 from api.errors import install_error_handlers
 from api.routes import assistants, conversations, dashboard, dashboard_api, documents, review, whatsapp, widget
 from api.routes import insights
+from api.routes import approved
+from api.routes import feedback
+from api.routes import regression
 from atende import __version__
 from atende.demo import ensure_demo
 from atende.jobs import make_huey, requeue_interrupted, start_embedded_consumer
@@ -61,7 +64,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(documents.router)
     app.include_router(review.router)  # before conversations: /api/conversations/export is not an id
     app.include_router(insights.router)
+    app.include_router(approved.router)
     app.include_router(conversations.router)
+    app.include_router(feedback.router)
+    app.include_router(regression.router)
     app.include_router(widget.router)
     app.include_router(whatsapp.router)
     app.include_router(whatsapp.webhook_router)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -192,3 +192,80 @@ class ConversationPublic(BaseModel):
     tokens_out: int
     cost: float
     messages: list[MessagePublic] = Field(default_factory=list)
+
+
+class ApprovedSource(BaseModel):
+    """A knowledge-base passage an approved answer was derived from."""
+
+    document_id: str = Field(min_length=1, max_length=32)
+    chunk_id: str = Field(default="", max_length=64)
+    filename: str = Field(default="", max_length=500)
+
+
+class ApprovedAnswerCreate(BaseModel):
+    question: str = Field(min_length=1, max_length=1000)
+    answer: str = Field(min_length=1, max_length=4096)
+    variants: list[Annotated[str, Field(max_length=1000)]] = Field(
+        default_factory=list, max_length=50, description="other phrasings of the question")
+    approved_by: str = Field(default="", max_length=200)
+    sources: list[ApprovedSource] = Field(default_factory=list)
+
+
+class ApprovedAnswerUpdate(BaseModel):
+    question: str | None = Field(default=None, min_length=1, max_length=1000)
+    answer: str | None = Field(default=None, min_length=1, max_length=4096)
+    variants: list[Annotated[str, Field(max_length=1000)]] | None = Field(default=None, max_length=50)
+    approved_by: str | None = Field(default=None, max_length=200, description="given: re-approved now by this person")
+    sources: list[ApprovedSource] | None = None
+    needs_review: bool | None = Field(default=None, description="false clears the flag and its reason")
+    review_reason: str | None = Field(default=None, max_length=1000)
+
+
+class ApprovedAnswerPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    assistant_id: str
+    question: str
+    variants: list[str]
+    answer: str
+    approved_by: str
+    approved_at: datetime
+    sources: list[ApprovedSource]
+    needs_review: bool
+    review_reason: str | None
+    hits: int
+    last_hit_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ApprovedImportRowError(BaseModel):
+    row: int = Field(description="row number as a spreadsheet shows it (the header is row 1)")
+    error: str
+
+
+class ApprovedImportReport(BaseModel):
+    imported: int
+    updated: int
+    errors: list[ApprovedImportRowError]
+
+
+class ApprovedMatchRequest(BaseModel):
+    text: str = Field(min_length=1, max_length=4096)
+    threshold: float | None = Field(default=None, ge=0, le=1, description="default: the embedding model's calibrated one")
+
+
+class ApprovedMatchPublic(BaseModel):
+    approved_id: str
+    question: str = Field(description="the question or variant most similar to the text")
+    answer: str
+    score: float = Field(description="cosine similarity of the text and the question")
+    margin: float = Field(description="lead of the score over the best score of any other approved answer")
+
+
+class ApprovedMatchResponse(BaseModel):
+    match: ApprovedMatchPublic | None = Field(description="the answer that would be sent, or null")
+    closest: ApprovedMatchPublic | None = Field(description="the closest approved answer, however far")
+    threshold: float
+    margin: float

@@ -197,13 +197,55 @@ def cmd_eval_retrieval(args) -> int:
 
 
 def cmd_eval_answers(args) -> int:
-    from benchmarks.answers import evaluate_answers, format_report
+    from benchmarks.answers import evaluate_answers, format_comparison, format_report, run_baseline
 
+    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    baseline = None
+    if args.baseline:
+        argv = ["--corpus", str(Path(args.corpus).resolve()), "--queries", str(Path(args.queries).resolve()),
+                "--sample", str(args.sample), "--seed", str(args.seed), "--split", args.split, "--model", args.model,
+                "--oos-sample", str(args.oos_sample)] + (["--oos", str(Path(args.oos).resolve())] if args.oos else [])
+        log(f"baseline: the same questions with the runtime of {args.baseline}")
+        baseline = run_baseline(args.baseline, argv, log)
     result = evaluate_answers(Path(args.corpus), Path(args.queries), model=args.model, sample=args.sample,
-                              seed=args.seed, split=args.split,
-                              log=(lambda *a: print(*a, file=sys.stderr)) if args.json else print)
-    print(json.dumps(result, ensure_ascii=False) if args.json else format_report(result))
+                              seed=args.seed, split=args.split, oos_path=Path(args.oos) if args.oos else None,
+                              oos_sample=args.oos_sample, log=log)
+    if args.json:
+        print(json.dumps({**result, "baseline": baseline} if baseline else result, ensure_ascii=False))
+    else:
+        print(format_report(result))
+        if baseline:
+            print(f"\nbaseline ({args.baseline}) vs this code, same questions:\n{format_comparison(baseline, result)}")
     return 0
+
+
+def cmd_eval_approved(args) -> int:
+    from benchmarks.approved_match import evaluate, format_report
+
+    result = evaluate([Path(d) for d in args.faq], model=args.model, split=args.split, limit=args.limit,
+                      calibrate_rule=args.calibrate)
+    print(json.dumps(result) if args.json else format_report(result))
+    if args.calibrate and result["calibrated"] is None and not args.json:
+        print("no threshold and margin meet the calibration targets on every set")
+    return 0
+
+
+def cmd_eval_regression(args) -> int:
+    from runtime.regression import run_cases
+
+    services = _services(args)
+    try:
+        run = run_cases(services, args.assistant, log=(lambda line: print(line, file=sys.stderr)) if args.json else print)
+    finally:
+        services.chat_models.close()
+    if args.json:
+        print(json.dumps({"id": run.id, "assistant_id": run.assistant_id, "status": run.status, "error": run.error,
+                          "summary": run.summary, "results": run.results}, ensure_ascii=False))
+    else:
+        s = run.summary
+        print(f"\n{s['passed']} passed, {s['failed']} failed of {s['total']} cases (run {run.id})"
+              + (f"\nerror: {run.error}" if run.error else ""))
+    return {"passed": 0, "failed": 1}.get(run.status, 2)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -309,8 +351,25 @@ def build_parser() -> argparse.ArgumentParser:
     ea.add_argument("--split", choices=["all", "dev", "test"], default="test",
                     help="only queries whose gold passage is in this half of the corpus")
     ea.add_argument("--model", default=Settings.model_fields["embedding_model"].default, help="embedding model")
+    ea.add_argument("--oos", help="queries.jsonl of another set: asked too, an answer instead of a fallback is invented")
+    ea.add_argument("--oos-sample", type=int, default=0, help="out-of-scope questions drawn (default: --sample)")
+    ea.add_argument("--baseline", help="git revision whose runtime answers the same questions first, for comparison")
     ea.add_argument("--json", action="store_true", help="print one JSON object with summary and items")
     ea.set_defaults(func=cmd_eval_answers)
+    ep = ev.add_parser("approved", help="approved-answer matching on FAQ sets: precision/recall, wrong matches, latency")
+    ep.add_argument("--faq", required=True, action="append",
+                    help="folder with faq.jsonl and queries.jsonl (repeat to calibrate over several sets)")
+    ep.add_argument("--model", default=Settings.model_fields["embedding_model"].default, help="embedding model")
+    ep.add_argument("--split", choices=["all", "dev", "test"], default="dev", help="queries in this half (hash of their id)")
+    ep.add_argument("--limit", type=int, default=None, help="at most N queries per set")
+    ep.add_argument("--calibrate", action="store_true", help="also search the threshold and margin (see benchmarks/approved_match.py)")
+    ep.add_argument("--json", action="store_true", help="print one JSON object")
+    ep.set_defaults(func=cmd_eval_approved)
+    eg = ev.add_parser("regression", help="replay an assistant's regression cases through the runtime; exit 1 if any "
+                                          "changed, 2 if none could run (unknown assistant, no cases, an error)")
+    eg.add_argument("assistant", help="assistant id or name")
+    eg.add_argument("--json", action="store_true", help="print the run as one JSON object (case lines go to stderr)")
+    eg.set_defaults(func=cmd_eval_regression)
     return p
 
 

@@ -14,6 +14,8 @@ from kb.blobs import BlobStore
 from kb.embedders import EmbedderRegistry
 from kb.keyword import KeywordIndexCache
 from kb.vectorstore import ChromaVectorStore
+from runtime.approved import flag_for_review
+from runtime.approved_index import ApprovedIndexCache
 from runtime.llm_provider import ChatModelProvider
 
 
@@ -39,6 +41,11 @@ class Services:
     clock: Callable[[], datetime] = utcnow
     # BM25 indexes of the knowledge bases, rebuilt when their current versions change
     keywords: KeywordIndexCache = field(default_factory=KeywordIndexCache)
+    # question vectors of the assistants' approved answers, rebuilt when those change
+    approved_indexes: ApprovedIndexCache = field(default_factory=ApprovedIndexCache)
+    # told, inside the transaction that changes it, that a document got a new version or is deleted:
+    # (session, document_id, reason); flags the approved answers derived from it for review
+    document_changed: Callable[[Session, str, str], object] | None = None
 
     def session(self) -> Session:
         return self.sessions()
@@ -63,4 +70,5 @@ def build_services(settings: Settings, run_migrations: bool = True) -> Services:
         vectors=vectors,
         blobs=BlobStore(settings.home / "files"),
         chat_models=ChatModelProvider(settings),
+        document_changed=flag_for_review,
     )

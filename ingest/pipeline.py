@@ -137,7 +137,7 @@ def _ingest(services: Services, job_id: str, timings: Timings) -> None:
             session.commit()
 
         embed_and_store(services, kb.collection, embedder, doc, version, chunks, timings, progress)
-        _swap_in(session, doc, version, job, len(chunks), timings)
+        _swap_in(session, doc, version, job, len(chunks), timings, services.document_changed)
         purge_stale(session, services.vectors, kb)
 
 
@@ -146,17 +146,21 @@ def _is_latest(version: DocumentVersion) -> bool:
     return version.version == max(v.version for v in version.document.versions)
 
 
-def _swap_in(session, doc: Document, version: DocumentVersion, job: IngestJob, chunk_count: int, timings: Timings) -> None:
-    """One transaction: the new version becomes current, the old one stale."""
+def _swap_in(session, doc: Document, version: DocumentVersion, job: IngestJob, chunk_count: int, timings: Timings,
+             changed=None) -> None:
+    """One transaction: the new version becomes current, the old one stale (``changed`` is told when
+    there was one)."""
     session.refresh(doc)
     session.refresh(version)
     if doc.status == "deleting" or version.state != "writing":
         raise Cancelled("the document was deleted or replaced while it was being ingested")
     if doc.current_version is not None and doc.current_version > version.version:
         raise Cancelled(f"superseded: version {doc.current_version} of this document is already current")
-    for other in doc.versions:
-        if other.state == "current":
-            other.state = "stale"
+    replaced = [other for other in doc.versions if other.state == "current"]
+    for other in replaced:
+        other.state = "stale"
+    if replaced and changed is not None:
+        changed(session, doc.id, f"{doc.filename} changed (version {version.version})")
     version.state, version.chunk_count = "current", chunk_count
     doc.current_version = version.version
     if _is_latest(version):

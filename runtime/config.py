@@ -48,6 +48,16 @@ class RetrievalConfig(BaseModel):
         return default_min_score(model) if self.min_score is None else self.min_score
 
 
+class ApprovedAnswersConfig(BaseModel):
+    """How reviewers' approved answers are used (see runtime.approved)."""
+
+    # reply: a message matching an approved question gets the approved text, with no model call;
+    # source: the approved answer is given to the model as its first source; off: not used
+    mode: Literal["reply", "source", "off"] = "reply"
+    # least similarity to an approved question; None: the embedding model's calibrated rule
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
 class DataField(BaseModel):
     """A piece of customer data the assistant may collect with ``collect_data``."""
 
@@ -149,6 +159,7 @@ class AssistantConfig(BaseModel):
     max_tokens: int = Field(default=256, ge=16, le=4096)
     tools: list[str] = Field(default_factory=lambda: list(TOOL_NAMES))
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    approved_answers: ApprovedAnswersConfig = Field(default_factory=ApprovedAnswersConfig)
     history_messages: int = Field(default=8, ge=0, le=50)
     max_tool_rounds: int = Field(default=3, ge=1, le=10)
     turn_deadline_s: float = Field(default=180.0, gt=0, le=900)

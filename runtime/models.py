@@ -174,3 +174,28 @@ class OutboundEvent(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class MessageFeedback(Base):
+    """A rating of one AI reply: a reviewer's, the customer's WhatsApp reaction or the widget's thumbs
+    (the vocabulary and the rules are in ``runtime.feedback``)."""
+
+    __tablename__ = "message_feedback"
+    __table_args__ = (
+        # one customer reaction and one widget rating per reply (a new one replaces it); reviewers each add theirs
+        Index(
+            "uq_message_feedback_customer", "message_id", "source", unique=True,
+            sqlite_where=text("source != 'reviewer'"), postgresql_where=text("source != 'reviewer'"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    message_id: Mapped[str] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), index=True)
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"), index=True)
+    source: Mapped[str] = mapped_column(String(20))  # reviewer | customer_reaction | widget
+    rating: Mapped[str] = mapped_column(String(10))  # good | bad | neutral
+    reason: Mapped[str | None] = mapped_column(String(30), nullable=True)  # bad ratings: runtime.feedback.REASONS
+    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    emoji: Mapped[str | None] = mapped_column(String(64), nullable=True)  # customer reactions, as sent
+    author: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -18,6 +18,10 @@ Everything is computed over the conversations the filters select, with all of th
   ``not_sent``.
 - per day (UTC, by message ``created_at``): conversations active that day, messages, replies (turns
   with a reply), cost.
+- feedback (``runtime.feedback``): ratings of the selection's AI replies by rating and by source (reviewer,
+  customer reaction, widget); satisfaction rate = good / (good + bad), neutral reactions left out; bad
+  ratings' reasons, most frequent first; and per day of the rated reply (UTC), good / bad / neutral.
+  The ``feedback`` filter keeps conversations with at least one ``good`` / ``bad`` rating, or ``any``.
 Ratios whose denominator is zero are ``None``.
 """
 from __future__ import annotations
@@ -37,16 +41,20 @@ from sqlalchemy.orm import Session, aliased
 from atende.services import Services
 from kb.errors import InvalidRequest
 from kb.models import Assistant
-from runtime.models import CHANNELS, CollectedData, Conversation, Message, MessageSource, ToolCallRecord, Turn
+from runtime.feedback import RATINGS, SOURCES
+from runtime.models import (
+    CHANNELS, CollectedData, Conversation, Message, MessageFeedback, MessageSource, ToolCallRecord, Turn,
+)
 
 EXPORT_FORMATS = ("csv", "jsonl")
 EXPORT_PAGE_SIZE = 1000
 REPLY_TURNS = ("answered", "smalltalk", "fallback", "handoff")
+FEEDBACK_FILTERS = ("good", "bad", "any")
 EXPORT_COLUMNS = (
     "conversation_id", "channel", "assistant_id", "assistant_name", "customer_id", "ai_enabled", "handoff_reason",
     "message_id", "direction", "kind", "text", "status", "created_at", "received_at", "sent_at", "turn_id", "model",
     "tokens_in", "tokens_out", "cost", "channel_cost", "latency_ms", "error_code", "error_title",
-    "sources", "function_calls",
+    "sources", "function_calls", "feedback",
 )
 
 
@@ -61,17 +69,21 @@ class ConversationFilters:
     until: datetime | None = None
     customer: str | None = None  # case-insensitive substring of customer_id
     waiting_for_human: bool | None = None  # True: the AI is off for the conversation
+    feedback: str | None = None  # good | bad | any: a reply of the conversation was rated so
 
     @classmethod
     def parse(cls, *, channel: str | None = None, assistant_id: str | None = None, since: str | None = None,
               until: str | None = None, customer: str | None = None,
-              waiting_for_human: bool | None = None) -> "ConversationFilters":
+              waiting_for_human: bool | None = None, feedback: str | None = None) -> "ConversationFilters":
         """A date means the whole day (UTC); a datetime without offset is UTC; ``until`` includes itself."""
         if channel and channel not in CHANNELS:
             raise InvalidRequest(f"unknown channel {channel!r}; one of {CHANNELS}")
+        if feedback and feedback not in FEEDBACK_FILTERS:
+            raise InvalidRequest(f"feedback: {feedback!r} is not one of {FEEDBACK_FILTERS}")
         return cls(channel=channel or None, assistant_id=assistant_id or None,
                    since=_instant(since, "since", end=False), until=_instant(until, "until", end=True),
-                   customer=(customer or "").strip() or None, waiting_for_human=waiting_for_human)
+                   customer=(customer or "").strip() or None, waiting_for_human=waiting_for_human,
+                   feedback=feedback or None)
 
     def conditions(self) -> list:
         """SQL conditions on ``Conversation``."""
@@ -84,6 +96,11 @@ class ConversationFilters:
             conds.append(func.lower(Conversation.customer_id).contains(self.customer.lower(), autoescape=True))
         if self.waiting_for_human is not None:
             conds.append(Conversation.ai_enabled.is_(not self.waiting_for_human))
+        if self.feedback:
+            rated = select(MessageFeedback.conversation_id)
+            if self.feedback != "any":
+                rated = rated.where(MessageFeedback.rating == self.feedback)
+            conds.append(Conversation.id.in_(rated))
         if self.since is not None:
             conds.append(last_activity() >= self.since)
         if self.until is not None:
@@ -200,6 +217,8 @@ def compute_metrics(session: Session, filters: ConversationFilters) -> dict:
             .where(Turn.conversation_id.in_(sel)).group_by(Turn.status)):
         turns[status], turn_conversations[status] = n, convs
     waits = response_times_ms(session, sel)
+    feedback = feedback_metrics(session, sel)
+    good, bad = feedback["by_rating"]["good"], feedback["by_rating"]["bad"]
     return {
         "conversations": conversations, "messages": messages, "inbound_messages": inbound, "outbound_messages": outbound,
         "messages_per_conversation": _ratio(messages, conversations),
@@ -213,6 +232,7 @@ def compute_metrics(session: Session, filters: ConversationFilters) -> dict:
         "handoff_rate": _ratio(turn_conversations.get("handoff", 0), conversations),
         "fallback_rate": _ratio(turns.get("fallback", 0), sum(turns.get(s, 0) for s in REPLY_TURNS)),
         "per_day": per_day(session, sel),
+        "satisfaction_rate": _ratio(good, good + bad), "feedback": feedback,
     }
 
 
@@ -237,12 +257,15 @@ def percentile(values: list[float], p: float) -> float | None:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def per_day(session: Session, sel) -> list[dict]:
+def _utc_day(session: Session):
+    """The UTC day of a message's ``created_at``, as SQL."""
     if session.get_bind().dialect.name == "postgresql":
-        day = func.date(func.timezone(literal_column("'UTC'"), Message.created_at))
-    else:  # SQLite stores UTC text
-        day = func.date(Message.created_at)
-    day = day.label("day")
+        return func.date(func.timezone(literal_column("'UTC'"), Message.created_at)).label("day")
+    return func.date(Message.created_at).label("day")  # SQLite stores UTC text
+
+
+def per_day(session: Session, sel) -> list[dict]:
+    day = _utc_day(session)
     rows = session.execute(
         select(day, func.count(Message.conversation_id.distinct()), func.count(),
                func.count(case((Message.direction == "outbound", Message.turn_id)).distinct()),
@@ -250,6 +273,31 @@ def per_day(session: Session, sel) -> list[dict]:
         .where(Message.conversation_id.in_(sel)).group_by(day).order_by(day))
     return [{"day": str(d), "conversations": c, "messages": m, "replies": r, "cost": _money(cost)}
             for d, c, m, r, cost in rows]
+
+
+def feedback_metrics(session: Session, sel) -> dict:
+    """Ratings of the selected conversations' replies: by rating, by source, bad reasons, per day."""
+    in_sel = MessageFeedback.conversation_id.in_(sel)
+    by_source = {source: dict.fromkeys(RATINGS, 0) for source in SOURCES}
+    for source, rating, count in session.execute(select(MessageFeedback.source, MessageFeedback.rating, func.count())
+                                                 .where(in_sel).group_by(MessageFeedback.source, MessageFeedback.rating)):
+        by_source[source][rating] = count
+    by_rating = {rating: sum(counts[rating] for counts in by_source.values()) for rating in RATINGS}
+    n = func.count().label("n")
+    reasons = session.execute(select(MessageFeedback.reason, n)
+                              .where(in_sel, MessageFeedback.rating == "bad", MessageFeedback.reason.is_not(None))
+                              .group_by(MessageFeedback.reason).order_by(n.desc(), MessageFeedback.reason))
+    day = _utc_day(session)
+    days: dict[str, dict] = {}
+    for d, rating, count in session.execute(
+            select(day, MessageFeedback.rating, func.count())
+            .join(Message, Message.id == MessageFeedback.message_id).where(in_sel)
+            .group_by(day, MessageFeedback.rating).order_by(day)):
+        days.setdefault(str(d), {"day": str(d), **dict.fromkeys(RATINGS, 0)})[rating] = count
+    for row in days.values():
+        row["satisfaction_rate"] = _ratio(row["good"], row["good"] + row["bad"])
+    return {"total": sum(by_rating.values()), "by_rating": by_rating, "by_source": by_source,
+            "bad_reasons": [{"reason": r, "count": c} for r, c in reasons], "per_day": list(days.values())}
 
 
 # --------------------------------------------------------------------------- export
@@ -275,7 +323,7 @@ def export_pages(services: Services, filters: ConversationFilters, *, page_size:
         by_id = {c["conversation_id"]: c for c in convs}
         for chunk in _pack(list(by_id), counts, page_size):
             for rows in _chunk_pages(services, chunk, page_size):
-                yield [_export_row(by_id[m.conversation_id], m, sources, calls) for m, sources, calls in rows]
+                yield [_export_row(by_id[m.conversation_id], m, *details) for m, *details in rows]
 
 
 def _message_counts(session: Session, conversation_ids: list[str]) -> dict[str, int]:
@@ -341,10 +389,10 @@ _MESSAGE_KEYS = tuple(c.key for c in _MESSAGE_COLUMNS)
 
 
 def _message_rows(session: Session, conds: list, order: tuple, limit: int | None = None) -> list[tuple]:
-    """(message row, its sources, its function calls) for the messages matching ``conds``."""
+    """(message row, its sources, its function calls, its feedback) for the messages matching ``conds``."""
     msgs = session.execute(select(*_MESSAGE_COLUMNS).where(*conds).order_by(*order).limit(limit)).all()
     ids = [m.message_id for m in msgs if m.direction == "outbound"]
-    sources, calls = defaultdict(list), defaultdict(list)
+    sources, calls, feedback = defaultdict(list), defaultdict(list), defaultdict(list)
     if ids:
         for s in session.execute(
                 select(MessageSource.message_id, MessageSource.rank, MessageSource.filename, MessageSource.page,
@@ -359,21 +407,29 @@ def _message_rows(session: Session, conds: list, order: tuple, limit: int | None
                 .order_by(ToolCallRecord.message_id, ToolCallRecord.position)):
             calls[c.message_id].append({"name": c.name, "arguments": c.arguments, "result": c.result, "error": c.error,
                                         "round": c.round, "duration_ms": c.duration_ms})
-    return [(m, sources.get(m.message_id, []), calls.get(m.message_id, [])) for m in msgs]
+        for f in session.execute(
+                select(MessageFeedback.message_id, MessageFeedback.source, MessageFeedback.rating, MessageFeedback.reason,
+                       MessageFeedback.comment, MessageFeedback.emoji, MessageFeedback.author, MessageFeedback.created_at)
+                .where(MessageFeedback.message_id.in_(ids))
+                .order_by(MessageFeedback.message_id, MessageFeedback.created_at, MessageFeedback.id)):
+            feedback[f.message_id].append({"source": f.source, "rating": f.rating, "reason": f.reason, "comment": f.comment,
+                                           "emoji": f.emoji, "author": f.author, "created_at": f.created_at.isoformat()})
+    return [(m, sources.get(m.message_id, []), calls.get(m.message_id, []), feedback.get(m.message_id, []))
+            for m in msgs]
 
 
-def _export_row(conv: dict, m, sources: list[dict], calls: list[dict]) -> dict:
+def _export_row(conv: dict, m, sources: list[dict], calls: list[dict], feedback: list[dict]) -> dict:
     row = {**conv, **dict(zip(_MESSAGE_KEYS, m))}
     for key in ("created_at", "received_at", "sent_at"):
         if row[key] is not None:
             row[key] = row[key].isoformat()
-    row["sources"], row["function_calls"] = sources, calls
+    row["sources"], row["function_calls"], row["feedback"] = sources, calls, feedback
     return row
 
 
 def encode_export(fmt: str, pages: Iterable[list[dict]]) -> Iterator[tuple[int, str]]:
-    """(rows, text) per page: JSONL with sources and function calls nested, or CSV with them as JSON
-    columns (after a header). CSV text cells a spreadsheet would run as formulas get a leading ``'``."""
+    """(rows, text) per page: JSONL with sources, function calls and feedback nested, or CSV with them as
+    JSON columns (after a header). CSV text cells a spreadsheet would run as formulas get a leading ``'``."""
     if fmt == "jsonl":
         for rows in pages:
             yield len(rows), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
@@ -393,7 +449,7 @@ def encode_export(fmt: str, pages: Iterable[list[dict]]) -> Iterator[tuple[int, 
 
 
 def _csv_cell(key: str, value):
-    if key in ("sources", "function_calls"):
+    if key in ("sources", "function_calls", "feedback"):
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, bool):
         return "true" if value else "false"

@@ -21,7 +21,7 @@ from kb import registry
 from kb.models import Assistant
 from kb.keyword import message_language
 from kb.search import search
-from runtime import store
+from runtime import approved, store
 from runtime.config import AssistantConfig
 from runtime.cost import usage_cost
 from runtime.llm import ChatModelError, text_tool_calls
@@ -32,6 +32,7 @@ from runtime.tools import ToolContext, build_toolset
 from runtime.types import ToolCall, ToolResult, TurnResult, Usage
 
 log = logging.getLogger(__name__)
+APPROVED_PREFIX = "approved:"  # chunk_id of a source that is an approved answer
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 
@@ -106,6 +107,18 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
     # the customer's language; when their messages do not tell, the assistant's own
     language = next(filter(None, map(message_language, [*customer_texts, config.system_prompt])), None)
 
+    found = None
+    if config.approved_answers.mode != "off":
+        t = time.perf_counter()
+        found = approved.match(services, session, assistant, user_text, config.approved_answers.threshold)
+        timings["approved_ms"] = _ms(t)
+        if found is not None:
+            approved.record_hit(session, found.approved_id)
+    if found is not None and config.approved_answers.mode == "reply":  # a reviewer's answer, as they approved it
+        result = TurnResult(conv.id, found.answer, "answered", sources=[_approved_source(found)], ai_enabled=conv.ai_enabled)
+        return _finish(services, session, conv, pending, result, timings, t0, started_at, model_name="",
+                       tool_results=[], queries=[], rounds=0, error=None, events=[])
+
     t = time.perf_counter()
     hits, queries = [], []
     if config.retrieval.mode == "every_turn":
@@ -115,7 +128,7 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
     timings["retrieval_ms"] = _ms(t)
 
     t = time.perf_counter()
-    sources = seen_sources([h.to_dict() for h in hits], user_text)
+    sources = seen_sources(([_approved_source(found)] if found else []) + [h.to_dict() for h in hits], user_text)
     messages = build_messages(config, conv.variables or {}, history, user_text, sources, language=language)
     toolset = build_toolset(config)
     ctx = ToolContext(services=services, assistant=assistant, config=config, conversation_id=conv.id,
@@ -185,7 +198,8 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
     else:
         status = "answered"
     # passages found by the search tool were shown whole, numbered after the automatic ones
-    all_sources = sources + [h.to_dict() for h in ctx.sources[len(hits):]]
+    all_sources = sources + [{**h.to_dict(), "rank": len(sources) + i}
+                             for i, h in enumerate(ctx.sources[len(hits):], 1)]
     result = TurnResult(
         conversation_id=conv.id, reply=reply, status=status, sources=all_sources,
         function_calls=[_call_dict(rnd, args, res) for rnd, args, res in tool_results],
@@ -195,6 +209,14 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
     note = error or ("reply rejected: " + "; ".join(rejected) if rejected else None)
     return _finish(services, session, conv, pending, result, timings, t0, started_at, model_name=model_name,
                    tool_results=tool_results, queries=queries, rounds=rounds, error=note, events=ctx.events)
+
+
+def _approved_source(found: approved.ApprovedMatch) -> dict:
+    """An approved answer as a logged source: ``chunk_id`` ``approved:<id>``, the matched question as its
+    section, the similarity as its score."""
+    return {"rank": 1, "chunk_id": f"{APPROVED_PREFIX}{found.approved_id}", "document_id": found.approved_id,
+            "version": 0, "filename": "approved answer", "page": None, "section": found.question,
+            "score": round(found.score, 4), "text": found.answer}
 
 
 def _handed_off(tool_results: list) -> bool:

@@ -137,3 +137,17 @@ def test_the_command_runs_every_question_through_the_turn_engine_and_scores_it(t
     assert re.search(r"When does the store open\?\s+answered\s+yes\s+0\.60\s+yes", table)
     assert re.search(r"Who won the 1998 football World Cup\?\s+fallback\s+no\s+0\.00\s+no", table)
     assert "n=3  cited-gold 67%  retrieved-gold 67%  mean F1 0.333  contains 67%  fallback 33%" in table
+
+
+def test_wrong_language_and_invented_answers_are_counted_apart():
+    item = {"cited_gold": True, "retrieved_gold": True, "cited_in_text": False, "f1": 0.5, "contains": True,
+            "status": "answered", "latency_ms": 100.0}
+    items = [{**item, "wrong_language": False}, {**item, "wrong_language": True}]
+    oos = [{**item, "status": "answered"}, {**item, "status": "fallback"}, {**item, "status": "fallback"},
+           {**item, "status": "smalltalk"}]
+    s = answers.summarize(items, oos)
+    assert s["wrong_language_rate"] == 0.5 and s["oos_n"] == 4 and s["invented_rate"] == 0.25
+    assert s["oos_statuses"] == {"answered": 1, "fallback": 2, "smalltalk": 1}
+    table = answers.format_comparison({"summary": {**s, "invented_rate": 0.75}}, {"summary": s})
+    assert re.search(r"invented \(out of scope\)\s+0\.750\s+0\.250", table)
+    assert re.search(r"wrong language\s+0\.500\s+0\.500", table)

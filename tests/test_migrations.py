@@ -46,3 +46,55 @@ def test_old_config_defaults_become_unset(database_url):
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM assistants")).scalar() == 3
     engine.dispose()
+
+
+def test_approved_answers_table_goes_up_and_down_and_matches_the_model(database_url):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from atende.db import Base
+    from runtime.approved import ApprovedAnswer
+
+    engine = make_engine(database_url)
+    migrate(engine)
+    indexes = {i["name"] for i in sa.inspect(engine).get_indexes("approved_answers")}
+    assert "ix_approved_answers_assistant_id" in indexes
+    with engine.connect() as conn:
+        diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert [d for d in diffs if ApprovedAnswer.__tablename__ in str(d)] == []
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0004")
+    assert "approved_answers" not in sa.inspect(engine).get_table_names()
+    migrate(engine)
+    assert "approved_answers" in sa.inspect(engine).get_table_names()
+    engine.dispose()
+
+
+def test_regression_tables_go_up_and_down_and_match_the_models(database_url):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from atende.db import Base
+
+    tables = {"regression_cases", "regression_runs"}
+    engine = make_engine(database_url)
+    migrate(engine)
+    indexes = {i["name"] for i in sa.inspect(engine).get_indexes("regression_runs")}
+    assert {"ix_regression_runs_assistant_id", "uq_regression_runs_running"} <= indexes
+    with engine.connect() as conn:
+        diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert [d for d in diffs if any(t in str(d) for t in tables)] == []
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0006")
+    assert not tables & set(sa.inspect(engine).get_table_names())
+    migrate(engine)
+    assert tables <= set(sa.inspect(engine).get_table_names())
+    engine.dispose()

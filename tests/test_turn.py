@@ -308,3 +308,69 @@ def test_small_talk_gets_a_friendly_reply_without_the_model(shop, text, expected
     services, model, aid = shop
     r = chat(services, aid, text)
     assert (r.status, r.reply, r.sources) == ("smalltalk", expected, []) and not model.requests
+
+
+# --- approved answers ------------------------------------------------------------------------------
+
+
+def _approve(services, aid, **kwargs) -> str:
+    from runtime import approved
+
+    with services.session() as session:
+        row = approved.create_answer(session, registry.get_assistant(session, aid), approved_by="Rita", **kwargs)
+        session.commit()
+        return row.id
+
+
+def test_a_paraphrase_of_an_approved_question_gets_the_approved_answer_without_the_model(shop):
+    from runtime.approved import ApprovedAnswer
+
+    services, model, aid = shop
+    approved_id = _approve(services, aid, question="Vocês entregam em Campinas?",
+                           answer="Sim! Entregamos em toda Campinas em até 2 dias úteis.")
+    r = chat(services, aid, "vcs entregam em Campinas?")
+    assert (r.status, r.reply) == ("answered", "Sim! Entregamos em toda Campinas em até 2 dias úteis.") and not model.requests
+    assert [(s["chunk_id"], s["section"]) for s in r.sources] == [(f"approved:{approved_id}", "Vocês entregam em Campinas?")]
+    with services.session() as session:
+        assert session.get(ApprovedAnswer, approved_id).hits == 1
+        assert [s.chunk_id for s in session.get(Message, r.message_id).sources] == [f"approved:{approved_id}"]
+    model.enqueue("Aos sábados abrimos das 9h às 13h.")  # a different question still goes to the model
+    r2 = chat(services, aid, "Vocês abrem aos sábados?", customer="c2")
+    assert r2.reply == "Aos sábados abrimos das 9h às 13h." and len(model.requests) == 1
+
+
+def test_an_approved_answer_can_be_the_models_first_source_instead(shop):
+    services, model, aid = shop
+    with services.session() as session:
+        a = registry.get_assistant(session, aid)
+        a.config = merge_config(a.config, {"approved_answers": {"mode": "source"}})
+        session.commit()
+    approved_id = _approve(services, aid, question="Vocês entregam em Campinas?",
+                           answer="Sim, em toda Campinas em até 2 dias úteis.")
+    model.enqueue("Sim, entregamos em toda Campinas.")
+    r = chat(services, aid, "vcs entregam em Campinas?")
+    assert r.status == "answered" and r.sources[0]["chunk_id"] == f"approved:{approved_id}" and r.sources[0]["rank"] == 1
+    assert "[1] (approved answer, Vocês entregam em Campinas?)\nSim, em toda Campinas" in turn_prompt(model.requests[0])
+
+
+def test_an_approved_answer_is_flagged_and_not_sent_once_its_source_document_changes(shop):
+    from kb.models import Document
+    from runtime.approved import ApprovedAnswer
+
+    services, model, aid = shop
+    with services.session() as session:
+        doc = session.scalars(select(Document).filter_by(filename="entregas.txt")).one()
+        doc_id = doc.id
+    approved_id = _approve(services, aid, question="Vocês entregam em Campinas?", answer="Sim, em até 2 dias úteis.",
+                           sources=[{"document_id": doc_id, "filename": "entregas.txt"}])
+    with services.session() as session:
+        a = registry.get_assistant(session, aid)
+        job = registry.register_upload(session, services.blobs, a.knowledge_base, "entregas.txt",
+                                       (DELIVERY + " Agora também em Valinhos.").encode(), 10**6).job.id
+        session.commit()
+    assert run_job(services, job).status == "ready"
+    with services.session() as session:
+        row = session.get(ApprovedAnswer, approved_id)
+        assert row.needs_review and "entregas.txt changed" in row.review_reason
+    model.enqueue("Entregamos em Campinas e Valinhos.")
+    assert chat(services, aid, "vcs entregam em Campinas?").reply == "Entregamos em Campinas e Valinhos."

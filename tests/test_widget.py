@@ -126,7 +126,8 @@ def test_paused_ai_and_model_failure(shop):
     with services.session() as session:
         session.execute(update(Conversation).values(ai_enabled=False))
         session.commit()
-    assert send(client, "loja", token, "alô?").json() == {"reply": None, "sources": [], "ai_enabled": False}
+    assert send(client, "loja", token, "alô?").json() == {"reply": None, "sources": [], "ai_enabled": False,
+                                                         "message_id": None}
     assert client.post("/api/widget/loja/history", json={"token": token}).json()["ai_enabled"] is False
 
 

@@ -3,15 +3,25 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from pydantic import Field
 
 from api.deps import AdminDep, ServicesDep, SessionDep
+from api.routes.feedback import FeedbackPublic
 from api.schemas import AIToggle, ChatRequest, ChatResult, ConversationPublic, MessagePublic, OperatorMessage
-from runtime import store
+from runtime import feedback, store
 from runtime.models import Message
 from runtime.turn import handle_message
 from runtime.whatsapp.outbound import send_operator_message
 
 router = APIRouter(tags=["conversations"], dependencies=[AdminDep])
+
+
+class MessageDetail(MessagePublic):
+    feedback: list[FeedbackPublic] = Field(default_factory=list, description="ratings of an AI reply, oldest first")
+
+
+class ConversationDetail(ConversationPublic):
+    messages: list[MessageDetail] = Field(default_factory=list)
 
 
 @router.post("/api/chat", response_model=ChatResult, responses={502: {"description": "the language model failed"}})
@@ -28,12 +38,16 @@ def chat(body: ChatRequest, services: ServicesDep):
     return out
 
 
-@router.get("/api/conversations/{conversation_id}", response_model=ConversationPublic)
+@router.get("/api/conversations/{conversation_id}", response_model=ConversationDetail)
 def get_conversation(conversation_id: str, session: SessionDep):
+    """The conversation with every message; AI replies with their sources, tool calls and ratings."""
     conv = store.get_conversation(session, conversation_id)
-    messages = session.query(Message).filter(Message.conversation_id == conv.id).order_by(Message.created_at, Message.id)
-    out = ConversationPublic.model_validate(conv)
-    out.messages = [MessagePublic.from_message(m) for m in messages]
+    messages = session.query(Message).filter(Message.conversation_id == conv.id).order_by(Message.created_at, Message.id).all()
+    ratings = feedback.feedback_by_message(session, [m.id for m in messages if feedback.is_ai_reply(m)])
+    out = ConversationDetail.model_validate(conv)
+    out.messages = [MessageDetail.from_message(m) for m in messages]
+    for m in out.messages:
+        m.feedback = [FeedbackPublic.model_validate(f) for f in ratings.get(m.id, [])]
     return out
 
 

@@ -4,8 +4,8 @@ session cookie.
 
 Pages need the session cookie handed out by the login page (``api.deps``); without it they redirect
 to ``/dashboard/login``. The list, metrics and improve pages share the review filters, kept in the URL
-(``channel``, ``assistant_id``, ``since``, ``until``, ``customer``, ``waiting_for_human``) so a view
-can be bookmarked and the export links carry the same selection.
+(``channel``, ``assistant_id``, ``since``, ``until``, ``customer``, ``waiting_for_human``, ``feedback``) so a
+view can be bookmarked and the export links carry the same selection.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from runtime.whatsapp.models import WhatsAppSender
 from runtime.whatsapp.outbound import window_open
 
 PAGE_SIZE = 25
-FILTER_KEYS = ("channel", "assistant_id", "since", "until", "customer", "waiting_for_human")
+FILTER_KEYS = ("channel", "assistant_id", "since", "until", "customer", "waiting_for_human", "feedback")
 CHANNEL_LABELS = {"whatsapp": "WhatsApp", "widget": "Widget", "test": "Test", "api": "API"}
 
 _env = Environment(loader=FileSystemLoader(Path(__file__).resolve().parents[1] / "templates"),
@@ -158,7 +158,8 @@ def read_filters(request: Request) -> tuple[dict[str, str], ConversationFilters 
             raise InvalidRequest(f"waiting_for_human: {raw['waiting_for_human']!r} is not true or false")
         filters = ConversationFilters.parse(
             channel=raw["channel"], assistant_id=raw["assistant_id"], since=raw["since"], until=raw["until"],
-            customer=raw["customer"], waiting_for_human={"true": True, "false": False}.get(waiting))
+            customer=raw["customer"], waiting_for_human={"true": True, "false": False}.get(waiting),
+            feedback=raw["feedback"])
     except InvalidRequest as exc:
         return raw, None, str(exc)
     return raw, filters, None

@@ -58,7 +58,10 @@ def get_document(document_id: str, session: SessionDep):
 
 @router.delete("/api/documents/{document_id}", status_code=204)
 def delete_document(document_id: str, session: SessionDep, services: ServicesDep):
-    registry.delete_document(session, services.vectors, services.blobs, registry.get_document(session, document_id))
+    doc = registry.get_document(session, document_id)
+    if services.document_changed is not None:  # committed with the document's first step of deletion
+        services.document_changed(session, doc.id, f"{doc.filename} was deleted")
+    registry.delete_document(session, services.vectors, services.blobs, doc)
     return Response(status_code=204)
 
 

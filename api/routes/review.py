@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from api.deps import AdminDep, ServicesDep, SessionDep
 from runtime import review
@@ -67,6 +67,27 @@ class DayMetrics(BaseModel):
     cost: float
 
 
+class DayFeedback(BaseModel):
+    day: date
+    good: int
+    bad: int
+    neutral: int
+    satisfaction_rate: float | None
+
+
+class BadReason(BaseModel):
+    reason: str
+    count: int
+
+
+class FeedbackSummary(BaseModel):
+    total: int
+    by_rating: dict[str, int] = Field(description="good / bad / neutral")
+    by_source: dict[str, dict[str, int]] = Field(description="reviewer / customer_reaction / widget -> rating -> count")
+    bad_reasons: list[BadReason] = Field(description="most frequent first")
+    per_day: list[DayFeedback] = Field(description="by the UTC day of the rated reply")
+
+
 class Metrics(BaseModel):
     conversations: int
     messages: int
@@ -86,6 +107,8 @@ class Metrics(BaseModel):
     handoff_rate: float | None
     fallback_rate: float | None
     per_day: list[DayMetrics]
+    satisfaction_rate: float | None = Field(description="good / (good + bad) ratings of the AI replies")
+    feedback: FeedbackSummary
 
 
 def conversation_filters(
@@ -95,9 +118,11 @@ def conversation_filters(
     until: Annotated[str | None, Query(description="ISO date (the whole day) or datetime, inclusive")] = None,
     customer: Annotated[str | None, Query(description="substring of the customer id, any case")] = None,
     waiting_for_human: Annotated[bool | None, Query(description="true: the AI is off (after a handoff)")] = None,
+    feedback: Annotated[Literal["good", "bad", "any"] | None,
+                        Query(description="a reply of the conversation was rated so (any: rated at all)")] = None,
 ) -> ConversationFilters:
     return ConversationFilters.parse(channel=channel, assistant_id=assistant_id, since=since, until=until,
-                                     customer=customer, waiting_for_human=waiting_for_human)
+                                     customer=customer, waiting_for_human=waiting_for_human, feedback=feedback)
 
 
 FiltersDep = Annotated[ConversationFilters, Depends(conversation_filters)]
@@ -115,7 +140,7 @@ def list_conversations(filters: FiltersDep, session: SessionDep, limit: Annotate
             responses={200: {"content": {"text/csv": {}, "application/x-ndjson": {}}}})
 def export_conversations(filters: FiltersDep, services: ServicesDep,
                          fmt: Annotated[Literal["csv", "jsonl"], Query(alias="format")] = "csv"):
-    """One row per message, with its conversation, sources and function calls, streamed."""
+    """One row per message, with its conversation, sources, function calls and feedback, streamed."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     return StreamingResponse(
         review.stream_export(services, fmt, filters), media_type=MEDIA_TYPES[fmt],
@@ -125,5 +150,6 @@ def export_conversations(filters: FiltersDep, services: ServicesDep,
 
 @router.get("/api/metrics", response_model=Metrics)
 def metrics(filters: FiltersDep, session: SessionDep):
-    """Volume, response rate and time, cost, delivery problems, handoffs and fallbacks, per day."""
+    """Volume, response rate and time, cost, delivery problems, handoffs and fallbacks, per day; ratings of the
+    replies (satisfaction rate, bad-reply reasons)."""
     return review.compute_metrics(session, filters)

@@ -4,6 +4,9 @@ Visitors are anonymous: ``POST .../session`` hands out a visitor id signed with 
 (bound to the assistant), which the script keeps in localStorage. Each assistant says which websites
 may use its widget (``config.widget.allowed_origins``) and how many messages a visitor may send per
 minute; the count comes from the database, so it holds across processes.
+
+Visitors rate the assistant's replies of their own conversation with thumbs up or down (one rating per
+reply, a new one replaces it; ``runtime.feedback``). Ratings are not rate-limited: each reply holds one.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import FileResponse
@@ -26,8 +29,10 @@ from sqlalchemy import select
 from api.deps import ServicesDep
 from atende.db import utcnow
 from kb import registry
-from kb.errors import NotFound
+from kb.errors import InvalidRequest, NotFound
+from runtime import feedback
 from runtime.config import AssistantConfig, WidgetConfig
+from runtime.feedback import COMMENT_MAX, Reason
 from runtime.models import Conversation, Message
 from runtime.turn import handle_message
 
@@ -68,12 +73,28 @@ class WidgetReply(BaseModel):
     reply: str | None = Field(description="null when the AI is paused (a human agent took over)")
     sources: list[WidgetSource]
     ai_enabled: bool
+    message_id: str | None = Field(default=None, description="the reply's id, to rate it")
 
 
 class WidgetMessagePublic(BaseModel):
     direction: str  # inbound (the visitor) | outbound (the assistant or an agent)
     text: str
     created_at: datetime
+    message_id: str
+    rateable: bool = Field(description="an AI reply, which the visitor may rate")
+    rating: Literal["good", "bad"] | None = Field(description="the visitor's rating of it")
+
+
+class WidgetFeedbackIn(WidgetTokenIn):
+    rating: Literal["good", "bad"]
+    reason: Reason | None = None
+    comment: str | None = Field(default=None, max_length=COMMENT_MAX)
+
+
+class WidgetFeedbackPublic(BaseModel):
+    message_id: str
+    rating: str
+    reason: str | None
 
 
 class WidgetHistory(BaseModel):
@@ -197,6 +218,7 @@ def widget_script() -> FileResponse:
 
 
 @router.options("/api/widget/{assistant}/{endpoint}", status_code=204, include_in_schema=False)
+@router.options("/api/widget/{assistant}/messages/{message_id}/feedback", status_code=204, include_in_schema=False)
 def preflight(widget: WidgetDep) -> Response:
     """CORS preflight: the origin was checked by ``load_widget``."""
     return Response(status_code=204, headers={
@@ -234,7 +256,30 @@ def send_message(body: WidgetMessageIn, widget: WidgetDep, services: ServicesDep
                             customer_id=visitor_id, text=body.message)
     if result.status == "error":
         raise widget.fail(502, "the assistant could not answer now; please try again")
-    return WidgetReply(reply=result.reply, sources=public_sources(result.sources), ai_enabled=result.ai_enabled)
+    return WidgetReply(reply=result.reply, sources=public_sources(result.sources), ai_enabled=result.ai_enabled,
+                       message_id=result.message_id)
+
+
+@router.post("/api/widget/{assistant}/messages/{message_id}/feedback", response_model=WidgetFeedbackPublic,
+             responses={401: {"description": "bad visitor token"},
+                        404: {"description": "no such message in the visitor's conversation"},
+                        422: {"description": "not an AI reply"}})
+def rate_message(message_id: str, body: WidgetFeedbackIn, widget: WidgetDep, services: ServicesDep):
+    """The visitor's thumbs up or down on one of the assistant's replies in their conversation; a new
+    rating replaces the previous one. Another visitor's message is a 404, as an unknown one."""
+    visitor_id = _visitor(services, widget, body.token)
+    with services.session() as session:
+        conversation_id = session.scalar(select(Conversation.id).filter_by(**_conversation_key(widget, visitor_id)))
+        message = session.get(Message, message_id)
+        if conversation_id is None or message is None or message.conversation_id != conversation_id:
+            raise widget.fail(404, "message not found")
+        try:
+            row = feedback.rate_reply(session, message_id, source="widget", rating=body.rating, reason=body.reason,
+                                      comment=body.comment)
+        except InvalidRequest as exc:
+            raise widget.fail(422, str(exc)) from None
+        session.commit()
+        return WidgetFeedbackPublic(message_id=row.message_id, rating=row.rating, reason=row.reason)
 
 
 @router.post("/api/widget/{assistant}/history", response_model=WidgetHistory)
@@ -249,6 +294,10 @@ def history(body: WidgetTokenIn, widget: WidgetDep, services: ServicesDep):
             select(Message).where(Message.conversation_id == conv.id)
             .order_by(Message.created_at.desc(), Message.id.desc()).limit(HISTORY_LIMIT)
         ).all()
-        messages = [WidgetMessagePublic(direction=m.direction, text=m.text, created_at=m.created_at)
+        replies = [m.id for m in rows if feedback.is_ai_reply(m)]
+        rated = {f.message_id: f.rating for ratings in feedback.feedback_by_message(session, replies).values()
+                 for f in ratings if f.source == "widget"}
+        messages = [WidgetMessagePublic(direction=m.direction, text=m.text, created_at=m.created_at, message_id=m.id,
+                                        rateable=feedback.is_ai_reply(m), rating=rated.get(m.id))
                     for m in reversed(rows)]
         return WidgetHistory(messages=messages, ai_enabled=conv.ai_enabled)

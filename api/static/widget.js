@@ -45,11 +45,13 @@
   var T = /^pt\b/i.test(navigator.language || "") ? {
     chat: "Chat", open: "Abrir o chat", close: "Fechar", placeholder: "Escreva sua mensagem…", send: "Enviar",
     error: "Não foi possível enviar agora. Tente novamente.", slow: "Muitas mensagens seguidas. Aguarde {s} s.",
-    human: "Um atendente vai continuar esta conversa.", sources: "Fontes: "
+    human: "Um atendente vai continuar esta conversa.", sources: "Fontes: ",
+    good: "Resposta útil", bad: "Resposta não útil", thanks: "Obrigado!"
   } : {
     chat: "Chat", open: "Open chat", close: "Close", placeholder: "Type your message…", send: "Send",
     error: "Could not send right now. Please try again.", slow: "Too many messages. Please wait {s} s.",
-    human: "A human agent will continue this conversation.", sources: "Sources: "
+    human: "A human agent will continue this conversation.", sources: "Sources: ",
+    good: "Helpful answer", bad: "Unhelpful answer", thanks: "Thanks!"
   };
 
   var token = null;
@@ -104,7 +106,11 @@
     ".form{display:flex;gap:6px;padding:8px;border-top:1px solid #ddd}" +
     "textarea{flex:1;resize:none;border:1px solid #ccc;border-radius:8px;padding:8px;font-size:14px;max-height:96px}" +
     ".send{background:#128c7e;color:#fff;border:0;border-radius:8px;padding:0 14px;cursor:pointer}" +
-    ".send:disabled,textarea:disabled{opacity:.5;cursor:default}";
+    ".send:disabled,textarea:disabled{opacity:.5;cursor:default}" +
+    ".rate{margin-top:4px;display:flex;gap:4px;align-items:center;font-size:11px;color:#667}" +
+    ".thumb{background:none;border:1px solid #ccc;border-radius:6px;padding:1px 6px;font-size:13px;cursor:pointer}" +
+    ".thumb[aria-pressed=true]{background:#d9fdd3;border-color:#128c7e}.thumb:disabled{cursor:default}" +
+    ".thumb:disabled:not([aria-pressed=true]){opacity:.4}";
 
   function el(tag, cls, text) {
     var e = document.createElement(tag);
@@ -147,7 +153,8 @@
 
   function scrollDown() { log.scrollTop = log.scrollHeight; }
 
-  function add(direction, text, sources) {
+  // `reply` ({id, rating}) marks an AI reply the visitor may rate
+  function add(direction, text, sources, reply) {
     var m = el("div", "msg " + (direction === "inbound" ? "me" : "bot"));
     renderRich(document, m, text);
     if (sources && sources.length) {
@@ -155,8 +162,37 @@
         return s.filename + (s.page ? " p. " + s.page : "");
       }).join("; ")));
     }
+    if (reply) m.appendChild(thumbs(reply.id, reply.rating));
     log.appendChild(m);
     scrollDown();
+  }
+
+  /** Thumbs up / down under a reply; both are disabled once one is chosen (re-enabled if sending fails). */
+  function thumbs(messageId, rating) {
+    var row = el("div", "rate");
+    var buttons = [["good", "\uD83D\uDC4D", T.good], ["bad", "\uD83D\uDC4E", T.bad]].map(function (o) {
+      var b = el("button", "thumb", o[1]);
+      b.type = "button";
+      b.value = o[0];
+      b.setAttribute("aria-label", o[2]);
+      b.title = o[2];
+      row.appendChild(b);
+      return b;
+    });
+    var thanks = el("span", null, "");
+    row.appendChild(thanks);
+    function mark(chosen) {
+      buttons.forEach(function (b) { b.disabled = !!chosen; b.setAttribute("aria-pressed", String(b.value === chosen)); });
+    }
+    mark(rating);
+    buttons.forEach(function (b) {
+      b.addEventListener("click", function () {
+        mark(b.value);
+        call("messages/" + encodeURIComponent(messageId) + "/feedback", { token: token, rating: b.value })
+          .then(function () { thanks.textContent = T.thanks; }, function () { mark(null); });
+      });
+    });
+    return row;
   }
 
   function note(text) { log.appendChild(el("div", "note", text)); scrollDown(); }
@@ -177,7 +213,9 @@
       if (c.greeting) add("outbound", c.greeting);
       if (!token) return;
       return call("history", { token: token }).then(function (h) {
-        h.messages.forEach(function (m) { add(m.direction, m.text); });
+        h.messages.forEach(function (m) {
+          add(m.direction, m.text, null, m.rateable ? { id: m.message_id, rating: m.rating } : null);
+        });
         if (!h.ai_enabled) note(T.human);
       }, function (err) { if (err.status === 401) saveToken(null); });
     }).catch(function () { started = false; note(T.error); })
@@ -193,7 +231,7 @@
       return session(true).then(post); // the token is no longer valid (e.g. a new secret): start over
     }).then(function (res) {
       setBusy(false);
-      if (res.reply) add("outbound", res.reply, res.sources);
+      if (res.reply) add("outbound", res.reply, res.sources, res.message_id ? { id: res.message_id, rating: null } : null);
       else if (!res.ai_enabled) note(T.human);
     }, function (err) {
       setBusy(false);

@@ -2,7 +2,9 @@
 from alembic import context
 
 import kb.models  # noqa: F401  (register tables on the metadata)
+import runtime.approved  # noqa: F401
 import runtime.models  # noqa: F401
+import runtime.regression  # noqa: F401
 import runtime.whatsapp.models  # noqa: F401
 from atende.db import Base
 

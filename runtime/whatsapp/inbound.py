@@ -10,6 +10,9 @@ Decisions:
 - Outbound statuses only move forward: pending < unknown < sent < delivered < read < played.
   ``failed`` replaces pending/unknown/sent and then sticks, except that a delivered/read/played status
   proves the message arrived after all; the failure's error code and title are kept either way.
+- A reaction is logged like any message and, when it targets an AI reply of the same conversation, also
+  recorded as the customer's feedback on it (``runtime.feedback.record_reaction``), once: a redelivery
+  is skipped before that.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from atende.db import new_id, utcnow
 from atende.services import Services
+from runtime.feedback import record_reaction
 from runtime.models import Conversation, Message
 from runtime.store import find_or_create_conversation
 from runtime.whatsapp.models import WebhookPost, WhatsAppSender, WhatsAppTemplate
@@ -153,6 +157,8 @@ def _store_inbound(run: _Run, event: InboundMessage) -> None:
     except IntegrityError:  # another worker stored the same redelivery first
         log.info("whatsapp webhook: message %s stored concurrently", event.wamid)
         return
+    if event.reaction is not None:  # once per reaction: a redelivery returned above
+        record_reaction(session, conv.id, event.reaction.message_id, event.reaction.emoji, at=event.timestamp)
     if event.opens_window:
         conv.last_inbound_at = max(conv.last_inbound_at or event.timestamp, event.timestamp)
     if turn_worthy and conv.id not in run.turn_conversations:

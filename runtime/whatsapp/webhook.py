@@ -21,6 +21,14 @@ _MEDIA_NOUN = {"image": "an image", "video": "a video", "audio": "an audio file"
 
 
 @dataclass(frozen=True)
+class Reaction:
+    """The customer's reaction to one of our messages; an empty emoji means the reaction was removed."""
+
+    message_id: str  # the wamid of the message reacted to
+    emoji: str
+
+
+@dataclass(frozen=True)
 class InboundMessage:
     """Something the customer sent. ``text_for_assistant`` is None when it must not start a turn;
     ``description`` is always a readable one-liner (the stored message text)."""
@@ -38,6 +46,7 @@ class InboundMessage:
     payload: dict = field(hash=False, compare=False)
     description: str = ""
     media_id: str | None = None
+    reaction: Reaction | None = None
 
     @property
     def opens_window(self) -> bool:
@@ -189,7 +198,14 @@ def _parse_message(phone_number_id: str, m: dict, contacts: list[dict], received
         wa_id=wa_id, user_id=user_id, profile_name=(contact.get("profile") or {}).get("name"),
         timestamp=_timestamp(m.get("timestamp"), received_at), kind=kind, text_for_assistant=text,
         reply_to=context.get("id"), payload=m, description=description, media_id=media_id,
+        reaction=_reaction(m) if kind == "reaction" else None,
     )
+
+
+def _reaction(m: dict) -> Reaction | None:
+    body = m.get("reaction") if isinstance(m.get("reaction"), dict) else {}
+    target = body.get("message_id")
+    return Reaction(str(target), str(body.get("emoji") or "")) if target else None
 
 
 def describe_message(m: dict) -> tuple[str, str | None, str, str | None]:
