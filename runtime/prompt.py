@@ -82,21 +82,18 @@ def format_sources(sources: list[dict]) -> str:
 
 
 def build_messages(
-    config: AssistantConfig, variables: dict, history: list[tuple[str, str]], user_text: str, sources: list[dict],
-    language: str | None = None,
+    config: AssistantConfig, variables: dict, history: list[tuple[str, str]], user_text: str, sources: list[dict]
 ) -> list[dict]:
-    """OpenAI-style messages: system (prompt, channel rules, grounding, the customer's ``language`` when
-    known), history, then the sources and the new message last. What changes per turn comes last, so a
-    server that reuses the evaluated prefix of the previous prompt (llama.cpp does) only processes the
-    new tail."""
-    reply_in = f"The customer writes in {LANGUAGE_NAMES[language]}: always reply in {LANGUAGE_NAMES[language]}." \
-        if language in LANGUAGE_NAMES else ""
+    """OpenAI-style messages: system (prompt, channel rules, grounding), history, then the sources and
+    the new message last. What changes per turn comes last, so a server that reuses the evaluated
+    prefix of the previous prompt (llama.cpp does) only processes the new tail. (Naming the customer's
+    language here made the 1.5B model answer worse; a reply in another language is asked for again
+    instead, see ``retry_instruction``.)"""
     system = "\n\n".join(
         part for part in (
             fill_variables(config.system_prompt, variables).strip(),
             config.text_channel_instructions.strip(),
             GROUNDING,
-            reply_in,
         ) if part
     )
     messages = [{"role": "system", "content": system}]

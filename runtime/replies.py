@@ -60,7 +60,9 @@ _MARKUP = re.compile(
     r"|<\|[a-z_]+\|>|```|\{\s*\"(name|function|tool_calls?)\"\s*:",
     re.IGNORECASE,
 )
-_PROMPT_HEADERS = ("Customer message:", "Sources:", "NO_ANSWER")
+_PROMPT_HEADERS = ("Customer message:", "Sources:")
+# the NO_ANSWER signal, also as small models mangle it ("No answer", "Não_ansWER", "NO-ANSWER")
+_NO_ANSWER = re.compile(r"\bn(?:o|ao|ão)[\s_-]*answer\b", re.IGNORECASE)
 _ECHO_WORDS = 8  # this many consecutive words of the instructions in a reply make it an echo
 
 
@@ -93,6 +95,12 @@ def small_talk_reply(kind: SmallTalk, language: str) -> str:
     """The built-in short reply to small talk, in ``language`` (English when unknown)."""
     replies = SMALL_TALK_REPLIES[kind]
     return replies.get(language, replies["en"])
+
+
+def split_no_answer(reply: str) -> tuple[str, bool]:
+    """``reply`` without the model's NO_ANSWER signal (in any spelling), and whether it was there."""
+    text, n = _NO_ANSWER.subn("", reply)
+    return text.strip(), n > 0
 
 
 def says_not_found(reply: str) -> bool:

@@ -26,8 +26,8 @@ from runtime.config import AssistantConfig
 from runtime.cost import usage_cost
 from runtime.llm import ChatModelError, text_tool_calls
 from runtime.models import Conversation, Message, Turn
-from runtime.prompt import ANSWER_NOW, NO_ANSWER, build_messages, retry_instruction, seen_sources
-from runtime.replies import rejection, says_not_found, small_talk, small_talk_reply
+from runtime.prompt import ANSWER_NOW, build_messages, retry_instruction, seen_sources
+from runtime.replies import rejection, says_not_found, small_talk, small_talk_reply, split_no_answer
 from runtime.tools import ToolContext, build_toolset
 from runtime.types import ToolCall, ToolResult, TurnResult, Usage
 
@@ -129,7 +129,7 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
 
     t = time.perf_counter()
     sources = seen_sources(([_approved_source(found)] if found else []) + [h.to_dict() for h in hits], user_text)
-    messages = build_messages(config, conv.variables or {}, history, user_text, sources, language=language)
+    messages = build_messages(config, conv.variables or {}, history, user_text, sources)
     toolset = build_toolset(config)
     ctx = ToolContext(services=services, assistant=assistant, config=config, conversation_id=conv.id,
                       sources=list(hits), now=utcnow(), events=[])
@@ -226,9 +226,7 @@ def _handed_off(tool_results: list) -> bool:
 def _clean(content: str, tool_names: set[str]) -> tuple[str, bool]:
     """The model's final text without tool calls written as text (tools were withdrawn) and without
     the NO_ANSWER signal; and whether it gave that signal."""
-    no_answer = NO_ANSWER in content
-    text = text_tool_calls(content.strip(), tool_names)[0].replace(NO_ANSWER, "").strip()
-    return text, no_answer
+    return split_no_answer(text_tool_calls(content.strip(), tool_names)[0])
 
 
 def _finish(services, session, conv, pending, result: TurnResult, timings: dict, t0: float, started_at, *,

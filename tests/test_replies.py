@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.replies import rejection, says_not_found, small_talk
+from runtime.replies import rejection, says_not_found, small_talk, split_no_answer
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -56,3 +56,13 @@ def test_the_language_is_checked_only_when_both_are_clear():
     assert rejection("We are open on Saturdays from 8 to 12.", language="pt").startswith("written in English")
     assert rejection("Sim, R$ 180.", language="en") is None  # too short to tell
     assert rejection("Abrimos aos sábados das 8h às 12h.", language=None) is None
+
+
+@pytest.mark.parametrize("reply", ["NO_ANSWER", "Não_ansWER", "no answer", "NO-ANSWER."])
+def test_the_no_answer_signal_is_found_however_it_is_spelled(reply):
+    text, found = split_no_answer(reply)
+    assert found and not any(ch.isalnum() for ch in text)
+
+
+def test_a_reply_that_only_mentions_answers_keeps_its_text():
+    assert split_no_answer("Sim, respondemos em até 2 dias.") == ("Sim, respondemos em até 2 dias.", False)
