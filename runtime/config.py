@@ -176,8 +176,11 @@ class AssistantConfig(BaseModel):
         if configured:
             return configured
         builtin = DEFAULT_FALLBACK if kind == "fallback" else DEFAULT_HANDOFF
-        language = next(filter(None, map(message_language, [*texts, self.system_prompt])), "en")
-        return builtin[language]
+        return builtin[self.language(texts) or "en"]
+
+    def language(self, texts: list[str]) -> str | None:
+        """The customer's language (en, pt, es) told by ``texts`` (newest first), else the system prompt's."""
+        return next(filter(None, map(message_language, [*texts, self.system_prompt])), None)
 
     @field_validator("http_tools")
     @classmethod

@@ -19,7 +19,6 @@ from atende.db import utcnow
 from atende.services import Services
 from kb import registry
 from kb.models import Assistant
-from kb.keyword import message_language
 from kb.search import search
 from runtime import approved, store
 from runtime.config import AssistantConfig
@@ -104,8 +103,7 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
         result = TurnResult(conv.id, small_talk_reply(kind, language), "smalltalk", ai_enabled=conv.ai_enabled)
         return _finish(services, session, conv, pending, result, timings, t0, started_at, model_name="",
                        tool_results=[], queries=[], rounds=0, error=None, events=[])
-    # the customer's language; when their messages do not tell, the assistant's own
-    language = next(filter(None, map(message_language, [*customer_texts, config.system_prompt])), None)
+    language = config.language(customer_texts)
 
     found = None
     if config.approved_answers.mode != "off":

@@ -10,13 +10,11 @@ import time
 
 import pytest
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from api.app import create_app
-from atende.db import MIGRATIONS_DIR, make_engine, migrate, new_id, utcnow
+from atende.db import new_id, utcnow
 from kb import registry
 from runtime import feedback, store
 from runtime.feedback import REASONS, Reason, rating_for_emoji
@@ -57,31 +55,6 @@ def stored(services, message_id: str) -> list[tuple]:
 
 
 # --------------------------------------------------------------------------- schema and vocabulary
-
-
-def test_migration_goes_up_and_down_and_matches_the_model(database_url):
-    from alembic.autogenerate import compare_metadata
-    from alembic.migration import MigrationContext
-
-    from atende.db import Base
-
-    engine = make_engine(database_url)
-    migrate(engine)
-    indexes = {i["name"]: i for i in sa.inspect(engine).get_indexes("message_feedback")}
-    assert {"ix_message_feedback_message_id", "ix_message_feedback_conversation_id"} <= set(indexes)
-    assert indexes["uq_message_feedback_customer"]["unique"]
-    with engine.connect() as conn:
-        diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
-    assert [d for d in diffs if "message_feedback" in str(d)] == []
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0005")
-    assert "message_feedback" not in sa.inspect(engine).get_table_names()
-    migrate(engine)
-    assert "message_feedback" in sa.inspect(engine).get_table_names()
-    engine.dispose()
 
 
 def test_emoji_ratings_ignore_skin_tones_and_presentation_selectors():

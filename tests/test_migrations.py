@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
@@ -48,52 +49,35 @@ def test_old_config_defaults_become_unset(database_url):
     engine.dispose()
 
 
-def test_approved_answers_table_goes_up_and_down_and_matches_the_model(database_url):
-    from alembic.autogenerate import compare_metadata
-    from alembic.migration import MigrationContext
-
-    from atende.db import Base
-    from runtime.approved import ApprovedAnswer
-
-    engine = make_engine(database_url)
-    migrate(engine)
-    indexes = {i["name"] for i in sa.inspect(engine).get_indexes("approved_answers")}
-    assert "ix_approved_answers_assistant_id" in indexes
-    with engine.connect() as conn:
-        diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
-    assert [d for d in diffs if ApprovedAnswer.__tablename__ in str(d)] == []
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0004")
-    assert "approved_answers" not in sa.inspect(engine).get_table_names()
-    migrate(engine)
-    assert "approved_answers" in sa.inspect(engine).get_table_names()
-    engine.dispose()
-
-
-def test_regression_tables_go_up_and_down_and_match_the_models(database_url):
+@pytest.mark.parametrize("tables, previous, indexes", [
+    ({"approved_answers"}, "0004", {"approved_answers": {"ix_approved_answers_assistant_id"}}),
+    ({"message_feedback"}, "0005", {"message_feedback": {"ix_message_feedback_message_id",
+                                                         "ix_message_feedback_conversation_id",
+                                                         "uq_message_feedback_customer"}}),
+    ({"regression_cases", "regression_runs"}, "0006",
+     {"regression_runs": {"ix_regression_runs_assistant_id", "uq_regression_runs_running"}}),
+])
+def test_round_two_tables_go_up_and_down_and_match_the_models(database_url, tables, previous, indexes):
+    """Each migration of round two: its tables and indexes exist at head, match the models, are
+    dropped by going down to the previous revision and come back."""
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
     from atende.db import Base
 
-    tables = {"regression_cases", "regression_runs"}
     engine = make_engine(database_url)
     migrate(engine)
-    indexes = {i["name"] for i in sa.inspect(engine).get_indexes("regression_runs")}
-    assert {"ix_regression_runs_assistant_id", "uq_regression_runs_running"} <= indexes
+    for table, names in indexes.items():
+        found = {i["name"]: i for i in sa.inspect(engine).get_indexes(table)}
+        assert names <= set(found) and all(found[n]["unique"] for n in names if n.startswith("uq_"))
     with engine.connect() as conn:
         diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert [d for d in diffs if any(t in str(d) for t in tables)] == []
-
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0006")
+        command.downgrade(cfg, previous)
     assert not tables & set(sa.inspect(engine).get_table_names())
     migrate(engine)
     assert tables <= set(sa.inspect(engine).get_table_names())
