@@ -160,6 +160,9 @@ class AssistantConfig(BaseModel):
     tools: list[str] = Field(default_factory=lambda: list(TOOL_NAMES))
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     approved_answers: ApprovedAnswersConfig = Field(default_factory=ApprovedAnswersConfig)
+    grounded_fallback: bool = Field(
+        default=True, description="when the model gives no answer but the best source matches confidently, quote "
+                                  "its closest sentence with the document's name instead of the fallback")
     history_messages: int = Field(default=8, ge=0, le=50)
     max_tool_rounds: int = Field(default=3, ge=1, le=10)
     turn_deadline_s: float = Field(default=180.0, gt=0, le=900)

@@ -239,14 +239,27 @@ def promote(session: Session, message_id: str, facts: Iterable[str] | None = Non
     if reply.direction != "outbound" or reply.turn_id is None:
         raise InvalidRequest(f"message {message_id!r} is not an AI reply")
     status = session.get(Turn, reply.turn_id).status
-    covered = session.scalars(select(Message.text).where(Message.turn_id == reply.turn_id, Message.direction == "inbound")
-                              .order_by(Message.created_at, Message.id))
     assistant = session.get(Assistant, session.get(Conversation, reply.conversation_id).assistant_id)
     return create_case(
-        session, assistant, question="\n".join(covered), expected_status=status, expected_facts=facts or (),
+        session, assistant, question=reply_questions(session, [reply])[reply.id], expected_status=status,
+        expected_facts=facts or (),
         expected_sources=cited_filenames(status, [s.as_dict() for s in reply.sources]), expected_reply=reply.text,
         note=note, created_from_message_id=reply.id,
     )
+
+
+def reply_questions(session: Session, replies: Iterable[Message]) -> dict[str, str]:
+    """The question each AI reply answered, by reply id: the texts of the inbound messages its turn covered,
+    one per line (``""`` when none are left). Other messages (the customer's, operators') are left out."""
+    turns = {m.id: m.turn_id for m in replies if m.direction == "outbound" and m.turn_id is not None}
+    texts: dict[str, list[str]] = {}
+    if turns:
+        for turn_id, body in session.execute(
+                select(Message.turn_id, Message.text)
+                .where(Message.turn_id.in_(set(turns.values())), Message.direction == "inbound")
+                .order_by(Message.created_at, Message.id)):
+            texts.setdefault(turn_id, []).append(body)
+    return {message_id: "\n".join(texts.get(turn_id, [])) for message_id, turn_id in turns.items()}
 
 
 def get_case(session: Session, case_id: str) -> RegressionCase:

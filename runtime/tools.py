@@ -391,6 +391,10 @@ class Toolset:
     def schemas(self) -> list[dict]:
         return [t.schema() for t in self._tools.values()]
 
+    def without(self, names: frozenset[str] | set[str]) -> Toolset:
+        """The same tools but ``names``."""
+        return Toolset([t for name, t in self._tools.items() if name not in names])
+
     def run(self, ctx: ToolContext, call: ToolCall) -> ToolResult:
         started = time.perf_counter()
         error = None

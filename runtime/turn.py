@@ -20,9 +20,10 @@ from atende.services import Services
 from kb import registry
 from kb.models import Assistant
 from kb.search import search
-from runtime import approved, store
+from runtime import approved, extractive, store
 from runtime.config import AssistantConfig
 from runtime.cost import usage_cost
+from runtime.intent import SCHEDULING_TOOLS, wants_booking
 from runtime.llm import ChatModelError, text_tool_calls
 from runtime.models import Conversation, Message, Turn
 from runtime.prompt import ANSWER_NOW, build_messages, retry_instruction, seen_sources
@@ -32,6 +33,7 @@ from runtime.types import ToolCall, ToolResult, TurnResult, Usage
 
 log = logging.getLogger(__name__)
 APPROVED_PREFIX = "approved:"  # chunk_id of a source that is an approved answer
+BOOKING_CONTEXT = 3  # the customer's newest messages that can show they want to book
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 
@@ -119,16 +121,19 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
 
     t = time.perf_counter()
     hits, queries = [], []
+    embedding_model = assistant.knowledge_base.embedding_model
     if config.retrieval.mode == "every_turn":
         queries = retrieval_queries(user_text, history)
         hits = retrieve(services, session, assistant, queries, config.retrieval.top_k,
-                        config.retrieval.threshold(assistant.knowledge_base.embedding_model))
+                        config.retrieval.threshold(embedding_model))
     timings["retrieval_ms"] = _ms(t)
 
     t = time.perf_counter()
     sources = seen_sources(([_approved_source(found)] if found else []) + [h.to_dict() for h in hits], user_text)
     messages = build_messages(config, conv.variables or {}, history, user_text, sources)
     toolset = build_toolset(config)
+    if not wants_booking(customer_texts[:BOOKING_CONTEXT]):  # small models book when asked the opening hours
+        toolset = toolset.without(SCHEDULING_TOOLS)
     ctx = ToolContext(services=services, assistant=assistant, config=config, conversation_id=conv.id,
                       sources=list(hits), now=utcnow(), events=[])
     timings["prompt_ms"] = _ms(t)
@@ -187,6 +192,10 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
     session.refresh(conv)
     handed_off = _handed_off(tool_results)
     no_answer = no_answer or not reply or says_not_found(reply)
+    if no_answer and not handed_off and not error and config.grounded_fallback:
+        if grounded := _grounded_reply(services, embedding_model, found, hits, user_text, language):
+            reply, no_answer = grounded
+            rejected.append("the model gave no answer: the best source was quoted")
     if error and not reply:
         status, reply = "error", None
     elif handed_off:
@@ -215,6 +224,18 @@ def _approved_source(found: approved.ApprovedMatch) -> dict:
     return {"rank": 1, "chunk_id": f"{APPROVED_PREFIX}{found.approved_id}", "document_id": found.approved_id,
             "version": 0, "filename": "approved answer", "page": None, "section": found.question,
             "score": round(found.score, 4), "text": found.answer}
+
+
+def _grounded_reply(services: Services, embedding_model: str, found: approved.ApprovedMatch | None, hits: list,
+                    question: str, language: str | None) -> tuple[str, bool] | None:
+    """What to send when the model gave no answer: the approved answer it was shown, else the best
+    sentence of a confidently matching passage quoted with its document (``(reply, False)``), else None."""
+    if found is not None:
+        return found.answer, False
+    if not hits or not extractive.confident(embedding_model, hits[0].score):
+        return None
+    sentence = extractive.best_sentence(services.embedders.get(embedding_model), question, hits[0].text)
+    return (extractive.quote(sentence, hits[0].filename, language), False) if sentence else None
 
 
 def _handed_off(tool_results: list) -> bool:

@@ -40,7 +40,7 @@ SHARED_FILE = "docx/eng_spa_mult.docx"
 def _unavailable(reason: str):
     if os.environ.get("CI"):
         pytest.fail(f"browser tests must run in CI: {reason}")
-    pytest.skip(reason)
+    pytest.skip(reason, allow_module_level=True)
 
 
 if not CHROMIUM.exists():

@@ -36,6 +36,7 @@ def shop(services):
             "system_prompt": "Você atende a Loja Exemplo. Cliente: {{customer_name}}.",
             "data_fields": [{"name": "cpf", "type": "cpf"}],
             "retrieval": {"top_k": 1, "min_score": 0.1},
+            "grounded_fallback": False,  # tested on its own below
         })
         jobs = [registry.register_upload(session, services.blobs, a.knowledge_base, name, text.encode(), 10**6).job.id
                 for name, text in (("horarios.txt", HOURS), ("entregas.txt", DELIVERY))]
@@ -110,6 +111,23 @@ def test_no_answer_becomes_the_fallback_message_in_the_customers_language(shop):
         session.commit()
     model.enqueue("NO_ANSWER")
     assert chat(services, aid, "Do you sell plane tickets to Lisbon?", customer="en2").reply == "Não sei responder isso."
+
+
+def test_a_confident_source_is_quoted_when_the_model_gives_no_answer(shop):
+    services, model, aid = shop
+    with services.session() as session:
+        a = registry.get_assistant(session, aid)
+        a.config = merge_config(a.config, {"grounded_fallback": True, "retrieval": {"top_k": 1}})
+        session.commit()
+    model.enqueue("NO_ANSWER", "NO_ANSWER")
+    r = chat(services, aid, "Qual o horário de funcionamento aos sábados?")
+    assert r.status == "answered" and r.reply == "Segundo “horarios.txt”: Aos sábados abrimos das 9h às 13h."
+    assert [s["filename"] for s in r.sources] == ["horarios.txt"]
+    with services.session() as session:
+        assert "the best source was quoted" in session.get(Turn, session.get(Message, r.message_id).turn_id).error
+    # a question the documents do not cover still gets the fallback
+    r = chat(services, aid, "Vocês vendem passagens aéreas para Lisboa?", customer="c2")
+    assert r.status == "fallback" and r.reply == DEFAULT_FALLBACK["pt"]
 
 
 def test_handoff_pauses_the_ai_until_resumed(shop):

@@ -19,17 +19,21 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy import select
 
 from api.deps import (SESSION_COOKIE, SESSION_TTL_S, ServicesDep, SessionDep, has_session, issue_session_cookie,
                       same_origin, token_matches)
 from api.routes import conversations as conversation_routes
 from api.routes import documents as document_routes
+from api.routes import regression as regression_routes
 from api.routes import whatsapp as whatsapp_routes
 from kb import registry
 from kb.errors import InvalidRequest, NotFound
-from runtime import review, store
-from runtime.models import CHANNELS
+from runtime import approved, regression, review, store
+from runtime.feedback import REASONS
+from runtime.models import CHANNELS, Message
 from runtime.review import ConversationFilters
+from runtime.turn import APPROVED_PREFIX
 from runtime.whatsapp.models import WhatsAppSender
 from runtime.whatsapp.outbound import window_open
 
@@ -210,9 +214,35 @@ def conversation_page(request: Request, conversation_id: str, services: Services
         if sender is not None:
             sender_id = sender.id
             templates_offered = [t for t in whatsapp_routes.list_templates(session, sender.id) if t.status == "APPROVED"]
-    return render(request, "conversation.html", conv=conv, assistant=registry.get_assistant(session, conv.assistant_id),
+    assistant = registry.get_assistant(session, conv.assistant_id)
+    return render(request, "conversation.html", conv=conv, assistant=assistant,
                   collected=review.collected_data(session, conversation_id), window_open=window,
-                  sender_id=sender_id, wa_templates=templates_offered)
+                  sender_id=sender_id, wa_templates=templates_offered, reviews=reply_reviews(session, conv, assistant),
+                  reasons=REASONS)
+
+
+def reply_reviews(session, conv, assistant) -> dict[str, dict]:
+    """What the review actions of each AI reply of ``conv`` need, by message id: the question it answered,
+    the approved answer it was sent from (if any), the approved answer and regression case already made
+    of it, and its knowledge-base documents (the sources an approved answer made of it keeps)."""
+    replies = session.scalars(select(Message).where(Message.conversation_id == conv.id, Message.direction == "outbound",
+                                                    Message.turn_id.is_not(None)))
+    questions = regression.reply_questions(session, replies)
+    approved_ids = {a.question_key: a.id for a in approved.list_answers(session, assistant)}
+    cases = {c.created_from_message_id: c.id for c in regression.list_cases(session, assistant)}
+    reviews = {}
+    for m in conv.messages:
+        if m.id not in questions:
+            continue
+        documents: dict[str, dict] = {}
+        for s in m.sources:
+            if not s["chunk_id"].startswith(APPROVED_PREFIX):
+                documents.setdefault(s["document_id"], {k: s[k] for k in approved.SOURCE_KEYS})
+        sent_from = next((s["document_id"] for s in m.sources if s["chunk_id"].startswith(APPROVED_PREFIX)), None)
+        reviews[m.id] = {"question": questions[m.id], "sent_from": sent_from, "case_id": cases.get(m.id),
+                         "approved_id": approved_ids.get(approved.question_key(questions[m.id])),
+                         "sources": list(documents.values())}
+    return reviews
 
 
 # --------------------------------------------------------------------------- metrics and insights
@@ -285,3 +315,56 @@ def console_page(request: Request, session: SessionDep, assistant_id: str | None
     except NotFound as exc:
         return render(request, "error.html", status_code=404, title="Assistant not found", message=str(exc))
     return render(request, "console.html", assistants=assistants, assistant=assistant)
+
+
+# --------------------------------------------------------------------------- approved answers and regression checks
+
+
+@router.get("/approved")
+def approved_page(request: Request, session: SessionDep, assistant_id: str | None = None, needs_review: bool = False):
+    """An assistant's approved answers: edit, delete, clear review flags, add one, import a spreadsheet."""
+    try:
+        assistants, assistant = _pick_assistant(session, assistant_id)
+    except NotFound as exc:
+        return render(request, "error.html", status_code=404, title="Assistant not found", message=str(exc))
+    answers = approved.list_answers(session, assistant) if assistant else []
+    flagged = sum(a.needs_review for a in answers)
+    if needs_review:
+        answers = [a for a in answers if a.needs_review]
+    return render(request, "approved.html", assistants=assistants, assistant=assistant, answers=answers,
+                  flagged=flagged, only_flagged=needs_review)
+
+
+@router.get("/regression")
+def regression_page(request: Request, session: SessionDep, assistant_id: str | None = None, run_id: str | None = None):
+    """An assistant's regression cases, a button that runs them, and a run's results (the latest unless
+    ``run_id`` picks one) as what each case expected against what it got, with the history of runs."""
+    try:
+        run = regression_routes.get_run(run_id, session) if run_id else None
+        assistants, assistant = _pick_assistant(session, run.assistant_id if run else assistant_id)
+    except NotFound as exc:
+        return render(request, "error.html", status_code=404, title="Not found", message=str(exc))
+    cases = regression.list_cases(session, assistant) if assistant else []
+    runs = regression_routes.list_runs(assistant.id, session, limit=20) if assistant else []
+    if run is None and runs:
+        run = regression_routes.get_run(runs[0].id, session)
+    by_id = {c.id: c for c in cases}
+    results = [case_view(r, by_id.get(r.case_id)) for r in run.results] if run else []
+    return render(request, "regression.html", assistants=assistants, assistant=assistant, cases=cases, runs=runs,
+                  run=run, results=results)
+
+
+def case_view(result: regression_routes.CaseResultPublic, case: regression.RegressionCase | None) -> dict:
+    """A case's result beside what the case expects: status, source files (each expected one cited or
+    not, and the others cited) and facts (each found or not). ``case`` is None once the case is deleted:
+    then only what the result's changes tell is known."""
+    status_change = next((c for c in result.changes if c.what == "status"), None)
+    missing_sources = {c.expected for c in result.changes if c.what == "sources"}
+    missing_facts = {c.expected for c in result.changes if c.what == "facts"}
+    sources = dict.fromkeys([*(case.expected_sources if case else []), *sorted(missing_sources)])
+    facts = dict.fromkeys([*(case.expected_facts if case else []), *sorted(missing_facts)])
+    cited = regression.cited_filenames(result.status, result.sources)
+    return {"r": result, "expected_status": status_change.expected if status_change else result.status,
+            "other_cited": [f for f in cited if f not in sources],
+            "sources": [(f, f not in missing_sources) for f in sources],
+            "facts": [(f, f not in missing_facts) for f in facts]}

@@ -81,6 +81,48 @@
       f.error ? el("div", { class: "kv" }, el("b", {}, "error"), el("pre", { class: "error" }, f.error)) : "");
   }
 
+  // ------------------------------------------------------------------ approved answers and review forms
+
+  const lines = (text) => (text || "").split("\n").map((l) => l.trim()).filter((l) => l);
+  const REVIEWER = "atende.reviewer";  // the name reviewers sign with, remembered by this browser
+
+  function fillReviewer(root) {
+    let name = "";
+    try { name = localStorage.getItem(REVIEWER) || ""; } catch (e) { /* storage disabled */ }
+    root.querySelectorAll("input.reviewer").forEach((input) => { if (!input.value) input.value = name; });
+  }
+
+  function keepReviewer(name) {
+    try { if (name && name.trim()) localStorage.setItem(REVIEWER, name.trim()); } catch (e) { /* storage disabled */ }
+  }
+
+  // The fields of an approved-answer form: question, answer, variants (one per line), approved_by.
+  function approvedBody(form) {
+    const body = { question: form.elements.question.value, answer: form.elements.answer.value,
+      variants: lines(form.elements.variants.value) };
+    if (form.elements.approved_by) {
+      body.approved_by = form.elements.approved_by.value;
+      keepReviewer(body.approved_by);
+    }
+    return body;
+  }
+
+  // Run an action of a form or button: its buttons disabled meanwhile, the API's error shown in errorBox.
+  async function act(errorBox, control, action) {
+    showError(errorBox, "");
+    const buttons = control ? (control.tagName === "FORM" ? control.querySelectorAll("button") : [control]) : [];
+    buttons.forEach((b) => { b.disabled = true; });
+    try {
+      await action();
+      return true;
+    } catch (e) {
+      showError(errorBox, e.message);
+      return false;
+    } finally {
+      buttons.forEach((b) => { b.disabled = false; });
+    }
+  }
+
   // ------------------------------------------------------------------ conversation detail
 
   function initConversation() {
@@ -88,17 +130,7 @@
     const errorBox = document.getElementById("action-error");
     const id = encodeURIComponent(box.dataset.id);
     const run = async (form, action) => {
-      showError(errorBox, "");
-      const buttons = form ? form.querySelectorAll("button") : [];
-      buttons.forEach((b) => { b.disabled = true; });
-      try {
-        await action();
-        location.reload();
-      } catch (e) {
-        showError(errorBox, e.message);
-      } finally {
-        buttons.forEach((b) => { b.disabled = false; });
-      }
+      if (await act(errorBox, form, action)) location.reload();
     };
     document.getElementById("toggle-ai").addEventListener("click", () =>
       run(null, () => api("POST", `/api/conversations/${id}/ai`, { enabled: box.dataset.ai !== "true" })));
@@ -107,6 +139,7 @@
       ev.preventDefault();
       run(reply, () => api("POST", `/api/conversations/${id}/messages`, { text: reply.elements.text.value }));
     });
+    initReviews(box);
     const template = document.getElementById("send-template");
     if (template && template.elements.template) {
       template.addEventListener("submit", (ev) => {
@@ -122,6 +155,207 @@
         }));
       });
     }
+  }
+
+  // Under each AI reply: approve it (as is or edited), rate it, make a regression case of it.
+  function initReviews(box) {
+    const assistant = encodeURIComponent(box.dataset.assistant);
+    fillReviewer(box);
+    const approve = (review) => {
+      const form = review.querySelector(".approve-form");
+      return api("POST", `/api/assistants/${assistant}/approved-answers`,
+        { ...approvedBody(form), sources: JSON.parse(form.dataset.sources || "[]") });
+    };
+    const handle = async (ev, control, action) => {
+      ev.preventDefault();
+      const review = control.closest(".review");
+      const message = encodeURIComponent(review.dataset.message);
+      if (await act(review.querySelector(".review-error"), control, () => action(review, message))) location.reload();
+    };
+    box.addEventListener("click", (ev) => {
+      const button = ev.target.closest(".review button[data-action]");
+      if (!button) return;
+      if (button.dataset.action === "approve") handle(ev, button, approve);
+      if (button.dataset.action === "unrate") {
+        handle(ev, button, () => api("DELETE", `/api/feedback/${encodeURIComponent(button.closest("li").dataset.id)}`));
+      }
+    });
+    box.addEventListener("submit", (ev) => {
+      const form = ev.target;
+      if (form.classList.contains("approve-form")) handle(ev, form, approve);
+      if (form.classList.contains("rate-form")) {
+        const rating = ev.submitter ? ev.submitter.value : "good";
+        keepReviewer(form.elements.author.value);
+        handle(ev, form, (review, message) => api("POST", `/api/messages/${message}/feedback`, {
+          rating, reason: rating === "bad" ? form.elements.reason.value || null : null,
+          comment: form.elements.comment.value || null, author: form.elements.author.value || null,
+        }));
+      }
+      if (form.classList.contains("case-form")) {
+        handle(ev, form, (review, message) => api("POST", `/api/messages/${message}/regression-case`, {
+          facts: lines(form.elements.facts.value), note: form.elements.note.value || null,
+        }));
+      }
+    });
+  }
+
+  // ------------------------------------------------------------------ approved answers
+
+  function initApproved() {
+    const box = document.getElementById("approved-page");
+    if (!box) return;
+    const assistant = encodeURIComponent(box.dataset.assistant);
+    fillReviewer(box);
+    const refresh = () => refreshFragment("approved-list");
+
+    box.addEventListener("submit", async (ev) => {
+      const form = ev.target;
+      if (!form.classList.contains("approved-form")) return;
+      ev.preventDefault();
+      const body = approvedBody(form);
+      if (form.elements.clear_flag && form.elements.clear_flag.checked) body.needs_review = false;
+      if (await act(form.querySelector(".form-error"), form, () => api(form.dataset.method, form.dataset.url, body))) {
+        if (form.dataset.method === "POST") form.reset();
+        fillReviewer(box);
+        await refresh();
+      }
+    });
+
+    box.addEventListener("click", async (ev) => {
+      const button = ev.target.closest("article.approved button[data-action]");
+      if (!button) return;
+      const item = button.closest("article.approved");
+      const url = `/api/approved-answers/${encodeURIComponent(item.dataset.id)}`;
+      const errorBox = item.querySelector(".item-error");
+      let done;
+      if (button.dataset.action === "delete") {
+        if (!confirm(`Delete the approved answer to "${item.querySelector(".question").textContent}"?`)) return;
+        done = await act(errorBox, button, () => api("DELETE", url));
+      } else {
+        done = await act(errorBox, button, () => api("PATCH", url, { needs_review: false }));
+      }
+      if (done) await refresh();
+    });
+
+    const upload = document.getElementById("import");
+    const report = document.getElementById("import-report");
+    upload.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      report.replaceChildren();
+      keepReviewer(upload.elements.approved_by.value);
+      const data = new FormData(upload);
+      const name = upload.elements.file.files[0] ? upload.elements.file.files[0].name : "";
+      const errorBox = el("p", { class: "error", role: "alert", hidden: true });
+      report.append(errorBox);
+      await act(errorBox, upload, async () => {
+        const r = await api("POST", `/api/assistants/${assistant}/approved-answers/import`, data);
+        report.append(el("p", { class: r.errors.length ? "" : "ok" },
+          `${name}: ${r.imported} imported, ${r.updated} updated, ${r.errors.length} row${r.errors.length === 1 ? "" : "s"} with errors`),
+        r.errors.length ? el("ul", { class: "messages", id: "import-errors" },
+          r.errors.map((e) => el("li", { class: "error" }, `row ${e.row}: ${e.error}`))) : "");
+        upload.reset();
+        fillReviewer(box);
+        await refresh();
+      });
+    });
+  }
+
+  // An inline form writing an approved answer for ``question`` (the Improve page's gaps and clusters).
+  function answerForm(assistantId, question, examples, onClose) {
+    const form = el("form", {},
+      el("label", {}, "Question", el("input", { name: "question", value: question, required: true, maxlength: "1000" })),
+      el("label", {}, "Other phrasings, one per line (optional)", el("textarea", { name: "variants", rows: "2" })),
+      el("label", {}, "Answer", el("textarea", { name: "answer", rows: "3", required: true, maxlength: "4096" })),
+      el("label", {}, "Approved by", el("input", { name: "approved_by", class: "reviewer", maxlength: "200" })),
+      el("div", { class: "inline" }, el("button", { type: "submit" }, "Save the approved answer"),
+        el("button", { type: "button", class: "small" }, "Cancel")),
+      el("p", { class: "error small", role: "alert", hidden: true }));
+    form.elements.variants.value = examples.filter((q) => q !== question).join("\n");
+    fillReviewer(form);
+    form.querySelector("button[type=button]").addEventListener("click", () => onClose(null));
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const ok = await act(form.querySelector("p.error"), form, () =>
+        api("POST", `/api/assistants/${encodeURIComponent(assistantId)}/approved-answers`, approvedBody(form)));
+      if (ok) {
+        onClose(el("p", { class: "ok small" }, "Saved as an approved answer. ",
+          el("a", { href: `/dashboard/approved?assistant_id=${encodeURIComponent(assistantId)}` }, "Approved answers")));
+      }
+    });
+    return form;
+  }
+
+  // A "Write the answer" button that opens answerForm in ``slot``; ``shown`` (slot or an element around it)
+  // is visible while the form or its outcome is.
+  function writeAnswerButton(item, slot, shown) {
+    const button = el("button", { type: "button", class: "small write" }, "Write the answer");
+    button.addEventListener("click", () => {
+      button.hidden = true;
+      shown.hidden = false;
+      slot.replaceChildren(answerForm(item.assistant_id, item.question, item.examples || [], (done) => {
+        slot.replaceChildren(...(done ? [done] : []));
+        shown.hidden = !done;
+        button.hidden = Boolean(done);
+      }));
+      slot.querySelector("textarea[name=answer]").focus();
+    });
+    return button;
+  }
+
+  // ------------------------------------------------------------------ regression checks
+
+  function initRegression() {
+    const box = document.getElementById("regression");
+    if (!box) return;
+    const assistant = encodeURIComponent(box.dataset.assistant);
+    const state = document.getElementById("run-state");
+    const errorBox = document.getElementById("run-error");
+    const runButton = document.getElementById("run-checks");
+
+    async function follow(runId) {
+      runButton.disabled = true;
+      for (;;) {
+        const run = await api("GET", `/api/regression-runs/${encodeURIComponent(runId)}`);
+        if (run.status !== "running") break;
+        state.textContent = `running: ${run.summary.done || 0} of ${run.summary.total || 0} cases done…`;
+        await sleep(700);
+      }
+      location.href = `/dashboard/regression?assistant_id=${assistant}&run_id=${encodeURIComponent(runId)}`;
+    }
+
+    runButton.addEventListener("click", () => act(errorBox, runButton, async () => {
+      state.textContent = "starting…";
+      try {
+        const run = await api("POST", `/api/assistants/${assistant}/regression-runs`);
+        await follow(run.id);
+      } catch (e) {
+        state.textContent = "";
+        throw e;
+      }
+    }));
+    const current = document.getElementById("run");
+    if (current && current.dataset.status === "running") {
+      follow(current.dataset.id).catch((e) => showError(errorBox, e.message));
+    }
+
+    box.addEventListener("click", async (ev) => {
+      const button = ev.target.closest("#cases button[data-action=delete]");
+      if (!button) return;
+      const row = button.closest("tr");
+      if (!confirm(`Delete the case "${row.cells[0].textContent.trim()}"?`)) return;
+      if (await act(errorBox, button, () => api("DELETE", `/api/regression-cases/${encodeURIComponent(row.dataset.id)}`))) {
+        await refreshFragment("cases");
+      }
+    });
+    box.addEventListener("submit", async (ev) => {
+      const form = ev.target;
+      if (!form.classList.contains("facts-form")) return;
+      ev.preventDefault();
+      const url = `/api/regression-cases/${encodeURIComponent(form.closest("tr").dataset.id)}`;
+      if (await act(errorBox, form, () => api("PATCH", url, { expected_facts: lines(form.elements.facts.value) }))) {
+        await refreshFragment("cases");
+      }
+    });
   }
 
   // ------------------------------------------------------------------ knowledge base
@@ -292,26 +526,31 @@
     state.textContent = `${data.questions_considered} questions considered.`;
     const clusters = document.getElementById("clusters");
     for (const c of data.clusters) {
+      const slot = el("div", { class: "write-answer card", hidden: true });
       clusters.append(el("li", {},
         el("b", {}, c.question), ` — asked ${c.count} times in ${c.conversations} conversation(s) · ${c.assistant_name} · `,
-        conversationLinks(c.conversation_ids),
-        el("ul", { class: "small muted" }, c.examples.map((q) => el("li", {}, q)))));
+        conversationLinks(c.conversation_ids), " ", writeAnswerButton(c, slot, slot),
+        el("ul", { class: "small muted" }, c.examples.map((q) => el("li", {}, q))), slot));
     }
     if (!data.clusters.length) clusters.append(el("li", { class: "muted" }, "No repeated questions in this selection."));
     document.getElementById("clusters-card").hidden = false;
     const gaps = document.querySelector("#gaps tbody");
     for (const g of data.gaps) {
       const reasons = Object.entries(g.reasons || {}).map(([k, n]) => `${k} ${n}`).join(", ");
-      gaps.append(el("tr", {},
+      const slot = el("td", { colspan: "3", class: "write-answer" });
+      const formRow = el("tr", { hidden: true }, slot);
+      gaps.append(el("tr", { class: "gap" },
         el("td", {}, g.question, g.count > 1 ? el("span", { class: "muted small" }, ` (${g.count} similar; ${reasons})`) : ""),
         el("td", { class: "num" }, g.best_score === null ? "no sources" : Number(g.best_score).toFixed(3)),
-        el("td", {}, conversationLinks(g.conversation_ids))));
+        el("td", {}, conversationLinks(g.conversation_ids), " ", writeAnswerButton(g, slot, formRow))),
+      formRow);
     }
     if (!data.gaps.length) gaps.append(el("tr", {}, el("td", { colspan: "3", class: "muted" }, "No gaps found.")));
     document.getElementById("gaps-card").hidden = false;
   }
 
-  const pages = { conversation: initConversation, knowledge: initKnowledge, console: initConsole, improve: initImprove };
+  const pages = { conversation: initConversation, knowledge: initKnowledge, console: initConsole, improve: initImprove,
+    approved: initApproved, regression: initRegression };
   const init = pages[document.body.dataset.page];
   if (init) init();
 })();

@@ -1,0 +1,30 @@
+"""What a customer asks for, told from their words before any model runs: today, whether they want to
+book (English, Portuguese, Spanish).
+
+Small local models call the tools they are offered: shown ``list_available_slots`` they answer "what
+are your Saturday hours?" with a list of free slots. The scheduling tools are therefore offered only
+when the customer's recent messages ask for a booking.
+"""
+from __future__ import annotations
+
+import re
+
+from kb.keyword import fold
+
+SCHEDULING_TOOLS = frozenset({"list_available_slots", "schedule_appointment"})
+
+# on accent-folded, lower-case text; verbs of booking and the words of free times, not "hours" alone
+_BOOKING = re.compile(
+    r"\b(agend\w*|reagend\w*|marc(ar|o|amos|aria|ando|acao)|remarc\w*|reserv\w*"  # pt/es verbs
+    r"|(horarios?|vagas?|datas?) (disponive\w*|livres?|vagos?|disponibles?|para (amanha|hoje|segunda|terca|quarta"
+    r"|quinta|sexta|sabado|lunes|martes|miercoles|jueves|viernes|manana))"
+    r"|tem (vaga|horario)|ha (vaga|horario)|hay (turno|hora|cita)s?"
+    r"|cita|turno|pedir (hora|turno|cita)"  # es
+    r"|book\w*|schedul\w*|appointments?|(free|available|open) (slots?|times?|dates?)|slots?)\b"
+)
+
+
+def wants_booking(texts: list[str]) -> bool:
+    """True when any of the customer's ``texts`` (the newest message and the few before it, so the
+    booking's follow-up "amanhã às 10h" still counts) asks to book, reschedule or see free times."""
+    return any(_BOOKING.search(fold(text)) for text in texts)

