@@ -8,7 +8,9 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from api.body_limits import install_body_limits
 from api.errors import install_error_handlers
 from api.routes import assistants, conversations, dashboard, dashboard_api, documents, review, whatsapp, widget
 from api.routes import insights
@@ -59,7 +61,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app = FastAPI(title="atende", version=__version__, lifespan=lifespan)
     app.state.services = services
     app.state.huey = huey
+    # the client's address and scheme as a trusted reverse proxy saw them (auth throttling, Secure cookies)
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=services.settings.trusted_proxies)
     install_error_handlers(app)
+    install_body_limits(app, services.settings)
     app.include_router(assistants.router)
     app.include_router(documents.router)
     app.include_router(review.router)  # before conversations: /api/conversations/export is not an id

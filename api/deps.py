@@ -1,17 +1,17 @@
 """Dependencies shared by the routers: services, a database session, the admin check.
 
 Admins authenticate with the bearer token (API clients) or with the dashboard's session cookie, which
-the login page hands out in exchange for the token. The cookie is ``<expiry>.<nonce>.<hmac>``, signed
-with a key derived from ``secret_key`` and the admin token (changing either signs everyone out),
-HttpOnly and SameSite=Strict. Requests that change something and carry only the cookie must also come
-from our own origin: a browser's ``Origin`` header, when present, has to name this host (CSRF).
+the login page hands out in exchange for the token: a random id of a server-side session (``api.sessions``;
+signing out or changing a secret ends it), HttpOnly, SameSite=Strict, and Secure when the request came over
+HTTPS (through a proxy in ``ATENDE_TRUSTED_PROXIES`` too). Wrong tokens count against the client's address
+and lock it out with growing waits (``api.throttle``: 429 with ``Retry-After``). Requests that change
+something and carry only the cookie must also come from our own origin: a browser's ``Origin`` header, when
+present, has to name this host (CSRF).
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
+import logging
 import secrets
-import time
 from collections.abc import Iterator
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -20,13 +20,16 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from api import throttle
+from api.sessions import session_is_open
+from atende.db import utcnow
 from atende.services import Services
 from atende.settings import Settings
 
+log = logging.getLogger(__name__)
 _bearer = HTTPBearer(auto_error=False)
 
 SESSION_COOKIE = "atende_session"
-SESSION_TTL_S = 12 * 3600
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
@@ -45,35 +48,37 @@ def get_session(services: ServicesDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def _signing_key(settings: Settings) -> bytes:
-    material = f"dashboard-session\0{settings.secret_key}\0{settings.admin_token}".encode()
-    return hashlib.sha256(material).digest()
-
-
-def _sign(settings: Settings, payload: str) -> str:
-    return hmac.new(_signing_key(settings), payload.encode(), hashlib.sha256).hexdigest()
-
-
-def issue_session_cookie(settings: Settings, now: float | None = None) -> str:
-    """A new signed session value, valid for ``SESSION_TTL_S`` seconds."""
-    payload = f"{int((now or time.time()) + SESSION_TTL_S)}.{secrets.token_urlsafe(12)}"
-    return f"{payload}.{_sign(settings, payload)}"
-
-
-def valid_session_cookie(settings: Settings, value: str | None, now: float | None = None) -> bool:
-    """True for an unexpired value signed by ``issue_session_cookie`` with the same settings."""
-    if not value or value.count(".") != 2:
-        return False
-    payload, signature = value.rsplit(".", 1)
-    if not hmac.compare_digest(signature, _sign(settings, payload)):
-        return False
-    expires = payload.split(".", 1)[0]
-    return expires.isdigit() and int(expires) > (now or time.time())
-
-
 def token_matches(settings: Settings, token: str) -> bool:
     """Constant-time comparison with the admin token."""
     return secrets.compare_digest(token.encode(), settings.admin_token.encode())
+
+
+class AuthFailed(Exception):
+    """A wrong admin token (``retry_after`` 0), or a client locked out for ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: int = 0):
+        super().__init__(retry_after)
+        self.retry_after = retry_after
+
+
+def authenticate(request: Request, services: Services, token: str) -> None:
+    """Accept ``token`` if it is the admin token and the client is not locked out; raises ``AuthFailed``
+    otherwise. A locked-out client's token is not even compared; a wrong one counts against the client
+    (``api.throttle``) and is logged."""
+    key = throttle.client_key(request.client.host if request.client else None)
+    now = utcnow()
+    with services.session() as db:
+        before = throttle.standing(db, key, now)
+        if before.retry_after:
+            raise AuthFailed(before.retry_after)
+        if token and token_matches(services.settings, token):
+            if before.failures:
+                throttle.forget(db, key)
+            return
+        after = throttle.record_failure(db, key, now)
+    log.warning("wrong admin token from %s (%d in a row%s)", key, after.failures,
+                f"; locked out for {after.retry_after} s" if after.retry_after else "")
+    raise AuthFailed(after.retry_after)
 
 
 def same_origin(request: Request) -> bool:
@@ -85,9 +90,13 @@ def same_origin(request: Request) -> bool:
     return request.headers.get("sec-fetch-site", "same-origin") in ("same-origin", "none")
 
 
-def has_session(request: Request, settings: Settings) -> bool:
-    """Whether the request carries a valid dashboard session cookie."""
-    return valid_session_cookie(settings, request.cookies.get(SESSION_COOKIE))
+def has_session(request: Request, services: Services) -> bool:
+    """Whether the request carries the cookie of an open dashboard session."""
+    value = request.cookies.get(SESSION_COOKIE)
+    if not value:
+        return False
+    with services.session() as db:
+        return session_is_open(db, services.settings, value)
 
 
 def require_admin(
@@ -95,9 +104,14 @@ def require_admin(
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
     """The bearer token, or the session cookie (plus a same-origin check for changes)."""
-    if creds is not None and token_matches(services.settings, creds.credentials):
-        return
-    if creds is None and has_session(request, services.settings):
+    if creds is not None:
+        try:
+            return authenticate(request, services, creds.credentials)
+        except AuthFailed as exc:
+            if exc.retry_after:
+                raise HTTPException(status_code=429, detail=f"too many wrong tokens; try again in {exc.retry_after} s",
+                                    headers={"Retry-After": str(exc.retry_after)}) from None
+    elif has_session(request, services):
         if request.method not in SAFE_METHODS and not same_origin(request):
             raise HTTPException(status_code=403, detail="cross-site request refused")
         return

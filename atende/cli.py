@@ -1,4 +1,4 @@
-"""The ``atende`` command line: serve, worker, assistants, kb ingest/search, bench."""
+"""The ``atende`` command line: serve, admin-token, worker, assistants, kb ingest/search, bench."""
 from __future__ import annotations
 
 import argparse
@@ -27,7 +27,17 @@ def cmd_serve(args) -> int:
     from api.app import create_app
 
     app = create_app(services=_services(args), demo=args.demo)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    command = sys.argv[0] if Path(sys.argv[0]).name == "atende" else "atende"
+    print(f"Dashboard: http://{args.host}:{args.port}/dashboard; the admin token (API bearer token and dashboard "
+          f"password) is printed by: {command} admin-token", file=sys.stderr, flush=True)
+    # the app applies X-Forwarded-* itself, from ATENDE_TRUSTED_PROXIES only (api/app.py)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", proxy_headers=False)
+    return 0
+
+
+def cmd_admin_token(args) -> int:
+    """Print the admin token: ATENDE_ADMIN_TOKEN if set, else the one generated in the data directory."""
+    print(Settings().admin_token)
     return 0
 
 
@@ -258,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--demo", action="store_true", help="create the demo assistant and ingest its sample documents")
     s.set_defaults(func=cmd_serve)
 
+    t = sub.add_parser("admin-token", help="print the admin token (generated into $ATENDE_HOME/secrets.json unless "
+                                           "ATENDE_ADMIN_TOKEN is set)")
+    t.set_defaults(func=cmd_admin_token)
+
     w = sub.add_parser("worker", help="run background-job workers (for a Redis queue)")
     w.add_argument("--workers", type=int, default=1)
     w.set_defaults(func=cmd_worker)
@@ -374,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pydantic import ValidationError
+
+    from atende.secret_store import SecretStoreError
     from ingest.errors import IngestError
     from kb.errors import KBError
 
@@ -381,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (KBError, IngestError) as exc:
+    except (KBError, IngestError, ValidationError, SecretStoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

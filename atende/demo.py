@@ -6,7 +6,7 @@ from pathlib import Path
 from atende.services import Services
 from kb import registry
 from kb.errors import NotFound
-from runtime.config import merge_config
+from runtime.config import DEFAULT_TOOLS, merge_config
 
 DEMO_NAME = "demo"
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demo" / "knowledge"
@@ -26,6 +26,8 @@ DEMO_CONFIG = {
         {"name": "email", "type": "email"},
         {"name": "telefone", "type": "phone"},
     ],
+    # a clinic books visits: the scheduling tools are on (off by default), one booking per conversation
+    "tools": [*DEFAULT_TOOLS, "list_available_slots", "schedule_appointment"],
     "scheduling": {
         "timezone": "America/Sao_Paulo", "slot_minutes": 30,
         "availability": {**{d: [["08:00", "12:00"], ["13:00", "19:00"]] for d in range(5)}, 5: [["08:00", "12:00"]]},

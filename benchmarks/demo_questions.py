@@ -2,7 +2,9 @@
 
 Start the demo first (``make run``), then::
 
-    python -m benchmarks.demo_questions [--url http://127.0.0.1:8000] [--token $ATENDE_ADMIN_TOKEN]
+    python -m benchmarks.demo_questions [--url http://127.0.0.1:8000] [--token TOKEN]
+
+(the token defaults to what ``atende admin-token`` prints: ``ATENDE_ADMIN_TOKEN`` or the data directory's).
 
 Each question (the three a new user tried first, and ten written from ``demo/knowledge`` before any
 reply was seen) is sent as a new customer on ``POST /api/chat``; the reply must contain the fact the
@@ -13,7 +15,6 @@ exits 1 when any question fails.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import time
@@ -22,6 +23,7 @@ import uuid
 import httpx
 import numpy as np
 
+from atende.settings import Settings
 from kb.keyword import fold
 
 # (question, pattern the reply must match on folded text, document that holds the answer)
@@ -55,9 +57,10 @@ def ask(client: httpx.Client, assistant: str, question: str) -> tuple[dict, floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000")
-    parser.add_argument("--token", default=os.environ.get("ATENDE_ADMIN_TOKEN", "change-me"))
+    parser.add_argument("--token", help="admin token (default: what `atende admin-token` prints)")
     parser.add_argument("--assistant", default="demo")
     a = parser.parse_args()
+    a.token = a.token or Settings().admin_token
     failures, times = 0, []
     with httpx.Client(base_url=a.url, headers={"Authorization": f"Bearer {a.token}"}, timeout=300) as client:
         for question, pattern, document in QUESTIONS:

@@ -31,3 +31,8 @@ class ParseError(IngestError):
 
 class NoExtractableText(IngestError):
     """The file parsed but holds no text (e.g. a scanned PDF without a text layer)."""
+
+
+class ParseLimitExceeded(ParseError):
+    """Parsing the file would take more time, memory or inflated size than the configured limits
+    allow (a decompression bomb, or a file too big for this server's settings)."""

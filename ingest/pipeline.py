@@ -1,5 +1,8 @@
 """Ingestion jobs: parse -> chunk -> embed -> store a document version, then swap it in atomically.
 
+Files are parsed in a child process within the settings' limits (``ingest.sandbox``); a file over
+a limit fails its job like any unreadable file.
+
 A version's chunks are written while it is ``writing`` (hidden from search); one database
 transaction then makes it ``current`` and the previous version ``stale``; stale chunks are
 purged afterwards. A failure at any point leaves the previous version searchable.
@@ -17,7 +20,7 @@ from atende.db import new_id, utcnow
 from atende.services import Services
 from ingest.chunk import Chunker
 from ingest.errors import IngestError
-from ingest.parse import parse_document
+from ingest.sandbox import ParseLimits, parse_isolated
 from kb.embedders import Embedder
 from kb.models import Document, DocumentVersion, IngestJob, KnowledgeBase
 from kb.registry import INTERNAL_ERROR, purge_stale
@@ -44,10 +47,11 @@ class Timings:
         return stages | {"total_s": round(time.perf_counter() - self.started, 3)}
 
 
-def prepare_chunks(data: bytes, file_type: str, embedder: Embedder, kb: KnowledgeBase, timings: Timings) -> tuple[int, list[Chunk]]:
-    """Parse and chunk one file; returns (element count, chunks)."""
+def prepare_chunks(data: bytes, file_type: str, limits: ParseLimits, embedder: Embedder, kb: KnowledgeBase,
+                   timings: Timings) -> tuple[int, list[Chunk]]:
+    """Parse (in a child process, within ``limits``) and chunk one file; returns (element count, chunks)."""
     t = time.perf_counter()
-    elements = parse_document(data, file_type)
+    elements = parse_isolated(data, file_type, limits)
     timings.parse_s += time.perf_counter() - t
     t = time.perf_counter()
     chunks = Chunker(embedder, kb.chunk_size, kb.chunk_overlap).chunk(elements)
@@ -125,7 +129,8 @@ def _ingest(services: Services, job_id: str, timings: Timings) -> None:
         version.state = "writing"
         session.commit()
         embedder = services.embedders.get(kb.embedding_model)
-        elements, chunks = prepare_chunks(services.blobs.get(version.content_hash), version.file_type, embedder, kb, timings)
+        elements, chunks = prepare_chunks(services.blobs.get(version.content_hash), version.file_type,
+                                          ParseLimits.from_settings(services.settings), embedder, kb, timings)
         job.elements, job.chunks_total = elements, len(chunks)
         session.commit()
 
@@ -192,6 +197,7 @@ def _reembed(services: Services, job_id: str, timings: Timings) -> None:
         job = session.get(IngestJob, job_id)
         kb = session.get(KnowledgeBase, job.knowledge_base_id)
         embedder = services.embedders.get(kb.target_embedding_model)
+        limits = ParseLimits.from_settings(services.settings)
         new_collection = f"kb_{kb.id}_{new_id()[:8]}"
         try:
             done: set[str] = set()
@@ -208,7 +214,8 @@ def _reembed(services: Services, job_id: str, timings: Timings) -> None:
                     break
                 job.chunks_total += len(todo)
                 for version in todo:  # documents replaced meanwhile show up in the next round
-                    _, chunks = prepare_chunks(services.blobs.get(version.content_hash), version.file_type, embedder, kb, timings)
+                    _, chunks = prepare_chunks(services.blobs.get(version.content_hash), version.file_type, limits,
+                                               embedder, kb, timings)
                     embed_and_store(services, new_collection, embedder, version.document, version, chunks, timings)
                     version.chunk_count = len(chunks)
                     done.add(version.id)

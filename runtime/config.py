@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from kb.embedders import default_min_score
 from kb.keyword import message_language
@@ -32,6 +32,8 @@ DEFAULT_FALLBACK = {
           "con un agente?",
 }
 TOOL_NAMES = ("search_knowledge_base", "transfer_to_human", "collect_data", "list_available_slots", "schedule_appointment")
+# booking writes to the business's calendar: an assistant enables the scheduling tools explicitly
+DEFAULT_TOOLS = ("search_knowledge_base", "transfer_to_human", "collect_data")
 FieldType = Literal["email", "phone", "date", "number", "enum", "regex", "cpf", "cnpj", "text"]
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 
@@ -75,17 +77,43 @@ class DataField(BaseModel):
         return v
 
 
+# URL placeholders: {{bound}} ones the runtime fills from the conversation, {param} ones from the model's arguments
+PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
+BOUND_NAME = re.compile(r"^(customer\.(id|phone)|variables\.[A-Za-z_][A-Za-z0-9_]{0,49}|data\.[a-z][a-z0-9_]{0,49})$")
+
+
 class HttpTool(BaseModel):
     """A lookup in the customer's own systems, defined as data."""
 
     name: str = Field(pattern=r"^[a-zA-Z][a-zA-Z0-9_]{0,49}$")
     description: str
-    url: str = Field(description="may contain {param} placeholders filled from the arguments")
+    url: str = Field(description="{param}: filled from the model's arguments (one encoded path segment); "
+                                 "{{customer.id}}, {{customer.phone}}, {{variables.NAME}}, {{data.FIELD}}: filled "
+                                 "by the runtime from the conversation, never by the model")
     method: Literal["GET", "POST"] = "GET"
     parameters: dict = Field(default_factory=lambda: {"type": "object", "properties": {}}, description="JSON schema")
     timeout_s: float = Field(default=10.0, gt=0, le=60)
     credential: str | None = Field(default=None, description="name of an entry in ATENDE_HTTP_TOOL_CREDENTIALS")
     max_response_bytes: int = Field(default=16_000, ge=256, le=1_000_000)
+
+    @property
+    def bound_names(self) -> list[str]:
+        """The runtime-filled placeholders of the URL, e.g. ``["customer.phone"]``."""
+        return [bound for bound, param in PLACEHOLDER.findall(self.url) if not param]
+
+    @property
+    def model_names(self) -> list[str]:
+        """The model-filled ``{param}`` placeholders of the URL."""
+        return [param for _, param in PLACEHOLDER.findall(self.url) if param]
+
+    @field_validator("url")
+    @classmethod
+    def _known_placeholders(cls, v: str) -> str:
+        for bound, param in PLACEHOLDER.findall(v):
+            if not param and not BOUND_NAME.match(bound):
+                raise ValueError(f"unknown placeholder {{{{{bound}}}}}: use {{{{customer.id}}}}, {{{{customer.phone}}}}, "
+                                 "{{variables.NAME}} or {{data.FIELD}}")
+        return v
 
 
 class Scheduling(BaseModel):
@@ -96,6 +124,8 @@ class Scheduling(BaseModel):
         default_factory=lambda: {d: [("09:00", "12:00"), ("13:00", "18:00")] for d in range(5)}
     )
     horizon_days: int = Field(default=30, ge=1, le=365)
+    # one conversation cannot fill the calendar; a human agent can book more
+    max_bookings_per_conversation: int = Field(default=1, ge=1, le=50)
 
     @field_validator("availability")
     @classmethod
@@ -134,10 +164,21 @@ def merge_config(stored: dict, changes: dict) -> dict:
 
 
 class WidgetConfig(BaseModel):
-    """The embeddable web chat: where it may run and how fast a visitor may write."""
+    """The embeddable web chat: where it may run and how fast anonymous visitors may use it.
 
-    allowed_origins: list[str] = Field(default_factory=list, description="e.g. https://shop.example; empty = any origin")
-    rate_limit_per_minute: int = Field(default=10, ge=1, le=600)
+    Every limit is counted in the database (``runtime.ratelimit``), so it holds across server processes.
+    """
+
+    allowed_origins: list[str] = Field(
+        default_factory=list, description="websites that may embed the widget, e.g. https://shop.example; the "
+                                          "server's own pages (dashboard, demo) always may; \"*\" = any website")
+    rate_limit_per_minute: int = Field(default=10, ge=1, le=600, description="messages per visitor per minute")
+    ip_messages_per_minute: int = Field(default=30, ge=1, le=10_000, description="messages per client address per minute")
+    ip_sessions_per_hour: int = Field(default=30, ge=1, le=10_000, description="new visitors per client address per hour")
+    assistant_messages_per_minute: int = Field(default=120, ge=1, le=100_000,
+                                               description="messages to this assistant's widget per minute, all visitors")
+    assistant_sessions_per_hour: int = Field(default=600, ge=1, le=1_000_000,
+                                             description="new visitors of this assistant's widget per hour")
     title: str = "Chat"
     greeting: str = ""
 
@@ -157,7 +198,7 @@ class AssistantConfig(BaseModel):
     model: str | None = Field(default=None, description="chat model name; default from settings")
     temperature: float = Field(default=0.2, ge=0, le=2)
     max_tokens: int = Field(default=256, ge=16, le=4096)
-    tools: list[str] = Field(default_factory=lambda: list(TOOL_NAMES))
+    tools: list[str] = Field(default_factory=lambda: list(DEFAULT_TOOLS))
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     approved_answers: ApprovedAnswersConfig = Field(default_factory=ApprovedAnswersConfig)
     grounded_fallback: bool = Field(
@@ -193,6 +234,21 @@ class AssistantConfig(BaseModel):
         if clashes:
             raise ValueError(f"HTTP tool names must be unique and differ from the built-in tools: {clashes}")
         return v
+
+    @model_validator(mode="after")
+    def _bound_data_fields(self) -> "AssistantConfig":
+        fields = {f.name: f for f in self.data_fields}
+        for tool in self.http_tools:
+            for name in tool.bound_names:
+                if name.startswith("data."):
+                    field = fields.get(name[5:])
+                    if field is None or field.type == "text":
+                        raise ValueError(f"{tool.name}: {{{{{name}}}}} must name a data field with a validated type "
+                                         f"(not text); fields: {', '.join(fields) or 'none'}")
+            clash = sorted(set(tool.model_names) & {n.rsplit(".", 1)[1] for n in tool.bound_names})
+            if clash:
+                raise ValueError(f"{tool.name}: {clash} is filled by the runtime ({{{{...}}}}) and by the model ({{...}}); keep one")
+        return self
 
     @field_validator("tools")
     @classmethod

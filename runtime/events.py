@@ -32,7 +32,7 @@ def deliver_event(services: Services, event_id: str, attempts: int = 3, backoff_
         if attempt:
             time.sleep(backoff_s * 2 ** (attempt - 1))
         try:
-            post_json(url, payload, TIMEOUT_S)
+            post_json(url, payload, services.settings, TIMEOUT_S)
         except HttpToolError as exc:
             _record(services, event_id, error=str(exc), final=attempt == attempts - 1)
             log.warning("event %s attempt %d failed: %s", event_id, attempt + 1, exc)

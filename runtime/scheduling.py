@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import date, datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -43,6 +43,10 @@ class BeyondHorizon(SchedulingError):
 
 class SlotTaken(SchedulingError):
     pass
+
+
+class BookingLimit(SchedulingError):
+    """The conversation has booked as many appointments as ``max_bookings_per_conversation`` allows."""
 
 
 def _fmt(dt: datetime) -> str:
@@ -136,19 +140,42 @@ def check_slot(scheduling: Scheduling, starts_at: datetime, now: datetime) -> da
     raise OutsideOpeningHours(f"{_fmt(local)} is outside opening hours ({local.strftime('%A')}: {hours})")
 
 
+def ensure_bookable(
+    session: Session, assistant_id: str, conversation_id: str | None, scheduling: Scheduling,
+    starts_at_local: datetime, now: datetime,
+) -> datetime:
+    """Check that a slot can be booked now: for a conversation, one more booking within
+    ``max_bookings_per_conversation``; then a free slot start (``check_slot``). Returns the aware local
+    start, else raises a ``SchedulingError``."""
+    if conversation_id is not None:
+        booked = session.scalar(select(func.count()).select_from(Appointment).where(
+            Appointment.conversation_id == conversation_id, Appointment.status == "booked"))
+        if booked >= scheduling.max_bookings_per_conversation:
+            raise BookingLimit(
+                f"this conversation already has {booked} booked appointment(s), the most one conversation may book; "
+                "offer to transfer the customer to a human agent to change or add a booking")
+    local = check_slot(scheduling, starts_at_local, now)
+    start = local.astimezone(timezone.utc)
+    if _booked(session, assistant_id, start, start + timedelta(minutes=scheduling.slot_minutes)):
+        raise _taken(local)
+    return local
+
+
+def _taken(local: datetime) -> SlotTaken:
+    return SlotTaken(f"{_fmt(local)} is already taken; choose another time")
+
+
 def book(
     services: Services, assistant_id: str, conversation_id: str | None, scheduling: Scheduling,
     starts_at_local: datetime, name: str, kind: str = "appointment", notes: str = "", now: datetime | None = None,
 ) -> Appointment:
     """Book a slot in its own short transaction; raises a ``SchedulingError`` (``SlotTaken`` when
-    someone else has it, even if they won a race by milliseconds)."""
-    local = check_slot(scheduling, starts_at_local, now or utcnow())
-    start = local.astimezone(timezone.utc)
-    end = start + timedelta(minutes=scheduling.slot_minutes)
-    taken = SlotTaken(f"{_fmt(local)} is already taken; choose another time")
+    someone else has it, even if they won a race by milliseconds; ``BookingLimit`` when the conversation
+    has booked its share). Turns of one conversation never overlap, so its count cannot race."""
     with services.session() as session:
-        if _booked(session, assistant_id, start, end):
-            raise taken
+        local = ensure_bookable(session, assistant_id, conversation_id, scheduling, starts_at_local, now or utcnow())
+        start = local.astimezone(timezone.utc)
+        end = start + timedelta(minutes=scheduling.slot_minutes)
         appointment = Appointment(
             id=new_id(), assistant_id=assistant_id, conversation_id=conversation_id, kind=kind,
             starts_at=start, ends_at=end, name=name, notes=notes, status="booked",
@@ -159,6 +186,6 @@ def book(
         except IntegrityError:
             session.rollback()
             if _booked(session, assistant_id, start, end):
-                raise taken from None
+                raise _taken(local) from None
             raise
     return appointment

@@ -22,7 +22,7 @@ from datetime import time as dt_time
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from atende.db import new_id, utcnow
@@ -33,20 +33,24 @@ from kb.search import search
 from kb.types import SearchHit
 from runtime.config import TOOL_NAMES, AssistantConfig, DataField, HttpTool
 from runtime.http_tools import HttpToolError, call_http_tool
-from runtime.models import CollectedData, Conversation, OutboundEvent
-from runtime.scheduling import SchedulingError, SlotTaken, available_slots, book, opening_hours
+from runtime.models import CollectedData, Conversation, Message, OutboundEvent, Turn
+from runtime.scheduling import SchedulingError, SlotTaken, available_slots, book, ensure_bookable, opening_hours
 from runtime.types import ToolCall, ToolResult
 from runtime.validators import InvalidValue, parse_date, validate_value
 
 log = logging.getLogger(__name__)
 MAX_ERROR_CHARS = 500
+PROPOSAL = "Not booked yet."  # how schedule_appointment's proposals begin (and are found in the log)
 MAX_LISTED_SLOTS = 24
 NEXT_FREE_SEARCH_DAYS = 14
 
 
 @dataclass
 class ToolContext:
-    """What a tool may touch during one turn; tools append the passages and events they create."""
+    """What a tool may touch during one turn; tools append the passages and events they create.
+
+    ``deadline`` is the turn's end on the ``time.perf_counter()`` clock; unset, the turn's whole
+    ``turn_deadline_s`` from the context's creation. Tools that wait on the network stop by then."""
 
     services: Services
     assistant: Assistant
@@ -55,6 +59,15 @@ class ToolContext:
     sources: list[SearchHit] = field(default_factory=list)
     now: datetime = field(default_factory=utcnow)
     events: list[str] = field(default_factory=list)
+    deadline: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.deadline is None:
+            self.deadline = time.perf_counter() + self.config.turn_deadline_s
+
+    def remaining_s(self) -> float:
+        """Seconds left before the turn's deadline (negative once past)."""
+        return self.deadline - time.perf_counter()
 
 
 class ToolError(Exception):
@@ -186,13 +199,73 @@ def _json_arg_specs(schema: dict) -> dict[str, tuple]:
 
 
 def http_tool(tool: HttpTool) -> Tool:
+    """An admin-defined HTTP lookup as a tool. Parameters named like the last part of a runtime-filled
+    placeholder (``cpf`` for ``{{data.cpf}}``) are taken out of the schema: the model cannot supply them."""
     parameters = tool.parameters if tool.parameters.get("type") == "object" else {"type": "object", "properties": {}}
+    hidden = {name.rsplit(".", 1)[1] for name in tool.bound_names}
+    if hidden:
+        properties = {k: v for k, v in (parameters.get("properties") or {}).items() if k not in hidden}
+        required = [r for r in parameters.get("required") or [] if r not in hidden]
+        parameters = parameters | {"properties": properties, "required": required}
     specs = _json_arg_specs(parameters)
 
     def call(ctx: ToolContext, **kwargs) -> str:
-        return call_http_tool(tool, kwargs, ctx.services.settings)
+        seconds = min(tool.timeout_s, ctx.remaining_s())
+        if seconds <= 0:
+            raise ToolError("no time is left in this turn to call the service")
+        return call_http_tool(tool, kwargs, ctx.services.settings, bound=_bound_values(ctx, tool.bound_names),
+                              timeout_s=seconds)
 
     return Tool(tool.name, tool.description, parameters, lambda args: _check_args(specs, args), call)
+
+
+def _bound_values(ctx: ToolContext, names: list[str]) -> dict[str, str]:
+    """The conversation's own values for ``{{...}}`` placeholders: its customer id, the phone number
+    WhatsApp vouches for, the variables its integrator set, the data ``collect_data`` validated."""
+    if not names:
+        return {}
+    with ctx.services.session() as session:
+        conversation = session.get(Conversation, ctx.conversation_id)
+        if conversation is None:
+            raise ToolError("this conversation no longer exists")
+        collected = {row.field: row.value for row in session.scalars(
+            select(CollectedData).where(CollectedData.conversation_id == conversation.id))}
+    fields = {f.name: f for f in ctx.config.data_fields}
+    values = {}
+    for name in names:
+        scope, key = name.split(".", 1)
+        if name == "customer.id":
+            value = conversation.customer_id
+        elif name == "customer.phone":
+            # WhatsApp's wa_id is the phone number; a hidden number comes as a business-scoped user id
+            wa_id = conversation.customer_id
+            value = f"+{wa_id}" if conversation.channel == "whatsapp" and wa_id.isdigit() else None
+        elif scope == "variables":
+            value = (conversation.variables or {}).get(key)
+        else:  # checked again: the field's validator may have changed since the value was saved
+            value = _validated(fields.get(key), collected.get(key))
+        if value in (None, ""):
+            raise ToolError(_UNBOUND.get(scope, "{name} is not known in this conversation").format(name=name, key=key))
+        values[name] = str(value)
+    return values
+
+
+def _validated(data_field: DataField | None, value: str | None) -> str | None:
+    if data_field is None or value is None:
+        return None
+    try:
+        return validate_value(data_field, value)
+    except InvalidValue:
+        return None
+
+
+_UNBOUND = {
+    "customer": "this tool needs {name}, which this conversation does not have (only WhatsApp gives a verified "
+                "phone number); do not ask the customer for it: offer a human agent instead",
+    "data": "this tool needs the customer's {key}: ask for it and save it with collect_data first",
+    "variables": "this tool needs the variable {key}, which this conversation was not started with; "
+                 "offer a human agent instead",
+}
 
 
 # --------------------------------------------------------------------------- built-in tools
@@ -314,19 +387,22 @@ def schedule_appointment(
     name: Annotated[str, "customer name"],
     kind: Literal["appointment", "callback"] = "appointment",
     notes: Annotated[str, "details"] = "",
+    confirmed: Annotated[bool, "true only once the customer said yes to this exact time"] = False,
 ) -> str:
-    """Book an appointment or call back at a free time."""
-    m = re.fullmatch(r"\s*(\S+)[ T]+(\d{1,2})[:h](\d{2})(?::00)?\s*", start)
-    if not m or int(m.group(2)) > 23 or int(m.group(3)) > 59:
-        raise ToolError("start must be a local time like 2025-05-20 14:30")
-    when = datetime.combine(_parse_day(m.group(1)), dt_time(int(m.group(2)), int(m.group(3))))
-    if not name.strip():
+    """Book an appointment or call back at a free time, after the customer confirms it."""
+    when, name = _parse_start(start), name.strip()[:200]
+    if not name:
         raise ToolError("the customer's name is required")
     scheduling = ctx.config.scheduling
     try:
-        appointment = book(
-            ctx.services, ctx.assistant.id, ctx.conversation_id, scheduling, when, name.strip()[:200], kind, notes, ctx.now
-        )
+        if confirmed and _customer_confirmed(ctx, when, name, kind):
+            appointment = book(ctx.services, ctx.assistant.id, ctx.conversation_id, scheduling, when, name, kind, notes, ctx.now)
+        else:
+            with ctx.services.session() as session:
+                local = ensure_bookable(session, ctx.assistant.id, ctx.conversation_id, scheduling, when, ctx.now)
+            return (f"{PROPOSAL} Ask the customer to confirm: {kind} for {name} on {local.strftime('%Y-%m-%d')} at "
+                    f"{local.strftime('%H:%M')} ({scheduling.timezone}). When they say yes, call schedule_appointment "
+                    "again with the same start, name and kind and confirmed=true.")
     except SlotTaken as exc:
         with ctx.services.session() as session:
             free = available_slots(session, ctx.assistant.id, scheduling, when.date(), ctx.now)
@@ -336,6 +412,42 @@ def schedule_appointment(
         f"Booked {kind} for {appointment.name} on {local.strftime('%Y-%m-%d')} at {local.strftime('%H:%M')} "
         f"({scheduling.timezone}). Reference: {appointment.id[:8]}."
     )
+
+
+def _parse_start(text: str) -> datetime:
+    m = re.fullmatch(r"\s*(\S+)[ T]+(\d{1,2})[:h](\d{2})(?::00)?\s*", text)
+    if not m or int(m.group(2)) > 23 or int(m.group(3)) > 59:
+        raise ToolError("start must be a local time like 2025-05-20 14:30")
+    return datetime.combine(_parse_day(m.group(1)), dt_time(int(m.group(2)), int(m.group(3))))
+
+
+def _customer_confirmed(ctx: ToolContext, when: datetime, name: str, kind: str) -> bool:
+    """Whether the customer has answered a proposal of exactly this booking: the assistant's last reply
+    (an answered turn) proposed it, and a customer message came after that reply. A model that passes
+    ``confirmed`` on its own, in the turn of the proposal or later, does not book."""
+    with ctx.services.session() as session:
+        reply = session.scalars(
+            select(Message).where(Message.conversation_id == ctx.conversation_id, Message.direction == "outbound")
+            .order_by(Message.created_at.desc(), Message.id.desc()).limit(1)
+        ).first()
+        turn = session.get(Turn, reply.turn_id) if reply is not None and reply.turn_id else None
+        if turn is None or turn.status != "answered":
+            return False
+        proposal = next((c.arguments for c in reversed(reply.tool_calls)
+                         if c.name == "schedule_appointment" and (c.result or "").startswith(PROPOSAL)), None)
+        answered = session.scalar(select(func.count()).select_from(Message).where(
+            Message.conversation_id == ctx.conversation_id, Message.direction == "inbound",
+            Message.created_at > reply.created_at))
+    if isinstance(proposal, str):  # logged as the model sent it
+        proposal = json.loads(proposal)
+    if not isinstance(proposal, dict) or not answered:
+        return False
+    try:
+        proposed = _parse_start(str(proposal.get("start", "")))
+    except ToolError:
+        return False
+    return (proposed, str(proposal.get("name", "")).strip()[:200].casefold(), proposal.get("kind") or "appointment") == (
+        when, name.casefold(), kind)
 
 
 def _parse_day(text: str) -> date:

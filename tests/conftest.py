@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from atende.services import Services, build_services  # noqa: E402
-from atende.settings import Settings  # noqa: E402
+from atende.settings import SECRET_FIELDS, Settings  # noqa: E402
 from kb.embedders import EmbedderRegistry  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,6 +21,8 @@ DOCS = SHARED_DATA / "docs"
 POSTGRES_URL = os.environ.get("ATENDE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("ATENDE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 ADMIN_TOKEN = "test-admin-token"
+# every secret explicit: a test never relies on (or generates) a data directory's secrets
+TEST_SECRETS = {**{name: f"{name}-of-the-tests" for name in SECRET_FIELDS}, "admin_token": ADMIN_TOKEN}
 
 requires_shared = pytest.mark.skipif(not DOCS.is_dir(), reason=f"shared test data not found at {SHARED_DATA}")
 
@@ -70,7 +72,7 @@ def database_url(request, tmp_path):
 def make_services(home: Path, embedders: EmbedderRegistry, database_url: str | None = None, **overrides) -> Services:
     """Services for a test; assistants default to the fast English MiniLM unless a test picks a model."""
     overrides.setdefault("embedding_model", "all-minilm-l6-v2")
-    settings = Settings(home=home, database_url=database_url, admin_token=ADMIN_TOKEN, **overrides)
+    settings = Settings(home=home, database_url=database_url, **{**TEST_SECRETS, **overrides})
     services = build_services(settings)
     services.embedders = embedders
     return services

@@ -4,7 +4,6 @@ channel, the console's ``test`` conversations and re-indexing."""
 from __future__ import annotations
 
 import re
-import time
 from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
@@ -12,7 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from api.deps import SESSION_COOKIE, issue_session_cookie, valid_session_cookie
+from api.deps import SESSION_COOKIE
+from api.sessions import AdminSession, open_session, session_is_open
 from atende.db import new_id, utcnow
 from kb import registry
 from runtime import store
@@ -124,20 +124,22 @@ def test_wrong_token_is_a_401_with_a_message_and_no_cookie(app_client):
     assert app_client.get("/dashboard/conversations", follow_redirects=False).status_code == 303
 
 
-def test_session_cookie_is_signed_httponly_strict_and_expires(app_client, sqlite_services):
+def test_session_cookie_is_random_httponly_strict_and_expires(app_client, sqlite_services):
     r = app_client.post("/dashboard/login", data={"token": ADMIN_TOKEN}, follow_redirects=False)
     cookie = r.headers["set-cookie"]
     assert cookie.startswith(f"{SESSION_COOKIE}=") and "HttpOnly" in cookie and "SameSite=strict" in cookie
-    assert "Max-Age=43200" in cookie and ADMIN_TOKEN not in cookie
+    assert "Max-Age=43200" in cookie and ADMIN_TOKEN not in cookie and "Secure" not in cookie  # plain HTTP here
     value = app_client.cookies[SESSION_COOKIE]
     settings = sqlite_services.settings
-    assert valid_session_cookie(settings, value)
-    assert not valid_session_cookie(settings, value, now=time.time() + 13 * 3600)  # expired
-    expiry, nonce, sig = value.split(".")
-    assert not valid_session_cookie(settings, f"{int(expiry) + 3600}.{nonce}.{sig}")  # tampered expiry
-    assert not valid_session_cookie(settings.model_copy(update={"admin_token": "rotated"}), value)
+    with sqlite_services.session() as db:
+        assert session_is_open(db, settings, value)
+        assert not session_is_open(db, settings, value, now=utcnow() + timedelta(hours=13))  # expired
+        assert [row.id for row in db.query(AdminSession)] != [value]  # only a keyed hash is stored
+        assert not session_is_open(db, settings.model_copy(update={"admin_token": "rotated-admin-token"}), value)
+        assert not session_is_open(db, settings.model_copy(update={"session_secret": "another-session-secret"}),
+                                   value)
     app_client.cookies.clear()
-    app_client.cookies.set(SESSION_COOKIE, f"{int(expiry) + 3600}.{nonce}.{sig}")
+    app_client.cookies.set(SESSION_COOKIE, value[:-1] + ("A" if value[-1] != "A" else "B"))  # tampered
     assert app_client.get("/dashboard/conversations", follow_redirects=False).status_code == 303
     assert app_client.get("/api/assistants").status_code == 401
 
@@ -361,8 +363,9 @@ def test_reindex_makes_a_new_version_of_the_same_file(scripted_kb):
     assert "horarios.txt" in html and "st-ready" in html
 
 
-def test_session_cookie_issued_by_helper_is_accepted(app_client, sqlite_services):
-    app_client.cookies.set(SESSION_COOKIE, issue_session_cookie(sqlite_services.settings))
+def test_session_opened_by_helper_is_accepted(app_client, sqlite_services):
+    with sqlite_services.session() as db:
+        app_client.cookies.set(SESSION_COOKIE, open_session(db, sqlite_services.settings))
     assert app_client.get("/dashboard/metrics").status_code == 200
 
 

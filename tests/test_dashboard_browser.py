@@ -339,3 +339,73 @@ def test_list_on_a_phone(site):
     shot(page, "11-conversations-phone")
     context.close()
     assert watch.errors == []
+
+
+def test_widget_on_a_shop_page(tmp_path, embedders):
+    """The widget script embedded on another website: a message is accepted, its reply polled and shown, rated
+    with a thumb and shown again after a reload; with every widget turn slot taken, the visitor is told to wait
+    and keeps the text to send again."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from tests.test_widget import add_assistant, new_token, poll, send
+    from tests.test_widget_abuse import serve
+
+    page_html: list[bytes] = []
+
+    class ShopPage(BaseHTTPRequestHandler):  # another origin on loopback (Chromium blocks a public page's calls to it)
+        def do_GET(self) -> None:  # noqa: N802 (stdlib name)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.end_headers()
+            self.wfile.write(page_html[0])
+
+        def log_message(self, *args) -> None:
+            pass
+
+    shop_server = ThreadingHTTPServer(("127.0.0.1", 0), ShopPage)
+    threading.Thread(target=shop_server.serve_forever, daemon=True).start()
+    shop = f"http://127.0.0.1:{shop_server.server_address[1]}"
+    services = make_services(tmp_path / "home", embedders, widget_turn_workers=1, widget_max_turns=1)
+    model, gate = ScriptedChatModel(), threading.Event()
+    services.chat_models = FixedChatModelProvider(model)
+    add_assistant(services, "loja", widget={"allowed_origins": [shop], "title": "Loja Exemplo"})
+    model.enqueue(lambda messages, tools: (time.sleep(1.5), "Abrimos às *8h*.")[1],  # the page polls meanwhile
+                  lambda messages, tools: (gate.wait(60), "Outro visitante.")[1], "Aos sábados, das 9h às 13h.")
+    with serve(services) as base, sync_playwright() as p, httpx.Client(base_url=base, trust_env=False) as api:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(locale="pt-BR")
+        watch = Watch(page)
+        page_html.append(f'<!doctype html><html><body><h1>Loja</h1><script src="{base}/widget.js" '
+                         'data-assistant="loja"></script></body></html>'.encode())
+        page.goto(f"{shop}/")
+        page.click(".bubble")
+        expect(page.locator(".title")).to_have_text("Loja Exemplo")
+        page.fill("textarea", "Que horas vocês abrem?")
+        page.keyboard.press("Enter")
+        reply = page.locator(".msg.bot").last
+        expect(reply.locator("strong")).to_have_text("8h", timeout=20_000)
+        reply.locator(".thumb[value=good]").click()
+        expect(reply.locator(".rate")).to_contain_text("Obrigado!")
+        page.reload()
+        page.click(".bubble")
+        expect(page.locator(".msg.me")).to_have_text(["Que horas vocês abrem?"])
+        expect(page.locator(".msg.bot .thumb[value=good]")).to_have_attribute("aria-pressed", "true")
+
+        other = new_token(api, "loja")  # another visitor's turn takes the only slot
+        held = send(api, "loja", other, "Vocês atendem sábado?")
+        assert held.status_code == 202
+        page.fill("textarea", "E no sábado?")
+        page.keyboard.press("Enter")
+        expect(page.locator(".note").last).to_contain_text("O assistente está ocupado. Tente novamente em")
+        expect(page.locator("textarea")).to_have_value("E no sábado?")  # not sent: kept to send again
+        expect(page.locator(".msg.me")).to_have_text(["Que horas vocês abrem?"])
+        gate.set()
+        assert poll(api, "loja", other, held.json()["message_id"]).json()["reply"] == "Outro visitante."
+        page.keyboard.press("Enter")
+        expect(page.locator(".msg.bot").last).to_contain_text("Aos sábados, das 9h às 13h.", timeout=20_000)
+        shot(page, "12-widget-on-a-shop-page")
+        browser.close()
+    shop_server.shutdown()
+    assert [e for e in watch.errors if not e.startswith("503 ")] == [], watch.errors  # the one 503 was expected
+    assert len(watch.errors) == 1, watch.errors
+    services.engine.dispose()

@@ -25,6 +25,7 @@ from runtime.types import TurnResult, Usage
 from runtime.whatsapp.standin import GraphStandIn
 from runtime.whatsapp.turns import run_whatsapp_turn
 from tests.conftest import ADMIN_TOKEN
+from tests.test_widget import ask
 from tests.test_review import fixture_log  # noqa: F401  (the review backend's fixture of five conversations)
 from tests.test_whatsapp_webhook import PYWA, SECRET_A, add_sender, new_assistant, post_signed, text_payload
 
@@ -244,9 +245,11 @@ def widget(services):
     model = ScriptedChatModel()
     services.chat_models = FixedChatModelProvider(model)
     with services.session() as s:
-        registry.create_assistant(s, name="loja", embedding_model="all-minilm-l6-v2", chunk_size=256, chunk_overlap=32)
+        a = registry.create_assistant(s, name="loja", embedding_model="all-minilm-l6-v2", chunk_size=256, chunk_overlap=32)
+        a.config = {"widget": {"allowed_origins": ["https://shop.example"]}}
         s.commit()
-    return TestClient(create_app(services=services)), services, model
+    with TestClient(create_app(services=services)) as client:  # the app's lifespan starts the widget's turn pool
+        yield client, services, model
 
 
 def visitor(client) -> str:
@@ -257,7 +260,7 @@ def test_visitors_rate_the_replies_of_their_own_conversation(widget):
     client, services, model = widget
     token, other = visitor(client), visitor(client)
     model.enqueue("Abrimos às 9h.", "Abrimos às 9h.")
-    sent = client.post("/api/widget/loja/messages", json={"token": token, "message": "Que horas vocês abrem?"}).json()
+    sent = ask(client, "loja", token, "Que horas vocês abrem?").json()
     reply_id = sent["message_id"]
     assert sent["reply"] and reply_id
     url = f"/api/widget/loja/messages/{reply_id}/feedback"
@@ -272,7 +275,7 @@ def test_visitors_rate_the_replies_of_their_own_conversation(widget):
     assert [(m["direction"], m["rateable"], m["rating"]) for m in history] == [("inbound", False, None),
                                                                                ("outbound", True, "bad")]
     assert history[1]["message_id"] == reply_id
-    client.post("/api/widget/loja/messages", json={"token": other, "message": "Que horas vocês abrem?"})
+    ask(client, "loja", other, "Que horas vocês abrem?")
     for bad_token, status in ((other, 404), ("v_forged.token", 401)):  # another visitor's reply is not found
         assert client.post(url, json={"token": bad_token, "rating": "good"}).status_code == status
     question = history[0]["message_id"]

@@ -49,6 +49,25 @@ def test_old_config_defaults_become_unset(database_url):
     engine.dispose()
 
 
+def test_booking_tools_left_at_the_old_default_are_turned_off(database_url):
+    engine = make_engine(database_url)
+    upgrade_to(engine, "0010")
+    old = ["search_knowledge_base", "transfer_to_human", "collect_data", "list_available_slots", "schedule_appointment"]
+    configs = {"shop": {"tools": old}, "demo": {"tools": old}, "clinic": {"tools": ["schedule_appointment"]}, "empty": {}}
+    with engine.begin() as conn:
+        for name, config in configs.items():
+            conn.execute(sa.text("INSERT INTO assistants (id, name, description, created_at, updated_at, config) "
+                                 "VALUES (:id, :id, '', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, :config)"),
+                         {"id": name, "config": json.dumps(config)})
+    migrate(engine)
+    with engine.connect() as conn:
+        rows = {r.id: r.config for r in conn.execute(sa.text("SELECT id, config FROM assistants"))}
+    stored = {k: v if isinstance(v, dict) else json.loads(v) for k, v in rows.items()}
+    assert stored["shop"] == {"tools": ["search_knowledge_base", "transfer_to_human", "collect_data"]}
+    assert {k: stored[k] for k in ("demo", "clinic", "empty")} == {k: configs[k] for k in ("demo", "clinic", "empty")}
+    engine.dispose()
+
+
 @pytest.mark.parametrize("tables, previous, indexes", [
     ({"approved_answers"}, "0004", {"approved_answers": {"ix_approved_answers_assistant_id"}}),
     ({"message_feedback"}, "0005", {"message_feedback": {"ix_message_feedback_message_id",
@@ -56,6 +75,8 @@ def test_old_config_defaults_become_unset(database_url):
                                                          "uq_message_feedback_customer"}}),
     ({"regression_cases", "regression_runs"}, "0006",
      {"regression_runs": {"ix_regression_runs_assistant_id", "uq_regression_runs_running"}}),
+    ({"admin_sessions", "auth_failures"}, "0008", {"admin_sessions": {"ix_admin_sessions_expires_at"},
+                                                   "auth_failures": {"ix_auth_failures_last_failure_at"}}),
 ])
 def test_round_two_tables_go_up_and_down_and_match_the_models(database_url, tables, previous, indexes):
     """Each migration of round two: its tables and indexes exist at head, match the models, are

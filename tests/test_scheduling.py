@@ -15,7 +15,7 @@ from runtime import scheduling
 from runtime.config import Scheduling
 from runtime.models import Appointment, Conversation
 from runtime.scheduling import (
-    BeyondHorizon, OutsideOpeningHours, SchedulingError, SlotInPast, SlotNotAligned, SlotTaken, available_slots, book,
+    BeyondHorizon, BookingLimit, OutsideOpeningHours, SchedulingError, SlotInPast, SlotNotAligned, SlotTaken, available_slots, book,
 )
 
 SP = ZoneInfo("America/Sao_Paulo")
@@ -96,8 +96,25 @@ def test_book_stores_utc_and_hides_the_slot(clinic):
     assert "10:00" not in hhmm(slots(services, aid, Scheduling(), MONDAY))
     # an aware datetime in another zone naming the same instant is the same slot
     with pytest.raises(SlotTaken, match="already taken"):
-        book(services, aid, conv, Scheduling(), datetime(2025, 5, 19, 13, 0, tzinfo=UTC), "Bia", now=NOW)
+        book(services, aid, new_conversation(services, aid), Scheduling(), datetime(2025, 5, 19, 13, 0, tzinfo=UTC), "Bia",
+             now=NOW)
     assert booked_rows(services, aid) == 1
+
+
+def test_a_conversation_books_at_most_its_share(clinic):
+    services, aid = clinic
+    conv = new_conversation(services, aid)
+    book(services, aid, conv, Scheduling(), datetime(2025, 5, 19, 9, 0), "Ana", now=NOW)
+    for k in range(6):  # one conversation asking slot after slot gets none of them
+        with pytest.raises(BookingLimit, match="already has 1 booked appointment"):
+            book(services, aid, conv, Scheduling(), datetime(2025, 5, 19, 10, 0) + timedelta(minutes=30 * k), "Ana", now=NOW)
+    assert booked_rows(services, aid) == 1
+    two = Scheduling(max_bookings_per_conversation=2)
+    book(services, aid, conv, two, datetime(2025, 5, 19, 10, 0), "Ana", now=NOW)
+    with pytest.raises(BookingLimit, match="already has 2"):
+        book(services, aid, conv, two, datetime(2025, 5, 19, 10, 30), "Ana", now=NOW)
+    book(services, aid, None, two, datetime(2025, 5, 19, 10, 30), "Ana", now=NOW)  # staff bookings have no cap
+    assert booked_rows(services, aid) == 3
 
 
 def test_cancelled_appointments_free_the_slot(clinic):

@@ -15,17 +15,19 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from atende.db import utcnow
 from atende.settings import Settings
 from ingest.pipeline import run_job
 from kb import registry
 from kb.models import Assistant
 from kb.types import SearchHit
-from runtime.config import AssistantConfig, DataField, HttpTool, RetrievalConfig
+from runtime.config import TOOL_NAMES, AssistantConfig, DataField, HttpTool, RetrievalConfig, Scheduling
 from runtime.events import deliver_event
 from runtime.http_tools import HttpToolError, call_http_tool
+from runtime import store
 from runtime.models import Appointment, CollectedData, Conversation, OutboundEvent
 from runtime.tools import ToolContext, Toolset, build_toolset, function_tool
-from runtime.types import ToolCall
+from runtime.types import ToolCall, TurnResult
 from tests.test_scheduling import new_assistant, new_conversation
 
 NOW = datetime(2025, 5, 16, 12, 0, tzinfo=timezone.utc)  # Friday; Monday 2025-05-19 is bookable
@@ -109,6 +111,25 @@ class Env:
         ctx = ctx or self.ctx(config)
         return build_toolset(config).run(ctx, call(tool, **arguments))
 
+    def log_turn(self, customer_text: str, calls: list = (), status: str = "answered") -> None:
+        """A turn as the engine logs it: the customer's message, then the reply with the tool calls made
+        (``(arguments, ToolResult)`` pairs)."""
+        with self.services.session() as s:
+            conv = s.get(Conversation, self.conversation_id)
+            inbound = store.store_inbound(s, conv, customer_text)
+            result = TurnResult(self.conversation_id, "reply", status)
+            store.log_turn(s, conv, [inbound], result, tool_results=[(1, args, res) for args, res in calls],
+                           retrieval_query=None, rounds=1, model="scripted", started_at=utcnow())
+
+    def book(self, config: AssistantConfig, **arguments):
+        """schedule_appointment as the customer confirms it: proposed in one turn, confirmed in the next."""
+        proposal = self.run(config, "schedule_appointment", **arguments)
+        assert proposal.error is None and proposal.content.startswith("Not booked yet."), proposal
+        self.log_turn("quero agendar", [(arguments, proposal)])
+        with self.services.session() as s:
+            store.store_inbound(s, s.get(Conversation, self.conversation_id), "sim, pode marcar")
+        return self.run(config, "schedule_appointment", **arguments, confirmed=True)
+
 
 @pytest.fixture
 def env(services) -> Env:
@@ -176,7 +197,7 @@ def test_unsupported_annotation_is_refused_at_definition():
 
 def test_builtin_schemas_are_compact():
     config = AssistantConfig(data_fields=[DataField(name="cpf", type="cpf"), DataField(name="plan", type="enum", options=["Basic", "Pro"])],
-                             retrieval=RetrievalConfig(mode="as_tool"))
+                             retrieval=RetrievalConfig(mode="as_tool"), tools=list(TOOL_NAMES))
     toolset = build_toolset(config)
     assert toolset.names == ["search_knowledge_base", "transfer_to_human", "collect_data", "list_available_slots", "schedule_appointment"]
     every_turn = build_toolset(config.model_copy(update={"retrieval": RetrievalConfig()}))
@@ -191,6 +212,9 @@ def test_builtin_schemas_are_compact():
 
 def test_toolset_follows_config():
     assert build_toolset(AssistantConfig(tools=["transfer_to_human"])).names == ["transfer_to_human"]
+    # booking writes to the calendar: an assistant enables it, the default does not
+    assert build_toolset(AssistantConfig(data_fields=[DataField(name="cpf", type="cpf")])).names == [
+        "transfer_to_human", "collect_data"]
     assert "collect_data" not in build_toolset(AssistantConfig())  # no fields configured: nothing to collect
     order = HttpTool(name="order_status", description="Order status", url="https://example.com/{order}")
     assert build_toolset(AssistantConfig(tools=[], http_tools=[order])).names == ["order_status"]
@@ -325,17 +349,18 @@ def test_collect_data_validates_and_upserts(env):
 
 
 def test_list_and_schedule(env):
-    config = AssistantConfig()
+    config = AssistantConfig(tools=list(TOOL_NAMES))
     listed = env.run(config, "list_available_slots", date="2025-05-19")
     assert listed.error is None
     assert listed.content.startswith("Free times on 2025-05-19 (Monday, America/Sao_Paulo): 09:00, 09:30")
-    booked = env.run(config, "schedule_appointment", start="2025-05-19 09:30", name="Ana Souza", notes="first visit")
+    booked = env.book(config, start="2025-05-19 09:30", name="Ana Souza", notes="first visit")
     assert booked.error is None and "Booked appointment for Ana Souza on 2025-05-19 at 09:30" in booked.content
+    config = config.model_copy(update={"scheduling": Scheduling(max_bookings_per_conversation=5)})
     with env.services.session() as s:
         (appt,) = s.scalars(select(Appointment)).all()
     assert appt.starts_at == datetime(2025, 5, 19, 12, 30, tzinfo=timezone.utc) and appt.conversation_id == env.conversation_id
     assert "09:30" not in env.run(config, "list_available_slots", date="19/05/2025").content
-    taken = env.run(config, "schedule_appointment", start="2025-05-19 09:30", name="Bia", kind="callback")
+    taken = env.run(config, "schedule_appointment", start="2025-05-19 09:30", name="Bia", kind="callback", confirmed=True)
     assert taken.error.startswith("2025-05-19 09:30 is already taken") and "Free times that day: 09:00, 10:00" in taken.error
     weekend = env.run(config, "list_available_slots", date="2025-05-18")
     assert weekend.content == "2025-05-18 (Sunday): closed. Next free time: 2025-05-19 09:00."
@@ -352,6 +377,7 @@ def test_list_and_schedule(env):
 
 def test_deliver_event_retries_until_delivered(sqlite_env):
     env = sqlite_env
+    env.services.settings.http_tools_allow_private = True  # the receiver runs on loopback
     with local_server(lambda n, req: (500, {}, b"busy") if n <= 2 else (204, {}, b"")) as (url, requests):
         config = AssistantConfig(handoff_url=f"{url}/hooks/handoff")
         ctx = env.ctx(config)
@@ -371,6 +397,7 @@ def test_deliver_event_retries_until_delivered(sqlite_env):
 
 
 def test_deliver_event_gives_up(env):
+    env.services.settings.http_tools_allow_private = True
     with local_server(lambda n, req: (503, {}, b"down")) as (url, requests):
         config = AssistantConfig(handoff_url=f"{url}/hook")
         ctx = env.ctx(config)
@@ -385,6 +412,7 @@ def test_deliver_event_gives_up(env):
 
 def test_deliver_event_to_nowhere(sqlite_env):
     env = sqlite_env
+    env.services.settings.http_tools_allow_private = True
     with socket.socket() as sock:  # a port with nothing listening
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -414,13 +442,13 @@ def test_http_tool_end_to_end(sqlite_env, tmp_path):
         config = AssistantConfig(tools=[], http_tools=[tool])
         env.services.settings = settings(tmp_path, http_tool_credentials={"shop": {"header": "X-Api-Key", "value": "s3cret"}})
         assert build_toolset(config).schemas()[0]["function"]["parameters"] == ORDER_TOOL["parameters"]
-        result = env.run(config, "order_status", order="A/1 ç", verbose=True)
+        result = env.run(config, "order_status", order="A-1 ç&?#", verbose=True)
         assert result.error is None and json.loads(result.content) == {"order": "A/1", "status": "shipped"}
         missing = env.run(config, "order_status", verbose=True)
         wrong = env.run(config, "order_status", order="1", verbose="very")
     assert missing.error == "missing required argument(s): order" and "verbose must be a boolean" in wrong.error
     (req,) = requests
-    assert req["method"] == "GET" and req["path"] == "/orders/A%2F1%20%C3%A7?verbose=true"
+    assert req["method"] == "GET" and req["path"] == "/orders/A-1%20%C3%A7%26%3F%23?verbose=true"
     assert req["headers"]["X-Api-Key"] == "s3cret"
 
 
@@ -470,10 +498,10 @@ def test_http_tool_configuration_errors(tmp_path):
 def no_connections(monkeypatch):
     """Fail the test if anything gets as far as opening a connection."""
 
-    def refuse(self, request):
+    async def refuse(self, request):
         raise AssertionError(f"a connection was attempted to {request.url}")
 
-    monkeypatch.setattr(httpx.HTTPTransport, "handle_request", refuse)
+    monkeypatch.setattr(httpx.AsyncHTTPTransport, "handle_async_request", refuse)
 
 
 @pytest.mark.parametrize("address, kind", [
@@ -512,12 +540,12 @@ def test_ssrf_guard_checks_every_address_and_pins_the_checked_one(tmp_path, monk
 
     sent = []
 
-    def fake_send(self, request):  # stands in for the network: nothing leaves this machine
+    async def fake_send(self, request):  # stands in for the network: nothing leaves this machine
         sent.append(request)
         return httpx.Response(200, content=b'{"ok": true}')
 
     monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
-    monkeypatch.setattr(httpx.HTTPTransport, "handle_request", fake_send)
+    monkeypatch.setattr(httpx.AsyncHTTPTransport, "handle_async_request", fake_send)
     strict = settings(tmp_path, allow_private=False)
     tool = HttpTool(name="t", description="d", url="https://api.example.com:8443/v1/{id}")
     assert call_http_tool(tool, {"id": "7", "q": "x"}, strict) == '{"ok": true}'

@@ -17,10 +17,11 @@ from atende.db import new_id, utcnow
 from kb import registry
 from runtime.models import Conversation, Message, Turn
 from runtime.store import find_or_create_conversation
+import runtime.whatsapp.inbound as inbound
 from runtime.whatsapp.inbound import SignatureError, accept_post, advances, process_post
 from runtime.whatsapp.models import WebhookPost, WhatsAppSender, WhatsAppTemplate
 from runtime.whatsapp.webhook import (
-    InboundMessage, StatusUpdate, Unhandled, parse_payload, phone_number_ids, sign, verify_signature,
+    MAX_DEPTH, InboundMessage, StatusUpdate, Unhandled, parse_payload, phone_number_ids, sign, verify_signature,
 )
 from tests.conftest import SHARED_DATA
 
@@ -113,7 +114,7 @@ def new_assistant(client, name="shop") -> str:
 
 def add_sender(client, assistant: str, phone_number_id: str, app_secret: str = SECRET_A, **extra) -> dict:
     body = dict(assistant_id=assistant, phone_number_id=phone_number_id, display_phone_number="+351 210 000 000",
-                waba_id="waba-1", access_token=ACCESS_TOKEN, app_secret=app_secret, verify_token=VERIFY_TOKEN, **extra)
+                waba_id="waba-1", access_token=ACCESS_TOKEN, app_secret=app_secret, verify_token=VERIFY_TOKEN) | extra
     r = client.post("/api/whatsapp/senders", json=body)
     assert r.status_code == 201, r.text
     return r.json()
@@ -357,10 +358,12 @@ def test_parse_never_raises_on_malformed_input():
 
 
 def test_duplicate_delivery_stores_one_message(wa, public):
+    """Meta redelivers a message in posts that differ (batched, re-serialised): three posts, one message."""
     services = services_of(wa)
     add_sender(wa, new_assistant(wa), "111")
-    for _ in range(3):
-        assert post_signed(public, text_payload("111")).status_code == 200
+    for spaces in range(3):
+        raw = json.dumps(text_payload("111")).encode() + b" " * spaces
+        assert post_signed(public, None, raw=raw).status_code == 200
     assert len(message_by_wamid(services, "wamid.T1")) == 1
     with services.session() as s:
         assert s.scalar(select(func.count()).select_from(WebhookPost)) == 3
@@ -376,8 +379,9 @@ def test_queued_processing_schedules_turns(queued):
     reaction = text_payload("111", wamid="wamid.R1")
     reaction["entry"][0]["changes"][0]["value"]["messages"][0].update(
         type="reaction", reaction={"message_id": "wamid.T1", "emoji": "👍"})
-    for body in (text_payload("111"), text_payload("111"), reaction):
-        assert post_signed(public, body).status_code == 200
+    redelivery = json.dumps(text_payload("111")).encode() + b" "  # the same message in another post
+    for body, raw in ((text_payload("111"), None), (None, redelivery), (reaction, None)):
+        assert post_signed(public, body, raw=raw).status_code == 200
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         with services.session() as s:
@@ -418,8 +422,8 @@ def test_concurrent_duplicate_posts_store_one_message(services):
     _sender(services, assistant, "111")
     first = json.dumps(text_payload("111", wamid="wamid.T0")).encode()
     process_post(services, accept_post(services, first, sign(first, SECRET_A)).id)  # the conversation exists
-    raw = json.dumps(text_payload("111")).encode()
-    posts = [accept_post(services, raw, sign(raw, SECRET_A)).id for _ in range(4)]
+    bodies = [json.dumps(text_payload("111")).encode() + b" " * spaces for spaces in range(4)]  # four posts
+    posts = [accept_post(services, raw, sign(raw, SECRET_A)).id for raw in bodies]
     results, errors, barrier = [], [], threading.Barrier(len(posts))
 
     def work(post_id):
@@ -659,6 +663,152 @@ def test_templates_api(wa):
     assert [t["name"] for t in wa.get("/api/whatsapp/templates").json()] == ["appointment_reminder"]
     assert wa.delete(f"/api/whatsapp/senders/{sender['id']}").status_code == 204
     assert wa.get("/api/whatsapp/templates").json() == []
+
+
+# ------------------------------------------------------------------------------- hostile inputs
+
+
+def template_event(waba_id: str, event: str, at: int = 1_700_000_000, **value) -> dict:
+    return {"object": "whatsapp_business_account", "entry": [{"id": waba_id, "time": at, "changes": [
+        {"field": "message_template_status_update", "value": {"event": event, **value}}]}]}
+
+
+def template_statuses(services) -> dict[str, str]:
+    with services.session() as s:
+        return {t.name: t.status for t in s.scalars(select(WhatsAppTemplate))}
+
+
+def test_deeply_nested_json_is_a_400_and_is_not_stored(wa, public):
+    """Signed bodies nested 100,000 deep (json.loads: RecursionError) or just past MAX_DEPTH (json.loads
+    parses it): 400, nothing stored. Brackets inside strings do not count."""
+    services = services_of(wa)
+    add_sender(wa, new_assistant(wa), "111")
+    nested = text_payload("111")
+    inner = nested["entry"][0]["changes"][0]["value"]["messages"][0]  # 8 levels down
+    for _ in range(MAX_DEPTH):
+        inner = inner.setdefault("x", {})
+    for raw in (b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 100_000 + b"1" + b"}" * 100_000,
+                json.dumps(nested).encode()):
+        r = post_signed(public, None, raw=raw)
+        assert (r.status_code, r.json()["detail"]) == (400, f"JSON nested deeper than {MAX_DEPTH} levels")
+    assert counts(services) == (0, 0, 0)
+    brackets = "[{" * 200 + " is this ok?"
+    assert post_signed(public, text_payload("111", body=brackets)).status_code == 200
+    assert [m.text for m in message_by_wamid(services, "wamid.T1")] == [brackets]
+
+
+def test_template_status_applies_only_to_the_signing_apps_business_account(wa, public):
+    """App A cannot change app B's templates: not by B's template id under A's account (acknowledged, no
+    effect), not by naming B's account or none (403, not stored)."""
+    services = services_of(wa)
+    assistant = new_assistant(wa)
+    mine = add_sender(wa, assistant, "111", SECRET_A, waba_id="waba-A")
+    theirs = add_sender(wa, assistant, "222", SECRET_B, waba_id="waba-B")
+    base = dict(language="en_US", category="UTILITY", body="Hi {{1}}", status="APPROVED")
+    for sender, name, template_id in ((mine, "own_receipt", "1001"), (theirs, "their_receipt", "9001"),
+                                      (theirs, "their_promo", None)):
+        r = wa.post("/api/whatsapp/templates", json={**base, "sender_id": sender["id"], "name": name,
+                                                      "meta_template_id": template_id})
+        assert r.status_code == 201, r.text
+    assert post_signed(public, template_event("waba-A", "DISABLED", message_template_id=9001), SECRET_A).status_code == 200
+    before = counts(services)
+    for waba_id in ("waba-B", ""):
+        by_name = template_event(waba_id, "REJECTED", message_template_name="their_promo", message_template_language="en_US")
+        assert post_signed(public, by_name, SECRET_A).status_code == 403
+    assert counts(services) == before
+    assert template_statuses(services) == {"own_receipt": "APPROVED", "their_receipt": "APPROVED", "their_promo": "APPROVED"}
+    assert post_signed(public, template_event("waba-A", "PAUSED", message_template_id=1001), SECRET_A).status_code == 200
+    assert post_signed(public, template_event("waba-B", "DISABLED", message_template_id=9001), SECRET_B).status_code == 200
+    assert template_statuses(services) == {"own_receipt": "PAUSED", "their_receipt": "DISABLED", "their_promo": "APPROVED"}
+
+
+def test_a_late_template_event_does_not_move_the_status_back(wa, public):
+    """Meta's entry time orders template events: one older than the status it would replace is ignored."""
+    services = services_of(wa)
+    sender = add_sender(wa, new_assistant(wa), "111")
+    r = wa.post("/api/whatsapp/templates", json=dict(sender_id=sender["id"], name="order_shipped", language="en_US",
+                                                     category="UTILITY", body="Shipped: {{1}}", meta_template_id="5551"))
+    assert r.status_code == 201, r.text
+    seen = []
+    for event, at in (("PAUSED", 1_700_000_300), ("APPROVED", 1_700_000_200), ("APPROVED", 1_700_000_400),
+                      ("REJECTED", 1_700_000_100)):
+        assert post_signed(public, template_event("waba-1", event, at, message_template_id=5551)).status_code == 200
+        seen.append(template_statuses(services)["order_shipped"])
+    assert seen == ["PAUSED", "PAUSED", "APPROVED", "APPROVED"]
+    with services.session() as s:
+        assert s.scalars(select(WhatsAppTemplate)).one().status_at == datetime.fromtimestamp(1_700_000_400, tz=timezone.utc)
+
+
+def test_a_replayed_signed_body_is_stored_once(wa, public, monkeypatch):
+    """The same signed bytes again (Meta's redelivery, or anyone replaying a captured post): acknowledged,
+    not stored twice; a replay of a post that failed to process retries it."""
+    services = services_of(wa)
+    add_sender(wa, new_assistant(wa), "111")
+    raw = json.dumps(text_payload("111")).encode()
+    apply = inbound._apply
+    monkeypatch.setattr(inbound, "_apply", lambda run, event: 1 / 0)
+    assert post_signed(public, None, raw=raw).status_code == 200
+    monkeypatch.setattr(inbound, "_apply", apply)
+    for _ in range(3):
+        assert post_signed(public, None, raw=raw).status_code == 200
+    with services.session() as s:
+        post = s.scalars(select(WebhookPost)).one()
+        assert (post.processed, post.error) == (True, None)
+    assert len(message_by_wamid(services, "wamid.T1")) == 1
+
+
+def test_concurrent_replays_store_one_post(services):
+    """On SQLite and PostgreSQL: four requests with the same body at once store one post (the unique hash)."""
+    _sender(services, _assistant(services), "111")
+    raw = json.dumps(text_payload("111")).encode()
+    ids, errors, barrier = [], [], threading.Barrier(4)
+
+    def accept():
+        try:
+            barrier.wait()
+            ids.append(accept_post(services, raw, sign(raw, SECRET_A)).id)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=accept) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(ids) == 4 and len(set(ids)) == 1
+    assert counts(services) == (1, 0, 0)
+
+
+def test_webhook_hardening_migration_goes_up_and_down(database_url):
+    """0008: the body hash (unique) and the template's status time exist at head, match the models, and go
+    away going down to 0007."""
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.autogenerate import compare_metadata
+    from alembic.config import Config
+    from alembic.migration import MigrationContext
+
+    from atende.db import MIGRATIONS_DIR, Base, make_engine, migrate
+
+    def columns(table):
+        return {c["name"] for c in sa.inspect(engine).get_columns(table)}
+
+    engine = make_engine(database_url)
+    migrate(engine)
+    indexes = {i["name"]: i["unique"] for i in sa.inspect(engine).get_indexes("whatsapp_webhook_posts")}
+    assert indexes.get("uq_whatsapp_webhook_posts_body_sha256")
+    with engine.connect() as conn:
+        diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert [d for d in diffs if "whatsapp_webhook_posts" in str(d) or "whatsapp_templates" in str(d)] == []
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0007")
+    assert "body_sha256" not in columns("whatsapp_webhook_posts") and "status_at" not in columns("whatsapp_templates")
+    migrate(engine)
+    assert "body_sha256" in columns("whatsapp_webhook_posts") and "status_at" in columns("whatsapp_templates")
+    engine.dispose()
 
 
 # ------------------------------------------------------------------------------- services-level helpers

@@ -1,11 +1,13 @@
-"""The web widget channel: visitor tokens, a conversation across messages, CORS per assistant, the
-per-visitor rate limit and the embeddable script. Real app, real SQLite, scripted chat model."""
+"""The web widget channel: visitor tokens, a conversation across messages (each message accepted with 202,
+its reply polled), CORS per assistant, the per-visitor rate limit and the embeddable script. Real app, real
+SQLite, scripted chat model; abuse (limits under concurrency, the turn cap, load) in test_widget_abuse.py."""
 from __future__ import annotations
 
 import json
 import shutil
 import subprocess
-from datetime import timedelta
+import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from fastapi.testclient import TestClient
@@ -41,7 +43,8 @@ def shop(sqlite_services):
     model = ScriptedChatModel()
     services.chat_models = FixedChatModelProvider(model)
     aid = add_assistant(services, "loja", retrieval={"top_k": 1, "min_score": -1.0},
-                        widget={"title": "Loja Exemplo", "greeting": "Olá! Como posso ajudar?", "rate_limit_per_minute": 3})
+                        widget={"title": "Loja Exemplo", "greeting": "Olá! Como posso ajudar?", "rate_limit_per_minute": 3,
+                                "allowed_origins": ["*"]})
     with services.session() as session:
         kb = registry.get_assistant(session, aid).knowledge_base
         job = registry.register_upload(session, services.blobs, kb, "horarios.txt", HOURS.encode(), 10**6).job.id
@@ -62,6 +65,24 @@ def send(client, assistant, token, message, **kw):
     return client.post(f"/api/widget/{assistant}/messages", json={"token": token, "message": message}, **kw)
 
 
+def poll(client, assistant, token, message_id, **kw):
+    """The reply to a message, asked for until its turn has run (or 60 s have passed: then still pending)."""
+    deadline = time.monotonic() + 60
+    while True:
+        r = client.post(f"/api/widget/{assistant}/messages/{message_id}/reply", json={"token": token}, **kw)
+        assert r.status_code == 200, r.text
+        if r.json()["status"] != "pending" or time.monotonic() > deadline:
+            return r
+        time.sleep(0.02)
+
+
+def ask(client, assistant, token, message, **kw):
+    """Send a message (accepted with 202 and its id) and return the polled reply."""
+    r = send(client, assistant, token, message, **kw)
+    assert r.status_code == 202 and r.json()["status"] == "pending", r.text
+    return poll(client, assistant, token, r.json()["message_id"], **kw)
+
+
 def test_config_is_public_and_session_token_round_trips(shop):
     client, services, model, aid, closed = shop
     assert "Authorization" not in client.headers
@@ -75,7 +96,7 @@ def test_config_is_public_and_session_token_round_trips(shop):
     assert widget.verify_visitor_token(secret, closed, body["token"]) is None  # bound to its assistant
     assert new_token(client, aid) != body["token"]  # by id too; each session is a new visitor
     model.enqueue("Abrimos às 8h.")
-    assert send(client, "loja", body["token"], "Que horas abrem?").json()["reply"] == "Abrimos às 8h."
+    assert ask(client, "loja", body["token"], "Que horas abrem?").json()["reply"] == "Abrimos às 8h."
 
 
 def test_forged_tokens_are_refused_and_nothing_is_stored(shop):
@@ -88,6 +109,7 @@ def test_forged_tokens_are_refused_and_nothing_is_stored(shop):
         r = send(client, "loja", bad, "tenho uma dúvida")
         assert r.status_code == 401, (bad, r.text)
         assert client.post("/api/widget/loja/history", json={"token": bad}).status_code == 401
+        assert client.post(f"/api/widget/loja/messages/{'0' * 32}/reply", json={"token": bad}).status_code == 401
     with services.session() as session:
         assert session.scalars(select(Conversation)).all() == []
     assert model.requests == []
@@ -97,10 +119,11 @@ def test_a_conversation_continues_with_the_same_token(shop):
     client, services, model, aid, closed = shop
     token = new_token(client, "loja")
     model.enqueue("Abrimos de *segunda a sexta*.", "Aos sábados não abrimos.")
-    first = send(client, "loja", token, "Que horas abrem?").json()
+    first = ask(client, "loja", token, "Que horas abrem?").json()
     assert first["reply"] == "Abrimos de *segunda a sexta*." and first["ai_enabled"] is True
+    assert first["status"] == "answered"
     assert first["sources"] == [{"filename": "horarios.txt", "page": None, "section": first["sources"][0]["section"]}]
-    second = send(client, "loja", token, "E no sábado?").json()
+    second = ask(client, "loja", token, "E no sábado?").json()
     assert second["reply"] == "Aos sábados não abrimos."
     assert "Que horas abrem?" in json.dumps(model.requests[1].messages, ensure_ascii=False)  # history reached the model
     with services.session() as session:
@@ -115,19 +138,26 @@ def test_a_conversation_continues_with_the_same_token(shop):
     ]
     assert client.post("/api/widget/loja/history", json={"token": new_token(client, "loja")}).json() == \
         {"messages": [], "ai_enabled": True}
+    # a message is found only by its visitor, and only the visitor's own message (not the reply) has a reply
+    question, answer = history["messages"][0]["message_id"], history["messages"][1]["message_id"]
+    other = new_token(client, "loja")
+    for who, message_id in ((other, question), (token, answer), (token, "0" * 32)):
+        r = client.post(f"/api/widget/loja/messages/{message_id}/reply", json={"token": who})
+        assert r.status_code == 404, (who, message_id)
 
 
 def test_paused_ai_and_model_failure(shop):
     client, services, model, aid, closed = shop
     token = new_token(client, "loja")
     model.enqueue(lambda messages, tools: (_ for _ in ()).throw(ConnectionError("refused")))
-    r = send(client, "loja", token, "tenho uma dúvida", headers={"Origin": SHOP})
-    assert r.status_code == 502 and r.headers["access-control-allow-origin"] == SHOP
+    r = ask(client, "loja", token, "tenho uma dúvida", headers={"Origin": SHOP})
+    assert r.json()["status"] == "error" and r.json()["reply"] is None
+    assert r.headers["access-control-allow-origin"] == SHOP
     with services.session() as session:
         session.execute(update(Conversation).values(ai_enabled=False))
         session.commit()
-    assert send(client, "loja", token, "alô?").json() == {"reply": None, "sources": [], "ai_enabled": False,
-                                                         "message_id": None}
+    assert ask(client, "loja", token, "alô?").json() == {"status": "paused", "reply": None, "sources": [],
+                                                        "ai_enabled": False, "message_id": None}
     assert client.post("/api/widget/loja/history", json={"token": token}).json()["ai_enabled"] is False
 
 
@@ -137,8 +167,11 @@ def test_bad_input_and_unknown_assistant(shop):
     for message in ("", "   ", "x" * 2001):
         assert send(client, "loja", token, message).status_code == 422, repr(message[:5])
     assert client.post("/api/widget/loja/messages", json={"message": "tenho uma dúvida"}).status_code == 422
+    for client_id in ("short", "has spaces in it", "x" * 65, 12345678):
+        r = client.post("/api/widget/loja/messages", json={"token": token, "message": "oi", "client_message_id": client_id})
+        assert r.status_code == 422, client_id
     model.enqueue("ok")
-    assert send(client, "loja", token, "x" * 2000).status_code == 200
+    assert ask(client, "loja", token, "x" * 2000).json()["reply"] == "ok"
     assert client.get("/api/widget/nope/config").status_code == 404
     assert client.post("/api/widget/nope/session").status_code == 404
     assert send(client, "nope", token, "tenho uma dúvida").status_code == 404
@@ -162,33 +195,38 @@ def test_allowed_origins_and_preflight(shop):
         "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
     assert refused.status_code == 403 and "access-control-allow-origin" not in refused.headers
 
-    anywhere = client.get("/api/widget/loja/config", headers={"Origin": "https://any.example"})  # empty list: any origin
+    anywhere = client.get("/api/widget/loja/config", headers={"Origin": "https://any.example"})  # "*": any origin
     assert anywhere.status_code == 200 and anywhere.headers["access-control-allow-origin"] == "https://any.example"
+    add_assistant(services, "padrao")  # by default: no other website, only the server's own pages (dashboard, demo)
+    for origin in ("https://any.example", SHOP, "null", "http://testserver.evil.example"):
+        assert client.get("/api/widget/padrao/config", headers={"Origin": origin}).status_code == 403, origin
+        assert client.post("/api/widget/padrao/session", headers={"Origin": origin}).status_code == 403, origin
+    own = client.post("/api/widget/padrao/session", headers={"Origin": "http://testserver"})  # TestClient's host
+    assert own.status_code == 200 and own.headers["access-control-allow-origin"] == "http://testserver"
     unauthorized = send(client, "fechada", "forged", "tenho uma dúvida", headers={"Origin": SHOP})  # errors stay readable
     assert unauthorized.status_code == 401 and unauthorized.headers["access-control-allow-origin"] == SHOP
 
 
 def test_rate_limit_counts_messages_in_the_database(shop):
     client, services, model, aid, closed = shop
+    now = [datetime(2026, 12, 1, 12, 0, 5, tzinfo=timezone.utc)]  # 5 s into a minute's window
+    services.clock = lambda: now[0]
     token, other = new_token(client, "loja"), new_token(client, "loja")
     model.enqueue("Resposta um.", "Resposta dois.", "Resposta três.")
-    assert [send(client, "loja", token, f"m{i}").status_code for i in range(3)] == [200, 200, 200]
+    assert [ask(client, "loja", token, f"m{i}").json()["status"] for i in range(3)] == ["answered"] * 3
     limited = send(client, "loja", token, "m3", headers={"Origin": SHOP})
-    assert limited.status_code == 429 and 1 <= int(limited.headers["retry-after"]) <= 60
+    assert limited.status_code == 429 and limited.headers["retry-after"] == "55"  # when the window ends
     assert limited.headers["access-control-allow-origin"] == SHOP
     assert "Retry-After" in limited.headers["access-control-expose-headers"]
     model.enqueue("other visitor")
-    assert send(client, "loja", other, "tenho uma dúvida").status_code == 200  # the limit is per visitor
+    assert ask(client, "loja", other, "tenho uma dúvida").json()["reply"] == "other visitor"  # the limit is per visitor
     with services.session() as session:
         visitor = token.rsplit(".", 1)[0]
         conv = session.scalar(select(Conversation).filter_by(customer_id=visitor))
         assert session.query(Message).filter_by(conversation_id=conv.id, direction="inbound").count() == 3  # refused: not stored
-        # the window slides: once the messages are a minute old, the visitor may write again
-        for m in session.scalars(select(Message).filter_by(conversation_id=conv.id)):
-            m.created_at -= timedelta(seconds=61)
-        session.commit()
+    now[0] += timedelta(seconds=55)  # the next window: the visitor may write again
     model.enqueue("4")
-    assert send(client, "loja", token, "m4").status_code == 200
+    assert ask(client, "loja", token, "m4").json()["reply"] == "4"
 
 
 def test_widget_js_is_served_and_has_no_hard_coded_host(shop):

@@ -21,12 +21,12 @@ from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import select
 
-from api.deps import (SESSION_COOKIE, SESSION_TTL_S, ServicesDep, SessionDep, has_session, issue_session_cookie,
-                      same_origin, token_matches)
+from api.deps import SESSION_COOKIE, AuthFailed, ServicesDep, SessionDep, authenticate, has_session, same_origin
 from api.routes import conversations as conversation_routes
 from api.routes import documents as document_routes
 from api.routes import regression as regression_routes
 from api.routes import whatsapp as whatsapp_routes
+from api.sessions import SESSION_TTL_S, close_session, open_session
 from kb import registry
 from kb.errors import InvalidRequest, NotFound
 from runtime import approved, regression, review, store
@@ -79,7 +79,7 @@ class LoginRequired(Exception):
 
 def require_page_session(request: Request, services: ServicesDep) -> None:
     """Pages need the session cookie; otherwise the browser is sent to the login page."""
-    if not has_session(request, services.settings):
+    if not has_session(request, services):
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         raise LoginRequired(path)
 
@@ -114,7 +114,7 @@ def _safe_next(value: str | None) -> str:
 @public.get("/login")
 def login_page(request: Request, services: ServicesDep, next: str | None = None):
     """The login form (already signed in: straight to where the admin was going)."""
-    if has_session(request, services.settings):
+    if has_session(request, services):
         return RedirectResponse(_safe_next(next), status_code=303)
     return render(request, "login.html", next=_safe_next(next))
 
@@ -122,23 +122,34 @@ def login_page(request: Request, services: ServicesDep, next: str | None = None)
 @public.post("/login")
 def login(request: Request, services: ServicesDep, token: Annotated[str, Form()] = "",
           next: Annotated[str | None, Form()] = None):
-    """Exchange the admin token for a signed session cookie."""
+    """Exchange the admin token for a session cookie; wrong tokens get 401, then 429 with growing waits."""
     if not same_origin(request):
         raise HTTPException(status_code=403, detail="cross-site request refused")
-    if not token or not token_matches(services.settings, token):
+    try:
+        authenticate(request, services, token)
+    except AuthFailed as exc:
+        if exc.retry_after:
+            page = render(request, "login.html", status_code=429, next=_safe_next(next),
+                          error=f"Too many wrong tokens. Try again in {exc.retry_after} s.")
+            page.headers["Retry-After"] = str(exc.retry_after)
+            return page
         return render(request, "login.html", status_code=401, next=_safe_next(next),
-                      error="Wrong admin token. Use the value of ATENDE_ADMIN_TOKEN.")
+                      error="Wrong admin token (the command atende admin-token prints it).")
+    with services.session() as db:
+        value = open_session(db, services.settings)
     response = RedirectResponse(_safe_next(next), status_code=303)
-    response.set_cookie(SESSION_COOKIE, issue_session_cookie(services.settings), max_age=SESSION_TTL_S,
+    response.set_cookie(SESSION_COOKIE, value, max_age=SESSION_TTL_S,
                         httponly=True, samesite="strict", secure=request.url.scheme == "https", path="/")
     return response
 
 
 @public.post("/logout")
-def logout(request: Request):
-    """Forget the session cookie."""
+def logout(request: Request, services: ServicesDep):
+    """End the session (server-side: a copy of the cookie stops working too) and forget the cookie."""
     if not same_origin(request):
         raise HTTPException(status_code=403, detail="cross-site request refused")
+    with services.session() as db:
+        close_session(db, services.settings, request.cookies.get(SESSION_COOKIE))
     response = RedirectResponse("/dashboard/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
     return response

@@ -27,6 +27,7 @@ from runtime.whatsapp.outbound import send_template
 log = logging.getLogger(__name__)
 _PARAM = re.compile(r"\{\{\s*(\d+)\s*\}\}")
 
+WEBHOOK_PATH = "/webhooks/whatsapp"
 webhook_router = APIRouter(tags=["whatsapp webhook"])
 router = APIRouter(prefix="/api/whatsapp", tags=["whatsapp"], dependencies=[AdminDep])
 
@@ -122,7 +123,7 @@ async def _raw_body(request: Request) -> bytes:
     return await request.body()
 
 
-@webhook_router.get("/webhooks/whatsapp", response_class=PlainTextResponse)
+@webhook_router.get(WEBHOOK_PATH, response_class=PlainTextResponse)
 def verify_webhook(
     session: SessionDep,
     mode: Annotated[str | None, Query(alias="hub.mode")] = None,
@@ -140,15 +141,17 @@ def _known_verify_token(session, token: str) -> bool:
     return sum(secrets.compare_digest(token.encode(), t.encode()) for t in tokens if t) > 0  # no early exit
 
 
-@webhook_router.post("/webhooks/whatsapp", responses={
-    400: {"description": "body is not a JSON object"}, 401: {"description": "no signature"},
-    403: {"description": "wrong signature, or a number the signing app does not own"}})
+@webhook_router.post(WEBHOOK_PATH, responses={
+    400: {"description": "body is not a JSON object, or nested too deep"}, 401: {"description": "no signature"},
+    403: {"description": "wrong signature, or a number or business account the signing app does not own"},
+    413: {"description": "body over ATENDE_MAX_WEBHOOK_KB"}})
 def receive_webhook(
     services: ServicesDep,
     raw_body: Annotated[bytes, Depends(_raw_body)],
     x_hub_signature_256: Annotated[str | None, Header()] = None,
 ):
-    """Store a signed post and acknowledge it; processing happens in the background."""
+    """Store a signed post (once per body: the same bytes again get no second row) and acknowledge it;
+    processing happens in the background."""
     try:
         post = accept_post(services, raw_body, x_hub_signature_256)
     except WebhookError as exc:

@@ -1,9 +1,17 @@
 """The web widget channel: the embeddable script and its public routes (no admin token).
 
 Visitors are anonymous: ``POST .../session`` hands out a visitor id signed with ``settings.secret_key``
-(bound to the assistant), which the script keeps in localStorage. Each assistant says which websites
-may use its widget (``config.widget.allowed_origins``) and how many messages a visitor may send per
-minute; the count comes from the database, so it holds across processes.
+(bound to the assistant), which the script keeps in localStorage. Each assistant says which other websites
+may use its widget (``config.widget.allowed_origins``; the server's own pages always may) and how fast:
+new visitors per client address and per assistant, messages per visitor, per client address and per
+assistant (``runtime.ratelimit``: counted atomically in the database, so the limits hold across threads and
+processes; 429 with ``Retry-After``). The client address is the connection's, or the one a trusted proxy
+forwarded (uvicorn's proxy headers, ``ATENDE_TRUSTED_PROXIES``).
+
+A message is stored and answered ``202`` with its id at once; its turn runs on the widget's own bounded
+pool (``runtime.widget_turns``), never on a request thread, and the script polls ``.../reply`` for the
+answer. When ``widget_max_turns`` turns are already in flight a message is refused with 503 and
+``Retry-After`` (and not stored).
 
 Visitors rate the assistant's replies of their own conversation with thumbs up or down (one rating per
 reply, a new one replaces it; ``runtime.feedback``). Ratings are not rate-limited: each reply holds one.
@@ -13,34 +21,53 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import math
 import re
 import secrets
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+import anyio
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from api.deps import ServicesDep
-from atende.db import utcnow
 from kb import registry
 from kb.errors import InvalidRequest, NotFound
-from runtime import feedback
+from runtime import feedback, store
 from runtime.config import AssistantConfig, WidgetConfig
 from runtime.feedback import COMMENT_MAX, Reason
 from runtime.models import Conversation, Message
-from runtime.turn import handle_message
+from runtime.ratelimit import Limit, RateLimiter
+from runtime.turn import result_for_message, run_turn
+from runtime.widget_turns import WidgetTurnPool
 
-router = APIRouter(tags=["widget"])
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI):
+    """The widget's turn pool and rate limiter live as long as the app (request state ``widget_*``)."""
+    services = app.state.services
+    s = services.settings
+    turns = WidgetTurnPool(lambda conversation_id: run_turn(services, conversation_id), s.widget_turn_workers,
+                           s.widget_max_turns)
+    limiter = RateLimiter(services.engine, clock=lambda: services.clock().timestamp())
+    try:
+        yield {"widget_turns": turns, "widget_limiter": limiter}
+    finally:
+        await anyio.to_thread.run_sync(turns.close)
+
+
+router = APIRouter(tags=["widget"], lifespan=_lifespan)
 
 SCRIPT = Path(__file__).resolve().parents[1] / "static" / "widget.js"
 CHANNEL = "widget"
-WINDOW = timedelta(seconds=60)
+MINUTE, HOUR = 60, 3600
 HISTORY_LIMIT = 50
 _VISITOR_ID = re.compile(r"^v_[A-Za-z0-9_-]{16,64}$")
 
@@ -61,6 +88,14 @@ class WidgetTokenIn(BaseModel):
 
 class WidgetMessageIn(WidgetTokenIn):
     message: str = Field(min_length=1, max_length=2000)
+    client_message_id: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_-]{8,64}$",
+        description="the script's id for this message: sending it again (a retry) stores nothing new")
+
+
+class WidgetAccepted(BaseModel):
+    message_id: str = Field(description="the visitor's message; poll .../messages/{message_id}/reply")
+    status: Literal["pending"] = "pending"
 
 
 class WidgetSource(BaseModel):
@@ -70,7 +105,9 @@ class WidgetSource(BaseModel):
 
 
 class WidgetReply(BaseModel):
-    reply: str | None = Field(description="null when the AI is paused (a human agent took over)")
+    status: str = Field(description="pending (poll again), answered, smalltalk, fallback, handoff, paused "
+                                    "(a human agent took over) or error (the assistant could not answer)")
+    reply: str | None = Field(description="null while pending, when paused and on error")
     sources: list[WidgetSource]
     ai_enabled: bool
     message_id: str | None = Field(default=None, description="the reply's id, to rate it")
@@ -134,6 +171,9 @@ class Widget:
 
     assistant_id: str
     config: WidgetConfig
+    client: str  # the client's address (a trusted proxy's forwarded one)
+    turns: WidgetTurnPool
+    limiter: RateLimiter
     cors: dict[str, str] = field(default_factory=dict)
 
     def fail(self, status: int, detail: str, **headers: str) -> HTTPException:
@@ -141,13 +181,16 @@ class Widget:
         return HTTPException(status_code=status, detail=detail, headers={**self.cors, **headers})
 
 
-def origin_allowed(config: WidgetConfig, origin: str) -> bool:
+def origin_allowed(config: WidgetConfig, origin: str, host: str) -> bool:
+    """Whether a page of ``origin`` may use the widget of a server reached as ``host``: the server's own
+    pages (the dashboard, the demo) always, other websites only when listed (or the list has ``*``)."""
     allowed = {o.strip().rstrip("/").lower() for o in config.allowed_origins}
-    return not allowed or origin.lower() in allowed
+    netloc = urlsplit(origin).netloc.lower()
+    return "*" in allowed or origin.lower() in allowed or bool(netloc) and netloc == host.lower()
 
 
 def load_widget(assistant: str, request: Request, response: Response, services: ServicesDep) -> Widget:
-    """Resolve the assistant (id or name), refuse origins it does not list (403), set CORS headers."""
+    """Resolve the assistant (id or name), refuse origins it does not allow (403), set CORS headers."""
     with services.session() as session:
         try:
             found = registry.get_assistant(session, assistant)
@@ -156,12 +199,13 @@ def load_widget(assistant: str, request: Request, response: Response, services: 
         assistant_id, config = found.id, AssistantConfig.model_validate(found.config or {}).widget
     origin = request.headers.get("origin")
     # no Origin: not a cross-site browser request (curl, a server); the origin list only binds browsers
-    if origin is not None and not origin_allowed(config, origin):
+    if origin is not None and not origin_allowed(config, origin, request.headers.get("host", "")):
         raise HTTPException(status_code=403, detail="this website may not use the assistant's widget")
     cors = {"Access-Control-Allow-Origin": origin, "Vary": "Origin",
             "Access-Control-Expose-Headers": "Retry-After"} if origin else {}
     response.headers.update(cors)
-    return Widget(assistant_id, config, cors)
+    client = request.client.host if request.client else "unknown"
+    return Widget(assistant_id, config, client, request.state.widget_turns, request.state.widget_limiter, cors)
 
 
 WidgetDep = Annotated[Widget, Depends(load_widget)]
@@ -179,21 +223,27 @@ def _conversation_key(widget: Widget, visitor_id: str) -> dict:
                 customer_id=visitor_id)
 
 
-def seconds_until_allowed(services, widget: Widget, visitor_id: str) -> int:
-    """0 if the visitor may send now, else the seconds until the oldest message in the window ages out."""
-    limit, now = widget.config.rate_limit_per_minute, utcnow()
+def _limit(widget: Widget, *limits: Limit) -> None:
+    """Count the request against ``limits`` (narrowest first); 429 with Retry-After at the first exceeded."""
+    wait = widget.limiter.check(*limits)
+    if wait:
+        raise widget.fail(429, f"too many requests; try again in {wait}s", **{"Retry-After": str(wait)})
+
+
+def _store_message(services, widget: Widget, visitor_id: str, body: WidgetMessageIn) -> tuple[str, str]:
+    """Store the visitor's message (once per ``client_message_id``); returns (conversation id, message id)."""
+    key = _conversation_key(widget, visitor_id)
     with services.session() as session:
-        recent = session.scalars(
-            select(Message.created_at)
-            .join(Conversation, Conversation.id == Message.conversation_id)
-            .filter_by(**_conversation_key(widget, visitor_id))
-            .where(Message.direction == "inbound", Message.created_at > now - WINDOW)
-            .order_by(Message.created_at.desc())
-            .limit(limit)
-        ).all()
-    if len(recent) < limit:
-        return 0
-    return max(1, math.ceil((recent[-1] + WINDOW - now).total_seconds()))
+        conv = store.find_or_create_conversation(session, **key)
+        try:
+            return conv.id, store.store_inbound(session, conv, body.message, channel_message_id=body.client_message_id).id
+        except IntegrityError:  # sent again (the script retried): the message stored the first time
+            session.rollback()
+    with services.session() as session:
+        conv_id = session.scalar(select(Conversation.id).filter_by(**key))
+        message_id = session.scalar(select(Message.id).filter_by(conversation_id=conv_id,
+                                                                  channel_message_id=body.client_message_id))
+        return conv_id, message_id
 
 
 def public_sources(sources: list[dict]) -> list[WidgetSource]:
@@ -217,8 +267,7 @@ def widget_script() -> FileResponse:
                         headers={"Cache-Control": "public, max-age=300"})
 
 
-@router.options("/api/widget/{assistant}/{endpoint}", status_code=204, include_in_schema=False)
-@router.options("/api/widget/{assistant}/messages/{message_id}/feedback", status_code=204, include_in_schema=False)
+@router.options("/api/widget/{assistant}/{endpoint:path}", status_code=204, include_in_schema=False)
 def preflight(widget: WidgetDep) -> Response:
     """CORS preflight: the origin was checked by ``load_widget``."""
     return Response(status_code=204, headers={
@@ -233,31 +282,60 @@ def widget_config(widget: WidgetDep):
     return WidgetConfigPublic(title=widget.config.title, greeting=widget.config.greeting)
 
 
-@router.post("/api/widget/{assistant}/session", response_model=WidgetSession)
+@router.post("/api/widget/{assistant}/session", response_model=WidgetSession,
+             responses={429: {"description": "too many new visitors from this address or for this assistant"}})
 def start_session(widget: WidgetDep, services: ServicesDep):
     """A new anonymous visitor id, signed; the script keeps it so the conversation continues."""
-    visitor_id, token = issue_visitor_token(services.settings.secret_key, widget.assistant_id)
+    c, a = widget.config, widget.assistant_id
+    _limit(widget, Limit(f"widget:{a}:ip-sessions:{widget.client}", c.ip_sessions_per_hour, HOUR),
+           Limit(f"widget:{a}:sessions", c.assistant_sessions_per_hour, HOUR))
+    visitor_id, token = issue_visitor_token(services.settings.secret_key, a)
     return WidgetSession(visitor_id=visitor_id, token=token)
 
 
-@router.post("/api/widget/{assistant}/messages", response_model=WidgetReply,
-             responses={401: {"description": "bad visitor token"}, 429: {"description": "too many messages"},
-                        502: {"description": "the language model failed; the message is stored"}})
+@router.post("/api/widget/{assistant}/messages", status_code=202, response_model=WidgetAccepted,
+             responses={401: {"description": "bad visitor token"},
+                        429: {"description": "too many messages from this visitor, this address or to this assistant"},
+                        503: {"description": "too many widget turns in flight; not stored, send it again later"}})
 def send_message(body: WidgetMessageIn, widget: WidgetDep, services: ServicesDep):
-    """The assistant's reply to a visitor's message, with where it came from."""
+    """Store a visitor's message and start its turn; poll ``.../messages/{message_id}/reply`` for the answer."""
     visitor_id = _visitor(services, widget, body.token)
     if not body.message.strip():
         raise widget.fail(422, "message must not be empty")
-    wait = seconds_until_allowed(services, widget, visitor_id)
-    if wait:
-        raise widget.fail(429, f"too many messages; try again in {wait}s", **{"Retry-After": str(wait)})
-    key = _conversation_key(widget, visitor_id)
-    result = handle_message(services, assistant_ref=widget.assistant_id, channel=CHANNEL, sender=key["sender"],
-                            customer_id=visitor_id, text=body.message)
-    if result.status == "error":
-        raise widget.fail(502, "the assistant could not answer now; please try again")
-    return WidgetReply(reply=result.reply, sources=public_sources(result.sources), ai_enabled=result.ai_enabled,
-                       message_id=result.message_id)
+    c, a = widget.config, widget.assistant_id
+    _limit(widget, Limit(f"widget:{a}:visitor:{visitor_id}", c.rate_limit_per_minute, MINUTE),
+           Limit(f"widget:{a}:ip:{widget.client}", c.ip_messages_per_minute, MINUTE),
+           Limit(f"widget:{a}:messages", c.assistant_messages_per_minute, MINUTE))
+    if not widget.turns.admit():
+        wait = widget.turns.retry_after()
+        raise widget.fail(503, f"the assistant is busy; try again in {wait}s", **{"Retry-After": str(wait)})
+    try:
+        conversation_id, message_id = _store_message(services, widget, visitor_id, body)
+    except BaseException:
+        widget.turns.release()
+        raise
+    widget.turns.submit(conversation_id)
+    return WidgetAccepted(message_id=message_id)
+
+
+@router.post("/api/widget/{assistant}/messages/{message_id}/reply", response_model=WidgetReply,
+             responses={401: {"description": "bad visitor token"},
+                        404: {"description": "no such message of the visitor's"}})
+def message_reply(message_id: str, body: WidgetTokenIn, widget: WidgetDep, services: ServicesDep):
+    """What answered the visitor's message: ``pending`` until its turn has run, then the reply with where it
+    came from. A pending message whose turn is not in flight (its process stopped) is given a turn again."""
+    visitor_id = _visitor(services, widget, body.token)
+    with services.session() as session:
+        conversation_id = session.scalar(select(Conversation.id).filter_by(**_conversation_key(widget, visitor_id)))
+        message = session.get(Message, message_id)
+        if conversation_id is None or message is None or message.conversation_id != conversation_id \
+                or message.direction != "inbound":
+            raise widget.fail(404, "message not found")
+        result = result_for_message(session, message_id)
+    if result.status == "pending" and not widget.turns.busy(conversation_id) and widget.turns.admit():
+        widget.turns.submit(conversation_id)
+    return WidgetReply(status=result.status, reply=result.reply, sources=public_sources(result.sources),
+                       ai_enabled=result.ai_enabled, message_id=result.message_id)
 
 
 @router.post("/api/widget/{assistant}/messages/{message_id}/feedback", response_model=WidgetFeedbackPublic,

@@ -45,11 +45,13 @@
   var T = /^pt\b/i.test(navigator.language || "") ? {
     chat: "Chat", open: "Abrir o chat", close: "Fechar", placeholder: "Escreva sua mensagem…", send: "Enviar",
     error: "Não foi possível enviar agora. Tente novamente.", slow: "Muitas mensagens seguidas. Aguarde {s} s.",
+    busy: "O assistente está ocupado. Tente novamente em {s} s.",
     human: "Um atendente vai continuar esta conversa.", sources: "Fontes: ",
     good: "Resposta útil", bad: "Resposta não útil", thanks: "Obrigado!"
   } : {
     chat: "Chat", open: "Open chat", close: "Close", placeholder: "Type your message…", send: "Send",
     error: "Could not send right now. Please try again.", slow: "Too many messages. Please wait {s} s.",
+    busy: "The assistant is busy. Please try again in {s} s.",
     human: "A human agent will continue this conversation.", sources: "Sources: ",
     good: "Helpful answer", bad: "Unhelpful answer", thanks: "Thanks!"
   };
@@ -77,6 +79,34 @@
         throw err;
       });
     });
+  }
+
+  function wait(ms) { return new Promise(function (resolve) { setTimeout(resolve, ms); }); }
+
+  /** A random id for a message, so sending it again after a network error stores it once. */
+  function messageId() {
+    var bytes = new Uint8Array(16), out = "";
+    (window.crypto || window.msCrypto).getRandomValues(bytes);
+    for (var i = 0; i < bytes.length; i++) out += (bytes[i] < 16 ? "0" : "") + bytes[i].toString(16);
+    return out;
+  }
+
+  // The reply is computed in the background: ask for it every POLL_MS until it is there (a turn has a
+  // deadline of its own, 3 minutes by default). Network errors and busy answers only delay the next ask.
+  var POLL_MS = 1000, POLL_FOR_MS = 200000;
+  function reply(id) {
+    var until = Date.now() + POLL_FOR_MS;
+    function ask() {
+      return wait(POLL_MS).then(function () {
+        return call("messages/" + encodeURIComponent(id) + "/reply", { token: token });
+      }).then(function (res) {
+        return res.status === "pending" && Date.now() < until ? ask() : res;
+      }, function (err) {
+        if ((!err.status || err.status >= 500 || err.status === 429) && Date.now() < until) return ask();
+        throw err;
+      });
+    }
+    return ask();
   }
 
   function session(fresh) {
@@ -165,6 +195,7 @@
     if (reply) m.appendChild(thumbs(reply.id, reply.rating));
     log.appendChild(m);
     scrollDown();
+    return m;
   }
 
   /** Thumbs up / down under a reply; both are disabled once one is chosen (re-enabled if sending fails). */
@@ -223,19 +254,26 @@
   }
 
   function send(text) {
-    add("inbound", text);
+    var mine = add("inbound", text);
     setBusy(true, true);
-    var post = function (t) { return call("messages", { token: t, message: text }); };
+    var id = messageId();
+    var post = function (t) { return call("messages", { token: t, message: text, client_message_id: id }); };
     session(false).then(post).catch(function (err) {
+      if (!err.status) return wait(POLL_MS).then(function () { return session(false); }).then(post); // once more: stored once
       if (err.status !== 401) throw err;
       return session(true).then(post); // the token is no longer valid (e.g. a new secret): start over
-    }).then(function (res) {
+    }).then(function (accepted) { return reply(accepted.message_id); }).then(function (res) {
       setBusy(false);
       if (res.reply) add("outbound", res.reply, res.sources, res.message_id ? { id: res.message_id, rating: null } : null);
+      else if (res.status === "pending" || res.status === "error") note(T.error);
       else if (!res.ai_enabled) note(T.human);
     }, function (err) {
       setBusy(false);
-      note(err.status === 429 ? T.slow.replace("{s}", err.retryAfter || "60") : T.error);
+      if (err.status === 429 || err.status === 503) {
+        log.removeChild(mine); // not sent: back in the box, ready to send again
+        if (!input.value) input.value = text;
+        note((err.status === 429 ? T.slow : T.busy).replace("{s}", err.retryAfter || "60"));
+      } else note(T.error);
     });
   }
 

@@ -1,7 +1,9 @@
 """Alembic environment: runs on the connection handed over by atende.db.migrate."""
 from alembic import context
 
-import kb.models  # noqa: F401  (register tables on the metadata)
+import api.sessions  # noqa: F401  (register tables on the metadata)
+import api.throttle  # noqa: F401
+import kb.models  # noqa: F401
 import runtime.approved  # noqa: F401
 import runtime.models  # noqa: F401
 import runtime.regression  # noqa: F401

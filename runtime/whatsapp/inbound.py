@@ -3,6 +3,11 @@ acknowledged; ``process_post`` (in the background) turns it into stored messages
 and template states, in one transaction per post.
 
 Decisions:
+- A post is stored once per body (SHA-256 of the signed bytes): a redelivered or replayed post answers
+  with the stored one, which is processed at most once (and retried, if it failed).
+- The signing app must own every number (``metadata.phone_number_id``) and, for template status changes,
+  the business account (entry id, ``waba_id`` of one of its senders) a post names; otherwise 403.
+- A template status moves only with an event at least as recent (Meta's entry time) as the one that set it.
 - Redelivered messages are skipped by ``(conversation, wamid)``; the unique constraint settles races.
 - The 24-hour window (``last_inbound_at``) moves on every message the customer sent, reactions and
   unsupported types included (Meta counts any user-initiated message); not on system notices, edits,
@@ -16,7 +21,7 @@ Decisions:
 """
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 from dataclasses import dataclass, field
 
@@ -31,7 +36,8 @@ from runtime.models import Conversation, Message
 from runtime.store import find_or_create_conversation
 from runtime.whatsapp.models import WebhookPost, WhatsAppSender, WhatsAppTemplate
 from runtime.whatsapp.webhook import (
-    InboundMessage, StatusUpdate, TemplateStatusUpdate, Unhandled, parse_payload, phone_number_ids, verify_signature,
+    InboundMessage, MalformedBody, StatusUpdate, TemplateStatusUpdate, Unhandled, decode_body, parse_payload,
+    phone_number_ids, template_waba_ids, verify_signature,
 )
 
 log = logging.getLogger(__name__)
@@ -52,7 +58,7 @@ class InvalidPayload(WebhookError):
 
 
 class SignatureError(WebhookError):
-    """Missing (401) or wrong (403) signature, or a number the signing app does not own (403)."""
+    """Missing (401) or wrong (403) signature, or a number or business account the signing app does not own (403)."""
 
     def __init__(self, message: str, status_code: int = 403):
         super().__init__(message)
@@ -60,7 +66,8 @@ class SignatureError(WebhookError):
 
 
 def accept_post(services: Services, raw_body: bytes, signature: str | None) -> WebhookPost:
-    """Check a webhook body against every sender's app secret and store it; raises WebhookError."""
+    """Check a webhook body against every sender's app secret and store it, once: a body already stored
+    returns the stored post. Raises WebhookError (nothing stored)."""
     if not signature:
         raise SignatureError("missing X-Hub-Signature-256 header", status_code=401)
     with services.session() as session:
@@ -69,19 +76,34 @@ def accept_post(services: Services, raw_body: bytes, signature: str | None) -> W
         if secret is None:
             raise SignatureError("signature does not match any configured app")
         try:
-            body = json.loads(raw_body)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise InvalidPayload(f"body is not JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise InvalidPayload("body is not a JSON object")
-        owned = {s.phone_number_id for s in senders if s.app_secret == secret}
-        foreign = phone_number_ids(body) - owned
-        if foreign:
-            raise SignatureError(f"the signing app does not own phone number id(s) {sorted(foreign)}")
-        post = WebhookPost(id=new_id(), received_at=utcnow(), body=body, processed=False)
+            body = decode_body(raw_body)
+        except MalformedBody as exc:
+            raise InvalidPayload(str(exc)) from None
+        _check_ownership(body, [s for s in senders if s.app_secret == secret])
+        digest = hashlib.sha256(raw_body).hexdigest()
+        stored = session.scalar(select(WebhookPost).where(WebhookPost.body_sha256 == digest))
+        if stored is not None:
+            log.info("whatsapp webhook: post %s received again", stored.id)
+            return stored
+        post = WebhookPost(id=new_id(), received_at=utcnow(), body=body, body_sha256=digest, processed=False)
         session.add(post)
-        session.commit()
+        try:
+            session.commit()
+        except IntegrityError:  # the same body, stored by a concurrent request
+            session.rollback()
+            return session.scalars(select(WebhookPost).where(WebhookPost.body_sha256 == digest)).one()
         return post
+
+
+def _check_ownership(body: dict, app_senders: list[WhatsAppSender]) -> None:
+    """Refuse a post naming a number, or a template's business account, that the signing app has no sender for."""
+    foreign = phone_number_ids(body) - {s.phone_number_id for s in app_senders}
+    if foreign:
+        raise SignatureError(f"the signing app does not own phone number id(s) {sorted(foreign)}")
+    foreign = template_waba_ids(body) - {s.waba_id for s in app_senders if s.waba_id}
+    if foreign:
+        raise SignatureError(f"the signing app has no sender in WhatsApp Business Account(s) {sorted(foreign)} "
+                             "(set waba_id on its senders to receive template status updates)")
 
 
 @dataclass
@@ -214,21 +236,24 @@ def advances(current: str, new: str) -> bool:
 
 
 def _apply_template_status(session: Session, event: TemplateStatusUpdate) -> None:
+    # only templates of the business account the event came from (accept_post checked the signing app has it):
+    # template ids and names of other accounts are out of reach
+    account = select(WhatsAppTemplate).join(WhatsAppSender, WhatsAppSender.id == WhatsAppTemplate.sender_id).where(
+        WhatsAppSender.waba_id == event.waba_id)
     templates: list[WhatsAppTemplate] = []
-    if event.meta_template_id:
-        templates = list(session.scalars(select(WhatsAppTemplate).where(
-            WhatsAppTemplate.meta_template_id == event.meta_template_id)))
-    if not templates and event.name and event.language and event.waba_id:
-        # by name only within the business account the event came from: names repeat across accounts
-        templates = list(session.scalars(select(WhatsAppTemplate).join(
-            WhatsAppSender, WhatsAppSender.id == WhatsAppTemplate.sender_id).where(
-            WhatsAppTemplate.name == event.name, WhatsAppTemplate.language == event.language,
-            WhatsAppSender.waba_id == event.waba_id)))
+    if event.waba_id and event.meta_template_id:
+        templates = list(session.scalars(account.where(WhatsAppTemplate.meta_template_id == event.meta_template_id)))
+    if event.waba_id and not templates and event.name and event.language:
+        templates = list(session.scalars(account.where(
+            WhatsAppTemplate.name == event.name, WhatsAppTemplate.language == event.language)))
     if not templates:
-        log.info("whatsapp webhook: template %s (%s) status %s for no known template",
-                 event.name, event.meta_template_id, event.event)
+        log.info("whatsapp webhook: template %s (%s) status %s for no known template of account %r",
+                 event.name, event.meta_template_id, event.event, event.waba_id)
     for template in templates:
-        template.status = event.event
+        if template.status_at is not None and event.timestamp < template.status_at:
+            log.info("whatsapp webhook: stale %s event for template %s ignored", event.event, template.id)
+            continue
+        template.status, template.status_at = event.event, event.timestamp
         if event.meta_template_id and not template.meta_template_id:
             template.meta_template_id = event.meta_template_id
 

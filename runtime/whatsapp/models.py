@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from atende.db import Base, UTCDateTime, new_id, utcnow
@@ -41,16 +41,20 @@ class WhatsAppTemplate(Base):
     meta_template_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     body: Mapped[str] = mapped_column(Text)  # with {{1}}, {{2}} ... parameters
     buttons: Mapped[list] = mapped_column(JSON, default=list)
+    # Meta's time of the status event last applied: an older event arriving late is ignored
+    status_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
 class WebhookPost(Base):
-    """A signed webhook body as received, stored before it is acknowledged."""
+    """A signed webhook body as received, stored before it is acknowledged; once per body (``body_sha256``)."""
 
     __tablename__ = "whatsapp_webhook_posts"
+    __table_args__ = (Index("uq_whatsapp_webhook_posts_body_sha256", "body_sha256", unique=True),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     body: Mapped[dict] = mapped_column(JSON)
+    body_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)  # of the raw bytes Meta signed
     processed: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -2,12 +2,15 @@
 typed events (inbound messages, delivery statuses, template status changes, the rest as Unhandled).
 
 Parsing never raises: whatever cannot be understood becomes an ``Unhandled`` event, so one odd entry
-never costs the other entries of the same post.
+never costs the other entries of the same post. Only ``decode_body`` refuses a body (not a JSON object,
+or nested too deep), before anything is stored.
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Union
@@ -15,6 +18,11 @@ from typing import Union
 from atende.db import utcnow
 
 SIGNATURE_PREFIX = "sha256="
+# the deepest real payload (pywa fixtures) nests 12 levels; Python's json raises RecursionError near 1,000
+MAX_DEPTH = 32
+# a whole JSON string (an unterminated one runs to the end: no backtracking) or one bracket
+_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[\]{}]', re.DOTALL)
+TEMPLATE_FIELD = "message_template_status_update"
 MEDIA_KINDS = ("image", "video", "audio", "voice", "document", "sticker")
 _MEDIA_NOUN = {"image": "an image", "video": "a video", "audio": "an audio file", "voice": "a voice message",
                "document": "a document", "sticker": "a sticker"}
@@ -80,6 +88,7 @@ class TemplateStatusUpdate:
     name: str | None
     language: str | None
     reason: str | None
+    timestamp: datetime  # the entry's time: a late event older than the template's status is stale
 
 
 @dataclass(frozen=True)
@@ -94,6 +103,30 @@ Event = Union[InboundMessage, StatusUpdate, TemplateStatusUpdate, Unhandled]
 def sign(raw_body: bytes, secret: str) -> str:
     """The ``X-Hub-Signature-256`` header value Meta sends for this body."""
     return SIGNATURE_PREFIX + hmac.new(secret.encode(), raw_body, hashlib.sha256).hexdigest()
+
+
+class MalformedBody(ValueError):
+    """A webhook body that is not a JSON object, or nests deeper than ``MAX_DEPTH``."""
+
+
+def decode_body(raw_body: bytes) -> dict:
+    """The JSON object of a webhook body; raises MalformedBody. Nesting is bounded before parsing."""
+    depth = 0
+    for token in _TOKEN.finditer(raw_body):
+        bracket = token.group()
+        if bracket in (b"[", b"{"):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise MalformedBody(f"JSON nested deeper than {MAX_DEPTH} levels")
+        elif bracket in (b"]", b"}"):
+            depth -= 1
+    try:
+        body = json.loads(raw_body)
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError alike
+        raise MalformedBody(f"body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise MalformedBody("body is not a JSON object")
+    return body
 
 
 def verify_signature(raw_body: bytes, header: str | None, secrets: list[str]) -> str | None:
@@ -123,6 +156,13 @@ def phone_number_ids(body: dict) -> set[str]:
     return found
 
 
+def template_waba_ids(body: dict) -> set[str]:
+    """The business account (entry id) of every template status change a payload carries."""
+    return {str(entry.get("id") or "") for entry in _list(body.get("entry") if isinstance(body, dict) else None)
+            if isinstance(entry, dict) and any(isinstance(change, dict) and change.get("field") == TEMPLATE_FIELD
+                                               for change in _list(entry.get("changes")))}
+
+
 def parse_payload(body: dict, received_at: datetime | None = None) -> list[Event]:
     """Every entry, change, message, status and preference of a webhook body, in order."""
     received_at = received_at or utcnow()
@@ -136,12 +176,13 @@ def parse_payload(body: dict, received_at: datetime | None = None) -> list[Event
         if not isinstance(entry, dict) or not isinstance(entry.get("changes"), list):
             events.append(Unhandled("entry", "an entry without a changes list"))
             continue
+        entry_at = _timestamp(entry.get("time"), received_at)
         for change in entry["changes"]:
-            events.extend(_parse_change(str(entry.get("id", "")), change, received_at))
+            events.extend(_parse_change(str(entry.get("id") or ""), entry_at, change, received_at))
     return events
 
 
-def _parse_change(waba_id: str, change, received_at: datetime) -> list[Event]:
+def _parse_change(waba_id: str, entry_at: datetime, change, received_at: datetime) -> list[Event]:
     if not isinstance(change, dict) or not isinstance(change.get("value"), dict):
         return [Unhandled("change", "a change without a value object")]
     name, value = str(change.get("field", "")), change["value"]
@@ -150,8 +191,8 @@ def _parse_change(waba_id: str, change, received_at: datetime) -> list[Event]:
             return _parse_messages_value(value, received_at)
         if name == "user_preferences":
             return _parse_preferences(value, received_at)
-        if name == "message_template_status_update":
-            return [_parse_template_status(waba_id, value)]
+        if name == TEMPLATE_FIELD:
+            return [_parse_template_status(waba_id, entry_at, value)]
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         return [Unhandled(name, f"malformed {name} change: {type(exc).__name__}: {exc}")]
     return [Unhandled(name, "field not handled")]
@@ -359,15 +400,15 @@ def _parse_preferences(value: dict, received_at: datetime) -> list[Event]:
     return events
 
 
-def _parse_template_status(waba_id: str, value: dict) -> Event:
+def _parse_template_status(waba_id: str, at: datetime, value: dict) -> Event:
     if not value.get("event") or not (value.get("message_template_id") or value.get("message_template_name")):
-        return Unhandled("message_template_status_update", "no event or template named")
+        return Unhandled(TEMPLATE_FIELD, "no event or template named")
     template_id = value.get("message_template_id")
     return TemplateStatusUpdate(
         waba_id=waba_id, event=str(value["event"]).upper(),
         meta_template_id=str(template_id) if template_id is not None else None,
         name=value.get("message_template_name"), language=value.get("message_template_language"),
-        reason=value.get("reason"),
+        reason=value.get("reason"), timestamp=at,
     )
 
 
