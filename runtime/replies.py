@@ -103,6 +103,15 @@ def split_no_answer(reply: str) -> tuple[str, bool]:
     return text.strip(), n > 0
 
 
+def without_echo(reply: str, customer_text: str) -> str:
+    """``reply`` without a first line that only repeats the customer's message (small models often
+    restate the question before answering it)."""
+    first, sep, rest = reply.strip().partition("\n")
+    if sep and rest.strip() and fold(first).strip(" .!?¿¡*#") == fold(customer_text).strip(" .!?¿¡*#"):
+        return rest.strip()
+    return reply
+
+
 def says_not_found(reply: str) -> bool:
     """Whether ``reply`` says the knowledge base has no answer ("Não encontrei essa informação...",
     "I couldn't find...", "No tengo esa información...")."""

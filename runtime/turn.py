@@ -23,17 +23,18 @@ from kb.search import search
 from runtime import approved, extractive, store
 from runtime.config import AssistantConfig
 from runtime.cost import usage_cost
-from runtime.intent import SCHEDULING_TOOLS, wants_booking
+from runtime.intent import HANDOFF_TOOL, SCHEDULING_TOOLS, wants_booking, wants_human
 from runtime.llm import ChatModelError, text_tool_calls
 from runtime.models import Conversation, Message, Turn
 from runtime.prompt import ANSWER_NOW, build_messages, retry_instruction, seen_sources
-from runtime.replies import rejection, says_not_found, small_talk, small_talk_reply, split_no_answer
+from runtime.replies import (rejection, says_not_found, small_talk, small_talk_reply, split_no_answer,
+                             without_echo)
 from runtime.tools import ToolContext, build_toolset
 from runtime.types import ToolCall, ToolResult, TurnResult, Usage
 
 log = logging.getLogger(__name__)
 APPROVED_PREFIX = "approved:"  # chunk_id of a source that is an approved answer
-BOOKING_CONTEXT = 3  # the customer's newest messages that can show they want to book
+INTENT_CONTEXT = 3  # the customer's newest messages that can show they want to book or a person
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 
@@ -131,16 +132,14 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
     t = time.perf_counter()
     sources = seen_sources(([_approved_source(found)] if found else []) + [h.to_dict() for h in hits], user_text)
     messages = build_messages(config, conv.variables or {}, history, user_text, sources)
-    toolset = build_toolset(config)
-    if not wants_booking(customer_texts[:BOOKING_CONTEXT]):  # small models book when asked the opening hours
-        toolset = toolset.without(SCHEDULING_TOOLS)
+    toolset = build_toolset(config).without(_unasked_tools(config, history, customer_texts))
     ctx = ToolContext(services=services, assistant=assistant, config=config, conversation_id=conv.id,
-                      sources=list(hits), now=utcnow(), events=[])
+                      sources=list(hits), now=utcnow(), events=[], deadline=t0 + config.turn_deadline_s)
     timings["prompt_ms"] = _ms(t)
 
     session.commit()  # end the read transaction: no pooled connection is held while the model thinks
     usage, rounds, tool_results, error, rejected = Usage(), 0, [], None, []
-    deadline = t0 + config.turn_deadline_s
+    deadline = ctx.deadline
     reply, no_answer, executed, force_text = "", False, set(), False
     model_name = config.model or services.settings.llm_model
     try:
@@ -159,6 +158,7 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
             usage, rounds = usage + resp.usage, rounds + 1
             if not (offer and resp.tool_calls):
                 reply, no_answer = _clean(resp.content, set(toolset.names))
+                reply = without_echo(reply, user_text)
                 problem = None if no_answer else rejection(
                     reply, instructions=messages[0]["content"], customer_text=user_text, language=language)
                 if problem and not rejected and not _handed_off(tool_results):  # once more, as text, told why
@@ -194,8 +194,9 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
     no_answer = no_answer or not reply or says_not_found(reply)
     if no_answer and not handed_off and not error and config.grounded_fallback:
         if grounded := _grounded_reply(services, embedding_model, found, hits, user_text, language):
-            reply, no_answer = grounded
-            rejected.append("the model gave no answer: the best source was quoted")
+            reply, no_answer = grounded, False
+            rejected.append("the model gave no answer: " + ("the approved answer was sent" if found else
+                                                            "the best source was quoted"))
     if error and not reply:
         status, reply = "error", None
     elif handed_off:
@@ -227,15 +228,29 @@ def _approved_source(found: approved.ApprovedMatch) -> dict:
 
 
 def _grounded_reply(services: Services, embedding_model: str, found: approved.ApprovedMatch | None, hits: list,
-                    question: str, language: str | None) -> tuple[str, bool] | None:
+                    question: str, language: str | None) -> str | None:
     """What to send when the model gave no answer: the approved answer it was shown, else the best
-    sentence of a confidently matching passage quoted with its document (``(reply, False)``), else None."""
+    sentence of a confidently matching passage quoted with its document, else None."""
     if found is not None:
-        return found.answer, False
-    if not hits or not extractive.confident(embedding_model, hits[0].score):
+        return found.answer
+    if not hits or not extractive.confident(embedding_model, hits[0].score, 1.0):
         return None
-    sentence = extractive.best_sentence(services.embedders.get(embedding_model), question, hits[0].text)
-    return (extractive.quote(sentence, hits[0].filename, language), False) if sentence else None
+    best = extractive.best_sentence(services.embedders.get(embedding_model), question, hits[0].text)
+    if best is None or not extractive.confident(embedding_model, hits[0].score, best[1]):
+        return None
+    return extractive.quote(best[0], hits[0].filename, language)
+
+
+def _unasked_tools(config: AssistantConfig, history: list[tuple[str, str]], customer_texts: list[str]) -> set[str]:
+    """Tools the customer has not asked for, withheld from the model (small models call whatever they are
+    shown): booking without a wish to book; the handoff unless they ask for a person or the last reply was
+    the fallback (which may offer one)."""
+    recent = customer_texts[:INTENT_CONTEXT]
+    withheld = set() if wants_booking(recent) else set(SCHEDULING_TOOLS)
+    last_reply = next((text for role, text in reversed(history) if role == "assistant"), None)
+    if not wants_human(recent) and last_reply != config.canned_reply("fallback", customer_texts):
+        withheld.add(HANDOFF_TOOL)
+    return withheld
 
 
 def _handed_off(tool_results: list) -> bool:

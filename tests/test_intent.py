@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.intent import wants_booking
+from runtime.intent import wants_booking, wants_human
 
 
 @pytest.mark.parametrize("text", [
@@ -28,3 +28,12 @@ def test_questions_about_hours_and_prices_are_not_bookings(text):
 def test_an_earlier_message_of_the_booking_still_counts():
     assert wants_booking(["amanhã às 10h", "Quero agendar uma avaliação"])
     assert not wants_booking(["amanhã às 10h"])
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Quero falar com um atendente", True), ("Quero fazer uma reclamação", True), ("I want to talk to a human", True),
+    ("Quiero hablar con alguien", True), ("Onde fica a clínica?", False), ("Quanto custa uma limpeza?", False),
+    ("Vocês atendem convênio?", False), ("What time do you open?", False),
+])
+def test_asking_for_a_person_is_told(text, expected):
+    assert wants_human([text]) is expected

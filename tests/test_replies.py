@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.replies import rejection, says_not_found, small_talk, split_no_answer
+from runtime.replies import rejection, says_not_found, small_talk, split_no_answer, without_echo
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -66,3 +66,11 @@ def test_the_no_answer_signal_is_found_however_it_is_spelled(reply):
 
 def test_a_reply_that_only_mentions_answers_keeps_its_text():
     assert split_no_answer("Sim, respondemos em até 2 dias.") == ("Sim, respondemos em até 2 dias.", False)
+
+
+def test_a_restated_question_is_cut_from_the_reply():
+    reply = "Quanto tempo demora o clareamento?\n\nUma sessão de 90 minutos."
+    assert without_echo(reply, "Quanto tempo demora o clareamento") == "Uma sessão de 90 minutos."
+    assert without_echo("Quanto tempo demora o clareamento?", "Quanto tempo demora o clareamento?") == \
+        "Quanto tempo demora o clareamento?"  # nothing else: left to the echo check
+    assert without_echo("Sim.\nAbrimos às 8h.", "Vocês abrem cedo?") == "Sim.\nAbrimos às 8h."

@@ -120,8 +120,8 @@ def test_a_confident_source_is_quoted_when_the_model_gives_no_answer(shop):
         a.config = merge_config(a.config, {"grounded_fallback": True, "retrieval": {"top_k": 1}})
         session.commit()
     model.enqueue("NO_ANSWER", "NO_ANSWER")
-    r = chat(services, aid, "Qual o horário de funcionamento aos sábados?")
-    assert r.status == "answered" and r.reply == "Segundo “horarios.txt”: Aos sábados abrimos das 9h às 13h."
+    r = chat(services, aid, "Aos domingos a loja fica aberta?")
+    assert r.status == "answered" and r.reply == "Segundo “horarios.txt”: Aos domingos a loja fica fechada."
     assert [s["filename"] for s in r.sources] == ["horarios.txt"]
     with services.session() as session:
         assert "the best source was quoted" in session.get(Turn, session.get(Message, r.message_id).turn_id).error
