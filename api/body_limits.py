@@ -36,8 +36,9 @@ MULTIPART_ROOM = 64 * 1024
 class BodyTooLarge(HTTPException):
     """A request body over its route's cap: a JSON 413 that closes the connection."""
 
-    def __init__(self, limit: int):
-        super().__init__(413, detail=f"request body too large: the limit for this route is {_size(limit)}",
+    def __init__(self, limit: int, declared: int | None = None):
+        size = f" ({declared / 1e6:.1f} MB)" if declared else ""
+        super().__init__(413, detail=f"request body too large{size}: the limit for this route is {_size(limit)}",
                          headers={"Connection": "close"})
 
 
@@ -87,7 +88,7 @@ class _CappedRequest:
         if self.limit is None:  # the first call: the router has picked the route by now
             self.limit = self.caps.cap_for(self.scope.get("route"))
             if self.declared is not None and self.declared > self.limit:
-                raise BodyTooLarge(self.limit)  # before uvicorn's 100 Continue, before any byte is read
+                raise BodyTooLarge(self.limit, self.declared)  # before uvicorn's 100 Continue and any byte read
         message = await self._receive()
         if message["type"] == "http.request":
             self.received += len(message.get("body", b""))

@@ -40,9 +40,10 @@ def capped(tmp_path, embedders):
     services.engine.dispose()
 
 
-def _detail(limit: int) -> str:
+def _detail(limit: int, declared: int | None = None) -> str:
     size = f"{limit / MIB:.4g} MiB" if limit >= MIB else f"{limit / KIB:.4g} KiB"
-    return f"request body too large: the limit for this route is {size}"
+    told = f" ({declared / 1e6:.1f} MB)" if declared else ""
+    return f"request body too large{told}: the limit for this route is {size}"
 
 
 # ------------------------------------------------------------------------------------ in process
@@ -52,8 +53,9 @@ def _detail(limit: int) -> str:
 def test_each_route_refuses_a_declared_length_over_its_cap(capped, route):
     limit = ROUTE_CAPS[route.name]
     public = TestClient(capped.app)
-    r = public.post(route.path, content=route.prefix + b"x" * limit, headers={"Content-Type": route.content_type})
-    assert (r.status_code, r.json()) == (413, {"detail": _detail(limit)})
+    body = route.prefix + b"x" * limit
+    r = public.post(route.path, content=body, headers={"Content-Type": route.content_type})
+    assert (r.status_code, r.json()) == (413, {"detail": _detail(limit, len(body))})
     assert r.headers["connection"] == "close"
 
 
@@ -78,7 +80,8 @@ def test_bodies_under_the_caps_pass(capped):
     r = capped.post(f"/api/assistants/{assistant}/documents", files={"file": ("hours.txt", text, "text/plain")})
     assert r.status_code == 202, r.text
     r = capped.post(f"/api/assistants/{assistant}/documents", files={"file": ("big.txt", text + b"x" * 80 * KIB)})
-    assert r.status_code == 413 and r.json() == {"detail": _detail(UPLOAD_CAP)}
+    declared = int(r.request.headers["content-length"])
+    assert r.status_code == 413 and r.json() == {"detail": _detail(UPLOAD_CAP, declared)}
 
 
 async def _pull_long_body(app, path: str, content_type: str, prefix: bytes, piece: int = 4 * KIB,
@@ -139,7 +142,7 @@ def test_expect_100_continue_over_the_cap_is_answered_413_without_reading(server
             answer += chunk
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 413 ") and b"connection: close" in head.lower()
-    assert json.loads(body)["detail"].startswith("request body too large: the limit for this route is")
+    assert json.loads(body)["detail"].startswith("request body too large (8589.9 MB): the limit for this route is")
 
 
 def test_expect_100_continue_under_the_cap_gets_100_continue(server):

@@ -341,7 +341,7 @@ def test_list_on_a_phone(site):
     assert watch.errors == []
 
 
-def test_widget_on_a_shop_page(tmp_path, embedders):
+def test_widget_on_a_shop_page(site, tmp_path, embedders):
     """The widget script embedded on another website: a message is accepted, its reply polled and shown, rated
     with a thumb and shown again after a reload; with every widget turn slot taken, the visitor is told to wait
     and keeps the text to send again."""
@@ -371,9 +371,10 @@ def test_widget_on_a_shop_page(tmp_path, embedders):
     add_assistant(services, "loja", widget={"allowed_origins": [shop], "title": "Loja Exemplo"})
     model.enqueue(lambda messages, tools: (time.sleep(1.5), "Abrimos às *8h*.")[1],  # the page polls meanwhile
                   lambda messages, tools: (gate.wait(60), "Outro visitante.")[1], "Aos sábados, das 9h às 13h.")
-    with serve(services) as base, sync_playwright() as p, httpx.Client(base_url=base, trust_env=False) as api:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(locale="pt-BR")
+    # the module's browser: a second sync Playwright cannot start while the module's one runs
+    with serve(services) as base, httpx.Client(base_url=base, trust_env=False) as api:
+        context = site.browser.new_context(locale="pt-BR")
+        page = context.new_page()
         watch = Watch(page)
         page_html.append(f'<!doctype html><html><body><h1>Loja</h1><script src="{base}/widget.js" '
                          'data-assistant="loja"></script></body></html>'.encode())
@@ -404,7 +405,7 @@ def test_widget_on_a_shop_page(tmp_path, embedders):
         page.keyboard.press("Enter")
         expect(page.locator(".msg.bot").last).to_contain_text("Aos sábados, das 9h às 13h.", timeout=20_000)
         shot(page, "12-widget-on-a-shop-page")
-        browser.close()
+        context.close()
     shop_server.shutdown()
     assert [e for e in watch.errors if not e.startswith("503 ")] == [], watch.errors  # the one 503 was expected
     assert len(watch.errors) == 1, watch.errors
