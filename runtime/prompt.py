@@ -15,16 +15,11 @@ _SENTENCE = re.compile(r"\S.*?(?:[.!?;:](?=\s)|\n|$)", re.DOTALL)
 GROUNDING = (
     "Answer questions in the customer's language with facts from the numbered sources below, even if they are "
     f"in another language. If no source mentions what the customer asks about, reply exactly {NO_ANSWER}; never "
-    "answer from general knowledge. Greetings and thanks need no sources. Do not mention source numbers."
+    "answer from general knowledge. Greetings and thanks need no sources. Do not mention source numbers. "
+    "If the customer asks for a human or an attendant, call transfer_to_human. If the customer gives personal "
+    "data, call collect_data. Use the scheduling tools only when the customer asks to book. After a tool call, "
+    "tell the customer its result in their language."
 )
-# what to do with each offered tool: only the tools offered this turn are named (a small model told of a
-# tool it was not given writes the call as text)
-TOOL_GUIDES = {
-    "transfer_to_human": "If the customer asks for a human or an attendant, call transfer_to_human.",
-    "collect_data": "If the customer gives personal data, call collect_data.",
-    "list_available_slots": "To book, find free times with list_available_slots and book with schedule_appointment.",
-}
-AFTER_TOOLS = "After a tool call, tell the customer its result in their language."
 
 # sent when a small model repeats a call it already made, with the tools withdrawn
 ANSWER_NOW = (
@@ -86,17 +81,10 @@ def format_sources(sources: list[dict]) -> str:
     return "Sources:\n" + "\n\n".join(blocks)
 
 
-def _tool_guide(tools: list[str]) -> str:
-    guides = [TOOL_GUIDES[name] for name in TOOL_GUIDES if name in tools]
-    return " ".join(guides + [AFTER_TOOLS]) if tools else ""
-
-
 def build_messages(
-    config: AssistantConfig, variables: dict, history: list[tuple[str, str]], user_text: str, sources: list[dict],
-    tools: list[str] = (),
+    config: AssistantConfig, variables: dict, history: list[tuple[str, str]], user_text: str, sources: list[dict]
 ) -> list[dict]:
-    """OpenAI-style messages: system (prompt, channel rules, grounding, what to do with the offered
-    ``tools``), history, then the sources and
+    """OpenAI-style messages: system (prompt, channel rules, grounding), history, then the sources and
     the new message last. What changes per turn comes last, so a server that reuses the evaluated
     prefix of the previous prompt (llama.cpp does) only processes the new tail. (Naming the customer's
     language here made the 1.5B model answer worse; a reply in another language is asked for again
@@ -106,7 +94,6 @@ def build_messages(
             fill_variables(config.system_prompt, variables).strip(),
             config.text_channel_instructions.strip(),
             GROUNDING,
-            _tool_guide(tools),
         ) if part
     )
     messages = [{"role": "system", "content": system}]

@@ -132,7 +132,7 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
     t = time.perf_counter()
     sources = seen_sources(([_approved_source(found)] if found else []) + [h.to_dict() for h in hits], user_text)
     toolset = build_toolset(config).without(_unasked_tools(config, history, customer_texts))
-    messages = build_messages(config, conv.variables or {}, history, user_text, sources, toolset.names)
+    messages = build_messages(config, conv.variables or {}, history, user_text, sources)
     ctx = ToolContext(services=services, assistant=assistant, config=config, conversation_id=conv.id,
                       sources=list(hits), now=utcnow(), events=[], deadline=t0 + config.turn_deadline_s)
     timings["prompt_ms"] = _ms(t)

@@ -105,7 +105,7 @@ def test_rate_limits_table_goes_up_and_down_and_matches_the_model(database_url):
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "-1")
+        command.downgrade(cfg, "0009")
     assert "rate_limits" not in sa.inspect(engine).get_table_names()
     migrate(engine)
     assert "rate_limits" in sa.inspect(engine).get_table_names()
