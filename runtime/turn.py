@@ -233,12 +233,10 @@ def _grounded_reply(services: Services, embedding_model: str, found: approved.Ap
     sentence of a confidently matching passage quoted with its document, else None."""
     if found is not None:
         return found.answer
-    if not hits or not extractive.confident(embedding_model, hits[0].score, 1.0):
+    if not hits:
         return None
-    best = extractive.best_sentence(services.embedders.get(embedding_model), question, hits[0].text)
-    if best is None or not extractive.confident(embedding_model, hits[0].score, best[1]):
-        return None
-    return extractive.quote(best[0], hits[0].filename, language)
+    return extractive.grounded_quote(services.embedders.get(embedding_model), embedding_model, question, hits[0],
+                                     language)
 
 
 def _unasked_tools(config: AssistantConfig, history: list[tuple[str, str]], customer_texts: list[str]) -> set[str]:
