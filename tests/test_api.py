@@ -173,6 +173,23 @@ def test_health_and_docs_are_open(client):
         assert p in paths
 
 
+def test_the_openapi_schema_documents_what_a_422_holds(client):
+    """Found by tests/test_fuzz_api.py: a domain error (InvalidRequest) answers 422 with a message, while the
+    schema documented every 422 as FastAPI's list of field errors; and a regression case's expected status was
+    documented as any string."""
+    import jsonschema
+
+    spec = client.get("/openapi.json").json()
+    documented = spec["paths"]["/api/assistants"]["post"]["responses"]["422"]["content"]["application/json"]["schema"]
+    for body in ({"name": "shop", "chunk_size": 5}, {"name": ""}):  # a domain error, a field error
+        r = client.post("/api/assistants", json=body)
+        assert r.status_code == 422
+        jsonschema.validate(r.json(), {**documented, "components": spec["components"]})
+    assert isinstance(client.post("/api/assistants", json={"name": "shop", "chunk_size": 5}).json()["detail"], str)
+    statuses = spec["components"]["schemas"]["CaseCreate"]["properties"]["expected_status"]["enum"]
+    assert statuses == ["answered", "smalltalk", "fallback", "handoff"]
+
+
 # ---------------------------------------------------------------------------------------------- assistants
 
 

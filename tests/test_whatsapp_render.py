@@ -155,6 +155,12 @@ def test_a_typical_model_answer():
     )
 
 
+def test_a_wide_table_without_rows_keeps_its_header():
+    """Found by tests/test_fuzz_whatsapp.py: a header of more than three columns and no rows rendered as nothing."""
+    assert render_for_whatsapp("| Dia | Abre | Fecha | Pausa |\n|---|---|---|---|") == "*Dia · Abre · Fecha · Pausa*"
+    assert render_for_whatsapp("| Dia | Abre | Fecha | Pausa |\n|---|---|---|---|\n| | | | |") == "*Dia · Abre · Fecha · Pausa*"
+
+
 def test_private_use_characters_in_the_input_cannot_forge_markers():
     assert render_for_whatsapp("a\ue000b\ue0100\ue011c **d**") == "ab0c *d*"
 

@@ -354,6 +354,29 @@ def test_parse_never_raises_on_malformed_input():
         assert events and all(isinstance(e, (InboundMessage, StatusUpdate, Unhandled)) for e in events)
 
 
+def test_odd_values_in_a_status_cost_no_other_entry_of_the_post(wa, public):
+    """Found by tests/test_fuzz_whatsapp.py: an error code of 1e999 (infinity once decoded) raised OverflowError
+    out of the parser, and an object where Meta sends a string failed the post's transaction; either way the
+    customer's message in the same post was lost."""
+    services = services_of(wa)
+    assistant = new_assistant(wa)
+    add_sender(wa, assistant, "111")
+    add_outbound(services, assistant, "111", "351910000001", "wamid.OUT1", status="sent")
+    odd_values = [({"code": float("inf"), "title": "Rate limit hit"}, "utility"),
+                  ({"code": 131026, "title": {"text": "Receiver is incapable"}}, ["utility"])]
+    for n, (error, category) in enumerate(odd_values):
+        body = text_payload("111", wamid=f"wamid.IN{n}")
+        status = status_payload("111", "wamid.OUT1", "failed", error=error)
+        status["entry"][0]["changes"][0]["value"]["statuses"][0]["pricing"] = {"billable": False, "category": category}
+        body["entry"] += status["entry"]
+        assert post_signed(public, body).status_code == 200
+        assert len(message_by_wamid(services, f"wamid.IN{n}")) == 1
+    with services.session() as s:
+        assert [post.error for post in s.scalars(select(WebhookPost))] == [None, None]
+    [out] = message_by_wamid(services, "wamid.OUT1", direction="outbound")
+    assert (out.status, out.error_code, out.error_title, out.pricing_category) == ("failed", 131026, None, "utility")
+
+
 # ------------------------------------------------------------------------------- redelivery
 
 

@@ -28,9 +28,12 @@ class CasePromote(BaseModel):
     note: str | None = None
 
 
+ExpectedStatus = Literal[regression.STATUSES]
+
+
 class CaseCreate(BaseModel):
     question: str
-    expected_status: str = Field(description="answered, smalltalk, fallback or handoff")
+    expected_status: ExpectedStatus
     expected_facts: list[str] = Field(default_factory=list)
     expected_sources: list[str] = Field(default_factory=list, description="filenames the reply must cite")
     expected_reply: str | None = None
@@ -39,7 +42,7 @@ class CaseCreate(BaseModel):
 
 class CaseUpdate(BaseModel):
     question: str | None = None
-    expected_status: str | None = None
+    expected_status: ExpectedStatus | None = None
     expected_facts: list[str] | None = None
     expected_sources: list[str] | None = None
     expected_reply: str | None = None

@@ -219,7 +219,8 @@ class _Renderer:
         names = [self._inline(cell).replace(_BOLD, "") for cell in _cells(header)]
         body = [[self._inline(cell) for cell in _cells(row)] for row in rows if not _TABLE_SEPARATOR.match(row)]
         has_header = any(name.strip() for name in names)
-        if not has_header or len(names) <= _COMPACT_TABLE_COLUMNS:
+        # a wide table's header goes beside each value; with no values it stands alone, as a narrow one's does
+        if not has_header or len(names) <= _COMPACT_TABLE_COLUMNS or not any(any(row) for row in body):
             out = [f"{_BOLD}{' · '.join(name for name in names if name)}{_BOLD}"] if has_header else []
             out += [" · ".join(cell for cell in row if cell) for row in body if any(row)]
             return out

@@ -224,21 +224,21 @@ def _guard(name: str, parse) -> Event:
 def _parse_message(phone_number_id: str, m: dict, contacts: list[dict], received_at: datetime) -> Event:
     if not isinstance(m, dict) or not m.get("id"):
         return Unhandled("messages", "a message without an id")
-    wa_id, user_id = m.get("from"), m.get("from_user_id")
+    wa_id, user_id = _text(m.get("from")), _text(m.get("from_user_id"))
     contact = next((c for c in contacts if wa_id and c.get("wa_id") == wa_id), None) or \
         next((c for c in contacts if user_id and c.get("user_id") == user_id), None) or \
         (contacts[0] if len(contacts) == 1 else {})
-    wa_id = wa_id or contact.get("wa_id")
-    user_id = user_id or contact.get("user_id")
+    wa_id = wa_id or _text(contact.get("wa_id"))
+    user_id = user_id or _text(contact.get("user_id"))
     if not (wa_id or user_id):
         return Unhandled("messages", f"message {m['id']} names no customer")
     kind, text, description, media_id = describe_message(m)
     context = m.get("context") if isinstance(m.get("context"), dict) else {}
     return InboundMessage(
         phone_number_id=phone_number_id, wamid=str(m["id"]), customer_id=str(wa_id or user_id),
-        wa_id=wa_id, user_id=user_id, profile_name=(contact.get("profile") or {}).get("name"),
+        wa_id=wa_id, user_id=user_id, profile_name=_text((contact.get("profile") or {}).get("name")),
         timestamp=_timestamp(m.get("timestamp"), received_at), kind=kind, text_for_assistant=text,
-        reply_to=context.get("id"), payload=m, description=description, media_id=media_id,
+        reply_to=_text(context.get("id")), payload=m, description=description, media_id=media_id,
         reaction=_reaction(m) if kind == "reaction" else None,
     )
 
@@ -368,13 +368,12 @@ def _parse_status(phone_number_id: str, s: dict, received_at: datetime) -> Event
         return Unhandled("statuses", "a status without id or status")
     error = next((e for e in _list(s.get("errors")) if isinstance(e, dict)), {})
     pricing = s.get("pricing") if isinstance(s.get("pricing"), dict) else {}
-    code = error.get("code")
     return StatusUpdate(
         phone_number_id=phone_number_id, wamid=str(s["id"]), status=str(s["status"]).lower(),
-        timestamp=_timestamp(s.get("timestamp"), received_at), recipient_id=s.get("recipient_id"),
-        error_code=int(code) if code is not None else None, error_title=error.get("title") or error.get("message"),
+        timestamp=_timestamp(s.get("timestamp"), received_at), recipient_id=_text(s.get("recipient_id")),
+        error_code=_error_code(error.get("code")), error_title=_text(error.get("title")) or _text(error.get("message")),
         billable=pricing.get("billable") if isinstance(pricing.get("billable"), bool) else None,
-        pricing_category=pricing.get("category"), callback_data=s.get("biz_opaque_callback_data"),
+        pricing_category=_text(pricing.get("category")), callback_data=_text(s.get("biz_opaque_callback_data")),
     )
 
 
@@ -394,7 +393,7 @@ def _parse_preferences(value: dict, received_at: datetime) -> list[Event]:
         description = f"[Marketing messages preference: {pref.get('value')} ({pref.get('detail') or pref.get('category')})]"
         events.append(InboundMessage(
             phone_number_id=str(phone_number_id), wamid=wamid, customer_id=str(pref.get("wa_id") or pref.get("user_id")),
-            wa_id=pref.get("wa_id"), user_id=pref.get("user_id"), profile_name=None, timestamp=ts,
+            wa_id=_text(pref.get("wa_id")), user_id=_text(pref.get("user_id")), profile_name=None, timestamp=ts,
             kind="marketing_preference", text_for_assistant=None, reply_to=None, payload=pref, description=description,
         ))
     return events
@@ -407,8 +406,8 @@ def _parse_template_status(waba_id: str, at: datetime, value: dict) -> Event:
     return TemplateStatusUpdate(
         waba_id=waba_id, event=str(value["event"]).upper(),
         meta_template_id=str(template_id) if template_id is not None else None,
-        name=value.get("message_template_name"), language=value.get("message_template_language"),
-        reason=value.get("reason"), timestamp=at,
+        name=_text(value.get("message_template_name")), language=_text(value.get("message_template_language")),
+        reason=_text(value.get("reason")), timestamp=at,
     )
 
 
@@ -417,6 +416,26 @@ def _timestamp(raw, fallback: datetime) -> datetime:
         return datetime.fromtimestamp(int(raw), tz=timezone.utc)
     except (TypeError, ValueError, OverflowError, OSError):
         return fallback
+
+
+def _text(value) -> str | None:
+    """A field Meta sends as a string: a string as it is, a number as text, anything else (an object, a list,
+    a boolean) None. Events are written to the database as they are: a dict where a column holds text
+    would fail the whole post."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _error_code(raw) -> int | None:
+    """Meta's error code; None when missing or not a 32-bit integer (``1e999`` decodes to infinity)."""
+    try:
+        code = int(raw)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return code if -2**31 <= code < 2**31 else None
 
 
 def _error_text(error) -> str:
