@@ -54,7 +54,9 @@ class Settings(BaseSettings):
     llm_model: str = "qwen2.5-coder-1.5b-instruct-q4_k_m"
     llm_model_path: Path | None = Field(default=None, description="GGUF for the embedded server (default: scripts/setup_llm.sh's)")
     llm_threads: int = 2
-    llm_context: int = 4096
+    # the chat model's context window in tokens: the embedded server's n_ctx, or the endpoint model's (prompts
+    # are fitted to it before every call, runtime/context_budget.py)
+    llm_context: int = Field(default=4096, gt=0)
     # model name -> {"input_per_1m": USD, "output_per_1m": USD}; unknown models cost 0
     llm_prices: dict[str, dict[str, float]] = Field(default_factory=dict)
     # custom HTTP tools: credential name -> {"header": "Authorization", "value": "Bearer ..."}

@@ -193,6 +193,16 @@ class LlamaCppServer:
         except (urllib.error.URLError, OSError, ValueError, RuntimeError):
             return False
 
+    def count_tokens(self, text: str, timeout: float = 30.0) -> int:
+        """Tokens of ``text`` by the served model's own tokenizer (``POST /extras/tokenize/count``, special
+        tokens parsed). The server runs one request at a time: this waits for a completion in progress."""
+        request = urllib.request.Request(
+            f"http://{self.host}:{self.port}/extras/tokenize/count", data=json.dumps({"input": text}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return int(json.load(resp)["count"])
+
     def busy(self, sample_s: float = 1.0) -> bool:
         """Whether the process is using CPU (generating for someone) over ``sample_s`` seconds; a
         stopped, zombie or idle process is not. Without ``/proc`` it is assumed busy."""
@@ -304,6 +314,23 @@ class SupervisedLocalModel:
             if reason is None:
                 raise
             raise LocalModelUnavailable(reason) from exc
+
+    @property
+    def context_tokens(self) -> int:
+        """The server's context window (``n_ctx``); starts the server if it does not run."""
+        return self._running()[0].n_ctx
+
+    def count_tokens(self, text: str, timeout: float = 30.0) -> int:
+        """Tokens of ``text`` for this model; see :meth:`LlamaCppServer.count_tokens`. Fails like
+        :meth:`complete` when the server is down."""
+        server, _ = self._running()
+        try:
+            return server.count_tokens(text, timeout)
+        except (OSError, ValueError, KeyError) as exc:  # urllib's errors and timeouts are OSErrors
+            reason = self._diagnose(server)
+            if reason is not None:
+                raise LocalModelUnavailable(reason) from exc
+            raise ChatModelError(f"{self.name}: counting tokens failed ({exc})") from exc
 
     def close(self) -> None:
         """Stop the server."""

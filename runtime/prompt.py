@@ -98,5 +98,10 @@ def build_messages(
     )
     messages = [{"role": "system", "content": system}]
     messages += [{"role": role, "content": text} for role, text in history]
-    messages.append({"role": "user", "content": f"{format_sources(sources)}\n\nCustomer message:\n{user_text}"})
+    messages.append(turn_message(sources, user_text))
     return messages
+
+
+def turn_message(sources: list[dict], user_text: str) -> dict:
+    """The prompt's last message: the numbered sources, then the customer's new message."""
+    return {"role": "user", "content": f"{format_sources(sources)}\n\nCustomer message:\n{user_text}"}

@@ -43,6 +43,15 @@ SMALL_TALK_REPLIES: dict[SmallTalk, dict[str, str]] = {
                 "es": "¡Hasta luego! Escríbenos cuando lo necesites."},
 }
 
+# what the customer is told about the data they sent when the model gives no usable reply
+DATA_REPLIES: dict[str, dict[str, str]] = {
+    "saved": {"en": "Noted ({field}: {value}).", "pt": "Anotado ({field}: {value}).",
+              "es": "Anotado ({field}: {value})."},
+    "refused": {"en": "The {field} you sent ({value}) is not valid. Could you check it and send it again?",
+                "pt": "O {field} que você enviou ({value}) não é válido. Pode conferir e enviar de novo?",
+                "es": "El {field} que enviaste ({value}) no es válido. ¿Puedes revisarlo y enviarlo de nuevo?"},
+}
+
 # a reply that only says the sources have no answer (checked on the accent-folded text)
 _NOT_FOUND = re.compile(
     r"\bnao (encontrei|achei|localizei)\b|\bnao (tenho|possuo|temos|ha) (essa |esta |a |nenhuma |)informac"
@@ -95,6 +104,16 @@ def small_talk_reply(kind: SmallTalk, language: str) -> str:
     """The built-in short reply to small talk, in ``language`` (English when unknown)."""
     replies = SMALL_TALK_REPLIES[kind]
     return replies.get(language, replies["en"])
+
+
+def data_reply(checked: list[tuple[str, str, bool]], language: str | None) -> str | None:
+    """One line per ``(field, value, saved)``: the value noted, or refused with a request to check it, in
+    ``language`` (English when unknown); None when no data was checked."""
+    lines = []
+    for field, value, saved in checked:
+        texts = DATA_REPLIES["saved" if saved else "refused"]
+        lines.append(texts.get(language or "en", texts["en"]).format(field=field.replace("_", " "), value=value))
+    return "\n".join(lines) or None
 
 
 def split_no_answer(reply: str) -> tuple[str, bool]:

@@ -21,15 +21,17 @@ from kb import registry
 from kb.models import Assistant
 from kb.search import search
 from runtime import approved, extractive, store
+from runtime.capture import capture_calls
 from runtime.config import AssistantConfig
+from runtime.context_budget import ContextBudget, token_counter
 from runtime.cost import usage_cost
 from runtime.intent import HANDOFF_TOOL, SCHEDULING_TOOLS, wants_booking, wants_human
 from runtime.llm import ChatModelError, text_tool_calls
 from runtime.models import Conversation, Message, Turn
 from runtime.prompt import ANSWER_NOW, build_messages, retry_instruction, seen_sources
-from runtime.replies import (rejection, says_not_found, small_talk, small_talk_reply, split_no_answer,
+from runtime.replies import (data_reply, rejection, says_not_found, small_talk, small_talk_reply, split_no_answer,
                              without_echo)
-from runtime.tools import ToolContext, build_toolset
+from runtime.tools import ToolContext, Toolset, build_toolset
 from runtime.types import ToolCall, ToolResult, TurnResult, Usage
 
 log = logging.getLogger(__name__)
@@ -133,6 +135,7 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
     sources = seen_sources(([_approved_source(found)] if found else []) + [h.to_dict() for h in hits], user_text)
     toolset = build_toolset(config).without(_unasked_tools(config, history, customer_texts))
     messages = build_messages(config, conv.variables or {}, history, user_text, sources)
+    budget = ContextBudget(messages, history=len(history), sources=sources, user_text=user_text)
     ctx = ToolContext(services=services, assistant=assistant, config=config, conversation_id=conv.id,
                       sources=list(hits), now=utcnow(), events=[], deadline=t0 + config.turn_deadline_s)
     timings["prompt_ms"] = _ms(t)
@@ -142,9 +145,16 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
     deadline = ctx.deadline
     reply, no_answer, executed, force_text = "", False, set(), False
     model_name = config.model or services.settings.llm_model
+    # typed values the customer sent (a CPF, an e-mail) are saved as if the model had called collect_data,
+    # in round 0: small models often answer them without the call
+    captured = capture_calls(config, user_text) if "collect_data" in toolset else []
+    if captured:
+        timings["tools_ms"] += _run_tools(toolset, ctx, 0, "", captured, messages, tool_results)
+        executed = _signatures(captured)
     try:
         model = services.chat_models.get(config.model)  # the embedded server may fail to start: an error turn
         model_name = model.name
+        counter = token_counter(model, services.settings.llm_context)
         while True:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
@@ -152,12 +162,15 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
                 break
             offer = toolset.schemas() if toolset.names and rounds < config.max_tool_rounds and not force_text else None
             t = time.perf_counter()
+            budget.fit(counter, offer, max_tokens=config.max_tokens, timeout=remaining)  # trims ``messages``
             resp = model.complete(messages, offer, temperature=config.temperature, max_tokens=config.max_tokens,
                                   timeout=remaining)
             timings["llm_ms"] += _ms(t)
             usage, rounds = usage + resp.usage, rounds + 1
             if not (offer and resp.tool_calls):
                 reply, no_answer = _clean(resp.content, set(toolset.names))
+                if any(reply == res.content for _, _, res in tool_results):  # a tool's text is for the model
+                    reply, no_answer = "", True
                 reply = without_echo(reply, user_text)
                 problem = None if no_answer else rejection(
                     reply, instructions=messages[0]["content"], customer_text=user_text, language=language)
@@ -171,20 +184,15 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
                     if not problem.startswith("written in"):  # a real answer in another language still goes
                         reply = ""
                 break
-            signatures = {(c.name, json.dumps(c.arguments, sort_keys=True)) for c in resp.tool_calls}
+            signatures = _signatures(resp.tool_calls)
             if signatures <= executed:
                 # small models repeat a call they already made instead of answering: make them answer
                 force_text = True
                 messages.append({"role": "system", "content": ANSWER_NOW})
                 continue
             executed |= signatures
-            messages.append(_assistant_tool_message(resp.content, resp.tool_calls))
-            t = time.perf_counter()
-            for call in resp.tool_calls:
-                res = toolset.run(ctx, call)
-                tool_results.append((rounds, call.arguments, res))
-                messages.append({"role": "tool", "tool_call_id": call.id, "content": res.content})
-            timings["tools_ms"] += _ms(t)
+            timings["tools_ms"] += _run_tools(toolset, ctx, rounds, resp.content, resp.tool_calls, messages,
+                                              tool_results)
     except Exception as exc:  # the model endpoint failed: log the turn, tell the caller
         log.exception("turn of conversation %s failed", conv.id)
         error = str(exc) if isinstance(exc, ChatModelError) else f"{type(exc).__name__}: {exc}"
@@ -192,7 +200,12 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
     session.refresh(conv)
     handed_off = _handed_off(tool_results)
     no_answer = no_answer or not reply or says_not_found(reply)
-    if no_answer and not handed_off and not error and config.grounded_fallback:
+    if no_answer and not handed_off and not error:
+        # no source is about a CPF, so small models answer NO_ANSWER: tell what became of the customer's data
+        if told := data_reply(_checked_data(config, tool_results), language):
+            reply, no_answer = told, False
+            rejected.append("the model gave no answer: the collect_data result was told")
+    if no_answer and not handed_off and not error and config.grounded_fallback and budget.sources:
         if grounded := _grounded_reply(services, embedding_model, found, hits, user_text, language):
             reply, no_answer = grounded, False
             rejected.append("the model gave no answer: " + ("the approved answer was sent" if found else
@@ -206,7 +219,7 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
     else:
         status = "answered"
     # passages found by the search tool were shown whole, numbered after the automatic ones
-    all_sources = sources + [{**h.to_dict(), "rank": len(sources) + i}
+    all_sources = budget.sources + [{**h.to_dict(), "rank": len(sources) + i}
                              for i, h in enumerate(ctx.sources[len(hits):], 1)]
     result = TurnResult(
         conversation_id=conv.id, reply=reply, status=status, sources=all_sources,
@@ -214,7 +227,8 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
         ai_enabled=conv.ai_enabled, usage=usage, cost=usage_cost(services.settings.llm_prices, model_name, usage),
         error=error if status == "error" else None,
     )
-    note = error or ("reply rejected: " + "; ".join(rejected) if rejected else None)
+    note = "; ".join(filter(None, (error or ("reply rejected: " + "; ".join(rejected) if rejected else None),
+                                   budget.note))) or None
     return _finish(services, session, conv, pending, result, timings, t0, started_at, model_name=model_name,
                    tool_results=tool_results, queries=queries, rounds=rounds, error=note, events=ctx.events)
 
@@ -253,6 +267,15 @@ def _unasked_tools(config: AssistantConfig, history: list[tuple[str, str]], cust
 
 def _handed_off(tool_results: list) -> bool:
     return any(res.name == "transfer_to_human" and not res.error for _, _, res in tool_results)
+
+
+def _checked_data(config: AssistantConfig, tool_results: list) -> list[tuple[str, str, bool]]:
+    """``(field, value, saved)`` of the turn's collect_data calls on the assistant's fields, the last per field."""
+    fields, checked = {f.name for f in config.data_fields}, {}
+    for _, args, res in tool_results:
+        if res.name == "collect_data" and isinstance(args, dict) and args.get("field") in fields:
+            checked[args["field"]] = (args["field"], str(args.get("value", "")), res.error is None)
+    return list(checked.values())
 
 
 def _clean(content: str, tool_names: set[str]) -> tuple[str, bool]:
@@ -309,6 +332,24 @@ def result_for_message(session, message_id: str) -> TurnResult:
         function_calls=[c.as_dict() for c in reply.tool_calls],
         usage=Usage(reply.tokens_in, reply.tokens_out), cost=reply.cost, timings=turn.timings, message_id=reply.id,
     )
+
+
+def _run_tools(toolset: Toolset, ctx: ToolContext, rnd: int, content: str, calls: list[ToolCall], messages: list[dict],
+               tool_results: list) -> float:
+    """Run ``calls`` of round ``rnd``, adding them and their results to ``messages`` and ``tool_results``;
+    the milliseconds spent."""
+    t = time.perf_counter()
+    messages.append(_assistant_tool_message(content, calls))
+    for call in calls:
+        res = toolset.run(ctx, call)
+        tool_results.append((rnd, call.arguments, res))
+        messages.append({"role": "tool", "tool_call_id": call.id, "content": res.content})
+    return _ms(t)
+
+
+def _signatures(calls: list[ToolCall]) -> set[tuple[str, str]]:
+    """What tells calls apart: a call with the signature of one already run is a repeat."""
+    return {(c.name, json.dumps(c.arguments, sort_keys=True)) for c in calls}
 
 
 def _assistant_tool_message(content: str, calls: list[ToolCall]) -> dict:

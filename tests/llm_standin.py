@@ -1,8 +1,8 @@
 """A stand-in for ``llama_cpp.server`` that can really crash or hang, run as a child process by the
 supervision tests (``python -m tests.llm_standin --model ... --host ... --port ...``).
 
-It answers ``GET /v1/models`` and ``POST /v1/chat/completions`` with a fixed reply, like the real
-server. ``STANDIN_CRASH`` makes it die by a real segmentation fault: ``startup`` before it listens,
+It answers ``GET /v1/models``, ``POST /v1/chat/completions`` with a fixed reply and
+``POST /extras/tokenize/count`` (one token per word), like the real server. ``STANDIN_CRASH`` makes it die by a real segmentation fault: ``startup`` before it listens,
 ``always`` on every completion, ``once:PATH`` on a completion while the file PATH exists (the file is
 removed first, so the restarted process answers).
 """
@@ -45,9 +45,12 @@ class Handler(BaseHTTPRequestHandler):
         self._send({"object": "list", "data": [{"id": "standin", "object": "model"}]})
 
     def do_POST(self) -> None:  # noqa: N802
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         if _should_crash():
             _segfault()
+        if self.path == "/extras/tokenize/count":
+            self._send({"count": len(json.loads(body)["input"].split())})
+            return
         self._send({
             "id": "chatcmpl-standin", "object": "chat.completion", "created": 0, "model": "standin",
             "choices": [{"index": 0, "finish_reason": "stop",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.replies import rejection, says_not_found, small_talk, split_no_answer, without_echo
+from runtime.replies import data_reply, rejection, says_not_found, small_talk, split_no_answer, without_echo
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -74,3 +74,11 @@ def test_a_restated_question_is_cut_from_the_reply():
     assert without_echo("Quanto tempo demora o clareamento?", "Quanto tempo demora o clareamento?") == \
         "Quanto tempo demora o clareamento?"  # nothing else: left to the echo check
     assert without_echo("Sim.\nAbrimos às 8h.", "Vocês abrem cedo?") == "Sim.\nAbrimos às 8h."
+
+
+def test_the_data_reply_tells_each_value_saved_or_refused_in_the_customers_language():
+    checked = [("cpf", "529.982.247-25", True), ("email_comercial", "ana@", False)]
+    assert data_reply(checked, "es") == ("Anotado (cpf: 529.982.247-25).\nEl email comercial que enviaste (ana@) no es "
+                                         "válido. ¿Puedes revisarlo y enviarlo de nuevo?")
+    assert data_reply(checked[:1], None) == data_reply(checked[:1], "fr") == "Noted (cpf: 529.982.247-25)."
+    assert data_reply([], "pt") is None

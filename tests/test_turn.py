@@ -155,9 +155,9 @@ def test_handoff_pauses_the_ai_until_resumed(shop):
 
 def test_invalid_cpf_goes_back_to_the_model_and_a_valid_one_is_stored(shop):
     services, model, aid = shop
-    model.enqueue([ToolCall("call_0", "collect_data", {"field": "cpf", "value": "123.456.789-00"})],
+    model.enqueue([ToolCall("call_0", "collect_data", {"field": "cpf", "value": "12345678900"})],
                   "Esse CPF parece inválido, pode conferir?")
-    r = chat(services, aid, "Meu CPF é 123.456.789-00")
+    r = chat(services, aid, "Meu CPF é 12345678900")  # bare digits failing the check: left to the model
     assert r.function_calls[0]["error"] and "cpf" in r.function_calls[0]["error"].lower()
     tool_msg = model.requests[1].messages[-1]
     assert tool_msg["role"] == "tool" and r.function_calls[0]["error"] in tool_msg["content"]
@@ -168,6 +168,74 @@ def test_invalid_cpf_goes_back_to_the_model_and_a_valid_one_is_stored(shop):
         assert [(d.field, d.value, d.source) for d in rows] == [("cpf", "529.982.247-25", "ai")]
         calls = session.scalars(select(ToolCallRecord).order_by(ToolCallRecord.position)).all()
         assert [bool(c.error) for c in calls] == [True, False]
+
+
+def test_a_cpf_the_customer_sends_is_checked_and_saved_before_the_model_answers(shop):
+    services, model, aid = shop
+    model.enqueue("Esse CPF não é válido, pode conferir?")
+    r = chat(services, aid, "Meu CPF é 123.456.789-00, pode anotar?")
+    assert r.status == "answered" and r.reply == "Esse CPF não é válido, pode conferir?" and len(model.requests) == 1
+    [call] = r.function_calls  # run as if the model had called it, in round 0
+    assert (call["name"], call["round"]) == ("collect_data", 0)
+    assert call["arguments"] == {"field": "cpf", "value": "123.456.789-00"}
+    assert "check digits" in call["error"] and call["result"] is None
+    asked = model.requests[0]
+    call_msg, tool_msg = asked.messages[-2:]  # the model sees the call and the refusal after the message
+    assert call_msg["role"] == "assistant" and call_msg["tool_calls"][0]["function"]["name"] == "collect_data"
+    assert tool_msg == {"role": "tool", "tool_call_id": call_msg["tool_calls"][0]["id"],
+                        "content": f"Error: {call['error']}"}
+    assert "collect_data" in [t["function"]["name"] for t in asked.tools]  # still offered for a value it finds
+
+    # the corrected CPF is saved; the model calling collect_data again with it does not run it twice
+    model.enqueue([ToolCall("call_0", "collect_data", {"field": "cpf", "value": "529.982.247-25"})], "CPF anotado.")
+    r = chat(services, aid, "Desculpe, digitei errado: 529.982.247-25")
+    assert r.reply == "CPF anotado." and model.requests[-1].messages[-1] == {"role": "system", "content": ANSWER_NOW}
+    assert [(c["round"], c["result"], c["error"]) for c in r.function_calls] == [(0, "Saved cpf: 529.982.247-25", None)]
+    with services.session() as session:
+        rows = session.scalars(select(CollectedData).where(CollectedData.conversation_id == r.conversation_id)).all()
+        assert [(d.field, d.value, d.source) for d in rows] == [("cpf", "529.982.247-25", "ai")]
+        logged = session.scalars(select(ToolCallRecord).join(Message, ToolCallRecord.message_id == Message.id)
+                                 .where(Message.conversation_id == r.conversation_id)
+                                 .order_by(Message.created_at, ToolCallRecord.position)).all()
+        assert [(c.name, c.round, c.arguments["value"], bool(c.error)) for c in logged] == [
+            ("collect_data", 0, "123.456.789-00", True), ("collect_data", 0, "529.982.247-25", False)]
+
+
+def repeat_tool_text(messages, tools):
+    return messages[-1]["content"]
+
+
+@pytest.mark.parametrize("answer", ["NO_ANSWER", repeat_tool_text])
+def test_the_customer_is_told_what_became_of_their_data_when_the_model_does_not_say_it(shop, answer):
+    services, model, aid = shop
+    model.enqueue(answer)  # no source is about a CPF; or the tool's own text, written for the model
+    r = chat(services, aid, "Oi, meu CPF é 529.982.247-25")
+    assert r.status == "answered" and r.reply == "Anotado (cpf: 529.982.247-25)."
+    model.enqueue("NO_ANSWER")
+    r = chat(services, aid, "Corrigindo: 529.982.247-2")  # a digit short: not a CPF's shape, so not captured ...
+    assert r.status == "fallback" and r.function_calls == []
+    model.enqueue([ToolCall("call_0", "collect_data", {"field": "cpf", "value": "529.982.247-2"})], answer)
+    r = chat(services, aid, "529.982.247-2")  # ... but when the model calls collect_data the refusal is told
+    assert r.status == "answered" and r.reply == (
+        "O cpf que você enviou (529.982.247-2) não é válido. Pode conferir e enviar de novo?")
+    with services.session() as session:
+        turn = session.get(Turn, session.get(Message, r.message_id).turn_id)
+        assert "the collect_data result was told" in turn.error
+
+
+def test_values_are_not_captured_from_the_assistants_text_nor_without_the_tool(shop):
+    services, model, aid = shop
+    model.enqueue("Anotei o CPF 529.982.247-25.", "Entregamos em até 2 dias úteis.")
+    chat(services, aid, "Vocês entregam em Campinas?")
+    r = chat(services, aid, "E qual o prazo?")  # the CPF is in the history, written by the assistant
+    assert r.function_calls == [] and model.requests[-1].messages[-1]["role"] == "user"
+    with services.session() as session:
+        a = registry.get_assistant(session, aid)
+        a.config = merge_config(a.config, {"tools": ["transfer_to_human"]})
+        session.commit()
+    model.enqueue("Obrigado.")
+    r = chat(services, aid, "Meu CPF é 529.982.247-25", customer="c2")  # collect_data is not enabled
+    assert r.function_calls == [] and model.requests[-1].messages[-1]["role"] == "user"
 
 
 def test_tool_errors_and_unknown_tools_do_not_crash_the_turn(shop):
