@@ -8,7 +8,7 @@ import pytest
 from kb import registry
 from kb.errors import InvalidRequest
 from kb.keyword import KeywordIndex, IndexedChunk, detect_language, query_terms, terms, words
-from kb.search import search
+from kb.search import _fuse, search
 from tests.test_store import find, ingest, new_assistant
 
 PARTS = (
@@ -145,6 +145,48 @@ def test_attainable_keyword_score():
     assert common / index.attainable("what is sepsis") < 0.3 < index.scores("septicemia").max() / index.attainable("septicemia")
     assert index.attainable("bloods") == index.attainable("blood")  # word forms are looked up stemmed
     assert KeywordIndex([]).attainable("anything") == 0.0
+
+
+def test_fusion_weighs_the_keyword_side_by_how_much_of_the_query_its_best_hit_covers():
+    similarity = {"asked": 0.90, "other": 0.86, "far": 0.80}
+    # a paraphrase sharing a word with another entry: its best keyword hit scores a quarter of what the
+    # query could, and does not overturn the dense lead
+    paraphrase = _fuse(similarity, {"asked": 0.3, "other": 2.0, "far": 0.0}, "hybrid", attainable=8.0)
+    assert max(paraphrase, key=paraphrase.get) == "asked"
+    # the same query in the document's words (every word once: about 0.45 of the attainable score) keeps the boost
+    same_words = _fuse(similarity, {"asked": 0.3, "other": 3.6, "far": 0.0}, "hybrid", attainable=8.0)
+    assert max(same_words, key=same_words.get) == "other"
+    assert _fuse(similarity, {"asked": 0.3, "other": 3.6, "far": 0.0}, "dense", 8.0) == similarity
+
+
+SHOP_FAQ = {
+    "refunds.txt": "Refunds\n\nRefunds reach the original card within fourteen days of the return arriving at our warehouse.",
+    "payment.txt": "Payment\n\nWe accept cards, bank transfers and cash on delivery. Payment by card is charged when the order ships.",
+    "gift-cards.txt": "Gift cards\n\nGift cards never expire. Money left on a gift card can be spent in any of our shops or online.",
+    "hinge.txt": PARTS,
+    "runner.txt": "Spare parts\n\nThe drawer runner for the kitchen cabinet has catalogue number ZR-9902-K. It is sold in pairs.",
+}
+
+
+def test_paraphrases_lean_on_dense_and_exact_codes_keep_the_keyword_boost(sqlite_services):
+    services = sqlite_services
+    a = new_assistant(services)
+    for name, text in SHOP_FAQ.items():
+        ingest(services, a, name, text.encode())
+    with services.session() as s:
+        kb = registry.get_assistant(s, a).knowledge_base
+
+        def top(query: str, mode: str) -> str:
+            return search(services, s, kb, query, 3, mode=mode)[0].filename
+
+        # a customer's words: "card" twice in the payment entry, no word of the refunds entry but "card"
+        question = "I sent the box back, when is the money on my card?"
+        assert top(question, "keyword") == "payment.txt"
+        assert top(question, "dense") == top(question, "hybrid") == "refunds.txt"
+        # a catalogue number: dense prefers the door hinge, the code names the drawer runner
+        question = "ZR-9902-K for the cabinet door"
+        assert top(question, "dense") == "hinge.txt"
+        assert top(question, "hybrid") == top(question, "keyword") == "runner.txt"
 
 
 def test_search_api_modes_filters_and_bad_input(client):
