@@ -18,6 +18,7 @@ from sqlalchemy import select
 from atende.db import utcnow
 from atende.services import Services
 from kb import registry
+from kb.keyword import fold
 from kb.models import Assistant
 from kb.search import search
 from runtime import approved, extractive, store
@@ -202,7 +203,7 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
     no_answer = no_answer or not reply or says_not_found(reply)
     if no_answer and not handed_off and not error:
         # no source is about a CPF, so small models answer NO_ANSWER: tell what became of the customer's data
-        if told := data_reply(_checked_data(config, tool_results), language):
+        if told := data_reply(_checked_data(config, tool_results, user_text), language):
             reply, no_answer = told, False
             rejected.append("the model gave no answer: the collect_data result was told")
     if no_answer and not handed_off and not error and config.grounded_fallback and budget.sources:
@@ -269,13 +270,21 @@ def _handed_off(tool_results: list) -> bool:
     return any(res.name == "transfer_to_human" and not res.error for _, _, res in tool_results)
 
 
-def _checked_data(config: AssistantConfig, tool_results: list) -> list[tuple[str, str, bool]]:
-    """``(field, value, saved)`` of the turn's collect_data calls on the assistant's fields, the last per field."""
-    fields, checked = {f.name for f in config.data_fields}, {}
+def _checked_data(config: AssistantConfig, tool_results: list, customer_text: str) -> list[tuple[str, str, bool]]:
+    """``(field, value, saved)`` of the turn's collect_data calls on the assistant's fields whose value the customer
+    wrote in ``customer_text`` (letters and digits in order, accents and case aside; a value the model took from
+    elsewhere, such as the business's own name in a source, is not the customer's data), the last per field."""
+    fields, checked, written = {f.name for f in config.data_fields}, {}, _alnum(customer_text)
     for _, args, res in tool_results:
         if res.name == "collect_data" and isinstance(args, dict) and args.get("field") in fields:
-            checked[args["field"]] = (args["field"], str(args.get("value", "")), res.error is None)
+            value = str(args.get("value", ""))
+            if _alnum(value) and _alnum(value) in written:
+                checked[args["field"]] = (args["field"], value, res.error is None)
     return list(checked.values())
+
+
+def _alnum(text: str) -> str:
+    return "".join(c for c in fold(text) if c.isalnum())
 
 
 def _clean(content: str, tool_names: set[str]) -> tuple[str, bool]:

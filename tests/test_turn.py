@@ -223,6 +223,13 @@ def test_the_customer_is_told_what_became_of_their_data_when_the_model_does_not_
         assert "the collect_data result was told" in turn.error
 
 
+def test_a_value_the_model_took_from_elsewhere_is_not_told_as_the_customers_data(shop):
+    services, model, aid = shop  # seen on the demo: "Onde fica a clínica?" -> collect_data(nome=<the clinic's name>)
+    model.enqueue([ToolCall("call_0", "collect_data", {"field": "cpf", "value": "529.982.247-25"})], "NO_ANSWER")
+    r = chat(services, aid, "Onde fica a loja?")
+    assert r.status == "fallback" and "Anotado" not in r.reply, r
+
+
 def test_values_are_not_captured_from_the_assistants_text_nor_without_the_tool(shop):
     services, model, aid = shop
     model.enqueue("Anotei o CPF 529.982.247-25.", "Entregamos em até 2 dias úteis.")
