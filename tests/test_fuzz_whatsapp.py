@@ -30,6 +30,7 @@ from runtime.whatsapp.webhook import (
     parse_payload, phone_number_ids, template_waba_ids,
 )
 from tests.conftest import SHARED_DATA
+from tests.test_whatsapp_render import _only_markers_added, _words
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -210,7 +211,6 @@ def test_well_formed_payloads_become_their_messages_and_statuses(phone_number_id
 
 # --------------------------------------------------------------------------- rendering and splitting
 
-_WORDS = re.compile(r"\s+")
 # text as a model writes it: words, WhatsApp and Markdown markers, line breaks, emoji, accents and joiners
 CHAT_TEXT = st.lists(st.sampled_from([*"abcxyz019 .,!?:*_~`#>-|[]()\n\t", "ção", "👍🏽", "e\u0301", "👨\u200d👩",
                                       "https://x.io/a_b", "**", "```"]), max_size=200).map("".join)
@@ -218,14 +218,7 @@ CHAT_TEXT = st.lists(st.sampled_from([*"abcxyz019 .,!?:*_~`#>-|[]()\n\t", "ção
 
 def only_markers_added(original: str, parts: list[str]) -> bool:
     """The parts, joined without whitespace, are the original without whitespace plus formatting markers."""
-    original, joined = _WORDS.sub("", original), _WORDS.sub("", "".join(parts))
-    i = 0
-    for char in joined:
-        if i < len(original) and char == original[i]:
-            i += 1
-        elif char not in "*_~`":
-            return False
-    return i == len(original)
+    return _only_markers_added(_words(original), _words("".join(parts)))
 
 
 @FUZZ
