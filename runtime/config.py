@@ -204,6 +204,9 @@ class AssistantConfig(BaseModel):
     grounded_fallback: bool = Field(
         default=True, description="when the model gives no answer but the best source matches confidently, quote "
                                   "its closest sentence with the document's name instead of the fallback")
+    focused_answers: bool = Field(
+        default=True, description="a question whose best source matches confidently is first put to the model with "
+                                  "only the sources (no tools); the whole prompt runs when that gives no supported answer")
     history_messages: int = Field(default=8, ge=0, le=50)
     max_tool_rounds: int = Field(default=3, ge=1, le=10)
     turn_deadline_s: float = Field(default=180.0, gt=0, le=900)

@@ -78,6 +78,12 @@ def best_sentence(embedder: Embedder, question: str, passage: str) -> tuple[str,
     return candidates[best], float(similarity[best])
 
 
+def confident_passage(model: str, passage_score: float) -> bool:
+    """Whether a top source of this similarity is a confident match for the embedding ``model`` (never for a
+    model not calibrated here)."""
+    return confident(model, passage_score, 1.0)
+
+
 def confident(model: str, passage_score: float, sentence_score: float) -> bool:
     """Whether a top source of this similarity, and its best sentence, may be quoted (never for an
     embedding model not calibrated here)."""
@@ -90,7 +96,7 @@ def confident(model: str, passage_score: float, sentence_score: float) -> bool:
 def grounded_quote(embedder: Embedder, model: str, question: str, hit: SearchHit, language: str | None) -> str | None:
     """The reply quoting ``hit``'s sentence closest to ``question`` when both are confident matches for the
     embedding ``model`` (the passage is checked first: sentences are embedded only for a confident one)."""
-    if not confident(model, hit.score, 1.0):
+    if not confident_passage(model, hit.score):
         return None
     best = best_sentence(embedder, question, hit.text)
     if best is None or not confident(model, hit.score, best[1]):

@@ -28,6 +28,26 @@ ANSWER_NOW = (
 )
 
 
+# a first look at a plain question whose best source matches confidently: reading comprehension on the shown
+# passages (no channel rules, no tools); see ``focused_messages``
+FOCUSED = (
+    "You answer a customer of a business using only the passages below. If a passage states the answer, reply "
+    "with it in one or two short sentences, in the customer's language, using the passage's own words and "
+    f"numbers. If no passage states it, reply exactly {NO_ANSWER}."
+)
+
+
+def focused_messages(system_prompt: str, sources: list[dict], user_text: str) -> list[dict]:
+    """The focused look's prompt: the assistant's own (filled) ``system_prompt`` and ``FOCUSED``, the shown
+    ``sources`` (as numbered and cut for the whole prompt) and the customer's message as the question. The
+    1.5B model answers from this many of the questions it gives up on with the whole prompt (channel rules,
+    tools, their instructions) in front of it."""
+    passages = "\n\n".join(f"[{s['rank']}] ({s['filename']})\n{s['text']}" for s in sources)
+    system = "\n\n".join(part for part in (system_prompt.strip(), FOCUSED) if part)
+    return [{"role": "system", "content": system},
+            {"role": "user", "content": f"Passages:\n{passages}\n\nQuestion: {user_text}"}]
+
+
 def retry_instruction(problem: str, language: str | None) -> str:
     """Sent (tools withdrawn) when a reply could not go to the customer, saying why."""
     lang = LANGUAGE_NAMES.get(language or "", "the customer's language")

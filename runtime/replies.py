@@ -7,7 +7,7 @@ import json
 import re
 from typing import Literal
 
-from kb.keyword import fold, message_language, words
+from kb.keyword import detect_language, fold, key_terms, message_language, words
 
 SmallTalk = Literal["greeting", "thanks", "goodbye"]
 LANGUAGE_NAMES = {"en": "English", "pt": "Portuguese", "es": "Spanish"}
@@ -72,6 +72,8 @@ _MARKUP = re.compile(
 _PROMPT_HEADERS = ("Customer message:", "Sources:")
 # the NO_ANSWER signal, also as small models mangle it ("No answer", "Não_ansWER", "NO-ANSWER")
 _NO_ANSWER = re.compile(r"\bn(?:o|ao|ão)[\s_-]*answer\b", re.IGNORECASE)
+_NUMBER = re.compile(r"\d+")
+SUPPORTED_SHARE = 0.75  # of a reply's own terms (not the question's), at least this share must be the passages'
 _ECHO_WORDS = 8  # this many consecutive words of the instructions in a reply make it an echo
 
 
@@ -160,6 +162,23 @@ def rejection(reply: str, *, instructions: str = "", customer_text: str = "", la
         if said and said != language:
             return f"written in {LANGUAGE_NAMES.get(said, said)}, not in the customer's {LANGUAGE_NAMES.get(language, language)}"
     return None
+
+
+def supported(reply: str, passages: list[str], question: str) -> bool:
+    """Whether ``reply`` holds only what ``passages`` say: it brings something the ``question`` does not (a
+    term, stemmed and without stopwords, or a number), each of its numbers is in the passages, and
+    ``SUPPORTED_SHARE`` of its own terms occur in them. A reply that only restates the question ("No, we do not
+    do implants") or brings words or figures of its own is not. Terms are compared in the reply's language, so
+    a reply in another language than its passages is not supported."""
+    source = " ".join(passages)
+    numbers = set(_NUMBER.findall(reply)) - set(_NUMBER.findall(question))
+    if not numbers <= set(_NUMBER.findall(source)):
+        return False
+    lang = message_language(reply) or detect_language(words(source))
+    own = key_terms(reply, lang) - key_terms(question, lang) - numbers
+    if not own:
+        return bool(numbers)
+    return len(own & key_terms(source, lang)) >= SUPPORTED_SHARE * len(own)
 
 
 def _is_json(text: str) -> bool:

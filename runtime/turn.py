@@ -29,9 +29,10 @@ from runtime.cost import usage_cost
 from runtime.intent import HANDOFF_TOOL, SCHEDULING_TOOLS, wants_booking, wants_human
 from runtime.llm import ChatModelError, text_tool_calls
 from runtime.models import Conversation, Message, Turn
-from runtime.prompt import ANSWER_NOW, build_messages, retry_instruction, seen_sources
+from runtime.prompt import (ANSWER_NOW, build_messages, fill_variables, focused_messages, retry_instruction,
+                            seen_sources)
 from runtime.replies import (data_reply, rejection, says_not_found, small_talk, small_talk_reply, split_no_answer,
-                             without_echo)
+                             supported, without_echo)
 from runtime.tools import ToolContext, Toolset, build_toolset
 from runtime.types import ToolCall, ToolResult, TurnResult, Usage
 
@@ -156,7 +157,14 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
         model = services.chat_models.get(config.model)  # the embedded server may fail to start: an error turn
         model_name = model.name
         counter = token_counter(model, services.settings.llm_context)
-        while True:
+        if not captured and _plain_question(config, embedding_model, found, hits, customer_texts):
+            t = time.perf_counter()
+            reply, look_usage = _focused_look(model, config, conv.variables or {}, budget.sources, user_text,
+                                              language, deadline)
+            timings["llm_ms"] += _ms(t)
+            usage, rounds = usage + look_usage, rounds + 1
+        answered = bool(reply)  # by the focused look: the whole prompt is not needed
+        while not answered:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 error = f"turn deadline of {config.turn_deadline_s:g}s exceeded"
@@ -240,6 +248,39 @@ def _approved_source(found: approved.ApprovedMatch) -> dict:
     return {"rank": 1, "chunk_id": f"{APPROVED_PREFIX}{found.approved_id}", "document_id": found.approved_id,
             "version": 0, "filename": "approved answer", "page": None, "section": found.question,
             "score": round(found.score, 4), "text": found.answer}
+
+
+def _plain_question(config: AssistantConfig, embedding_model: str, found: approved.ApprovedMatch | None,
+                    hits: list, customer_texts: list[str]) -> bool:
+    """Whether the turn may first be answered by a focused look at its sources (:func:`_focused_look`): the
+    assistant allows it, no approved answer was found, the best source is a confident match for the embedding
+    model, and the customer asks for no person and no booking (those need the tools)."""
+    recent = customer_texts[:INTENT_CONTEXT]
+    return (config.focused_answers and found is None and bool(hits)
+            and extractive.confident_passage(embedding_model, hits[0].score)
+            and not wants_human(recent) and not wants_booking(recent))
+
+
+def _focused_look(model, config: AssistantConfig, variables: dict, sources: list[dict], user_text: str,
+                  language: str | None, deadline: float) -> tuple[str, Usage]:
+    """Ask the model to answer from the shown ``sources`` alone, without tools
+    (:func:`runtime.prompt.focused_messages`); its reply, or "" when it gives none, or one that may not be
+    sent (:func:`runtime.replies.rejection`) or that the sources do not support
+    (:func:`runtime.replies.supported`): the turn then goes on with the whole prompt and the tools. A failure
+    of the model here leaves that to the whole prompt too."""
+    messages = focused_messages(fill_variables(config.system_prompt, variables), sources, user_text)
+    try:
+        resp = model.complete(messages, None, temperature=config.temperature, max_tokens=config.max_tokens,
+                              timeout=deadline - time.perf_counter())
+    except Exception as exc:  # noqa: BLE001 - the whole prompt still runs
+        log.warning("focused look failed: %s", exc)
+        return "", Usage()
+    reply, no_answer = _clean(resp.content, set())
+    reply = without_echo(reply, user_text)
+    ok = not no_answer and not says_not_found(reply) and rejection(
+        reply, instructions=messages[0]["content"], customer_text=user_text, language=language) is None and \
+        supported(reply, [s["text"] for s in sources], user_text)
+    return (reply if ok else ""), resp.usage
 
 
 def _grounded_reply(services: Services, embedding_model: str, found: approved.ApprovedMatch | None, hits: list,

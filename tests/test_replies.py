@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.replies import data_reply, rejection, says_not_found, small_talk, split_no_answer, without_echo
+from runtime.replies import (data_reply, rejection, says_not_found, small_talk, split_no_answer, supported,
+                             without_echo)
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -82,3 +83,15 @@ def test_the_data_reply_tells_each_value_saved_or_refused_in_the_customers_langu
                                          "válido. ¿Puedes revisarlo y enviarlo de nuevo?")
     assert data_reply(checked[:1], None) == data_reply(checked[:1], "fr") == "Noted (cpf: 529.982.247-25)."
     assert data_reply([], "pt") is None
+
+
+@pytest.mark.parametrize(("reply", "ok"), [
+    ("Aos sábados abrimos das 9h às 13h.", True),
+    ("A limpeza custa R$ 180,00.", True),
+    ("Aos sábados abrimos das 10h às 16h.", False),  # numbers the passage does not hold
+    ("Não, não fazemos implante dentário.", False),  # only restates the question
+    ("Sim, fazemos implantes com garantia vitalícia e anestesia geral.", False),  # words of its own
+])
+def test_a_reply_is_supported_only_by_what_its_passages_say(reply, ok):
+    passages = ["Horário: aos sábados abrimos das 9h às 13h.", "Limpeza (profilaxia) | 180,00 | 40 min"]
+    assert supported(reply, passages, "Vocês fazem implante dentário? Quanto custa a limpeza?") is ok

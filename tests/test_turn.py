@@ -36,7 +36,7 @@ def shop(services):
             "system_prompt": "Você atende a Loja Exemplo. Cliente: {{customer_name}}.",
             "data_fields": [{"name": "cpf", "type": "cpf"}],
             "retrieval": {"top_k": 1, "min_score": 0.1},
-            "grounded_fallback": False,  # tested on its own below
+            "grounded_fallback": False, "focused_answers": False,  # tested on their own below
         })
         jobs = [registry.register_upload(session, services.blobs, a.knowledge_base, name, text.encode(), 10**6).job.id
                 for name, text in (("horarios.txt", HOURS), ("entregas.txt", DELIVERY))]
@@ -128,6 +128,36 @@ def test_a_confident_source_is_quoted_when_the_model_gives_no_answer(shop):
     # a question the documents do not cover still gets the fallback
     r = chat(services, aid, "Vocês vendem passagens aéreas para Lisboa?", customer="c2")
     assert r.status == "fallback" and r.reply == DEFAULT_FALLBACK["pt"]
+
+
+def test_a_plain_question_is_first_put_to_the_model_with_only_its_sources(shop):
+    services, model, aid = shop
+    with services.session() as session:
+        a = registry.get_assistant(session, aid)
+        a.config = merge_config(a.config, {"focused_answers": True})
+        session.commit()
+    model.enqueue("Aos sábados abrimos das 9h às 13h.")
+    r = chat(services, aid, "Qual o horário de funcionamento aos sábados?", variables={"customer_name": "Ana"})
+    assert r.status == "answered" and r.reply == "Aos sábados abrimos das 9h às 13h."
+    assert [s["filename"] for s in r.sources] == ["horarios.txt"]
+    (request,) = model.requests  # one model call, without tools, with the assistant's prompt and the passage
+    assert request.tools is None and system_prompt(request).startswith("Você atende a Loja Exemplo. Cliente: Ana.")
+    assert "Aos sábados abrimos das 9h às 13h." in turn_prompt(request)
+    assert turn_prompt(request).endswith("Question: Qual o horário de funcionamento aos sábados?")
+
+    # an answer the sources do not hold (a number of its own, words of its own) or none at all goes on to the
+    # whole prompt, with the tools
+    for focused, customer in (("Aos sábados abrimos das 10h às 16h.", "c2"), ("Não, não abrimos feriados.", "c3"),
+                              ("NO_ANSWER", "c4")):
+        model.enqueue(focused, "Abrimos das 9h às 13h aos sábados.")
+        r = chat(services, aid, "Abrem aos sábados?", customer=customer)
+        assert r.reply == "Abrimos das 9h às 13h aos sábados.", focused
+        assert model.requests[-2].tools is None and model.requests[-1].tools
+
+    # a customer who asks for a person or to book gets the whole prompt at once
+    model.enqueue("Vou chamar um atendente.")
+    chat(services, aid, "Quero falar com um atendente sobre o horário de sábado", customer="c5")
+    assert model.requests[-1].tools and "Customer message:" in turn_prompt(model.requests[-1])
 
 
 def test_handoff_pauses_the_ai_until_resumed(shop):

