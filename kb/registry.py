@@ -174,6 +174,12 @@ def list_documents(session: Session, kb: KnowledgeBase) -> list[Document]:
     return list(session.scalars(select(Document).where(Document.knowledge_base_id == kb.id).order_by(Document.filename)))
 
 
+def has_documents(session: Session, kb: KnowledgeBase) -> bool:
+    """Whether ``kb`` holds a document with an ingested version (something a search can find)."""
+    query = select(Document.id).where(Document.knowledge_base_id == kb.id, Document.current_version.is_not(None))
+    return session.scalar(query.limit(1)) is not None
+
+
 def latest_job(session: Session, document_id: str) -> IngestJob | None:
     return session.scalar(
         select(IngestJob).where(IngestJob.document_id == document_id).order_by(IngestJob.created_at.desc()).limit(1)

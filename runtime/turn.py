@@ -131,6 +131,9 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
         queries = retrieval_queries(user_text, history)
         hits = retrieve(services, session, assistant, queries, config.retrieval.top_k,
                         config.retrieval.threshold(embedding_model))
+    # nothing found in a knowledge base that has documents: a reply could only be the model's own knowledge
+    searched_in_vain = config.retrieval.mode == "every_turn" and not hits and found is None and \
+        registry.has_documents(session, assistant.knowledge_base)
     timings["retrieval_ms"] = _ms(t)
 
     t = time.perf_counter()
@@ -209,6 +212,9 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
     session.refresh(conv)
     handed_off = _handed_off(tool_results)
     no_answer = no_answer or not reply or says_not_found(reply)
+    if not no_answer and searched_in_vain and not (ctx.sources or tool_results):  # and no tool ran either
+        no_answer = True
+        rejected.append("an answer with no source shown and no tool run (not from the knowledge base)")
     if no_answer and not handed_off and not error:
         # no source is about a CPF, so small models answer NO_ANSWER: tell what became of the customer's data
         if told := data_reply(_checked_data(config, tool_results, user_text), language):

@@ -113,6 +113,19 @@ def test_no_answer_becomes_the_fallback_message_in_the_customers_language(shop):
     assert chat(services, aid, "Do you sell plane tickets to Lisbon?", customer="en2").reply == "Não sei responder isso."
 
 
+def test_an_answer_with_nothing_found_and_no_tool_run_is_a_fallback(shop):
+    services, model, aid = shop
+    with services.session() as session:  # nothing in the knowledge base is this close to any question
+        a = registry.get_assistant(session, aid)
+        a.config = merge_config(a.config, {"retrieval": {"min_score": 0.99}})
+        session.commit()
+    model.enqueue("Friedrich Ratzel was born in Vienna, Austria.")
+    r = chat(services, aid, "Where was Friedrich Ratzel born?", customer="en")
+    assert r.status == "fallback" and r.reply == DEFAULT_FALLBACK["en"] and r.sources == []
+    with services.session() as session:
+        assert "no source shown" in session.get(Turn, session.get(Message, r.message_id).turn_id).error
+
+
 def test_a_confident_source_is_quoted_when_the_model_gives_no_answer(shop):
     services, model, aid = shop
     with services.session() as session:
