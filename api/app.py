@@ -21,7 +21,7 @@ from atende import __version__
 from atende.demo import ensure_demo
 from atende.jobs import make_huey, requeue_interrupted, start_embedded_consumer
 from atende.services import Services, build_services
-from atende.settings import Settings
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.routes.whatsapp import WEBHOOK_PATH
-from atende.settings import Settings
+from core.settings import Settings
 
 # multipart boundaries, part headers and the small form fields beside the file
 MULTIPART_ROOM = 64 * 1024

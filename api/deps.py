@@ -22,9 +22,9 @@ from sqlalchemy.orm import Session
 
 from api import throttle
 from api.sessions import session_is_open
-from atende.db import utcnow
 from atende.services import Services
-from atende.settings import Settings
+from core.db import utcnow
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 _bearer = HTTPBearer(auto_error=False)

@@ -4,8 +4,8 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from core.errors import Conflict, InvalidRequest, NotFound
 from ingest.errors import InvalidUpload
-from kb.errors import Conflict, InvalidRequest, NotFound
 
 STATUS = {NotFound: 404, Conflict: 409, InvalidRequest: 422}
 # the ``detail`` of a domain error (and of an HTTPException): one sentence instead of FastAPI's field list

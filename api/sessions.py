@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import String, delete
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from atende.db import Base, UTCDateTime, utcnow
-from atende.settings import Settings
+from core.db import Base, UTCDateTime, utcnow
+from core.settings import Settings
 
 SESSION_TTL_S = 12 * 3600
 MAX_COOKIE_LENGTH = 100  # ours are 43 characters; anything much longer is not worth hashing

@@ -23,7 +23,7 @@ from sqlalchemy import Integer, String, case, delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from atende.db import Base, UTCDateTime
+from core.db import Base, UTCDateTime
 
 FREE_FAILURES = 5
 BASE_LOCKOUT_S = 1.0

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from atende.settings import Settings
+from core.settings import Settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -16,7 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def _services(args):
     from atende.services import build_services
-    from atende.settings import Settings
+    from core.settings import Settings
 
     return build_services(Settings())
 
@@ -390,15 +390,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
-    from atende.secret_store import SecretStoreError
+    from core.errors import DomainError
+    from core.secret_store import SecretStoreError
     from ingest.errors import IngestError
-    from kb.errors import KBError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (KBError, IngestError, ValidationError, SecretStoreError) as exc:
+    except (DomainError, IngestError, ValidationError, SecretStoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

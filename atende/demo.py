@@ -4,8 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from atende.services import Services
+from core.errors import NotFound
 from kb import registry
-from kb.errors import NotFound
 from runtime.config import DEFAULT_TOOLS, merge_config
 
 DEMO_NAME = "demo"

@@ -13,8 +13,8 @@ from huey.api import Huey
 from huey.consumer import Consumer
 from sqlalchemy import select
 
-from atende.db import utcnow
 from atende.services import Services
+from core.db import utcnow
 from ingest.pipeline import run_job
 from kb.models import IngestJob
 from runtime.whatsapp.models import WebhookPost

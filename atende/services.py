@@ -8,8 +8,9 @@ from datetime import datetime
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from atende.db import make_engine, make_sessionmaker, migrate, utcnow
-from atende.settings import Settings
+from atende.migrate import migrate
+from core.db import make_engine, make_sessionmaker, utcnow
+from core.settings import Settings
 from kb.blobs import BlobStore
 from kb.embedders import EmbedderRegistry
 from kb.keyword import KeywordIndexCache

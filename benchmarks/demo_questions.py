@@ -23,7 +23,7 @@ import uuid
 import httpx
 import numpy as np
 
-from atende.settings import Settings
+from core.settings import Settings
 from kb.keyword import fold
 
 # (question, pattern the reply must match on folded text, document that holds the answer)

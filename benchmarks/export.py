@@ -23,9 +23,9 @@ from pathlib import Path
 import psutil
 from sqlalchemy import insert
 
-from atende.db import new_id
 from atende.services import Services, build_services
-from atende.settings import Settings
+from core.db import new_id
+from core.settings import Settings
 from kb import registry
 from runtime.models import Conversation, Message, MessageSource, ToolCallRecord
 from runtime.review import ConversationFilters, stream_export

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from atende.ingest_files import ingest_paths
 from atende.services import build_services
-from atende.settings import Settings
+from core.settings import Settings
 from kb import registry
 from kb.models import IngestJob
 

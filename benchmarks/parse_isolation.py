@@ -13,7 +13,7 @@ import statistics
 import time
 from pathlib import Path
 
-from atende.settings import Settings
+from core.settings import Settings
 from ingest.detect import detect_file_type
 from ingest.parse import parse_document, warm_up
 from ingest.sandbox import ParseLimits, parse_isolated

@@ -25,7 +25,7 @@ import numpy as np
 
 from atende.ingest_files import ingest_paths
 from atende.services import build_services
-from atende.settings import Settings
+from core.settings import Settings
 from kb import registry
 from kb.search import MAX_TOP_K, search
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from atende.demo import DEMO_DIR, ensure_demo
 from atende.services import build_services
-from atende.settings import Settings
+from core.settings import Settings
 from ingest.pipeline import run_job
 from kb import registry
 from runtime import approved

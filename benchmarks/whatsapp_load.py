@@ -314,7 +314,7 @@ def run_benchmark(customers: int = 100, rate: float = 200.0, seconds: float = 30
 
     from api.app import create_app
     from atende.services import build_services
-    from atende.settings import Settings
+    from core.settings import Settings
     from runtime.llm_provider import FixedChatModelProvider
     from runtime.whatsapp.standin import GraphStandIn
 

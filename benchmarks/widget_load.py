@@ -270,7 +270,7 @@ def run_benchmark(visitors: int = 100, baseline_s: float = 15.0, load_s: float =
 
     from api.app import create_app
     from atende.services import build_services
-    from atende.settings import Settings
+    from core.settings import Settings
     from kb import registry
     from runtime.config import merge_config
     from runtime.whatsapp.standin import GraphStandIn

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import select, update
 
-from atende.db import new_id, utcnow
 from atende.services import Services
+from core.db import new_id, utcnow
 from ingest.chunk import Chunker
 from ingest.errors import IngestError
 from ingest.sandbox import ParseLimits, parse_isolated

@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
-from kb.errors import InvalidRequest
+from core.errors import InvalidRequest
 
 
 class Embedder(Protocol):

@@ -16,7 +16,7 @@ from datetime import datetime
 from sqlalchemy import JSON, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from atende.db import Base, UTCDateTime, new_id, utcnow
+from core.db import Base, UTCDateTime, new_id, utcnow
 
 VERSION_HIDDEN_STATES = ("writing", "stale")
 

@@ -7,11 +7,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from atende.db import new_id
+from core.db import new_id
+from core.errors import Conflict, InvalidRequest, NotFound
 from ingest.detect import detect_file_type
 from kb.blobs import BlobStore, content_hash
 from kb.embedders import validate_model_name
-from kb.errors import Conflict, InvalidRequest, NotFound
 from kb.models import VERSION_HIDDEN_STATES, Assistant, Document, DocumentVersion, IngestJob, KnowledgeBase
 from kb.vectorstore import ChromaVectorStore
 

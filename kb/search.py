@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from atende.services import Services
-from kb.errors import InvalidRequest
+from core.errors import InvalidRequest
 from kb.keyword import IndexedChunk
 from kb.models import DocumentVersion, KnowledgeBase
 from kb.types import SearchHit

@@ -28,8 +28,8 @@ from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, Text, UniqueC
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from atende.db import Base, UTCDateTime, new_id, utcnow
-from kb.errors import Conflict, InvalidRequest, NotFound
+from core.db import Base, UTCDateTime, new_id, utcnow
+from core.errors import Conflict, InvalidRequest, NotFound
 from kb.models import Assistant
 from runtime.approved_files import read_rows
 from runtime.approved_index import ApprovedIndex, ApprovedMatch, IndexedAnswer, MatchRule

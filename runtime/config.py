@@ -154,7 +154,7 @@ def merge_config(stored: dict, changes: dict) -> dict:
     """Stored config with the given top-level keys replaced, validated; raises InvalidRequest."""
     from pydantic import ValidationError
 
-    from kb.errors import InvalidRequest
+    from core.errors import InvalidRequest
 
     try:
         return AssistantConfig.model_validate({**stored, **changes}).model_dump(mode="json")

@@ -10,8 +10,8 @@ import time
 
 from sqlalchemy import update
 
-from atende.db import utcnow
 from atende.services import Services
+from core.db import utcnow
 from runtime.http_tools import HttpToolError, post_json
 from runtime.models import OutboundEvent
 

@@ -22,8 +22,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from atende.db import new_id, utcnow
-from kb.errors import InvalidRequest, NotFound
+from core.db import new_id, utcnow
+from core.errors import InvalidRequest, NotFound
 from runtime.models import Message, MessageFeedback
 
 Source = Literal["reviewer", "customer_reaction", "widget"]

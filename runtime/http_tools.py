@@ -29,7 +29,7 @@ import anyio
 import anyio.to_thread
 import httpx
 
-from atende.settings import Settings
+from core.settings import Settings
 from runtime.config import PLACEHOLDER, HttpTool
 
 USER_AGENT = "atende-http-tool/1"

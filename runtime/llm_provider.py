@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from atende.settings import Settings
+from core.settings import Settings
 from runtime.types import ChatModel
 
 

@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from atende.db import Base, UTCDateTime, new_id, utcnow
+from core.db import Base, UTCDateTime, new_id, utcnow
 
 CHANNELS = ("whatsapp", "widget", "test", "api")
 

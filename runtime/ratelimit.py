@@ -22,7 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Mapped, mapped_column
 
-from atende.db import Base
+from core.db import Base
 
 SWEEP_EVERY_S = 60.0
 

@@ -30,9 +30,9 @@ from sqlalchemy import JSON, ForeignKey, Index, String, Text, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from atende.db import Base, UTCDateTime, new_id, utcnow
+from core.db import Base, UTCDateTime, new_id, utcnow
+from core.errors import Conflict, InvalidRequest, NotFound
 from kb import registry
-from kb.errors import Conflict, InvalidRequest, NotFound
 from kb.models import Assistant
 from runtime.config import AssistantConfig
 from runtime.models import Conversation, Message, Turn

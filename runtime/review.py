@@ -39,7 +39,7 @@ from sqlalchemy import case, func, literal_column, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from atende.services import Services
-from kb.errors import InvalidRequest
+from core.errors import InvalidRequest
 from kb.models import Assistant
 from runtime.feedback import RATINGS, SOURCES
 from runtime.models import (

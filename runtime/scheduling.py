@@ -15,8 +15,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from atende.db import new_id, utcnow
 from atende.services import Services
+from core.db import new_id, utcnow
 from runtime.config import Scheduling
 from runtime.models import Appointment
 

@@ -8,8 +8,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from atende.db import new_id, utcnow
-from kb.errors import InvalidRequest, NotFound
+from core.db import new_id, utcnow
+from core.errors import InvalidRequest, NotFound
 from runtime.models import CHANNELS, Conversation, Message, MessageSource, ToolCallRecord, Turn
 from runtime.types import ToolResult, TurnResult
 

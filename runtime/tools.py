@@ -25,9 +25,9 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from atende.db import new_id, utcnow
 from atende.services import Services
-from kb.errors import KBError
+from core.db import new_id, utcnow
+from core.errors import DomainError
 from kb.models import Assistant, KnowledgeBase
 from kb.search import search
 from kb.types import SearchHit
@@ -75,7 +75,7 @@ class ToolError(Exception):
 
 
 # errors whose message is already meant for the model
-READABLE_ERRORS = (ToolError, InvalidValue, SchedulingError, HttpToolError, KBError)
+READABLE_ERRORS = (ToolError, InvalidValue, SchedulingError, HttpToolError, DomainError)
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from contextlib import contextmanager
 
 from sqlalchemy import select
 
-from atende.db import utcnow
 from atende.services import Services
+from core.db import utcnow
 from kb import registry
 from kb.keyword import fold
 from kb.models import Assistant

@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from atende.services import Services, build_services  # noqa: E402
-from atende.settings import SECRET_FIELDS, Settings  # noqa: E402
+from core.settings import SECRET_FIELDS, Settings  # noqa: E402
 from kb.embedders import EmbedderRegistry  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

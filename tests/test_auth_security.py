@@ -25,10 +25,10 @@ from api.app import create_app
 from api.deps import SESSION_COOKIE
 from api.routes.widget import issue_visitor_token
 from api.sessions import AdminSession
-from atende.db import utcnow
-from atende.secret_store import SecretStoreError, secrets_path
 from atende.services import build_services
-from atende.settings import SECRET_FIELDS, Settings
+from core.db import utcnow
+from core.secret_store import SecretStoreError, secrets_path
+from core.settings import SECRET_FIELDS, Settings
 from kb import registry
 from runtime.config import merge_config
 from runtime.llm import ScriptedChatModel

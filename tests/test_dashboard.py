@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.deps import SESSION_COOKIE
 from api.sessions import AdminSession, open_session, session_is_open
-from atende.db import new_id, utcnow
+from core.db import new_id, utcnow
 from kb import registry
 from runtime import store
 from runtime.llm import ScriptedChatModel

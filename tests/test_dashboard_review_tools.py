@@ -11,7 +11,7 @@ import re
 import pytest
 from sqlalchemy import select
 
-from atende.db import new_id, utcnow
+from core.db import new_id, utcnow
 from kb import registry
 from runtime import approved, feedback, regression
 from runtime.models import Message

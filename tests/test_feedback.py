@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from api.app import create_app
-from atende.db import new_id, utcnow
+from core.db import new_id, utcnow
 from kb import registry
 from runtime import feedback, store
 from runtime.feedback import REASONS, Reason, rating_for_emoji

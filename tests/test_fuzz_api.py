@@ -31,7 +31,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from api.app import create_app
 from atende.services import build_services
-from atende.settings import Settings
+from core.settings import Settings
 from runtime.llm import ScriptedChatModel
 from runtime.llm_provider import FixedChatModelProvider
 from runtime.whatsapp.standin import GraphStandIn, sign

@@ -8,7 +8,8 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
-from atende.db import MIGRATIONS_DIR, make_engine, migrate
+from atende.migrate import MIGRATIONS_DIR, migrate
+from core.db import make_engine
 
 
 def upgrade_to(engine, revision: str) -> None:
@@ -84,7 +85,7 @@ def test_round_two_tables_go_up_and_down_and_match_the_models(database_url, tabl
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from atende.db import Base
+    from core.db import Base
 
     engine = make_engine(database_url)
     migrate(engine)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -66,6 +67,8 @@ def test_retrieval_notebook_runs_on_a_subset(monkeypatch, tmp_path):
     monkeypatch.setenv("ATENDE_SHARED_DATA", str(SHARED_DATA))
     monkeypatch.delenv("ATENDE_EVAL_SAVE_FIG", raising=False)
     monkeypatch.delenv("ATENDE_EVAL_MODEL", raising=False)
+    # the kernel imports this checkout's packages, not those of whichever checkout the venv was installed from
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
 
     nb = nbformat.read(NOTEBOOK, as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit the notebook without outputs"

@@ -15,10 +15,10 @@ from sqlalchemy.exc import IntegrityError
 
 from api.app import create_app
 from atende import cli
-from atende.db import new_id, utcnow
+from core.db import new_id, utcnow
+from core.errors import Conflict, InvalidRequest, NotFound
 from ingest.pipeline import run_job
 from kb import registry
-from kb.errors import Conflict, InvalidRequest, NotFound
 from runtime import regression
 from runtime.config import merge_config
 from runtime.llm import ScriptedChatModel

@@ -25,7 +25,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from atende.db import new_id
+from core.db import new_id
 from kb import registry
 from runtime import review, store
 from runtime.models import Conversation, Message

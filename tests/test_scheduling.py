@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import func, select
 
-from atende.db import new_id
+from core.db import new_id
 from kb import registry
 from runtime import scheduling
 from runtime.config import Scheduling

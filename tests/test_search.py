@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from core.errors import InvalidRequest
 from kb import registry
-from kb.errors import InvalidRequest
 from kb.keyword import KeywordIndex, IndexedChunk, detect_language, query_terms, terms, words
 from kb.search import _fuse, search
 from tests.test_store import find, ingest, new_assistant

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 
+from core.errors import Conflict, InvalidRequest
 from ingest import pipeline
 from ingest.pipeline import run_job
 from kb import registry
-from kb.errors import Conflict, InvalidRequest
 from kb.models import DocumentVersion, IngestJob
 from kb.search import search
 from tests.conftest import requires_shared, shared_doc

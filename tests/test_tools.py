@@ -15,16 +15,16 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from atende.db import utcnow
-from atende.settings import Settings
+from core.db import utcnow
+from core.settings import Settings
 from ingest.pipeline import run_job
 from kb import registry
 from kb.models import Assistant
 from kb.types import SearchHit
+from runtime import store
 from runtime.config import TOOL_NAMES, AssistantConfig, DataField, HttpTool, RetrievalConfig, Scheduling
 from runtime.events import deliver_event
 from runtime.http_tools import HttpToolError, call_http_tool
-from runtime import store
 from runtime.models import Appointment, CollectedData, Conversation, OutboundEvent
 from runtime.tools import ToolContext, Toolset, build_toolset, function_tool
 from runtime.types import ToolCall, TurnResult

@@ -343,7 +343,7 @@ def verify_webhook(secret: str, headers: dict, body: bytes, now: float, toleranc
 def test_handoff_webhook_is_signed(env):
     env.services.settings.http_tools_allow_private = True  # the receiver runs on loopback
     secret = env.services.settings.webhook_secret
-    assert secret  # generated into the data directory when unset (atende/secret_store.py)
+    assert secret  # generated into the data directory when unset (core/secret_store.py)
     with local_server(lambda n, req: (204, {}, b"")) as (url, requests):
         event_id = _handoff(env, f"{url}/hooks/handoff")
         assert deliver_event(env.services, event_id, attempts=1) is True

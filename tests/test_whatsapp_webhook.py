@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from atende.db import new_id, utcnow
+from core.db import new_id, utcnow
 from kb import registry
 from runtime.models import Conversation, Message, Turn
 from runtime.store import find_or_create_conversation
@@ -811,7 +811,8 @@ def test_webhook_hardening_migration_goes_up_and_down(database_url):
     from alembic.config import Config
     from alembic.migration import MigrationContext
 
-    from atende.db import MIGRATIONS_DIR, Base, make_engine, migrate
+    from atende.migrate import MIGRATIONS_DIR, migrate
+    from core.db import Base, make_engine
 
     def columns(table):
         return {c["name"] for c in sa.inspect(engine).get_columns(table)}

@@ -23,7 +23,8 @@ import sqlalchemy as sa
 from sqlalchemy import func, select
 
 from api.app import create_app
-from atende.db import make_engine, migrate
+from atende.migrate import migrate
+from core.db import make_engine
 from runtime.llm import ScriptedChatModel
 from runtime.llm_provider import FixedChatModelProvider
 from runtime.models import Message
@@ -94,7 +95,8 @@ def test_rate_limits_table_goes_up_and_down_and_matches_the_model(database_url):
     from alembic.config import Config
     from alembic.migration import MigrationContext
 
-    from atende.db import MIGRATIONS_DIR, Base
+    from atende.migrate import MIGRATIONS_DIR
+    from core.db import Base
 
     engine = make_engine(database_url)
     migrate(engine)

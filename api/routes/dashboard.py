@@ -27,8 +27,8 @@ from api.routes import documents as document_routes
 from api.routes import regression as regression_routes
 from api.routes import whatsapp as whatsapp_routes
 from api.sessions import SESSION_TTL_S, close_session, open_session
+from core.errors import InvalidRequest, NotFound
 from kb import registry
-from kb.errors import InvalidRequest, NotFound
 from runtime import approved, regression, review, store
 from runtime.feedback import REASONS
 from runtime.models import CHANNELS, Message

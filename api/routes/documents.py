@@ -6,9 +6,9 @@ from fastapi.responses import JSONResponse
 
 from api.deps import AdminDep, ServicesDep, SessionDep
 from api.schemas import DocumentPublic, JobPublic
-from kb import registry
+from core.errors import NotFound
 from ingest.errors import FileTooLarge
-from kb.errors import NotFound
+from kb import registry
 from kb.models import Document, IngestJob
 
 router = APIRouter(tags=["documents"], dependencies=[AdminDep])

@@ -16,11 +16,11 @@ from sqlalchemy.exc import IntegrityError
 
 from api.deps import AdminDep, ServicesDep, SessionDep
 from api.schemas import MessagePublic
-from atende.db import new_id
+from core.db import new_id
+from core.errors import Conflict, NotFound
 from kb import registry
-from kb.errors import Conflict, NotFound
-from runtime.whatsapp.inbound import WebhookError, accept_post, process_post
 from runtime.models import Message
+from runtime.whatsapp.inbound import WebhookError, accept_post, process_post
 from runtime.whatsapp.models import WhatsAppSender, WhatsAppTemplate
 from runtime.whatsapp.outbound import send_template
 

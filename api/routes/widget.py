@@ -38,8 +38,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from api.deps import ServicesDep
+from core.errors import InvalidRequest, NotFound
 from kb import registry
-from kb.errors import InvalidRequest, NotFound
 from runtime import feedback, store
 from runtime.config import AssistantConfig, WidgetConfig
 from runtime.feedback import COMMENT_MAX, Reason

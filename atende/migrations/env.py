@@ -1,4 +1,4 @@
-"""Alembic environment: runs on the connection handed over by atende.db.migrate."""
+"""Alembic environment: runs on the connection handed over by atende.migrate.migrate."""
 from alembic import context
 
 import api.sessions  # noqa: F401  (register tables on the metadata)
@@ -8,7 +8,7 @@ import runtime.approved  # noqa: F401
 import runtime.models  # noqa: F401
 import runtime.regression  # noqa: F401
 import runtime.whatsapp.models  # noqa: F401
-from atende.db import Base
+from core.db import Base
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)

@@ -29,8 +29,8 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from atende.db import new_id, utcnow
 from atende.services import Services
+from core.db import new_id, utcnow
 from runtime.feedback import record_reaction
 from runtime.models import Conversation, Message
 from runtime.store import find_or_create_conversation

@@ -6,7 +6,7 @@ from datetime import datetime
 from sqlalchemy import JSON, Boolean, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from atende.db import Base, UTCDateTime, new_id, utcnow
+from core.db import Base, UTCDateTime, new_id, utcnow
 
 
 class WhatsAppSender(Base):

@@ -8,9 +8,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from atende.db import new_id, utcnow
 from atende.services import Services
-from kb.errors import Conflict, InvalidRequest, NotFound
+from core.db import new_id, utcnow
+from core.errors import Conflict, InvalidRequest, NotFound
 from runtime.models import Conversation, Message
 from runtime.whatsapp.models import WhatsAppSender, WhatsAppTemplate
 

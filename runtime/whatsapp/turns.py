@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from atende.db import utcnow
 from atende.services import Services
+from core.db import utcnow
 from runtime import store
 from runtime.turn import run_turn
 from runtime.types import TurnResult

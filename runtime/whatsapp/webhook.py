@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Union
 
-from atende.db import utcnow
+from core.db import utcnow
 
 SIGNATURE_PREFIX = "sha256="
 # the deepest real payload (pywa fixtures) nests 12 levels; Python's json raises RecursionError near 1,000

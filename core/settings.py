@@ -7,9 +7,9 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from atende.secret_store import load_or_create_secrets
+from core.secret_store import load_or_create_secrets
 
-# unset secrets are generated into <home>/secrets.json (atende/secret_store.py); explicit ones must look like secrets
+# unset secrets are generated into <home>/secrets.json (core/secret_store.py); explicit ones must look like secrets
 SECRET_FIELDS = ("admin_token", "session_secret", "secret_key", "webhook_secret")
 MIN_SECRET_LENGTH = 16
 PLACEHOLDER_SECRET = re.compile(r"change.?me|replace.?me|^(.)\1*$", re.IGNORECASE)

@@ -1,4 +1,7 @@
-"""Relational store: the declarative base, engine/session set-up and Alembic migrations."""
+"""Relational store: the declarative base, column types, engine/session set-up, ids and the clock.
+
+The schema's migrations know every package's tables, so they live at the top (atende/migrate.py).
+"""
 from __future__ import annotations
 
 import uuid
@@ -10,7 +13,6 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
-MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # job worker threads, request threads and turns' advisory-lock connections all need room at once
 POOL = {"pool_size": 20, "max_overflow": 80, "pool_timeout": 60}
 
@@ -67,14 +69,3 @@ def make_engine(url: str) -> Engine:
 def make_sessionmaker(engine: Engine) -> sessionmaker:
     return sessionmaker(engine, expire_on_commit=False)
 
-
-def migrate(engine: Engine) -> None:
-    """Bring the database schema to the newest Alembic revision."""
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
