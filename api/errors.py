@@ -5,7 +5,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from core.errors import Conflict, InvalidRequest, NotFound
-from ingest.errors import InvalidUpload
+from kb.errors import InvalidUpload
 
 STATUS = {NotFound: 404, Conflict: 409, InvalidRequest: 422}
 # the ``detail`` of a domain error (and of an HTTPException): one sentence instead of FastAPI's field list

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from atende.services import Services
-from ingest.errors import InvalidUpload
+from kb.errors import InvalidUpload
 from ingest.pipeline import run_job
 from kb import registry
 

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 from core.settings import Settings
-from ingest.detect import detect_file_type
 from ingest.parse import parse_document, warm_up
 from ingest.sandbox import ParseLimits, parse_isolated
+from kb.detect import detect_file_type
 
 DOCS = Path(__file__).resolve().parents[2] / "shared" / "data" / "docs"
 DEFAULT_DOCS = [

@@ -1,28 +1,9 @@
-"""Ingestion errors. ``InvalidUpload`` is refused at upload time (4xx); the rest fail a job."""
+"""Ingestion errors: a job that fails with one shows its message to the admin. Uploads are refused
+before ingestion with ``kb.errors.InvalidUpload``."""
 
 
 class IngestError(Exception):
     """Base of ingestion errors; the message is shown to the admin as is."""
-
-
-class InvalidUpload(IngestError):
-    status_code = 400
-
-
-class EmptyFile(InvalidUpload):
-    pass
-
-
-class FileTooLarge(InvalidUpload):
-    status_code = 413
-
-
-class UnsupportedFileType(InvalidUpload):
-    status_code = 415
-
-
-class ExtensionMismatch(InvalidUpload):
-    status_code = 415
 
 
 class ParseError(IngestError):

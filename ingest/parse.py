@@ -1,6 +1,6 @@
 """Parsing of uploaded files into structural elements. The only home of ``unstructured``.
 
-Text formats are decoded here (see ingest.detect.decode_text) so that UTF-16 and cp1252 files
+Text formats are decoded here (see kb.detect.decode_text) so that UTF-16 and cp1252 files
 parse correctly; PDFs use the fast strategy (text layer only, no OCR, nothing downloaded).
 """
 from __future__ import annotations
@@ -11,8 +11,8 @@ import logging
 import os
 from dataclasses import dataclass
 
-from ingest.detect import decode_text
 from ingest.errors import IngestError, NoExtractableText, ParseError
+from kb.detect import decode_text
 
 os.environ.setdefault("UNSTRUCTURED_DISABLE_NOTICE", "1")
 # unstructured reports each partition over HTTP from a new thread unless told not to (a thread that

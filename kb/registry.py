@@ -9,8 +9,8 @@ from sqlalchemy.orm import Session
 
 from core.db import new_id
 from core.errors import Conflict, InvalidRequest, NotFound
-from ingest.detect import detect_file_type
 from kb.blobs import BlobStore, content_hash
+from kb.detect import detect_file_type
 from kb.embedders import validate_model_name
 from kb.models import VERSION_HIDDEN_STATES, Assistant, Document, DocumentVersion, IngestJob, KnowledgeBase
 from kb.vectorstore import ChromaVectorStore
@@ -105,7 +105,7 @@ def register_upload(
 ) -> Upload:
     """Validate an upload and queue a new version, or do nothing if the content is unchanged.
 
-    Raises ``ingest.errors.InvalidUpload`` (nothing is stored) for empty, oversized, unsupported
+    Raises ``kb.errors.InvalidUpload`` (nothing is stored) for empty, oversized, unsupported
     or mislabelled files.
     """
     filename = _clean_filename(filename)

@@ -216,7 +216,7 @@ def import_rows(
     A row whose question the assistant already has updates that answer (its answer and variants; with
     ``approved_by``, its approval too); the others are created. A bad row (missing question or answer, a
     text too long, too many variants, the same question as an earlier row) is reported with its row
-    number and skipped; the good rows are still imported. Raises ``ingest.errors.InvalidUpload`` for a
+    number and skipped; the good rows are still imported. Raises ``kb.errors.InvalidUpload`` for a
     file that cannot be read as a table.
     """
     rows = read_rows(filename, data, max_bytes)

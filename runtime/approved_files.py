@@ -15,8 +15,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ingest.detect import decode_text, detect_file_type
-from ingest.errors import InvalidUpload, UnsupportedFileType
+from kb.detect import decode_text, detect_file_type
+from kb.errors import InvalidUpload, UnsupportedFileType
 
 COLUMNS = {"question": ("question", "pergunta"), "answer": ("answer", "resposta"), "variants": ("variants", "variantes")}
 _VARIANT_SEPARATOR = re.compile(r"[|\r\n]+")
@@ -35,7 +35,7 @@ class SheetRow:
 def read_rows(filename: str, data: bytes, max_bytes: int) -> list[SheetRow]:
     """The data rows of a CSV or XLSX upload, blank rows left out.
 
-    Raises ``ingest.errors.InvalidUpload``: ``UnsupportedFileType`` (415) for other file types,
+    Raises ``kb.errors.InvalidUpload``: ``UnsupportedFileType`` (415) for other file types,
     ``FileTooLarge`` (413), ``EmptyFile``, or a plain ``InvalidUpload`` (400) when the header has no
     question or answer column.
     """

@@ -10,17 +10,10 @@ import zipfile
 import pytest
 
 from ingest.chunk import SECTION_SEP, Chunker
-from ingest.detect import decode_text, detect_file_type
-from ingest.errors import (
-    EmptyFile,
-    ExtensionMismatch,
-    FileTooLarge,
-    InvalidUpload,
-    NoExtractableText,
-    ParseError,
-    UnsupportedFileType,
-)
+from ingest.errors import NoExtractableText, ParseError
 from ingest.parse import Element, parse_document
+from kb.detect import decode_text, detect_file_type
+from kb.errors import EmptyFile, ExtensionMismatch, FileTooLarge, InvalidUpload, UnsupportedFileType
 from tests.conftest import requires_shared, shared_doc
 
 MB = 1024 * 1024

@@ -12,10 +12,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from ingest.detect import detect_file_type
-from ingest.errors import FileTooLarge, NoExtractableText, ParseLimitExceeded
+from ingest.errors import NoExtractableText, ParseLimitExceeded
 from ingest.parse import parse_document
 from ingest.sandbox import ParseLimits, parse_isolated
+from kb.detect import detect_file_type
+from kb.errors import FileTooLarge
 from tests.conftest import ADMIN_TOKEN, DOCS, requires_shared, shared_doc, wait_for_document
 from tests.test_api import create_assistant, ingest, search, upload
 from tests.test_ingest_units import make_docx

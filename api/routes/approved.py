@@ -10,8 +10,8 @@ from api.schemas import (
     ApprovedAnswerCreate, ApprovedAnswerPublic, ApprovedAnswerUpdate, ApprovedImportReport, ApprovedMatchRequest,
     ApprovedMatchResponse,
 )
-from ingest.errors import FileTooLarge
 from kb import registry
+from kb.errors import FileTooLarge
 from runtime import approved
 
 router = APIRouter(tags=["approved answers"], dependencies=[AdminDep])

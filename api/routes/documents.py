@@ -7,8 +7,8 @@ from fastapi.responses import JSONResponse
 from api.deps import AdminDep, ServicesDep, SessionDep
 from api.schemas import DocumentPublic, JobPublic
 from core.errors import NotFound
-from ingest.errors import FileTooLarge
 from kb import registry
+from kb.errors import FileTooLarge
 from kb.models import Document, IngestJob
 
 router = APIRouter(tags=["documents"], dependencies=[AdminDep])

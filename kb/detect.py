@@ -6,7 +6,7 @@ import struct
 import zipfile
 from pathlib import PurePath
 
-from ingest.errors import EmptyFile, ExtensionMismatch, FileTooLarge, UnsupportedFileType
+from kb.errors import EmptyFile, ExtensionMismatch, FileTooLarge, UnsupportedFileType
 
 EXTENSIONS = {
     ".pdf": "pdf", ".docx": "docx", ".pptx": "pptx", ".xlsx": "xlsx",
