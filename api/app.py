@@ -1,9 +1,11 @@
-"""The FastAPI application factory."""
+"""The HTTP application over the process's services: routes, error handlers, body limits, static files.
+
+The process around it (services, background jobs, the demo) is wired by ``atende.app.create_app``.
+"""
 from __future__ import annotations
 
-import logging
-import threading
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -17,50 +19,14 @@ from api.routes import insights
 from api.routes import approved
 from api.routes import feedback
 from api.routes import regression
-from atende import __version__
-from atende.demo import ensure_demo
-from atende.jobs import make_huey, requeue_interrupted, start_embedded_consumer
-from atende.services import Services, build_services
-from core.settings import Settings
-
-log = logging.getLogger(__name__)
+from runtime.services import Services
 
 
-def _warm_up(services: Services) -> None:
-    try:
-        services.chat_models.get()
-    except Exception as exc:  # the API still serves search and admin routes without a chat model
-        log.warning("chat model unavailable: %s", exc)
-
-
-def create_app(settings: Settings | None = None, services: Services | None = None, demo: bool = False) -> FastAPI:
-    """Build the app; background jobs run in-process unless ``settings.workers`` is 0.
-
-    With ``demo`` the demo assistant is created (if missing) and its sample documents queued.
-    """
-    services = services or build_services(settings or Settings())
-    huey = make_huey(services)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        consumer = None
-        if services.settings.workers > 0:
-            consumer = start_embedded_consumer(huey, services.settings.workers)
-            if not services.settings.redis_url:  # the only worker: nothing else can be running them
-                requeue_interrupted(services)
-        if demo:
-            for job_id in ensure_demo(services):
-                services.enqueue(job_id)
-            # start the embedded chat model now, so the first customer does not wait for it
-            threading.Thread(target=_warm_up, args=(services,), daemon=True).start()
-        yield
-        if consumer is not None:
-            consumer.stop(graceful=True)
-        services.chat_models.close()
-
-    app = FastAPI(title="atende", version=__version__, lifespan=lifespan)
+def build_app(services: Services, version: str,
+              lifespan: Callable[[FastAPI], AbstractAsyncContextManager] | None = None) -> FastAPI:
+    """The FastAPI app serving ``services``; ``lifespan`` starts and stops what runs beside it."""
+    app = FastAPI(title="atende", version=version, lifespan=lifespan)
     app.state.services = services
-    app.state.huey = huey
     # the client's address and scheme as a trusted reverse proxy saw them (auth throttling, Secure cookies)
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=services.settings.trusted_proxies)
     install_error_handlers(app)
@@ -84,6 +50,6 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict:
-        return {"status": "ok", "version": __version__}
+        return {"status": "ok", "version": version}
 
     return app

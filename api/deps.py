@@ -22,9 +22,9 @@ from sqlalchemy.orm import Session
 
 from api import throttle
 from api.sessions import session_is_open
-from atende.services import Services
 from core.db import utcnow
 from core.settings import Settings
+from runtime.services import Services
 
 log = logging.getLogger(__name__)
 _bearer = HTTPBearer(auto_error=False)

@@ -24,7 +24,7 @@ def _services(args):
 def cmd_serve(args) -> int:
     import uvicorn
 
-    from api.app import create_app
+    from atende.app import create_app
 
     app = create_app(services=_services(args), demo=args.demo)
     command = sys.argv[0] if Path(sys.argv[0]).name == "atende" else "atende"

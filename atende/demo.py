@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from atende.services import Services
 from core.errors import NotFound
 from kb import registry
 from runtime.config import DEFAULT_TOOLS, merge_config
+from runtime.services import Services
 
 DEMO_NAME = "demo"
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demo" / "knowledge"

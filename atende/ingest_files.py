@@ -4,10 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from atende.services import Services
-from kb.errors import InvalidUpload
 from ingest.pipeline import run_job
 from kb import registry
+from kb.errors import InvalidUpload
+from runtime.services import Services
 
 
 @dataclass

@@ -13,10 +13,10 @@ from huey.api import Huey
 from huey.consumer import Consumer
 from sqlalchemy import select
 
-from atende.services import Services
 from core.db import utcnow
 from ingest.pipeline import run_job
 from kb.models import IngestJob
+from runtime.services import Services
 from runtime.whatsapp.models import WebhookPost
 
 log = logging.getLogger(__name__)

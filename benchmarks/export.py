@@ -23,12 +23,14 @@ from pathlib import Path
 import psutil
 from sqlalchemy import insert
 
-from atende.services import Services, build_services
+from atende.services import build_services
+
 from core.db import new_id
 from core.settings import Settings
 from kb import registry
 from runtime.models import Conversation, Message, MessageSource, ToolCallRecord
 from runtime.review import ConversationFilters, stream_export
+from runtime.services import Services
 
 PER_CONVERSATION = 20
 SOURCES_PER_REPLY = 3

@@ -312,7 +312,7 @@ def run_benchmark(customers: int = 100, rate: float = 200.0, seconds: float = 30
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import httpx
 
-    from api.app import create_app
+    from atende.app import create_app
     from atende.services import build_services
     from core.settings import Settings
     from runtime.llm_provider import FixedChatModelProvider

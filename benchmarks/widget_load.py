@@ -268,7 +268,7 @@ def run_benchmark(visitors: int = 100, baseline_s: float = 15.0, load_s: float =
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import httpx
 
-    from api.app import create_app
+    from atende.app import create_app
     from atende.services import build_services
     from core.settings import Settings
     from kb import registry

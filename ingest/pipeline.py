@@ -13,21 +13,38 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
-from atende.services import Services
 from core.db import new_id, utcnow
+from core.settings import Settings
 from ingest.chunk import Chunker
 from ingest.errors import IngestError
 from ingest.sandbox import ParseLimits, parse_isolated
-from kb.embedders import Embedder
+from kb.blobs import BlobStore
+from kb.embedders import Embedder, EmbedderRegistry
 from kb.models import Document, DocumentVersion, IngestJob, KnowledgeBase
 from kb.registry import INTERNAL_ERROR, purge_stale
 from kb.types import Chunk
+from kb.vectorstore import ChromaVectorStore
 
 log = logging.getLogger(__name__)
 EMBED_BATCH = 64  # chunks embedded and written per step (bounds memory, drives progress)
+
+
+class IngestServices(Protocol):
+    """What ingestion uses of the process's shared components (``runtime.services.Services`` is one)."""
+
+    settings: Settings
+    embedders: EmbedderRegistry
+    vectors: ChromaVectorStore
+    blobs: BlobStore
+    # told, in the transaction that swaps a new version in: (session, document_id, reason)
+    document_changed: Callable[[Session, str, str], object] | None
+
+    def session(self) -> Session: ...
 
 
 class Cancelled(Exception):
@@ -69,7 +86,7 @@ def chunk_metadata(chunk: Chunk, doc: Document, version: DocumentVersion) -> dic
 
 
 def embed_and_store(
-    services: Services, collection: str, embedder: Embedder, doc: Document, version: DocumentVersion,
+    services: IngestServices, collection: str, embedder: Embedder, doc: Document, version: DocumentVersion,
     chunks: list[Chunk], timings: Timings, on_batch: Callable[[int], None] = lambda n: None,
 ) -> None:
     """Embed chunks in batches and write each batch to the collection as soon as it is embedded."""
@@ -90,7 +107,7 @@ def embed_and_store(
         on_batch(i + len(batch))
 
 
-def run_job(services: Services, job_id: str) -> IngestJob:
+def run_job(services: IngestServices, job_id: str) -> IngestJob:
     """Run one queued job (ingest or re-embed) to completion; never raises for a failed document."""
     with services.session() as session:
         # claim the job atomically: a job enqueued twice runs once
@@ -121,7 +138,7 @@ def run_job(services: Services, job_id: str) -> IngestJob:
         return session.get(IngestJob, job_id)
 
 
-def _ingest(services: Services, job_id: str, timings: Timings) -> None:
+def _ingest(services: IngestServices, job_id: str, timings: Timings) -> None:
     with services.session() as session:
         job = session.get(IngestJob, job_id)
         version = session.get(DocumentVersion, job.version_id)
@@ -174,7 +191,7 @@ def _swap_in(session, doc: Document, version: DocumentVersion, job: IngestJob, c
     session.commit()
 
 
-def _fail(services: Services, job_id: str, message: str, timings: dict) -> None:
+def _fail(services: IngestServices, job_id: str, message: str, timings: dict) -> None:
     with services.session() as session:
         job = session.get(IngestJob, job_id)
         job.status, job.error, job.finished_at, job.timings = "failed", message, utcnow(), timings
@@ -191,7 +208,7 @@ def _fail(services: Services, job_id: str, message: str, timings: dict) -> None:
         purge_stale(session, services.vectors, kb)
 
 
-def _reembed(services: Services, job_id: str, timings: Timings) -> None:
+def _reembed(services: IngestServices, job_id: str, timings: Timings) -> None:
     """Rebuild the knowledge base in a new collection with the target model, then switch to it."""
     with services.session() as session:
         job = session.get(IngestJob, job_id)

@@ -8,21 +8,30 @@ Only chunks of each document's current version are ever returned. Every hit carr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from atende.services import Services
 from core.errors import InvalidRequest
-from kb.keyword import IndexedChunk
+from kb.embedders import EmbedderRegistry
+from kb.keyword import IndexedChunk, KeywordIndexCache
 from kb.models import DocumentVersion, KnowledgeBase
 from kb.types import SearchHit
+from kb.vectorstore import ChromaVectorStore
 
 MAX_TOP_K = 50
 Mode = Literal["hybrid", "dense", "keyword"]
 FILTER_KEYS = ("document_id", "filename", "section", "page")
+
+
+class SearchServices(Protocol):
+    """What search uses of the process's shared components (``runtime.services.Services`` is one)."""
+
+    embedders: EmbedderRegistry
+    vectors: ChromaVectorStore
+    keywords: KeywordIndexCache
 
 
 @dataclass(frozen=True)
@@ -122,7 +131,7 @@ def _fuse(similarity: dict[str, float], keyword: dict[str, float], mode: Mode, a
     }
 
 
-def keyword_index(services: Services, kb: KnowledgeBase, current: set[str]):
+def keyword_index(services: SearchServices, kb: KnowledgeBase, current: set[str]):
     """The knowledge base's BM25 index over its current versions (built or reused from the cache)."""
     fingerprint = tuple(sorted(current))
 
@@ -133,7 +142,7 @@ def keyword_index(services: Services, kb: KnowledgeBase, current: set[str]):
     return services.keywords.get(kb.collection, fingerprint, load)
 
 
-def search(services: Services, session: Session, kb: KnowledgeBase, query: str, top_k: int = 5, *,
+def search(services: SearchServices, session: Session, kb: KnowledgeBase, query: str, top_k: int = 5, *,
            where: dict | None = None, mode: Mode = "hybrid", max_per_document: int | None = None) -> list[SearchHit]:
     """Rank the knowledge base's chunks for ``query``.
 

@@ -35,7 +35,7 @@ from runtime.approved_files import read_rows
 from runtime.approved_index import ApprovedIndex, ApprovedMatch, IndexedAnswer, MatchRule
 
 if TYPE_CHECKING:
-    from atende.services import Services
+    from runtime.services import Services
 
 MAX_QUESTION, MAX_ANSWER, MAX_VARIANTS = 1000, 4096, 50
 SOURCE_KEYS = ("document_id", "chunk_id", "filename")

@@ -10,10 +10,10 @@ import time
 
 from sqlalchemy import update
 
-from atende.services import Services
 from core.db import utcnow
 from runtime.http_tools import HttpToolError, post_json
 from runtime.models import OutboundEvent
+from runtime.services import Services
 
 log = logging.getLogger(__name__)
 TIMEOUT_S = 10.0

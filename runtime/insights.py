@@ -34,11 +34,11 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
-from atende.services import Services
 from kb.embedders import Embedder, default_min_score
 from kb.models import Assistant, KnowledgeBase
 from runtime.models import Conversation, Message, MessageSource, Turn
 from runtime.review import ConversationFilters, selected_ids
+from runtime.services import Services
 
 MAX_QUESTIONS = 2000
 MIN_WORDS = 3

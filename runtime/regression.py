@@ -41,7 +41,7 @@ from runtime.turn import handle_message
 from runtime.types import TurnResult
 
 if TYPE_CHECKING:
-    from atende.services import Services
+    from runtime.services import Services
 
 logger = logging.getLogger(__name__)
 

@@ -38,13 +38,13 @@ from typing import IO
 from sqlalchemy import case, func, literal_column, or_, select
 from sqlalchemy.orm import Session, aliased
 
-from atende.services import Services
 from core.errors import InvalidRequest
 from kb.models import Assistant
 from runtime.feedback import RATINGS, SOURCES
 from runtime.models import (
     CHANNELS, CollectedData, Conversation, Message, MessageFeedback, MessageSource, ToolCallRecord, Turn,
 )
+from runtime.services import Services
 
 EXPORT_FORMATS = ("csv", "jsonl")
 EXPORT_PAGE_SIZE = 1000

@@ -15,10 +15,10 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from atende.services import Services
 from core.db import new_id, utcnow
 from runtime.config import Scheduling
 from runtime.models import Appointment
+from runtime.services import Services
 
 
 class SchedulingError(Exception):

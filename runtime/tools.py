@@ -25,7 +25,6 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from atende.services import Services
 from core.db import new_id, utcnow
 from core.errors import DomainError
 from kb.models import Assistant, KnowledgeBase
@@ -35,6 +34,7 @@ from runtime.config import TOOL_NAMES, AssistantConfig, DataField, HttpTool
 from runtime.http_tools import HttpToolError, call_http_tool
 from runtime.models import CollectedData, Conversation, Message, OutboundEvent, Turn
 from runtime.scheduling import SchedulingError, SlotTaken, available_slots, book, ensure_bookable, opening_hours
+from runtime.services import Services
 from runtime.types import ToolCall, ToolResult
 from runtime.validators import InvalidValue, parse_date, validate_value
 

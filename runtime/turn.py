@@ -15,7 +15,6 @@ from contextlib import contextmanager
 
 from sqlalchemy import select
 
-from atende.services import Services
 from core.db import utcnow
 from kb import registry
 from kb.keyword import fold
@@ -33,6 +32,7 @@ from runtime.prompt import (ANSWER_NOW, build_messages, fill_variables, focused_
                             seen_sources)
 from runtime.replies import (data_reply, rejection, says_not_found, small_talk, small_talk_reply, split_no_answer,
                              supported, without_echo)
+from runtime.services import Services
 from runtime.tools import ToolContext, Toolset, build_toolset
 from runtime.types import ToolCall, ToolResult, TurnResult, Usage
 

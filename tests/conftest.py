@@ -11,9 +11,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from atende.services import Services, build_services  # noqa: E402
+from atende.services import build_services  # noqa: E402
 from core.settings import SECRET_FIELDS, Settings  # noqa: E402
 from kb.embedders import EmbedderRegistry  # noqa: E402
+from runtime.services import Services  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ATENDE_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -98,7 +99,7 @@ def client(sqlite_services):
     """A TestClient on the real app, with its embedded job consumer running."""
     from fastapi.testclient import TestClient
 
-    from api.app import create_app
+    from atende.app import create_app
 
     with TestClient(create_app(services=sqlite_services)) as c:
         c.headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"

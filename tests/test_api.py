@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event, select
 
 from api import throttle
-from api.app import create_app
+from atende.app import create_app
 from kb.models import IngestJob
 from tests.conftest import ADMIN_TOKEN, make_services, requires_shared, shared_doc, wait_for_document
 

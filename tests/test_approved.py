@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from api.app import create_app
+from atende.app import create_app
 from kb import registry
 from kb.embedders import EmbedderRegistry
 from runtime import approved

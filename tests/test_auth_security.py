@@ -21,10 +21,10 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from api import throttle
-from api.app import create_app
 from api.deps import SESSION_COOKIE
 from api.routes.widget import issue_visitor_token
 from api.sessions import AdminSession
+from atende.app import create_app
 from atende.services import build_services
 from core.db import utcnow
 from core.secret_store import SecretStoreError, secrets_path

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
+from atende.app import create_app
 from benchmarks.body_limits import MIB, PUBLIC_ROUTES, ServerProcess, stream
 from runtime.whatsapp.models import WebhookPost, WhatsAppSender
 from runtime.whatsapp.webhook import sign

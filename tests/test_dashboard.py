@@ -10,9 +10,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
 from api.deps import SESSION_COOKIE
 from api.sessions import AdminSession, open_session, session_is_open
+from atende.app import create_app
 from core.db import new_id, utcnow
 from kb import registry
 from runtime import store

@@ -76,7 +76,7 @@ def site(tmp_path_factory, embedders):
     """uvicorn serving the real app on a free port, one assistant, conversations on other channels, Chromium."""
     import uvicorn
 
-    from api.app import create_app
+    from atende.app import create_app
 
     graph = GraphStandIn()
     graph.start()

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from api.app import create_app
+from atende.app import create_app
 from core.db import new_id, utcnow
 from kb import registry
 from runtime import feedback, store

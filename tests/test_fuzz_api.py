@@ -29,7 +29,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.python.asgi import shutdown_lifespans
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from api.app import create_app
+from atende.app import create_app
 from atende.services import build_services
 from core.settings import Settings
 from runtime.llm import ScriptedChatModel

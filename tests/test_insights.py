@@ -24,7 +24,7 @@ import pytest
 
 from fastapi.testclient import TestClient
 
-from api.app import create_app
+from atende.app import create_app
 from kb import registry
 from kb.embedders import default_min_score
 from kb.models import Assistant

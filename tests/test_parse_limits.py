@@ -11,7 +11,7 @@ import psutil
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
+from atende.app import create_app
 from ingest.errors import NoExtractableText, ParseLimitExceeded
 from ingest.parse import parse_document
 from ingest.sandbox import ParseLimits, parse_isolated

@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from api.app import create_app
 from atende import cli
+from atende.app import create_app
 from core.db import new_id, utcnow
 from core.errors import Conflict, InvalidRequest, NotFound
 from ingest.pipeline import run_job

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
+from atende.app import create_app
 from core.db import new_id
 from kb import registry
 from runtime import review, store

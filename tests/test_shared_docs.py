@@ -15,7 +15,7 @@ import pytest
 
 from atende import cli
 from atende.ingest_files import ingest_paths
-from atende.services import Services
+from runtime.services import Services
 from kb import registry
 from kb.models import Document
 from kb.search import search

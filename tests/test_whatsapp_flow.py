@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from api.app import create_app
+from atende.app import create_app
 from runtime.llm import ScriptedChatModel
 from runtime.llm_provider import FixedChatModelProvider
 from runtime.models import Conversation, Message, Turn

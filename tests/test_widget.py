@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
-from api.app import create_app
+from atende.app import create_app
 from api.routes import widget
 from ingest.pipeline import run_job
 from kb import registry

@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import func, select
 
-from api.app import create_app
+from atende.app import create_app
 from atende.migrate import migrate
 from core.db import make_engine
 from runtime.llm import ScriptedChatModel

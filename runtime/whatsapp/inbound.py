@@ -29,10 +29,10 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from atende.services import Services
 from core.db import new_id, utcnow
 from runtime.feedback import record_reaction
 from runtime.models import Conversation, Message
+from runtime.services import Services
 from runtime.store import find_or_create_conversation
 from runtime.whatsapp.models import WebhookPost, WhatsAppSender, WhatsAppTemplate
 from runtime.whatsapp.webhook import (

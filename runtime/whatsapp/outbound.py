@@ -8,10 +8,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from atende.services import Services
 from core.db import new_id, utcnow
 from core.errors import Conflict, InvalidRequest, NotFound
 from runtime.models import Conversation, Message
+from runtime.services import Services
 from runtime.whatsapp.models import WhatsAppSender, WhatsAppTemplate
 
 WINDOW = timedelta(hours=24)

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from atende.services import Services
 from core.db import utcnow
 from runtime import store
+from runtime.services import Services
 from runtime.turn import run_turn
 from runtime.types import TurnResult
 from runtime.whatsapp.outbound import send_reply

@@ -1,0 +1,55 @@
+"""The application factory: services, background jobs and the demo wired around the HTTP app (api.app)."""
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.app import build_app
+from atende import __version__
+from atende.demo import ensure_demo
+from atende.jobs import make_huey, requeue_interrupted, start_embedded_consumer
+from atende.services import build_services
+from core.settings import Settings
+from runtime.services import Services
+
+log = logging.getLogger(__name__)
+
+
+def _warm_up(services: Services) -> None:
+    try:
+        services.chat_models.get()
+    except Exception as exc:  # the API still serves search and admin routes without a chat model
+        log.warning("chat model unavailable: %s", exc)
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None, demo: bool = False) -> FastAPI:
+    """Build the app; background jobs run in-process unless ``settings.workers`` is 0.
+
+    With ``demo`` the demo assistant is created (if missing) and its sample documents queued.
+    """
+    services = services or build_services(settings or Settings())
+    huey = make_huey(services)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        consumer = None
+        if services.settings.workers > 0:
+            consumer = start_embedded_consumer(huey, services.settings.workers)
+            if not services.settings.redis_url:  # the only worker: nothing else can be running them
+                requeue_interrupted(services)
+        if demo:
+            for job_id in ensure_demo(services):
+                services.enqueue(job_id)
+            # start the embedded chat model now, so the first customer does not wait for it
+            threading.Thread(target=_warm_up, args=(services,), daemon=True).start()
+        yield
+        if consumer is not None:
+            consumer.stop(graceful=True)
+        services.chat_models.close()
+
+    app = build_app(services, __version__, lifespan)
+    app.state.huey = huey
+    return app
