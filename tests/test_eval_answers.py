@@ -8,9 +8,9 @@ import re
 import pytest
 
 from atende.cli import build_parser
-from benchmarks import answers
-from benchmarks.answers import best_f1, contains_answer, format_report, normalize, sample_queries, token_f1
-from benchmarks.retrieval import half
+from atende.evaluation import answers
+from atende.evaluation.answers import best_f1, contains_answer, format_report, normalize, sample_queries, token_f1
+from atende.evaluation.retrieval import half
 from runtime.llm import ScriptedChatModel
 from runtime.llm_provider import FixedChatModelProvider
 from tests.conftest import make_services

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from benchmarks.retrieval import half, scores, select_queries
+from atende.evaluation.retrieval import half, scores, select_queries
 
 
 def test_metrics_match_hand_computed_values():

@@ -4,7 +4,7 @@ Every entry of ``faq.jsonl`` (``{"id", "question", "answer", "lang"}``) becomes 
 its question only, no variants, in the in-memory ``ApprovedIndex`` that ``runtime.approved.match`` uses;
 each query of ``queries.jsonl`` (``{"id", "question", "gold_id" or null, "kind"}``) in the chosen half is
 embedded and matched, and the model's ``MatchRule`` decides. ``--split dev|test`` keeps the queries whose
-id falls in that half (the stable hash of ``benchmarks.retrieval.half``): rules are chosen on dev and
+id falls in that half (the stable hash of ``atende.evaluation.retrieval.half``): rules are chosen on dev and
 reported on test.
 
 Figures per set: on positives (``paraphrase``, which must match ``gold_id``), precision = right matches /
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.retrieval import half, load_jsonl
+from atende.evaluation.retrieval import half, load_jsonl
 from kb.embedders import EmbedderRegistry
 from runtime.approved import match_rule
 from runtime.approved_index import ApprovedIndex, ApprovedMatch, IndexedAnswer, MatchRule

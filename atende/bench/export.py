@@ -5,7 +5,7 @@ three cited passages, every fourth reply with a function call), then streams the
 as CSV through ``runtime.review.stream_export`` -- the generator the HTTP route serves -- into a sink
 that parses every row back (``json.loads`` per line / ``csv.reader``) and keeps nothing. The process's
 RSS is sampled after every chunk; the figures at 10k, 50k and 100k rows show whether it is flat.
-Run: ``python -m benchmarks.export [--messages N] [--database-url URL]``.
+Run: ``python -m atende.bench.export [--messages N] [--database-url URL]``.
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ before their newest message was ``whatsapp_debounce_s`` old).
 
 SQLite and the SQLite huey queue in a temporary data dir by default; ``database_url`` (PostgreSQL) and
 ``redis_url`` (the huey queue; that Redis database is FLUSHED before and after) select the other setup.
-Run: ``python -m benchmarks.whatsapp_load`` (defaults: 100 customers, 200 posts/s, 30 s, LLM 2 s,
+Run: ``python -m atende.bench.whatsapp_load`` (defaults: 100 customers, 200 posts/s, 30 s, LLM 2 s,
 32 workers); ``--postgres postgresql+psycopg://postgres@127.0.0.1:5432/postgres`` creates and drops a
 throw-away database; ``--redis redis://127.0.0.1:6379/14``. ``BENCH_PROGRESS=1`` prints the generator's
 progress every 5 s; ``kill -USR1 <pid>`` dumps every thread's stack (where a stalled run waits).
@@ -696,7 +696,7 @@ def main(argv: list[str] | None = None) -> int:
     import signal
 
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: every thread's stack to stderr
-    p = argparse.ArgumentParser(prog="python -m benchmarks.whatsapp_load", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m atende.bench.whatsapp_load", description=__doc__.split("\n")[0])
     p.add_argument("--customers", type=int, default=100)
     p.add_argument("--rate", type=float, default=200.0, help="target webhook posts per second")
     p.add_argument("--seconds", type=float, default=30.0)

@@ -1,7 +1,7 @@
 """Answer-level evaluation (``atende eval answers``): the whole runtime on a sample of QA questions.
 
 The corpus (``{"id", "title", "text"}`` per line) becomes a throw-away knowledge base, one ``<id>.md``
-document per passage (see :mod:`benchmarks.retrieval`). The assistant ``eval`` gets a neutral system
+document per passage (see :mod:`atende.evaluation.retrieval`). The assistant ``eval`` gets a neutral system
 prompt and retrieval on every turn (top 3); each sampled question (``{"id", "question", "answers",
 "gold_ids"}``) is sent as a new customer on the ``test`` channel through the real turn engine, with the
 services' chat model (by default the embedded local model).
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.retrieval import evaluation_services, ingest_corpus, load_jsonl, select_queries
+from atende.evaluation.retrieval import evaluation_services, ingest_corpus, load_jsonl, select_queries
 from kb import registry
 from kb.keyword import message_language
 from runtime.config import merge_config
@@ -176,18 +176,31 @@ def evaluate_answers(corpus_path: Path, queries_path: Path, *, model: str, sampl
                      "passages": len(corpus), "top_k": TOP_K, "oos": str(oos_path) if oos_path else None}}
 
 
+# The child process of run_baseline. Revisions from before the harnesses moved into atende/evaluation/
+# (issue 18) keep the corpus helpers this harness imports in benchmarks/retrieval.py.
+_BASELINE_CHILD = """\
+import importlib, runpy, sys
+sys.path.insert(0, {tree!r})
+try:
+    importlib.import_module("atende.evaluation.retrieval")
+except ModuleNotFoundError:
+    sys.modules["atende.evaluation.retrieval"] = importlib.import_module("benchmarks.retrieval")
+sys.argv = ["answers"] + {argv!r}
+runpy.run_path({harness!r}, run_name="__main__")
+"""
+
+
 def run_baseline(rev: str, argv: list[str], log=print) -> dict:
     """This harness (the file itself, so old revisions get the same measures) run with the runtime of git
     revision ``rev``: a temporary worktree goes first on ``sys.path`` of a child process, which is given
     ``argv`` (the ``eval answers`` options) and must print the JSON result."""
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     with tempfile.TemporaryDirectory(prefix="atende-baseline-") as tmp:
         tree = Path(tmp) / "tree"
         subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(tree), rev],
                        check=True, capture_output=True)
         try:
-            code = (f"import sys, runpy; sys.path.insert(0, {str(tree)!r}); sys.argv = ['answers'] + {argv!r}; "
-                    f"runpy.run_path({__file__!r}, run_name='__main__')")
+            code = _BASELINE_CHILD.format(tree=str(tree), argv=argv, harness=__file__)
             proc = subprocess.run([sys.executable, "-c", code], cwd=tree, stdout=subprocess.PIPE, text=True, check=True)
         finally:
             subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tree)], capture_output=True)
@@ -195,7 +208,7 @@ def run_baseline(rev: str, argv: list[str], log=print) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python benchmarks/answers.py --corpus ... --queries ... [--oos ...]``: the result as JSON on stdout
+    """``python atende/evaluation/answers.py --corpus ... --queries ... [--oos ...]``: the result as JSON on stdout
     (progress on stderr); what :func:`run_baseline` runs."""
     import argparse
 

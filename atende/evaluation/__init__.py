@@ -1,0 +1,1 @@
+"""The evaluation harnesses behind ``atende eval``: retrieval, answers and approved-answer matching."""
