@@ -8,13 +8,13 @@ the row, so a copied cookie stops working at once.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 from datetime import datetime, timedelta
 
 from sqlalchemy import String, delete
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from core import signing
 from core.db import Base, UTCDateTime, utcnow
 from core.settings import Settings
 
@@ -34,7 +34,7 @@ class AdminSession(Base):
 
 def _session_id(settings: Settings, value: str) -> str:
     key = hashlib.sha256(f"dashboard-session\0{settings.session_secret}\0{settings.admin_token}".encode()).digest()
-    return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
+    return signing.sign(key, value).hex()
 
 
 def open_session(db: Session, settings: Settings, now: datetime | None = None) -> str:

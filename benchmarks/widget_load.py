@@ -141,8 +141,7 @@ async def _request(host: str, port: int, path: str, body: dict | bytes, headers:
 
 async def _load(host: str, port: int, visitors: int, baseline_s: float, load_s: float, webhook_rate: float,
                 run_id: str, timeout_s: float) -> dict:
-    import hashlib
-    import hmac
+    from runtime.whatsapp.webhook import sign
 
     loop = asyncio.get_running_loop()
     t0 = loop.time() + 0.2
@@ -163,7 +162,7 @@ async def _load(host: str, port: int, visitors: int, baseline_s: float, load_s: 
 
     async def webhook(i: int, due: float) -> None:
         raw = json.dumps(text_body(f"wamid.wbench.{run_id}.{i}", customer_id(i % 20), "Oi", int(time.time()))).encode()
-        signature = "sha256=" + hmac.new(SECRET.encode(), raw, hashlib.sha256).hexdigest()
+        signature = sign(raw, SECRET)
         status, _, _ = await call("/webhooks/whatsapp", raw, {"X-Hub-Signature-256": signature})
         acks.append((due - t0, loop.time() - t0, status))  # latency from the scheduled time: stalls are not hidden
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import codecs
 import functools
-import hashlib
-import hmac
 import ipaddress
 import json
 import socket
@@ -29,6 +27,7 @@ import anyio
 import anyio.to_thread
 import httpx
 
+from core import signing
 from core.settings import Settings
 from runtime.config import PLACEHOLDER, HttpTool
 
@@ -99,7 +98,7 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
 
     The receiver recomputes it over the raw body with the shared secret, compares in constant time
     and refuses old timestamps (a replay)."""
-    return "sha256=" + hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return "sha256=" + signing.sign(secret, f"{timestamp}.", body).hex()
 
 
 def fill_url(template: str, arguments: dict, bound: dict[str, str]) -> tuple[str, dict]:

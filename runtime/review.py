@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import IO
 
+import numpy as np
 from sqlalchemy import case, func, literal_column, or_, select
 from sqlalchemy.orm import Session, aliased
 
@@ -247,14 +248,8 @@ def response_times_ms(session: Session, sel) -> list[float]:
 
 
 def percentile(values: list[float], p: float) -> float | None:
-    """The p-th percentile, interpolating linearly between closest ranks (numpy's default)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * p / 100
-    lo = int(k)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+    """The p-th percentile, interpolating linearly between closest ranks (numpy's default); None for none."""
+    return float(np.percentile(values, p)) if values else None
 
 
 def _utc_day(session: Session):

@@ -19,8 +19,6 @@ reply, a new one replaces it; ``runtime.feedback``). Ratings are not rate-limite
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import re
 import secrets
 from contextlib import asynccontextmanager
@@ -38,6 +36,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from api.deps import ServicesDep
+from core import signing
 from core.errors import InvalidRequest, NotFound
 from kb import registry
 from runtime import feedback, store
@@ -143,7 +142,7 @@ class WidgetHistory(BaseModel):
 
 
 def _signature(secret: str, assistant_id: str, visitor_id: str) -> str:
-    mac = hmac.new(secret.encode(), f"widget:{assistant_id}:{visitor_id}".encode(), hashlib.sha256).digest()
+    mac = signing.sign(secret, f"widget:{assistant_id}:{visitor_id}")
     return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
 
@@ -159,7 +158,7 @@ def verify_visitor_token(secret: str, assistant_id: str, token: str) -> str | No
     if not _VISITOR_ID.match(visitor_id):
         return None
     expected = _signature(secret, assistant_id, visitor_id)
-    return visitor_id if hmac.compare_digest(sig.encode(), expected.encode()) else None
+    return visitor_id if signing.verify(expected, sig) else None
 
 
 # --- the assistant and CORS -----------------------------------------------------------------------

@@ -9,10 +9,11 @@ Run: ``atende bench turn`` (or ``make bench``).
 """
 from __future__ import annotations
 
-import statistics
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 from atende.demo import DEMO_DIR, ensure_demo
 from atende.services import build_services
@@ -32,11 +33,6 @@ QUESTIONS = [
     "Preciso levar algum documento?", "Tem estacionamento?",
 ]
 STAGES = ("retrieval_ms", "prompt_ms", "llm_ms", "tools_ms", "log_ms", "total_ms")
-
-
-def _percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
 def _scripted_reply(i: int):
@@ -118,8 +114,8 @@ def _local(services, n: int) -> dict:
 
 
 def _summary(values: list[float]) -> dict:
-    return {"p50": round(statistics.median(values), 2), "p95": round(_percentile(values, 95), 2),
-            "max": round(max(values), 2)}
+    p50, p95 = np.percentile(values, [50, 95])
+    return {"p50": round(float(p50), 2), "p95": round(float(p95), 2), "max": round(max(values), 2)}
 
 
 def _print(report: dict) -> None:

@@ -39,6 +39,8 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
+
 PHONE_ID, SECRET, ADMIN_TOKEN = "106540352200001", "bench-app-secret", "bench-admin-token"
 REPLY = "Olá! Recebemos sua mensagem e já vamos ajudar. *Horário*: seg a sex, 9h às 18h."
 TEXTS = ["Oi", "Qual o horário?", "Quanto custa a limpeza?", "Vocês atendem sábado?", "Onde fica?", "Obrigado!"]
@@ -115,9 +117,9 @@ async def _load(url: str, customers: int, rate: float, seconds: float, run_id: s
     requests) per event, so once the server falls behind it eats a whole core and stops keeping the schedule.
     """
     import asyncio
-    import hashlib
-    import hmac
     from urllib.parse import urlsplit
+
+    from runtime.whatsapp.webhook import sign
 
     parts = urlsplit(url)
     host, port, path = parts.hostname, parts.port, parts.path
@@ -129,7 +131,7 @@ async def _load(url: str, customers: int, rate: float, seconds: float, run_id: s
         c = i % customers
         wamid = f"wamid.bench.{run_id}.{i}"
         raw = json.dumps(text_body(wamid, customer_id(c), TEXTS[(i // customers) % len(TEXTS)], int(time.time()))).encode()
-        signature = "sha256=" + hmac.new(SECRET.encode(), raw, hashlib.sha256).hexdigest()
+        signature = sign(raw, SECRET)
         sent = loop.time()
         try:
             status = await asyncio.wait_for(_post(host, port, path, raw, signature), timeout_s)
@@ -435,19 +437,12 @@ def _wait_drained(services, watch: _QueueWatch, timeout_s: float) -> tuple[bool,
     return False, time.monotonic() - t0, state
 
 
-def _percentile(values: list[float], p: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
-
-
 def _summary(values: list[float], digits: int = 1) -> dict:
     if not values:
         return {"n": 0}
-    return {"n": len(values), "p50": round(_percentile(values, 50), digits), "p90": round(_percentile(values, 90), digits),
-            "p99": round(_percentile(values, 99), digits), "max": round(max(values), digits),
-            "mean": round(statistics.fmean(values), digits)}
+    p50, p90, p99 = (float(v) for v in np.percentile(values, [50, 90, 99]))
+    return {"n": len(values), "p50": round(p50, digits), "p90": round(p90, digits), "p99": round(p99, digits),
+            "max": round(max(values), digits), "mean": round(statistics.fmean(values), digits)}
 
 
 def _verify(services, graph, llm: SlowScriptedLLM, watch: _QueueWatch, load: dict, rate: float, seconds: float,

@@ -8,8 +8,6 @@ Only the standard library is used, so the real ``GraphClient`` is what gets test
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import re
 import threading
@@ -20,6 +18,8 @@ import uuid
 from collections import deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from runtime.whatsapp import webhook
 
 _MESSAGES_PATH = re.compile(r"^/v\d+(?:\.\d+)?/[^/]+/messages$")
 _BSUID = re.compile(r"^[A-Z]{2}\.[A-Za-z0-9.]+$")
@@ -232,7 +232,7 @@ def status_body(phone_number_id: str, wamid: str, recipient_id: str, status: str
 
 def sign(app_secret: str, raw_body: bytes) -> str:
     """The ``X-Hub-Signature-256`` value Meta sends with ``raw_body``."""
-    return "sha256=" + hmac.new(app_secret.encode(), raw_body, hashlib.sha256).hexdigest()
+    return webhook.sign(raw_body, app_secret)
 
 
 def signed_post(webhook_url: str, app_secret: str, body: dict) -> int:

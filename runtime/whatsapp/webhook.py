@@ -7,14 +7,13 @@ or nested too deep), before anything is stored.
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Union
 
+from core import signing
 from core.db import utcnow
 
 SIGNATURE_PREFIX = "sha256="
@@ -102,7 +101,7 @@ Event = Union[InboundMessage, StatusUpdate, TemplateStatusUpdate, Unhandled]
 
 def sign(raw_body: bytes, secret: str) -> str:
     """The ``X-Hub-Signature-256`` header value Meta sends for this body."""
-    return SIGNATURE_PREFIX + hmac.new(secret.encode(), raw_body, hashlib.sha256).hexdigest()
+    return SIGNATURE_PREFIX + signing.sign(secret, raw_body).hex()
 
 
 class MalformedBody(ValueError):
@@ -133,13 +132,12 @@ def verify_signature(raw_body: bytes, header: str | None, secrets: list[str]) ->
     """The app secret whose HMAC-SHA256 of the raw body matches the header, or None."""
     if not header or not header.startswith(SIGNATURE_PREFIX):
         return None
-    given = header[len(SIGNATURE_PREFIX):].strip().lower().encode()
+    given = header[len(SIGNATURE_PREFIX):].strip().lower()
     if len(given) != 64:
         return None
     found = None
     for secret in secrets:  # every secret is tried, so timing does not tell which one matched
-        expected = hmac.new(secret.encode(), raw_body, hashlib.sha256).hexdigest().encode()
-        if hmac.compare_digest(expected, given) and found is None:
+        if signing.verify(signing.sign(secret, raw_body).hex(), given) and found is None:
             found = secret
     return found
 
