@@ -2,8 +2,9 @@
 as ``MessageFeedback`` rows. Functions here flush and never commit: the caller does, so a webhook post stays
 one transaction.
 
-Only AI replies can be rated: outbound messages written by a turn (``turn_id`` set), every part of a reply
-split for WhatsApp included. Operator messages, templates and the customer's own messages cannot.
+Only AI replies can be rated: outbound messages written by a turn (``turn_id`` set); a reaction to any part
+of a reply split for WhatsApp rates the reply. Operator messages, templates and the customer's own messages
+cannot.
 
 - source: ``reviewer`` (dashboard / admin API), ``customer_reaction`` (a WhatsApp reaction), ``widget``.
 - rating: ``good`` or ``bad``; ``neutral`` only for reactions that say neither (😮, 😂, 🎉...).
@@ -24,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from core.db import new_id, utcnow
 from core.errors import InvalidRequest, NotFound
-from runtime.models import Message, MessageFeedback
+from runtime.models import Message, MessageFeedback, MessagePart
 
 Source = Literal["reviewer", "customer_reaction", "widget"]
 Rating = Literal["good", "bad", "neutral"]
@@ -106,9 +107,9 @@ def record_reaction(session: Session, conversation_id: str, reacted_to: str, emo
     conversation: stored as the reply's ``customer_reaction``, or, with an empty emoji (reaction removed),
     the stored one deleted. Returns the reply's reaction afterwards; None when there is none or the message
     is unknown or not an AI reply (then nothing is recorded)."""
-    message = session.scalar(select(Message).where(
+    message = session.scalar(select(Message).join(MessagePart, MessagePart.message_id == Message.id).where(
         Message.conversation_id == conversation_id, Message.direction == "outbound",
-        Message.channel_message_id == reacted_to))
+        MessagePart.channel_message_id == reacted_to))
     if message is None or not is_ai_reply(message):
         return None
     emoji = emoji.strip()[:EMOJI_MAX]

@@ -1,5 +1,5 @@
-"""Conversation log tables: conversations, messages, turns, tool calls, cited sources, collected data,
-appointments and outbound events (handoff notifications)."""
+"""Conversation log tables: conversations, messages (and the parts a channel sent of them), turns, tool calls,
+cited sources, collected data, appointments and outbound events (handoff notifications)."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -83,6 +83,36 @@ class Message(Base):
 
     sources: Mapped[list["MessageSource"]] = relationship(cascade="all, delete-orphan", order_by="MessageSource.rank")
     tool_calls: Mapped[list["ToolCallRecord"]] = relationship(cascade="all, delete-orphan", order_by="ToolCallRecord.position")
+    parts: Mapped[list["MessagePart"]] = relationship(cascade="all, delete-orphan", order_by="MessagePart.position")
+
+
+class MessagePart(Base):
+    """One message a channel actually sent of an outbound message: WhatsApp takes at most 4096 characters, so a
+    long reply goes out in several. The message keeps what was written (the model's text, with its sources);
+    each part keeps the text sent, the channel's id for it and its own delivery status, which the message's
+    status, ``channel_message_id`` (the first part's), ``sent_at`` and channel cost sum up
+    (``runtime.whatsapp.delivery.settle``)."""
+
+    __tablename__ = "message_parts"
+    __table_args__ = (UniqueConstraint("message_id", "position"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)  # the send's callback data
+    message_id: Mapped[str] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)  # as sent: rendered for the channel
+    status: Mapped[str] = mapped_column(String(20))  # pending | unknown | sent | delivered | read | played | failed
+    channel_message_id: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
+    error_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error_title: Mapped[str | None] = mapped_column(Text, nullable=True)
+    billable: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    pricing_category: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    channel_cost: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    def as_dict(self) -> dict:
+        keys = ("position", "text", "status", "channel_message_id", "error_code", "error_title", "sent_at")
+        return {k: getattr(self, k) for k in keys}
 
 
 class ToolCallRecord(Base):

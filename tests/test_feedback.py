@@ -20,7 +20,7 @@ from runtime import feedback, store
 from runtime.feedback import REASONS, Reason, rating_for_emoji
 from runtime.llm import ScriptedChatModel
 from runtime.llm_provider import FixedChatModelProvider
-from runtime.models import Conversation, Message, MessageFeedback
+from runtime.models import Conversation, Message, MessageFeedback, MessagePart
 from runtime.types import TurnResult, Usage
 from runtime.whatsapp.standin import GraphStandIn
 from runtime.whatsapp.turns import run_whatsapp_turn
@@ -313,7 +313,8 @@ def rated(services, fixture_log):  # noqa: F811  (the imported fixture)
         rate(s, replies["c3"][0], source="reviewer", rating="bad", reason="not_grounded", comment="inventou")
         rate(s, replies["c3"][0], source="reviewer", rating="bad", reason="wrong")
         for name, wamid, emoji in (("c1", "wamid.c1", "👍🏼"), ("c4", "wamid.c4", "😮")):
-            s.get(Message, replies[name][0]).channel_message_id = wamid
+            reply = s.get(Message, replies[name][0])  # as if sent on WhatsApp, in one part
+            reply.parts = [MessagePart(id=new_id(), position=0, text=reply.text, status="sent", channel_message_id=wamid)]
             assert feedback.record_reaction(s, fixture_log[name], wamid, emoji, at=utcnow()) is not None
         s.commit()
     return fixture_log, replies

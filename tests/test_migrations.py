@@ -69,6 +69,34 @@ def test_booking_tools_left_at_the_old_default_are_turned_off(database_url):
     engine.dispose()
 
 
+def test_whatsapp_messages_already_sent_become_one_part_each(database_url):
+    """Revision 0012: an outbound WhatsApp message sent before it gets one part, with its id (the callback data
+    its send carried) and its delivery fields; messages of other channels and inbound ones get none."""
+    engine = make_engine(database_url)
+    upgrade_to(engine, "0011")
+    insert = sa.text("INSERT INTO messages (id, conversation_id, direction, text, status, channel_message_id, kind, "
+                     "channel_cost, created_at, tokens_in, tokens_out, cost) VALUES (:id, :conv, :direction, 'Olá', "
+                     ":status, :wamid, 'text', 0.008, CURRENT_TIMESTAMP, 0, 0, 0)")
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO assistants (id, name, description, created_at, updated_at, config) "
+                             "VALUES ('a', 'a', '', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, '{}')"))
+        for conv, channel in (("wa", "whatsapp"), ("api", "api")):
+            conn.execute(sa.text("INSERT INTO conversations (id, assistant_id, channel, sender, customer_id, ai_enabled, "
+                                 "variables, created_at, tokens_in, tokens_out, cost) VALUES (:id, 'a', :channel, 's', "
+                                 "'c', true, '{}', CURRENT_TIMESTAMP, 0, 0, 0)"), {"id": conv, "channel": channel})
+        for id_, conv, direction, status, wamid in (("m1", "wa", "outbound", "read", "wamid.1"),
+                                                    ("m2", "wa", "inbound", "answered", "wamid.2"),
+                                                    ("m3", "wa", "outbound", "not_sent", None),
+                                                    ("m4", "api", "outbound", "answered", None)):
+            conn.execute(insert, {"id": id_, "conv": conv, "direction": direction, "status": status, "wamid": wamid})
+    migrate(engine)
+    with engine.connect() as conn:
+        parts = conn.execute(sa.text("SELECT id, message_id, position, text, status, channel_message_id, channel_cost "
+                                     "FROM message_parts")).all()
+    assert [tuple(p) for p in parts] == [("m1", "m1", 0, "Olá", "read", "wamid.1", 0.008)]
+    engine.dispose()
+
+
 @pytest.mark.parametrize("tables, previous, indexes", [
     ({"approved_answers"}, "0004", {"approved_answers": {"ix_approved_answers_assistant_id"}}),
     ({"message_feedback"}, "0005", {"message_feedback": {"ix_message_feedback_message_id",
@@ -78,6 +106,8 @@ def test_booking_tools_left_at_the_old_default_are_turned_off(database_url):
      {"regression_runs": {"ix_regression_runs_assistant_id", "uq_regression_runs_running"}}),
     ({"admin_sessions", "auth_failures"}, "0008", {"admin_sessions": {"ix_admin_sessions_expires_at"},
                                                    "auth_failures": {"ix_auth_failures_last_failure_at"}}),
+    ({"message_parts"}, "0011", {"message_parts": {"ix_message_parts_message_id",
+                                                   "ix_message_parts_channel_message_id"}}),
 ])
 def test_round_two_tables_go_up_and_down_and_match_the_models(database_url, tables, previous, indexes):
     """Each migration of round two: its tables and indexes exist at head, match the models, are

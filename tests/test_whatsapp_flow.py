@@ -13,9 +13,10 @@ from sqlalchemy import func, select
 from atende.app import create_app
 from runtime.llm import ScriptedChatModel
 from runtime.llm_provider import FixedChatModelProvider
-from runtime.models import Conversation, Message, Turn
+from runtime.types import ToolCall
+from runtime.models import Conversation, Message, MessagePart, Turn
 from runtime.whatsapp.standin import GraphStandIn, sign, status_body
-from tests.conftest import ADMIN_TOKEN, make_services
+from tests.conftest import ADMIN_TOKEN, make_services, wait_for_document
 
 SECRET, PHONE_ID, CUSTOMER = "app-secret-flow", "106540352242922", "5511987654321"
 
@@ -182,7 +183,47 @@ def test_a_send_timeout_is_unknown_not_resent_and_settled_by_status(wa):
     unknown = wait_for(lambda: [m for m in outbound(services) if m.status == "unknown"])[0]
     time.sleep(1.5)
     assert len(graph.sent) == 1 and unknown.channel_message_id is None  # never blindly re-sent
-    assert graph.sent[0]["json"]["biz_opaque_callback_data"] == unknown.id
-    post(client, status_body(PHONE_ID, "wamid.learnt", CUSTOMER, "delivered", callback_data=unknown.id))
+    (part,) = outbound_parts(services)
+    assert graph.sent[0]["json"]["biz_opaque_callback_data"] == part.id and part.status == "unknown"
+    post(client, status_body(PHONE_ID, "wamid.learnt", CUSTOMER, "delivered", callback_data=part.id))
     settled = wait_for(lambda: [m for m in outbound(services) if m.status == "delivered"])[0]
     assert settled.id == unknown.id and settled.channel_message_id == "wamid.learnt"
+    assert [(p.status, p.channel_message_id) for p in outbound_parts(services)] == [("delivered", "wamid.learnt")]
+
+
+def test_a_long_reply_is_logged_as_written_and_every_part_sent_is_tracked(wa):
+    """A reply over WhatsApp's 4096 characters goes out in parts: the logged reply keeps what the model wrote and
+    its sources, every part sent is recorded against it, and the statuses of every part settle the reply."""
+    client, services, model, graph, clock, _ = wa
+    assistant = client.get("/api/assistants/loja").json()
+    client.patch(f"/api/assistants/{assistant['id']}", json={"config": {"retrieval": {"mode": "as_tool"}}})
+    doc = client.post(f"/api/assistants/{assistant['id']}/documents",
+                      files={"file": ("horarios.txt", "Horário\n\nAbrimos de segunda a sexta, das 8h às 18h.".encode())})
+    wait_for_document(client, doc.json()["id"])
+    written = "\n\n".join(f"**Parte {i}.** Abrimos de segunda a sexta, das 8h às 18h; {'detalhe ' * 60}fim."
+                          for i in range(20))  # ~10,000 characters
+    model.enqueue([ToolCall("call_0", "search_knowledge_base", {"query": "horário"})], written)
+    post(client, text_payload("wamid.long", "Que horas abrem?", clock.now))
+    wait_for(lambda: len(graph.sent) == 3 and [m for m in outbound(services) if m.status == "sent"])
+    with services.session() as session:
+        (reply,) = session.scalars(select(Message).where(Message.direction == "outbound")).all()
+        assert reply.text == written and [s.filename for s in reply.sources] == ["horarios.txt"]
+        parts = [(p.position, p.text, p.status, p.channel_message_id) for p in reply.parts]
+    assert [p[1] for p in parts] == [s["json"]["text"]["body"] for s in graph.sent]
+    assert [s["json"]["biz_opaque_callback_data"] for s in graph.sent] == [p.id for p in outbound_parts(services)]
+    assert [p[2] for p in parts] == ["sent"] * 3 and all(p[3] for p in parts)
+    assert reply.channel_message_id == parts[0][3]
+    for _, _, _, wamid in parts:  # every part delivered: only then is the reply
+        assert outbound(services)[0].status == "sent"
+        post(client, status_body(PHONE_ID, wamid, CUSTOMER, "delivered",
+                                 pricing={"billable": True, "category": "utility", "pricing_model": "PMP"}))
+    final = wait_for(lambda: [m for m in outbound(services) if m.status == "delivered"])[0]
+    assert final.channel_cost == pytest.approx(3 * 0.008)  # Meta charges each part
+    conversation = client.get(f"/api/conversations/{final.conversation_id}").json()
+    assert [m["direction"] for m in conversation["messages"]] == ["inbound", "outbound"]
+    assert conversation["messages"][1]["text"] == written and conversation["messages"][1]["sources"]
+
+
+def outbound_parts(services) -> list[MessagePart]:
+    with services.session() as session:
+        return list(session.scalars(select(MessagePart).order_by(MessagePart.position)))

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from core.db import new_id, utcnow
 from kb import registry
-from runtime.models import Conversation, Message, Turn
+from runtime.models import Conversation, Message, MessagePart, Turn
 from runtime.store import find_or_create_conversation
 import runtime.whatsapp.inbound as inbound
 from runtime.whatsapp.inbound import SignatureError, accept_post, advances, process_post
@@ -138,6 +138,8 @@ def add_outbound(services, assistant_id: str, phone_number_id: str, customer_id:
                                            customer_id=customer_id)
         msg = Message(id=new_id(), conversation_id=conv.id, direction="outbound", text="Hello!", status=status,
                       channel_message_id=wamid, created_at=utcnow())
+        msg.parts = [MessagePart(id=new_id(), position=0, text="Hello!", status=status, channel_message_id=wamid,
+                                 created_at=utcnow())]  # as outbound.send_reply stores a one-part send
         s.add(msg)
         s.commit()
         return msg.id

@@ -13,8 +13,8 @@ latency from the actual send is reported too).
 After the load it waits (bounded by ``drain_timeout_s``) until every post is processed, every inbound
 message is covered by a turn, every reply is sent and the queue is empty, then checks from the database:
 each acknowledged wamid stored exactly once; every inbound message covered by a turn; one reply per
-turn (or its split parts); replies received by the stand-in == outbound messages with status ``sent``
-(and none sent twice). Debounce is reported (turns per customer, messages per turn, turns that started
+turn, sent in as many parts as it splits into; messages received by the stand-in == parts with status
+``sent`` (and none sent twice). Debounce is reported (turns per customer, messages per turn, turns that started
 before their newest message was ``whatsapp_debounce_s`` old).
 
 SQLite and the SQLite huey queue in a temporary data dir by default; ``database_url`` (PostgreSQL) and
@@ -447,9 +447,9 @@ def _summary(values: list[float], digits: int = 1) -> dict:
 
 def _verify(services, graph, llm: SlowScriptedLLM, watch: _QueueWatch, load: dict, rate: float, seconds: float,
             customers: int, workers: int) -> dict:
-    from sqlalchemy import select
+    from sqlalchemy import func, select
 
-    from runtime.models import Conversation, Message, Turn
+    from runtime.models import Conversation, Message, MessagePart, Turn
     from runtime.whatsapp.models import WebhookPost
     from runtime.whatsapp.render import render_for_whatsapp, split_message
 
@@ -477,6 +477,8 @@ def _verify(services, graph, llm: SlowScriptedLLM, watch: _QueueWatch, load: dic
                                               Message.status, Message.created_at).where(Message.direction == "inbound")))
         outbound = list(session.execute(select(Message.id, Message.turn_id, Message.status, Message.sent_at,
                                                Message.text).where(Message.direction == "outbound")))
+        parts = collections.Counter(session.scalars(select(MessagePart.message_id)))
+        parts_sent = session.scalar(select(func.count()).select_from(MessagePart).where(MessagePart.status == "sent"))
         turns = list(session.execute(select(Turn.id, Turn.conversation_id, Turn.status, Turn.started_at,
                                             Turn.finished_at, Turn.error)))
         posts = list(session.execute(select(WebhookPost.received_at, WebhookPost.body, WebhookPost.processed,
@@ -516,7 +518,7 @@ def _verify(services, graph, llm: SlowScriptedLLM, watch: _QueueWatch, load: dic
             covered[m.turn_id].append(m)
             if m.status != "answered":
                 violate("inbound_not_answered", f"{m.channel_message_id} status {m.status}")
-    # 3. each turn produced exactly one reply (one outbound, or the split parts of it)
+    # 3. each turn produced exactly one reply, sent in the parts it splits into
     expected_parts = len(split_message(render_for_whatsapp(REPLY)))
     replies = collections.defaultdict(list)
     for o in outbound:
@@ -529,19 +531,20 @@ def _verify(services, graph, llm: SlowScriptedLLM, watch: _QueueWatch, load: dic
         n = len(replies.get(t.id, []))
         if n == 0:
             violate("turn_without_reply", t.id)
-        elif n != expected_parts:
+        elif n != 1:
             violate("turn_with_extra_replies", f"{t.id}: {n} outbound")
+        elif parts[replies[t.id][0].id] != expected_parts:
+            violate("reply_with_wrong_parts", f"{t.id}: {parts[replies[t.id][0].id]} parts")
     for turn_id, rs in replies.items():
         if turn_id is None or turn_id not in turn_by_id:
             violate("reply_without_turn", rs[0].id, len(rs))
-    # 4. replies the stand-in received == outbound messages with status sent; none sent twice
+    # 4. messages the stand-in received == parts with status sent; none sent twice
     with graph._lock:
         sent = list(graph.sent)
     by_callback = collections.Counter((s["json"] or {}).get("biz_opaque_callback_data") for s in sent)
-    sent_status = [o for o in outbound if o.status == "sent"]
-    if len(sent) != len(sent_status):
-        violate("standin_vs_sent_mismatch", f"stand-in got {len(sent)}, {len(sent_status)} outbound sent",
-                abs(len(sent) - len(sent_status)))
+    if len(sent) != parts_sent:
+        violate("standin_vs_sent_mismatch", f"stand-in got {len(sent)}, {parts_sent} parts sent",
+                abs(len(sent) - parts_sent))
     for cb, n in by_callback.items():
         if n > 1:
             violate("reply_sent_twice", str(cb), n - 1)
@@ -599,7 +602,7 @@ def _verify(services, graph, llm: SlowScriptedLLM, watch: _QueueWatch, load: dic
         "target_rate": rate, "seconds": seconds, "customers": customers, "acks": acks,
         "messages_stored": len(inbound), "conversations": len(convs), "turns": len(turns),
         "turn_statuses": dict(collections.Counter(t.status for t in turns)),
-        "replies_sent_to_standin": len(sent), "outbound_sent": len(sent_status),
+        "replies_sent_to_standin": len(sent), "outbound_sent": parts_sent,
         "outbound_statuses": dict(collections.Counter(o.status for o in outbound)),
         "messages_per_turn": _summary([len(covered[t.id]) for t in turns if covered.get(t.id)]),
         "turns_per_customer": _summary(list(turns_per_customer.values())),

@@ -12,9 +12,9 @@ Decisions:
 - The 24-hour window (``last_inbound_at``) moves on every message the customer sent, reactions and
   unsupported types included (Meta counts any user-initiated message); not on system notices, edits,
   deletions or marketing-preference changes.
-- Outbound statuses only move forward: pending < unknown < sent < delivered < read < played.
-  ``failed`` replaces pending/unknown/sent and then sticks, except that a delivered/read/played status
-  proves the message arrived after all; the failure's error code and title are kept either way.
+- A status applies to the part of an outbound message (``MessagePart``) Meta sent it for, found by its
+  wamid or, when the send's answer was lost, by the part id echoed as callback data; it moves as
+  ``runtime.whatsapp.delivery`` says (only forward), and the message is settled from its parts.
 - A reaction is logged like any message and, when it targets an AI reply of the same conversation, also
   recorded as the customer's feedback on it (``runtime.feedback.record_reaction``), once: a redelivery
   is skipped before that.
@@ -31,9 +31,10 @@ from sqlalchemy.orm import Session
 
 from core.db import new_id, utcnow
 from runtime.feedback import record_reaction
-from runtime.models import Conversation, Message
+from runtime.models import Conversation, Message, MessagePart
 from runtime.services import Services
 from runtime.store import find_or_create_conversation
+from runtime.whatsapp.delivery import advances, settle
 from runtime.whatsapp.models import WebhookPost, WhatsAppSender, WhatsAppTemplate
 from runtime.whatsapp.webhook import (
     InboundMessage, MalformedBody, StatusUpdate, TemplateStatusUpdate, Unhandled, decode_body, parse_payload,
@@ -43,8 +44,6 @@ from runtime.whatsapp.webhook import (
 log = logging.getLogger(__name__)
 
 OUTSIDE_WINDOW = 131047
-STATUS_RANK = {"pending": 0, "unknown": 1, "sent": 2, "delivered": 3, "read": 4, "played": 5}
-PROOF_OF_DELIVERY = {"delivered", "read", "played"}
 
 
 class WebhookError(Exception):
@@ -194,45 +193,36 @@ def _inbound_exists(session: Session, conversation_id: str, wamid: str) -> bool:
 
 def _apply_status(run: _Run, event: StatusUpdate) -> None:
     # scoped to the signing app's number, so one app cannot touch another app's messages
-    scope = select(Message, Conversation).join(Conversation, Conversation.id == Message.conversation_id).where(
-        Message.direction == "outbound", Conversation.channel == "whatsapp", Conversation.sender == event.phone_number_id)
-    found = run.session.execute(scope.where(Message.channel_message_id == event.wamid)).first()
+    scope = (select(MessagePart, Message, Conversation)
+             .join(Message, Message.id == MessagePart.message_id)
+             .join(Conversation, Conversation.id == Message.conversation_id)
+             .where(Message.direction == "outbound", Conversation.channel == "whatsapp",
+                    Conversation.sender == event.phone_number_id))
+    found = run.session.execute(scope.where(MessagePart.channel_message_id == event.wamid)).first()
     if found is None and event.callback_data:
-        # a send whose answer we never got (timeout): Meta echoes our message id, the wamid is learnt here
-        found = run.session.execute(scope.where(Message.id == event.callback_data, Message.channel_message_id.is_(None))).first()
+        # a send whose answer we never got (timeout): Meta echoes our part id, the wamid is learnt here
+        found = run.session.execute(scope.where(MessagePart.id == event.callback_data,
+                                                MessagePart.channel_message_id.is_(None))).first()
         if found is not None:
             found[0].channel_message_id = event.wamid
     if found is None:
         log.info("whatsapp webhook: status %s for unknown message %s", event.status, event.wamid)
         return
-    msg, conv = found
-    if advances(msg.status, event.status):
-        msg.status = event.status
-    if event.status == "sent" and msg.sent_at is None:
-        msg.sent_at = event.timestamp
-    if event.error_code is not None and msg.status == "failed":
-        msg.error_code, msg.error_title = event.error_code, event.error_title
+    part, msg, conv = found
+    if advances(part.status, event.status):
+        part.status = event.status
+    if event.status == "sent" and part.sent_at is None:
+        part.sent_at = event.timestamp
+    if event.error_code is not None and part.status == "failed":
+        part.error_code, part.error_title = event.error_code, event.error_title
     if event.billable is not None:
-        msg.billable = event.billable
+        part.billable = event.billable
     if event.pricing_category:
-        msg.pricing_category = event.pricing_category
-    charge = run.prices.get(msg.pricing_category or "", 0.0) if msg.billable else 0.0
-    if charge != msg.channel_cost:  # Meta's pricing feeds the message's and the conversation's cost
-        conv.cost += charge - msg.channel_cost
-        msg.channel_cost = charge
+        part.pricing_category = event.pricing_category
+    part.channel_cost = run.prices.get(part.pricing_category or "", 0.0) if part.billable else 0.0
+    conv.cost += settle(msg)  # Meta's pricing feeds the message's and the conversation's cost
     if event.error_code == OUTSIDE_WINDOW:
         conv.window_closed_at = max(conv.window_closed_at or event.timestamp, event.timestamp)
-
-
-def advances(current: str, new: str) -> bool:
-    """Whether an outbound message in status ``current`` moves to ``new`` (see the module docstring)."""
-    if new == "failed":
-        return current in ("pending", "unknown", "sent")
-    if new not in STATUS_RANK:
-        return False  # deleted, warning...: recorded in the log only
-    if current == "failed":
-        return new in PROOF_OF_DELIVERY
-    return STATUS_RANK[new] > STATUS_RANK.get(current, -1)
 
 
 def _apply_template_status(session: Session, event: TemplateStatusUpdate) -> None:

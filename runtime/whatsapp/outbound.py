@@ -1,5 +1,6 @@
 """Outbound WhatsApp: the 24-hour window, replies rendered and split for WhatsApp, templates, and the
-send bookkeeping (stored before sending; accepted / failed / unknown afterwards)."""
+send bookkeeping: every WhatsApp message sent is a ``MessagePart`` of the message it belongs to, stored
+before it is sent (accepted / failed / unknown afterwards); the message keeps what was written."""
 from __future__ import annotations
 
 import re
@@ -10,8 +11,9 @@ from sqlalchemy.orm import Session
 
 from core.db import new_id, utcnow
 from core.errors import Conflict, InvalidRequest, NotFound
-from runtime.models import Conversation, Message
+from runtime.models import Conversation, Message, MessagePart
 from runtime.services import Services
+from runtime.whatsapp.delivery import settle
 from runtime.whatsapp.models import WhatsAppSender, WhatsAppTemplate
 
 WINDOW = timedelta(hours=24)
@@ -42,48 +44,56 @@ def sender_of(session: Session, conv: Conversation) -> WhatsAppSender:
     return sender
 
 
-def send_reply(services: Services, reply_message_id: str) -> list[Message]:
-    """Send a turn's reply to WhatsApp: rendered, split under 4096 characters, one stored message per part.
+def send_reply(services: Services, reply_message_id: str) -> Message:
+    """Send a turn's (or an operator's) message to WhatsApp: rendered and split under 4096 characters, one
+    stored part per WhatsApp message. The message's text and sources stay as written.
 
-    Outside the window nothing is sent to Meta: the reply is kept with status ``not_sent``.
+    Outside the window nothing is sent to Meta: the message is kept with status ``not_sent``. A message
+    already sent (it has parts) is not sent again.
     """
     from runtime.whatsapp.render import render_for_whatsapp, split_message
 
     with services.session() as session:
         reply = session.get(Message, reply_message_id)
+        if reply.parts:
+            return reply
         conv = session.get(Conversation, reply.conversation_id)
         if not window_open(conv, services.clock()):
             reply.status, reply.error_title = "not_sent", "outside the 24-hour window: only templates may be sent"
             session.commit()
-            return [reply]
-        parts = split_message(render_for_whatsapp(reply.text))
-        if not parts:
+            return reply
+        texts = split_message(render_for_whatsapp(reply.text))
+        if not texts:
             reply.status, reply.error_title = "not_sent", "the reply is empty once rendered for WhatsApp"
             session.commit()
-            return [reply]
-        rows = [reply]
-        reply.text, reply.status = parts[0], "pending"
-        for text in parts[1:]:
-            rows.append(Message(id=new_id(), conversation_id=conv.id, direction="outbound", text=text, status="pending",
-                                turn_id=reply.turn_id, created_at=utcnow()))
-            session.add(rows[-1])
+            return reply
+        _add_parts(reply, texts)
         session.commit()  # stored before anything goes out
         sender, to = sender_of(session, conv), conv.customer_id
         with graph_client(services) as client:
-            for row in rows:
-                _record(session, conv, row, client.send_text(sender, to, row.text, callback_data=row.id), services.clock())
-                if row.status == "failed":
+            for part in reply.parts:
+                result = client.send_text(sender, to, part.text, callback_data=part.id)
+                _record(session, conv, reply, part, result, services.clock())
+                if part.status == "failed":
                     break  # the rest would fail the same way; they stay pending for review
-        return rows
+        return reply
 
 
-def _record(session: Session, conv: Conversation, row: Message, result, now: datetime) -> None:
+def _add_parts(message: Message, texts: list[str]) -> None:
+    now = utcnow()
+    message.parts = [MessagePart(id=new_id(), position=i, text=text, status="pending", channel_cost=0.0, created_at=now)
+                     for i, text in enumerate(texts)]
+    settle(message)
+
+
+def _record(session: Session, conv: Conversation, message: Message, part: MessagePart, result, now: datetime) -> None:
     if result.status == "accepted":
-        row.status, row.channel_message_id, row.sent_at = "sent", result.wamid, now
+        part.status, part.channel_message_id, part.sent_at = "sent", result.wamid, now
     else:
-        row.status, row.error_code, row.error_title = result.status, result.error_code, result.error_title
+        part.status, part.error_code, part.error_title = result.status, result.error_code, result.error_title
         if result.error_code == OUTSIDE_WINDOW:
             conv.window_closed_at = now
+    conv.cost += settle(message)
     session.commit()
 
 
@@ -137,10 +147,12 @@ def send_template(services: Services, *, sender_id: str, customer_id: str, name:
         msg = Message(id=new_id(), conversation_id=conv.id, direction="outbound", text=text, kind="template",
                       status="pending", payload={"template": name, "language": language, "parameters": parameters},
                       created_at=utcnow())
+        _add_parts(msg, [text])
         session.add(msg)
         session.commit()
+        part = msg.parts[0]
         with graph_client(services) as client:
-            result = client.send_template(sender, customer_id, name, language, parameters, callback_data=msg.id)
-        _record(session, conv, msg, result, services.clock())
+            result = client.send_template(sender, customer_id, name, language, parameters, callback_data=part.id)
+        _record(session, conv, msg, part, result, services.clock())
         session.refresh(msg)
         return msg
