@@ -44,9 +44,9 @@ def make_huey(services: Services) -> Huey:
     @huey.task(name="whatsapp.process", retries=3, retry_delay=2)
     def process_webhook(post_id: str) -> None:
         from runtime.whatsapp.inbound import process_post
+        from runtime.whatsapp.turns import start_turns
 
-        for conversation_id in process_post(services, post_id):
-            services.schedule_turn(conversation_id, services.settings.whatsapp_debounce_s)
+        start_turns(services, process_post(services, post_id))
 
     @huey.task(name="whatsapp.turn", retries=2, retry_delay=2)
     def whatsapp_turn(conversation_id: str, scheduled_at: str) -> None:

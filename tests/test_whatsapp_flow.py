@@ -227,3 +227,18 @@ def test_a_long_reply_is_logged_as_written_and_every_part_sent_is_tracked(wa):
 def outbound_parts(services) -> list[MessagePart]:
     with services.session() as session:
         return list(session.scalars(select(MessagePart).order_by(MessagePart.position)))
+
+
+def test_without_a_queue_the_webhook_runs_the_turn_and_sends_the_reply(wa):
+    """No queue (posts processed and turns run inline): the post's conversation is answered before the
+    webhook is acknowledged."""
+    client, services, model, graph, clock, _ = wa
+    services.enqueue_webhook = services.schedule_turn = None
+    model.enqueue("Abrimos às 9h.")
+    post(client, text_payload("wamid.inline", "Que horas abrem?", clock.now))
+    assert [s["json"]["text"]["body"] for s in graph.sent] == ["Abrimos às 9h."]
+    with services.session() as session:
+        assert session.scalar(select(func.count()).select_from(Turn)) == 1
+        inbound = session.scalars(select(Message).where(Message.direction == "inbound")).one()
+        assert inbound.status == "answered" and inbound.turn_id is not None
+    assert [m.status for m in outbound(services)] == ["sent"]

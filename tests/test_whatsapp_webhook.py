@@ -83,8 +83,11 @@ STATUS_FILES = {
 
 @pytest.fixture
 def wa(client):
-    """The real app, processing webhook posts inline (so no turn is scheduled and rows can be read at once)."""
+    """The real app, processing webhook posts inline (so rows can be read at once); the turns it would start
+    are recorded in ``client.scheduled``, not run."""
     services_of(client).enqueue_webhook = None
+    client.scheduled = []
+    services_of(client).schedule_turn = lambda conversation_id, delay: client.scheduled.append((conversation_id, delay))
     return client
 
 
@@ -419,6 +422,21 @@ def test_queued_processing_schedules_turns(queued):
     (msg,) = message_by_wamid(services, "wamid.T1")
     assert len(message_by_wamid(services, "wamid.R1")) == 1
     assert scheduled == [(msg.conversation_id, services.settings.whatsapp_debounce_s)]
+
+
+def test_inline_processing_schedules_turns_like_the_queue(wa, public):
+    """Without a webhook queue the post is processed before the answer, and its conversations' turns are
+    scheduled just as the queued path schedules them (a reaction, a redelivery: none)."""
+    services = services_of(wa)
+    add_sender(wa, new_assistant(wa), "111")
+    reaction = text_payload("111", wamid="wamid.R1")
+    reaction["entry"][0]["changes"][0]["value"]["messages"][0].update(
+        type="reaction", reaction={"message_id": "wamid.T1", "emoji": "👍"})
+    redelivery = json.dumps(text_payload("111")).encode() + b" "
+    for body, raw in ((text_payload("111"), None), (None, redelivery), (reaction, None)):
+        assert post_signed(public, body, raw=raw).status_code == 200
+    (msg,) = message_by_wamid(services, "wamid.T1")
+    assert wa.scheduled == [(msg.conversation_id, services.settings.whatsapp_debounce_s)]
 
 
 def test_process_post_returns_turn_conversations_once(services):

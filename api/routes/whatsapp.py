@@ -23,6 +23,7 @@ from runtime.models import Message
 from runtime.whatsapp.inbound import WebhookError, accept_post, process_post
 from runtime.whatsapp.models import WhatsAppSender, WhatsAppTemplate
 from runtime.whatsapp.outbound import send_template
+from runtime.whatsapp.turns import start_turns
 
 log = logging.getLogger(__name__)
 _PARAM = re.compile(r"\{\{\s*(\d+)\s*\}\}")
@@ -151,20 +152,26 @@ def receive_webhook(
     x_hub_signature_256: Annotated[str | None, Header()] = None,
 ):
     """Store a signed post (once per body: the same bytes again get no second row) and acknowledge it;
-    processing happens in the background."""
+    processing happens in the background, or before the answer when there is no queue (then the turns of
+    the conversations it gave new messages start as the queue would start them)."""
     try:
         post = accept_post(services, raw_body, x_hub_signature_256)
     except WebhookError as exc:
         log.warning("whatsapp webhook refused (%s): %s", exc.status_code, exc)
         return JSONResponse(status_code=exc.status_code, content={"detail": str(exc)})
-    enqueue = getattr(services, "enqueue_webhook", None)
-    if enqueue is not None:
-        enqueue(post.id)
-    else:
-        try:
-            process_post(services, post.id)
-        except Exception:  # the post is stored with its error; Meta must not retry what we already hold
-            log.exception("whatsapp webhook post %s failed to process", post.id)
+    if services.enqueue_webhook is not None:
+        services.enqueue_webhook(post.id)
+        return {"status": "ok"}
+    # whatever fails below is stored with the post or the turn; Meta must not retry what we already hold
+    try:
+        conversations = process_post(services, post.id)
+    except Exception:
+        log.exception("whatsapp webhook post %s failed to process", post.id)
+        return {"status": "ok"}
+    try:
+        start_turns(services, conversations)
+    except Exception:
+        log.exception("whatsapp turns of webhook post %s failed", post.id)
     return {"status": "ok"}
 
 

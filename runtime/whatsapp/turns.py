@@ -1,6 +1,7 @@
 """Debounced WhatsApp turns: a burst of messages is answered by one turn, whose reply is then sent."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
 from core.db import utcnow
@@ -39,3 +40,13 @@ def run_whatsapp_turn(services: Services, conversation_id: str, scheduled_at: da
     if result is not None and result.message_id is not None:
         send_reply(services, result.message_id)
     return result
+
+
+def start_turns(services: Services, conversation_ids: Iterable[str]) -> None:
+    """Answer the conversations a webhook post gave new messages: with a turn queue (``schedule_turn``) each
+    turn is scheduled after the debounce, without one it runs now."""
+    for conversation_id in conversation_ids:
+        if services.schedule_turn is not None:
+            services.schedule_turn(conversation_id, services.settings.whatsapp_debounce_s)
+        else:
+            run_whatsapp_turn(services, conversation_id)
