@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         yield
         if consumer is not None:
             consumer.stop(graceful=True)
-        services.chat_models.close()
+        services.close()
 
     app = build_app(services, __version__, lifespan)
     app.state.huey = huey

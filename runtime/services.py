@@ -35,6 +35,8 @@ class Services:
     enqueue_webhook: Callable[[str], None] | None = None
     # runs a WhatsApp conversation's turn after a delay in seconds; None means run inline
     schedule_turn: Callable[[str, float], None] | None = None
+    # the Graph API client every WhatsApp send shares, built at the first (runtime.whatsapp.outbound.graph_client)
+    whatsapp_graph: object | None = None
     # the time, replaceable in tests (24-hour window)
     clock: Callable[[], datetime] = utcnow
     # BM25 indexes of the knowledge bases, rebuilt when their current versions change
@@ -47,4 +49,12 @@ class Services:
 
     def session(self) -> Session:
         return self.sessions()
+
+    def close(self) -> None:
+        """Close what the services opened: the chat models and the Graph API client (a later send opens another)."""
+        if self.chat_models is not None:
+            self.chat_models.close()
+        graph, self.whatsapp_graph = self.whatsapp_graph, None
+        if graph is not None:
+            graph.close()
 

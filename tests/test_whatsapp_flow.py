@@ -15,6 +15,7 @@ from runtime.llm import ScriptedChatModel
 from runtime.llm_provider import FixedChatModelProvider
 from runtime.types import ToolCall
 from runtime.models import Conversation, Message, MessagePart, Turn
+from runtime.whatsapp.models import WhatsAppSender
 from runtime.whatsapp.standin import GraphStandIn, sign, status_body
 from tests.conftest import ADMIN_TOKEN, make_services, wait_for_document
 
@@ -242,3 +243,43 @@ def test_without_a_queue_the_webhook_runs_the_turn_and_sends_the_reply(wa):
         inbound = session.scalars(select(Message).where(Message.direction == "inbound")).one()
         assert inbound.status == "answered" and inbound.turn_id is not None
     assert [m.status for m in outbound(services)] == ["sent"]
+
+
+def test_one_graph_client_serves_every_send_with_each_numbers_token_and_is_closed_on_shutdown(tmp_path, embedders):
+    """Sends of two business numbers, one after the other, go over one kept-alive connection, each request with
+    its own number's access token (also after a token changes); shutting the app down closes the client."""
+    numbers = {"106540352242922": "token-one", "106540352242923": "token-two"}
+    with GraphStandIn() as graph:
+        services = make_services(tmp_path / "home", embedders, whatsapp_graph_url=graph.base_url)
+        with TestClient(create_app(services=services)) as client:
+            client.headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
+            client.post("/api/assistants", json={"name": "loja"}).raise_for_status()
+            senders = {}
+            for number, token in numbers.items():
+                senders[number] = client.post("/api/whatsapp/senders", json={
+                    "assistant_id": "loja", "phone_number_id": number, "access_token": token, "app_secret": SECRET,
+                    "verify_token": f"verify-{number}"}).json()["id"]
+                client.post("/api/whatsapp/templates", json={
+                    "sender_id": senders[number], "name": "ola", "language": "pt_BR", "category": "UTILITY",
+                    "body": "Olá!", "status": "APPROVED"}).raise_for_status()
+
+            def send(number):
+                r = client.post("/api/whatsapp/messages/template", json={
+                    "sender_id": senders[number], "customer_id": CUSTOMER, "name": "ola", "language": "pt_BR"})
+                assert r.status_code == 201 and r.json()["status"] == "sent", r.text
+
+            for number in (*numbers, *numbers):
+                send(number)
+            with services.session() as session:  # the number's token changes: the next send carries the new one
+                sender = session.get(WhatsAppSender, senders["106540352242923"])
+                sender.access_token = "token-rotated"
+                session.commit()
+            send("106540352242923")
+            shared = services.whatsapp_graph
+        assert [(s["path"].split("/")[2], s["headers"]["Authorization"]) for s in graph.sent] == [
+            ("106540352242922", "Bearer token-one"), ("106540352242923", "Bearer token-two"),
+            ("106540352242922", "Bearer token-one"), ("106540352242923", "Bearer token-two"),
+            ("106540352242923", "Bearer token-rotated")]
+        assert len({s["peer"] for s in graph.sent}) == 1  # one connection, kept alive between sends
+        assert services.whatsapp_graph is None and shared._http.is_closed
+        services.engine.dispose()

@@ -4,6 +4,7 @@ before it is sent (accepted / failed / unknown afterwards); the message keeps wh
 from __future__ import annotations
 
 import re
+import threading
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -14,11 +15,13 @@ from core.errors import Conflict, InvalidRequest, NotFound
 from runtime.models import Conversation, Message, MessagePart
 from runtime.services import Services
 from runtime.whatsapp.delivery import settle
+from runtime.whatsapp.graph import GraphClient
 from runtime.whatsapp.models import WhatsAppSender, WhatsAppTemplate
 
 WINDOW = timedelta(hours=24)
 OUTSIDE_WINDOW = 131047  # Meta's error code for a free-form send outside the window
 _PARAM = re.compile(r"\{\{\s*(\d+)\s*\}\}")
+_graph_lock = threading.Lock()  # one client per process, however many threads send at once
 
 
 def window_open(conv: Conversation, now: datetime) -> bool:
@@ -30,11 +33,16 @@ def window_open(conv: Conversation, now: datetime) -> bool:
     return conv.window_closed_at is None or conv.window_closed_at < last
 
 
-def graph_client(services: Services):
-    from runtime.whatsapp.graph import GraphClient
-
-    s = services.settings
-    return GraphClient(s.whatsapp_graph_url, timeout_s=s.whatsapp_send_timeout_s)
+def graph_client(services: Services) -> GraphClient:
+    """The process's one Graph API client, built at the first send (from the settings then) and shared by every
+    send after it, so its connections to Meta are kept and reused. One client serves every business number: the
+    access token goes with each request, the sender's as read from the database at that send (a changed token
+    takes effect at once). ``Services.close`` closes it, on shutdown."""
+    with _graph_lock:
+        if services.whatsapp_graph is None:
+            s = services.settings
+            services.whatsapp_graph = GraphClient(s.whatsapp_graph_url, timeout_s=s.whatsapp_send_timeout_s)
+        return services.whatsapp_graph
 
 
 def sender_of(session: Session, conv: Conversation) -> WhatsAppSender:
@@ -70,12 +78,12 @@ def send_reply(services: Services, reply_message_id: str) -> Message:
         _add_parts(reply, texts)
         session.commit()  # stored before anything goes out
         sender, to = sender_of(session, conv), conv.customer_id
-        with graph_client(services) as client:
-            for part in reply.parts:
-                result = client.send_text(sender, to, part.text, callback_data=part.id)
-                _record(session, conv, reply, part, result, services.clock())
-                if part.status == "failed":
-                    break  # the rest would fail the same way; they stay pending for review
+        client = graph_client(services)
+        for part in reply.parts:
+            result = client.send_text(sender, to, part.text, callback_data=part.id)
+            _record(session, conv, reply, part, result, services.clock())
+            if part.status == "failed":
+                break  # the rest would fail the same way; they stay pending for review
         return reply
 
 
@@ -151,8 +159,8 @@ def send_template(services: Services, *, sender_id: str, customer_id: str, name:
         session.add(msg)
         session.commit()
         part = msg.parts[0]
-        with graph_client(services) as client:
-            result = client.send_template(sender, customer_id, name, language, parameters, callback_data=part.id)
+        result = graph_client(services).send_template(sender, customer_id, name, language, parameters,
+                                                      callback_data=part.id)
         _record(session, conv, msg, part, result, services.clock())
         session.refresh(msg)
         return msg

@@ -52,7 +52,8 @@ class GraphStandIn:
     """The Graph API's ``/messages`` endpoint on 127.0.0.1; use as a context manager.
 
     ``.sent`` lists every request that reached it (also those failed, delayed or dropped on
-    purpose), each ``{"method", "path", "headers", "json", "body"}``.
+    purpose), each ``{"method", "path", "headers", "json", "body", "peer"}`` (``peer``: the client's
+    address and port, which tells the connections apart).
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -121,13 +122,14 @@ class GraphStandIn:
         with self._lock:
             return self._plans.popleft() if self._plans else None
 
-    def _record(self, method: str, path: str, headers: dict, body: bytes) -> dict | None:
+    def _record(self, method: str, path: str, headers: dict, body: bytes, peer: tuple) -> dict | None:
         try:
             payload = json.loads(body) if body else None
         except ValueError:
             payload = None
         with self._lock:
-            self.sent.append({"method": method, "path": path, "headers": headers, "json": payload, "body": body})
+            self.sent.append({"method": method, "path": path, "headers": headers, "json": payload, "body": body,
+                              "peer": peer})
         return payload
 
     def _answer(self, path: str, headers: dict, payload) -> tuple[int, dict]:
@@ -164,7 +166,7 @@ def _handler_for(standin: GraphStandIn) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:  # noqa: N802 (stdlib name)
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             headers = {name.title(): value for name, value in self.headers.items()}
-            payload = standin._record("POST", self.path, headers, body)
+            payload = standin._record("POST", self.path, headers, body, self.client_address)
             plan = standin._next_plan() or _Plan()
             if plan.drop:
                 self.close_connection = True
