@@ -120,7 +120,7 @@ def cmd_chat(args) -> int:
         result = handle_message(services, assistant_ref=args.assistant, channel="test", sender="console",
                                 customer_id=args.customer, text=args.message, variables=variables)
     finally:
-        services.chat_models.close()
+        services.close()
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2, default=str))
         return 0 if result.status != "error" else 1
@@ -247,7 +247,7 @@ def cmd_eval_regression(args) -> int:
     try:
         run = run_cases(services, args.assistant, log=(lambda line: print(line, file=sys.stderr)) if args.json else print)
     finally:
-        services.chat_models.close()
+        services.close()
     if args.json:
         print(json.dumps({"id": run.id, "assistant_id": run.assistant_id, "status": run.status, "error": run.error,
                           "summary": run.summary, "results": run.results}, ensure_ascii=False))
