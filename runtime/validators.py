@@ -10,6 +10,10 @@ import unicodedata
 from datetime import date
 from decimal import Decimal, InvalidOperation
 
+import phonenumbers
+from phonenumbers import (CountryCodeSource, NumberParseException, PhoneMetadata, PhoneNumber, PhoneNumberFormat,
+                          PhoneNumberType, ValidationResult)
+
 from runtime.config import DataField
 
 MAX_TEXT = 500
@@ -63,38 +67,58 @@ def _email(value: str) -> str:
 
 # --------------------------------------------------------------------------- phone
 
+# Numbers written without a country code are Brazilian. phonenumbers knows every country's lengths,
+# area codes, mobile ranges and trunk prefixes (011 ..., 015 11 ... with a carrier code, +44 (0)20 ...).
+DEFAULT_REGION = "BR"
+_WITH_AREA_CODE = "include the area code, e.g. (11) 98765-4321, or the country code, e.g. +1 212 555 0100"
+_UNPARSABLE = {
+    NumberParseException.INVALID_COUNTRY_CODE: "the digits after + must start with a country code, e.g. +55 or +1",
+    NumberParseException.TOO_LONG: "the phone number is too long",
+}
+
 
 def _phone(value: str) -> str:
     compact = re.sub(r"[\s\-().]", "", value)
-    if compact.startswith("00"):  # international call prefix
-        compact = "+" + compact[2:]
-    if not re.fullmatch(r"\+?\d+", compact):
+    if not re.fullmatch(r"\+?\d+", compact):  # phonenumbers would also read letters (1-800-FLOWERS) and extensions
         raise InvalidValue("a phone number may contain only digits, spaces, dashes, parentheses and a leading +")
-    if compact.startswith("+"):
-        digits = compact[1:]
-    else:
-        # no country code: assume Brazil; a leading 0 is the domestic trunk prefix (0 11 ...)
-        digits = compact[1:] if compact.startswith("0") else compact
-        if len(digits) in (10, 11):
-            digits = "55" + digits
-        elif not (len(digits) in (12, 13) and digits.startswith("55")):
-            raise InvalidValue("include the area code, e.g. (11) 98765-4321, or the country code, e.g. +1 555 123 4567")
-    if digits.startswith("55"):
-        _check_brazilian(digits[2:])
-    elif not 8 <= len(digits) <= 15 or digits[0] == "0":
-        raise InvalidValue("an international phone number has 8 to 15 digits including the country code")
-    return "+" + digits
+    # 00 is the international call prefix of most countries (0044 ...); phonenumbers would read it as
+    # Brazil's (00 + a carrier code) and take 0055 21 3456-7890 for a number of Algeria (+213)
+    if compact.startswith("00"):
+        compact = "+" + compact[2:]
+    try:
+        number = phonenumbers.parse(compact, DEFAULT_REGION, keep_raw_input=True)
+    except NumberParseException as e:  # digits alone: a number too short or too long, or no country code after +
+        raise InvalidValue(_UNPARSABLE.get(e.error_type, "the phone number is too short")) from None
+    if not phonenumbers.is_valid_number(number):
+        raise InvalidValue(_invalid_phone_reason(number))
+    return phonenumbers.format_number(number, PhoneNumberFormat.E164)
 
 
-def _check_brazilian(national: str) -> None:
-    if len(national) not in (10, 11):
-        raise InvalidValue("a Brazilian phone number has a 2-digit area code and 8 or 9 digits")
-    if "0" in national[:2]:
-        raise InvalidValue(f"{national[:2]} is not a Brazilian area code")
-    if len(national) == 11 and national[2] != "9":
-        raise InvalidValue("a Brazilian mobile number has 9 digits starting with 9")
-    if len(national) == 10 and national[2] not in "2345":
-        raise InvalidValue("a Brazilian mobile number has 9 digits starting with 9")
+def _invalid_phone_reason(number: PhoneNumber) -> str:
+    """Why ``number`` is not valid, judged as a fixed-line or mobile number: what customers give as theirs
+    (a valid 0800 or 4004 number is accepted, but a wrong one is most likely a mistyped personal number)."""
+    fit = phonenumbers.is_possible_number_for_type_with_reason(number, PhoneNumberType.FIXED_LINE_OR_MOBILE)
+    code = number.country_code
+    if fit == ValidationResult.IS_POSSIBLE:  # the length fits, the digits do not
+        if code == 55:
+            return "check the area code and the number: a Brazilian mobile number has 9 digits starting with 9"
+        return f"this is not a valid phone number of country code +{code}; please check the digits"
+    if number.country_code_source == CountryCodeSource.FROM_DEFAULT_COUNTRY:
+        return _WITH_AREA_CODE
+    if code == 55:
+        return "a Brazilian phone number has a 2-digit area code and 8 or 9 digits"
+    return f"a phone number of country code +{code} has {_national_lengths(code)} digits after it"
+
+
+def _national_lengths(code: int) -> str:
+    """The lengths of the country's fixed-line and mobile numbers in words: "9", "10 or 11", "5 to 15"."""
+    meta = PhoneMetadata.metadata_for_region_or_calling_code(code, phonenumbers.region_code_for_country_code(code))
+    lengths = sorted({n for desc in (meta.fixed_line, meta.mobile) if desc for n in desc.possible_length if n > 0}
+                     or meta.general_desc.possible_length)
+    *most, last = lengths
+    if len(most) > 1 and last - lengths[0] == len(most):
+        return f"{lengths[0]} to {last}"
+    return f"{', '.join(map(str, most))} or {last}" if most else str(last)
 
 
 # --------------------------------------------------------------------------- date

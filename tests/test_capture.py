@@ -56,7 +56,8 @@ def test_numbers_and_words_that_only_look_like_values_are_not_found(text):
 def test_a_value_two_types_could_be_is_the_one_type_that_accepts_it():
     # 11 bare digits: a CPF or a Brazilian mobile number (area code, then 9 and 8 digits)
     assert find_values("12345678909") == [("cpf", "12345678909")]  # 3rd digit 3: no mobile number
-    assert find_values("52998224725") == []  # a valid CPF and a valid mobile number: either
+    assert find_values("11987654374") == []  # a valid CPF and a valid mobile number: either
+    assert find_values("52998224725") == [("cpf", "52998224725")]  # 52 is no Brazilian area code
     assert find_values("11987654321") == []  # a mobile number (bare digits are never taken as a phone)
 
 

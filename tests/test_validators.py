@@ -91,12 +91,43 @@ def test_email_invalid(raw):
     ("0055 (21) 3456-7890", "+552134567890"),
     ("(21) 3456-7890", "+552134567890"),
     ("(55) 99123-4567", "+5555991234567"),  # area code 55 (Rio Grande do Sul)
-    ("+1 (555) 123-4567", "+15551234567"),
+    ("015 11 98765-4321", "+5511987654321"),  # with the carrier selection code 15
+    ("0800 123 4567", "+558001234567"),  # toll-free (refused before: no area code 80)
+    ("+1 (212) 555-0100", "+12125550100"),
     ("+351 912 345 678", "+351912345678"),
     ("+44 20 7946 0958", "+442079460958"),
 ])
 def test_phone_valid(raw, expected):
     assert accepted("phone", raw) == expected
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("001 (415) 555-2671", "+14155552671"),  # US
+    ("+351 21 123 4567", "+351211234567"),  # PT, Lisbon
+    ("00351 912 345 678", "+351912345678"),
+    ("+34 612 34 56 78", "+34612345678"),  # ES
+    ("+34 91 123 45 67", "+34911234567"),
+    ("+54 9 11 2345-6789", "+5491123456789"),  # AR mobile: 9 after the country code
+    ("+54 11 15 2345-6789", "+5491123456789"),  # AR mobile with its domestic 15 (was kept: +541115...)
+    ("+54 11 2345-6789", "+541123456789"),  # AR fixed line
+    ("+52 55 1234 5678", "+525512345678"),  # MX
+    ("+44 (0)20 7946 0958", "+442079460958"),  # the UK trunk 0 in brackets (was kept: +4402...)
+])
+def test_phone_of_other_countries(raw, expected):
+    assert accepted("phone", raw) == expected
+
+
+@pytest.mark.parametrize("raw, reason", [  # all accepted before: any 8 to 15 digits passed outside Brazil
+    ("+1 (555) 123-4567", "not a valid phone number of country code +1"),  # 555 is no US area code
+    ("+1 212 555 010", "+1 has 10 digits"),
+    ("+351 912 345 67", "+351 has 9 digits"),
+    ("+34 612 345 67", "+34 has 9 digits"),
+    ("+34 012 345 678", "not a valid phone number of country code +34"),  # no Spanish number starts with 0
+    ("+54 11 2345", "+54 has 10 or 11 digits"),
+    ("+52 1 55 1234 5678", "+52 has 10 digits"),  # the mobile 1 Mexico dropped in 2019
+])
+def test_phone_of_other_countries_refused_with_reason(raw, reason):
+    assert reason in refused("phone", raw)
 
 
 @pytest.mark.parametrize("raw", [
@@ -258,3 +289,8 @@ def test_reasons_are_for_people():
     assert "check digits" in refused("cpf", "529.982.247-24")
     assert "repeated" in refused("cpf", "111.111.111-11")
     assert "real date" in refused("date", "31/02/2025")
+    assert "include the area code" in refused("phone", "98765-4321")
+    assert "2-digit area code and 8 or 9 digits" in refused("phone", "+55 11 8765-432")
+    assert "9 digits starting with 9" in refused("phone", "(11) 88765-4321")
+    assert "country code" in refused("phone", "+0 555 123 4567")
+    assert "only digits" in refused("phone", "11 9876x-4321")
