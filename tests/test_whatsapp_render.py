@@ -71,7 +71,7 @@ RENDER_CASES = [
     ("- item *um*\n- item `dois`", "- item *um*\n- item ```dois```"),
     ("1) primeiro\n2) segundo", "1. primeiro\n2. segundo"),
     ("- a\n  - b\n    - c\n- d", "- a\n  - b\n    - c\n- d"),
-    ("1. passo\n    - detalhe\n2. outro", "1. passo\n  - detalhe\n2. outro"),
+    ("1. passo\n    - detalhe\n2. outro", "1. passo\n   - detalhe\n2. outro"),
     ("- [ ] fazer\n- [x] feito", "- ☐ fazer\n- ☑ feito"),
     # tables
     ("| Plano | Preço |\n|---|---|\n| Basic | $10 |\n| Pro | $20 |", "*Plano · Preço*\nBasic · $10\nPro · $20"),
@@ -150,6 +150,59 @@ def test_a_typical_model_answer():
         "> _Dica:_ chegue 10 minutos antes.\n\n"
         "Posso ajudar em algo mais? 😊"
     )
+
+
+# Markdown the hand-written regexes misread, which markdown-it-py parses as CommonMark does
+LIBRARY_CASES = [
+    # a span across a line break is closed and opened on each line: WhatsApp formats within a line
+    ("**negrito\nem duas linhas**", "*negrito*\n*em duas linhas*"),
+    ("Título em\nduas linhas\n===", "*Título em*\n*duas linhas*"),
+    # every HTML entity, not only a handful
+    ("Caf&eacute; &#8212; R&#36; 10 &copy;", "Café — R$ 10 ©"),
+    ("[x](https://x.com/?a=1&amp;b=2)", "x (https://x.com/?a=1&b=2)"),
+    # code in a quote, indented code, code spans padded with spaces WhatsApp would not format
+    ("> ```\n> pip install atende\n> ```", "> ```pip install atende```"),
+    ("Texto\n\n    código indentado\n\nFim", "Texto\n\n```código indentado```\n\nFim"),
+    ("Rode `cut ` e `paste`", "Rode ```cut``` e ```paste```"),
+    # a quote's lazy continuation line, an item's second paragraph
+    ("> citação\ncontinua", "> citação\n> continua"),
+    ("1. Passo\n\n   Detalhe do passo\n\n2. Outro", "1. Passo\n\n   Detalhe do passo\n\n2. Outro"),
+    # a link destination in <...> may hold a space, which would end the link in WhatsApp
+    ("Veja [a loja](<https://loja.com/a b>)", "Veja a loja (https://loja.com/a%20b)"),
+]
+
+
+@pytest.mark.parametrize("markdown, expected", LIBRARY_CASES)
+def test_markdown_the_regexes_misread(markdown, expected):
+    assert render_for_whatsapp(markdown) == expected
+    assert render_for_whatsapp(expected) == expected
+
+
+def test_a_model_answer_with_a_list_nested_in_a_numbered_one():
+    answer = (
+        "Claro! Aqui estão os passos:\n\n"
+        "1. **Acesse** https://loja.com.br/conta?ref=wa_bot.\n"
+        "2. Clique em *Meus pedidos*:\n"
+        "   - pedidos **em aberto**\n"
+        "   - pedidos entregues 📦\n"
+        "3. Pronto ✅\n\n---\n\n"
+        "_Dúvidas?_ Fale com a gente."
+    )
+    assert render_for_whatsapp(answer) == (
+        "Claro! Aqui estão os passos:\n\n"
+        "1. *Acesse* https://loja.com.br/conta?ref=wa_bot.\n"
+        "2. Clique em _Meus pedidos_:\n"
+        "   - pedidos *em aberto*\n"
+        "   - pedidos entregues 📦\n"
+        "3. Pronto ✅\n\n"
+        "_Dúvidas?_ Fale com a gente."
+    )
+
+
+def test_an_html_span_is_written_once_closed_and_dropped_if_never():
+    assert render_for_whatsapp("<b>negrito sem fechar") == "negrito sem fechar"
+    assert render_for_whatsapp("<b>oi <i>sem fechar</b> fim") == "*oi sem fechar* fim"
+    assert render_for_whatsapp('</b>solto <a href="https://x.com"><b>site</b></a>') == "solto *site* (https://x.com)"
 
 
 def test_a_wide_table_without_rows_keeps_its_header():
