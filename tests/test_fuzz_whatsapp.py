@@ -24,13 +24,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runtime.whatsapp.render import WHATSAPP_TEXT_LIMIT, render_for_whatsapp, split_message
+from runtime.whatsapp.render import render_for_whatsapp
+from runtime.whatsapp.split import WHATSAPP_TEXT_LIMIT, split_message
 from runtime.whatsapp.webhook import (
     InboundMessage, MalformedBody, Reaction, StatusUpdate, TemplateStatusUpdate, Unhandled, decode_body,
     parse_payload, phone_number_ids, template_waba_ids,
 )
 from tests.conftest import SHARED_DATA
-from tests.test_whatsapp_render import _only_markers_added, _words
+from tests.test_whatsapp_split import _only_markers_added, _words
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

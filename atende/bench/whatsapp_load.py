@@ -451,7 +451,8 @@ def _verify(services, graph, llm: SlowScriptedLLM, watch: _QueueWatch, load: dic
 
     from runtime.models import Conversation, Message, MessagePart, Turn
     from runtime.whatsapp.models import WebhookPost
-    from runtime.whatsapp.render import render_for_whatsapp, split_message
+    from runtime.whatsapp.render import render_for_whatsapp
+    from runtime.whatsapp.split import split_message
 
     rows = load["rows"]
     ok = [r for r in rows if r[3] == 200]

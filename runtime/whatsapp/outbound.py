@@ -59,7 +59,8 @@ def send_reply(services: Services, reply_message_id: str) -> Message:
     Outside the window nothing is sent to Meta: the message is kept with status ``not_sent``. A message
     already sent (it has parts) is not sent again.
     """
-    from runtime.whatsapp.render import render_for_whatsapp, split_message
+    from runtime.whatsapp.render import render_for_whatsapp
+    from runtime.whatsapp.split import split_message
 
     with services.session() as session:
         reply = session.get(Message, reply_message_id)

@@ -1,425 +1,361 @@
-"""Turn a model's Markdown into WhatsApp text, and cut long text into messages WhatsApp accepts.
+"""Turn a model's Markdown into WhatsApp's formatting.
 
-WhatsApp knows ``*bold*``, ``_italic_``, ``~strike~``, ```` ```monospace``` ````, ``> quote`` and
-``- item`` lists; nothing else. Markdown that has no WhatsApp form becomes plain lines: headings a
-bold line, tables one line per row or ``Header: value`` lines, links ``text (url)``.
+WhatsApp knows ``*bold*``, ``_italic_``, ``~strike~``, ```` ```monospace``` ````, ``> quote`` and ``- item``
+lists; nothing else. markdown-it-py parses the Markdown (CommonMark, with GitHub's tables and strikethrough)
+and the renderer here writes its syntax tree in WhatsApp's terms. Markdown that has no WhatsApp form becomes
+plain lines: headings a bold line, tables one line per row or ``Header: value`` lines, links ``text (url)``,
+HTML tags their WhatsApp equivalent or nothing. Blocks keep the spacing the model gave them: a blank line
+between two blocks stays, none is added.
 
-A single ``*word*`` is Markdown italic but WhatsApp bold. Text that shows no sign of Markdown
-(no ``**``, ``__``, ``~~``, heading, link, table or fence) is taken to be WhatsApp-formatted
-already and its single stars are left alone; in Markdown text they become ``_italic_``.
-Both functions are pure.
+A single ``*word*`` is Markdown italic but WhatsApp bold. Text that shows no sign of Markdown (no bold,
+strike, heading, link, image, table, rule or fence) is taken to be WhatsApp-formatted already and its single
+stars are left alone; in Markdown text they become ``_italic_``. The function is pure.
 """
 from __future__ import annotations
 
 import re
-import unicodedata
+from collections.abc import Iterator
 
-WHATSAPP_TEXT_LIMIT = 4096
+from markdown_it import MarkdownIt
+from markdown_it.common.html_blocks import block_names
+from markdown_it.rules_inline import StateInline
+from markdown_it.tree import SyntaxTreeNode
 
-# Private-use characters mark converted emphasis and protected snippets while lines are rewritten.
-_BOLD, _ITALIC, _STRIKE = "\ue000", "\ue001", "\ue002"
-_TOKEN_OPEN, _TOKEN_CLOSE = "\ue010", "\ue011"
-_PRIVATE = re.compile("[\ue000-\ue011]")
-_TOKEN = re.compile(f"{_TOKEN_OPEN}(\\d+){_TOKEN_CLOSE}")
-_MARKERS = {_BOLD: "*", _ITALIC: "_", _STRIKE: "~"}
-
-# A backtick fence's info string has no backticks, so ```code``` on one line stays inline code.
-_FENCE = re.compile(
-    r"^(?P<indent>[ \t]*)(?P<fence>`{3,}(?=[^`\n]*$)|~{3,})[^\n]*\n(?P<code>.*?)"
-    r"(?:(?<=\n)[ \t]*(?P=fence)[`~]*[ \t]*$|\Z)",
-    re.MULTILINE | re.DOTALL,
-)
-# WhatsApp's own multi-line monospace: ```text``` hugging its text, with no fence line inside.
+# WhatsApp's own multi-line monospace, ```text``` hugging its text with no fence line inside, is no Markdown:
+# CommonMark would take its first line for a fence and its info string. Its line breaks are held by a
+# private-use character while markdown-it reads it as one code span, and put back in the rendered text.
 _WHATSAPP_MONO = re.compile(r"```(?=[^\s`])(?:(?!\n[ \t]*```)[^`]|`(?!``))+?(?<=[^\s`])```", re.DOTALL)
-_REF_DEF = re.compile(r"^[ \t]{0,3}\[([^\]\n]+)\]:[ \t]*<?(\S+?)>?(?:[ \t]+[\"'(].*[\"')])?[ \t]*$", re.MULTILINE)
-_CODE_SPAN = re.compile(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)")
-_ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")
-_IMAGE = re.compile(r"!\[([^\]\n]*)\]\(\s*<?([^\s()<>]+(?:\([^\s()]*\))?[^\s()<>]*)>?(?:\s+[\"'(][^\n]*?[\"')])?\s*\)")
-_LINK = re.compile(r"\[((?:[^\[\]\n]|\[[^\[\]\n]*\])*)\]\(\s*<?([^\s()<>]+(?:\([^\s()]*\))?[^\s()<>]*)>?(?:\s+[\"'(][^\n]*?[\"')])?\s*\)")
-_REF_LINK = re.compile(r"\[([^\[\]\n]+)\](?:\[([^\[\]\n]*)\])?")
-_AUTOLINK = re.compile(r"<((?:https?|ftp|mailto|tel):[^\s<>]+|[\w.+-]+@[\w-]+(?:\.[\w-]+)+)>")
-_BARE_URL = re.compile("(?:https?://|www\\.)[^\\s<>\"\ue000-\ue011]+", re.IGNORECASE)
-_HTML_TAGS = (
-    "a|abbr|article|aside|b|big|blockquote|body|br|center|cite|code|dd|del|details|div|dl|dt|em|"
-    "font|footer|h[1-6]|head|header|hr|html|i|img|ins|kbd|li|main|mark|nav|ol|p|pre|q|s|section|"
-    "small|span|strike|strong|sub|summary|sup|table|tbody|td|tfoot|th|thead|tr|tt|u|ul"
-)
-_HTML_TAG = re.compile(rf"</?(?:{_HTML_TAGS})(?:\s[^<>]*)?/?>", re.IGNORECASE)
-_HTML_BLOCK_TAGS = "br|hr|p|div|tr|table|ul|ol|h[1-6]|blockquote|pre|section|article|header|footer|details|summary"
-_HTML_BREAK = re.compile(rf"[ \t]*</?(?:{_HTML_BLOCK_TAGS})(?:\s[^<>]*)?/?>[ \t]*", re.IGNORECASE)
-_HTML_ITEM = re.compile(r"[ \t]*<li(?:\s[^<>]*)?>[ \t]*", re.IGNORECASE)
-_HTML_COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
-_HTML_ANCHOR = re.compile(r"<a\s[^<>]*?href\s*=\s*[\"']([^\"']+)[\"'][^<>]*>(.*?)</a>", re.IGNORECASE | re.DOTALL)
-_HTML_STYLE = {
-    _BOLD: re.compile(r"<(b|strong)>(.+?)</\1>", re.IGNORECASE),
-    _ITALIC: re.compile(r"<(i|em)>(.+?)</\1>", re.IGNORECASE),
-    _STRIKE: re.compile(r"<(s|del|strike)>(.+?)</\1>", re.IGNORECASE),
+_MONO_NEWLINE = "\ue000"
+# The input's private-use characters go: customers see them as boxes, and one would pass for that mark.
+_PRIVATE_USE = re.compile("[\ue000-\uf8ff]")
+
+# A bare URL ends before trailing punctuation (and before a closing parenthesis it did not open).
+_BARE_URL_SCHEME = re.compile(r"(?<![^\W_])https?$", re.IGNORECASE)
+_BARE_URL_REST = re.compile(r"://[^\s<>\"`]+")
+_URL_TRAIL = ".,;:!?*_~'\""
+_SHOWN_SCHEME = re.compile(r"^(?:mailto|tel):", re.IGNORECASE)
+_SAME_ADDRESS_NOISE = re.compile(r"^(?:https?://|mailto:|tel:)?(?:www\.)?", re.IGNORECASE)
+
+# Emphasis glued to a letter or digit outside (2*3*4, __init__.py, a path's *x*/) is no WhatsApp span.
+_ALNUM = re.compile(r"[^\W_]")
+_GLUED_AFTER = re.compile(r"[^\W_]|[.\-/][^\W_]")
+
+_HTML_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9-]*)")
+_HTML_HREF = re.compile(r"\shref\s*=\s*[\"']([^\"']+)[\"']", re.IGNORECASE)
+# HTML spans WhatsApp has, written once their tag closes (a lone * would show as a star) ...
+_HTML_MARKERS = {"b": "*", "strong": "*", "i": "_", "em": "_", "s": "~", "del": "~", "strike": "~"}
+_HTML_SPANS = {*_HTML_MARKERS, "a"}
+# ... and what any other tag becomes. A tag not listed is text: ``<nome>`` in an answer is a placeholder.
+_HTML_TAGS = {
+    **dict.fromkeys([*block_names, "br", "pre"], "\n"),
+    **dict.fromkeys(["abbr", "big", "cite", "code", "font", "img", "ins", "kbd", "mark", "q", "small", "span",
+                     "sub", "sup", "tt", "u"], ""),
+    "li": "\n- ",
 }
-_ENTITIES = {"&amp;": "&", "&lt;": "<", "&gt;": ">", "&quot;": '"', "&#39;": "'", "&apos;": "'", "&nbsp;": " "}
 
-# Emphasis may not open after, nor close before, a letter or digit: keeps 2*3*4 and snake_case intact.
-_NOT_ALNUM_BEFORE = r"(?<![^\W_])"
-_NOT_ALNUM_AFTER = r"(?![^\W_])"
-_BOLD_ITALIC_STARS = re.compile(_NOT_ALNUM_BEFORE + r"\*\*\*(?=[^\s*])([^\n]+?)(?<=[^\s*])\*\*\*" + _NOT_ALNUM_AFTER)
-_BOLD_STARS = re.compile(_NOT_ALNUM_BEFORE + r"\*\*(?=[^\s*])([^\n]+?)(?<=[^\s*])\*\*" + _NOT_ALNUM_AFTER)
-# ... and a closing __ must not lead into a name either (__init__.py is a file name, not bold "init")
-_BOLD_UNDERSCORES = re.compile(r"(?<!\w)__(?=[^\s_])([^\n]+?)(?<=[^\s_])__(?!\w|[.\-/]\w)")
-_STRIKE_TILDES = re.compile(r"~~(?=[^\s~])([^\n]+?)(?<=[^\s~])~~")
-_ITALIC_STAR = re.compile(_NOT_ALNUM_BEFORE + r"(?<!\*)\*(?=[^\s*])([^*\n]*?[^\s*])?\*(?!\*)" + _NOT_ALNUM_AFTER)
-
-_MARKDOWN_BLOCKS = re.compile(
-    r"^[ \t]*#{1,6}[ \t]|\]\([^)\s]+\)|^[ \t]*(?:```|~~~)[\w+#.-]*[ \t]*$|^[ \t]*\|?[ \t]*:?-{3,}",
-    re.MULTILINE,
-)
-_HEADING = re.compile(r"^[ \t]{0,3}(#{1,6})[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")
-_SETEXT = re.compile(r"^[ \t]{0,3}(=+|-+)[ \t]*$")
-_RULE = re.compile(r"^[ \t]{0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$")
-_QUOTE = re.compile(r"^[ \t]*>[ \t]?(.*)$")
-_BULLET = re.compile(r"^([ \t]*)([-*+•])[ \t]+(.*)$")
-_ORDERED = re.compile(r"^([ \t]*)(\d{1,9})[.)][ \t]+(.*)$")
+_BLANK_LINES = re.compile(r"\n{3,}")
 _TASK = re.compile(r"^\[([ xX])\][ \t]+")
-_TABLE_SEPARATOR = re.compile(r"^[ \t]*\|?[ \t]*:?-+:?[ \t]*(?:\|[ \t]*:?-+:?[ \t]*)*\|?[ \t]*$")
-_BLANK_RUNS = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")
+_CONTAINERS = {"bullet_list", "ordered_list", "list_item", "blockquote"}
+_CODE = {"fence", "code_block"}
 _COMPACT_TABLE_COLUMNS = 3
 
 
 def render_for_whatsapp(markdown: str) -> str:
     """Rewrite Markdown (as language models write it) in WhatsApp's formatting."""
-    text = _PRIVATE.sub("", markdown.replace("\r\n", "\n").replace("\r", "\n"))
-    return _Renderer().render(text)
+    text = _PRIVATE_USE.sub("", markdown.replace("\r\n", "\n").replace("\r", "\n"))
+    text = _WHATSAPP_MONO.sub(lambda m: m.group(0).replace("\n", _MONO_NEWLINE), text)
+    env: dict = {}
+    tree = SyntaxTreeNode(_MARKDOWN.parse(text, env))
+    rendered = _WhatsAppRenderer(tree, env).render()
+    return rendered.replace(_MONO_NEWLINE, "\n").strip()
 
 
-class _Renderer:
-    """One rendering: holds the protected snippets (code, URLs) until the text is put back together."""
+def _bare_url(state: StateInline, silent: bool) -> bool:
+    """Inline rule: ``http(s)://...`` in running text is a link, so no ``*`` or ``_`` inside it reads as emphasis.
 
-    def __init__(self) -> None:
-        self.markdown_mode = False
-        self.tokens: list[str] = []
-        self.references: dict[str, tuple[str, str]] = {}
-        self.used_references: set[str] = set()
+    Like markdown-it's own linkify rule (which needs linkify-it-py) it fires at the ``:`` that ends a text run,
+    with the scheme still pending.
+    """
+    if state.src[state.pos] != ":" or state.linkLevel > 0:
+        return False
+    scheme = _BARE_URL_SCHEME.search(state.pending[-6:])  # "https" and the character before it
+    rest = _BARE_URL_REST.match(state.src, state.pos) if scheme else None
+    if not rest:
+        return False
+    url = _trim_url(scheme.group(0) + rest.group(0))
+    if len(url) <= len(scheme.group(0)) + 3:  # nothing left after "://"
+        return False
+    if not silent:
+        state.pending = state.pending[: -len(scheme.group(0))]
+        link = state.push("link_open", "a", 1)
+        link.attrs, link.markup = {"href": url}, "linkify"
+        state.push("text", "", 0).content = url
+        state.push("link_close", "a", -1).markup = "linkify"
+    state.pos += len(url) - len(scheme.group(0))
+    return True
 
-    def render(self, text: str) -> str:
-        text = _WHATSAPP_MONO.sub(lambda m: self._protect(m.group(0)) if "\n" in m.group(0) else m.group(0), text)
-        self.markdown_mode = _looks_like_markdown(text)
-        text = _FENCE.sub(self._fence, text)
-        text = _HTML_COMMENT.sub("", text)
-        text = _REF_DEF.sub(self._reference, text)
-        lines = self._blocks(text.split("\n"))
-        # a definition no link used would vanish from the rendered Markdown; keep its URL visible
-        lines += [f"[{label}] {self._protect(url)}" for key, (label, url) in self.references.items()
-                  if key not in self.used_references]
-        text = "\n".join(line.rstrip() for line in "\n".join(lines).split("\n"))
-        text = _BLANK_RUNS.sub("\n\n", text).strip("\n")
-        return self._restore(text).strip()
 
-    # ------------------------------------------------------------------ protected snippets
+def _trim_url(url: str) -> str:
+    while url and (url[-1] in _URL_TRAIL or (url[-1] == ")" and url.count("(") < url.count(")"))):
+        url = url[:-1]
+    return url
 
-    def _protect(self, snippet: str) -> str:
-        self.tokens.append(snippet)
-        return f"{_TOKEN_OPEN}{len(self.tokens) - 1}{_TOKEN_CLOSE}"
 
-    def _restore(self, text: str) -> str:
-        for _ in range(3):  # a token may hold another (a URL inside link text)
-            text = _TOKEN.sub(lambda m: self.tokens[int(m.group(1))], text)
-        for marker, char in _MARKERS.items():
-            text = text.replace(marker, char)
-        return text
+def _markdown_parser() -> MarkdownIt:
+    md = MarkdownIt("commonmark", {"html": True, "inline_definitions": True}).enable(["table", "strikethrough"])
+    md.inline.ruler.before("linkify", "bare_url", _bare_url)
+    # the text goes to people, not into HTML: links keep their addresses as the model wrote them
+    md.normalizeLink = md.normalizeLinkText = lambda url: url
+    return md
 
-    def _fence(self, m: re.Match) -> str:
-        indent = len(m.group("indent"))
-        lines = [line[indent:] if not line[:indent].strip() else line.lstrip() for line in m.group("code").split("\n")]
-        code = "\n".join(lines).strip("\n")
-        if not code.strip():
-            return ""
-        return self._protect(f"```{code}```")
 
-    def _reference(self, m: re.Match) -> str:
-        self.references[m.group(1).strip().lower()] = (m.group(1).strip(), m.group(2))
-        return ""
+_MARKDOWN = _markdown_parser()
+
+
+class _WhatsAppRenderer:
+    """One rendering: the syntax tree, whether single stars mean italic, and the addresses links point to."""
+
+    def __init__(self, tree: SyntaxTreeNode, env: dict) -> None:
+        self.tree = tree
+        self.env = env
+        self.markdown = any(_markdown_only(node) for node in tree.walk())
+        self.linked = {node.attrs["href"] for node in tree.walk() if node.type == "link"}
+        self.bold = True  # off inside a line that is bold as a whole (a heading, a table's header)
+
+    def render(self) -> str:
+        return self._blocks(self.tree.children)
 
     # ------------------------------------------------------------------ blocks
 
-    def _blocks(self, lines: list[str]) -> list[str]:
-        out: list[str] = []
-        list_indents: list[int] = []
-        i = 0
-        while i < len(lines):
-            line = lines[i]
-            if not line.strip():
-                out.append("")
-                i += 1
-                continue
-            if "|" in line and i + 1 < len(lines) and "|" in lines[i + 1] and _TABLE_SEPARATOR.match(lines[i + 1]):
-                end = i + 2
-                while end < len(lines) and "|" in lines[end] and lines[end].strip():
-                    end += 1
-                out.extend(["", *self._table(lines[i], lines[i + 2:end]), ""])
-                list_indents.clear()
-                i = end
-                continue
-            setext = _SETEXT.match(line)
-            if setext and out and out[-1].strip() and self._is_paragraph(lines[i - 1]) and not list_indents:
-                if setext.group(1)[0] == "=" or len(setext.group(1)) >= 3:
-                    out[-1] = self._heading_line(lines[i - 1].strip())
-                    i += 1
-                    continue
-            out.append(self._line(line, list_indents))
-            i += 1
-        return out
+    def _blocks(self, nodes: list[SyntaxTreeNode]) -> str:
+        return _join([(node, self._render(node)) for node in nodes])
 
-    @staticmethod
-    def _is_paragraph(line: str) -> bool:
-        return not (
-            _HEADING.match(line) or _BULLET.match(line) or _ORDERED.match(line) or _QUOTE.match(line)
-            or _RULE.match(line) or _TOKEN.fullmatch(line.strip()) or "|" in line
-        )
+    def _render(self, node: SyntaxTreeNode) -> str:
+        return getattr(self, f"_{node.type}")(node)  # _paragraph, _em ...: one method per node type
 
-    def _line(self, line: str, list_indents: list[int]) -> str:
-        if _TOKEN.fullmatch(line.strip()):
-            list_indents.clear()
-            return line.strip()
-        if _RULE.match(line):
-            list_indents.clear()
-            return ""
-        heading = _HEADING.match(line)
-        if heading:
-            list_indents.clear()
-            return self._heading_line(heading.group(2))
-        quote = _QUOTE.match(line)
-        if quote:
-            inner = quote.group(1)
-            while _QUOTE.match(inner):
-                inner = _QUOTE.match(inner).group(1)
-            inner = self._line(inner, [])
-            return "> " + inner if inner.strip() else ""
-        item = _BULLET.match(line) or _ORDERED.match(line)
-        if item:
-            level = _list_level(list_indents, len(item.group(1).expandtabs(4)))
-            content = item.group(item.lastindex)
-            if item.re is _BULLET:
-                task = _TASK.match(content)
-                if task:
-                    content = ("☑ " if task.group(1).strip() else "☐ ") + content[task.end():]
-                marker = "• " if item.group(2) == "•" else "- "
-            else:
-                marker = f"{item.group(2)}. "
-            return "  " * level + marker + self._inline(content)
-        indent = len(line) - len(line.lstrip())
-        if not indent:
-            list_indents.clear()
-        prefix = "  " * len(list_indents) if indent and list_indents else ""
-        return prefix + self._inline(line.strip().rstrip("\\").rstrip())
+    def _paragraph(self, node: SyntaxTreeNode) -> str:
+        return self._inlines(node.children[0].children)
 
-    def _heading_line(self, text: str) -> str:
-        inner = self._inline(text)
-        inner = inner.replace(_BOLD, "")
-        return f"{_BOLD}{inner.strip()}{_BOLD}" if inner.strip() else ""
+    def _heading(self, node: SyntaxTreeNode) -> str:
+        return _wrapped(self._unbolded(node.children[0].children).strip(), "*")
 
-    def _table(self, header: str, rows: list[str]) -> list[str]:
-        names = [self._inline(cell).replace(_BOLD, "") for cell in _cells(header)]
-        body = [[self._inline(cell) for cell in _cells(row)] for row in rows if not _TABLE_SEPARATOR.match(row)]
-        has_header = any(name.strip() for name in names)
-        # a wide table's header goes beside each value; with no values it stands alone, as a narrow one's does
-        if not has_header or len(names) <= _COMPACT_TABLE_COLUMNS or not any(any(row) for row in body):
-            out = [f"{_BOLD}{' · '.join(name for name in names if name)}{_BOLD}"] if has_header else []
-            out += [" · ".join(cell for cell in row if cell) for row in body if any(row)]
-            return out
-        out: list[str] = []
-        for row in body:
-            pairs = [(names[k] if k < len(names) else "", cell) for k, cell in enumerate(row)]
-            out += [f"{name}: {cell}" if name else cell for name, cell in pairs if cell]
-            out.append("")
-        return out[:-1]
+    def _blockquote(self, node: SyntaxTreeNode) -> str:
+        """Every line quoted once: WhatsApp has no nested quotes."""
+        text = self._blocks(list(_unnested_quotes(node.children)))
+        return "\n".join(f"> {line}" if line.strip() else "" for line in text.split("\n"))
+
+    def _bullet_list(self, node: SyntaxTreeNode) -> str:
+        return _join([(item, self._item(item, "- ")) for item in node.children])
+
+    def _ordered_list(self, node: SyntaxTreeNode) -> str:
+        return _join([(item, self._item(item, f"{item.info}. ")) for item in node.children])
+
+    def _item(self, item: SyntaxTreeNode, marker: str) -> str:
+        """A list item. Its blocks after the first (a nested list, a second paragraph) are indented to its text,
+        where CommonMark reads them back as the item's; code is not, as the spaces would go into the code."""
+        indent = " " * len(marker)
+        blocks = [(child, self._render(child)) for child in item.children]
+        text = _join([(child, text if n == 0 or child.type in _CODE else _indented(text, indent))
+                      for n, (child, text) in enumerate(blocks)])
+        if marker == "- ":
+            text = _TASK.sub(lambda m: "☑ " if m.group(1).strip() else "☐ ", text)
+        return (marker + text).rstrip()
+
+    def _fence(self, node: SyntaxTreeNode) -> str:
+        code = node.content.strip("\n")
+        return f"```{code}```" if code.strip() else ""
+
+    _code_block = _fence
+
+    def _hr(self, node: SyntaxTreeNode) -> str:
+        return ""  # a rule parts two blocks: _join leaves a blank line where it was
+
+    def _definition(self, node: SyntaxTreeNode) -> str:
+        """A link reference definition: shown by the links that use it; one no link uses keeps its address."""
+        return "" if node.meta["url"] in self.linked else f"[{node.meta['label']}] {node.meta['url']}"
+
+    def _html_block(self, node: SyntaxTreeNode) -> str:
+        """Raw HTML: its tags read as inline HTML, its text as Markdown; block tags leave line breaks."""
+        inline = SyntaxTreeNode(_MARKDOWN.parseInline(node.content, self.env)).children[0]
+        lines = [line.strip() for line in self._inlines(inline.children).split("\n")]
+        return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
+
+    def _table(self, node: SyntaxTreeNode) -> str:
+        """A narrow table one line per row; a wide one ``Header: value`` lines, a row a paragraph."""
+        head, *body = node.children
+        names = [self._unbolded(cell.children[0].children) for cell in head.children[0].children]
+        rows = [[self._inlines(cell.children[0].children) for cell in row.children]
+                for section in body for row in section.children]
+        rows = [row for row in rows if any(row)]
+        if not any(names):
+            return "\n".join(" · ".join(filter(None, row)) for row in rows)
+        if len(names) <= _COMPACT_TABLE_COLUMNS or not rows:
+            header = _wrapped(" · ".join(filter(None, names)), "*")
+            return "\n".join([header, *(" · ".join(filter(None, row)) for row in rows)])
+        return "\n\n".join("\n".join(f"{name}: {cell}" if name else cell for name, cell in zip(names, row) if cell)
+                           for row in rows)
 
     # ------------------------------------------------------------------ inline
 
-    def _inline(self, text: str) -> str:
-        text = _CODE_SPAN.sub(lambda m: self._protect(f"```{_code_span_text(m.group(2))}```"), text)
-        text = _ESCAPE.sub(lambda m: self._protect(m.group(1)), text)
-        text = _HTML_ANCHOR.sub(lambda m: self._link(m.group(2), m.group(1)), text)
-        text = _IMAGE.sub(lambda m: self._link(m.group(1), m.group(2)), text)
-        text = _LINK.sub(lambda m: self._link(m.group(1), m.group(2)), text)
-        if self.references:
-            text = _REF_LINK.sub(self._reference_link, text)
-        text = _AUTOLINK.sub(lambda m: self._protect(m.group(1).removeprefix("mailto:")), text)
-        text = _BARE_URL.sub(self._bare_url, text)
-        for marker, pattern in _HTML_STYLE.items():
-            text = pattern.sub(lambda m, marker=marker: f"{marker}{m.group(2)}{marker}", text)
-        text = _HTML_ITEM.sub("\n- ", text)
-        text = _HTML_BREAK.sub("\n", text)
-        text = _HTML_TAG.sub("", text)
-        for entity, char in _ENTITIES.items():
-            text = text.replace(entity, char)
-        return self._emphasis(text)
+    def _inlines(self, nodes: list[SyntaxTreeNode]) -> str:
+        """Inline nodes in order; an HTML span (``<b>``, ``<a href>``...) is written around what it holds once
+        its tag closes, and dropped if it never does."""
+        out: list[str] = []
+        opened: list[tuple[str, int, str]] = []  # an open HTML span: its name, where its text starts, its tag
+        for node in nodes:
+            tag = _HTML_TAG.match(node.content) if node.type == "html_inline" else None
+            name = tag.group(2).lower() if tag else ""
+            if name not in _HTML_SPANS:
+                out.append(self._render(node))
+            elif not tag.group(1):
+                opened.append((name, len(out), node.content))
+            elif name in (open_name for open_name, _, _ in opened):
+                while opened[-1][0] != name:  # spans opened inside it and never closed
+                    opened.pop()
+                _, start, opening = opened.pop()
+                out[start:] = [self._html_span(name, "".join(out[start:]), opening)]
+        return "".join(out)
 
-    def _emphasis(self, text: str) -> str:
-        text = _BOLD_ITALIC_STARS.sub(lambda m: f"{_BOLD}{_ITALIC}{m.group(1)}{_ITALIC}{_BOLD}", text)
-        text = _BOLD_STARS.sub(lambda m: f"{_BOLD}{m.group(1)}{_BOLD}", text)
-        text = _BOLD_UNDERSCORES.sub(lambda m: f"{_BOLD}{m.group(1)}{_BOLD}", text)
-        text = _STRIKE_TILDES.sub(lambda m: f"{_STRIKE}{m.group(1)}{_STRIKE}", text)
-        if self.markdown_mode:
-            text = _ITALIC_STAR.sub(lambda m: f"{_ITALIC}{m.group(1) or ''}{_ITALIC}", text)
-        return text
+    def _html_span(self, name: str, text: str, opening: str) -> str:
+        if name == "a":
+            href = _HTML_HREF.search(opening)
+            return _link_text(text, href.group(1)) if href else text
+        marker = "" if _HTML_MARKERS[name] == "*" and not self.bold else _HTML_MARKERS[name]
+        return _wrapped(text, marker)
 
-    def _link(self, label: str, url: str) -> str:
-        label = label.strip()
-        shown_url = url.removeprefix("mailto:").removeprefix("tel:")
-        if not label or _same_address(label, url):
-            return self._protect(shown_url)
-        return f"{label} ({self._protect(shown_url)})"
+    def _unbolded(self, nodes: list[SyntaxTreeNode]) -> str:
+        """Inline text without bold spans: it goes into a line that is bold as a whole."""
+        self.bold = False
+        try:
+            return self._inlines(nodes)
+        finally:
+            self.bold = True
 
-    def _reference_link(self, m: re.Match) -> str:
-        key = (m.group(2) or m.group(1)).strip().lower()
-        if key not in self.references:
-            return m.group(0)
-        self.used_references.add(key)
-        return self._link(m.group(1), self.references[key][1])
+    def _text(self, node: SyntaxTreeNode) -> str:
+        return node.content
 
-    def _bare_url(self, m: re.Match) -> str:
-        url = m.group(0)
-        trail = ""
-        while url and (url[-1] in ".,;:!?*_~'\"" or (url[-1] == ")" and url.count("(") < url.count(")"))):
-            trail = url[-1] + trail
-            url = url[:-1]
-        return self._protect(url) + trail if url else m.group(0)
+    def _softbreak(self, node: SyntaxTreeNode) -> str:
+        return "\n"
+
+    _hardbreak = _softbreak
+
+    def _code_inline(self, node: SyntaxTreeNode) -> str:
+        code = node.content.strip()  # WhatsApp's markers must hug the text
+        return f"```{code}```" if code else node.content
+
+    def _strong(self, node: SyntaxTreeNode) -> str:
+        return self._styled(node, "*" if self.bold else "")
+
+    def _s(self, node: SyntaxTreeNode) -> str:
+        return self._styled(node, "~")
+
+    def _em(self, node: SyntaxTreeNode) -> str:
+        marker = "_" if self.markdown or node.markup == "_" else "*"
+        inner = [child for child in node.children if not _empty_text(child)]
+        if len(inner) == 1 and inner[0].type == "strong" and not _glued(node):
+            # ***x*** parses as italic around bold; WhatsApp's bold italic is written *_x_*
+            return _wrapped(_wrapped(self._inlines(inner[0].children), marker), "*" if self.bold else "")
+        return self._styled(node, marker)
+
+    def _styled(self, node: SyntaxTreeNode, marker: str) -> str:
+        inner = self._inlines(node.children)
+        if _glued(node):  # WhatsApp formats no span glued to a word: it stays as the model wrote it
+            return f"{node.markup}{inner}{node.markup}"
+        return _wrapped(inner, marker)
+
+    def _link(self, node: SyntaxTreeNode) -> str:
+        return _link_text(self._inlines(node.children), node.attrs["href"])
+
+    def _image(self, node: SyntaxTreeNode) -> str:
+        return _link_text(self._inlines(node.children), node.attrs["src"])
+
+    def _html_inline(self, node: SyntaxTreeNode) -> str:
+        tag = _HTML_TAG.match(node.content)
+        if not tag:  # a comment, declaration or processing instruction
+            return ""
+        closing, name = tag.group(1), tag.group(2).lower()
+        if name not in _HTML_TAGS:
+            return node.content
+        return "" if name == "li" and closing else _HTML_TAGS[name]
 
 
-def _looks_like_markdown(text: str) -> bool:
-    """Whether the text uses Markdown that WhatsApp lacks (then a single *x* means italic, not bold)."""
-    return any(p.search(text) for p in (_MARKDOWN_BLOCKS, _BOLD_STARS, _BOLD_UNDERSCORES, _STRIKE_TILDES))
+def _join(rendered: list[tuple[SyntaxTreeNode, str]]) -> str:
+    """Rendered blocks, apart (a blank line between) where the source had a blank line, a dropped block
+    (a rule) or a table between them, else on consecutive lines."""
+    out, previous, dropped = "", None, False
+    for node, text in rendered:
+        if not text:
+            dropped = previous is not None
+            continue
+        if previous is not None:
+            apart = dropped or "table" in (previous.type, node.type) or node.map[0] > _end_line(previous)
+            out += "\n\n" if apart else "\n"
+        out += text
+        previous, dropped = node, False
+    return out
 
 
-def _list_level(indents: list[int], indent: int) -> int:
-    while indents and indent < indents[-1]:
-        indents.pop()
-    if not indents or indent > indents[-1]:
-        indents.append(indent)
-    return len(indents) - 1
+def _end_line(node: SyntaxTreeNode) -> int:
+    """The line after a block's last line of text (a list's own range also holds the blank lines after it)."""
+    while node.type in _CONTAINERS and node.children:
+        node = node.children[-1]
+    return node.map[1]
 
 
-def _cells(row: str) -> list[str]:
-    row = row.strip()
-    row = row[1:] if row.startswith("|") else row
-    row = row[:-1] if row.endswith("|") and not row.endswith("\\|") else row
-    return [cell.strip().replace("\\|", "|") for cell in re.split(r"(?<!\\)\|", row)]
+def _wrapped(text: str, marker: str) -> str:
+    """``text`` between formatting markers, line by line: a WhatsApp span does not cross a line break."""
+    return "\n".join(f"{marker}{line}{marker}" if line.strip() else line for line in text.split("\n"))
 
 
-def _code_span_text(text: str) -> str:
-    return text[1:-1] if len(text) > 2 and text[0] == text[-1] == " " else text
+def _indented(text: str, indent: str) -> str:
+    return "\n".join(indent + line if line else line for line in text.split("\n"))
+
+
+def _unnested_quotes(nodes: list[SyntaxTreeNode]) -> Iterator[SyntaxTreeNode]:
+    for node in nodes:
+        if node.type == "blockquote":
+            yield from _unnested_quotes(node.children)
+        else:
+            yield node
+
+
+def _markdown_only(node: SyntaxTreeNode) -> bool:
+    """Whether a node is Markdown that WhatsApp lacks (then a single *x* means italic, not bold)."""
+    if node.type in ("strong", "s"):
+        return not _glued(node)
+    if node.type == "link":
+        return node.markup not in ("autolink", "linkify")
+    return node.type in ("heading", "table", "fence", "hr", "image")
+
+
+def _glued(node: SyntaxTreeNode) -> bool:
+    """Whether emphasis touches a letter or digit outside its markers (2*3*4, __init__.py)."""
+    return bool(_ALNUM.match(_text_beside(node, before=True)[-1:]) or _GLUED_AFTER.match(_text_beside(node)[:2]))
+
+
+def _text_beside(node: SyntaxTreeNode, before: bool = False) -> str:
+    """The text next to an inline node, past the empty text nodes markdown-it leaves where markers were."""
+    while (node := node.previous_sibling if before else node.next_sibling) is not None:
+        if not _empty_text(node):
+            return node.content if node.type == "text" else ""
+    return ""
+
+
+def _empty_text(node: SyntaxTreeNode) -> bool:
+    return node.type == "text" and not node.content
+
+
+def _link_text(label: str, url: str) -> str:
+    """``label (url)``, or the address alone when there is no label or the label is the address. A space
+    (possible in ``[x](<a b>)``) is encoded, or WhatsApp would end the link there."""
+    label, shown_url = label.strip(), _SHOWN_SCHEME.sub("", url).replace(" ", "%20")
+    if not label or _same_address(label, url):
+        return shown_url
+    return f"{label} ({shown_url})"
 
 
 def _same_address(label: str, url: str) -> bool:
     def bare(value: str) -> str:
-        value = re.sub(r"^(?:https?://|mailto:|tel:)", "", value.strip(), flags=re.IGNORECASE)
-        return value.removeprefix("www.").rstrip("/").lower()
+        return _SAME_ADDRESS_NOISE.sub("", value.strip()).rstrip("/").lower()
 
     return bare(label) == bare(url)
-
-
-# --------------------------------------------------------------------------- splitting
-
-_MONO_SPAN = re.compile(r"```.+?```", re.DOTALL)
-_STYLE_SPANS = [
-    re.compile(_NOT_ALNUM_BEFORE + rf"{re.escape(c)}(?=[^\s{c}])[^{c}\n]*?(?<=[^\s{c}]){re.escape(c)}" + _NOT_ALNUM_AFTER)
-    for c in "*_~"
-]
-_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
-_LINE_BREAK = re.compile(r"\n")
-_SENTENCE_END = re.compile(r"[.!?…]+[\"'”’»)\]*_~]*(?=\s)")
-_SPACE = re.compile(r"\s")
-_JOINERS = {"\u200d", "\ufe0f", "\ufe0e"}
-
-
-def split_message(text: str, limit: int = WHATSAPP_TEXT_LIMIT) -> list[str]:
-    """Cut ``text`` into stripped, non-empty parts of at most ``limit`` characters each.
-
-    Cuts fall at the last paragraph break that fits, else the last line break, sentence end,
-    space, and only then anywhere. A cut never falls inside a ``*bold*``/``_italic_``/``~strike~``/
-    ```` ```monospace``` ```` span unless the span alone is longer than the limit; then the span is
-    closed at the end of one part and opened again in the next, so both still render.
-    """
-    if limit < 8:
-        raise ValueError("limit must be at least 8 characters")
-    parts: list[str] = []
-    rest = text.strip()
-    while len(rest) > limit:
-        head, rest = _cut(rest, limit)
-        parts.append(head)
-    if rest:
-        parts.append(rest)
-    return parts
-
-
-def _cut(text: str, limit: int) -> tuple[str, str]:
-    spans = _format_spans(text, limit)
-    blocked = bytearray(limit + 2)
-    for start, end, _ in spans:
-        blocked[start + 1:min(end, limit + 2)] = b"\1" * (min(end, limit + 2) - start - 1)
-    inside = blocked.__getitem__
-    for pattern in (_PARAGRAPH_BREAK, _LINE_BREAK, _SENTENCE_END, _SPACE):
-        cut = _last_cut(text, pattern, limit, inside)
-        if cut:
-            return text[:cut].rstrip(), text[cut:].lstrip()
-    hard = _hard_cut(text, limit, inside)
-    if hard:
-        return text[:hard].rstrip(), text[hard:].lstrip()
-    # Everything that fits lies inside one span: close it here and open it again in the next part.
-    outer = max((span for span in spans if span[0] == 0), key=lambda span: span[1], default=None)
-    if outer is None:  # e.g. a long run of combining marks: nothing better than a plain cut
-        return text[:limit].rstrip(), text[limit:].lstrip()
-    _, end, marker = outer
-    width = len(marker)
-    ok = lambda c: bool(text[width:c].strip() and text[c:end - width].strip())  # noqa: E731
-    for pattern in (_LINE_BREAK, _SENTENCE_END, _SPACE):
-        cut = _last_cut(text, pattern, limit - width, lambda c: not ok(c))
-        if cut:
-            break
-    else:
-        cut = _hard_cut(text, limit - width, lambda c: not ok(c))
-    if not cut:
-        return text[:limit].rstrip(), text[limit:].lstrip()
-    return text[:cut].rstrip() + marker, marker + text[cut:].lstrip()
-
-
-def _format_spans(text: str, limit: int) -> list[tuple[int, int, str]]:
-    """Formatting spans that start within the first ``limit`` characters: (start, end, marker)."""
-    spans = []
-    for m in _MONO_SPAN.finditer(text):
-        if m.start() > limit:
-            break
-        spans.append((m.start(), m.end(), "```"))
-    # style spans are single-line, so a window a line longer than the limit finds every one that matters
-    window_end = text.find("\n", limit)
-    window = text[: len(text) if window_end < 0 else window_end]
-    masked = list(window)
-    for start, end, _ in spans:
-        masked[start:end] = "\0" * len(masked[start:end])
-    masked = "".join(masked)
-    for pattern in _STYLE_SPANS:
-        spans += [(m.start(), m.end(), m.group(0)[0]) for m in pattern.finditer(masked, 0) if m.start() <= limit]
-    return spans
-
-
-def _last_cut(text: str, pattern: re.Pattern, limit: int, forbidden) -> int:
-    """The last position ≤ limit where ``pattern`` allows a cut (0 if none)."""
-    best = 0
-    for m in pattern.finditer(text):
-        if m.start() > limit:
-            break
-        cut = m.end() if pattern is _SENTENCE_END else m.start()
-        if 0 < cut <= limit and not forbidden(cut):
-            best = cut
-    return best
-
-
-def _hard_cut(text: str, limit: int, forbidden) -> int:
-    """The last position ≤ limit that splits no span and no combined character (0 if none)."""
-    for cut in range(min(limit, len(text) - 1), 0, -1):
-        if forbidden(cut):
-            continue
-        if unicodedata.combining(text[cut]) or text[cut] in _JOINERS or text[cut - 1] in _JOINERS:
-            continue
-        if 0xDC00 <= ord(text[cut]) <= 0xDFFF or 0x1F3FB <= ord(text[cut]) <= 0x1F3FF:
-            continue
-        return cut
-    return 0
