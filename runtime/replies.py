@@ -75,6 +75,16 @@ _NO_ANSWER = re.compile(r"\bn(?:o|ao|ão)[\s_-]*answer\b", re.IGNORECASE)
 _NUMBER = re.compile(r"\d+")
 SUPPORTED_SHARE = 0.75  # of a reply's own terms (not the question's), at least this share must be the passages'
 _ECHO_WORDS = 8  # this many consecutive words of the instructions in a reply make it an echo
+_CUSTOMER_ECHO_WORDS = 5  # a reply that tells nothing new and repeats this many of the customer's words echoes them
+# words that answer a yes/no question without telling anything: "Sim, você pode parcelar." says no more than
+# "Posso parcelar?" (compared accent-folded)
+_ANSWER_WORDS = frozenset(
+    "sim nao claro pode podem posso podemos voce voces senhor senhora certamente certeza "
+    "si puede puedes pueden usted ustedes "
+    "yes no sure course can could may you we certainly".split()
+)
+RESTATEMENT = "a restatement of the customer's message without the facts the sources give"
+CUSTOMER_ECHO = "an echo of the customer's message"
 
 
 def small_talk(text: str) -> tuple[SmallTalk, str] | None:
@@ -154,7 +164,7 @@ def rejection(reply: str, *, instructions: str = "", customer_text: str = "", la
     if any(header in text for header in _PROMPT_HEADERS):
         return "an echo of the prompt"
     if customer_text and fold(text).strip(" .!?") == fold(customer_text).strip(" .!?") and len(words(text)) > 1:
-        return "an echo of the customer's message"
+        return CUSTOMER_ECHO
     if instructions and _shares_run(text, instructions, _ECHO_WORDS):
         return "an echo of the instructions"
     if language and len(words(text)) >= 4:
@@ -164,21 +174,50 @@ def rejection(reply: str, *, instructions: str = "", customer_text: str = "", la
     return None
 
 
+def restatement(reply: str, customer_text: str) -> str | None:
+    """Why ``reply`` tells the customer nothing, or None: it brings no number and no term (stemmed, stopwords and
+    yes/no words aside) that ``customer_text`` does not hold. ``CUSTOMER_ECHO`` when it also repeats
+    ``_CUSTOMER_ECHO_WORDS`` consecutive words of it ("Sim, estou com muita dor de dente." to "Estou com muita
+    dor de dente, o que faço?"), else ``RESTATEMENT`` ("Sim, você pode parcelar." to "Posso parcelar?"), a
+    bare answer that a second try may complete with what the sources say."""
+    lang = message_language(reply) or message_language(customer_text)
+    if _own_numbers(reply, customer_text) or _own_terms(reply, customer_text, lang):
+        return None
+    return CUSTOMER_ECHO if _shares_run(reply, customer_text, _CUSTOMER_ECHO_WORDS) else RESTATEMENT
+
+
+def still_sendable(problem: str) -> bool:
+    """Whether a reply rejected for ``problem`` may still go when asking the model again brings nothing better:
+    a real answer in another language than the customer's, or a bare one (``RESTATEMENT``)."""
+    return problem == RESTATEMENT or problem.startswith("written in")
+
+
 def supported(reply: str, passages: list[str], question: str) -> bool:
-    """Whether ``reply`` holds only what ``passages`` say: it brings something the ``question`` does not (a
-    term, stemmed and without stopwords, or a number), each of its numbers is in the passages, and
-    ``SUPPORTED_SHARE`` of its own terms occur in them. A reply that only restates the question ("No, we do not
-    do implants") or brings words or figures of its own is not. Terms are compared in the reply's language, so
-    a reply in another language than its passages is not supported."""
+    """Whether ``reply`` holds only what ``passages`` say: it is no :func:`restatement` of the ``question``,
+    each of its numbers is in the passages, and ``SUPPORTED_SHARE`` of its own terms (stemmed, stopwords and
+    yes/no words aside) occur in them. A reply that only restates the question ("No, we do not do implants")
+    or brings words or figures of its own is not. Terms are compared in the reply's language, so a reply in
+    another language than its passages is not supported."""
     source = " ".join(passages)
-    numbers = set(_NUMBER.findall(reply)) - set(_NUMBER.findall(question))
+    numbers = _own_numbers(reply, question)
     if not numbers <= set(_NUMBER.findall(source)):
         return False
     lang = message_language(reply) or detect_language(words(source))
-    own = key_terms(reply, lang) - key_terms(question, lang) - numbers
+    own = _own_terms(reply, question, lang) - numbers
     if not own:
         return bool(numbers)
     return len(own & key_terms(source, lang)) >= SUPPORTED_SHARE * len(own)
+
+
+def _own_numbers(reply: str, question: str) -> set[str]:
+    """The numbers of ``reply`` that ``question`` does not hold."""
+    return set(_NUMBER.findall(reply)) - set(_NUMBER.findall(question))
+
+
+def _own_terms(reply: str, question: str, lang: str | None) -> set[str]:
+    """The terms of ``reply`` in ``lang`` (stemmed, stopwords and yes/no words left out) that ``question`` lacks."""
+    telling = " ".join(w for w in words(reply) if fold(w) not in _ANSWER_WORDS)
+    return key_terms(telling, lang) - key_terms(question, lang)
 
 
 def _is_json(text: str) -> bool:

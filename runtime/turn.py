@@ -30,8 +30,8 @@ from runtime.llm import ChatModelError, text_tool_calls
 from runtime.models import Conversation, Message, Turn
 from runtime.prompt import (ANSWER_NOW, build_messages, fill_variables, focused_messages, retry_instruction,
                             seen_sources)
-from runtime.replies import (data_reply, rejection, says_not_found, small_talk, small_talk_reply, split_no_answer,
-                             supported, without_echo)
+from runtime.replies import (data_reply, rejection, restatement, says_not_found, small_talk, small_talk_reply,
+                             split_no_answer, still_sendable, supported, without_echo)
 from runtime.services import Services
 from runtime.tools import ToolContext, Toolset, build_toolset
 from runtime.types import ToolCall, ToolResult, TurnResult, Usage
@@ -148,7 +148,7 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
     session.commit()  # end the read transaction: no pooled connection is held while the model thinks
     usage, rounds, tool_results, error, rejected = Usage(), 0, [], None, []
     deadline = ctx.deadline
-    reply, no_answer, executed, force_text = "", False, set(), False
+    reply, no_answer, executed, force_text, kept = "", False, set(), False, ""
     model_name = config.model or services.settings.llm_model
     # typed values the customer sent (a CPF, an e-mail) are saved as if the model had called collect_data,
     # in round 0: small models often answer them without the call
@@ -186,14 +186,17 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
                 reply = without_echo(reply, user_text)
                 problem = None if no_answer else rejection(
                     reply, instructions=messages[0]["content"], customer_text=user_text, language=language)
+                if not (problem or no_answer or tool_results) and budget.sources:  # it had facts to tell
+                    problem = restatement(reply, user_text)
                 if problem and not rejected and not _handed_off(tool_results):  # once more, as text, told why
                     rejected.append(problem)
+                    kept = reply if still_sendable(problem) else ""
                     force_text = True
                     messages.append({"role": "system", "content": retry_instruction(problem, language)})
                     continue
                 if problem:
                     rejected.append(problem)
-                    if not problem.startswith("written in"):  # a real answer in another language still goes
+                    if not still_sendable(problem):
                         reply = ""
                 break
             signatures = _signatures(resp.tool_calls)
@@ -211,6 +214,8 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
 
     session.refresh(conv)
     handed_off = _handed_off(tool_results)
+    if kept and (no_answer or not reply or says_not_found(reply)):  # asking again brought nothing better
+        reply, no_answer = kept, False
     no_answer = no_answer or not reply or says_not_found(reply)
     if not no_answer and searched_in_vain and not (ctx.sources or tool_results):  # and no tool ran either
         no_answer = True

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.replies import (data_reply, rejection, says_not_found, small_talk, split_no_answer, supported,
-                             without_echo)
+from runtime.replies import (CUSTOMER_ECHO, RESTATEMENT, data_reply, rejection, restatement, says_not_found,
+                             small_talk, split_no_answer, still_sendable, supported, without_echo)
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -95,3 +95,21 @@ def test_the_data_reply_tells_each_value_saved_or_refused_in_the_customers_langu
 def test_a_reply_is_supported_only_by_what_its_passages_say(reply, ok):
     passages = ["Horário: aos sábados abrimos das 9h às 13h.", "Limpeza (profilaxia) | 180,00 | 40 min"]
     assert supported(reply, passages, "Vocês fazem implante dentário? Quanto custa a limpeza?") is ok
+
+
+@pytest.mark.parametrize(("reply", "customer", "expected"), [
+    ("Sim, você pode parcelar o pagamento.", "Posso parcelar o pagamento?", RESTATEMENT),
+    ("Não, não fazemos implante.", "Vocês fazem implante?", RESTATEMENT),
+    ("Yes, you can pay in instalments.", "Can I pay in instalments?", RESTATEMENT),
+    ("Sim, estou com muita dor de dente.", "Estou com muita dor de dente, o que faço?", CUSTOMER_ECHO),
+    ("Sim, em até 6x sem juros.", "Posso parcelar o pagamento?", None),  # a number of its own
+    ("Ligue para a clínica, o plantão atende.", "Estou com muita dor de dente, o que faço?", None),
+    ("Sí, aceptamos tarjeta de crédito.", "¿Puedo pagar con tarjeta?", None),
+])
+def test_a_reply_that_tells_nothing_beyond_the_customers_message_is_a_restatement(reply, customer, expected):
+    assert restatement(reply, customer) == expected
+
+
+def test_only_bare_answers_and_answers_in_another_language_may_still_be_sent():
+    assert still_sendable(RESTATEMENT) and still_sendable("written in English, not in the customer's Portuguese")
+    assert not still_sendable(CUSTOMER_ECHO) and not still_sendable("model markup ('<tools>')")

@@ -428,6 +428,30 @@ def test_a_reply_in_another_language_is_asked_again_in_the_customers(shop):
     assert r.reply == "Abrimos aos sábados das 9h às 13h." and "Portuguese" in model.requests[1].messages[-1]["content"]
 
 
+def test_a_bare_answer_is_asked_again_for_the_facts_of_the_sources(shop):
+    services, model, aid = shop
+    model.enqueue("Sim, vocês entregam em Campinas.", "Sim, em até 2 dias úteis, com frete grátis acima de R$ 150.")
+    r = chat(services, aid, "Vocês entregam em Campinas?")
+    assert (r.status, r.reply) == ("answered", "Sim, em até 2 dias úteis, com frete grátis acima de R$ 150.")
+    assert "restatement of the customer's message" in model.requests[1].messages[-1]["content"]
+    assert "restatement" in _turn(services, r.conversation_id).error
+
+
+def test_a_bare_answer_still_goes_when_asking_again_brings_nothing_better(shop):
+    services, model, aid = shop
+    model.enqueue("Sim, entregamos em Campinas.", "NO_ANSWER")
+    r = chat(services, aid, "Vocês entregam em Campinas?")
+    assert (r.status, r.reply) == ("answered", "Sim, entregamos em Campinas.")
+
+
+def test_an_echo_of_the_customers_words_is_never_sent(shop):
+    services, model, aid = shop
+    model.enqueue("Sim, estou com muita dor de dente.", "Você está com muita dor de dente.")
+    r = chat(services, aid, "Estou com muita dor de dente, o que faço?")
+    assert (r.status, r.reply) == ("fallback", DEFAULT_FALLBACK["pt"])
+    assert "an echo of the customer's message" in _turn(services, r.conversation_id).error
+
+
 def test_a_reply_saying_the_knowledge_base_has_no_answer_is_a_fallback(shop):
     services, model, aid = shop
     model.enqueue("Desculpe, não encontrei essa informação nas fontes.")
