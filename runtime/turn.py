@@ -33,7 +33,8 @@ from runtime.prompt import (ANSWER_NOW, build_messages, fill_variables, focused_
 from runtime.replies import (data_reply, rejection, restatement, says_not_found, small_talk, small_talk_reply,
                              split_no_answer, still_sendable, supported, without_echo)
 from runtime.services import Services
-from runtime.tools import ToolContext, Toolset, build_toolset
+from runtime.tools.context import ToolContext
+from runtime.tools.toolset import Toolset, build_toolset
 from runtime.types import ToolCall, ToolResult, TurnResult, Usage
 
 log = logging.getLogger(__name__)

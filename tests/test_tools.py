@@ -26,7 +26,10 @@ from runtime.config import TOOL_NAMES, AssistantConfig, DataField, HttpTool, Ret
 from runtime.events import deliver_event
 from runtime.http_tools import HttpToolError, call_http_tool
 from runtime.models import Appointment, CollectedData, Conversation, OutboundEvent
-from runtime.tools import ToolContext, Toolset, build_toolset, function_tool
+from runtime.tools.context import ToolContext, ToolError
+from runtime.tools.http_tool import http_tool
+from runtime.tools.schema import function_tool
+from runtime.tools.toolset import Toolset, build_toolset
 from runtime.types import ToolCall, TurnResult
 from tests.test_scheduling import new_assistant, new_conversation
 
@@ -238,12 +241,12 @@ def test_run_checks_arguments():
     cases = [
         ({k: v for k, v in good.items() if k != "count"}, "missing required argument(s): count"),
         (good | {"colour": "red"}, "unknown argument(s) colour"),
-        (good | {"count": "many"}, "count must be an integer"),
-        (good | {"count": 2.5}, "count must be an integer"),
-        (good | {"flag": "yes"}, "flag must be a boolean"),
-        (good | {"mode": "medium"}, "mode must be one of: fast, slow"),
-        (good | {"tags": "a"}, "tags must be a list"),
-        (good | {"text": ["a"]}, "text must be a string"),
+        (good | {"count": "many"}, "count: Input should be a valid integer"),
+        (good | {"count": 2.5}, "count: Input should be a valid integer"),
+        (good | {"flag": "yes"}, "flag: Input should be a valid boolean"),
+        (good | {"mode": "medium"}, "mode: Input should be 'fast' or 'slow'"),
+        (good | {"tags": "a"}, "tags: Input should be a valid list"),
+        (good | {"text": ["a"]}, "text: Input should be a valid string"),
     ]
     for arguments, message in cases:
         result = toolset.run(ctx, ToolCall("c1", "sample", arguments))
@@ -252,6 +255,19 @@ def test_run_checks_arguments():
     assert "unknown tool 'nope'" in toolset.run(ctx, call("nope")).error
     assert "JSON object" in toolset.run(ctx, ToolCall("c2", "sample", ["x"])).error
     assert toolset.run(ctx, ToolCall("c3", "sample", json.dumps(good))).error is None  # raw JSON text
+
+
+def test_run_reports_every_problem_at_once():
+    """One message names all that is wrong with a call, so one retry can fix it."""
+    toolset = Toolset([function_tool(sample)])
+    result = toolset.run(None, call("sample", text="hi", count="x", colour="red"))
+    assert result.error == (
+        "unknown argument(s) colour (parameters are: text, count, ratio, flag, mode, tags, note, level); "
+        "missing required argument(s): ratio, flag, mode, tags; "
+        "count: Input should be a valid integer, unable to parse string as an integer")
+    good = {"text": "hi", "count": 2, "ratio": 0.5, "flag": True, "mode": "fast", "tags": ["a"]}
+    # a null optional argument means "not given", even where the parameter takes no null
+    assert json.loads(toolset.run(None, call("sample", **good, level=None)).content)["level"] == 1
 
 
 def test_exceptions_become_error_results():
@@ -369,7 +385,7 @@ def test_list_and_schedule(env):
     assert "outside opening hours" in env.run(config, "schedule_appointment", start="2025-05-18 10:00", name="Ana").error
     assert "local time like" in env.run(config, "schedule_appointment", start="monday 10am", name="Ana").error
     assert "real date" in env.run(config, "list_available_slots", date="2025-02-30").error
-    assert "kind must be one of" in env.run(config, "schedule_appointment", start="2025-05-19 10:00", name="A", kind="visit").error
+    assert "kind: Input should be 'appointment' or" in env.run(config, "schedule_appointment", start="2025-05-19 10:00", name="A", kind="visit").error
 
 
 # --------------------------------------------------------------------------- event delivery
@@ -446,10 +462,20 @@ def test_http_tool_end_to_end(sqlite_env, tmp_path):
         assert result.error is None and json.loads(result.content) == {"order": "A/1", "status": "shipped"}
         missing = env.run(config, "order_status", verbose=True)
         wrong = env.run(config, "order_status", order="1", verbose="very")
-    assert missing.error == "missing required argument(s): order" and "verbose must be a boolean" in wrong.error
+    assert missing.error == "missing required argument(s): order" and "verbose: Input should be a valid boolean" in wrong.error
     (req,) = requests
     assert req["method"] == "GET" and req["path"] == "/orders/A-1%20%C3%A7%26%3F%23?verbose=true"
     assert req["headers"]["X-Api-Key"] == "s3cret"
+
+
+def test_http_tool_parameters_may_have_any_name():
+    """An admin's parameter names reach the service as written, even those pydantic keeps for itself."""
+    schema = {"type": "object", "required": ["_id"], "properties": {
+        "model_config": {"type": "string"}, "_id": {"type": "integer"}, "flags": {"type": "array", "items": {"type": "boolean"}}}}
+    tool = http_tool(HttpTool(name="t", description="d", url="https://example.com/", parameters=schema))
+    assert tool.check({"model_config": 7, "_id": "3", "flags": [True]}) == {"model_config": "7", "_id": 3, "flags": [True]}
+    with pytest.raises(ToolError, match=r"flags.1: Input should be a valid boolean"):
+        tool.check({"_id": 3, "flags": [True, "yes"]})
 
 
 def test_http_tool_post_sends_json(tmp_path):

@@ -26,7 +26,8 @@ from runtime.http_tools import HttpToolError, call_http_tool
 from runtime.llm import ScriptedChatModel
 from runtime.llm_provider import FixedChatModelProvider
 from runtime.models import Appointment, Conversation, OutboundEvent
-from runtime.tools import ToolContext, build_toolset
+from runtime.tools.context import ToolContext
+from runtime.tools.toolset import build_toolset
 from runtime.turn import handle_message
 from runtime.types import ToolCall
 from tests.test_tools import Env, local_server, ok, settings
