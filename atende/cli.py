@@ -140,7 +140,8 @@ def cmd_chat(args) -> int:
 
 
 def cmd_conversations_export(args) -> int:
-    from runtime.review import ConversationFilters, export_conversations
+    from runtime.review.export import export_conversations
+    from runtime.review.filters import ConversationFilters
 
     filters = ConversationFilters.parse(channel=args.channel, assistant_id=args.assistant_id, since=args.since,
                                         until=args.until, customer=args.customer, waiting_for_human=None)

@@ -1,5 +1,5 @@
 """'Improve the assistant': the customers' most frequent questions and the knowledge gaps, over the
-conversations a ``runtime.review.ConversationFilters`` selects.
+conversations a ``runtime.review.filters.ConversationFilters`` selects.
 
 - Questions: inbound text messages of the selected conversations, newest first, at most
   ``MAX_QUESTIONS`` of them (the work -- embedding and an n x n similarity matrix -- stays bounded).
@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session, aliased
 from kb.embedders import Embedder, default_min_score
 from kb.models import Assistant, KnowledgeBase
 from runtime.models import Conversation, Message, MessageSource, Turn
-from runtime.review import ConversationFilters, selected_ids
+from runtime.review.filters import ConversationFilters, selected_ids
 from runtime.services import Services
 
 MAX_QUESTIONS = 2000

@@ -30,7 +30,7 @@ from kb.embedders import default_min_score
 from kb.models import Assistant
 from runtime import insights, store
 from runtime.config import merge_config
-from runtime.review import ConversationFilters
+from runtime.review.filters import ConversationFilters
 from tests.conftest import ADMIN_TOKEN
 from tests.test_review import Clock, Log, source
 

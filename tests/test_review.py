@@ -26,10 +26,14 @@ from fastapi.testclient import TestClient
 
 from atende.app import create_app
 from core.db import new_id
+from core.errors import InvalidRequest
 from kb import registry
-from runtime import review, store
+from runtime import store
 from runtime.models import Conversation, Message
-from runtime.review import ConversationFilters
+from runtime.review.conversations import collected_data
+from runtime.review.export import EXPORT_COLUMNS, export_conversations
+from runtime.review.filters import ConversationFilters
+from runtime.review.metrics import percentile
 from runtime.types import ToolResult, TurnResult, Usage
 from tests.conftest import ADMIN_TOKEN
 
@@ -282,10 +286,10 @@ def test_metrics_follow_the_filters(api):
 
 
 def test_percentile_interpolates_between_ranks():
-    assert review.percentile([], 50) is None
-    assert review.percentile([7.0], 95) == 7.0
-    assert review.percentile([1, 2, 3, 4], 50) == 2.5
-    assert review.percentile([10, 20], 95) == pytest.approx(19.5)
+    assert percentile([], 50) is None
+    assert percentile([7.0], 95) == 7.0
+    assert percentile([1, 2, 3, 4], 50) == 2.5
+    assert percentile([10, 20], 95) == pytest.approx(19.5)
 
 
 # --------------------------------------------------------------------------- export
@@ -335,7 +339,7 @@ def test_export_csv_parses_back(api):
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
     assert ".csv" in r.headers["content-disposition"]
     rows = list(csv.DictReader(io.StringIO(r.text, newline="")))
-    assert len(rows) == 18 and tuple(rows[0]) == review.EXPORT_COLUMNS
+    assert len(rows) == 18 and tuple(rows[0]) == EXPORT_COLUMNS
     c3 = [x for x in rows if x["conversation_id"] == ids["c3"]]
     assert c3[0]["text"] == "'=HYPERLINK(\"x\") vocês vendem drones?"  # not a formula in a spreadsheet
     assert c3[1]["text"] == 'Não sei responder, "infelizmente".\nPosso ajudar, em outra coisa?'
@@ -354,24 +358,24 @@ def test_export_applies_the_filters(api):
         "/api/conversations/export", params={"waiting_for_human": "true", "until": "2024-03-02"}).text, newline="")))
     assert [x["conversation_id"] for x in rows] == [ids["c2"]] * 4
     nothing = client.get("/api/conversations/export", params={"customer": "nobody"})
-    assert nothing.status_code == 200 and nothing.text.strip() == ",".join(review.EXPORT_COLUMNS)
+    assert nothing.status_code == 200 and nothing.text.strip() == ",".join(EXPORT_COLUMNS)
     assert client.get("/api/conversations/export", params={"format": "jsonl", "customer": "nobody"}).text == ""
 
 
 def test_export_pages_by_keyset_without_losing_rows(services, fixture_log):
     """Small pages (conversations split by keyset, or packed several to a page): the same rows as one page."""
     whole = io.StringIO()
-    assert review.export_conversations(services, whole, "jsonl", ConversationFilters()) == 18
+    assert export_conversations(services, whole, "jsonl", ConversationFilters()) == 18
     for size in (1, 2, 3, 5, 9):
         paged = io.StringIO()
-        assert review.export_conversations(services, paged, "jsonl", ConversationFilters(), page_size=size) == 18
+        assert export_conversations(services, paged, "jsonl", ConversationFilters(), page_size=size) == 18
         assert paged.getvalue() == whole.getvalue(), size
     out = io.StringIO()
     filters = ConversationFilters.parse(channel="whatsapp", since="2024-03-03")
-    assert review.export_conversations(services, out, "csv", filters, page_size=3) == 4
+    assert export_conversations(services, out, "csv", filters, page_size=3) == 4
     assert len(list(csv.DictReader(io.StringIO(out.getvalue(), newline="")))) == 4
-    with pytest.raises(review.InvalidRequest):
-        review.export_conversations(services, io.StringIO(), "xlsx", filters)
+    with pytest.raises(InvalidRequest):
+        export_conversations(services, io.StringIO(), "xlsx", filters)
 
 
 def test_export_of_the_assembled_app_is_not_taken_for_a_conversation_id(sqlite_services):
@@ -391,6 +395,6 @@ def test_collected_data_of_one_conversation_by_field(services, fixture_log):
         s.add_all([CollectedData(id=new_id(), conversation_id=fixture_log["c3"], field=f, value=v, source=src)
                    for f, v, src in (("name", "Ana", "ai"), ("email", "ana@example.com", "operator"))])
         s.commit()
-        assert [(d["field"], d["value"], d["source"]) for d in review.collected_data(s, fixture_log["c3"])] == \
+        assert [(d["field"], d["value"], d["source"]) for d in collected_data(s, fixture_log["c3"])] == \
             [("email", "ana@example.com", "operator"), ("name", "Ana", "ai")]
-        assert review.collected_data(s, fixture_log["c1"]) == []
+        assert collected_data(s, fixture_log["c1"]) == []

@@ -29,10 +29,12 @@ from api.routes import whatsapp as whatsapp_routes
 from api.sessions import SESSION_TTL_S, close_session, open_session
 from core.errors import InvalidRequest, NotFound
 from kb import registry
-from runtime import approved, regression, review, store
+from runtime import approved, regression, store
 from runtime.feedback import REASONS
 from runtime.models import CHANNELS, Message
-from runtime.review import ConversationFilters
+from runtime.review.conversations import collected_data, list_conversations
+from runtime.review.filters import ConversationFilters
+from runtime.review.metrics import compute_metrics
 from runtime.turn import APPROVED_PREFIX
 from runtime.whatsapp.models import WhatsAppSender
 from runtime.whatsapp.outbound import window_open
@@ -203,7 +205,7 @@ def conversations_page(request: Request, session: SessionDep, page: int = 1):
         return _filter_page(request, session, "conversations.html", 400, raw=raw, error=error, items=[], total=0,
                             page=1, pages=1)
     page = max(page, 1)
-    total, items = review.list_conversations(session, filters, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
+    total, items = list_conversations(session, filters, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
     pages = max((total + PAGE_SIZE - 1) // PAGE_SIZE, 1)
     return _filter_page(request, session, "conversations.html", raw=raw, items=items, total=total, page=page,
                         pages=pages, prev_qs=query_string(raw, page=page - 1) if page > 1 else None,
@@ -227,7 +229,7 @@ def conversation_page(request: Request, conversation_id: str, services: Services
             templates_offered = [t for t in whatsapp_routes.list_templates(session, sender.id) if t.status == "APPROVED"]
     assistant = registry.get_assistant(session, conv.assistant_id)
     return render(request, "conversation.html", conv=conv, assistant=assistant,
-                  collected=review.collected_data(session, conversation_id), window_open=window,
+                  collected=collected_data(session, conversation_id), window_open=window,
                   sender_id=sender_id, wa_templates=templates_offered, reviews=reply_reviews(session, conv, assistant),
                   reasons=REASONS)
 
@@ -265,7 +267,7 @@ def metrics_page(request: Request, session: SessionDep):
     raw, filters, error = read_filters(request)
     if filters is None:
         return _filter_page(request, session, "metrics.html", 400, raw=raw, error=error, m=None, chart=None)
-    m = review.compute_metrics(session, filters)
+    m = compute_metrics(session, filters)
     return _filter_page(request, session, "metrics.html", raw=raw, m=m, chart=day_chart(m["per_day"]))
 
 

@@ -1,5 +1,5 @@
 """The review dashboard's backend: the conversation list, the metrics and the streamed export, all
-under one set of filters (``runtime.review.ConversationFilters``, parsed here from the query string).
+under one set of filters (``runtime.review.filters.ConversationFilters``, parsed here from the query string).
 
 Include this router before ``conversations.router``: ``GET /api/conversations/export`` would otherwise
 be taken for ``GET /api/conversations/{conversation_id}``.
@@ -14,8 +14,10 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from api.deps import AdminDep, ServicesDep, SessionDep
-from runtime import review
-from runtime.review import ConversationFilters
+from runtime.review import conversations
+from runtime.review.export import stream_export
+from runtime.review.filters import ConversationFilters
+from runtime.review.metrics import compute_metrics
 
 router = APIRouter(tags=["review"], dependencies=[AdminDep])
 
@@ -132,7 +134,7 @@ FiltersDep = Annotated[ConversationFilters, Depends(conversation_filters)]
 def list_conversations(filters: FiltersDep, session: SessionDep, limit: Annotated[int, Query(ge=1, le=500)] = 50,
                        offset: Annotated[int, Query(ge=0)] = 0):
     """Conversations, most recently active first, with message count, cost and handoff state."""
-    total, items = review.list_conversations(session, filters, limit=limit, offset=offset)
+    total, items = conversations.list_conversations(session, filters, limit=limit, offset=offset)
     return ConversationsPage(items=items, total=total, limit=limit, offset=offset)
 
 
@@ -143,7 +145,7 @@ def export_conversations(filters: FiltersDep, services: ServicesDep,
     """One row per message, with its conversation, sources, function calls and feedback, streamed."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     return StreamingResponse(
-        review.stream_export(services, fmt, filters), media_type=MEDIA_TYPES[fmt],
+        stream_export(services, fmt, filters), media_type=MEDIA_TYPES[fmt],
         headers={"Content-Disposition": f'attachment; filename="conversations-{stamp}.{fmt}"'},
     )
 
@@ -152,4 +154,4 @@ def export_conversations(filters: FiltersDep, services: ServicesDep,
 def metrics(filters: FiltersDep, session: SessionDep):
     """Volume, response rate and time, cost, delivery problems, handoffs and fallbacks, per day; ratings of the
     replies (satisfaction rate, bad-reply reasons)."""
-    return review.compute_metrics(session, filters)
+    return compute_metrics(session, filters)

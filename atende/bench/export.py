@@ -2,7 +2,7 @@
 
 Bulk-inserts a synthetic log (Core inserts in batches: 20 messages per conversation, every reply with
 three cited passages, every fourth reply with a function call), then streams the export as JSONL and
-as CSV through ``runtime.review.stream_export`` -- the generator the HTTP route serves -- into a sink
+as CSV through ``runtime.review.export.stream_export`` -- the generator the HTTP route serves -- into a sink
 that parses every row back (``json.loads`` per line / ``csv.reader``) and keeps nothing. The process's
 RSS is sampled after every chunk; the figures at 10k, 50k and 100k rows show whether it is flat.
 Run: ``python -m atende.bench.export [--messages N] [--database-url URL]``.
@@ -29,7 +29,8 @@ from core.db import new_id
 from core.settings import Settings
 from kb import registry
 from runtime.models import Conversation, Message, MessageSource, ToolCallRecord
-from runtime.review import ConversationFilters, stream_export
+from runtime.review.export import stream_export
+from runtime.review.filters import ConversationFilters
 from runtime.services import Services
 
 PER_CONVERSATION = 20
