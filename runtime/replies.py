@@ -75,6 +75,7 @@ _NO_ANSWER = re.compile(r"\bn(?:o|ao|ão)[\s_-]*answer\b", re.IGNORECASE)
 _NUMBER = re.compile(r"\d+")
 SUPPORTED_SHARE = 0.75  # of a reply's own terms (not the question's), at least this share must be the passages'
 _ECHO_WORDS = 8  # this many consecutive words of the instructions in a reply make it an echo
+_FIRST_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n")
 _CUSTOMER_ECHO_WORDS = 5  # a reply that tells nothing new and repeats this many of the customer's words echoes them
 # words that answer a yes/no question without telling anything: "Sim, você pode parcelar." says no more than
 # "Posso parcelar?" (compared accent-folded)
@@ -135,11 +136,15 @@ def split_no_answer(reply: str) -> tuple[str, bool]:
 
 
 def without_echo(reply: str, customer_text: str) -> str:
-    """``reply`` without a first line that only repeats the customer's message (small models often
-    restate the question before answering it)."""
+    """``reply`` without a first line that only repeats the customer's message, or a first sentence that echoes
+    their words (:func:`restatement`: "Sim, estou com muita dor de dente." before the answer to "Estou com muita
+    dor de dente, o que faço?"): small models often restate the question before answering it."""
     first, sep, rest = reply.strip().partition("\n")
     if sep and rest.strip() and fold(first).strip(" .!?¿¡*#") == fold(customer_text).strip(" .!?¿¡*#"):
         return rest.strip()
+    first, *rest = _FIRST_SENTENCE_END.split(reply.strip(), maxsplit=1)
+    if rest and rest[0].strip() and restatement(first, customer_text) == CUSTOMER_ECHO:
+        return rest[0].strip()
     return reply
 
 

@@ -75,6 +75,10 @@ def test_a_restated_question_is_cut_from_the_reply():
     assert without_echo("Quanto tempo demora o clareamento?", "Quanto tempo demora o clareamento?") == \
         "Quanto tempo demora o clareamento?"  # nothing else: left to the echo check
     assert without_echo("Sim.\nAbrimos às 8h.", "Vocês abrem cedo?") == "Sim.\nAbrimos às 8h."
+    assert without_echo("Sim, estou com muita dor de dente. Ligue para (19) 3232-4545.",
+                        "Estou com muita dor de dente, o que faço?") == "Ligue para (19) 3232-4545."
+    assert without_echo("Sim, você pode parcelar o pagamento. Em até 6x.", "Posso parcelar o pagamento?") == \
+        "Sim, você pode parcelar o pagamento. Em até 6x."  # a bare answer, not an echo: kept
 
 
 def test_the_data_reply_tells_each_value_saved_or_refused_in_the_customers_language():
