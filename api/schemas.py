@@ -4,7 +4,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from runtime.config import AssistantConfig
 
 
 class AssistantCreate(BaseModel):
@@ -59,8 +61,15 @@ class AssistantPublic(BaseModel):
     created_at: datetime
     updated_at: datetime
     knowledge_base: KnowledgeBasePublic
-    config: dict = Field(default_factory=dict, description="effective conversation settings")
+    config: AssistantConfig = Field(default_factory=AssistantConfig,
+                                    description="effective conversation settings, defaults filled in")
     reembed_job: JobPublic | None = None
+
+    @field_validator("config", mode="before")
+    @classmethod
+    def _stored(cls, value: dict | None) -> dict:
+        """An assistant stores only the settings it changed (or none): the rest are AssistantConfig's defaults."""
+        return value or {}
 
 
 class DocumentPublic(BaseModel):

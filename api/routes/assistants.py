@@ -9,14 +9,13 @@ from api.schemas import AssistantCreate, AssistantPublic, AssistantUpdate, Searc
 from kb import registry
 from kb.models import Assistant, IngestJob
 from kb.search import search
-from runtime.config import AssistantConfig, merge_config
+from runtime.config import merge_config
 
 router = APIRouter(prefix="/api/assistants", tags=["assistants"], dependencies=[AdminDep])
 
 
 def assistant_public(session, assistant: Assistant) -> AssistantPublic:
     out = AssistantPublic.model_validate(assistant)
-    out.config = AssistantConfig.model_validate(assistant.config or {}).model_dump(mode="json")
     job = session.scalar(
         select(IngestJob)
         .where(IngestJob.knowledge_base_id == assistant.knowledge_base.id, IngestJob.kind == "reembed")
