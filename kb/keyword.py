@@ -151,7 +151,7 @@ class KeywordIndex:
                                       key=lambda lang: lang or ""))
         self._idf: dict[str, float] = {}
         if chunks:
-            corpus = [terms(t, lang) or [""] for t, lang in zip(tokens, detected)]
+            corpus = [terms(t, lang) or [""] for t, lang in zip(tokens, detected, strict=True)]
             self._bm25 = bm25s.BM25(k1=k1, b=b, method="lucene")
             self._bm25.index(corpus, show_progress=False)
             df = Counter(term for doc in corpus for term in set(doc))

@@ -32,7 +32,7 @@ class Assistant(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
-    knowledge_base: Mapped["KnowledgeBase"] = relationship(
+    knowledge_base: Mapped[KnowledgeBase] = relationship(
         back_populates="assistant", cascade="all, delete-orphan", uselist=False, lazy="joined"
     )
 
@@ -67,7 +67,7 @@ class Document(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
-    versions: Mapped[list["DocumentVersion"]] = relationship(
+    versions: Mapped[list[DocumentVersion]] = relationship(
         back_populates="document", cascade="all, delete-orphan", order_by="DocumentVersion.version"
     )
 

@@ -85,7 +85,8 @@ class ChromaVectorStore:
         )
         return [
             StoredMatch(cid, doc, meta or {}, float(dist))
-            for cid, doc, meta, dist in zip(res["ids"][0], res["documents"][0], res["metadatas"][0], res["distances"][0])
+            for cid, doc, meta, dist in zip(res["ids"][0], res["documents"][0], res["metadatas"][0],
+                                            res["distances"][0], strict=True)
         ]
 
     def chunks(self, collection: str, version_keys: list[str], page: int = 5000) -> tuple[list[StoredMatch], np.ndarray]:
@@ -98,7 +99,7 @@ class ChromaVectorStore:
                 res = col.get(where={"doc_version": {"$in": keys}}, include=["documents", "metadatas", "embeddings"],
                               limit=page, offset=offset)
                 out += [StoredMatch(cid, doc, meta or {}, 0.0)
-                        for cid, doc, meta in zip(res["ids"], res["documents"], res["metadatas"])]
+                        for cid, doc, meta in zip(res["ids"], res["documents"], res["metadatas"], strict=True)]
                 if len(res["ids"]):
                     vectors.append(np.asarray(res["embeddings"], dtype=np.float32))
                 if len(res["ids"]) < page:
