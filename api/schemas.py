@@ -141,7 +141,7 @@ class ChatResult(BaseModel):
     error: str | None = None  # why the model failed (status ``error``)
 
     @classmethod
-    def from_turn(cls, r) -> "ChatResult":
+    def from_turn(cls, r) -> ChatResult:
         return cls(
             conversation_id=r.conversation_id, reply=r.reply, status=r.status, sources=r.sources,
             function_calls=r.function_calls, ai_enabled=r.ai_enabled, cost=r.cost, timings=r.timings, error=r.error,
@@ -174,7 +174,7 @@ class MessagePublic(BaseModel):
     function_calls: list[dict] = Field(default_factory=list)
 
     @classmethod
-    def from_message(cls, m) -> "MessagePublic":
+    def from_message(cls, m) -> MessagePublic:
         out = cls(id=m.id, direction=m.direction, kind=m.kind, text=m.text, status=m.status, error_code=m.error_code,
                   error_title=m.error_title, created_at=m.created_at,
                   tokens_in=m.tokens_in, tokens_out=m.tokens_out, cost=m.cost, latency_ms=m.latency_ms)

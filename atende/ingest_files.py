@@ -62,7 +62,8 @@ def ingest_paths(services: Services, assistant_ref: str, paths: list[Path], prog
     with ThreadPoolExecutor(max_workers=max(1, services.settings.ingest_parallelism)) as pool:
         futures = [pool.submit(_finish, services, item) if not isinstance(item, FileResult) else None for item in queued]
         results = []
-        for item, future in tqdm(list(zip(queued, futures)), unit="file", disable=not progress, leave=False):
+        for item, future in tqdm(list(zip(queued, futures, strict=True)), unit="file", disable=not progress,
+                                 leave=False):
             results.append(item if future is None else future.result())
     return results
 

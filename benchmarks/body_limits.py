@@ -70,7 +70,7 @@ class ServerProcess:
 
     def __init__(self, home: Path, env: dict[str, str] | None = None):
         self.home, self.port = home, _free_port()
-        self.log = open(home / "server.log", "wb")
+        self.log = open(home / "server.log", "wb")  # noqa: SIM115 (closed by stop())
         environ = {**os.environ, "HF_HUB_OFFLINE": "1", "ATENDE_HOME": str(home), **(env or {})}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "atende.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
@@ -109,7 +109,7 @@ class ServerProcess:
             self.process.wait()
         self.log.close()
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -232,7 +232,7 @@ class RssSampler:
         while not self._stop.wait(0.02):
             self.peak = max(self.peak, process_rss(self.pid))
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self._thread.start()
         return self
 

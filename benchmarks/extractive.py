@@ -76,8 +76,8 @@ def sweep(probes: list[dict]) -> list[dict]:
     for p_min, s_min in itertools.product(PASSAGE_THRESHOLDS, SENTENCE_THRESHOLDS):
         row = {"passage": p_min, "sentence": s_min}
         for result in probes:
-            def quoted(p):
-                return p["score"] >= p_min and p["sentence_score"] >= s_min
+            def quoted(p):  # used before the loop moves on
+                return p["score"] >= p_min and p["sentence_score"] >= s_min  # noqa: B023
             inside, outside = result["in_scope"], result["out_of_scope"]
             row[result["set"]] = {"contains": round(sum(quoted(p) and p["contains"] for p in inside) / len(inside), 4),
                                   "oos_quoted": round(sum(map(quoted, outside)) / len(outside), 4)}

@@ -31,7 +31,7 @@ def faq_as_retrieval_set(faq_dir: Path, out_dir: Path) -> tuple[Path, Path]:
     queries = [{"id": q["id"], "question": q["question"], "gold_ids": [q["gold_id"]], "lang": q.get("lang")}
                for q in load_jsonl(faq_dir / "queries.jsonl") if q.get("kind") == "paraphrase"]
     paths = out_dir / "corpus.jsonl", out_dir / "queries.jsonl"
-    for path, rows in zip(paths, (corpus, queries)):
+    for path, rows in zip(paths, (corpus, queries), strict=True):
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return paths
 

@@ -155,7 +155,7 @@ async def _load(host: str, port: int, visitors: int, baseline_s: float, load_s: 
     async def call(path: str, body, headers: dict[str, str]) -> tuple[int, dict, bytes]:
         try:
             return await asyncio.wait_for(_request(host, port, path, body, headers), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return -1, {}, b""  # no answer within timeout_s: a hang
         except (OSError, ValueError, IndexError):
             return -2, {}, b""  # refused, reset, or not HTTP

@@ -61,7 +61,8 @@ def _read(path: Path) -> dict[str, str]:
         try:
             stored = json.load(f)
         except ValueError as exc:
-            raise SecretStoreError(f"{path} is not valid JSON ({exc}); fix it or delete it to generate new secrets")
+            raise SecretStoreError(
+                f"{path} is not valid JSON ({exc}); fix it or delete it to generate new secrets") from exc
     if not isinstance(stored, dict) or not all(isinstance(v, str) for v in stored.values()):
         raise SecretStoreError(f"{path} must hold a JSON object of strings")
     return stored

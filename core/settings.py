@@ -64,7 +64,8 @@ class Settings(BaseSettings):
     http_tools_allow_private: bool = False  # allow HTTP tools to reach loopback/private addresses
 
     # WhatsApp Cloud API
-    whatsapp_graph_url: str = Field(default="https://graph.facebook.com", validation_alias=AliasChoices("WHATSAPP_GRAPH_URL", "ATENDE_WHATSAPP_GRAPH_URL"))
+    whatsapp_graph_url: str = Field(default="https://graph.facebook.com",
+                                    validation_alias=AliasChoices("WHATSAPP_GRAPH_URL", "ATENDE_WHATSAPP_GRAPH_URL"))
     whatsapp_debounce_s: float = 2.0  # a burst of messages within this time is answered by one turn
     whatsapp_debounce_max_s: float = 10.0  # ... but a burst is never left unanswered for longer than this
     whatsapp_send_timeout_s: float = 15.0
@@ -80,7 +81,7 @@ class Settings(BaseSettings):
     webhook_secret: str | None = None
 
     @model_validator(mode="after")
-    def _generate_or_check_secrets(self) -> "Settings":
+    def _generate_or_check_secrets(self) -> Settings:
         unset = [name for name in SECRET_FIELDS if getattr(self, name) is None]
         if unset:
             for name, value in load_or_create_secrets(self.home, unset).items():

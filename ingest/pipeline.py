@@ -241,7 +241,8 @@ def _reembed(services: IngestServices, job_id: str, timings: Timings) -> None:
         except BaseException:
             services.vectors.drop(new_collection)  # leave no half-built collection behind
             raise
-        gone = [v.key for v in session.scalars(select(DocumentVersion).where(DocumentVersion.id.in_(done), DocumentVersion.state != "current"))]
+        gone = [v.key for v in session.scalars(select(DocumentVersion).where(DocumentVersion.id.in_(done),
+                                                                             DocumentVersion.state != "current"))]
         old_collection = kb.collection
         kb.collection, kb.embedding_model, kb.target_embedding_model = new_collection, kb.target_embedding_model, None
         job.status, job.finished_at, job.timings = "ready", utcnow(), timings.as_dict()

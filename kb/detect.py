@@ -69,8 +69,8 @@ def zip_directory_size(data: bytes) -> int | None:
         return None
     zip64 = end - 20 - 56  # the ZIP64 end record (56 bytes), then its locator (20 bytes)
     if zip64 >= 0 and data[end - 20 : end - 16] == b"PK\x06\x07" and data[zip64 : zip64 + 4] == b"PK\x06\x06":
-        return struct.unpack_from("<Q", data, zip64 + 40)[0]
-    return struct.unpack_from("<I", data, end + 12)[0]
+        return int(struct.unpack_from("<Q", data, zip64 + 40)[0])
+    return int(struct.unpack_from("<I", data, end + 12)[0])
 
 
 def decode_text(data: bytes) -> str:
@@ -111,8 +111,10 @@ def detect_file_type(filename: str, data: bytes, max_bytes: int) -> str:
         raise UnsupportedFileType(f"'{filename}': unsupported file type {ext or '(no extension)'}; supported: {supported}")
     actual = sniff(data)
     if actual == "big zip":
+        directory = zip_directory_size(data)
+        assert directory is not None  # sniff measured it to call the file a big zip
         raise FileTooLarge(
-            f"'{filename}' is a ZIP archive whose list of contents takes {zip_directory_size(data) / 2**20:.1f} MiB, "
+            f"'{filename}' is a ZIP archive whose list of contents takes {directory / 2**20:.1f} MiB, "
             f"over the limit of {MAX_ZIP_DIRECTORY_BYTES / 2**20:g} MiB (Office files list far fewer files)"
         )
     if actual == expected or (actual == "text" and expected in TEXT_TYPES):

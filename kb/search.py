@@ -7,8 +7,9 @@ Only chunks of each document's current version are ever returned. Every hit carr
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, cast
 
 import numpy as np
 from sqlalchemy import select
@@ -16,14 +17,16 @@ from sqlalchemy.orm import Session
 
 from core.errors import InvalidRequest
 from kb.embedders import EmbedderRegistry
-from kb.keyword import IndexedChunk, KeywordIndexCache
+from kb.keyword import IndexedChunk, KeywordIndex, KeywordIndexCache
 from kb.models import DocumentVersion, KnowledgeBase
-from kb.types import SearchHit
-from kb.vectorstore import ChromaVectorStore
+from kb.types import ChunkMetadata, SearchHit
+from kb.vectorstore import ChromaVectorStore, Filter
 
 MAX_TOP_K = 50
 Mode = Literal["hybrid", "dense", "keyword"]
 FILTER_KEYS = ("document_id", "filename", "section", "page")
+# a validated ``where``: each of FILTER_KEYS to a value or a list of values
+MetadataFilter = dict[str, str | int | list[str | int]]
 
 
 class SearchServices(Protocol):
@@ -66,7 +69,7 @@ class Fusion:
 FUSION = Fusion()
 
 
-def _validate_where(where: dict | None) -> dict | None:
+def _validate_where(where: Mapping[str, object] | None) -> MetadataFilter | None:
     if not where:
         return None
     unknown = set(where) - set(FILTER_KEYS)
@@ -76,15 +79,15 @@ def _validate_where(where: dict | None) -> dict | None:
         values = value if isinstance(value, list) else [value]
         if not values or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in values):
             raise InvalidRequest(f"filter {key!r} must be a string/integer or a non-empty list of them")
-    return where
+    return cast(MetadataFilter, where)  # as checked above
 
 
-def _chroma_where(where: dict) -> dict:
+def _chroma_where(where: MetadataFilter) -> Filter:
     parts = [{k: {"$in": v} if isinstance(v, list) else v} for k, v in where.items()]
     return parts[0] if len(parts) == 1 else {"$and": parts}
 
 
-def _matches(metadata: dict, where: dict | None) -> bool:
+def _matches(metadata: ChunkMetadata, where: MetadataFilter | None) -> bool:
     return not where or all(
         metadata.get(k) in (v if isinstance(v, list) else [v]) for k, v in where.items()
     )
@@ -92,7 +95,8 @@ def _matches(metadata: dict, where: dict | None) -> bool:
 
 def _versions(session: Session, kb_id: str) -> tuple[set[str], list[str]]:
     """(current ``doc_version`` keys, hidden keys) of the knowledge base, read in one query."""
-    current, hidden = set(), []
+    current: set[str] = set()
+    hidden: list[str] = []
     for d, v, state in session.execute(
         select(DocumentVersion.document_id, DocumentVersion.version, DocumentVersion.state).where(
             DocumentVersion.knowledge_base_id == kb_id, DocumentVersion.state != "gone"
@@ -131,7 +135,7 @@ def _fuse(similarity: dict[str, float], keyword: dict[str, float], mode: Mode, a
     }
 
 
-def keyword_index(services: SearchServices, kb: KnowledgeBase, current: set[str]):
+def keyword_index(services: SearchServices, kb: KnowledgeBase, current: set[str]) -> KeywordIndex:
     """The knowledge base's BM25 index over its current versions (built or reused from the cache)."""
     fingerprint = tuple(sorted(current))
 
@@ -143,7 +147,8 @@ def keyword_index(services: SearchServices, kb: KnowledgeBase, current: set[str]
 
 
 def search(services: SearchServices, session: Session, kb: KnowledgeBase, query: str, top_k: int = 5, *,
-           where: dict | None = None, mode: Mode = "hybrid", max_per_document: int | None = None) -> list[SearchHit]:
+           where: Mapping[str, object] | None = None, mode: Mode = "hybrid",
+           max_per_document: int | None = None) -> list[SearchHit]:
     """Rank the knowledge base's chunks for ``query``.
 
     ``where`` filters on chunk metadata (``document_id``, ``filename``, ``section``, ``page``; a value or a
@@ -157,17 +162,17 @@ def search(services: SearchServices, session: Session, kb: KnowledgeBase, query:
         raise InvalidRequest(f"top_k must be between 1 and {MAX_TOP_K}")
     if max_per_document is not None and max_per_document < 1:
         raise InvalidRequest("max_per_document must be at least 1")
-    where = _validate_where(where)
+    checked = _validate_where(where)
     current, hidden = _versions(session, kb.id)
     if not current:
         return []
     n = max(FUSION.candidates, top_k * 2)
     vector = services.embedders.get(kb.embedding_model).embed_query(query)
 
-    found: dict[str, tuple[str, dict]] = {}  # chunk id -> (text, metadata)
+    found: dict[str, tuple[str, ChunkMetadata]] = {}  # chunk id -> (text, metadata)
     similarity: dict[str, float] = {}
     if mode != "keyword":
-        for m in services.vectors.query(kb.collection, vector, n, hidden, _chroma_where(where) if where else None):
+        for m in services.vectors.query(kb.collection, vector, n, hidden, _chroma_where(checked) if checked else None):
             found[m.chunk_id] = (m.text, m.metadata)
             similarity[m.chunk_id] = 1.0 - m.distance
     keyword: dict[str, float] = {}
@@ -180,9 +185,10 @@ def search(services: SearchServices, session: Session, kb: KnowledgeBase, query:
             chunk = index.chunks[i]
             if bm25[i] <= 0 or pool == n:
                 break
-            if _matches(chunk.metadata, where):
+            if _matches(chunk.metadata, checked):
                 found.setdefault(chunk.chunk_id, (chunk.text, chunk.metadata))
                 pool += 1
+        assert index.vectors is not None  # keyword_index builds every index with its chunks' vectors
         for cid in found:  # both scores for every pooled chunk
             row = index.row.get(cid)
             keyword[cid] = float(bm25[row]) if row is not None else 0.0
@@ -190,7 +196,7 @@ def search(services: SearchServices, session: Session, kb: KnowledgeBase, query:
                 similarity[cid] = float(np.dot(index.vectors[row], vector))
     fusion = _fuse(similarity, keyword, mode, attainable)
 
-    alive = _still_current(session, kb.id, {md.get("doc_version") for _, md in found.values()} - {None})
+    alive = _still_current(session, kb.id, {v for _, md in found.values() if (v := md.get("doc_version")) is not None})
     hits: list[SearchHit] = []
     per_document: dict[str, int] = {}
     for cid in sorted(found, key=lambda c: (-fusion.get(c, 0.0), -similarity.get(c, -1.0))):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass, field
+from typing import Any, TypedDict
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,23 @@ class Chunk:
         return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
 
 
+class ChunkMetadata(TypedDict, total=False):
+    """What the vector store keeps beside each chunk (ingest.pipeline.chunk_metadata writes it; keys whose
+    value is None, such as the page of a text file, are not stored)."""
+
+    document_id: str
+    version: int
+    doc_version: str  # "<document_id>:<version>", the key search hides versions by
+    filename: str
+    position: int
+    section: str
+    page: int
+    page_end: int
+    element_types: str  # comma-separated
+    char_start: int
+    char_end: int
+
+
 @dataclass(frozen=True)
 class SearchHit:
     """One ranked search result with everything needed to cite it."""
@@ -48,5 +66,5 @@ class SearchHit:
     keyword_score: float = 0.0  # BM25; 0 when no query word occurs in the chunk
     fusion: float = 0.0  # the fused ranking score results are ordered by
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:  # asdict's own type: the field values as they are
         return asdict(self)

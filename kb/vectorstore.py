@@ -7,18 +7,30 @@ the caller through ``exclude_versions`` (see kb.models).
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 from urllib.parse import urlparse
 
 import numpy as np
+
+from kb.types import ChunkMetadata
+
+if TYPE_CHECKING:  # chromadb itself is imported on first use
+    from chromadb.api import ClientAPI
+    from chromadb.api.models.Collection import Collection
+    from chromadb.api.types import Metadata, Where
+
+# a chromadb metadata filter, e.g. {"filename": "faq.pdf"} or {"$and": [{"page": 2}, {"section": {"$in": [...]}}]}
+Filter = Mapping[str, object]
 
 
 @dataclass(frozen=True)
 class StoredMatch:
     chunk_id: str
     text: str
-    metadata: dict
+    metadata: ChunkMetadata
     distance: float
 
 
@@ -29,36 +41,39 @@ class ChromaVectorStore:
         if (path is None) == (url is None):
             raise ValueError("give exactly one of path or url")
         self._path, self._url = path, url
-        self._client = None
+        self._client: ClientAPI | None = None
         self._lock = threading.Lock()
 
     @property
-    def client(self):
+    def client(self) -> ClientAPI:
         with self._lock:
             if self._client is None:
                 import chromadb
+                from chromadb.config import Settings
 
-                settings = chromadb.Settings(anonymized_telemetry=False)
+                settings = Settings(anonymized_telemetry=False)
                 if self._url:
                     u = urlparse(self._url)
                     self._client = chromadb.HttpClient(
                         host=u.hostname or "localhost", port=u.port or 8000, ssl=u.scheme == "https", settings=settings
                     )
                 else:
+                    assert self._path is not None  # __init__ takes exactly one of path and url
                     self._path.mkdir(parents=True, exist_ok=True)
                     self._client = chromadb.PersistentClient(path=str(self._path), settings=settings)
             return self._client
 
-    def _collection(self, name: str):
+    def _collection(self, name: str) -> Collection:
         return self.client.get_or_create_collection(
             name, embedding_function=None, configuration={"hnsw": {"space": "cosine"}}
         )
 
-    def add(self, collection: str, ids: list[str], embeddings: np.ndarray, texts: list[str], metadatas: list[dict]) -> None:
+    def add(self, collection: str, ids: list[str], embeddings: np.ndarray, texts: list[str],
+            metadatas: Sequence[Mapping[str, str | int | float | bool | None]]) -> None:
         """Upsert chunks; ``metadatas`` values must be str, int, float or bool (None values are dropped)."""
         col = self._collection(collection)
         step = self.client.get_max_batch_size()
-        clean = [{k: v for k, v in m.items() if v is not None} for m in metadatas]
+        clean: list[Metadata] = [{k: v for k, v in m.items() if v is not None} for m in metadatas]
         for i in range(0, len(ids), step):
             col.upsert(
                 ids=ids[i : i + step],
@@ -67,38 +82,44 @@ class ChromaVectorStore:
                 metadatas=clean[i : i + step],
             )
 
-    def query(self, collection: str, embedding: np.ndarray, k: int, exclude_versions: list[str] = (),
-              where: dict | None = None) -> list[StoredMatch]:
+    def query(self, collection: str, embedding: np.ndarray, k: int, exclude_versions: Sequence[str] = (),
+              where: Filter | None = None) -> list[StoredMatch]:
         """Nearest ``k`` chunks by cosine distance, skipping chunks whose ``doc_version`` is excluded.
 
         ``where`` is an extra chromadb metadata filter (e.g. ``{"filename": "faq.pdf"}``).
         """
         col = self._collection(collection)
-        conditions = ([{"doc_version": {"$nin": list(exclude_versions)}}] if exclude_versions else []) + (
-            [where] if where else [])
-        where = conditions[0] if len(conditions) == 1 else ({"$and": conditions} if conditions else None)
+        excluded: list[Filter] = [{"doc_version": {"$nin": list(exclude_versions)}}] if exclude_versions else []
+        conditions = excluded + ([where] if where else [])
+        combined = conditions[0] if len(conditions) == 1 else ({"$and": conditions} if conditions else None)
         res = col.query(
             query_embeddings=[np.asarray(embedding, dtype=np.float32).tolist()],
             n_results=k,
-            where=where,
+            where=_where(combined) if combined else None,
             include=["documents", "metadatas", "distances"],
         )
+        documents, metadatas, distances = res["documents"], res["metadatas"], res["distances"]
+        assert documents is not None and metadatas is not None and distances is not None  # all in include
         return [
-            StoredMatch(cid, doc, meta or {}, float(dist))
-            for cid, doc, meta, dist in zip(res["ids"][0], res["documents"][0], res["metadatas"][0], res["distances"][0])
+            StoredMatch(cid, doc, _chunk_metadata(meta), float(dist))
+            for cid, doc, meta, dist in zip(res["ids"][0], documents[0], metadatas[0], distances[0], strict=True)
         ]
 
     def chunks(self, collection: str, version_keys: list[str], page: int = 5000) -> tuple[list[StoredMatch], np.ndarray]:
         """Every chunk of the given ``doc_version`` keys (distance 0) and their vectors, row for row."""
-        col, out, vectors = self._collection(collection), [], []
+        col = self._collection(collection)
+        out: list[StoredMatch] = []
+        vectors: list[np.ndarray] = []
         for i in range(0, len(version_keys), 500):  # keep each $in list small
             keys = version_keys[i : i + 500]
             offset = 0
             while True:
-                res = col.get(where={"doc_version": {"$in": keys}}, include=["documents", "metadatas", "embeddings"],
-                              limit=page, offset=offset)
-                out += [StoredMatch(cid, doc, meta or {}, 0.0)
-                        for cid, doc, meta in zip(res["ids"], res["documents"], res["metadatas"])]
+                res = col.get(where=_where({"doc_version": {"$in": keys}}),
+                              include=["documents", "metadatas", "embeddings"], limit=page, offset=offset)
+                documents, metadatas = res["documents"], res["metadatas"]
+                assert documents is not None and metadatas is not None  # both in include
+                out += [StoredMatch(cid, doc, _chunk_metadata(meta), 0.0)
+                        for cid, doc, meta in zip(res["ids"], documents, metadatas, strict=True)]
                 if len(res["ids"]):
                     vectors.append(np.asarray(res["embeddings"], dtype=np.float32))
                 if len(res["ids"]) < page:
@@ -108,13 +129,13 @@ class ChromaVectorStore:
 
     def delete_versions(self, collection: str, version_keys: list[str]) -> None:
         if version_keys:
-            self._collection(collection).delete(where={"doc_version": {"$in": list(version_keys)}})
+            self._collection(collection).delete(where=_where({"doc_version": {"$in": list(version_keys)}}))
 
     def count(self, collection: str, version_key: str | None = None) -> int:
         col = self._collection(collection)
         if version_key is None:
             return col.count()
-        return len(col.get(where={"doc_version": version_key}, include=[])["ids"])
+        return len(col.get(where=_where({"doc_version": version_key}), include=[])["ids"])
 
     def drop(self, collection: str) -> None:
         try:
@@ -122,3 +143,14 @@ class ChromaVectorStore:
         except Exception as exc:  # chromadb raises NotFoundError (class moved between releases)
             if "does not exist" not in str(exc) and "NotFound" not in type(exc).__name__:
                 raise
+
+
+def _chunk_metadata(stored: Mapping[str, object] | None) -> ChunkMetadata:
+    """A chunk's metadata as read back: what ``add`` was given for it, less its None values."""
+    return cast(ChunkMetadata, stored or {})
+
+
+def _where(condition: Filter) -> Where:
+    """chromadb's ``Where`` is a recursive union of dicts with literal operator keys, which a dict display
+    built here (``{"doc_version": {"$in": keys}}``) is not inferred as."""
+    return cast("Where", condition)

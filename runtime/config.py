@@ -239,7 +239,7 @@ class AssistantConfig(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _bound_data_fields(self) -> "AssistantConfig":
+    def _bound_data_fields(self) -> AssistantConfig:
         fields = {f.name: f for f in self.data_fields}
         for tool in self.http_tools:
             for name in tool.bound_names:

@@ -149,7 +149,7 @@ class _VectorCache:
             vectors = {t: self._items[(embedder.name, t)] for t in set(texts) if (embedder.name, t) in self._items}
         missing = [t for t in dict.fromkeys(texts) if t not in vectors]
         if missing:
-            vectors.update(zip(missing, np.asarray(_embed_batch(embedder, missing), dtype=np.float32)))
+            vectors.update(zip(missing, np.asarray(_embed_batch(embedder, missing), dtype=np.float32), strict=True))
         with self._lock:
             for t in dict.fromkeys(texts):
                 self._items[(embedder.name, t)] = vectors[t]
@@ -169,7 +169,7 @@ def _embed_batch(embedder: Embedder, texts: list[str]) -> np.ndarray:
 
 
 _vectors = _VectorCache()
-_calibrations: dict[str, "Calibration"] = {}
+_calibrations: dict[str, Calibration] = {}
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import urllib.error
 import urllib.request
 from collections import deque
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -127,12 +127,12 @@ class LlamaCppServer:
         # Server output goes to a file (a pipe could fill up and block it).
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._log = open(self.log_path, "ab")
-            stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            self._log = open(self.log_path, "ab")  # noqa: SIM115 (the server's output until stop() closes it)
+            stamp = datetime.now(UTC).isoformat(timespec="seconds")
             self._log.write(f"\n--- {stamp} starting: {' '.join(cmd)}\n".encode())
             self._log.flush()
         else:
-            self._log = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log")
+            self._log = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log")  # noqa: SIM115 (as above)
         # llama_cpp.server lets $HOST / $PORT override --host / --port: a PORT exported for atende itself
         # (``make run PORT=...``, a PaaS) would make it bind atende's port and exit
         env = {**os.environ, "HOST": self.host, "PORT": str(self.port)}

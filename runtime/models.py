@@ -81,9 +81,10 @@ class Message(Base):
     cost: Mapped[float] = mapped_column(Float, default=0.0)
     latency_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
-    sources: Mapped[list["MessageSource"]] = relationship(cascade="all, delete-orphan", order_by="MessageSource.rank")
-    tool_calls: Mapped[list["ToolCallRecord"]] = relationship(cascade="all, delete-orphan", order_by="ToolCallRecord.position")
-    parts: Mapped[list["MessagePart"]] = relationship(cascade="all, delete-orphan", order_by="MessagePart.position")
+    sources: Mapped[list[MessageSource]] = relationship(cascade="all, delete-orphan", order_by="MessageSource.rank")
+    tool_calls: Mapped[list[ToolCallRecord]] = relationship(cascade="all, delete-orphan",
+                                                            order_by="ToolCallRecord.position")
+    parts: Mapped[list[MessagePart]] = relationship(cascade="all, delete-orphan", order_by="MessagePart.position")
 
 
 class MessagePart(Base):

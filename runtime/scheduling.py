@@ -8,7 +8,7 @@ double booking: two customers racing for a slot both pass the availability check
 """
 from __future__ import annotations
 
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
@@ -76,7 +76,7 @@ def day_slots(scheduling: Scheduling, day: date) -> list[datetime]:
         while wall + step <= wall_end:
             local = wall.replace(tzinfo=tz)
             # a wall time inside a DST gap does not exist: it comes back from UTC as another time
-            if local.astimezone(timezone.utc).astimezone(tz).replace(tzinfo=None) == wall:
+            if local.astimezone(UTC).astimezone(tz).replace(tzinfo=None) == wall:
                 slots.append(local)
             wall += step
     return slots
@@ -107,7 +107,7 @@ def available_slots(session: Session, assistant_id: str, scheduling: Scheduling,
     slots = [s for s in day_slots(scheduling, day) if s > now]
     if not slots:
         return []
-    booked = _booked(session, assistant_id, slots[0].astimezone(timezone.utc), slots[-1].astimezone(timezone.utc) + step)
+    booked = _booked(session, assistant_id, slots[0].astimezone(UTC), slots[-1].astimezone(UTC) + step)
     # overlap rather than equality, so appointments made under another slot length still block
     return [s for s in slots if not any(b_start < s + step and s < b_end for b_start, b_end in booked)]
 
@@ -118,7 +118,7 @@ def check_slot(scheduling: Scheduling, starts_at: datetime, now: datetime) -> da
     tz = ZoneInfo(scheduling.timezone)
     local = starts_at.replace(tzinfo=tz) if starts_at.tzinfo is None else starts_at.astimezone(tz)
     now = _aware(now)
-    if starts_at.tzinfo is None and local.astimezone(timezone.utc).astimezone(tz).replace(tzinfo=None) != starts_at:
+    if starts_at.tzinfo is None and local.astimezone(UTC).astimezone(tz).replace(tzinfo=None) != starts_at:
         raise OutsideOpeningHours(f"{_fmt(starts_at)} does not exist in {scheduling.timezone} (the clocks change that day)")
     if local <= now:
         raise SlotInPast(f"{_fmt(local)} is in the past; choose a future time")
@@ -155,7 +155,7 @@ def ensure_bookable(
                 f"this conversation already has {booked} booked appointment(s), the most one conversation may book; "
                 "offer to transfer the customer to a human agent to change or add a booking")
     local = check_slot(scheduling, starts_at_local, now)
-    start = local.astimezone(timezone.utc)
+    start = local.astimezone(UTC)
     if _booked(session, assistant_id, start, start + timedelta(minutes=scheduling.slot_minutes)):
         raise _taken(local)
     return local
@@ -174,7 +174,7 @@ def book(
     has booked its share). Turns of one conversation never overlap, so its count cannot race."""
     with services.session() as session:
         local = ensure_bookable(session, assistant_id, conversation_id, scheduling, starts_at_local, now or utcnow())
-        start = local.astimezone(timezone.utc)
+        start = local.astimezone(UTC)
         end = start + timedelta(minutes=scheduling.slot_minutes)
         appointment = Appointment(
             id=new_id(), assistant_id=assistant_id, conversation_id=conversation_id, kind=kind,

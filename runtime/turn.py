@@ -221,12 +221,12 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
     if not no_answer and searched_in_vain and not (ctx.sources or tool_results):  # and no tool ran either
         no_answer = True
         rejected.append("an answer with no source shown and no tool run (not from the knowledge base)")
-    if no_answer and not handed_off and not error:
+    if no_answer and not handed_off and not error:  # noqa: SIM102 (the walrus below reads better on its own)
         # no source is about a CPF, so small models answer NO_ANSWER: tell what became of the customer's data
         if told := data_reply(_checked_data(config, tool_results, user_text), language):
             reply, no_answer = told, False
             rejected.append("the model gave no answer: the collect_data result was told")
-    if no_answer and not handed_off and not error and config.grounded_fallback and budget.sources:
+    if no_answer and not handed_off and not error and config.grounded_fallback and budget.sources:  # noqa: SIM102
         if grounded := _grounded_reply(services, embedding_model, found, hits, user_text, language):
             reply, no_answer = grounded, False
             rejected.append("the model gave no answer: " + ("the approved answer was sent" if found else
@@ -417,7 +417,8 @@ def _signatures(calls: list[ToolCall]) -> set[tuple[str, str]]:
 def _assistant_tool_message(content: str, calls: list[ToolCall]) -> dict:
     return {
         "role": "assistant", "content": content or "",
-        "tool_calls": [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False)}}
+        "tool_calls": [{"id": c.id, "type": "function",
+                        "function": {"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False)}}
                        for c in calls],
     }
 

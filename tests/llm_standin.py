@@ -2,9 +2,9 @@
 supervision tests (``python -m tests.llm_standin --model ... --host ... --port ...``).
 
 It answers ``GET /v1/models``, ``POST /v1/chat/completions`` with a fixed reply and
-``POST /extras/tokenize/count`` (one token per word), like the real server. ``STANDIN_CRASH`` makes it die by a real segmentation fault: ``startup`` before it listens,
-``always`` on every completion, ``once:PATH`` on a completion while the file PATH exists (the file is
-removed first, so the restarted process answers).
+``POST /extras/tokenize/count`` (one token per word), like the real server. ``STANDIN_CRASH`` makes it die by
+a real segmentation fault: ``startup`` before it listens, ``always`` on every completion, ``once:PATH`` on a
+completion while the file PATH exists (the file is removed first, so the restarted process answers).
 """
 from __future__ import annotations
 

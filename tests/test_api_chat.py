@@ -41,13 +41,15 @@ def test_chat_returns_reply_sources_and_calls_and_logs_the_conversation(scripted
 def test_ai_switch_pauses_and_resumes(scripted):
     client, model, a = scripted
     model.enqueue("Olá!")
-    cid = client.post("/api/chat", json={"assistant_id": a["id"], "customer_id": "c1", "message": "tenho uma dúvida"}).json()["conversation_id"]
+    cid = client.post("/api/chat", json={"assistant_id": a["id"], "customer_id": "c1",
+                                         "message": "tenho uma dúvida"}).json()["conversation_id"]
     assert client.post(f"/api/conversations/{cid}/ai", json={"enabled": False}).json()["ai_enabled"] is False
     paused = client.post("/api/chat", json={"assistant_id": a["id"], "customer_id": "c1", "message": "alô?"}).json()
     assert paused["status"] == "paused" and paused["reply"] is None and paused["ai_enabled"] is False
     assert client.post(f"/api/conversations/{cid}/ai", json={"enabled": True}).json()["ai_enabled"] is True
     model.enqueue("Estou de volta.")
-    assert client.post("/api/chat", json={"assistant_id": a["id"], "customer_id": "c1", "message": "?"}).json()["reply"] == "Estou de volta."
+    again = client.post("/api/chat", json={"assistant_id": a["id"], "customer_id": "c1", "message": "?"})
+    assert again.json()["reply"] == "Estou de volta."
 
 
 def test_chat_bad_input_is_a_4xx(scripted):
@@ -102,5 +104,6 @@ def test_assistant_config_is_patched_validated_and_used(scripted):
         assert resp.status_code == 422, (bad, resp.text)
     assert client.get(f"/api/assistants/{a['id']}").json()["config"]["system_prompt"] == "Loja {{store}}."
     model.enqueue("ok")
-    client.post("/api/chat", json={"assistant_id": a["id"], "customer_id": "c", "message": "tenho uma dúvida", "variables": {"store": "Centro"}})
+    client.post("/api/chat", json={"assistant_id": a["id"], "customer_id": "c", "message": "tenho uma dúvida",
+                                   "variables": {"store": "Centro"}})
     assert model.requests[-1].messages[0]["content"].startswith("Loja Centro.")

@@ -68,7 +68,7 @@ def test_a_fresh_data_directory_generates_strong_owner_only_secrets(tmp_path, no
     assert "change-me" not in values
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
     assert stat.S_IMODE(secrets_path(home).stat().st_mode) == 0o600
-    assert json.loads(secrets_path(home).read_text()) == dict(zip(SECRET_FIELDS, values))
+    assert json.loads(secrets_path(home).read_text()) == dict(zip(SECRET_FIELDS, values, strict=True))
     assert Settings(home=home).admin_token == first.admin_token  # a restart keeps them
     monkeypatch.setenv("ATENDE_ADMIN_TOKEN", "an-explicit-admin-token")  # the environment wins...
     assert Settings(home=home).admin_token == "an-explicit-admin-token"

@@ -386,5 +386,5 @@ def test_day_chart_scales_bars_to_the_busiest_day_and_thins_labels():
     busiest, first = bars[-1], bars[0]
     assert busiest["my"] == chart["top_y"] and busiest["my"] + busiest["mh"] == chart["base_y"]
     assert first["mh"] == pytest.approx(busiest["mh"] / 30, abs=0.1) and first["rh"] == 0
-    assert all(a["x"] < b["x"] for a, b in zip(bars, bars[1:])) and bars[-1]["x"] + bars[-1]["w"] <= 736
+    assert all(a["x"] < b["x"] for a, b in zip(bars, bars[1:], strict=False)) and bars[-1]["x"] + bars[-1]["w"] <= 736
     assert day_chart([])["days"] == []

@@ -42,7 +42,7 @@ def upload(api: httpx.Client, assistant_id: str, price: str) -> dict:
     return doc
 
 
-def run_checks(page: Page) -> None:
+def run_checks(page: Page) -> None:  # noqa: F811 (an argument, not the fixture)
     """Click "Run checks" and wait for the page to show the new run's results (it reloads with its run_id)."""
     before = page.url
     page.click("#run-checks")

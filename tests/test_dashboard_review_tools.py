@@ -24,7 +24,7 @@ SOURCE = {"rank": 1, "chunk_id": "c1", "document_id": "d1", "version": 1, "filen
 
 
 @pytest.fixture
-def clinic(sqlite_services, dash):
+def clinic(sqlite_services, dash):  # noqa: F811
     """An assistant with a conversation of two AI replies (the second cites a document twice) and a hostile one."""
     services = sqlite_services
     with services.session() as s:

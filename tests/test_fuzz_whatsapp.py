@@ -18,7 +18,7 @@ import json
 import re
 import types
 import typing
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -35,7 +35,7 @@ from tests.test_whatsapp_split import _only_markers_added, _words
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-RECEIVED_AT = datetime(2026, 1, 1, tzinfo=timezone.utc)
+RECEIVED_AT = datetime(2026, 1, 1, tzinfo=UTC)
 PYWA = SHARED_DATA / "webhooks" / "pywa"
 REAL_PAYLOADS = [json.loads(p.read_text()) for p in sorted(PYWA.glob("*/*.json"))] if PYWA.is_dir() else []
 requires_pywa = pytest.mark.skipif(not REAL_PAYLOADS, reason=f"pywa webhook fixtures not found under {PYWA}")
@@ -200,11 +200,11 @@ def test_well_formed_payloads_become_their_messages_and_statuses(phone_number_id
     events = check_parsed(json.loads(json.dumps(body)))
     assert [(e.wamid, e.customer_id, e.text_for_assistant, e.timestamp, e.phone_number_id, e.kind)
             for e in events if isinstance(e, InboundMessage)] == [
-        (wamid, wa_id, text.strip(), datetime.fromtimestamp(ts, timezone.utc), phone_number_id, "text")
+        (wamid, wa_id, text.strip(), datetime.fromtimestamp(ts, UTC), phone_number_id, "text")
         for wamid, wa_id, text, ts in messages]
     assert [(e.wamid, e.recipient_id, e.status, e.timestamp, e.phone_number_id)
             for e in events if isinstance(e, StatusUpdate)] == [
-        (wamid, to, status, datetime.fromtimestamp(ts, timezone.utc), phone_number_id)
+        (wamid, to, status, datetime.fromtimestamp(ts, UTC), phone_number_id)
         for wamid, to, status, ts in statuses]
     assert len(events) == len(messages) + len(statuses)
     assert phone_number_ids(body) == {phone_number_id}

@@ -65,7 +65,8 @@ def doc_text(elements: list[Element]) -> str:
     return "\n\n".join(el.text for el in elements)
 
 
-VOCAB = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa quebec romeo sierra tango".split()
+VOCAB = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa quebec "
+         "romeo sierra tango").split()
 LONG_URL = ("https://example.com/" + "".join(f"seg{i:04d}x" for i in range(375)))[:3000]
 
 

@@ -17,7 +17,7 @@ The fixture (March 2024; "-> s" is the turn's status, "@x" its reply's best sour
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -51,7 +51,7 @@ TOPIC = {text: topic for topic, texts in GROUPS.items() for text in texts}
 
 
 def at(day: int, h: int, m: int = 0) -> datetime:
-    return datetime(2024, 3, day, h, m, tzinfo=timezone.utc)
+    return datetime(2024, 3, day, h, m, tzinfo=UTC)
 
 
 # --------------------------------------------------------------------------- calibration

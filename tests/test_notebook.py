@@ -34,7 +34,7 @@ def _python3_kernel(monkeypatch, tmp_path) -> None:
     installed for sys.executable in a directory put at the head of JUPYTER_PATH."""
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
-    bare = {"python", "python3", "python%i" % sys.version_info[0], "python%i.%i" % sys.version_info[:2]}
+    bare = {"python", "python3", f"python{sys.version_info[0]}", f"python{sys.version_info[0]}.{sys.version_info[1]}"}
     try:
         argv0 = KernelSpecManager().get_kernel_spec("python3").argv[0]
         if argv0 in bare or Path(argv0).resolve() == Path(sys.executable).resolve():

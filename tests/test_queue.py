@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -104,7 +104,7 @@ def test_a_job_enqueued_twice_runs_once(redis_services, workers):
     @huey.signal()
     def record(signal, task, *args, **kwargs):
         with lock:
-            executions.append((signal, datetime.now(timezone.utc)))
+            executions.append((signal, datetime.now(UTC)))
 
     doc_id, job_id = _upload(services, "hours.txt", TEXT.encode())
     services.enqueue(job_id)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from fastapi.testclient import TestClient
@@ -39,7 +39,7 @@ from tests.conftest import ADMIN_TOKEN
 
 
 def at(day: int, h: int, m: int, s: int = 0) -> datetime:
-    return datetime(2024, 3, day, h, m, s, tzinfo=timezone.utc)
+    return datetime(2024, 3, day, h, m, s, tzinfo=UTC)
 
 
 class Clock:

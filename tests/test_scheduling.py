@@ -3,7 +3,7 @@ and the double-booking race decided by the database's unique index."""
 from __future__ import annotations
 
 import threading
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -20,7 +20,6 @@ from runtime.scheduling import (
 
 SP = ZoneInfo("America/Sao_Paulo")
 LISBON = ZoneInfo("Europe/Lisbon")
-UTC = timezone.utc
 MONDAY = date(2025, 5, 19)
 NOW = datetime(2025, 5, 16, 12, 0, tzinfo=UTC)  # the Friday before
 

@@ -284,7 +284,7 @@ def test_real_documents_ingest_and_each_chunk_is_retrievable(services):
     collection = services.vectors.client.get_collection(kb_of(services, aid).collection)
     for doc_id, filename in docs.items():
         got = collection.get(where={"doc_version": f"{doc_id}:1"}, include=["documents"])
-        chunk_id, text = max(zip(got["ids"], got["documents"]), key=lambda p: len(p[1]))
+        chunk_id, text = max(zip(got["ids"], got["documents"], strict=True), key=lambda p: len(p[1]))
         top = find(services, aid, text, top_k=1)[0]  # a chunk's own text finds that very chunk
         assert (top.chunk_id, top.document_id, top.filename) == (chunk_id, doc_id, filename)
     assert find(services, aid, "face painting and a petting zoo")[0].filename == "family-day.eml"

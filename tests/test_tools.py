@@ -6,8 +6,8 @@ import json
 import socket
 import threading
 import time
-from contextlib import contextmanager
-from datetime import datetime, timezone
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Annotated, Literal
 
@@ -33,7 +33,7 @@ from runtime.tools.toolset import Toolset, build_toolset
 from runtime.types import ToolCall, TurnResult
 from tests.test_scheduling import new_assistant, new_conversation
 
-NOW = datetime(2025, 5, 16, 12, 0, tzinfo=timezone.utc)  # Friday; Monday 2025-05-19 is bookable
+NOW = datetime(2025, 5, 16, 12, 0, tzinfo=UTC)  # Friday; Monday 2025-05-19 is bookable
 KB_TEXT = (
     "Opening hours\n\n"
     "The Lisbon shop opens at 9am and closes at 6pm from Monday to Friday. "
@@ -64,10 +64,8 @@ def local_server(respond):
                 self.send_header(k, v)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            try:
+            with suppress(BrokenPipeError, ConnectionResetError):  # the client gave up (timeout tests)
                 self.wfile.write(body)
-            except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout tests)
-                pass
 
         do_GET = do_POST = _handle
 
@@ -354,13 +352,14 @@ def test_collect_data_validates_and_upserts(env):
     wrong = env.run(config, "collect_data", field="cpf", value="529.982.247-24")
     assert "check digits" in wrong.error
     unknown = env.run(config, "collect_data", field="birthday", value="1990-01-01")
-    assert "unknown field 'birthday'; known fields: cpf, email" == unknown.error
+    assert unknown.error == "unknown field 'birthday'; known fields: cpf, email"
     assert env.run(config, "collect_data", field="cpf", value="52998224725").content == "Saved cpf: 529.982.247-25"
     assert env.run(config, "collect_data", field="cpf", value="11222333000181").error  # a CNPJ is no CPF
     env.run(config, "collect_data", field="email", value="Ana@Example.COM")
     env.run(config, "collect_data", field="email", value="ana@EXAMPLE.org")  # corrected by the customer
     with env.services.session() as s:
-        rows = {r.field: (r.value, r.source) for r in s.scalars(select(CollectedData).where(CollectedData.conversation_id == env.conversation_id))}
+        rows = {r.field: (r.value, r.source)
+                for r in s.scalars(select(CollectedData).where(CollectedData.conversation_id == env.conversation_id))}
     assert rows == {"cpf": ("529.982.247-25", "ai"), "email": ("ana@example.org", "ai")}
 
 
@@ -374,7 +373,7 @@ def test_list_and_schedule(env):
     config = config.model_copy(update={"scheduling": Scheduling(max_bookings_per_conversation=5)})
     with env.services.session() as s:
         (appt,) = s.scalars(select(Appointment)).all()
-    assert appt.starts_at == datetime(2025, 5, 19, 12, 30, tzinfo=timezone.utc) and appt.conversation_id == env.conversation_id
+    assert appt.starts_at == datetime(2025, 5, 19, 12, 30, tzinfo=UTC) and appt.conversation_id == env.conversation_id
     assert "09:30" not in env.run(config, "list_available_slots", date="19/05/2025").content
     taken = env.run(config, "schedule_appointment", start="2025-05-19 09:30", name="Bia", kind="callback", confirmed=True)
     assert taken.error.startswith("2025-05-19 09:30 is already taken") and "Free times that day: 09:00, 10:00" in taken.error
@@ -385,7 +384,8 @@ def test_list_and_schedule(env):
     assert "outside opening hours" in env.run(config, "schedule_appointment", start="2025-05-18 10:00", name="Ana").error
     assert "local time like" in env.run(config, "schedule_appointment", start="monday 10am", name="Ana").error
     assert "real date" in env.run(config, "list_available_slots", date="2025-02-30").error
-    assert "kind: Input should be 'appointment' or" in env.run(config, "schedule_appointment", start="2025-05-19 10:00", name="A", kind="visit").error
+    assert "kind: Input should be 'appointment' or" in env.run(config, "schedule_appointment", start="2025-05-19 10:00",
+                                                                name="A", kind="visit").error
 
 
 # --------------------------------------------------------------------------- event delivery
@@ -498,7 +498,8 @@ def test_http_tool_truncates_long_responses(tmp_path):
 
 @pytest.mark.parametrize("respond, message", [
     (lambda n, req: (404, {}, b"no such order"), "the service answered HTTP 404: no such order"),
-    (lambda n, req: (302, {"Location": "http://169.254.169.254/"}, b""), "the service answered with a redirect (HTTP 302) to http://169.254.169.254/; redirects are not followed"),
+    (lambda n, req: (302, {"Location": "http://169.254.169.254/"}, b""),
+     "the service answered with a redirect (HTTP 302) to http://169.254.169.254/; redirects are not followed"),
     (lambda n, req: (time.sleep(1.5), (200, {}, b"late"))[1], "the service did not answer within 0.5 seconds"),
 ])
 def test_http_tool_errors(tmp_path, respond, message):

@@ -17,7 +17,7 @@ def field(type_: str, **kw) -> DataField:
 
 
 def _dv(values: list[int], weights: list[int]) -> int:
-    r = sum(v * w for v, w in zip(values, weights)) % 11
+    r = sum(v * w for v, w in zip(values, weights, strict=True)) % 11
     return 0 if r < 2 else 11 - r
 
 
@@ -195,7 +195,8 @@ def test_number_valid(raw, expected):
     assert accepted("number", raw) == expected
 
 
-@pytest.mark.parametrize("raw", ["abc", "1,2,3", "1.2.3", "12,", "1.234,5.6", "1,23.456,7", "1e5", "NaN", "--1", "12.34.567", "R$", "1_000"])
+@pytest.mark.parametrize("raw", ["abc", "1,2,3", "1.2.3", "12,", "1.234,5.6", "1,23.456,7", "1e5", "NaN", "--1",
+                                 "12.34.567", "R$", "1_000"])
 def test_number_invalid(raw):
     refused("number", raw)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -606,7 +606,7 @@ def test_outside_window_error_closes_the_window(wa, public):
         msg = s.get(Message, msg_id)
         conv = s.get(Conversation, msg.conversation_id)
         assert (msg.status, msg.error_code) == ("failed", 131047)
-        assert conv.window_closed_at == datetime.fromtimestamp(failed_at, tz=timezone.utc)
+        assert conv.window_closed_at == datetime.fromtimestamp(failed_at, tz=UTC)
         assert conv.window_closed_at > conv.last_inbound_at
     # the customer writes again: the window re-opens (last inbound after the closing)
     assert post_signed(public, text_payload("111", wamid="wamid.T9", ts=failed_at + 60)).status_code == 200
@@ -779,7 +779,7 @@ def test_a_late_template_event_does_not_move_the_status_back(wa, public):
         seen.append(template_statuses(services)["order_shipped"])
     assert seen == ["PAUSED", "PAUSED", "APPROVED", "APPROVED"]
     with services.session() as s:
-        assert s.scalars(select(WhatsAppTemplate)).one().status_at == datetime.fromtimestamp(1_700_000_400, tz=timezone.utc)
+        assert s.scalars(select(WhatsAppTemplate)).one().status_at == datetime.fromtimestamp(1_700_000_400, tz=UTC)
 
 
 def test_a_replayed_signed_body_is_stored_once(wa, public, monkeypatch):

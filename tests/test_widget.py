@@ -7,7 +7,7 @@ import json
 import shutil
 import subprocess
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -209,7 +209,7 @@ def test_allowed_origins_and_preflight(shop):
 
 def test_rate_limit_counts_messages_in_the_database(shop):
     client, services, model, aid, closed = shop
-    now = [datetime(2026, 12, 1, 12, 0, 5, tzinfo=timezone.utc)]  # 5 s into a minute's window
+    now = [datetime(2026, 12, 1, 12, 0, 5, tzinfo=UTC)]  # 5 s into a minute's window
     services.clock = lambda: now[0]
     token, other = new_token(client, "loja"), new_token(client, "loja")
     model.enqueue("Resposta um.", "Resposta dois.", "Resposta três.")

@@ -14,7 +14,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -32,7 +32,7 @@ from runtime.ratelimit import Limit, RateCounter, RateLimiter
 from tests.conftest import ADMIN_TOKEN, REPO, make_services
 from tests.test_widget import add_assistant, ask, new_token, poll, send
 
-NOON = datetime(2026, 12, 1, 12, 0, 5, tzinfo=timezone.utc)  # 5 s into a minute's (and an hour's) window
+NOON = datetime(2026, 12, 1, 12, 0, 5, tzinfo=UTC)  # 5 s into a minute's (and an hour's) window
 REPLY = "Abrimos às 8h, de segunda a sexta."
 
 
@@ -237,7 +237,7 @@ def test_the_turn_cap_refuses_with_503_and_retry_after_and_never_hangs(server):
     with services.session() as session:
         assert session.scalar(select(func.count()).select_from(Message).where(Message.direction == "inbound")) == 8
     gate.set()
-    for token, r in zip(tokens, accepted):
+    for token, r in zip(tokens, accepted, strict=False):
         assert poll(client, "loja", token, r.json()["message_id"]).json()["reply"] == REPLY
     assert ask(client, "loja", tokens[8], "Que horas vocês abrem?").json()["reply"] == REPLY
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Response, UploadFile
 
@@ -31,7 +32,7 @@ def create_approved_answer(assistant_id: str, body: ApprovedAnswerCreate, sessio
 
 @router.post("/api/assistants/{assistant_id}/approved-answers/import", response_model=ApprovedImportReport)
 def import_approved_answers(assistant_id: str, session: SessionDep, services: ServicesDep,
-                            file: UploadFile = File(...), approved_by: str = Form("", max_length=200)):
+                            file: Annotated[UploadFile, File()], approved_by: str = Form("", max_length=200)):
     """A CSV or XLSX file with question, answer and (optional) variants columns; bad rows are reported."""
     assistant = registry.get_assistant(session, assistant_id)
     limit = services.settings.max_upload_bytes

@@ -1,6 +1,8 @@
 """Admin routes for knowledge-base documents: upload, list, inspect, delete; and jobs."""
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, File, Response, UploadFile
 from fastapi.responses import JSONResponse
 
@@ -29,7 +31,8 @@ def document_public(session, doc: Document, unchanged: bool = False) -> Document
 
 @router.post("/api/assistants/{assistant_id}/documents", status_code=202, response_model=DocumentPublic,
              responses={200: {"description": "identical content was already stored; nothing to do"}})
-async def upload_document(assistant_id: str, session: SessionDep, services: ServicesDep, file: UploadFile = File(...)):
+async def upload_document(assistant_id: str, session: SessionDep, services: ServicesDep,
+                          file: Annotated[UploadFile, File()]):
     kb = registry.get_assistant(session, assistant_id).knowledge_base
     limit = services.settings.max_upload_bytes
     if file.size is not None and file.size > limit:  # refuse before reading it into memory

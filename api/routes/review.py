@@ -6,7 +6,7 @@ be taken for ``GET /api/conversations/{conversation_id}``.
 """
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
@@ -143,7 +143,7 @@ def list_conversations(filters: FiltersDep, session: SessionDep, limit: Annotate
 def export_conversations(filters: FiltersDep, services: ServicesDep,
                          fmt: Annotated[Literal["csv", "jsonl"], Query(alias="format")] = "csv"):
     """One row per message, with its conversation, sources, function calls and feedback, streamed."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     return StreamingResponse(
         stream_export(services, fmt, filters), media_type=MEDIA_TYPES[fmt],
         headers={"Content-Disposition": f'attachment; filename="conversations-{stamp}.{fmt}"'},

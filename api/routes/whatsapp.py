@@ -67,7 +67,7 @@ class SenderPublic(BaseModel):
     has_verify_token: bool
 
     @classmethod
-    def from_sender(cls, s: WhatsAppSender) -> "SenderPublic":
+    def from_sender(cls, s: WhatsAppSender) -> SenderPublic:
         return cls(
             id=s.id, assistant_id=s.assistant_id, phone_number_id=s.phone_number_id,
             display_phone_number=s.display_phone_number, waba_id=s.waba_id, graph_version=s.graph_version,
@@ -111,7 +111,7 @@ class TemplatePublic(BaseModel):
     parameters: int = 0
 
     @classmethod
-    def from_template(cls, t: WhatsAppTemplate) -> "TemplatePublic":
+    def from_template(cls, t: WhatsAppTemplate) -> TemplatePublic:
         out = cls.model_validate(t)
         out.parameters = len(set(_PARAM.findall(t.body)))
         return out

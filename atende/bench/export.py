@@ -17,7 +17,7 @@ import resource
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psutil
@@ -38,7 +38,7 @@ SOURCES_PER_REPLY = 3
 BATCH = 5000
 PASSAGE = ("Atendemos de segunda a sexta, das 8h às 18h, e aos sábados das 9h às 13h. "
            "Consultas de avaliação custam R$ 120; a limpeza, R$ 150, com retorno incluído em 30 dias. ") * 2
-START = datetime(2024, 1, 1, tzinfo=timezone.utc)
+START = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 def _rss_mb() -> float:
@@ -86,7 +86,8 @@ def seed(services: Services, messages: int) -> dict:
             conn.execute(insert(Conversation.__table__), batch)
             for conv in batch:
                 rows = _conversation_rows(conv, min(PER_CONVERSATION, messages - counts["messages"]))
-                for bucket, key, new in zip(pending.values(), ("messages", "sources", "function_calls"), rows):
+                for bucket, key, new in zip(pending.values(), ("messages", "sources", "function_calls"), rows,
+                                            strict=True):
                     bucket.extend(new)
                     counts[key] += len(new)
                 if len(pending[Message.__table__]) >= BATCH:

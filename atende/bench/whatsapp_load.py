@@ -135,7 +135,7 @@ async def _load(url: str, customers: int, rate: float, seconds: float, run_id: s
         sent = loop.time()
         try:
             status = await asyncio.wait_for(_post(host, port, path, raw, signature), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             status = -1  # no answer within timeout_s
         except (OSError, ValueError, IndexError):
             status = -2  # refused, reset, or not HTTP
@@ -345,7 +345,7 @@ def run_benchmark(customers: int = 100, rate: float = 200.0, seconds: float = 30
                 watch.start()
                 cpu0, host0 = time.process_time(), _host_cpu()
                 load = run_load(f"{base}/webhooks/whatsapp", customers, rate, seconds, run_id, in_process=load_in_process)
-                load_end, cpu1, host1 = time.monotonic(), time.process_time(), _host_cpu()
+                cpu1, host1 = time.process_time(), _host_cpu()
                 drained, drain_s, last_state = _wait_drained(services, watch, drain_timeout_s)
                 cpu2, host2 = time.process_time(), _host_cpu()
                 report = _verify(services, graph, llm, watch, load, rate, seconds, customers, workers)

@@ -254,10 +254,11 @@ def format_report(result: dict) -> str:
                      f"{'yes' if i['contains'] else 'no':>8}")
     s = result["summary"]
     if s["n"]:
-        lines += ["", f"n={s['n']}  cited-gold {s['cited_gold_rate']:.0%}  retrieved-gold {s['retrieved_gold_rate']:.0%}  "
-                      f"mean F1 {s['mean_f1']:.3f}  contains {s['contains_rate']:.0%}  "
-                      f"fallback {s['fallback_rate']:.0%}  wrong language {s['wrong_language_rate']:.0%}  "
-                      f"latency p50 {s['p50_ms'] / 1000:.1f}s p95 {s['p95_ms'] / 1000:.1f}s"]
+        lines += ["", (f"n={s['n']}  cited-gold {s['cited_gold_rate']:.0%}  "
+                       f"retrieved-gold {s['retrieved_gold_rate']:.0%}  "
+                       f"mean F1 {s['mean_f1']:.3f}  contains {s['contains_rate']:.0%}  "
+                       f"fallback {s['fallback_rate']:.0%}  wrong language {s['wrong_language_rate']:.0%}  "
+                       f"latency p50 {s['p50_ms'] / 1000:.1f}s p95 {s['p95_ms'] / 1000:.1f}s")]
         if "invented_rate" in s:
             lines.append(f"out of scope: n={s['oos_n']}  invented answers {s['invented_rate']:.0%}  {s['oos_statuses']}")
     return "\n".join(lines)

@@ -53,9 +53,9 @@ def scores(ranked: list[list[str]], gold: list[list[str]], latencies_ms: list[fl
     """recall@k, MRR@10 and nDCG@10 of ranked passage ids against the gold ids, plus latency p50/p95."""
     out = {}
     for k in KS:
-        out[f"recall@{k}"] = float(np.mean([bool(set(r[:k]) & set(g)) for r, g in zip(ranked, gold)]))
+        out[f"recall@{k}"] = float(np.mean([bool(set(r[:k]) & set(g)) for r, g in zip(ranked, gold, strict=True)]))
     rr, ndcg = [], []
-    for r, g in zip(ranked, gold):
+    for r, g in zip(ranked, gold, strict=True):
         g = set(g)
         rr.append(next((1.0 / (i + 1) for i, d in enumerate(r[:10]) if d in g), 0.0))
         dcg = sum(1.0 / math.log2(i + 2) for i, d in enumerate(r[:10]) if d in g)
@@ -99,9 +99,9 @@ class CachedEmbedder:
             vecs = np.asarray(compute([texts[i] for i in todo]), dtype=np.float32).reshape(len(todo), -1)
             with self._lock:
                 self._db.executemany("INSERT OR REPLACE INTO v VALUES (?, ?)",
-                                     [(keys[i], v.tobytes()) for i, v in zip(todo, vecs)])
+                                     [(keys[i], v.tobytes()) for i, v in zip(todo, vecs, strict=True)])
                 self._db.commit()
-            found.update({keys[i]: v for i, v in zip(todo, vecs)})
+            found.update({keys[i]: v for i, v in zip(todo, vecs, strict=True)})
         return np.vstack([found[k] for k in keys]) if keys else np.zeros((0, self.dimension), np.float32)
 
     def embed_documents(self, texts: list[str], batch_size: int = 32) -> np.ndarray:

@@ -3,6 +3,7 @@ collection and appointment booking. Each is a typed function ``tool(ctx, ...)``:
 parameters (``Annotated[str, "what it is"]``) and docstring are the schema the model sees."""
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import replace
@@ -66,10 +67,9 @@ def transfer_to_human(
     """Hand the conversation to a human agent and pause automatic replies."""
     phone = callback_phone
     if phone:
-        try:
+        # a handoff must not fail on a badly typed number: the human can read it as given
+        with contextlib.suppress(InvalidValue):
             phone = validate_value(DataField(name="callback_phone", type="phone"), phone)
-        except InvalidValue:
-            pass  # a handoff must not fail on a badly typed number: the human can read it as given
     handoff = {"reason": reason, "callback_phone": phone, "callback_time": callback_time, "at": ctx.now.isoformat()}
     event_id = None
     with ctx.services.session() as session:
@@ -83,11 +83,13 @@ def transfer_to_human(
                 "event": "handoff", "conversation_id": conversation.id, "assistant_id": ctx.assistant.id,
                 "channel": conversation.channel, "customer_id": conversation.customer_id, **handoff,
             }
-            session.add(OutboundEvent(id=event_id, conversation_id=conversation.id, kind="handoff", url=ctx.config.handoff_url, payload=payload))
+            session.add(OutboundEvent(id=event_id, conversation_id=conversation.id, kind="handoff",
+                                      url=ctx.config.handoff_url, payload=payload))
         session.commit()
     if event_id:
         ctx.events.append(event_id)
-    callback = f" A call back was requested{f' at {phone}' if phone else ''}{f' ({callback_time})' if callback_time else ''}." if phone or callback_time else ""
+    callback = (f" A call back was requested{f' at {phone}' if phone else ''}"
+                f"{f' ({callback_time})' if callback_time else ''}." if phone or callback_time else "")
     return f"Transferred to a human agent; automatic replies are paused.{callback} Tell the customer a person will follow up."
 
 

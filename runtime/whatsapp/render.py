@@ -192,7 +192,8 @@ class _WhatsAppRenderer:
         if len(names) <= _COMPACT_TABLE_COLUMNS or not rows:
             header = _wrapped(" · ".join(filter(None, names)), "*")
             return "\n".join([header, *(" · ".join(filter(None, row)) for row in rows)])
-        return "\n\n".join("\n".join(f"{name}: {cell}" if name else cell for name, cell in zip(names, row) if cell)
+        return "\n\n".join("\n".join(f"{name}: {cell}" if name else cell
+                                     for name, cell in zip(names, row, strict=False) if cell)
                            for row in rows)
 
     # ------------------------------------------------------------------ inline

@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Union
+from datetime import UTC, datetime
 
 from core import signing
 from core.db import utcnow
@@ -96,7 +95,7 @@ class Unhandled:
     reason: str
 
 
-Event = Union[InboundMessage, StatusUpdate, TemplateStatusUpdate, Unhandled]
+Event = InboundMessage | StatusUpdate | TemplateStatusUpdate | Unhandled
 
 
 def sign(raw_body: bytes, secret: str) -> str:
@@ -411,7 +410,7 @@ def _parse_template_status(waba_id: str, at: datetime, value: dict) -> Event:
 
 def _timestamp(raw, fallback: datetime) -> datetime:
     try:
-        return datetime.fromtimestamp(int(raw), tz=timezone.utc)
+        return datetime.fromtimestamp(int(raw), tz=UTC)
     except (TypeError, ValueError, OverflowError, OSError):
         return fallback
 

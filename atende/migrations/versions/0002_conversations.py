@@ -52,7 +52,8 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('appointments', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_appointments_assistant_id'), ['assistant_id'], unique=False)
-        batch_op.create_index('uq_appointments_slot', ['assistant_id', 'starts_at'], unique=True, sqlite_where=sa.text("status = 'booked'"), postgresql_where=sa.text("status = 'booked'"))
+        batch_op.create_index('uq_appointments_slot', ['assistant_id', 'starts_at'], unique=True,
+                              sqlite_where=sa.text("status = 'booked'"), postgresql_where=sa.text("status = 'booked'"))
 
     op.create_table('collected_data',
     sa.Column('id', sa.String(length=32), nullable=False),
@@ -195,7 +196,8 @@ def downgrade() -> None:
 
     op.drop_table('collected_data')
     with op.batch_alter_table('appointments', schema=None) as batch_op:
-        batch_op.drop_index('uq_appointments_slot', sqlite_where=sa.text("status = 'booked'"), postgresql_where=sa.text("status = 'booked'"))
+        batch_op.drop_index('uq_appointments_slot', sqlite_where=sa.text("status = 'booked'"),
+                            postgresql_where=sa.text("status = 'booked'"))
         batch_op.drop_index(batch_op.f('ix_appointments_assistant_id'))
 
     op.drop_table('appointments')

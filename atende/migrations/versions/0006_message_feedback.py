@@ -32,12 +32,15 @@ def upgrade() -> None:
     with op.batch_alter_table('message_feedback', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_message_feedback_conversation_id'), ['conversation_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_message_feedback_message_id'), ['message_id'], unique=False)
-        batch_op.create_index('uq_message_feedback_customer', ['message_id', 'source'], unique=True, sqlite_where=sa.text("source != 'reviewer'"), postgresql_where=sa.text("source != 'reviewer'"))
+        batch_op.create_index('uq_message_feedback_customer', ['message_id', 'source'], unique=True,
+                              sqlite_where=sa.text("source != 'reviewer'"),
+                              postgresql_where=sa.text("source != 'reviewer'"))
 
 
 def downgrade() -> None:
     with op.batch_alter_table('message_feedback', schema=None) as batch_op:
-        batch_op.drop_index('uq_message_feedback_customer', sqlite_where=sa.text("source != 'reviewer'"), postgresql_where=sa.text("source != 'reviewer'"))
+        batch_op.drop_index('uq_message_feedback_customer', sqlite_where=sa.text("source != 'reviewer'"),
+                            postgresql_where=sa.text("source != 'reviewer'"))
         batch_op.drop_index(batch_op.f('ix_message_feedback_message_id'))
         batch_op.drop_index(batch_op.f('ix_message_feedback_conversation_id'))
 

@@ -47,12 +47,15 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('regression_runs', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_regression_runs_assistant_id'), ['assistant_id'], unique=False)
-        batch_op.create_index('uq_regression_runs_running', ['assistant_id'], unique=True, sqlite_where=sa.text("status = 'running'"), postgresql_where=sa.text("status = 'running'"))
+        batch_op.create_index('uq_regression_runs_running', ['assistant_id'], unique=True,
+                              sqlite_where=sa.text("status = 'running'"),
+                              postgresql_where=sa.text("status = 'running'"))
 
 
 def downgrade() -> None:
     with op.batch_alter_table('regression_runs', schema=None) as batch_op:
-        batch_op.drop_index('uq_regression_runs_running', sqlite_where=sa.text("status = 'running'"), postgresql_where=sa.text("status = 'running'"))
+        batch_op.drop_index('uq_regression_runs_running', sqlite_where=sa.text("status = 'running'"),
+                            postgresql_where=sa.text("status = 'running'"))
         batch_op.drop_index(batch_op.f('ix_regression_runs_assistant_id'))
 
     op.drop_table('regression_runs')
