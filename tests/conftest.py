@@ -16,6 +16,9 @@ from core.settings import SECRET_FIELDS, Settings  # noqa: E402
 from kb.embedders import EmbedderRegistry  # noqa: E402
 from runtime.services import Services  # noqa: E402
 
+# model_guard fails a test not marked llm that reaches a real chat model; pytester runs the guard's own tests
+pytest_plugins = ["pytester", "tests.model_guard"]
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ATENDE_SHARED_DATA", REPO.parent / "shared" / "data"))
 DOCS = SHARED_DATA / "docs"
