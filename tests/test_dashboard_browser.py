@@ -22,11 +22,11 @@ import httpx
 import pytest
 
 from runtime.llm import ScriptedChatModel
-from runtime.llm_provider import FixedChatModelProvider
 from runtime.models import Conversation
 from runtime.types import ToolCall
 from runtime.whatsapp.standin import GraphStandIn
 from tests.conftest import ADMIN_TOKEN, make_services, requires_shared, shared_doc
+from tests.factories import use_scripted_model
 from tests.test_dashboard import XSS, add_conversation
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -81,8 +81,7 @@ def site(tmp_path_factory, embedders):
     graph = GraphStandIn()
     graph.start()
     services = make_services(tmp_path_factory.mktemp("dash") / "home", embedders, whatsapp_graph_url=graph.base_url)
-    model = ScriptedChatModel()
-    services.chat_models = FixedChatModelProvider(model)
+    model = use_scripted_model(services)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(services=services), host="127.0.0.1", port=port,
                                            log_level="warning"))
@@ -366,8 +365,7 @@ def test_widget_on_a_shop_page(site, tmp_path, embedders):
     threading.Thread(target=shop_server.serve_forever, daemon=True).start()
     shop = f"http://127.0.0.1:{shop_server.server_address[1]}"
     services = make_services(tmp_path / "home", embedders, widget_turn_workers=1, widget_max_turns=1)
-    model, gate = ScriptedChatModel(), threading.Event()
-    services.chat_models = FixedChatModelProvider(model)
+    model, gate = use_scripted_model(services), threading.Event()
     add_assistant(services, "loja", widget={"allowed_origins": [shop], "title": "Loja Exemplo"})
     model.enqueue(lambda messages, tools: (time.sleep(1.5), "Abrimos às *8h*.")[1],  # the page polls meanwhile
                   lambda messages, tools: (gate.wait(60), "Outro visitante.")[1], "Aos sábados, das 9h às 13h.")

@@ -12,8 +12,8 @@ from atende.evaluation import answers
 from atende.evaluation.answers import best_f1, contains_answer, format_report, normalize, sample_queries, token_f1
 from atende.evaluation.retrieval import half
 from runtime.llm import ScriptedChatModel
-from runtime.llm_provider import FixedChatModelProvider
 from tests.conftest import make_services
+from tests.factories import use_scripted_model
 
 CORPUS = [
     {"id": "p1", "title": "Store hours", "text": "We open Monday to Friday from 9 am to 6 pm."},
@@ -93,7 +93,7 @@ def test_the_command_runs_every_question_through_the_turn_engine_and_scores_it(t
 
     def scripted_services(home, embedding_model, cache=True):
         services = make_services(home, embedders, workers=0, ingest_parallelism=2)
-        services.chat_models = FixedChatModelProvider(model)
+        use_scripted_model(services, model)
         return services
 
     monkeypatch.setattr(answers, "evaluation_services", scripted_services)

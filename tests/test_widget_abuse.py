@@ -25,11 +25,10 @@ from sqlalchemy import func, select
 from atende.app import create_app
 from atende.migrate import migrate
 from core.db import make_engine
-from runtime.llm import ScriptedChatModel
-from runtime.llm_provider import FixedChatModelProvider
 from runtime.models import Message
 from runtime.ratelimit import Limit, RateCounter, RateLimiter
 from tests.conftest import ADMIN_TOKEN, REPO, make_services
+from tests.factories import use_scripted_model
 from tests.test_widget import add_assistant, ask, new_token, poll, send
 
 NOON = datetime(2026, 12, 1, 12, 0, 5, tzinfo=UTC)  # 5 s into a minute's (and an hour's) window
@@ -150,8 +149,7 @@ def server(tmp_path, embedders):
     """The real app on uvicorn with a scripted model, its clock at NOON; yields (client, services, model)."""
     services = make_services(tmp_path / "home", embedders, secret_key="widget-abuse-secret",
                              widget_turn_workers=2, widget_max_turns=8)
-    model = ScriptedChatModel()
-    services.chat_models = FixedChatModelProvider(model)
+    model = use_scripted_model(services)
     services.clock = lambda: NOON
     with serve(services) as base, httpx.Client(base_url=base, trust_env=False, timeout=30) as client:
         yield client, services, model
