@@ -105,14 +105,14 @@ def test_unmarked_tests_that_reach_a_real_model_fail_and_say_what_they_reached(p
     result.assert_outcomes(passed=2, failed=4)
     reached = "is not marked @pytest.mark.llm but reached a real chat model:"
     result.stdout.fnmatch_lines_random([
-        f"*test_guarded.py::test_starts_the_local_server {reached} the local model server "
-        f"(llama_cpp.server on *model.gguf)*",
-        f"*test_guarded.py::test_asks_for_the_embedded_model_and_swallows_the_error {reached} the embedded "
-        f"llama.cpp model (ChatModelProvider without llm_base_url, *model.gguf)*",
-        f"*test_guarded.py::test_calls_the_openai_api {reached} the OpenAI-compatible endpoint "
-        f"https://api.openai.com/v1 (model gpt-4o-mini)*",
-        f"*test_guarded.py::test_calls_a_server_this_run_does_not_serve {reached} the OpenAI-compatible endpoint "
-        f"http://127.0.0.1:{other.server_address[1]}/v1 (model m)*",
+        (f"*test_guarded.py::test_starts_the_local_server {reached} the local model server "
+        f"(llama_cpp.server on *model.gguf)*"),
+        (f"*test_guarded.py::test_asks_for_the_embedded_model_and_swallows_the_error {reached} the embedded "
+        f"llama.cpp model (ChatModelProvider without llm_base_url, *model.gguf)*"),
+        (f"*test_guarded.py::test_calls_the_openai_api {reached} the OpenAI-compatible endpoint "
+        f"https://api.openai.com/v1 (model gpt-4o-mini)*"),
+        (f"*test_guarded.py::test_calls_a_server_this_run_does_not_serve {reached} the OpenAI-compatible endpoint "
+        f"http://127.0.0.1:{other.server_address[1]}/v1 (model m)*"),
     ])
     result.stdout.no_fnmatch_line("*test_marked_llm_is_let_through*reached*")
 

@@ -189,7 +189,7 @@ def _feedback(session: Session, ids: list[str]) -> dict[str, list[dict]]:
 
 
 def _export_row(conv: dict, m, sources: list[dict], calls: list[dict], feedback: list[dict]) -> dict:
-    row = {**conv, **dict(zip(_MESSAGE_KEYS, m))}
+    row = {**conv, **dict(zip(_MESSAGE_KEYS, m, strict=True))}
     for key in ("created_at", "received_at", "sent_at"):
         if row[key] is not None:
             row[key] = row[key].isoformat()

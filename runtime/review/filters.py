@@ -9,7 +9,7 @@ select through it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import aliased
@@ -36,7 +36,7 @@ class ConversationFilters:
     @classmethod
     def parse(cls, *, channel: str | None = None, assistant_id: str | None = None, since: str | None = None,
               until: str | None = None, customer: str | None = None,
-              waiting_for_human: bool | None = None, feedback: str | None = None) -> "ConversationFilters":
+              waiting_for_human: bool | None = None, feedback: str | None = None) -> ConversationFilters:
         """A date means the whole day (UTC); a datetime without offset is UTC; ``until`` includes itself."""
         if channel and channel not in CHANNELS:
             raise InvalidRequest(f"unknown channel {channel!r}; one of {CHANNELS}")
@@ -83,7 +83,7 @@ def _instant(value: str | None, name: str, *, end: bool) -> datetime | None:
         when = datetime(day.year, day.month, day.day) if day else datetime.fromisoformat(value)
     except ValueError:
         raise InvalidRequest(f"{name}: {value!r} is not an ISO date or datetime") from None
-    when = when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
+    when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
     if end:  # an exclusive bound: the next day, or the next microsecond (the databases' resolution)
         when += timedelta(days=1) if day else timedelta(microseconds=1)
     return when
