@@ -31,6 +31,14 @@ DEFAULT_FALLBACK = {
     "es": "No encontré esta información en mi base de conocimiento y prefiero no adivinar. ¿Quieres que te pase "
           "con un agente?",
 }
+DEFAULT_UNAVAILABLE = {
+    "en": "Sorry, I can't answer right now. Your message is saved and someone from our team will get back to you "
+          "here.",
+    "pt": "Desculpe, não consigo responder agora. Sua mensagem ficou registrada e alguém da nossa equipe vai "
+          "retornar por aqui.",
+    "es": "Lo siento, no puedo responder ahora. Tu mensaje quedó registrado y alguien de nuestro equipo te "
+          "responderá por aquí.",
+}
 TOOL_NAMES = ("search_knowledge_base", "transfer_to_human", "collect_data", "list_available_slots", "schedule_appointment")
 # booking writes to the business's calendar: an assistant enables the scheduling tools explicitly
 DEFAULT_TOOLS = ("search_knowledge_base", "transfer_to_human", "collect_data")
@@ -195,6 +203,9 @@ class AssistantConfig(BaseModel):
                                   "language (en, pt, es)")
     handoff_message: str | None = Field(
         default=None, description="sent when a handoff turn has no text of its own; default: built-in, as above")
+    unavailable_message: str | None = Field(
+        default=None, description="sent when the chat model fails (the conversation is flagged for a person); "
+                                  "default: built-in, as above")
     model: str | None = Field(default=None, description="chat model name; default from settings")
     temperature: float = Field(default=0.2, ge=0, le=2)
     max_tokens: int = Field(default=256, ge=16, le=4096)
@@ -216,14 +227,13 @@ class AssistantConfig(BaseModel):
     scheduling: Scheduling = Field(default_factory=Scheduling)
     widget: WidgetConfig = Field(default_factory=WidgetConfig)
 
-    def canned_reply(self, kind: Literal["fallback", "handoff"], texts: list[str]) -> str:
-        """The configured fallback/handoff message, or the built-in one in the language of ``texts``
+    def canned_reply(self, kind: Literal["fallback", "handoff", "unavailable"], texts: list[str]) -> str:
+        """The configured fallback/handoff/unavailable message, or the built-in one in the language of ``texts``
         (the customer's new message first, then earlier ones), else of the system prompt, else English."""
-        configured = self.fallback_message if kind == "fallback" else self.handoff_message
-        if configured:
-            return configured
-        builtin = DEFAULT_FALLBACK if kind == "fallback" else DEFAULT_HANDOFF
-        return builtin[self.language(texts) or "en"]
+        configured, builtin = {"fallback": (self.fallback_message, DEFAULT_FALLBACK),
+                               "handoff": (self.handoff_message, DEFAULT_HANDOFF),
+                               "unavailable": (self.unavailable_message, DEFAULT_UNAVAILABLE)}[kind]
+        return configured or builtin[self.language(texts) or "en"]
 
     def language(self, texts: list[str]) -> str | None:
         """The customer's language (en, pt, es) told by ``texts`` (newest first), else the system prompt's."""

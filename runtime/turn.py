@@ -24,6 +24,7 @@ from runtime import approved, extractive, store
 from runtime.capture import capture_calls
 from runtime.config import AssistantConfig
 from runtime.context_budget import ContextBudget, token_counter
+from runtime.handoff import flag_for_human
 from runtime.cost import usage_cost
 from runtime.intent import HANDOFF_TOOL, SCHEDULING_TOOLS, wants_booking, wants_human
 from runtime.llm import ChatModelError, text_tool_calls
@@ -231,8 +232,12 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
             reply, no_answer = grounded, False
             rejected.append("the model gave no answer: " + ("the approved answer was sent" if found else
                                                             "the best source was quoted"))
-    if error and not reply:
-        status, reply = "error", None
+    if error and not reply:  # the customer is told, and a person asked to follow up
+        status, reply = "error", config.canned_reply("unavailable", customer_texts)
+        flagged = {"reason": f"the assistant could not answer: {error}"[:500], "callback_phone": None,
+                   "callback_time": None, "at": utcnow().isoformat()}
+        if event_id := flag_for_human(session, conv, assistant.id, config, flagged, pause=False):
+            ctx.events.append(event_id)
     elif handed_off:
         status, reply = "handoff", reply or config.canned_reply("handoff", customer_texts)
     elif no_answer:
@@ -243,7 +248,7 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
     all_sources = budget.sources + [{**h.to_dict(), "rank": len(sources) + i}
                              for i, h in enumerate(ctx.sources[len(hits):], 1)]
     result = TurnResult(
-        conversation_id=conv.id, reply=reply, status=status, sources=all_sources,
+        conversation_id=conv.id, reply=reply, status=status, sources=[] if status == "error" else all_sources,
         function_calls=[_call_dict(rnd, args, res) for rnd, args, res in tool_results],
         ai_enabled=conv.ai_enabled, usage=usage, cost=usage_cost(services.settings.llm_prices, model_name, usage),
         error=error if status == "error" else None,

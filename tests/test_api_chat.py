@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from runtime.config import DEFAULT_UNAVAILABLE
 from runtime.types import ToolCall
 from tests.conftest import wait_for_document
 from tests.factories import use_scripted_model
@@ -64,9 +65,9 @@ def test_model_failure_is_a_502_and_the_message_is_kept(scripted):
     client, model, a = scripted
     model.enqueue(lambda messages, tools: (_ for _ in ()).throw(ConnectionError("refused")))
     r = client.post("/api/chat", json={"assistant_id": a["id"], "customer_id": "c", "message": "tenho uma dúvida"})
-    assert r.status_code == 502 and r.json()["status"] == "error"
+    assert r.status_code == 502 and r.json()["status"] == "error" and r.json()["reply"] == DEFAULT_UNAVAILABLE["pt"]
     conv = client.get(f"/api/conversations/{r.json()['conversation_id']}").json()
-    assert [m["text"] for m in conv["messages"]] == ["tenho uma dúvida"]
+    assert [m["text"] for m in conv["messages"]] == ["tenho uma dúvida", DEFAULT_UNAVAILABLE["pt"]]
 
 
 class BrokenProvider:
@@ -86,7 +87,7 @@ def test_a_model_that_cannot_start_is_a_502_and_the_message_is_kept(scripted):
     assert r.status_code == 502 and r.json()["status"] == "error"
     assert r.json()["error"] == "RuntimeError: llama_cpp.server exited with code 3 during start-up"
     conv = client.get(f"/api/conversations/{r.json()['conversation_id']}").json()
-    assert [m["text"] for m in conv["messages"]] == ["tenho uma dúvida"]
+    assert [m["text"] for m in conv["messages"]] == ["tenho uma dúvida", DEFAULT_UNAVAILABLE["pt"]]
 
 
 def test_assistant_config_is_patched_validated_and_used(scripted):

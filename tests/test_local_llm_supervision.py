@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from runtime.config import DEFAULT_UNAVAILABLE
 from runtime.local_llm import LlamaCppServer, LocalModelUnavailable, SupervisedLocalModel, default_model_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,7 +117,7 @@ def test_a_crash_is_an_error_turn_and_the_next_message_is_answered(supervised, s
         registry.create_assistant(session, name="clinic", embedding_model="all-minilm-l6-v2", chunk_size=256, chunk_overlap=32)
         session.commit()
     first = handle_message(services, assistant_ref="clinic", channel="api", sender="api", customer_id="c1", text="Qual o horário?")
-    assert first.status == "error" and first.reply is None
+    assert first.status == "error" and first.reply == DEFAULT_UNAVAILABLE["pt"]
     assert "crashed (signal 11, SIGSEGV)" in first.error
     second = handle_message(services, assistant_ref="clinic", channel="api", sender="api", customer_id="c1", text="E aos sábados?")
     assert second.status in ("answered", "fallback") and second.reply

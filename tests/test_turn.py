@@ -10,8 +10,8 @@ from sqlalchemy import select
 from ingest.pipeline import run_job
 from kb import registry
 from runtime import store
-from runtime.config import DEFAULT_FALLBACK, DEFAULT_HANDOFF, merge_config
-from runtime.models import CollectedData, Conversation, Message, MessageSource, ToolCallRecord, Turn
+from runtime.config import DEFAULT_FALLBACK, DEFAULT_HANDOFF, DEFAULT_UNAVAILABLE, merge_config
+from runtime.models import CollectedData, Conversation, Message, MessageSource, OutboundEvent, ToolCallRecord, Turn
 from runtime.prompt import ANSWER_NOW
 from runtime.turn import retrieval_queries, run_turn
 from runtime.types import ChatResponse, ToolCall, Usage
@@ -307,10 +307,30 @@ def test_model_failure_is_logged_and_reported(shop):
     services, model, aid = shop
     model.enqueue(lambda messages, tools: (_ for _ in ()).throw(RuntimeError("endpoint down")))
     r = chat(services, aid, "Tenho uma dúvida")
-    assert r.status == "error" and r.reply is None
+    assert (r.status, r.reply, r.sources) == ("error", DEFAULT_UNAVAILABLE["pt"], [])  # the customer is told
     with services.session() as session:
         turn = session.scalars(select(Turn).where(Turn.conversation_id == r.conversation_id)).one()
         assert "endpoint down" in turn.error
+        conv = session.get(Conversation, r.conversation_id)  # flagged for a person, replies not paused
+        assert "endpoint down" in conv.handoff["reason"] and conv.ai_enabled
+
+
+def test_a_model_failure_notifies_the_team_and_says_the_configured_message(shop):
+    services, model, aid = shop
+    with services.session() as session:
+        a = registry.get_assistant(session, aid)
+        a.config = merge_config(a.config, {"handoff_url": "https://example.com/hook",
+                                           "unavailable_message": "Voltamos já!"})
+        session.commit()
+    delivered: list[str] = []  # the events the turn hands over for delivery
+    services.deliver_events = delivered.extend
+    model.enqueue(lambda messages, tools: (_ for _ in ()).throw(RuntimeError("endpoint down")))
+    r = chat(services, aid, "Tenho uma dúvida")
+    assert (r.status, r.reply) == ("error", "Voltamos já!") and len(delivered) == 1
+    with services.session() as session:
+        event = session.get(OutboundEvent, delivered[0])
+        assert event.kind == "handoff" and event.payload["conversation_id"] == r.conversation_id
+        assert event.payload["reason"].startswith("the assistant could not answer: RuntimeError: endpoint down")
 
 
 def test_messages_of_one_conversation_are_processed_in_order_one_turn_at_a_time(shop):

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from atende.app import create_app
+from runtime.config import DEFAULT_UNAVAILABLE
 from runtime.types import ToolCall
 from runtime.models import Conversation, Message, MessagePart, Turn
 from runtime.whatsapp.models import WhatsAppSender
@@ -109,6 +110,18 @@ def test_a_redelivered_message_gets_exactly_one_reply(wa):
     assert len(graph.sent) == 1 and model.remaining == 0
     with services.session() as session:
         assert session.scalar(select(func.count()).select_from(Message).where(Message.direction == "inbound")) == 1
+
+
+def test_when_the_model_fails_the_customer_is_told_and_the_conversation_flagged(wa):
+    client, services, model, graph, clock, _ = wa
+    model.enqueue(lambda messages, tools: (_ for _ in ()).throw(ConnectionError("model endpoint down")))
+    post(client, text_payload("wamid.down", "Tenho uma dúvida", clock.now))
+    wait_for(lambda: graph.sent)
+    assert graph.sent[0]["json"]["text"]["body"] == DEFAULT_UNAVAILABLE["pt"]
+    with services.session() as session:
+        turn = session.scalars(select(Turn)).one()
+        conv = session.get(Conversation, turn.conversation_id)
+        assert turn.status == "error" and "model endpoint down" in conv.handoff["reason"]
 
 
 def test_a_burst_is_answered_by_one_turn(wa):

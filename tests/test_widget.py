@@ -15,6 +15,7 @@ from sqlalchemy import select, update
 
 from atende.app import create_app
 from api.routes import widget
+from runtime.config import DEFAULT_UNAVAILABLE
 from runtime.models import Conversation, Message
 from tests import factories
 from tests.factories import use_scripted_model
@@ -139,7 +140,7 @@ def test_paused_ai_and_model_failure(shop):
     token = new_token(client, "loja")
     model.enqueue(lambda messages, tools: (_ for _ in ()).throw(ConnectionError("refused")))
     r = ask(client, "loja", token, "tenho uma dúvida", headers={"Origin": SHOP})
-    assert r.json()["status"] == "error" and r.json()["reply"] is None
+    assert r.json()["status"] == "error" and r.json()["reply"] == DEFAULT_UNAVAILABLE["pt"]
     assert r.headers["access-control-allow-origin"] == SHOP
     with services.session() as session:
         session.execute(update(Conversation).values(ai_enabled=False))

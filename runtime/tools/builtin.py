@@ -20,7 +20,8 @@ from kb.models import KnowledgeBase
 from kb.search import search
 from kb.types import SearchHit
 from runtime.config import DataField
-from runtime.models import CollectedData, Conversation, Message, OutboundEvent, Turn
+from runtime.handoff import flag_for_human
+from runtime.models import CollectedData, Conversation, Message, Turn
 from runtime.scheduling import SlotTaken, available_slots, book, ensure_bookable, opening_hours
 from runtime.tools.context import ToolContext, ToolError
 from runtime.validators import InvalidValue, parse_date, validate_value
@@ -71,20 +72,11 @@ def transfer_to_human(
         with contextlib.suppress(InvalidValue):
             phone = validate_value(DataField(name="callback_phone", type="phone"), phone)
     handoff = {"reason": reason, "callback_phone": phone, "callback_time": callback_time, "at": ctx.now.isoformat()}
-    event_id = None
     with ctx.services.session() as session:
         conversation = session.get(Conversation, ctx.conversation_id)
         if conversation is None:
             raise ToolError("this conversation no longer exists")
-        conversation.ai_enabled, conversation.handoff = False, handoff
-        if ctx.config.handoff_url:
-            event_id = new_id()
-            payload = {
-                "event": "handoff", "conversation_id": conversation.id, "assistant_id": ctx.assistant.id,
-                "channel": conversation.channel, "customer_id": conversation.customer_id, **handoff,
-            }
-            session.add(OutboundEvent(id=event_id, conversation_id=conversation.id, kind="handoff",
-                                      url=ctx.config.handoff_url, payload=payload))
+        event_id = flag_for_human(session, conversation, ctx.assistant.id, ctx.config, handoff, pause=True)
         session.commit()
     if event_id:
         ctx.events.append(event_id)
