@@ -1,4 +1,4 @@
-"""Dependencies shared by the routers: services, a database session, the admin check.
+"""Dependencies shared by the routers: services, the work queue, a database session, the admin check.
 
 Admins authenticate with the bearer token (API clients) or with the dashboard's session cookie, which
 the login page hands out in exchange for the token: a random id of a server-side session (``api.sessions``;
@@ -24,6 +24,7 @@ from api import throttle
 from api.sessions import session_is_open
 from core.db import utcnow
 from core.settings import Settings
+from runtime.queue import WorkQueue
 from runtime.services import Services
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,13 @@ def get_services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_queue(services: ServicesDep) -> WorkQueue:
+    return services.queue
+
+
+QueueDep = Annotated[WorkQueue, Depends(get_queue)]
 
 
 def get_session(services: ServicesDep) -> Iterator[Session]:

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from api.app import build_app
 from atende import __version__
 from atende.demo import ensure_demo
-from atende.jobs import make_huey, requeue_interrupted, start_embedded_consumer
+from atende.jobs import HueyQueue, make_huey, requeue_interrupted, start_embedded_consumer
 from atende.services import build_services
 from core.settings import Settings
 from runtime.services import Services
@@ -31,18 +31,18 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     With ``demo`` the demo assistant is created (if missing) and its sample documents queued.
     """
     services = services or build_services(settings or Settings())
-    huey = make_huey(services)
+    services.queue = queue = HueyQueue(make_huey(services.settings), services)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         consumer = None
         if services.settings.workers > 0:
-            consumer = start_embedded_consumer(huey, services.settings.workers)
+            consumer = start_embedded_consumer(queue.huey, services.settings.workers)
             if not services.settings.redis_url:  # the only worker: nothing else can be running them
                 requeue_interrupted(services)
         if demo:
             for job_id in ensure_demo(services):
-                services.enqueue(job_id)
+                services.queue.enqueue_job(job_id)
             # start the embedded chat model now, so the first customer does not wait for it
             threading.Thread(target=_warm_up, args=(services,), daemon=True).start()
         yield
@@ -51,5 +51,5 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         services.close()
 
     app = build_app(services, __version__, lifespan)
-    app.state.huey = huey
+    app.state.huey = queue.huey
     return app

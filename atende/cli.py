@@ -42,11 +42,11 @@ def cmd_admin_token(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    from atende.jobs import make_huey
+    from atende.jobs import HueyQueue, make_huey
 
     services = _services(args)
-    huey = make_huey(services)
-    huey.create_consumer(workers=args.workers, worker_type="thread").run()
+    services.queue = queue = HueyQueue(make_huey(services.settings), services)
+    queue.huey.create_consumer(workers=args.workers, worker_type="thread").run()
     return 0
 
 
@@ -110,11 +110,9 @@ def cmd_kb_search(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from runtime.events import deliver_event
     from runtime.turn import handle_message
 
-    services = _services(args)
-    services.deliver_events = lambda ids: [deliver_event(services, i) for i in ids]
+    services = _services(args)  # its inline queue delivers the turn's events before the reply is printed
     variables = dict(v.split("=", 1) for v in args.var)
     try:
         result = handle_message(services, assistant_ref=args.assistant, channel="test", sender="console",

@@ -1,4 +1,5 @@
-"""Background jobs (ingestion, event delivery) on huey: SQLite storage in the data dir by default, Redis when REDIS_URL is set.
+"""The background queue on huey (ingestion, WhatsApp posts and turns, event delivery): SQLite storage in the data
+dir by default, Redis when REDIS_URL is set.
 
 ``atende serve`` runs an embedded consumer (worker threads in the API process); with Redis,
 ``atende worker`` runs consumers as separate processes.
@@ -14,52 +15,68 @@ from huey.consumer import Consumer
 from sqlalchemy import select
 
 from core.db import utcnow
+from core.settings import Settings
 from ingest.pipeline import run_job
 from kb.models import IngestJob
+from runtime.events import deliver_event
 from runtime.services import Services
+from runtime.whatsapp.inbound import process_post
 from runtime.whatsapp.models import WebhookPost
+from runtime.whatsapp.turns import run_whatsapp_turn, start_turns
 
 log = logging.getLogger(__name__)
 
 
-def make_huey(services: Services) -> Huey:
-    """The queue for this deployment, with the ingest task registered on it."""
-    settings = services.settings
+def make_huey(settings: Settings) -> Huey:
+    """The deployment's huey: on Redis when ``REDIS_URL`` is set, else on SQLite in the data dir."""
     if settings.redis_url:
-        huey = RedisHuey("atende", url=settings.redis_url)
-    else:
-        huey = SqliteHuey("atende", filename=str(settings.home / "queue.db"))
+        return RedisHuey("atende", url=settings.redis_url)
+    return SqliteHuey("atende", filename=str(settings.home / "queue.db"))
 
-    @huey.task(name="ingest.run_job")
-    def run_ingest_job(job_id: str) -> None:
-        run_job(services, job_id)
 
-    @huey.task(name="events.deliver")
-    def deliver_events(event_ids: list[str]) -> None:
-        from runtime.events import deliver_event
+class HueyQueue:
+    """The ``runtime.queue.WorkQueue`` on huey: four tasks registered on ``huey``, run by its consumers (the
+    embedded one, or ``atende worker`` processes). Embedded (SQLite) and Redis differ only in ``huey``'s storage.
 
-        for event_id in event_ids:
-            deliver_event(services, event_id)
+    The tasks run on ``services``; make this queue ``services.queue``, since the tasks queue their
+    follow-up work (a post's turns, a turn put off by the debounce) there.
+    """
 
-    @huey.task(name="whatsapp.process", retries=3, retry_delay=2)
-    def process_webhook(post_id: str) -> None:
-        from runtime.whatsapp.inbound import process_post
-        from runtime.whatsapp.turns import start_turns
+    def __init__(self, huey: Huey, services: Services) -> None:
+        self.huey = huey
 
-        start_turns(services, process_post(services, post_id))
+        @huey.task(name="ingest.run_job")
+        def run_ingest_job(job_id: str) -> None:
+            run_job(services, job_id)
 
-    @huey.task(name="whatsapp.turn", retries=2, retry_delay=2)
-    def whatsapp_turn(conversation_id: str, scheduled_at: str) -> None:
-        from runtime.whatsapp.turns import run_whatsapp_turn
+        @huey.task(name="events.deliver")
+        def deliver_events(event_ids: list[str]) -> None:
+            for event_id in event_ids:
+                deliver_event(services, event_id)
 
-        run_whatsapp_turn(services, conversation_id, datetime.fromisoformat(scheduled_at))
+        @huey.task(name="whatsapp.process", retries=3, retry_delay=2)
+        def process_webhook(post_id: str) -> None:
+            start_turns(services.queue, process_post(services, post_id), services.settings.whatsapp_debounce_s)
 
-    services.enqueue = run_ingest_job
-    services.deliver_events = deliver_events
-    services.enqueue_webhook = process_webhook
-    services.schedule_turn = lambda conversation_id, delay: whatsapp_turn.schedule(
-        (conversation_id, utcnow().isoformat()), delay=delay)
-    return huey
+        @huey.task(name="whatsapp.turn", retries=2, retry_delay=2)
+        def whatsapp_turn(conversation_id: str, scheduled_at: str) -> None:
+            run_whatsapp_turn(services, conversation_id, datetime.fromisoformat(scheduled_at))
+
+        self._run_ingest_job, self._deliver_events = run_ingest_job, deliver_events
+        self._process_webhook, self._whatsapp_turn = process_webhook, whatsapp_turn
+
+    def enqueue_job(self, job_id: str) -> None:
+        self._run_ingest_job(job_id)
+
+    def enqueue_webhook(self, post_id: str) -> None:
+        self._process_webhook(post_id)
+
+    def schedule_turn(self, conversation_id: str, delay_s: float) -> None:
+        # the turn carries the time it was scheduled: a newer message's turn makes it step aside
+        self._whatsapp_turn.schedule((conversation_id, utcnow().isoformat()), delay=delay_s)
+
+    def deliver_events(self, event_ids: list[str]) -> None:
+        self._deliver_events(event_ids)
 
 
 class EmbeddedConsumer(Consumer):
@@ -84,9 +101,9 @@ def requeue_interrupted(services: Services) -> int:
             job.status = "queued"
         session.commit()
     for job in jobs:
-        services.enqueue(job.id)
+        services.queue.enqueue_job(job.id)
     with services.session() as session:  # webhook posts stored but not processed (crash, queue outage)
         posts = list(session.scalars(select(WebhookPost.id).where(WebhookPost.processed.is_(False))))
     for post_id in posts:
-        services.enqueue_webhook(post_id)
+        services.queue.enqueue_webhook(post_id)
     return len(jobs) + len(posts)

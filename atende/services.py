@@ -7,7 +7,6 @@ from core.settings import Settings
 from kb.blobs import BlobStore
 from kb.embedders import EmbedderRegistry
 from kb.vectorstore import ChromaVectorStore
-from runtime.approved import flag_for_review
 from runtime.llm_provider import ChatModelProvider
 from runtime.services import Services
 
@@ -31,5 +30,4 @@ def build_services(settings: Settings, run_migrations: bool = True) -> Services:
         vectors=vectors,
         blobs=BlobStore(settings.home / "files"),
         chat_models=ChatModelProvider(settings),
-        document_changed=flag_for_review,
     )

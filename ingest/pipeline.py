@@ -42,7 +42,7 @@ class IngestServices(Protocol):
     vectors: ChromaVectorStore
     blobs: BlobStore
     # told, in the transaction that swaps a new version in: (session, document_id, reason)
-    document_changed: Callable[[Session, str, str], object] | None
+    document_changed: Callable[[Session, str, str], object]
 
     def session(self) -> Session: ...
 
@@ -169,7 +169,7 @@ def _is_latest(version: DocumentVersion) -> bool:
 
 
 def _swap_in(session, doc: Document, version: DocumentVersion, job: IngestJob, chunk_count: int, timings: Timings,
-             changed=None) -> None:
+             changed: Callable[[Session, str, str], object]) -> None:
     """One transaction: the new version becomes current, the old one stale (``changed`` is told when
     there was one)."""
     session.refresh(doc)
@@ -181,7 +181,7 @@ def _swap_in(session, doc: Document, version: DocumentVersion, job: IngestJob, c
     replaced = [other for other in doc.versions if other.state == "current"]
     for other in replaced:
         other.state = "stale"
-    if replaced and changed is not None:
+    if replaced:
         changed(session, doc.id, f"{doc.filename} changed (version {version.version})")
     version.state, version.chunk_count = "current", chunk_count
     doc.current_version = version.version

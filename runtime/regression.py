@@ -41,6 +41,7 @@ from runtime.turn import handle_message
 from runtime.types import TurnResult
 
 if TYPE_CHECKING:
+    from runtime.queue import WorkQueue
     from runtime.services import Services
 
 logger = logging.getLogger(__name__)
@@ -339,6 +340,26 @@ def _summary(results: list[CaseResult], total: int) -> dict:
             "changes": {what: changes[what] for what in ("status", "sources", "facts")}}
 
 
+class _EventsKept:
+    """A run's queue (a ``WorkQueue``): the events of its turns stay stored, undelivered, since a replay must
+    not notify anyone; other work goes to ``queue``."""
+
+    def __init__(self, queue: WorkQueue) -> None:
+        self._queue = queue
+
+    def enqueue_job(self, job_id: str) -> None:
+        self._queue.enqueue_job(job_id)
+
+    def enqueue_webhook(self, post_id: str) -> None:
+        self._queue.enqueue_webhook(post_id)
+
+    def schedule_turn(self, conversation_id: str, delay_s: float) -> None:
+        self._queue.schedule_turn(conversation_id, delay_s)
+
+    def deliver_events(self, event_ids: list[str]) -> None:
+        pass
+
+
 def _run_case(services: Services, case: RegressionCase, run_id: str) -> CaseResult:
     t = time.perf_counter()
     result = handle_message(services, assistant_ref=case.assistant_id, channel=CHANNEL, sender=SENDER,
@@ -368,7 +389,8 @@ def execute_run(services: Services, run_id: str, log: Callable[[str], None] = pr
     """Replay every case of a started run (:func:`start_run`), logging one line per case and saving the
     results after each. The run ends ``passed``, ``failed`` (a case changed; a turn's own error is a
     changed status) or ``error`` (something else failed, e.g. the database)."""
-    quiet = replace(services, deliver_events=None)  # events of run turns stay stored, undelivered
+    quiet = replace(services)
+    quiet.queue = _EventsKept(services.queue)
     with services.session() as session:
         run = get_run(session, run_id)
         if run.status != "running":

@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -14,7 +15,11 @@ from kb.blobs import BlobStore
 from kb.embedders import EmbedderRegistry
 from kb.keyword import KeywordIndexCache
 from kb.vectorstore import ChromaVectorStore
+from runtime.approved import flag_for_review
 from runtime.approved_index import ApprovedIndexCache
+
+if TYPE_CHECKING:
+    from runtime.queue import WorkQueue
 
 
 @dataclass
@@ -25,16 +30,8 @@ class Services:
     embedders: EmbedderRegistry
     vectors: ChromaVectorStore
     blobs: BlobStore
-    # hands a job id to the background queue; None means callers run jobs inline
-    enqueue: Callable[[str], None] | None = None
-    # delivers outbound events (handoff notifications) by id, in the background
-    deliver_events: Callable[[list[str]], None] | None = None
     # ChatModelProvider-like: .get(name) -> ChatModel, .close()
     chat_models: object | None = None
-    # hands a stored WhatsApp webhook post to the background queue; None means process inline
-    enqueue_webhook: Callable[[str], None] | None = None
-    # runs a WhatsApp conversation's turn after a delay in seconds; None means run inline
-    schedule_turn: Callable[[str, float], None] | None = None
     # the Graph API client every WhatsApp send shares, built at the first (runtime.whatsapp.outbound.graph_client)
     whatsapp_graph: object | None = None
     # the time, replaceable in tests (24-hour window)
@@ -43,9 +40,18 @@ class Services:
     keywords: KeywordIndexCache = field(default_factory=KeywordIndexCache)
     # question vectors of the assistants' approved answers, rebuilt when those change
     approved_indexes: ApprovedIndexCache = field(default_factory=ApprovedIndexCache)
-    # told, inside the transaction that changes it, that a document got a new version or is deleted:
-    # (session, document_id, reason); flags the approved answers derived from it for review
-    document_changed: Callable[[Session, str, str], object] | None = None
+    # told by ingestion (which cannot import runtime), inside the transaction that swaps a document's new
+    # version in: (session, document_id, reason); flags the approved answers derived from it for review
+    document_changed: Callable[[Session, str, str], object] = flag_for_review
+    # where background work goes (runtime.queue.WorkQueue): an inline queue, doing the work at once in the caller's
+    # thread, until the composition root puts atende.jobs.HueyQueue here; a dataclasses.replace copy gets an inline
+    # queue of its own
+    queue: WorkQueue = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from runtime.queue import InlineQueue  # it runs the work, which takes Services
+
+        self.queue = InlineQueue(self)
 
     def session(self) -> Session:
         return self.sessions()

@@ -361,8 +361,8 @@ def _finish(services, session, conv, pending, result: TurnResult, timings: dict,
     store.log_turn(session, conv, pending, result, tool_results=tool_results, retrieval_query=" || ".join(queries) or None,
                    rounds=rounds, model=model_name, started_at=started_at, error=error)
     result.timings["log_ms"] = round(_ms(t), 1)
-    if events and services.deliver_events is not None:
-        services.deliver_events(events)
+    if events:
+        services.queue.deliver_events(events)
     return result
 
 

@@ -19,6 +19,7 @@ from kb import registry
 from runtime import feedback, store
 from runtime.feedback import REASONS, Reason, rating_for_emoji
 from runtime.models import Conversation, Message, MessageFeedback, MessagePart
+from runtime.queue import InlineQueue
 from runtime.types import TurnResult, Usage
 from runtime.whatsapp.standin import GraphStandIn
 from tests.conftest import ADMIN_TOKEN
@@ -156,7 +157,7 @@ def whatsapp(services):
         services.settings.whatsapp_graph_url = graph.base_url
         model = use_scripted_model(services)
         client = admin_client(services)
-        services.enqueue_webhook = services.schedule_turn = None
+        services.queue = InlineQueue(services)
         add_sender(client, new_assistant(client), PHONE_ID)
         model.enqueue("Abrimos às 9h.")
         now = int(time.time())

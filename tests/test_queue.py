@@ -1,17 +1,22 @@
-"""Background jobs through a real Redis queue (huey's RedisHuey) and a real consumer thread."""
+"""The work queue: background jobs through a real Redis queue (huey's RedisHuey) and a real consumer thread; the
+interface, which the huey queue (SQLite or Redis) and the inline one implement."""
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from atende.jobs import make_huey, start_embedded_consumer
+from atende.app import create_app
+from atende.jobs import HueyQueue, make_huey, start_embedded_consumer
 from kb import registry
 from kb.models import Document, IngestJob
 from kb.search import search
+from runtime.queue import InlineQueue, WorkQueue
+from runtime.regression import _EventsKept
 from tests.conftest import REDIS_URL, make_services
 
 TEXT = (
@@ -68,10 +73,11 @@ def _wait_for_document(services, document_id: str, timeout: float = 120.0) -> st
 
 def test_redis_queue_ingests_an_upload(redis_services):
     services = redis_services
-    huey = make_huey(services)
+    services.queue = queue = HueyQueue(make_huey(services.settings), services)
+    huey = queue.huey
     assert type(huey.storage).__name__ == "RedisStorage"
     doc_id, job_id = _upload(services, "hours.txt", TEXT.encode())
-    services.enqueue(job_id)
+    services.queue.enqueue_job(job_id)
     assert huey.pending_count() == 1  # the job sits in Redis until a consumer takes it
     with services.session() as session:
         assert session.get(IngestJob, job_id).status == "queued"
@@ -97,7 +103,8 @@ def test_redis_queue_ingests_an_upload(redis_services):
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_job_enqueued_twice_runs_once(redis_services, workers):
     services = redis_services
-    huey = make_huey(services)
+    services.queue = queue = HueyQueue(make_huey(services.settings), services)
+    huey = queue.huey
     executions: list[tuple[str, datetime]] = []
     lock = threading.Lock()
 
@@ -107,8 +114,8 @@ def test_a_job_enqueued_twice_runs_once(redis_services, workers):
             executions.append((signal, datetime.now(UTC)))
 
     doc_id, job_id = _upload(services, "hours.txt", TEXT.encode())
-    services.enqueue(job_id)
-    services.enqueue(job_id)
+    services.queue.enqueue_job(job_id)
+    services.queue.enqueue_job(job_id)
     assert huey.pending_count() == 2
 
     consumer = start_embedded_consumer(huey, workers)
@@ -137,3 +144,66 @@ def test_a_job_enqueued_twice_runs_once(redis_services, workers):
             second_start = [t for s, t in executions if s == "executing"][1]
             assert job.started_at <= job.finished_at < second_start
     assert len(hits) == stored and len({h.text for h in hits}) == len(hits)  # no duplicated chunks
+
+
+# ------------------------------------------------------------------------------- the WorkQueue interface
+
+
+def _methods(cls) -> dict[str, inspect.Signature]:
+    return {name: inspect.signature(getattr(cls, name)) for name in dir(cls) if not name.startswith("_")}
+
+
+@pytest.mark.parametrize("implementation", [InlineQueue, HueyQueue, _EventsKept])
+def test_each_queue_has_the_work_queue_methods_with_their_signatures(implementation):
+    wanted = _methods(WorkQueue)
+    assert set(wanted) == {"enqueue_job", "enqueue_webhook", "schedule_turn", "deliver_events"}
+    have = _methods(implementation)
+    assert {name: have.get(name) for name in wanted} == wanted
+
+
+def test_services_start_with_the_inline_queue_and_the_app_puts_huey_there(sqlite_services):
+    services = sqlite_services
+    assert isinstance(services.queue, InlineQueue) and isinstance(services.queue, WorkQueue)
+    create_app(services=services)
+    assert isinstance(services.queue, HueyQueue) and isinstance(services.queue, WorkQueue)
+    assert type(services.queue.huey.storage).__name__ == "SqliteStorage"
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def huey_services(request, tmp_path, embedders):
+    """Services on the embedded (SQLite) huey and on the Redis one: the same HueyQueue, another storage."""
+    if request.param == "sqlite":
+        services = make_services(tmp_path / "home", embedders)
+        yield services
+        services.engine.dispose()
+    else:
+        yield request.getfixturevalue("redis_services")
+
+
+def test_the_huey_queue_enqueues_each_kind_of_work(huey_services):
+    services = huey_services
+    services.queue = queue = HueyQueue(make_huey(services.settings), services)
+    expected = "RedisStorage" if services.settings.redis_url else "SqliteStorage"
+    assert type(queue.huey.storage).__name__ == expected
+    before = datetime.now(UTC).replace(tzinfo=None)  # huey's eta is naive UTC
+    queue.enqueue_job("job-1")
+    queue.enqueue_webhook("post-1")
+    queue.schedule_turn("conversation-1", 30.0)
+    queue.deliver_events(["event-1", "event-2"])
+    pending = queue.huey.pending()  # nothing runs them: no consumer
+    assert [(task.name, task.args[0]) for task in pending] == [
+        ("ingest.run_job", "job-1"), ("whatsapp.process", "post-1"), ("whatsapp.turn", "conversation-1"),
+        ("events.deliver", ["event-1", "event-2"])]
+    turn = pending[2]
+    assert before + timedelta(seconds=30) <= turn.eta <= datetime.now(UTC).replace(tzinfo=None) + timedelta(seconds=30)
+    assert before <= datetime.fromisoformat(turn.args[1]).replace(tzinfo=None) <= turn.eta  # when it was scheduled
+    assert [task.eta for i, task in enumerate(pending) if i != 2] == [None, None, None]
+
+
+def test_the_inline_queue_ingests_before_it_returns(sqlite_services):
+    services = sqlite_services
+    doc_id, job_id = _upload(services, "hours.txt", TEXT.encode())
+    services.queue.enqueue_job(job_id)
+    with services.session() as session:
+        assert session.get(IngestJob, job_id).status == "ready"
+        assert session.get(Document, doc_id).status == "ready"

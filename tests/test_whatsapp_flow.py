@@ -14,6 +14,7 @@ from atende.app import create_app
 from runtime.config import DEFAULT_UNAVAILABLE
 from runtime.types import ToolCall
 from runtime.models import Conversation, Message, MessagePart, Turn
+from runtime.queue import InlineQueue
 from runtime.whatsapp.models import WhatsAppSender
 from runtime.whatsapp.standin import GraphStandIn, sign, status_body
 from tests.conftest import ADMIN_TOKEN, make_services, wait_for_document
@@ -245,7 +246,7 @@ def test_without_a_queue_the_webhook_runs_the_turn_and_sends_the_reply(wa):
     """No queue (posts processed and turns run inline): the post's conversation is answered before the
     webhook is acknowledged."""
     client, services, model, graph, clock, _ = wa
-    services.enqueue_webhook = services.schedule_turn = None
+    services.queue = InlineQueue(services)
     model.enqueue("Abrimos às 9h.")
     post(client, text_payload("wamid.inline", "Que horas abrem?", clock.now))
     assert [s["json"]["text"]["body"] for s in graph.sent] == ["Abrimos às 9h."]

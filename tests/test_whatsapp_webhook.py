@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from core.db import new_id, utcnow
 from kb import registry
 from runtime.models import Conversation, Message, MessagePart, Turn
+from runtime.queue import InlineQueue, WorkQueue
 from runtime.store import find_or_create_conversation
 import runtime.whatsapp.inbound as inbound
 from runtime.whatsapp.inbound import SignatureError, accept_post, advances, process_post
@@ -81,13 +82,31 @@ STATUS_FILES = {
 
 
 
+class TurnsRecorded:
+    """A ``WorkQueue`` that records the turns scheduled on it, without running them; other work goes to ``queue``."""
+
+    def __init__(self, queue: WorkQueue, scheduled: list[tuple[str, float]]):
+        self.queue, self.scheduled = queue, scheduled
+
+    def enqueue_job(self, job_id: str) -> None:
+        self.queue.enqueue_job(job_id)
+
+    def enqueue_webhook(self, post_id: str) -> None:
+        self.queue.enqueue_webhook(post_id)
+
+    def schedule_turn(self, conversation_id: str, delay_s: float) -> None:
+        self.scheduled.append((conversation_id, delay_s))
+
+    def deliver_events(self, event_ids: list[str]) -> None:
+        self.queue.deliver_events(event_ids)
+
+
 @pytest.fixture
 def wa(client):
     """The real app, processing webhook posts inline (so rows can be read at once); the turns it would start
     are recorded in ``client.scheduled``, not run."""
-    services_of(client).enqueue_webhook = None
     client.scheduled = []
-    services_of(client).schedule_turn = lambda conversation_id, delay: client.scheduled.append((conversation_id, delay))
+    services_of(client).queue = TurnsRecorded(InlineQueue(services_of(client)), client.scheduled)
     return client
 
 
@@ -95,7 +114,7 @@ def wa(client):
 def queued(client):
     """The real app with its queue: posts are processed by the embedded consumer; turns are recorded, not run."""
     scheduled = []
-    services_of(client).schedule_turn = lambda conversation_id, delay: scheduled.append((conversation_id, delay))
+    services_of(client).queue = TurnsRecorded(services_of(client).queue, scheduled)
     return client, scheduled
 
 

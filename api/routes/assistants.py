@@ -4,7 +4,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from sqlalchemy import select
 
-from api.deps import AdminDep, ServicesDep, SessionDep
+from api.deps import AdminDep, QueueDep, ServicesDep, SessionDep
 from api.schemas import AssistantCreate, AssistantPublic, AssistantUpdate, SearchRequest, SearchResponse
 from kb import registry
 from kb.models import Assistant, IngestJob
@@ -52,7 +52,7 @@ def get_assistant(assistant_id: str, session: SessionDep):
 
 
 @router.patch("/{assistant_id}", response_model=AssistantPublic)
-def update_assistant(assistant_id: str, body: AssistantUpdate, session: SessionDep, services: ServicesDep):
+def update_assistant(assistant_id: str, body: AssistantUpdate, session: SessionDep, queue: QueueDep):
     assistant = registry.get_assistant(session, assistant_id)
     changes = body.model_dump(exclude_unset=True)
     if changes.get("config") is not None:
@@ -60,7 +60,7 @@ def update_assistant(assistant_id: str, body: AssistantUpdate, session: SessionD
     job = registry.update_assistant(session, assistant, changes)
     session.commit()
     if job is not None:
-        services.enqueue(job.id)
+        queue.enqueue_job(job.id)
     return assistant_public(session, assistant)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from api.deps import AdminDep, ServicesDep, SessionDep
+from api.deps import AdminDep, QueueDep, ServicesDep, SessionDep
 from api.routes.documents import document_public
 from api.schemas import ChatRequest, ChatResult, DocumentPublic
 from kb import registry
@@ -31,11 +31,11 @@ def console_chat(body: ChatRequest, services: ServicesDep):
 
 
 @router.post("/api/documents/{document_id}/reindex", status_code=202, response_model=DocumentPublic)
-def reindex_document(document_id: str, session: SessionDep, services: ServicesDep):
+def reindex_document(document_id: str, session: SessionDep, queue: QueueDep):
     """Parse, chunk and embed the document's latest file again, as a new version (e.g. after a change
     of chunk size); the current version stays searchable until the new one is ready."""
     doc = registry.get_document(session, document_id)
     job = registry.reindex_document(session, doc)
     session.commit()
-    services.enqueue(job.id)
+    queue.enqueue_job(job.id)
     return document_public(session, doc)

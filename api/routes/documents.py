@@ -12,6 +12,7 @@ from core.errors import NotFound
 from kb import registry
 from kb.errors import FileTooLarge
 from kb.models import Document, IngestJob
+from runtime.approved import flag_for_review
 
 router = APIRouter(tags=["documents"], dependencies=[AdminDep])
 
@@ -43,7 +44,7 @@ async def upload_document(assistant_id: str, session: SessionDep, services: Serv
     upload = registry.register_upload(session, services.blobs, kb, file.filename, data, limit)
     session.commit()
     if upload.job is not None:
-        services.enqueue(upload.job.id)
+        services.queue.enqueue_job(upload.job.id)
     body = document_public(session, upload.document, unchanged=upload.unchanged)
     return JSONResponse(status_code=200 if upload.unchanged else 202, content=body.model_dump(mode="json"))
 
@@ -62,8 +63,7 @@ def get_document(document_id: str, session: SessionDep):
 @router.delete("/api/documents/{document_id}", status_code=204)
 def delete_document(document_id: str, session: SessionDep, services: ServicesDep):
     doc = registry.get_document(session, document_id)
-    if services.document_changed is not None:  # committed with the document's first step of deletion
-        services.document_changed(session, doc.id, f"{doc.filename} was deleted")
+    flag_for_review(session, doc.id, f"{doc.filename} was deleted")  # committed with the deletion's first step
     registry.delete_document(session, services.vectors, services.blobs, doc)
     return Response(status_code=204)
 

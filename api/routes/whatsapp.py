@@ -20,10 +20,9 @@ from core.db import new_id
 from core.errors import Conflict, NotFound
 from kb import registry
 from runtime.models import Message
-from runtime.whatsapp.inbound import WebhookError, accept_post, process_post
+from runtime.whatsapp.inbound import WebhookError, accept_post
 from runtime.whatsapp.models import WhatsAppSender, WhatsAppTemplate
 from runtime.whatsapp.outbound import send_template
-from runtime.whatsapp.turns import start_turns
 
 log = logging.getLogger(__name__)
 _PARAM = re.compile(r"\{\{\s*(\d+)\s*\}\}")
@@ -151,27 +150,16 @@ def receive_webhook(
     raw_body: Annotated[bytes, Depends(_raw_body)],
     x_hub_signature_256: Annotated[str | None, Header()] = None,
 ):
-    """Store a signed post (once per body: the same bytes again get no second row) and acknowledge it;
-    processing happens in the background, or before the answer when there is no queue (then the turns of
-    the conversations it gave new messages start as the queue would start them)."""
+    """Store a signed post (once per body: the same bytes again get no second row), queue it and acknowledge
+    it. With the huey queue it is processed in the background; with the inline queue (an app from
+    ``api.app.build_app`` alone) it is processed, and its turns answered, before the answer. Whatever fails
+    there is stored with the post or the turn: Meta must not retry what we already hold."""
     try:
         post = accept_post(services, raw_body, x_hub_signature_256)
     except WebhookError as exc:
         log.warning("whatsapp webhook refused (%s): %s", exc.status_code, exc)
         return JSONResponse(status_code=exc.status_code, content={"detail": str(exc)})
-    if services.enqueue_webhook is not None:
-        services.enqueue_webhook(post.id)
-        return {"status": "ok"}
-    # whatever fails below is stored with the post or the turn; Meta must not retry what we already hold
-    try:
-        conversations = process_post(services, post.id)
-    except Exception:
-        log.exception("whatsapp webhook post %s failed to process", post.id)
-        return {"status": "ok"}
-    try:
-        start_turns(services, conversations)
-    except Exception:
-        log.exception("whatsapp turns of webhook post %s failed", post.id)
+    services.queue.enqueue_webhook(post.id)
     return {"status": "ok"}
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from core.db import utcnow
 from runtime import store
@@ -11,9 +12,13 @@ from runtime.turn import run_turn
 from runtime.types import TurnResult
 from runtime.whatsapp.outbound import send_reply
 
+if TYPE_CHECKING:
+    from runtime.queue import WorkQueue
 
-def run_whatsapp_turn(services: Services, conversation_id: str, scheduled_at: datetime | None = None) -> TurnResult | None:
-    """Answer the conversation's pending messages once the newest is ``whatsapp_debounce_s`` old.
+
+def run_whatsapp_turn(services: Services, conversation_id: str, scheduled_at: datetime) -> TurnResult | None:
+    """The scheduled turn (``WorkQueue.schedule_turn``): answer the conversation's pending messages once the
+    newest is ``whatsapp_debounce_s`` old.
 
     Every stored message schedules this job after the debounce, marked with the time it was scheduled.
     A job that finds a message newer than its mark steps aside (that message's job follows); the job of
@@ -29,24 +34,25 @@ def run_whatsapp_turn(services: Services, conversation_id: str, scheduled_at: da
         oldest = min(m.created_at for m in pending)
     now = utcnow()
     overdue = (now - oldest).total_seconds() >= s.whatsapp_debounce_max_s
-    if services.schedule_turn is not None and not overdue:
-        if scheduled_at is not None and newest > scheduled_at:
+    if not overdue:
+        if newest > scheduled_at:
             return None
         wait = s.whatsapp_debounce_s - (now - newest).total_seconds()
         if wait > 0:
-            services.schedule_turn(conversation_id, wait)
+            services.queue.schedule_turn(conversation_id, wait)
             return None
+    return answer_conversation(services, conversation_id)
+
+
+def answer_conversation(services: Services, conversation_id: str) -> TurnResult | None:
+    """Run the conversation's turn now and send its reply (what a queue that cannot wait does at once)."""
     result = run_turn(services, conversation_id)
     if result is not None and result.message_id is not None:
         send_reply(services, result.message_id)
     return result
 
 
-def start_turns(services: Services, conversation_ids: Iterable[str]) -> None:
-    """Answer the conversations a webhook post gave new messages: with a turn queue (``schedule_turn``) each
-    turn is scheduled after the debounce, without one it runs now."""
+def start_turns(queue: WorkQueue, conversation_ids: Iterable[str], debounce_s: float) -> None:
+    """Schedule the turns of the conversations a webhook post gave new messages, each after the debounce."""
     for conversation_id in conversation_ids:
-        if services.schedule_turn is not None:
-            services.schedule_turn(conversation_id, services.settings.whatsapp_debounce_s)
-        else:
-            run_whatsapp_turn(services, conversation_id)
+        queue.schedule_turn(conversation_id, debounce_s)

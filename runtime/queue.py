@@ -1,0 +1,77 @@
+"""The work queue: what the routes, the turn engine and the jobs hand to the background, as an interface.
+
+``atende.jobs.HueyQueue`` is the deployment's queue (huey on SQLite in the data dir, or on Redis); this
+module's ``InlineQueue`` runs the work at once in the caller's thread, and is what a ``Services`` holds until
+the composition root gives it another (an app from ``api.app.build_app`` alone, the CLI, the tests).
+
+Follow-up work (a webhook post's turns, a debounced turn put off again) goes through ``services.queue`` at the
+time it is queued, not through the queue that ran the first step, so a queue replaced or wrapped later is the
+one used.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from ingest.pipeline import run_job
+from runtime.events import deliver_event
+from runtime.whatsapp.inbound import process_post
+from runtime.whatsapp.turns import answer_conversation, start_turns
+
+if TYPE_CHECKING:
+    from runtime.services import Services
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class WorkQueue(Protocol):
+    """Where background work goes. Each call returns once the work is queued; the work's outcome is stored
+    where the work stores it (the job, the webhook post, the turn, the event), never raised to the caller."""
+
+    def enqueue_job(self, job_id: str) -> None:
+        """Run ingestion job ``job_id`` (``ingest.pipeline.run_job``)."""
+
+    def enqueue_webhook(self, post_id: str) -> None:
+        """Process stored WhatsApp webhook post ``post_id`` and start the turns of the conversations it fed."""
+
+    def schedule_turn(self, conversation_id: str, delay_s: float) -> None:
+        """Answer the conversation's pending WhatsApp messages after ``delay_s`` seconds (the debounce)."""
+
+    def deliver_events(self, event_ids: list[str]) -> None:
+        """Deliver outbound events (handoff notifications) to their webhook URLs."""
+
+
+class InlineQueue:
+    """A ``WorkQueue`` that does the work at once, in the caller's thread, and logs a failure instead of raising
+    it (as a worker would). It cannot wait: a turn scheduled with a delay is answered now, without the debounce."""
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+
+    def enqueue_job(self, job_id: str) -> None:
+        try:
+            run_job(self._services, job_id)
+        except Exception:
+            log.exception("ingestion job %s failed", job_id)
+
+    def enqueue_webhook(self, post_id: str) -> None:
+        try:
+            conversations = process_post(self._services, post_id)
+        except Exception:  # the post keeps its error and stays unprocessed
+            log.exception("whatsapp webhook post %s failed to process", post_id)
+            return
+        start_turns(self._services.queue, conversations, self._services.settings.whatsapp_debounce_s)
+
+    def schedule_turn(self, conversation_id: str, delay_s: float) -> None:
+        try:
+            answer_conversation(self._services, conversation_id)
+        except Exception:
+            log.exception("whatsapp turn of conversation %s failed", conversation_id)
+
+    def deliver_events(self, event_ids: list[str]) -> None:
+        for event_id in event_ids:
+            try:
+                deliver_event(self._services, event_id)
+            except Exception:
+                log.exception("delivery of event %s failed", event_id)
