@@ -323,7 +323,7 @@ def test_a_model_failure_notifies_the_team_and_says_the_configured_message(shop)
                                            "unavailable_message": "Voltamos já!"})
         session.commit()
     delivered: list[str] = []  # the events the turn hands over for delivery
-    services.deliver_events = delivered.extend
+    services.queue.deliver_events = delivered.extend
     model.enqueue(lambda messages, tools: (_ for _ in ()).throw(RuntimeError("endpoint down")))
     r = chat(services, aid, "Tenho uma dúvida")
     assert (r.status, r.reply) == ("error", "Voltamos já!") and len(delivered) == 1
