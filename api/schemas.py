@@ -6,7 +6,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from kb.types import Source
 from runtime.config import AssistantConfig
+from runtime.types import TurnResult
 
 
 class AssistantCreate(BaseModel):
@@ -99,26 +101,9 @@ class SearchRequest(BaseModel):
     max_per_document: int | None = Field(default=None, ge=1, description="at most this many chunks of one document")
 
 
-class SearchResult(BaseModel):
-    rank: int
-    chunk_id: str
-    score: float
-    text: str
-    document_id: str
-    version: int
-    filename: str
-    page: int | None
-    section: str
-    element_types: list[str]
-    char_start: int
-    char_end: int
-    keyword_score: float = Field(description="BM25 score; 0 when no query word occurs in the chunk")
-    fusion: float = Field(description="the fused ranking score the results are ordered by")
-
-
 class SearchResponse(BaseModel):
     query: str
-    results: list[SearchResult]
+    results: list[Source]
 
 
 class ChatRequest(BaseModel):
@@ -132,7 +117,7 @@ class ChatResult(BaseModel):
     conversation_id: str
     reply: str | None
     status: str
-    sources: list[dict]
+    sources: list[dict]  # kb.types.Source.to_dict
     function_calls: list[dict]
     ai_enabled: bool
     usage: dict
@@ -141,9 +126,9 @@ class ChatResult(BaseModel):
     error: str | None = None  # why the model failed (status ``error``)
 
     @classmethod
-    def from_turn(cls, r) -> ChatResult:
+    def from_turn(cls, r: TurnResult) -> ChatResult:
         return cls(
-            conversation_id=r.conversation_id, reply=r.reply, status=r.status, sources=r.sources,
+            conversation_id=r.conversation_id, reply=r.reply, status=r.status, sources=[s.to_dict() for s in r.sources],
             function_calls=r.function_calls, ai_enabled=r.ai_enabled, cost=r.cost, timings=r.timings, error=r.error,
             usage={"prompt_tokens": r.usage.prompt_tokens, "completion_tokens": r.usage.completion_tokens},
         )
@@ -179,7 +164,7 @@ class MessagePublic(BaseModel):
                   error_title=m.error_title, created_at=m.created_at,
                   tokens_in=m.tokens_in, tokens_out=m.tokens_out, cost=m.cost, latency_ms=m.latency_ms)
         if m.direction == "outbound":
-            out.sources = [s.as_dict() for s in m.sources]
+            out.sources = [s.as_source().to_dict() for s in m.sources]
             out.function_calls = [c.as_dict() for c in m.tool_calls]
         return out
 

@@ -129,8 +129,8 @@ def cmd_chat(args) -> int:
     if result.sources:
         print("\nSources:")
         for s in result.sources:
-            where = " · ".join(x for x in (s["filename"], f"p. {s['page']}" if s.get("page") else "", s.get("section") or "") if x)
-            print(f"  [{s['rank']}] {where} (score {s['score']:.2f})")
+            where = " · ".join(x for x in (s.filename, f"p. {s.page}" if s.page else "", s.section) if x)
+            print(f"  [{s.rank}] {where} (score {s.score:.2f})")
     t = result.timings
     print(f"\n[{result.status} · conversation {result.conversation_id} · {result.usage.prompt_tokens}+"
           f"{result.usage.completion_tokens} tokens · {t.get('total_ms', 0) / 1000:.1f}s]")

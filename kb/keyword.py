@@ -140,6 +140,9 @@ def _idf(n_docs: int, df: int) -> float:
 
 @dataclass(frozen=True)
 class IndexedChunk:
+    """A chunk as the BM25 index holds it: a :class:`kb.vectorstore.StoredMatch` of the store's listing without
+    the distance (which a listing has not). Search turns the ones it ranks into :class:`kb.types.Source`."""
+
     chunk_id: str
     text: str
     metadata: ChunkMetadata  # the vector store's: doc_version, section, filename...

@@ -19,7 +19,7 @@ from core.errors import InvalidRequest
 from kb.embedders import EmbedderRegistry
 from kb.keyword import IndexedChunk, KeywordIndex, KeywordIndexCache
 from kb.models import DocumentVersion, KnowledgeBase
-from kb.types import ChunkMetadata, SearchHit
+from kb.types import ChunkMetadata, Source
 from kb.vectorstore import ChromaVectorStore, Filter
 
 MAX_TOP_K = 50
@@ -148,7 +148,7 @@ def keyword_index(services: SearchServices, kb: KnowledgeBase, current: set[str]
 
 def search(services: SearchServices, session: Session, kb: KnowledgeBase, query: str, top_k: int = 5, *,
            where: Mapping[str, object] | None = None, mode: Mode = "hybrid",
-           max_per_document: int | None = None) -> list[SearchHit]:
+           max_per_document: int | None = None) -> list[Source]:
     """Rank the knowledge base's chunks for ``query``.
 
     ``where`` filters on chunk metadata (``document_id``, ``filename``, ``section``, ``page``; a value or a
@@ -197,7 +197,7 @@ def search(services: SearchServices, session: Session, kb: KnowledgeBase, query:
     fusion = _fuse(similarity, keyword, mode, attainable)
 
     alive = _still_current(session, kb.id, {v for _, md in found.values() if (v := md.get("doc_version")) is not None})
-    hits: list[SearchHit] = []
+    hits: list[Source] = []
     per_document: dict[str, int] = {}
     for cid in sorted(found, key=lambda c: (-fusion.get(c, 0.0), -similarity.get(c, -1.0))):
         text, md = found[cid]
@@ -208,11 +208,11 @@ def search(services: SearchServices, session: Session, kb: KnowledgeBase, query:
             continue
         per_document[doc] = per_document.get(doc, 0) + 1
         hits.append(
-            SearchHit(
+            Source(
                 rank=len(hits) + 1, chunk_id=cid, score=round(similarity.get(cid, 0.0), 4), text=text,
                 document_id=doc, version=int(md["version"]), filename=md.get("filename", ""),
                 page=md.get("page"), section=md.get("section", ""),
-                element_types=[t for t in md.get("element_types", "").split(",") if t],
+                element_types=tuple(t for t in md.get("element_types", "").split(",") if t),
                 char_start=int(md.get("char_start", 0)), char_end=int(md.get("char_end", 0)),
                 keyword_score=round(keyword.get(cid, 0.0), 4), fusion=round(fusion.get(cid, 0.0), 6),
             )

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
-from typing import Any, TypedDict
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, TypedDict
 
 
 @dataclass(frozen=True)
@@ -48,23 +48,45 @@ class ChunkMetadata(TypedDict, total=False):
 
 
 @dataclass(frozen=True)
-class SearchHit:
-    """One ranked search result with everything needed to cite it."""
+class Source:
+    """A passage as a turn shows it to the model and logs it: the one record of a retrieved source, from
+    :func:`kb.search.search` through the prompt, the context budget and the log to the turn's result.
+
+    A search gives every field, ``rank`` its place in the results; the turn renumbers the sources it shows
+    1..n and cuts ``text`` to what the prompt holds (``runtime.prompt.seen_sources``; the context budget may
+    cut it further), so ``text`` is always the text the model saw. The log keeps ``LOGGED`` of it
+    (``runtime.models.MessageSource``): a source read back from the log, like an approved answer shown as a
+    source (``runtime.approved_index.ApprovedMatch.as_source``), has None for the fields a search adds.
+    """
+
+    # the API documents the fields from their docstrings (pydantic reads this; kb imports no pydantic)
+    __pydantic_config__ = {"use_attribute_docstrings": True}
+    LOGGED: ClassVar[tuple[str, ...]] = (
+        "rank", "chunk_id", "document_id", "version", "filename", "page", "section", "score", "text")
 
     rank: int
     chunk_id: str
     score: float
+    """dense cosine similarity to the query (an approved answer's: to its question)"""
     text: str
     document_id: str
     version: int
     filename: str
     page: int | None = None
     section: str = ""
-    element_types: list[str] = field(default_factory=list)
-    char_start: int = 0
-    char_end: int = 0
-    keyword_score: float = 0.0  # BM25; 0 when no query word occurs in the chunk
-    fusion: float = 0.0  # the fused ranking score results are ordered by
+    element_types: tuple[str, ...] | None = None
+    char_start: int | None = None
+    char_end: int | None = None
+    keyword_score: float | None = None
+    """BM25 score; 0 when no query word occurs in the chunk"""
+    fusion: float | None = None
+    """the fused ranking score the results are ordered by"""
 
-    def to_dict(self) -> dict[str, Any]:  # asdict's own type: the field values as they are
-        return asdict(self)
+    def logged(self) -> dict[str, Any]:
+        """The fields the log keeps, in its order (the columns of ``runtime.models.MessageSource``)."""
+        return {k: getattr(self, k) for k in self.LOGGED}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The source as JSON gives it (the chat API, the CLI): a search's every field in this order; the
+        logged fields alone when it has no more (an approved answer, a source read back from the log)."""
+        return asdict(self) if self.fusion is not None else self.logged()

@@ -28,6 +28,11 @@ Filter = Mapping[str, object]
 
 @dataclass(frozen=True)
 class StoredMatch:
+    """A chunk as the store keeps it, with its cosine distance to the query (0 when listed by ``chunks``).
+
+    Raw material of a search: :func:`kb.search.search` fuses these with BM25 scores into
+    :class:`kb.types.Source` records, the only shape a source has above the knowledge base."""
+
     chunk_id: str
     text: str
     metadata: ChunkMetadata

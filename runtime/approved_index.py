@@ -14,6 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from kb.embedders import Embedder
+from kb.types import Source
+
+APPROVED_PREFIX = "approved:"  # chunk_id of a source that is an approved answer
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,13 @@ class ApprovedMatch:
     answer: str
     score: float  # cosine similarity of the message and ``question``
     margin: float  # ``score`` minus the best similarity of any other approved answer (-1 if there is none)
+
+    def as_source(self) -> Source:
+        """The answer as a turn's first source: ``chunk_id`` ``approved:<id>``, the matched question as its
+        section, the similarity as its score."""
+        return Source(rank=1, chunk_id=f"{APPROVED_PREFIX}{self.approved_id}", score=round(self.score, 4),
+                      text=self.answer, document_id=self.approved_id, version=0, filename="approved answer",
+                      section=self.question)
 
 
 @dataclass(frozen=True)

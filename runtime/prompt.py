@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from kb.keyword import detect_language, key_terms, words
+from kb.types import Source
 from runtime.config import AssistantConfig
 from runtime.replies import LANGUAGE_NAMES
 
@@ -37,12 +39,12 @@ FOCUSED = (
 )
 
 
-def focused_messages(system_prompt: str, sources: list[dict], user_text: str) -> list[dict]:
+def focused_messages(system_prompt: str, sources: list[Source], user_text: str) -> list[dict]:
     """The focused look's prompt: the assistant's own (filled) ``system_prompt`` and ``FOCUSED``, the shown
     ``sources`` (as numbered and cut for the whole prompt) and the customer's message as the question. The
     1.5B model answers from this many of the questions it gives up on with the whole prompt (channel rules,
     tools, their instructions) in front of it."""
-    passages = "\n\n".join(f"[{s['rank']}] ({s['filename']})\n{s['text']}" for s in sources)
+    passages = "\n\n".join(f"[{s.rank}] ({s.filename})\n{s.text}" for s in sources)
     system = "\n\n".join(part for part in (system_prompt.strip(), FOCUSED) if part)
     return [{"role": "system", "content": system},
             {"role": "user", "content": f"Passages:\n{passages}\n\nQuestion: {user_text}"}]
@@ -61,10 +63,10 @@ def fill_variables(template: str, variables: dict) -> str:
     return _VAR.sub(lambda m: str(variables.get(m.group(1), "")), template)
 
 
-def seen_sources(hits: list[dict], query: str = "") -> list[dict]:
+def seen_sources(hits: list[Source], query: str = "") -> list[Source]:
     """Renumber hits 1..n and cut each text to what the prompt shows, the part about ``query`` (that
     is what gets logged)."""
-    return [{**hit, "rank": i, "text": excerpt(hit["text"], query)} for i, hit in enumerate(hits, 1)]
+    return [replace(hit, rank=i, text=excerpt(hit.text, query)) for i, hit in enumerate(hits, 1)]
 
 
 def excerpt(text: str, query: str, limit: int = SOURCE_CHARS) -> str:
@@ -90,19 +92,19 @@ def excerpt(text: str, query: str, limit: int = SOURCE_CHARS) -> str:
     return ("… " if start > 0 else "") + text[start:end].strip() + (" …" if end < len(text.rstrip()) else "")
 
 
-def format_sources(sources: list[dict]) -> str:
+def format_sources(sources: list[Source]) -> str:
     if not sources:
         return (f"Sources: none matched this message. Unless it is a greeting, thanks, a request for a human or "
                 f"personal data, reply exactly {NO_ANSWER}.")
     blocks = []
     for s in sources:
-        where = ", ".join(x for x in (s["filename"], f"p. {s['page']}" if s.get("page") else "", s.get("section") or "") if x)
-        blocks.append(f"[{s['rank']}] ({where})\n{s['text']}")
+        where = ", ".join(x for x in (s.filename, f"p. {s.page}" if s.page else "", s.section) if x)
+        blocks.append(f"[{s.rank}] ({where})\n{s.text}")
     return "Sources:\n" + "\n\n".join(blocks)
 
 
 def build_messages(
-    config: AssistantConfig, variables: dict, history: list[tuple[str, str]], user_text: str, sources: list[dict]
+    config: AssistantConfig, variables: dict, history: list[tuple[str, str]], user_text: str, sources: list[Source]
 ) -> list[dict]:
     """OpenAI-style messages: system (prompt, channel rules, grounding), history, then the sources and
     the new message last. What changes per turn comes last, so a server that reuses the evaluated
@@ -122,6 +124,6 @@ def build_messages(
     return messages
 
 
-def turn_message(sources: list[dict], user_text: str) -> dict:
+def turn_message(sources: list[Source], user_text: str) -> dict:
     """The prompt's last message: the numbered sources, then the customer's new message."""
     return {"role": "user", "content": f"{format_sources(sources)}\n\nCustomer message:\n{user_text}"}

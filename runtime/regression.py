@@ -142,10 +142,10 @@ class DiffSegment:
     text: str
 
 
-def cited_filenames(status: str, sources: Iterable[Mapping]) -> list[str]:
-    """The files a reply cites, in rank order without repeats: its sources' filenames when it is an
+def cited_filenames(status: str, filenames: Iterable[str]) -> list[str]:
+    """The files a reply cites, in rank order without repeats: its sources' ``filenames`` when it is an
     answer; a fallback, hand-off or small-talk message rests on none of the passages shown."""
-    return list(dict.fromkeys(s["filename"] for s in sources)) if status == "answered" else []
+    return list(dict.fromkeys(filenames)) if status == "answered" else []
 
 
 def compare(case: RegressionCase, result: TurnResult) -> list[Change]:
@@ -154,7 +154,7 @@ def compare(case: RegressionCase, result: TurnResult) -> list[Change]:
     changes = []
     if result.status != case.expected_status:
         changes.append(Change("status", case.expected_status, result.status))
-    cited = cited_filenames(result.status, result.sources)
+    cited = cited_filenames(result.status, [s.filename for s in result.sources])
     changes += [Change("sources", f, cited) for f in case.expected_sources if f not in cited]
     changes += [Change("facts", f, None) for f in case.expected_facts if not contains_answer(result.reply or "", [f])]
     return changes
@@ -244,7 +244,7 @@ def promote(session: Session, message_id: str, facts: Iterable[str] | None = Non
     return create_case(
         session, assistant, question=reply_questions(session, [reply])[reply.id], expected_status=status,
         expected_facts=facts or (),
-        expected_sources=cited_filenames(status, [s.as_dict() for s in reply.sources]), expected_reply=reply.text,
+        expected_sources=cited_filenames(status, [s.filename for s in reply.sources]), expected_reply=reply.text,
         note=note, created_from_message_id=reply.id,
     )
 
@@ -365,7 +365,8 @@ def _run_case(services: Services, case: RegressionCase, run_id: str) -> CaseResu
     result = handle_message(services, assistant_ref=case.assistant_id, channel=CHANNEL, sender=SENDER,
                             customer_id=f"{run_id}-{case.id}", text=case.question)
     changes = compare(case, result)
-    sources = [{k: s.get(k) for k in ("rank", "filename", "document_id", "chunk_id", "score")} for s in result.sources]
+    sources = [{k: getattr(s, k) for k in ("rank", "filename", "document_id", "chunk_id", "score")}
+               for s in result.sources]
     return CaseResult(case.id, case.question, not changes, changes, result.reply, result.status, sources,
                       round((time.perf_counter() - t) * 1000), case.expected_reply, result.error)
 

@@ -117,7 +117,7 @@ def log_turn(
             turn_id=turn.id, created_at=utcnow(), model=model, tokens_in=result.usage.prompt_tokens,
             tokens_out=result.usage.completion_tokens, cost=result.cost, latency_ms=int(result.timings.get("total_ms", 0)),
         )
-        reply.sources = [MessageSource(id=new_id(), **_source_row(s)) for s in result.sources]
+        reply.sources = [MessageSource(id=new_id(), **s.logged()) for s in result.sources]
         reply.tool_calls = [
             ToolCallRecord(
                 id=new_id(), position=i, round=rnd, name=res.name, arguments=args,
@@ -131,8 +131,3 @@ def log_turn(
     conv.tokens_out += result.usage.completion_tokens
     conv.cost += result.cost
     session.commit()
-
-
-def _source_row(hit: dict) -> dict:
-    keys = ("rank", "chunk_id", "document_id", "version", "filename", "page", "section", "score", "text")
-    return {k: hit.get(k) if k != "section" else (hit.get(k) or "") for k in keys}

@@ -12,6 +12,7 @@ import threading
 import time
 import zlib
 from contextlib import contextmanager
+from dataclasses import replace
 
 from sqlalchemy import select
 
@@ -20,6 +21,7 @@ from kb import registry
 from kb.keyword import fold
 from kb.models import Assistant
 from kb.search import search
+from kb.types import Source
 from runtime import approved, extractive, store
 from runtime.capture import capture_calls
 from runtime.config import AssistantConfig
@@ -39,7 +41,6 @@ from runtime.tools.toolset import Toolset, build_toolset
 from runtime.types import ToolCall, ToolResult, TurnResult, Usage
 
 log = logging.getLogger(__name__)
-APPROVED_PREFIX = "approved:"  # chunk_id of a source that is an approved answer
 INTENT_CONTEXT = 3  # the customer's newest messages that can show they want to book or a person
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
@@ -122,12 +123,13 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
         if found is not None:
             approved.record_hit(session, found.approved_id)
     if found is not None and config.approved_answers.mode == "reply":  # a reviewer's answer, as they approved it
-        result = TurnResult(conv.id, found.answer, "answered", sources=[_approved_source(found)], ai_enabled=conv.ai_enabled)
+        result = TurnResult(conv.id, found.answer, "answered", sources=[found.as_source()], ai_enabled=conv.ai_enabled)
         return _finish(services, session, conv, pending, result, timings, t0, started_at, model_name="",
                        tool_results=[], queries=[], rounds=0, error=None, events=[])
 
     t = time.perf_counter()
-    hits, queries = [], []
+    hits: list[Source] = []
+    queries: list[str] = []
     embedding_model = assistant.knowledge_base.embedding_model
     if config.retrieval.mode == "every_turn":
         queries = retrieval_queries(user_text, history)
@@ -139,7 +141,7 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
     timings["retrieval_ms"] = _ms(t)
 
     t = time.perf_counter()
-    sources = seen_sources(([_approved_source(found)] if found else []) + [h.to_dict() for h in hits], user_text)
+    sources = seen_sources(([found.as_source()] if found else []) + hits, user_text)
     toolset = build_toolset(config).without(_unasked_tools(config, history, customer_texts))
     messages = build_messages(config, conv.variables or {}, history, user_text, sources)
     budget = ContextBudget(messages, history=len(history), sources=sources, user_text=user_text)
@@ -245,8 +247,7 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
     else:
         status = "answered"
     # passages found by the search tool were shown whole, numbered after the automatic ones
-    all_sources = budget.sources + [{**h.to_dict(), "rank": len(sources) + i}
-                             for i, h in enumerate(ctx.sources[len(hits):], 1)]
+    all_sources = budget.sources + [replace(h, rank=len(sources) + i) for i, h in enumerate(ctx.sources[len(hits):], 1)]
     result = TurnResult(
         conversation_id=conv.id, reply=reply, status=status, sources=[] if status == "error" else all_sources,
         function_calls=[_call_dict(rnd, args, res) for rnd, args, res in tool_results],
@@ -259,16 +260,8 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
                    tool_results=tool_results, queries=queries, rounds=rounds, error=note, events=ctx.events)
 
 
-def _approved_source(found: approved.ApprovedMatch) -> dict:
-    """An approved answer as a logged source: ``chunk_id`` ``approved:<id>``, the matched question as its
-    section, the similarity as its score."""
-    return {"rank": 1, "chunk_id": f"{APPROVED_PREFIX}{found.approved_id}", "document_id": found.approved_id,
-            "version": 0, "filename": "approved answer", "page": None, "section": found.question,
-            "score": round(found.score, 4), "text": found.answer}
-
-
 def _plain_question(config: AssistantConfig, embedding_model: str, found: approved.ApprovedMatch | None,
-                    hits: list, customer_texts: list[str]) -> bool:
+                    hits: list[Source], customer_texts: list[str]) -> bool:
     """Whether the turn may first be answered by a focused look at its sources (:func:`_focused_look`): the
     assistant allows it, no approved answer was found, the best source is a confident match for the embedding
     model, and the customer asks for no person and no booking (those need the tools)."""
@@ -278,7 +271,7 @@ def _plain_question(config: AssistantConfig, embedding_model: str, found: approv
             and not wants_human(recent) and not wants_booking(recent))
 
 
-def _focused_look(model, config: AssistantConfig, variables: dict, sources: list[dict], user_text: str,
+def _focused_look(model, config: AssistantConfig, variables: dict, sources: list[Source], user_text: str,
                   language: str | None, deadline: float) -> tuple[str, Usage]:
     """Ask the model to answer from the shown ``sources`` alone, without tools
     (:func:`runtime.prompt.focused_messages`); its reply, or "" when it gives none, or one that may not be
@@ -296,11 +289,11 @@ def _focused_look(model, config: AssistantConfig, variables: dict, sources: list
     reply = without_echo(reply, user_text)
     ok = not no_answer and not says_not_found(reply) and rejection(
         reply, instructions=messages[0]["content"], customer_text=user_text, language=language) is None and \
-        supported(reply, [s["text"] for s in sources], user_text)
+        supported(reply, [s.text for s in sources], user_text)
     return (reply if ok else ""), resp.usage
 
 
-def _grounded_reply(services: Services, embedding_model: str, found: approved.ApprovedMatch | None, hits: list,
+def _grounded_reply(services: Services, embedding_model: str, found: approved.ApprovedMatch | None, hits: list[Source],
                     question: str, language: str | None) -> str | None:
     """What to send when the model gave no answer: the approved answer it was shown, else the best
     sentence of a confidently matching passage quoted with its document, else None."""
@@ -373,9 +366,10 @@ def retrieval_queries(user_text: str, history: list[tuple[str, str]]) -> list[st
     return [user_text] + ([f"{previous[-1]}\n{user_text}"] if previous else [])
 
 
-def retrieve(services: Services, session, assistant: Assistant, queries: list[str], top_k: int, min_score: float):
+def retrieve(services: Services, session, assistant: Assistant, queries: list[str], top_k: int,
+             min_score: float) -> list[Source]:
     """Best ``top_k`` hits over all queries (a chunk keeps its best fused rank score), at or above ``min_score``."""
-    best = {}
+    best: dict[str, Source] = {}
     for q in queries:
         for hit in search(services, session, assistant.knowledge_base, q, top_k):
             if hit.score >= min_score and (hit.chunk_id not in best or hit.fusion > best[hit.chunk_id].fusion):
@@ -395,7 +389,7 @@ def result_for_message(session, message_id: str) -> TurnResult:
                           timings=turn.timings if turn else {}, error=turn.error if turn else None)
     return TurnResult(
         conversation_id=conv.id, reply=reply.text, status=turn.status, ai_enabled=conv.ai_enabled,
-        sources=[s.as_dict() for s in reply.sources],
+        sources=[s.as_source() for s in reply.sources],
         function_calls=[c.as_dict() for c in reply.tool_calls],
         usage=Usage(reply.tokens_in, reply.tokens_out), cost=reply.cost, timings=turn.timings, message_id=reply.id,
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
+from kb.types import Source
+
 
 @dataclass(frozen=True)
 class ToolCall:
@@ -58,7 +60,7 @@ class TurnResult:
     conversation_id: str
     reply: str | None
     status: str  # answered | smalltalk | fallback | handoff | paused | error
-    sources: list[dict] = field(default_factory=list)
+    sources: list[Source] = field(default_factory=list)  # as the model saw them, numbered as it saw them
     function_calls: list[dict] = field(default_factory=list)
     ai_enabled: bool = True
     usage: Usage = Usage()
@@ -68,4 +70,4 @@ class TurnResult:
     error: str | None = None  # why an ``error`` turn failed, for operators (never shown to customers)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "sources": [s.to_dict() for s in self.sources]}

@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from ingest.pipeline import run_job
 from kb import registry
+from kb.types import Source
 from runtime.config import AssistantConfig, merge_config
 from runtime.context_budget import (MARGIN_TOKENS, ContextBudget, ContextTooSmall, EstimatedTokenCounter,
                                     ServerTokenCounter, token_counter)
@@ -57,12 +58,12 @@ def paragraphs(words: int = 110) -> list[str]:
     return [" ".join(prose[i:i + words]) for i in range(0, len(prose) - words, words)]
 
 
-def sources(texts: list[str]) -> list[dict]:
-    return [{"rank": i, "chunk_id": f"c{i}", "document_id": "d", "version": 1, "filename": "norwich-city.txt",
-             "page": None, "section": None, "score": 0.5, "text": t} for i, t in enumerate(texts, 1)]
+def sources(texts: list[str]) -> list[Source]:
+    return [Source(rank=i, chunk_id=f"c{i}", document_id="d", version=1, filename="norwich-city.txt",
+                   page=None, section="", score=0.5, text=t) for i, t in enumerate(texts, 1)]
 
 
-def prompt(history: list[tuple[str, str]], shown: list[dict], user_text: str) -> list[dict]:
+def prompt(history: list[tuple[str, str]], shown: list[Source], user_text: str) -> list[dict]:
     return build_messages(AssistantConfig(), {"business_name": "Norwich City"}, history, user_text, shown)
 
 
@@ -119,17 +120,17 @@ def test_then_the_lowest_ranked_sources_and_the_log_is_what_the_prompt_shows(cou
     shown = sources([t[:700] for t in text[:3]])
     messages = prompt([("user", "Hi"), ("assistant", "Hello!")], shown, "When was Iwan Roberts born?")
     without_history = counter.prompt_tokens([messages[0], messages[-1]], None, 60)
-    third = counter.text_tokens(shown[2]["text"], 60)
+    third = counter.text_tokens(shown[2].text, 60)
     budget = ContextBudget(messages, history=2, sources=shown, user_text="When was Iwan Roberts born?")
 
     limit = without_history - third - 40  # source 3 must go and source 2 lose a little
     budget.fit(counter, None, max_tokens=max_tokens_leaving(counter, limit), timeout=60)
 
     assert len(messages) == 2 and messages[0]["role"] == "system"
-    assert [s["rank"] for s in budget.sources] == [1, 2] and budget.sources[0] == shown[0]
-    assert len(budget.sources[1]["text"]) < len(shown[1]["text"])
+    assert [s.rank for s in budget.sources] == [1, 2] and budget.sources[0] == shown[0]
+    assert len(budget.sources[1].text) < len(shown[1].text)
     assert messages[1] == turn_message(budget.sources, "When was Iwan Roberts born?")  # exactly what is logged
-    assert "[3]" not in messages[1]["content"] and budget.sources[1]["text"] in messages[1]["content"]
+    assert "[3]" not in messages[1]["content"] and budget.sources[1].text in messages[1]["content"]
     assert counter.prompt_tokens(messages, None, 60) <= limit
     assert budget.note == f"context {CONTEXT} tokens: dropped 2 history messages, shortened source 2, dropped source 3"
 
@@ -203,4 +204,4 @@ def test_a_long_conversation_is_answered_at_a_small_context_not_an_error_turn(tm
         logged = session.scalars(select(MessageSource).where(MessageSource.message_id == reply.id)
                                  .order_by(MessageSource.rank)).all()
     assert re.match(rf"context {CONTEXT} tokens: dropped \d+ history messages", turn.error), turn.error
-    assert [(s.rank, s.text) for s in logged] == [(s["rank"], s["text"]) for s in r.sources]
+    assert [(s.rank, s.text) for s in logged] == [(s.rank, s.text) for s in r.sources]

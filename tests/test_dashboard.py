@@ -15,6 +15,7 @@ from api.sessions import AdminSession, open_session, session_is_open
 from atende.app import create_app
 from core.db import new_id, utcnow
 from kb import registry
+from kb.types import Source
 from runtime import store
 from runtime.models import CollectedData
 from runtime.types import ToolCall, ToolResult, TurnResult, Usage
@@ -51,7 +52,7 @@ def add_conversation(services, assistant_id: str, channel: str, customer: str, t
         s.commit()
         store.store_inbound(s, conv, text)
         if reply is not None:
-            result = TurnResult(conv.id, reply, "answered", sources=list(sources), usage=Usage(120, 15), cost=0.00042,
+            result = TurnResult(conv.id, reply, "answered", sources=[Source(**s) for s in sources], usage=Usage(120, 15), cost=0.00042,
                                 timings={"total_ms": 850.0})
             tool_results = [(1, args, ToolResult(f"call_{i}", name, out)) for i, (name, args, out) in enumerate(calls)]
             store.log_turn(s, conv, store.pending_inbound(s, conv.id), result, tool_results=tool_results,

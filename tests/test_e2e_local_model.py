@@ -120,7 +120,7 @@ def chat(live, customer: str, text: str):
     print(f"\n[e2e] {customer} > {text}\n[e2e] {r.status} in {time.perf_counter() - t:.1f} s, "
           + ", ".join(f"{c['prompt_tokens']}+{c['completion_tokens']} tok {c['seconds']:.1f} s" for c in calls)
           + f": {r.reply!r} {[(c['name'], c['arguments'], c['error']) for c in r.function_calls]}"
-          + f"\n[e2e] sources: {[(s['filename'], s['score'], s['text'][:40]) for s in r.sources]}")
+          + f"\n[e2e] sources: {[(s.filename, s.score, s.text[:40]) for s in r.sources]}")
     return r, calls
 
 
@@ -135,15 +135,15 @@ def test_answers_from_a_document_with_its_sources_logged(live):
     r, calls = chat(live, "e2e-answer", "Qual atalho apaga a última palavra no Bash?")
     assert r.status == "answered", r
     assert re.search(r"ctrl[- +]?w", r.reply, re.IGNORECASE), r.reply
-    passage = next((s for s in r.sources if s["filename"] == GUIDE_NAME and "ctrl-w" in s["text"]), None)
+    passage = next((s for s in r.sources if s.filename == GUIDE_NAME and "ctrl-w" in s.text), None)
     assert passage, r.sources
     with services.session() as session:
         reply = session.get(Message, r.message_id)
         logged = session.scalars(select(MessageSource).where(MessageSource.message_id == reply.id)
                                  .order_by(MessageSource.rank)).all()
         assert [(s.rank, s.filename, s.chunk_id, s.text) for s in logged] == [
-            (s["rank"], s["filename"], s["chunk_id"], s["text"]) for s in r.sources]
-        row = next(s for s in logged if s.chunk_id == passage["chunk_id"])
+            (s.rank, s.filename, s.chunk_id, s.text) for s in r.sources]
+        row = next(s for s in logged if s.chunk_id == passage.chunk_id)
         assert row.document_id and row.version == 1
         assert (reply.tokens_in, reply.tokens_out) == (sum(c["prompt_tokens"] for c in calls),
                                                        sum(c["completion_tokens"] for c in calls))
@@ -159,7 +159,7 @@ def test_follow_up_is_answered_from_the_passage_of_the_conversation(live):
     assert r.status == "answered" and "1968" in r.reply, r
     follow_up, calls = chat(live, "e2e-follow-up", "E em que cidade?")
     assert follow_up.status == "answered", follow_up
-    assert any(s["filename"] == ARTICLE_NAME and "Bangor" in s["text"] for s in follow_up.sources), follow_up.sources
+    assert any(s.filename == ARTICLE_NAME and "Bangor" in s.text for s in follow_up.sources), follow_up.sources
     assert "bangor" in follow_up.reply.lower(), follow_up.reply
 
 

@@ -1,6 +1,7 @@
 """What the model is shown of each source: a query-focused excerpt of long chunks."""
 from __future__ import annotations
 
+from kb.types import Source
 from runtime.prompt import SOURCE_CHARS, excerpt, seen_sources
 
 FILLER = ("A loja foi fundada em 1987 por dois irmãos que vendiam ferramentas na feira. "
@@ -36,7 +37,8 @@ def test_a_single_overlong_sentence_is_cut_at_a_word_boundary():
 
 
 def test_seen_sources_renumber_and_keep_what_the_model_saw():
-    hits = [{"rank": 4, "text": LONG, "chunk_id": "a"}, {"rank": 9, "text": "Curto.", "chunk_id": "b"}]
+    hits = [Source(rank=4, chunk_id="a", score=0.8, text=LONG, document_id="d", version=1, filename="a.txt"),
+            Source(rank=9, chunk_id="b", score=0.7, text="Curto.", document_id="d", version=1, filename="a.txt")]
     shown = seen_sources(hits, "defeito")
-    assert [s["rank"] for s in shown] == [1, 2] and "assistência técnica" in shown[0]["text"]
-    assert shown[1]["text"] == "Curto."
+    assert [s.rank for s in shown] == [1, 2] and "assistência técnica" in shown[0].text
+    assert shown[1].text == "Curto."

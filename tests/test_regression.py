@@ -23,6 +23,7 @@ from runtime.models import Conversation, Message
 from runtime.regression import STALE_MARGIN, Change, RegressionCase, RegressionRun, compare
 from runtime.turn import handle_message
 from runtime.types import TurnResult
+from kb.types import Source
 from tests.conftest import ADMIN_TOKEN
 from tests.factories import add_assistant, chat, use_scripted_model
 
@@ -61,7 +62,7 @@ def test_a_promoted_turn_passes_until_its_source_is_deleted_and_its_fact_is_gone
 
     model.enqueue("A limpeza custa R$ 180,00.")
     turn = chat(services, aid, "Quanto custa a limpeza?")
-    assert turn.status == "answered" and turn.sources[0]["filename"] == "precos.txt"
+    assert turn.status == "answered" and turn.sources[0].filename == "precos.txt"
     with services.session() as session:
         case = regression.promote(session, turn.message_id, facts=["R$ 180", " "], note="preço da limpeza")
         session.commit()
@@ -121,7 +122,8 @@ def test_a_status_change_and_small_talk_instead_of_an_answer_are_reported(sqlite
 def test_compare_normalises_facts_and_compares_numbers_as_written():
     case = RegressionCase(question="Quanto custa?", expected_status="answered",
                           expected_facts=["R$ 180", "segunda a sexta"], expected_sources=["precos.txt"])
-    cited = [{"filename": "precos.txt"}, {"filename": "horarios.txt"}]
+    cited = [Source(rank=i, chunk_id=f"c{i}", score=0.8, text="", document_id=f"d{i}", version=1, filename=f)
+             for i, f in enumerate(["precos.txt", "horarios.txt"], 1)]
     assert compare(case, TurnResult("c", "Custa R$180,00 — de Segunda à Sexta!", "answered", sources=cited)) == []
     changed = compare(case, TurnResult("c", "Custa R$ 1.180,00 de segunda a sexta.", "answered", sources=cited[1:]))
     assert changed == [Change("sources", "precos.txt", ["horarios.txt"]), Change("facts", "R$ 180", None)]

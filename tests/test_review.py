@@ -28,6 +28,7 @@ from atende.app import create_app
 from core.db import new_id
 from core.errors import InvalidRequest
 from kb import registry
+from kb.types import Source
 from runtime import store
 from runtime.models import Conversation, Message
 from runtime.review.conversations import collected_data
@@ -50,8 +51,8 @@ class Clock:
 
 
 def source(rank, filename, page, section, score, text):
-    return {"rank": rank, "chunk_id": f"chunk-{filename}-{rank}", "document_id": "doc-" + filename, "version": 1,
-            "filename": filename, "page": page, "section": section, "score": score, "text": text}
+    return Source(rank=rank, chunk_id=f"chunk-{filename}-{rank}", document_id="doc-" + filename, version=1,
+                  filename=filename, page=page, section=section, score=score, text=text)
 
 
 class Log:

@@ -20,7 +20,7 @@ from core.settings import Settings
 from ingest.pipeline import run_job
 from kb import registry
 from kb.models import Assistant
-from kb.types import SearchHit
+from kb.types import Source
 from runtime import store
 from runtime.config import TOOL_NAMES, AssistantConfig, DataField, HttpTool, RetrievalConfig, Scheduling
 from runtime.events import deliver_event
@@ -291,7 +291,7 @@ def test_search_knowledge_base(env):
         s.commit()
     assert run_job(env.services, up.job.id).status == "ready"
     config = AssistantConfig(retrieval=RetrievalConfig(mode="as_tool", top_k=2, min_score=0.1))
-    earlier = SearchHit(rank=1, chunk_id="x" * 32, score=0.9, text="earlier", document_id="d", version=1, filename="a.pdf")
+    earlier = Source(rank=1, chunk_id="x" * 32, score=0.9, text="earlier", document_id="d", version=1, filename="a.pdf")
     ctx = env.ctx(config, sources=[earlier])
     toolset = build_toolset(config)
     result = toolset.run(ctx, call("search_knowledge_base", query="When does the shop open on Saturday?"))

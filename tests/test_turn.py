@@ -51,7 +51,7 @@ def test_reply_is_grounded_and_logged_with_sources_tokens_and_cost(shop):
     model.enqueue(ChatResponse("Abrimos de segunda a sexta, das 8h às 18h.", usage=Usage(120, 14), model="scripted"))
     r = chat(services, aid, "Qual o horário de funcionamento?", variables={"customer_name": "Ana"})
     assert r.status == "answered" and r.reply.startswith("Abrimos")
-    assert r.sources and r.sources[0]["filename"] == "horarios.txt" and r.sources[0]["rank"] == 1
+    assert r.sources and r.sources[0].filename == "horarios.txt" and r.sources[0].rank == 1
     prompt = turn_prompt(model.requests[0])
     assert "Cliente: Ana." in system_prompt(model.requests[0])
     assert "[1] (horarios.txt" in prompt and "das 8h às 18h" in prompt and prompt.endswith("Qual o horário de funcionamento?")
@@ -75,7 +75,7 @@ def test_follow_up_is_retrieved_in_the_conversation_context(shop):
     model.enqueue("Abrimos de segunda a sexta, das 8h às 18h.", "Aos sábados, das 9h às 13h.")
     chat(services, aid, "Qual o horário de funcionamento da loja?")
     r = chat(services, aid, "e no sábado?")
-    assert r.sources[0]["filename"] == "horarios.txt"
+    assert r.sources[0].filename == "horarios.txt"
     assert "sábados abrimos das 9h às 13h" in turn_prompt(model.requests[1])
     history = [m["content"] for m in model.requests[1].messages[1:-1]]
     assert history == ["Qual o horário de funcionamento da loja?", "Abrimos de segunda a sexta, das 8h às 18h."]
@@ -121,7 +121,7 @@ def test_a_confident_source_is_quoted_when_the_model_gives_no_answer(shop):
     model.enqueue("NO_ANSWER", "NO_ANSWER")
     r = chat(services, aid, "Aos domingos a loja fica aberta?")
     assert r.status == "answered" and r.reply == "Segundo “horarios.txt”: Aos domingos a loja fica fechada."
-    assert [s["filename"] for s in r.sources] == ["horarios.txt"]
+    assert [s.filename for s in r.sources] == ["horarios.txt"]
     with services.session() as session:
         assert "the best source was quoted" in session.get(Turn, session.get(Message, r.message_id).turn_id).error
     # a question the documents do not cover still gets the fallback
@@ -138,7 +138,7 @@ def test_a_plain_question_is_first_put_to_the_model_with_only_its_sources(shop):
     model.enqueue("Aos sábados abrimos das 9h às 13h.")
     r = chat(services, aid, "Qual o horário de funcionamento aos sábados?", variables={"customer_name": "Ana"})
     assert r.status == "answered" and r.reply == "Aos sábados abrimos das 9h às 13h."
-    assert [s["filename"] for s in r.sources] == ["horarios.txt"]
+    assert [s.filename for s in r.sources] == ["horarios.txt"]
     (request,) = model.requests  # one model call, without tools, with the assistant's prompt and the passage
     assert request.tools is None and system_prompt(request).startswith("Você atende a Loja Exemplo. Cliente: Ana.")
     assert "Aos sábados abrimos das 9h às 13h." in turn_prompt(request)
@@ -495,7 +495,7 @@ def test_a_paraphrase_of_an_approved_question_gets_the_approved_answer_without_t
                            answer="Sim! Entregamos em toda Campinas em até 2 dias úteis.")
     r = chat(services, aid, "vcs entregam em Campinas?")
     assert (r.status, r.reply) == ("answered", "Sim! Entregamos em toda Campinas em até 2 dias úteis.") and not model.requests
-    assert [(s["chunk_id"], s["section"]) for s in r.sources] == [(f"approved:{approved_id}", "Vocês entregam em Campinas?")]
+    assert [(s.chunk_id, s.section) for s in r.sources] == [(f"approved:{approved_id}", "Vocês entregam em Campinas?")]
     with services.session() as session:
         assert session.get(ApprovedAnswer, approved_id).hits == 1
         assert [s.chunk_id for s in session.get(Message, r.message_id).sources] == [f"approved:{approved_id}"]
@@ -514,7 +514,7 @@ def test_an_approved_answer_can_be_the_models_first_source_instead(shop):
                            answer="Sim, em toda Campinas em até 2 dias úteis.")
     model.enqueue("Sim, entregamos em toda Campinas.")
     r = chat(services, aid, "vcs entregam em Campinas?")
-    assert r.status == "answered" and r.sources[0]["chunk_id"] == f"approved:{approved_id}" and r.sources[0]["rank"] == 1
+    assert r.status == "answered" and r.sources[0].chunk_id == f"approved:{approved_id}" and r.sources[0].rank == 1
     assert "[1] (approved answer, Vocês entregam em Campinas?)\nSim, em toda Campinas" in turn_prompt(model.requests[0])
 
 

@@ -75,4 +75,4 @@ def search_knowledge_base(assistant_id: str, body: SearchRequest, session: Sessi
     kb = registry.get_assistant(session, assistant_id).knowledge_base
     hits = search(services, session, kb, body.query, body.top_k, where=body.filters, mode=body.mode,
                   max_per_document=body.max_per_document)
-    return SearchResponse(query=body.query, results=[h.to_dict() for h in hits])
+    return SearchResponse(query=body.query, results=hits)

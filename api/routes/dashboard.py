@@ -30,12 +30,12 @@ from api.sessions import SESSION_TTL_S, close_session, open_session
 from core.errors import InvalidRequest, NotFound
 from kb import registry
 from runtime import approved, regression, store
+from runtime.approved_index import APPROVED_PREFIX
 from runtime.feedback import REASONS
 from runtime.models import CHANNELS, Message
 from runtime.review.conversations import collected_data, list_conversations
 from runtime.review.filters import ConversationFilters
 from runtime.review.metrics import compute_metrics
-from runtime.turn import APPROVED_PREFIX
 from runtime.whatsapp.models import WhatsAppSender
 from runtime.whatsapp.outbound import window_open
 
@@ -376,7 +376,7 @@ def case_view(result: regression_routes.CaseResultPublic, case: regression.Regre
     missing_facts = {c.expected for c in result.changes if c.what == "facts"}
     sources = dict.fromkeys([*(case.expected_sources if case else []), *sorted(missing_sources)])
     facts = dict.fromkeys([*(case.expected_facts if case else []), *sorted(missing_facts)])
-    cited = regression.cited_filenames(result.status, result.sources)
+    cited = regression.cited_filenames(result.status, [s["filename"] for s in result.sources])
     return {"r": result, "expected_status": status_change.expected if status_change else result.status,
             "other_cited": [f for f in cited if f not in sources],
             "sources": [(f, f not in missing_sources) for f in sources],

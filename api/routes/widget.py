@@ -39,6 +39,7 @@ from api.deps import ServicesDep
 from core import signing
 from core.errors import InvalidRequest, NotFound
 from kb import registry
+from kb.types import Source
 from runtime import feedback, store
 from runtime.config import AssistantConfig, WidgetConfig
 from runtime.feedback import COMMENT_MAX, Reason
@@ -97,7 +98,7 @@ class WidgetAccepted(BaseModel):
     status: Literal["pending"] = "pending"
 
 
-class WidgetSource(BaseModel):
+class WidgetSource(BaseModel):  # where a reply came from, as a visitor sees it: a kb.types.Source's place, not its text
     filename: str
     page: int | None = None
     section: str = ""
@@ -245,11 +246,11 @@ def _store_message(services, widget: Widget, visitor_id: str, body: WidgetMessag
         return conv_id, message_id
 
 
-def public_sources(sources: list[dict]) -> list[WidgetSource]:
+def public_sources(sources: list[Source]) -> list[WidgetSource]:
     """Where the answer came from, without the passages themselves; one entry per place."""
     seen, out = set(), []
     for s in sources:
-        key = (s.get("filename") or "", s.get("page"), s.get("section") or "")
+        key = (s.filename, s.page, s.section)
         if key not in seen:
             seen.add(key)
             out.append(WidgetSource(filename=key[0], page=key[1], section=key[2]))

@@ -79,7 +79,7 @@ def _approved(services, scripted: ScriptedChatModel, turns: int) -> dict:
     for i in range(turns):
         r = handle_message(services, assistant_ref="demo", channel="test", sender="bench-approved",
                            customer_id=f"approved-{i}", text=QUESTIONS[i % len(QUESTIONS)])
-        if r.status != "answered" or not r.sources[0]["chunk_id"].startswith("approved:"):
+        if r.status != "answered" or not r.sources[0].chunk_id.startswith("approved:"):
             raise RuntimeError(f"not answered from its approved answer: {r}")
         rows.append(r.timings)
     if len(scripted.requests) != calls:

@@ -95,11 +95,11 @@ def ask(services, query: dict, customer_id: str) -> dict:
                             text=query["question"])
     latency_ms = (time.perf_counter() - t) * 1000
     reply = result.reply or ""
-    shown = [passage_id(s["filename"]) for s in result.sources]
+    shown = [passage_id(s.filename) for s in result.sources]
     with services.session() as session:
         message = session.get(Message, result.message_id) if result.message_id else None
         logged = [passage_id(s.filename) for s in message.sources] if message else []
-    by_rank = {s["rank"]: passage_id(s["filename"]) for s in result.sources}
+    by_rank = {s.rank: passage_id(s.filename) for s in result.sources}
     markers = [int(n) for n in _MARKER.findall(reply)]
     asked_in, answered_in = query.get("lang") or message_language(query["question"]), message_language(reply)
     return {

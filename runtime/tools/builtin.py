@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from core.db import new_id
 from kb.models import KnowledgeBase
 from kb.search import search
-from kb.types import SearchHit
+from kb.types import Source
 from runtime.config import DataField
 from runtime.handoff import flag_for_human
 from runtime.models import CollectedData, Conversation, Message, Turn
@@ -45,7 +45,7 @@ def search_knowledge_base(ctx: ToolContext, query: Annotated[str, "what to look 
     return cite_passages(ctx.sources, hits)
 
 
-def cite_passages(sources: list[SearchHit], hits: list[SearchHit]) -> str:
+def cite_passages(sources: list[Source], hits: list[Source]) -> str:
     """Number ``hits`` as "[n] filename (p. X, section): text", adding new ones to ``sources``
     (a passage already there keeps its number, so citations stay stable within a turn)."""
     lines = []

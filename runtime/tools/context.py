@@ -7,7 +7,7 @@ from datetime import datetime
 
 from core.db import utcnow
 from kb.models import Assistant
-from kb.types import SearchHit
+from kb.types import Source
 from runtime.config import AssistantConfig
 from runtime.services import Services
 
@@ -23,7 +23,7 @@ class ToolContext:
     assistant: Assistant
     config: AssistantConfig
     conversation_id: str
-    sources: list[SearchHit] = field(default_factory=list)
+    sources: list[Source] = field(default_factory=list)
     now: datetime = field(default_factory=utcnow)
     events: list[str] = field(default_factory=list)
     deadline: float | None = None
