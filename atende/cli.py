@@ -162,7 +162,7 @@ def cmd_bench_export(args) -> int:
 
 
 def cmd_bench_whatsapp(args) -> int:
-    from atende.bench.whatsapp_load import run_benchmark
+    from atende.bench.whatsapp_load.run import run_benchmark
 
     run_benchmark(customers=args.customers, rate=args.rate, seconds=args.seconds, llm_delay_s=args.llm_delay,
                   workers=args.workers)

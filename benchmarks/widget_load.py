@@ -34,7 +34,9 @@ import time
 import uuid
 from pathlib import Path
 
-from atende.bench.whatsapp_load import ADMIN_TOKEN, PHONE_ID, SECRET, _Server, _summary, customer_id, text_body
+from atende.bench.whatsapp_load.harness import BackgroundServer
+from atende.bench.whatsapp_load.payloads import ADMIN_TOKEN, PHONE_ID, SECRET, customer_id, text_body
+from atende.bench.whatsapp_load.verify import summarize
 
 WIDGET_ASSISTANT = "bench-widget"
 QUESTIONS = ["Qual o horário?", "Vocês atendem sábado?", "Quanto custa a limpeza?", "Onde fica?"]
@@ -294,7 +296,7 @@ def run_benchmark(visitors: int = 100, baseline_s: float = 15.0, load_s: float =
                 session.commit()
             app = create_app(services=services)
             try:
-                with _Server(app) as base:
+                with BackgroundServer(app) as base:
                     with httpx.Client(base_url=base, trust_env=False, timeout=30,
                                       headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as admin:
                         admin.post("/api/whatsapp/senders", json={
@@ -334,14 +336,14 @@ def _report(load: dict, llm_stats: dict) -> dict:
     spans = load["in_flight"]
     during_turns = sum(1 for due, done, status in load["acks"]
                        if status == 200 and any(a <= due and done <= b for a, b in spans))
-    figures = {phase: _summary(values) for phase, values in latency.items()}
+    figures = {phase: summarize(values) for phase, values in latency.items()}
     base, loaded = figures["baseline"], figures["under_widget_load"]
     ratio = {p: round(loaded[p] / base[p], 2) if base.get(p) and loaded.get(p) is not None else None
              for p in ("p50", "p99")}
     return {"webhook_ack_ms": figures, "ratio": ratio, "webhook_statuses": dict(statuses),
             "acked_while_widget_turns_in_flight": during_turns,
             "widget": {"statuses": load["widget"], "replies": len(load["reply_s"]),
-                       "reply_after_accept_s": _summary(load["reply_s"], 2),
+                       "reply_after_accept_s": summarize(load["reply_s"], 2),
                        "refusals_without_retry_after": load["missing_retry_after"]},
             "llm": llm_stats}
 

@@ -16,7 +16,6 @@ times per window.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -27,14 +26,14 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import IO
+
+import httpx
 
 from runtime.llm import ChatModelError, OpenAICompatibleChatModel
 from runtime.types import ChatResponse
@@ -98,6 +97,7 @@ class LlamaCppServer:
         self.model_id: str | None = None  # id reported by GET /v1/models
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self._http: httpx.Client | None = None  # to the server, from start() to stop()
 
     @property
     def base_url(self) -> str:
@@ -139,6 +139,8 @@ class LlamaCppServer:
         self._proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=env
         )
+        # loopback: never via a proxy (trust_env=False ignores $HTTP_PROXY and the like)
+        self._http = httpx.Client(base_url=f"http://{self.host}:{self.port}", trust_env=False, timeout=30.0)
         try:
             self._wait_ready()
         except BaseException:
@@ -154,11 +156,10 @@ class LlamaCppServer:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"{self.exit_reason()} during start-up; last output:\n{self.output_tail()}")
             try:
-                with urllib.request.urlopen(url, timeout=2) as resp:
-                    data = json.load(resp).get("data") or [{}]
-                    self.model_id = data[0].get("id")
-                    return
-            except (urllib.error.URLError, OSError, ValueError):
+                data = self._fetch_json("/v1/models", timeout=2).get("data") or [{}]
+                self.model_id = data[0].get("id")
+                return
+            except (httpx.HTTPError, ValueError):
                 pass
             if time.monotonic() > deadline:
                 raise TimeoutError(
@@ -187,21 +188,26 @@ class LlamaCppServer:
 
     def responsive(self, timeout: float = 3.0) -> bool:
         """Whether the server answers ``GET /v1/models`` within ``timeout`` seconds."""
+        if self._http is None:
+            return False
         try:
-            with urllib.request.urlopen(f"{self.base_url}/models", timeout=timeout) as resp:
-                return resp.status == 200
-        except (urllib.error.URLError, OSError, ValueError, RuntimeError):
+            return self._http.get("/v1/models", timeout=timeout).status_code == 200
+        except (httpx.HTTPError, RuntimeError):  # RuntimeError: stopped meanwhile (the client is closed)
             return False
 
     def count_tokens(self, text: str, timeout: float = 30.0) -> int:
         """Tokens of ``text`` by the served model's own tokenizer (``POST /extras/tokenize/count``, special
         tokens parsed). The server runs one request at a time: this waits for a completion in progress."""
-        request = urllib.request.Request(
-            f"http://{self.host}:{self.port}/extras/tokenize/count", data=json.dumps({"input": text}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
-            return int(json.load(resp)["count"])
+        return int(self._fetch_json("/extras/tokenize/count", {"input": text}, timeout=timeout)["count"])
+
+    def _fetch_json(self, path: str, payload: dict | None = None, *, timeout: float) -> dict:
+        """GET ``path``, or POST ``payload`` to it as JSON, and return the JSON answer. An error status raises
+        ``httpx.HTTPStatusError``, no answer an ``httpx.TransportError`` (both ``httpx.HTTPError``); a server
+        not started or stopped meanwhile, RuntimeError."""
+        if self._http is None:
+            raise RuntimeError("server not started")
+        method = "GET" if payload is None else "POST"
+        return self._http.request(method, path, json=payload, timeout=timeout).raise_for_status().json()
 
     def busy(self, sample_s: float = 1.0) -> bool:
         """Whether the process is using CPU (generating for someone) over ``sample_s`` seconds; a
@@ -242,6 +248,9 @@ class LlamaCppServer:
         if self._log is not None:
             self._log.close()
             self._log = None
+        if self._http is not None:
+            self._http.close()
+            self._http = None
 
     def kill(self) -> None:
         """Kill the process at once (it stopped answering) and release its log."""
@@ -326,7 +335,8 @@ class SupervisedLocalModel:
         server, _ = self._running()
         try:
             return server.count_tokens(text, timeout)
-        except (OSError, ValueError, KeyError) as exc:  # urllib's errors and timeouts are OSErrors
+        # httpx's errors and timeouts are HTTPErrors; RuntimeError: the server was stopped meanwhile
+        except (httpx.HTTPError, RuntimeError, ValueError, KeyError) as exc:
             reason = self._diagnose(server)
             if reason is not None:
                 raise LocalModelUnavailable(reason) from exc

@@ -1,7 +1,7 @@
 """Smoke test of the WhatsApp load benchmark: a few seconds at a low rate, every invariant holds."""
 from __future__ import annotations
 
-from atende.bench.whatsapp_load import run_benchmark
+from atende.bench.whatsapp_load.run import run_benchmark
 
 
 def test_whatsapp_load_benchmark_smoke():
