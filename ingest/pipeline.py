@@ -27,7 +27,7 @@ from kb.blobs import BlobStore
 from kb.embedders import Embedder, EmbedderRegistry
 from kb.models import Document, DocumentVersion, IngestJob, KnowledgeBase
 from kb.registry import INTERNAL_ERROR, purge_stale
-from kb.types import Chunk
+from kb.types import Chunk, ChunkMetadata
 from kb.vectorstore import ChromaVectorStore
 
 log = logging.getLogger(__name__)
@@ -76,13 +76,19 @@ def prepare_chunks(data: bytes, file_type: str, limits: ParseLimits, embedder: E
     return len(elements), chunks
 
 
-def chunk_metadata(chunk: Chunk, doc: Document, version: DocumentVersion) -> dict:
-    return {
-        "document_id": doc.id, "version": version.version, "doc_version": version.key,
-        "filename": doc.filename, "position": chunk.position, "section": chunk.section,
-        "page": chunk.page, "page_end": chunk.page_end, "element_types": ",".join(chunk.element_types),
-        "char_start": chunk.char_start, "char_end": chunk.char_end,
-    }
+def chunk_metadata(chunk: Chunk, doc: Document, version: DocumentVersion) -> ChunkMetadata:
+    """What the vector store keeps beside ``chunk``: the schema search and the keyword index read back
+    (``kb.types.ChunkMetadata``); a page a text file does not have is left out."""
+    metadata = ChunkMetadata(
+        document_id=doc.id, version=version.version, doc_version=version.key, filename=doc.filename,
+        position=chunk.position, section=chunk.section, element_types=",".join(chunk.element_types),
+        char_start=chunk.char_start, char_end=chunk.char_end,
+    )
+    if chunk.page is not None:
+        metadata["page"] = chunk.page
+    if chunk.page_end is not None:
+        metadata["page_end"] = chunk.page_end
+    return metadata
 
 
 def embed_and_store(
