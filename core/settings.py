@@ -40,7 +40,15 @@ class Settings(BaseSettings):
     chunk_size: int = 256
     chunk_overlap: int = 32
     embed_batch_size: int = 32
-    workers: int = 1  # background-job worker threads in `atende serve` (0: none, e.g. with `atende worker`)
+    # worker threads `atende serve` runs for its two queues (atende/jobs.py): `workers` for the customer queue
+    # (WhatsApp posts, turns, event delivery), `ingest_workers` for ingestion jobs, so a message never waits behind
+    # a document. workers=0: no embedded consumer at all (`atende worker` processes run both queues, on Redis);
+    # ingest_workers=0: ingestion jobs are left to `atende worker --queue ingest`.
+    workers: int = Field(default=1, ge=0)
+    ingest_workers: int = Field(default=1, ge=0)
+    # the time one document's ingestion may take, parse included (ingest/pipeline.py Deadline); generous: the
+    # 872-page test DOCX parses in ~30 s and a 50 MB PDF (ATENDE_MAX_UPLOAD_MB) within parse_timeout_s
+    ingest_timeout_s: float = Field(default=1800.0, gt=0)
     ingest_parallelism: int = 2  # files ingested at once by `atende kb ingest`
     # each upload is parsed in a child process within these limits (ingest/sandbox.py; README, Parsing uploads)
     parse_timeout_s: float = Field(default=300.0, gt=0)  # wall clock; the 872-page test DOCX takes ~30 s

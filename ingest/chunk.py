@@ -8,6 +8,7 @@ silently truncated by the model.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ingest.parse import Element
@@ -126,9 +127,12 @@ class Chunker:
     def _budget(self, header: str) -> int:
         return max(MIN_BUDGET, min(self.chunk_size, self._max - self._overhead - self._tokens(header)))
 
-    def chunk(self, elements: list[Element]) -> list[Chunk]:
+    def chunk(self, elements: list[Element], check: Callable[[], None] = lambda: None) -> list[Chunk]:
+        """The chunks of a parsed document, in reading order; ``check`` is called before each block (titles and
+        the text under them, or a table) and may raise to stop (the ingestion deadline)."""
         chunks: list[Chunk] = []
         for block in _blocks(elements):
+            check()
             section = SECTION_SEP.join(block.section)
             header = f"{SECTION_SEP.join(block.section[:-1] if not block.is_table else block.section)}\n\n"
             header = header if header.strip() else ""

@@ -17,3 +17,7 @@ class NoExtractableText(IngestError):
 class ParseLimitExceeded(ParseError):
     """Parsing the file would take more time, memory or inflated size than the configured limits
     allow (a decompression bomb, or a file too big for this server's settings)."""
+
+
+class IngestTimeLimitExceeded(IngestError):
+    """Ingesting one document took longer than ``ingest_timeout_s`` (``ingest.pipeline.Deadline``)."""

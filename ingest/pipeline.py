@@ -1,7 +1,8 @@
 """Ingestion jobs: parse -> chunk -> embed -> store a document version, then swap it in atomically.
 
 Files are parsed in a child process within the settings' limits (``ingest.sandbox``); a file over
-a limit fails its job like any unreadable file.
+a limit fails its job like any unreadable file. Each document has a time limit as a whole
+(``ingest_timeout_s``), kept by ``Deadline``.
 
 A version's chunks are written while it is ``writing`` (hidden from search); one database
 transaction then makes it ``current`` and the previous version ``stale``; stale chunks are
@@ -9,7 +10,9 @@ purged afterwards. A failure at any point leaves the previous version searchable
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +24,7 @@ from sqlalchemy.orm import Session
 from core.db import new_id, utcnow
 from core.settings import Settings
 from ingest.chunk import Chunker
-from ingest.errors import IngestError
+from ingest.errors import IngestError, IngestTimeLimitExceeded, ParseLimitExceeded
 from ingest.sandbox import ParseLimits, parse_isolated
 from kb.blobs import BlobStore
 from kb.embedders import Embedder, EmbedderRegistry
@@ -51,6 +54,52 @@ class Cancelled(Exception):
     """The document was deleted or replaced while its job ran."""
 
 
+class Deadline:
+    """The time one document's ingestion may take (setting ``ingest_timeout_s``), counted from its start.
+
+    A job runs on a worker thread that shares its process with other workers (and, embedded, with the API), so
+    nothing can kill it from outside; the limit is kept where the time goes instead:
+
+    - parsing, which can run for minutes inside one call to unstructured, happens in a child process
+      (``ingest.sandbox.parse_isolated``) that is killed when the parse limit (``parse_timeout_s``) or the
+      document's remaining time runs out, whichever comes first: a hard bound;
+    - chunking checks the deadline before each block, embedding and writing after each batch of ``EMBED_BATCH``
+      chunks: cooperative checks between steps of a few seconds at most.
+
+    So a job overruns its limit by at most one block's chunking or one batch's embedding. A job out of time
+    raises ``IngestTimeLimitExceeded``, which fails it like an unreadable file (``run_job``): the version being
+    written was never visible to search and its chunks are purged, the previous version stays current, and the
+    worker goes on with its next job.
+    """
+
+    def __init__(self, limit_s: float, what: str = "ingesting this document",
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit_s, self.what, self._clock = limit_s, what, clock
+        self._at = clock() + limit_s
+
+    def remaining(self) -> float:
+        """Seconds left (negative once the time is up)."""
+        return self._at - self._clock()
+
+    @property
+    def message(self) -> str:
+        """The job's error when the time is up."""
+        return f"{self.what} took longer than the limit of {self.limit_s:g} s (ATENDE_INGEST_TIMEOUT_S)"
+
+    def check(self) -> None:
+        """Raise ``IngestTimeLimitExceeded`` once the time is up."""
+        if self.remaining() <= 0:
+            raise IngestTimeLimitExceeded(self.message)
+
+    def parse_limits(self, limits: ParseLimits) -> ParseLimits:
+        """``limits`` with the parse's wall-clock limit cut to the time left, when that is shorter."""
+        self.check()
+        return dataclasses.replace(limits, timeout_s=min(limits.timeout_s, self.remaining()))
+
+
+NO_DEADLINE = Deadline(math.inf)
+
+
 @dataclass
 class Timings:
     parse_s: float = 0.0
@@ -65,14 +114,22 @@ class Timings:
 
 
 def prepare_chunks(data: bytes, file_type: str, limits: ParseLimits, embedder: Embedder, kb: KnowledgeBase,
-                   timings: Timings) -> tuple[int, list[Chunk]]:
-    """Parse (in a child process, within ``limits``) and chunk one file; returns (element count, chunks)."""
+                   timings: Timings, deadline: Deadline = NO_DEADLINE) -> tuple[int, list[Chunk]]:
+    """Parse (in a child process, within ``limits`` and the time ``deadline`` leaves) and chunk one file; returns
+    (element count, chunks). Raises ``IngestTimeLimitExceeded`` when the deadline passes meanwhile."""
     t = time.perf_counter()
-    elements = parse_isolated(data, file_type, limits)
+    capped = deadline.parse_limits(limits)
+    try:
+        elements = parse_isolated(data, file_type, capped)
+    except ParseLimitExceeded:
+        if capped.timeout_s < limits.timeout_s and deadline.remaining() <= 0:
+            raise IngestTimeLimitExceeded(deadline.message) from None  # the document's limit, not the parse's
+        raise
     timings.parse_s += time.perf_counter() - t
     t = time.perf_counter()
-    chunks = Chunker(embedder, kb.chunk_size, kb.chunk_overlap).chunk(elements)
+    chunks = Chunker(embedder, kb.chunk_size, kb.chunk_overlap).chunk(elements, deadline.check)
     timings.chunk_s += time.perf_counter() - t
+    deadline.check()
     return len(elements), chunks
 
 
@@ -94,8 +151,10 @@ def chunk_metadata(chunk: Chunk, doc: Document, version: DocumentVersion) -> Chu
 def embed_and_store(
     services: IngestServices, collection: str, embedder: Embedder, doc: Document, version: DocumentVersion,
     chunks: list[Chunk], timings: Timings, on_batch: Callable[[int], None] = lambda n: None,
+    deadline: Deadline = NO_DEADLINE,
 ) -> None:
-    """Embed chunks in batches and write each batch to the collection as soon as it is embedded."""
+    """Embed chunks in batches and write each batch to the collection as soon as it is embedded; after each batch
+    ``on_batch`` is told how many are done, and ``deadline`` is checked (``IngestTimeLimitExceeded``)."""
     for i in range(0, len(chunks), EMBED_BATCH):
         batch = chunks[i : i + EMBED_BATCH]
         t = time.perf_counter()
@@ -111,10 +170,14 @@ def embed_and_store(
         )
         timings.store_s += time.perf_counter() - t
         on_batch(i + len(batch))
+        deadline.check()
 
 
 def run_job(services: IngestServices, job_id: str) -> IngestJob:
-    """Run one queued job (ingest or re-embed) to completion; never raises for a failed document."""
+    """Run one queued job (ingest or re-embed) to completion; never raises for a failed document.
+
+    Each document gets ``settings.ingest_timeout_s`` (``Deadline``): an ingestion over it fails with
+    ``IngestTimeLimitExceeded``, as does a re-embedding when one of its documents is over it."""
     with services.session() as session:
         # claim the job atomically: a job enqueued twice runs once
         claimed = session.execute(
@@ -130,11 +193,12 @@ def run_job(services: IngestServices, job_id: str) -> IngestJob:
         session.commit()
         kind = job.kind
     timings = Timings()
+    limit_s = services.settings.ingest_timeout_s
     try:
         if kind == "reembed":
-            _reembed(services, job_id, timings)
+            _reembed(services, job_id, timings, limit_s)
         else:
-            _ingest(services, job_id, timings)
+            _ingest(services, job_id, timings, Deadline(limit_s))
     except Exception as exc:
         message = str(exc) if isinstance(exc, (IngestError, Cancelled)) else f"{INTERNAL_ERROR}: {type(exc).__name__}: {exc}"
         if not isinstance(exc, (IngestError, Cancelled)):
@@ -144,7 +208,7 @@ def run_job(services: IngestServices, job_id: str) -> IngestJob:
         return session.get(IngestJob, job_id)
 
 
-def _ingest(services: IngestServices, job_id: str, timings: Timings) -> None:
+def _ingest(services: IngestServices, job_id: str, timings: Timings, deadline: Deadline) -> None:
     with services.session() as session:
         job = session.get(IngestJob, job_id)
         version = session.get(DocumentVersion, job.version_id)
@@ -153,7 +217,8 @@ def _ingest(services: IngestServices, job_id: str, timings: Timings) -> None:
         session.commit()
         embedder = services.embedders.get(kb.embedding_model)
         elements, chunks = prepare_chunks(services.blobs.get(version.content_hash), version.file_type,
-                                          ParseLimits.from_settings(services.settings), embedder, kb, timings)
+                                          ParseLimits.from_settings(services.settings), embedder, kb, timings,
+                                          deadline)
         job.elements, job.chunks_total = elements, len(chunks)
         session.commit()
 
@@ -164,7 +229,7 @@ def _ingest(services: IngestServices, job_id: str, timings: Timings) -> None:
             job.chunks_embedded = done
             session.commit()
 
-        embed_and_store(services, kb.collection, embedder, doc, version, chunks, timings, progress)
+        embed_and_store(services, kb.collection, embedder, doc, version, chunks, timings, progress, deadline)
         _swap_in(session, doc, version, job, len(chunks), timings, services.document_changed)
         purge_stale(session, services.vectors, kb)
 
@@ -214,8 +279,9 @@ def _fail(services: IngestServices, job_id: str, message: str, timings: dict) ->
         purge_stale(session, services.vectors, kb)
 
 
-def _reembed(services: IngestServices, job_id: str, timings: Timings) -> None:
-    """Rebuild the knowledge base in a new collection with the target model, then switch to it."""
+def _reembed(services: IngestServices, job_id: str, timings: Timings, limit_s: float) -> None:
+    """Rebuild the knowledge base in a new collection with the target model, then switch to it; each document
+    gets ``limit_s`` seconds."""
     with services.session() as session:
         job = session.get(IngestJob, job_id)
         kb = session.get(KnowledgeBase, job.knowledge_base_id)
@@ -237,9 +303,11 @@ def _reembed(services: IngestServices, job_id: str, timings: Timings) -> None:
                     break
                 job.chunks_total += len(todo)
                 for version in todo:  # documents replaced meanwhile show up in the next round
+                    deadline = Deadline(limit_s, f"re-embedding {version.document.filename}")
                     _, chunks = prepare_chunks(services.blobs.get(version.content_hash), version.file_type, limits,
-                                               embedder, kb, timings)
-                    embed_and_store(services, new_collection, embedder, version.document, version, chunks, timings)
+                                               embedder, kb, timings, deadline)
+                    embed_and_store(services, new_collection, embedder, version.document, version, chunks, timings,
+                                    deadline=deadline)
                     version.chunk_count = len(chunks)
                     done.add(version.id)
                     job.chunks_embedded += 1
