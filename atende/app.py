@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from api.app import build_app
 from atende import __version__
 from atende.demo import ensure_demo
-from atende.jobs import HueyQueue, make_huey, requeue_interrupted, start_embedded_consumer
+from atende.jobs import HueyQueue, requeue_interrupted, start_embedded_consumers
 from atende.services import build_services
 from core.settings import Settings
 from runtime.services import Services
@@ -26,30 +26,29 @@ def _warm_up(services: Services) -> None:
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None, demo: bool = False) -> FastAPI:
-    """Build the app; background jobs run in-process unless ``settings.workers`` is 0.
+    """Build the app; background jobs run in-process unless ``settings.workers`` is 0: ``settings.workers`` threads
+    on the customer queue, ``settings.ingest_workers`` on the ingest queue (``atende.jobs``).
 
     With ``demo`` the demo assistant is created (if missing) and its sample documents queued.
     """
     services = services or build_services(settings or Settings())
-    services.queue = queue = HueyQueue(make_huey(services.settings), services)
+    services.queue = queue = HueyQueue.from_settings(services)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        consumer = None
-        if services.settings.workers > 0:
-            consumer = start_embedded_consumer(queue.huey, services.settings.workers)
-            if not services.settings.redis_url:  # the only worker: nothing else can be running them
-                requeue_interrupted(services)
+        consumers = start_embedded_consumers(queue, services.settings)
+        if consumers and not services.settings.redis_url:  # the only worker: nothing else can be running them
+            requeue_interrupted(services, jobs=services.settings.ingest_workers > 0)
         if demo:
             for job_id in ensure_demo(services):
                 services.queue.enqueue_job(job_id)
             # start the embedded chat model now, so the first customer does not wait for it
             threading.Thread(target=_warm_up, args=(services,), daemon=True).start()
         yield
-        if consumer is not None:
+        for consumer in consumers:
             consumer.stop(graceful=True)
         services.close()
 
     app = build_app(services, __version__, lifespan)
-    app.state.huey = queue.huey
+    app.state.huey, app.state.ingest_huey = queue.huey, queue.ingest_huey
     return app

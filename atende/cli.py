@@ -42,12 +42,19 @@ def cmd_admin_token(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    from atende.jobs import HueyQueue, make_huey
+    """Consume the queue(s) ``--queue`` names (default: both) until stopped by a signal."""
+    from atende.jobs import HueyQueue, run_workers, worker_consumers
 
     services = _services(args)
-    services.queue = queue = HueyQueue(make_huey(services.settings), services)
-    queue.huey.create_consumer(workers=args.workers, worker_type="thread").run()
+    services.queue = queue = HueyQueue.from_settings(services)
+    run_workers(worker_consumers(queue, _worker_queues(args.queue), args.workers, args.ingest_workers))
     return 0
+
+
+def _worker_queues(choice: str) -> tuple[str, ...]:
+    from atende.jobs import QUEUES
+
+    return QUEUES if choice == "all" else (choice,)
 
 
 def cmd_assistant_create(args) -> int:
@@ -273,7 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_admin_token)
 
     w = sub.add_parser("worker", help="run background-job workers (for a Redis queue)")
-    w.add_argument("--workers", type=int, default=1)
+    w.add_argument("--queue", choices=("all", "customer", "ingest"), default="all",
+                   help="the queue(s) to consume: customer (WhatsApp posts, turns, event delivery), ingest "
+                        "(ingestion jobs) or all (both, each with its own threads; the default)")
+    w.add_argument("--workers", type=int, default=1, help="worker threads on the customer queue")
+    w.add_argument("--ingest-workers", type=int, default=1, help="worker threads on the ingest queue")
     w.set_defaults(func=cmd_worker)
 
     a = sub.add_parser("assistants", help="manage assistants").add_subparsers(dest="sub", required=True)

@@ -1,12 +1,20 @@
-"""The background queue on huey (ingestion, WhatsApp posts and turns, event delivery): SQLite storage in the data
-dir by default, Redis when REDIS_URL is set.
+"""The background queues on huey: SQLite storage in the data dir by default, Redis when REDIS_URL is set.
 
-``atende serve`` runs an embedded consumer (worker threads in the API process); with Redis,
-``atende worker`` runs consumers as separate processes.
+There are two queues, each a huey instance with its own storage and its own consumers, so customer work never
+waits behind a document being ingested:
+
+- ``customer`` (huey "atende": ``queue.db``, or Redis queue "atende"): WhatsApp webhook posts, WhatsApp turns
+  and event delivery; ``Settings.workers`` threads;
+- ``ingest`` (huey "atende.ingest": ``ingest-queue.db``, or Redis queue "atende.ingest"): ingestion and
+  re-embedding jobs, each document within ``Settings.ingest_timeout_s``; ``Settings.ingest_workers`` threads.
+
+``atende serve`` runs embedded consumers (worker threads in the API process); ``atende worker`` runs consumers of
+either queue or both as separate processes (``run_workers``).
 """
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime
 
 from huey import RedisHuey, SqliteHuey
@@ -26,28 +34,42 @@ from runtime.whatsapp.turns import run_whatsapp_turn, start_turns
 
 log = logging.getLogger(__name__)
 
+CUSTOMER, INGEST = "customer", "ingest"
+QUEUES = (CUSTOMER, INGEST)
+_HUEY_NAMES = {CUSTOMER: "atende", INGEST: "atende.ingest"}
+_SQLITE_FILES = {CUSTOMER: "queue.db", INGEST: "ingest-queue.db"}
 
-def make_huey(settings: Settings) -> Huey:
-    """The deployment's huey: on Redis when ``REDIS_URL`` is set, else on SQLite in the data dir."""
+
+def make_huey(settings: Settings, queue: str = CUSTOMER) -> Huey:
+    """The huey of one of the deployment's queues (``CUSTOMER`` or ``INGEST``): on Redis when ``REDIS_URL`` is set
+    (one Redis queue per name), else on its own SQLite file in the data dir."""
     if settings.redis_url:
-        return RedisHuey("atende", url=settings.redis_url)
-    return SqliteHuey("atende", filename=str(settings.home / "queue.db"))
+        return RedisHuey(_HUEY_NAMES[queue], url=settings.redis_url)
+    return SqliteHuey(_HUEY_NAMES[queue], filename=str(settings.home / _SQLITE_FILES[queue]))
 
 
 class HueyQueue:
-    """The ``runtime.queue.WorkQueue`` on huey: four tasks registered on ``huey``, run by its consumers (the
-    embedded one, or ``atende worker`` processes). Embedded (SQLite) and Redis differ only in ``huey``'s storage.
+    """The ``runtime.queue.WorkQueue`` on two hueys: ingestion jobs ("ingest.run_job") on ``ingest``; WhatsApp posts
+    ("whatsapp.process"), turns ("whatsapp.turn") and event delivery ("events.deliver") on ``huey``, the customer
+    queue. Their consumers (the embedded ones, or ``atende worker`` processes) run them. Embedded (SQLite) and Redis
+    differ only in the hueys' storage.
 
     The tasks run on ``services``; make this queue ``services.queue``, since the tasks queue their
     follow-up work (a post's turns, a turn put off by the debounce) there.
     """
 
-    def __init__(self, huey: Huey, services: Services) -> None:
-        self.huey = huey
+    def __init__(self, huey: Huey, ingest: Huey, services: Services) -> None:
+        self.huey, self.ingest_huey = huey, ingest
+        self.hueys = {CUSTOMER: huey, INGEST: ingest}
 
-        @huey.task(name="ingest.run_job")
+        @ingest.task(name="ingest.run_job")
         def run_ingest_job(job_id: str) -> None:
             run_job(services, job_id)
+
+        @huey.task(name="ingest.run_job")
+        def forward_ingest_job(job_id: str) -> None:
+            # a job queued on the customer queue by a version that had one queue: off to the ingest queue
+            run_ingest_job(job_id)
 
         @huey.task(name="events.deliver")
         def deliver_events(event_ids: list[str]) -> None:
@@ -64,6 +86,12 @@ class HueyQueue:
 
         self._run_ingest_job, self._deliver_events = run_ingest_job, deliver_events
         self._process_webhook, self._whatsapp_turn = process_webhook, whatsapp_turn
+
+    @classmethod
+    def from_settings(cls, services: Services) -> HueyQueue:
+        """The queue on the hueys ``services.settings`` picks (``make_huey``)."""
+        settings = services.settings
+        return cls(make_huey(settings, CUSTOMER), make_huey(settings, INGEST), services)
 
     def enqueue_job(self, job_id: str) -> None:
         self._run_ingest_job(job_id)
@@ -87,23 +115,71 @@ class EmbeddedConsumer(Consumer):
 
 
 def start_embedded_consumer(huey: Huey, workers: int) -> EmbeddedConsumer:
+    """Start ``workers`` threads consuming ``huey`` in this process (and its scheduler); stop it with
+    ``consumer.stop(graceful=True)``."""
     consumer = EmbeddedConsumer(huey, workers=workers, worker_type="thread", periodic=False)
     consumer.start()
     return consumer
 
 
-def requeue_interrupted(services: Services) -> int:
+def start_embedded_consumers(queue: HueyQueue, settings: Settings) -> list[EmbeddedConsumer]:
+    """The API process's consumers: ``settings.workers`` threads on the customer queue and
+    ``settings.ingest_workers`` on the ingest queue; none at all when ``workers`` is 0, none on a queue whose
+    count is 0."""
+    if settings.workers <= 0:
+        return []
+    counts = {CUSTOMER: settings.workers, INGEST: settings.ingest_workers}
+    return [start_embedded_consumer(queue.hueys[name], n) for name, n in counts.items() if n > 0]
+
+
+def worker_consumers(queue: HueyQueue, queues: Sequence[str], workers: int, ingest_workers: int) -> list[Consumer]:
+    """The consumers ``atende worker`` runs (not started): one per queue named in ``queues`` (``CUSTOMER``,
+    ``INGEST``), ``workers`` threads on the customer queue and ``ingest_workers`` on the ingest one."""
+    unknown = set(queues) - set(QUEUES)
+    if unknown or not queues:
+        raise ValueError(f"unknown queue(s) {sorted(unknown)}: choose among {', '.join(QUEUES)}")
+    counts = {CUSTOMER: workers, INGEST: ingest_workers}
+    consumers: list[Consumer] = []
+    for name in (q for q in QUEUES if q in queues):
+        kind = EmbeddedConsumer if consumers else Consumer  # only the foreground one sets signal handlers
+        consumers.append(kind(queue.hueys[name], workers=counts[name], worker_type="thread"))
+    return consumers
+
+
+def run_workers(consumers: Sequence[Consumer]) -> None:
+    """Run ``worker_consumers``' consumers until a signal stops them: the first runs in the foreground and owns
+    the signal handlers (huey's: SIGINT graceful, SIGTERM at once, SIGHUP restart); the others run beside it and
+    stop with it."""
+    first, *others = consumers
+    for consumer in others:
+        consumer.start()
+    try:
+        first.run()
+    finally:
+        for consumer in others:
+            consumer.stop(graceful=getattr(first, "_graceful", True))
+
+
+def requeue_interrupted(services: Services, jobs: bool = True, posts: bool = True) -> int:
     """Re-enqueue jobs left queued or processing by a stopped process (chunk ids are deterministic,
-    so re-running a half-written version simply overwrites it), and unprocessed webhook posts."""
-    with services.session() as session:
-        jobs = list(session.scalars(select(IngestJob).where(IngestJob.status.in_(("queued", "processing")))))
-        for job in jobs:
-            job.status = "queued"
-        session.commit()
-    for job in jobs:
-        services.queue.enqueue_job(job.id)
-    with services.session() as session:  # webhook posts stored but not processed (crash, queue outage)
-        posts = list(session.scalars(select(WebhookPost.id).where(WebhookPost.processed.is_(False))))
-    for post_id in posts:
+    so re-running a half-written version simply overwrites it), and unprocessed webhook posts; through
+    ``services.queue``, so on a ``HueyQueue`` the jobs go to the ingest queue and the posts to the customer one.
+    Returns how many were queued. Call it only where nothing else runs that work: ``jobs=False`` leaves the jobs
+    alone (another process consumes the ingest queue), ``posts=False`` the posts."""
+    job_ids: list[str] = []
+    if jobs:
+        with services.session() as session:
+            interrupted = list(session.scalars(select(IngestJob).where(IngestJob.status.in_(("queued", "processing")))))
+            for job in interrupted:
+                job.status = "queued"
+            job_ids = [job.id for job in interrupted]
+            session.commit()
+    for job_id in job_ids:
+        services.queue.enqueue_job(job_id)
+    post_ids: list[str] = []
+    if posts:
+        with services.session() as session:  # webhook posts stored but not processed (crash, queue outage)
+            post_ids = list(session.scalars(select(WebhookPost.id).where(WebhookPost.processed.is_(False))))
+    for post_id in post_ids:
         services.queue.enqueue_webhook(post_id)
-    return len(jobs) + len(posts)
+    return len(job_ids) + len(post_ids)

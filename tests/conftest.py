@@ -91,6 +91,32 @@ def services(tmp_path, embedders, database_url) -> Services:
     s.engine.dispose()
 
 
+def redis_client():
+    """A client of the test Redis (``REDIS_URL``, database 15 by default); skips (locally) if it is unreachable."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"Redis not reachable at {REDIS_URL}: {exc}")
+    return client
+
+
+@pytest.fixture
+def redis_services(tmp_path, embedders) -> Services:
+    """Services (SQLite) whose queue settings point at the test Redis, emptied before and after."""
+    r = redis_client()
+    r.flushdb()
+    services = make_services(tmp_path / "home", embedders, redis_url=REDIS_URL)
+    yield services
+    services.engine.dispose()
+    r.flushdb()
+    r.close()
+
+
 @pytest.fixture
 def sqlite_services(tmp_path, embedders) -> Services:
     s = make_services(tmp_path / "home", embedders)

@@ -3,7 +3,6 @@ interface, which the huey queue (SQLite or Redis) and the inline one implement."
 from __future__ import annotations
 
 import inspect
-import os
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -11,43 +10,19 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from atende.app import create_app
-from atende.jobs import HueyQueue, make_huey, start_embedded_consumer
+from atende.jobs import HueyQueue, start_embedded_consumer
 from kb import registry
 from kb.models import Document, IngestJob
 from kb.search import search
 from runtime.queue import InlineQueue, WorkQueue
 from runtime.regression import _EventsKept
-from tests.conftest import REDIS_URL, make_services
+from tests.conftest import make_services
 
 TEXT = (
     "Opening hours\n\n"
     "The bakery opens at seven in the morning and closes at two in the afternoon on Sundays. "
     "Fresh sourdough bread comes out of the oven at eight every day.\n"
 )
-
-
-def _redis():
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.exceptions.ConnectionError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"Redis not reachable at {REDIS_URL}: {exc}")
-    return client
-
-
-@pytest.fixture
-def redis_services(tmp_path, embedders):
-    r = _redis()
-    r.flushdb()
-    services = make_services(tmp_path / "home", embedders, redis_url=REDIS_URL)
-    yield services
-    services.engine.dispose()
-    r.flushdb()
-    r.close()
 
 
 def _upload(services, filename: str, data: bytes) -> tuple[str, str]:
@@ -73,8 +48,8 @@ def _wait_for_document(services, document_id: str, timeout: float = 120.0) -> st
 
 def test_redis_queue_ingests_an_upload(redis_services):
     services = redis_services
-    services.queue = queue = HueyQueue(make_huey(services.settings), services)
-    huey = queue.huey
+    services.queue = queue = HueyQueue.from_settings(services)
+    huey = queue.ingest_huey
     assert type(huey.storage).__name__ == "RedisStorage"
     doc_id, job_id = _upload(services, "hours.txt", TEXT.encode())
     services.queue.enqueue_job(job_id)
@@ -103,8 +78,8 @@ def test_redis_queue_ingests_an_upload(redis_services):
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_job_enqueued_twice_runs_once(redis_services, workers):
     services = redis_services
-    services.queue = queue = HueyQueue(make_huey(services.settings), services)
-    huey = queue.huey
+    services.queue = queue = HueyQueue.from_settings(services)
+    huey = queue.ingest_huey
     executions: list[tuple[str, datetime]] = []
     lock = threading.Lock()
 
@@ -182,9 +157,9 @@ def huey_services(request, tmp_path, embedders):
 
 def test_the_huey_queue_enqueues_each_kind_of_work(huey_services):
     services = huey_services
-    services.queue = queue = HueyQueue(make_huey(services.settings), services)
+    services.queue = queue = HueyQueue.from_settings(services)
     expected = "RedisStorage" if services.settings.redis_url else "SqliteStorage"
-    assert type(queue.huey.storage).__name__ == expected
+    assert {type(h.storage).__name__ for h in (queue.huey, queue.ingest_huey)} == {expected}
     before = datetime.now(UTC).replace(tzinfo=None)  # huey's eta is naive UTC
     queue.enqueue_job("job-1")
     queue.enqueue_webhook("post-1")
@@ -192,12 +167,12 @@ def test_the_huey_queue_enqueues_each_kind_of_work(huey_services):
     queue.deliver_events(["event-1", "event-2"])
     pending = queue.huey.pending()  # nothing runs them: no consumer
     assert [(task.name, task.args[0]) for task in pending] == [
-        ("ingest.run_job", "job-1"), ("whatsapp.process", "post-1"), ("whatsapp.turn", "conversation-1"),
-        ("events.deliver", ["event-1", "event-2"])]
-    turn = pending[2]
+        ("whatsapp.process", "post-1"), ("whatsapp.turn", "conversation-1"), ("events.deliver", ["event-1", "event-2"])]
+    assert [(task.name, task.args[0]) for task in queue.ingest_huey.pending()] == [("ingest.run_job", "job-1")]
+    turn = pending[1]
     assert before + timedelta(seconds=30) <= turn.eta <= datetime.now(UTC).replace(tzinfo=None) + timedelta(seconds=30)
     assert before <= datetime.fromisoformat(turn.args[1]).replace(tzinfo=None) <= turn.eta  # when it was scheduled
-    assert [task.eta for i, task in enumerate(pending) if i != 2] == [None, None, None]
+    assert [task.eta for i, task in enumerate(pending) if i != 1] == [None, None]
 
 
 def test_the_inline_queue_ingests_before_it_returns(sqlite_services):
