@@ -38,6 +38,9 @@ CUSTOMER, INGEST = "customer", "ingest"
 QUEUES = (CUSTOMER, INGEST)
 _HUEY_NAMES = {CUSTOMER: "atende", INGEST: "atende.ingest"}
 _SQLITE_FILES = {CUSTOMER: "queue.db", INGEST: "ingest-queue.db"}
+# the longest wait between polls of an idle queue (huey backs off up to it; Redis blocks instead of polling):
+# a customer's message is picked up within half a second, not huey's default 10 s
+_MAX_POLL_S = {CUSTOMER: 0.5, INGEST: 10.0}
 
 
 def make_huey(settings: Settings, queue: str = CUSTOMER) -> Huey:
@@ -114,10 +117,10 @@ class EmbeddedConsumer(Consumer):
         pass
 
 
-def start_embedded_consumer(huey: Huey, workers: int) -> EmbeddedConsumer:
-    """Start ``workers`` threads consuming ``huey`` in this process (and its scheduler); stop it with
-    ``consumer.stop(graceful=True)``."""
-    consumer = EmbeddedConsumer(huey, workers=workers, worker_type="thread", periodic=False)
+def start_embedded_consumer(huey: Huey, workers: int, max_delay: float = _MAX_POLL_S[CUSTOMER]) -> EmbeddedConsumer:
+    """Start ``workers`` threads consuming ``huey`` in this process (and its scheduler), polling an idle queue at
+    least every ``max_delay`` seconds; stop it with ``consumer.stop(graceful=True)``."""
+    consumer = EmbeddedConsumer(huey, workers=workers, worker_type="thread", periodic=False, max_delay=max_delay)
     consumer.start()
     return consumer
 
@@ -129,7 +132,7 @@ def start_embedded_consumers(queue: HueyQueue, settings: Settings) -> list[Embed
     if settings.workers <= 0:
         return []
     counts = {CUSTOMER: settings.workers, INGEST: settings.ingest_workers}
-    return [start_embedded_consumer(queue.hueys[name], n) for name, n in counts.items() if n > 0]
+    return [start_embedded_consumer(queue.hueys[name], n, _MAX_POLL_S[name]) for name, n in counts.items() if n > 0]
 
 
 def worker_consumers(queue: HueyQueue, queues: Sequence[str], workers: int, ingest_workers: int) -> list[Consumer]:
@@ -142,7 +145,8 @@ def worker_consumers(queue: HueyQueue, queues: Sequence[str], workers: int, inge
     consumers: list[Consumer] = []
     for name in (q for q in QUEUES if q in queues):
         kind = EmbeddedConsumer if consumers else Consumer  # only the foreground one sets signal handlers
-        consumers.append(kind(queue.hueys[name], workers=counts[name], worker_type="thread"))
+        consumers.append(kind(queue.hueys[name], workers=counts[name], worker_type="thread",
+                              max_delay=_MAX_POLL_S[name]))
     return consumers
 
 
