@@ -38,7 +38,7 @@ from runtime.replies import (data_reply, rejection, restatement, says_not_found,
 from runtime.services import Services
 from runtime.tools.context import ToolContext
 from runtime.tools.toolset import Toolset, build_toolset
-from runtime.types import ToolCall, ToolResult, TurnResult, Usage
+from runtime.types import ChatMessage, ChatToolCall, Role, ToolCall, ToolResult, TurnResult, Usage
 
 log = logging.getLogger(__name__)
 INTENT_CONTEXT = 3  # the customer's newest messages that can show they want to book or a person
@@ -104,8 +104,8 @@ def run_turn(services: Services, conversation_id: str) -> TurnResult | None:
 def _answer(services, session, conv: Conversation, assistant: Assistant, pending: list[Message], started_at, t0) -> TurnResult:
     config = AssistantConfig.model_validate(assistant.config or {})
     timings = {"retrieval_ms": 0.0, "prompt_ms": 0.0, "llm_ms": 0.0, "tools_ms": 0.0}
-    history = [("user" if m.direction == "inbound" else "assistant", m.text)
-               for m in store.recent_history(session, conv.id, config.history_messages)]
+    history: list[tuple[Role, str]] = [("user" if m.direction == "inbound" else "assistant", m.text)
+                                       for m in store.recent_history(session, conv.id, config.history_messages)]
     user_text = "\n".join(m.text for m in pending)
     customer_texts = [user_text] + [text for role, text in reversed(history) if role == "user"]
     if talk := small_talk(user_text):  # a greeting or thanks needs no sources and no model
@@ -196,7 +196,7 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
                     rejected.append(problem)
                     kept = reply if still_sendable(problem) else ""
                     force_text = True
-                    messages.append({"role": "system", "content": retry_instruction(problem, language)})
+                    messages.append(ChatMessage(role="system", content=retry_instruction(problem, language)))
                     continue
                 if problem:
                     rejected.append(problem)
@@ -207,7 +207,7 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
             if signatures <= executed:
                 # small models repeat a call they already made instead of answering: make them answer
                 force_text = True
-                messages.append({"role": "system", "content": ANSWER_NOW})
+                messages.append(ChatMessage(role="system", content=ANSWER_NOW))
                 continue
             executed |= signatures
             timings["tools_ms"] += _run_tools(toolset, ctx, rounds, resp.content, resp.tool_calls, messages,
@@ -305,7 +305,7 @@ def _grounded_reply(services: Services, embedding_model: str, found: approved.Ap
                                      language)
 
 
-def _unasked_tools(config: AssistantConfig, history: list[tuple[str, str]], customer_texts: list[str]) -> set[str]:
+def _unasked_tools(config: AssistantConfig, history: list[tuple[Role, str]], customer_texts: list[str]) -> set[str]:
     """Tools the customer has not asked for, withheld from the model (small models call whatever they are
     shown): booking without a wish to book; the handoff unless they ask for a person or the last reply was
     the fallback (which may offer one)."""
@@ -359,7 +359,7 @@ def _finish(services, session, conv, pending, result: TurnResult, timings: dict,
     return result
 
 
-def retrieval_queries(user_text: str, history: list[tuple[str, str]]) -> list[str]:
+def retrieval_queries(user_text: str, history: list[tuple[Role, str]]) -> list[str]:
     """The message itself, plus the message in the context of the customer's previous one, so a
     follow-up such as "e no sábado?" finds what the conversation is about."""
     previous = [text for role, text in history if role == "user"]
@@ -395,8 +395,8 @@ def result_for_message(session, message_id: str) -> TurnResult:
     )
 
 
-def _run_tools(toolset: Toolset, ctx: ToolContext, rnd: int, content: str, calls: list[ToolCall], messages: list[dict],
-               tool_results: list) -> float:
+def _run_tools(toolset: Toolset, ctx: ToolContext, rnd: int, content: str, calls: list[ToolCall],
+               messages: list[ChatMessage], tool_results: list) -> float:
     """Run ``calls`` of round ``rnd``, adding them and their results to ``messages`` and ``tool_results``;
     the milliseconds spent."""
     t = time.perf_counter()
@@ -404,7 +404,7 @@ def _run_tools(toolset: Toolset, ctx: ToolContext, rnd: int, content: str, calls
     for call in calls:
         res = toolset.run(ctx, call)
         tool_results.append((rnd, call.arguments, res))
-        messages.append({"role": "tool", "tool_call_id": call.id, "content": res.content})
+        messages.append(ChatMessage(role="tool", tool_call_id=call.id, content=res.content))
     return _ms(t)
 
 
@@ -413,13 +413,11 @@ def _signatures(calls: list[ToolCall]) -> set[tuple[str, str]]:
     return {(c.name, json.dumps(c.arguments, sort_keys=True)) for c in calls}
 
 
-def _assistant_tool_message(content: str, calls: list[ToolCall]) -> dict:
-    return {
-        "role": "assistant", "content": content or "",
-        "tool_calls": [{"id": c.id, "type": "function",
-                        "function": {"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False)}}
-                       for c in calls],
-    }
+def _assistant_tool_message(content: str, calls: list[ToolCall]) -> ChatMessage:
+    return ChatMessage(role="assistant", content=content or "", tool_calls=[
+        ChatToolCall(id=c.id, type="function",
+                     function={"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False)})
+        for c in calls])
 
 
 def _call_dict(rnd: int, args: dict, res: ToolResult) -> dict:

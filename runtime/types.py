@@ -2,9 +2,39 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from typing import Any, Literal, NotRequired, Protocol, TypedDict
 
 from kb.types import Source
+
+Role = Literal["system", "user", "assistant", "tool"]
+ToolSchema = dict[str, Any]
+"""An OpenAI-style tool schema: ``{"type": "function", "function": {"name", "description", "parameters"}}``."""
+
+
+class ChatFunction(TypedDict):
+    name: str
+    arguments: str  # JSON text, as OpenAI-compatible servers take it
+
+
+class ChatToolCall(TypedDict):
+    """A tool call in an assistant :class:`ChatMessage`, as it is sent (a :class:`ToolCall` in OpenAI's format)."""
+
+    id: str
+    type: Literal["function"]
+    function: ChatFunction
+
+
+class ChatMessage(TypedDict):
+    """One message given to a chat model, in OpenAI's chat format: a dict, sent as JSON as it is.
+
+    ``tool_calls`` only on an assistant message that calls tools, ``tool_call_id`` only on the ``tool``
+    message that answers one of them.
+    """
+
+    role: Role
+    content: str
+    tool_calls: NotRequired[list[ChatToolCall]]
+    tool_call_id: NotRequired[str]
 
 
 @dataclass(frozen=True)
@@ -48,7 +78,7 @@ class ChatModel(Protocol):
     name: str
 
     def complete(
-        self, messages: list[dict], tools: list[dict] | None = None, *, temperature: float = 0.2,
+        self, messages: list[ChatMessage], tools: list[ToolSchema] | None = None, *, temperature: float = 0.2,
         max_tokens: int = 256, timeout: float = 120.0,
     ) -> ChatResponse: ...
 
