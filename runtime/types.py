@@ -54,6 +54,31 @@ class ToolResult:
 
 
 @dataclass(frozen=True)
+class ToolRun:
+    """A tool call a turn ran in round ``round`` (0: values the customer typed, captured without the model),
+    with its result."""
+
+    round: int
+    call: ToolCall
+    result: ToolResult
+
+    @property
+    def name(self) -> str:
+        return self.result.name
+
+    @property
+    def arguments(self) -> dict:
+        return self.call.arguments
+
+    def logged(self) -> dict[str, Any]:
+        """What the log keeps of the run, in its order (the columns of ``runtime.models.ToolCallRecord``, and
+        an entry of :attr:`TurnResult.function_calls`): the result's text, or its error."""
+        res = self.result
+        return {"name": self.name, "arguments": self.arguments, "result": None if res.error else res.content,
+                "error": res.error, "round": self.round, "duration_ms": res.duration_ms}
+
+
+@dataclass(frozen=True)
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -91,7 +116,7 @@ class TurnResult:
     reply: str | None
     status: str  # answered | smalltalk | fallback | handoff | paused | error
     sources: list[Source] = field(default_factory=list)  # as the model saw them, numbered as it saw them
-    function_calls: list[dict] = field(default_factory=list)
+    function_calls: list[dict] = field(default_factory=list)  # ToolRun.logged() of each, as the log keeps them
     ai_enabled: bool = True
     usage: Usage = Usage()
     cost: float = 0.0
