@@ -24,6 +24,7 @@ from kb.types import Source
 from runtime.llm import ChatModelError
 from runtime.local_llm import SupervisedLocalModel
 from runtime.prompt import excerpt, turn_message
+from runtime.types import ChatMessage, ToolSchema
 
 # room left for what counting per text cannot see: tokens merging where the template joins texts (measured:
 # the count is within 3 tokens of the server's own)
@@ -37,14 +38,14 @@ MIN_SOURCE_TOKENS = 40  # a source cut shorter than this is dropped instead: too
 MIN_CUT_CHARS = 80  # tool results and the customer's message are never cut shorter
 CUT_MARK = " …"
 _COUNT_CACHE = 2048  # texts whose counts are kept (system prompts and history repeat across turns)
-_PROBE = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Hello"}]
-_PROBE_LONGER = _PROBE + [{"role": "assistant", "content": "Hi!"}, {"role": "user", "content": "Thanks"}]
-_PROBE_ROUND = [
+_PROBE: list[ChatMessage] = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Hello"}]
+_PROBE_LONGER: list[ChatMessage] = _PROBE + [{"role": "assistant", "content": "Hi!"}, {"role": "user", "content": "Thanks"}]
+_PROBE_ROUND: list[ChatMessage] = [
     {"role": "assistant", "content": "", "tool_calls": [
         {"id": "call_0", "type": "function", "function": {"name": "probe", "arguments": "{}"}}]},
     {"role": "tool", "tool_call_id": "call_0", "content": "Done."},
 ]
-_PROBE_TOOL = {"type": "function", "function": {"name": "probe", "description": "A probe.",
+_PROBE_TOOL: ToolSchema = {"type": "function", "function": {"name": "probe", "description": "A probe.",
                                                 "parameters": {"type": "object", "properties": {}}}}
 
 
@@ -73,20 +74,20 @@ class TokenCounter:
     def overheads(self, timeout: float) -> Overheads:
         raise NotImplementedError
 
-    def message_tokens(self, message: dict, timeout: float) -> int:
+    def message_tokens(self, message: ChatMessage, timeout: float) -> int:
         """Tokens of one OpenAI-style message: its text, its tool calls and the template's markers."""
         overheads = self.overheads(timeout)
         calls = [json.dumps(c.get("function", c), ensure_ascii=False, default=str) for c in message.get("tool_calls") or ()]
         return (overheads.per_message + self.text_tokens(str(message.get("content") or ""), timeout)
                 + sum(overheads.per_tool_call + self.text_tokens(call, timeout) for call in calls))
 
-    def tools_tokens(self, tools: list[dict] | None, timeout: float) -> int:
+    def tools_tokens(self, tools: list[ToolSchema] | None, timeout: float) -> int:
         """Tokens the offered tool schemas add to the prompt (0 without tools)."""
         if not tools:
             return 0
         return self.overheads(timeout).per_tools + sum(_tool_tokens(self, t, timeout) for t in tools)
 
-    def prompt_tokens(self, messages: list[dict], tools: list[dict] | None, timeout: float) -> int:
+    def prompt_tokens(self, messages: list[ChatMessage], tools: list[ToolSchema] | None, timeout: float) -> int:
         """Tokens of the whole prompt."""
         return (self.overheads(timeout).per_prompt + self.tools_tokens(tools, timeout)
                 + sum(self.message_tokens(m, timeout) for m in messages))
@@ -137,11 +138,11 @@ class ServerTokenCounter(TokenCounter):
     def _measure(self, timeout: float) -> Overheads:
         deadline = time.perf_counter() + timeout
 
-        def served(messages: list[dict], tools: list[dict] | None = None) -> int:  # the server's own count
+        def served(messages: list[ChatMessage], tools: list[ToolSchema] | None = None) -> int:  # the server's own count
             left = max(deadline - time.perf_counter(), 0.1)
             return self.model.complete(messages, tools, temperature=0, max_tokens=1, timeout=left).usage.prompt_tokens
 
-        def texts(messages: list[dict]) -> int:
+        def texts(messages: list[ChatMessage]) -> int:
             return sum(self.text_tokens(m["content"], timeout) for m in messages)
 
         short, longer = served(_PROBE), served(_PROBE_LONGER)
@@ -156,7 +157,7 @@ class ServerTokenCounter(TokenCounter):
         return Overheads(per_prompt, per_message, per_tools, per_tool_call)
 
 
-def _tool_tokens(counter: TokenCounter, tool: dict, timeout: float) -> int:
+def _tool_tokens(counter: TokenCounter, tool: ToolSchema, timeout: float) -> int:
     """A tool schema as llama-cpp-python's templates show it (its ``tojson``: ``json.dumps``, UTF-8 kept)."""
     return counter.text_tokens(json.dumps(tool, ensure_ascii=False), timeout)
 
@@ -183,7 +184,7 @@ class ContextBudget:
     the conversation, the turn message (``sources`` and ``user_text``), then what tool rounds add.
     """
 
-    def __init__(self, messages: list[dict], *, history: int, sources: list[Source], user_text: str) -> None:
+    def __init__(self, messages: list[ChatMessage], *, history: int, sources: list[Source], user_text: str) -> None:
         self.messages = messages
         self.history = history
         self.sources = list(sources)  # what the turn message shows, as it is to be logged
@@ -195,7 +196,7 @@ class ContextBudget:
         self.cut_tool_results: set[str] = set()  # tool_call_ids
         self.cut_customer = False
 
-    def fit(self, counter: TokenCounter, tools: list[dict] | None, *, max_tokens: int, timeout: float) -> None:
+    def fit(self, counter: TokenCounter, tools: list[ToolSchema] | None, *, max_tokens: int, timeout: float) -> None:
         """Trim the messages until they and ``tools`` leave ``max_tokens`` (plus a margin) of the context;
         raises :class:`ContextTooSmall` when nothing is left to trim."""
         deadline = time.perf_counter() + timeout
@@ -269,7 +270,7 @@ class ContextBudget:
             self.dropped.insert(0, source.rank)
         self._rebuild()
 
-    def _longest_tool_result(self) -> dict | None:
+    def _longest_tool_result(self) -> ChatMessage | None:
         tools = [m for m in self.messages[2 + self.history:]
                  if m.get("role") == "tool" and len(str(m.get("content") or "")) > MIN_CUT_CHARS + len(CUT_MARK)]
         return max(tools, key=lambda m: len(m["content"]), default=None)

@@ -10,14 +10,16 @@ import json
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import openai
 
-from runtime.types import ChatResponse, ToolCall, Usage
+from runtime.types import ChatMessage, ChatResponse, ChatToolCall, ToolCall, ToolSchema, Usage
 
-ScriptedReply = ChatResponse | str | list[ToolCall] | Callable[[list[dict], list[dict] | None], object]
+ScriptedReply = (ChatResponse | str | list[ToolCall]
+                 | Callable[[list[ChatMessage], list[ToolSchema] | None], ChatResponse | str | list[ToolCall]])
 
 _HERMES = re.compile(r"<tool_call>(.*?)(?:</tool_call>|(?=<tool_call>)|\Z)", re.DOTALL)
 _FENCE = re.compile(r"```[ \t]*(?:json)?[ \t]*\n?(.*?)```", re.DOTALL | re.IGNORECASE)
@@ -158,7 +160,7 @@ def decode_arguments(arguments: object) -> dict:
     return {"_raw": json.dumps(arguments)}
 
 
-def tool_names_of(tools: Iterable[dict] | None) -> set[str]:
+def tool_names_of(tools: Iterable[ToolSchema] | None) -> set[str]:
     """Function names in OpenAI-style tool schemas (``{"type": "function", "function": {"name": ...}}``)."""
     names = set()
     for tool in tools or ():
@@ -171,16 +173,17 @@ def tool_names_of(tools: Iterable[dict] | None) -> set[str]:
 # --- OpenAI-compatible endpoints -----------------------------------------------------------------
 
 
-def sanitize_messages(messages: list[dict]) -> list[dict]:
+def sanitize_messages(messages: list[ChatMessage]) -> list[ChatMessage]:
     """Copies of ``messages`` that every OpenAI-compatible server accepts.
 
-    Assistant ``content: None`` becomes ``""`` (llama.cpp's server answers 500 on null); tool calls may be
-    given as :class:`ToolCall` or with dict arguments and are sent in OpenAI's format (arguments as a
-    JSON string); tool message content that is not text is sent as JSON.
+    Also mends what hand-written messages may hold beyond :class:`ChatMessage`: assistant ``content: None``
+    becomes ``""`` (llama.cpp's server answers 500 on null); tool calls may be given as :class:`ToolCall` or
+    with dict arguments and are sent in OpenAI's format (arguments as a JSON string); tool message content
+    that is not text is sent as JSON.
     """
-    cleaned = []
-    for message in messages:
-        message = dict(message)
+    cleaned: list[ChatMessage] = []
+    for original in messages:
+        message = original.copy()
         role = message.get("role")
         if role == "assistant":
             if message.get("content") is None:
@@ -195,13 +198,13 @@ def sanitize_messages(messages: list[dict]) -> list[dict]:
     return cleaned
 
 
-def _openai_tool_call(call: ToolCall | dict) -> dict:
+def _openai_tool_call(call: ToolCall | Mapping[str, Any]) -> ChatToolCall:
     if isinstance(call, ToolCall):
         call = {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
     function = dict(call.get("function") or {})
     if not isinstance(function.get("arguments"), str):
         function["arguments"] = json.dumps(function.get("arguments") or {}, ensure_ascii=False)
-    return {**call, "type": call.get("type", "function"), "function": function}
+    return cast(ChatToolCall, {**call, "type": call.get("type", "function"), "function": function})
 
 
 class OpenAICompatibleChatModel:
@@ -218,7 +221,7 @@ class OpenAICompatibleChatModel:
         self._client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0)
 
     def complete(
-        self, messages: list[dict], tools: list[dict] | None = None, *, temperature: float = 0.2,
+        self, messages: list[ChatMessage], tools: list[ToolSchema] | None = None, *, temperature: float = 0.2,
         max_tokens: int = 256, timeout: float = 120.0,
     ) -> ChatResponse:
         """Send one chat completion request; tool calls come back parsed, whether structured or as text.
@@ -251,7 +254,7 @@ class OpenAICompatibleChatModel:
             raise ChatModelError(f"{self.name}: the response at {self.base_url} has no choices")
         return self._response(completion, tools)
 
-    def _response(self, completion, tools: list[dict] | None) -> ChatResponse:
+    def _response(self, completion, tools: list[ToolSchema] | None) -> ChatResponse:
         message = completion.choices[0].message
         content = message.content or ""
         calls = [
@@ -298,8 +301,8 @@ def _retryable(exc: openai.APIError) -> bool:
 class ScriptedRequest:
     """One call to :meth:`ScriptedChatModel.complete`, as received."""
 
-    messages: list[dict]
-    tools: list[dict] | None
+    messages: list[ChatMessage]
+    tools: list[ToolSchema] | None
     kwargs: dict = field(default_factory=dict)
 
 
@@ -333,7 +336,7 @@ class ScriptedChatModel:
         return len(self._script)
 
     def complete(
-        self, messages: list[dict], tools: list[dict] | None = None, *, temperature: float = 0.2,
+        self, messages: list[ChatMessage], tools: list[ToolSchema] | None = None, *, temperature: float = 0.2,
         max_tokens: int = 256, timeout: float = 120.0,
     ) -> ChatResponse:
         """Record the request and return the next scripted reply."""
@@ -350,7 +353,7 @@ class ScriptedChatModel:
             reply = reply(messages, tools)
         return self._response(reply, messages)
 
-    def _response(self, reply: object, messages: list[dict]) -> ChatResponse:
+    def _response(self, reply: object, messages: list[ChatMessage]) -> ChatResponse:
         if isinstance(reply, str):
             reply = ChatResponse(content=reply)
         elif isinstance(reply, list):
@@ -364,7 +367,7 @@ class ScriptedChatModel:
         return ChatResponse(reply.content, list(reply.tool_calls), usage, reply.model or self.name)
 
 
-def _word_count(messages: list[dict]) -> int:
+def _word_count(messages: list[ChatMessage]) -> int:
     words = 0
     for message in messages:
         content = message.get("content")

@@ -36,7 +36,7 @@ from typing import IO
 import httpx
 
 from runtime.llm import ChatModelError, OpenAICompatibleChatModel
-from runtime.types import ChatResponse
+from runtime.types import ChatMessage, ChatResponse, ToolSchema
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +311,7 @@ class SupervisedLocalModel:
         return self._running()[0]
 
     def complete(
-        self, messages: list[dict], tools: list[dict] | None = None, *, temperature: float = 0.2,
+        self, messages: list[ChatMessage], tools: list[ToolSchema] | None = None, *, temperature: float = 0.2,
         max_tokens: int = 256, timeout: float = 120.0,
     ) -> ChatResponse:
         """One chat completion; see :meth:`OpenAICompatibleChatModel.complete`."""

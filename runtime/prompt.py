@@ -8,6 +8,7 @@ from kb.keyword import detect_language, key_terms, words
 from kb.types import Source
 from runtime.config import AssistantConfig
 from runtime.replies import LANGUAGE_NAMES
+from runtime.types import ChatMessage, Role
 
 NO_ANSWER = "NO_ANSWER"  # the model's signal that the sources do not answer the question
 SOURCE_CHARS = 700  # per source: prompt processing is the local model's bottleneck
@@ -39,7 +40,7 @@ FOCUSED = (
 )
 
 
-def focused_messages(system_prompt: str, sources: list[Source], user_text: str) -> list[dict]:
+def focused_messages(system_prompt: str, sources: list[Source], user_text: str) -> list[ChatMessage]:
     """The focused look's prompt: the assistant's own (filled) ``system_prompt`` and ``FOCUSED``, the shown
     ``sources`` (as numbered and cut for the whole prompt) and the customer's message as the question. The
     1.5B model answers from this many of the questions it gives up on with the whole prompt (channel rules,
@@ -104,8 +105,8 @@ def format_sources(sources: list[Source]) -> str:
 
 
 def build_messages(
-    config: AssistantConfig, variables: dict, history: list[tuple[str, str]], user_text: str, sources: list[Source]
-) -> list[dict]:
+    config: AssistantConfig, variables: dict, history: list[tuple[Role, str]], user_text: str, sources: list[Source]
+) -> list[ChatMessage]:
     """OpenAI-style messages: system (prompt, channel rules, grounding), history, then the sources and
     the new message last. What changes per turn comes last, so a server that reuses the evaluated
     prefix of the previous prompt (llama.cpp does) only processes the new tail. (Naming the customer's
@@ -118,12 +119,12 @@ def build_messages(
             GROUNDING,
         ) if part
     )
-    messages = [{"role": "system", "content": system}]
-    messages += [{"role": role, "content": text} for role, text in history]
+    messages = [ChatMessage(role="system", content=system)]
+    messages += [ChatMessage(role=role, content=text) for role, text in history]
     messages.append(turn_message(sources, user_text))
     return messages
 
 
-def turn_message(sources: list[Source], user_text: str) -> dict:
+def turn_message(sources: list[Source], user_text: str) -> ChatMessage:
     """The prompt's last message: the numbered sources, then the customer's new message."""
-    return {"role": "user", "content": f"{format_sources(sources)}\n\nCustomer message:\n{user_text}"}
+    return ChatMessage(role="user", content=f"{format_sources(sources)}\n\nCustomer message:\n{user_text}")

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from core.db import new_id, utcnow
 from core.errors import InvalidRequest, NotFound
 from runtime.models import CHANNELS, Conversation, Message, MessageSource, ToolCallRecord, Turn
-from runtime.types import ToolResult, TurnResult
+from runtime.types import ToolRun, TurnResult
 
 
 def find_or_create_conversation(
@@ -98,7 +98,7 @@ def recent_history(session: Session, conversation_id: str, limit: int) -> list[M
 
 
 def log_turn(
-    session: Session, conv: Conversation, covered: list[Message], result: TurnResult, *, tool_results: list[tuple[int, dict, ToolResult]],
+    session: Session, conv: Conversation, covered: list[Message], result: TurnResult, *, tool_results: list[ToolRun],
     retrieval_query: str | None, rounds: int, model: str, started_at: datetime, error: str | None = None,
 ) -> None:
     """Write the turn, its reply with tool calls and sources, and mark the covered messages — one commit."""
@@ -118,13 +118,7 @@ def log_turn(
             tokens_out=result.usage.completion_tokens, cost=result.cost, latency_ms=int(result.timings.get("total_ms", 0)),
         )
         reply.sources = [MessageSource(id=new_id(), **s.logged()) for s in result.sources]
-        reply.tool_calls = [
-            ToolCallRecord(
-                id=new_id(), position=i, round=rnd, name=res.name, arguments=args,
-                result=None if res.error else res.content, error=res.error, duration_ms=res.duration_ms,
-            )
-            for i, (rnd, args, res) in enumerate(tool_results)
-        ]
+        reply.tool_calls = [ToolCallRecord(id=new_id(), position=i, **run.logged()) for i, run in enumerate(tool_results)]
         session.add(reply)
         result.message_id = reply.id
     conv.tokens_in += result.usage.prompt_tokens

@@ -38,7 +38,7 @@ from runtime.replies import (data_reply, rejection, restatement, says_not_found,
 from runtime.services import Services
 from runtime.tools.context import ToolContext
 from runtime.tools.toolset import Toolset, build_toolset
-from runtime.types import ToolCall, ToolResult, TurnResult, Usage
+from runtime.types import ChatMessage, ChatToolCall, Role, ToolCall, ToolRun, TurnResult, Usage
 
 log = logging.getLogger(__name__)
 INTENT_CONTEXT = 3  # the customer's newest messages that can show they want to book or a person
@@ -104,8 +104,8 @@ def run_turn(services: Services, conversation_id: str) -> TurnResult | None:
 def _answer(services, session, conv: Conversation, assistant: Assistant, pending: list[Message], started_at, t0) -> TurnResult:
     config = AssistantConfig.model_validate(assistant.config or {})
     timings = {"retrieval_ms": 0.0, "prompt_ms": 0.0, "llm_ms": 0.0, "tools_ms": 0.0}
-    history = [("user" if m.direction == "inbound" else "assistant", m.text)
-               for m in store.recent_history(session, conv.id, config.history_messages)]
+    history: list[tuple[Role, str]] = [("user" if m.direction == "inbound" else "assistant", m.text)
+                                       for m in store.recent_history(session, conv.id, config.history_messages)]
     user_text = "\n".join(m.text for m in pending)
     customer_texts = [user_text] + [text for role, text in reversed(history) if role == "user"]
     if talk := small_talk(user_text):  # a greeting or thanks needs no sources and no model
@@ -150,7 +150,8 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
     timings["prompt_ms"] = _ms(t)
 
     session.commit()  # end the read transaction: no pooled connection is held while the model thinks
-    usage, rounds, tool_results, error, rejected = Usage(), 0, [], None, []
+    usage, rounds, error, rejected = Usage(), 0, None, []
+    tool_results: list[ToolRun] = []
     deadline = ctx.deadline
     reply, no_answer, executed, force_text, kept = "", False, set(), False, ""
     model_name = config.model or services.settings.llm_model
@@ -185,7 +186,7 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
             usage, rounds = usage + resp.usage, rounds + 1
             if not (offer and resp.tool_calls):
                 reply, no_answer = _clean(resp.content, set(toolset.names))
-                if any(reply == res.content for _, _, res in tool_results):  # a tool's text is for the model
+                if any(reply == run.result.content for run in tool_results):  # a tool's text is for the model
                     reply, no_answer = "", True
                 reply = without_echo(reply, user_text)
                 problem = None if no_answer else rejection(
@@ -196,7 +197,7 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
                     rejected.append(problem)
                     kept = reply if still_sendable(problem) else ""
                     force_text = True
-                    messages.append({"role": "system", "content": retry_instruction(problem, language)})
+                    messages.append(ChatMessage(role="system", content=retry_instruction(problem, language)))
                     continue
                 if problem:
                     rejected.append(problem)
@@ -207,7 +208,7 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
             if signatures <= executed:
                 # small models repeat a call they already made instead of answering: make them answer
                 force_text = True
-                messages.append({"role": "system", "content": ANSWER_NOW})
+                messages.append(ChatMessage(role="system", content=ANSWER_NOW))
                 continue
             executed |= signatures
             timings["tools_ms"] += _run_tools(toolset, ctx, rounds, resp.content, resp.tool_calls, messages,
@@ -250,7 +251,7 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
     all_sources = budget.sources + [replace(h, rank=len(sources) + i) for i, h in enumerate(ctx.sources[len(hits):], 1)]
     result = TurnResult(
         conversation_id=conv.id, reply=reply, status=status, sources=[] if status == "error" else all_sources,
-        function_calls=[_call_dict(rnd, args, res) for rnd, args, res in tool_results],
+        function_calls=[run.logged() for run in tool_results],
         ai_enabled=conv.ai_enabled, usage=usage, cost=usage_cost(services.settings.llm_prices, model_name, usage),
         error=error if status == "error" else None,
     )
@@ -305,7 +306,7 @@ def _grounded_reply(services: Services, embedding_model: str, found: approved.Ap
                                      language)
 
 
-def _unasked_tools(config: AssistantConfig, history: list[tuple[str, str]], customer_texts: list[str]) -> set[str]:
+def _unasked_tools(config: AssistantConfig, history: list[tuple[Role, str]], customer_texts: list[str]) -> set[str]:
     """Tools the customer has not asked for, withheld from the model (small models call whatever they are
     shown): booking without a wish to book; the handoff unless they ask for a person or the last reply was
     the fallback (which may offer one)."""
@@ -317,20 +318,21 @@ def _unasked_tools(config: AssistantConfig, history: list[tuple[str, str]], cust
     return withheld
 
 
-def _handed_off(tool_results: list) -> bool:
-    return any(res.name == "transfer_to_human" and not res.error for _, _, res in tool_results)
+def _handed_off(tool_results: list[ToolRun]) -> bool:
+    return any(run.name == "transfer_to_human" and not run.result.error for run in tool_results)
 
 
-def _checked_data(config: AssistantConfig, tool_results: list, customer_text: str) -> list[tuple[str, str, bool]]:
+def _checked_data(config: AssistantConfig, tool_results: list[ToolRun], customer_text: str) -> list[tuple[str, str, bool]]:
     """``(field, value, saved)`` of the turn's collect_data calls on the assistant's fields whose value the customer
     wrote in ``customer_text`` (letters and digits in order, accents and case aside; a value the model took from
     elsewhere, such as the business's own name in a source, is not the customer's data), the last per field."""
     fields, checked, written = {f.name for f in config.data_fields}, {}, _alnum(customer_text)
-    for _, args, res in tool_results:
-        if res.name == "collect_data" and isinstance(args, dict) and args.get("field") in fields:
+    for run in tool_results:
+        args = run.arguments
+        if run.name == "collect_data" and isinstance(args, dict) and args.get("field") in fields:
             value = str(args.get("value", ""))
             if _alnum(value) and _alnum(value) in written:
-                checked[args["field"]] = (args["field"], value, res.error is None)
+                checked[args["field"]] = (args["field"], value, run.result.error is None)
     return list(checked.values())
 
 
@@ -345,7 +347,7 @@ def _clean(content: str, tool_names: set[str]) -> tuple[str, bool]:
 
 
 def _finish(services, session, conv, pending, result: TurnResult, timings: dict, t0: float, started_at, *,
-            model_name: str, tool_results: list, queries: list[str], rounds: int, error: str | None,
+            model_name: str, tool_results: list[ToolRun], queries: list[str], rounds: int, error: str | None,
             events: list) -> TurnResult:
     """Log the turn (``error``: why it failed or what was rejected on the way) and deliver its events."""
     timings["total_ms"] = _ms(t0)
@@ -359,7 +361,7 @@ def _finish(services, session, conv, pending, result: TurnResult, timings: dict,
     return result
 
 
-def retrieval_queries(user_text: str, history: list[tuple[str, str]]) -> list[str]:
+def retrieval_queries(user_text: str, history: list[tuple[Role, str]]) -> list[str]:
     """The message itself, plus the message in the context of the customer's previous one, so a
     follow-up such as "e no sábado?" finds what the conversation is about."""
     previous = [text for role, text in history if role == "user"]
@@ -395,16 +397,16 @@ def result_for_message(session, message_id: str) -> TurnResult:
     )
 
 
-def _run_tools(toolset: Toolset, ctx: ToolContext, rnd: int, content: str, calls: list[ToolCall], messages: list[dict],
-               tool_results: list) -> float:
+def _run_tools(toolset: Toolset, ctx: ToolContext, rnd: int, content: str, calls: list[ToolCall],
+               messages: list[ChatMessage], tool_results: list[ToolRun]) -> float:
     """Run ``calls`` of round ``rnd``, adding them and their results to ``messages`` and ``tool_results``;
     the milliseconds spent."""
     t = time.perf_counter()
     messages.append(_assistant_tool_message(content, calls))
     for call in calls:
         res = toolset.run(ctx, call)
-        tool_results.append((rnd, call.arguments, res))
-        messages.append({"role": "tool", "tool_call_id": call.id, "content": res.content})
+        tool_results.append(ToolRun(rnd, call, res))
+        messages.append(ChatMessage(role="tool", tool_call_id=call.id, content=res.content))
     return _ms(t)
 
 
@@ -413,18 +415,11 @@ def _signatures(calls: list[ToolCall]) -> set[tuple[str, str]]:
     return {(c.name, json.dumps(c.arguments, sort_keys=True)) for c in calls}
 
 
-def _assistant_tool_message(content: str, calls: list[ToolCall]) -> dict:
-    return {
-        "role": "assistant", "content": content or "",
-        "tool_calls": [{"id": c.id, "type": "function",
-                        "function": {"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False)}}
-                       for c in calls],
-    }
-
-
-def _call_dict(rnd: int, args: dict, res: ToolResult) -> dict:
-    return {"name": res.name, "arguments": args, "result": None if res.error else res.content, "error": res.error,
-            "round": rnd, "duration_ms": res.duration_ms}
+def _assistant_tool_message(content: str, calls: list[ToolCall]) -> ChatMessage:
+    return ChatMessage(role="assistant", content=content or "", tool_calls=[
+        ChatToolCall(id=c.id, type="function",
+                     function={"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False)})
+        for c in calls])
 
 
 def _ms(t: float) -> float:

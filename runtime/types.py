@@ -2,9 +2,39 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from typing import Any, Literal, NotRequired, Protocol, TypedDict
 
 from kb.types import Source
+
+Role = Literal["system", "user", "assistant", "tool"]
+ToolSchema = dict[str, Any]
+"""An OpenAI-style tool schema: ``{"type": "function", "function": {"name", "description", "parameters"}}``."""
+
+
+class ChatFunction(TypedDict):
+    name: str
+    arguments: str  # JSON text, as OpenAI-compatible servers take it
+
+
+class ChatToolCall(TypedDict):
+    """A tool call in an assistant :class:`ChatMessage`, as it is sent (a :class:`ToolCall` in OpenAI's format)."""
+
+    id: str
+    type: Literal["function"]
+    function: ChatFunction
+
+
+class ChatMessage(TypedDict):
+    """One message given to a chat model, in OpenAI's chat format: a dict, sent as JSON as it is.
+
+    ``tool_calls`` only on an assistant message that calls tools, ``tool_call_id`` only on the ``tool``
+    message that answers one of them.
+    """
+
+    role: Role
+    content: str
+    tool_calls: NotRequired[list[ChatToolCall]]
+    tool_call_id: NotRequired[str]
 
 
 @dataclass(frozen=True)
@@ -21,6 +51,31 @@ class ToolResult:
     content: str  # what the model reads back (the error text when ``error`` is set)
     error: str | None = None
     duration_ms: int = 0
+
+
+@dataclass(frozen=True)
+class ToolRun:
+    """A tool call a turn ran in round ``round`` (0: values the customer typed, captured without the model),
+    with its result."""
+
+    round: int
+    call: ToolCall
+    result: ToolResult
+
+    @property
+    def name(self) -> str:
+        return self.result.name
+
+    @property
+    def arguments(self) -> dict:
+        return self.call.arguments
+
+    def logged(self) -> dict[str, Any]:
+        """What the log keeps of the run, in its order (the columns of ``runtime.models.ToolCallRecord``, and
+        an entry of :attr:`TurnResult.function_calls`): the result's text, or its error."""
+        res = self.result
+        return {"name": self.name, "arguments": self.arguments, "result": None if res.error else res.content,
+                "error": res.error, "round": self.round, "duration_ms": res.duration_ms}
 
 
 @dataclass(frozen=True)
@@ -48,7 +103,7 @@ class ChatModel(Protocol):
     name: str
 
     def complete(
-        self, messages: list[dict], tools: list[dict] | None = None, *, temperature: float = 0.2,
+        self, messages: list[ChatMessage], tools: list[ToolSchema] | None = None, *, temperature: float = 0.2,
         max_tokens: int = 256, timeout: float = 120.0,
     ) -> ChatResponse: ...
 
@@ -61,7 +116,7 @@ class TurnResult:
     reply: str | None
     status: str  # answered | smalltalk | fallback | handoff | paused | error
     sources: list[Source] = field(default_factory=list)  # as the model saw them, numbered as it saw them
-    function_calls: list[dict] = field(default_factory=list)
+    function_calls: list[dict] = field(default_factory=list)  # ToolRun.logged() of each, as the log keeps them
     ai_enabled: bool = True
     usage: Usage = Usage()
     cost: float = 0.0

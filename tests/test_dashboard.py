@@ -18,7 +18,7 @@ from kb import registry
 from kb.types import Source
 from runtime import store
 from runtime.models import CollectedData
-from runtime.types import ToolCall, ToolResult, TurnResult, Usage
+from runtime.types import ToolCall, ToolResult, ToolRun, TurnResult, Usage
 from tests.conftest import ADMIN_TOKEN, wait_for_document
 from tests.factories import use_scripted_model
 
@@ -54,7 +54,8 @@ def add_conversation(services, assistant_id: str, channel: str, customer: str, t
         if reply is not None:
             result = TurnResult(conv.id, reply, "answered", sources=[Source(**s) for s in sources], usage=Usage(120, 15), cost=0.00042,
                                 timings={"total_ms": 850.0})
-            tool_results = [(1, args, ToolResult(f"call_{i}", name, out)) for i, (name, args, out) in enumerate(calls)]
+            tool_results = [ToolRun(1, ToolCall(f"call_{i}", name, args), ToolResult(f"call_{i}", name, out))
+                            for i, (name, args, out) in enumerate(calls)]
             store.log_turn(s, conv, store.pending_inbound(s, conv.id), result, tool_results=tool_results,
                            retrieval_query=text, rounds=1, model="scripted", started_at=utcnow())
         return conv.id

@@ -35,7 +35,7 @@ from runtime.review.conversations import collected_data
 from runtime.review.export import EXPORT_COLUMNS, export_conversations
 from runtime.review.filters import ConversationFilters
 from runtime.review.metrics import percentile
-from runtime.types import ToolResult, TurnResult, Usage
+from runtime.types import ToolCall, ToolResult, ToolRun, TurnResult, Usage
 from tests.conftest import ADMIN_TOKEN
 
 
@@ -75,7 +75,7 @@ class Log:
         pending = store.pending_inbound(self.session, self.conv.id)
         result = TurnResult(self.conv.id, reply, status, sources=list(sources), usage=Usage(300, 20) if reply else Usage(),
                             cost=cost, timings={"total_ms": 900.0} if reply else {})
-        tool_results = [(1, args, ToolResult(f"call_{i}", name, res, error=err))
+        tool_results = [ToolRun(1, ToolCall(f"call_{i}", name, args), ToolResult(f"call_{i}", name, res, error=err))
                         for i, (name, args, res, err) in enumerate(calls)]
         store.log_turn(self.session, self.conv, pending, result, tool_results=tool_results, retrieval_query=None,
                        rounds=1, model="gpt-test", started_at=when, error=error)

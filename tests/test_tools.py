@@ -25,12 +25,12 @@ from runtime import store
 from runtime.config import TOOL_NAMES, AssistantConfig, DataField, HttpTool, RetrievalConfig, Scheduling
 from runtime.events import deliver_event
 from runtime.http_tools import HttpToolError, call_http_tool
-from runtime.models import Appointment, CollectedData, Conversation, OutboundEvent
+from runtime.models import Appointment, CollectedData, Conversation, OutboundEvent, ToolCallRecord
 from runtime.tools.context import ToolContext, ToolError
 from runtime.tools.http_tool import http_tool
 from runtime.tools.schema import function_tool
 from runtime.tools.toolset import Toolset, build_toolset
-from runtime.types import ToolCall, TurnResult
+from runtime.types import ToolCall, ToolResult, ToolRun, TurnResult
 from tests.test_scheduling import new_assistant, new_conversation
 
 NOW = datetime(2025, 5, 16, 12, 0, tzinfo=UTC)  # Friday; Monday 2025-05-19 is bookable
@@ -119,7 +119,8 @@ class Env:
             conv = s.get(Conversation, self.conversation_id)
             inbound = store.store_inbound(s, conv, customer_text)
             result = TurnResult(self.conversation_id, "reply", status)
-            store.log_turn(s, conv, [inbound], result, tool_results=[(1, args, res) for args, res in calls],
+            runs = [ToolRun(1, ToolCall(res.call_id, res.name, args), res) for args, res in calls]
+            store.log_turn(s, conv, [inbound], result, tool_results=runs,
                            retrieval_query=None, rounds=1, model="scripted", started_at=utcnow())
 
     def book(self, config: AssistantConfig, **arguments):
@@ -277,6 +278,24 @@ def test_exceptions_become_error_results():
     assert result.error == "RuntimeError: boom: x"
     assert "failed unexpectedly" in result.content and "boom" not in result.content
     assert result.duration_ms >= 0
+
+
+def test_a_tool_run_is_logged_as_the_log_reads_it_back(sqlite_env):
+    ok = ToolRun(2, call("collect_data", field="cpf", value="1"), ToolResult("call_collect_data", "collect_data",
+                                                                            "Saved cpf: 1", duration_ms=7))
+    failed = ToolRun(0, call("explode"), ToolResult("call_explode", "explode", "Error: boom", error="boom"))
+    assert ok.logged() == {"name": "collect_data", "arguments": {"field": "cpf", "value": "1"},
+                           "result": "Saved cpf: 1", "error": None, "round": 2, "duration_ms": 7}
+    assert failed.logged()["result"] is None and failed.logged()["error"] == "boom"  # the error text is the model's
+
+    with sqlite_env.services.session() as s:
+        conv = s.get(Conversation, sqlite_env.conversation_id)
+        result = TurnResult(conv.id, "reply", "answered", function_calls=[ok.logged(), failed.logged()])
+        store.log_turn(s, conv, [store.store_inbound(s, conv, "oi")], result, tool_results=[ok, failed],
+                       retrieval_query=None, rounds=2, model="scripted", started_at=utcnow())
+        logged = s.scalars(select(ToolCallRecord).order_by(ToolCallRecord.position)).all()
+        # the same JSON, keys in the same order, for a turn just run as for one read back from the log
+        assert json.dumps([c.as_dict() for c in logged]) == json.dumps(result.function_calls)
 
 
 # --------------------------------------------------------------------------- built-in tools

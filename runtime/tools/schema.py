@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, 
 from pydantic.json_schema import GenerateJsonSchema
 
 from runtime.tools.context import ToolError
+from runtime.types import ToolSchema
 
 # extra arguments are refused (a misspelt name must not pass unnoticed); a number is accepted as text
 ARGUMENTS_CONFIG = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
@@ -36,7 +37,7 @@ class Tool:
     arguments: type[BaseModel]  # validates the arguments the model sent
     call: Callable[..., str]  # call(ctx, **kwargs)
 
-    def schema(self) -> dict:
+    def schema(self) -> ToolSchema:
         return {"type": "function", "function": {"name": self.name, "description": self.description, "parameters": self.parameters}}
 
     def check(self, arguments: dict) -> dict:

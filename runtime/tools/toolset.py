@@ -16,7 +16,7 @@ from runtime.tools.builtin import BUILTIN_TOOLS, collect_data
 from runtime.tools.context import ToolContext, ToolError
 from runtime.tools.http_tool import http_tool
 from runtime.tools.schema import Tool, function_tool
-from runtime.types import ToolCall, ToolResult
+from runtime.types import ToolCall, ToolResult, ToolSchema
 from runtime.validators import InvalidValue
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class Toolset:
     def __len__(self) -> int:
         return len(self._tools)
 
-    def schemas(self) -> list[dict]:
+    def schemas(self) -> list[ToolSchema]:
         return [t.schema() for t in self._tools.values()]
 
     def without(self, names: frozenset[str] | set[str]) -> Toolset:
