@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ARCHITECTURE = REPO / "ARCHITECTURE.md"
 IMPORTLINTER = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]
 ROOTS = set(IMPORTLINTER["root_packages"])
@@ -20,7 +20,7 @@ ROOTS = set(IMPORTLINTER["root_packages"])
 ALIASES = {"Services": "runtime.services.Services"}
 # `name` or `name(arguments)` in backticks
 DOTTED = re.compile(r"`([A-Za-z_]\w*(?:\.\w+)+)(?:\([^`]*\))?`")
-# a relative path in backticks: `kb/`, `tests/test_architecture.py`
+# a relative path in backticks: `kb/`, `tests/system/test_architecture.py`
 PATH = re.compile(r"`(\w[\w.-]*(?:/[\w.-]+)*/?)`")
 
 

@@ -14,7 +14,7 @@ from kb import registry
 from kb.models import DocumentVersion, IngestJob
 from kb.search import search
 from tests.conftest import requires_shared, shared_doc
-from tests.test_ingest_units import make_pdf
+from tests.ingest.test_ingest_units import make_pdf
 
 HOURS_V1 = (
     "Opening hours\n\n"

@@ -14,8 +14,8 @@ import pytest
 
 from runtime.config import DEFAULT_UNAVAILABLE
 from runtime.local_llm import LlamaCppServer, LocalModelUnavailable, SupervisedLocalModel, default_model_path
+from tests.conftest import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELLO = [{"role": "user", "content": "hi"}]
 
 

@@ -379,7 +379,7 @@ def test_parse_never_raises_on_malformed_input():
 
 
 def test_odd_values_in_a_status_cost_no_other_entry_of_the_post(wa, public):
-    """Found by tests/test_fuzz_whatsapp.py: an error code of 1e999 (infinity once decoded) raised OverflowError
+    """Found by tests/runtime/whatsapp/test_fuzz_whatsapp.py: an error code of 1e999 (infinity once decoded) raised OverflowError
     out of the parser, and an object where Meta sends a string failed the post's transaction; either way the
     customer's message in the same post was lost."""
     services = services_of(wa)

@@ -31,7 +31,7 @@ from runtime.tools.http_tool import http_tool
 from runtime.tools.schema import function_tool
 from runtime.tools.toolset import Toolset, build_toolset
 from runtime.types import ToolCall, ToolResult, ToolRun, TurnResult
-from tests.test_scheduling import new_assistant, new_conversation
+from tests.runtime.test_scheduling import new_assistant, new_conversation
 
 NOW = datetime(2025, 5, 16, 12, 0, tzinfo=UTC)  # Friday; Monday 2025-05-19 is bookable
 KB_TEXT = (

@@ -1,5 +1,5 @@
 """The review tools in a real browser (the server, database, ingestion and embedding model of
-``tests/test_dashboard_browser.py``; the chat model is scripted to answer from the sources it is shown):
+``tests/system/test_dashboard_browser.py``; the chat model is scripted to answer from the sources it is shown):
 approve a reply, see a paraphrase answered from it without the model, rate a reply, import approved
 answers from a spreadsheet, promote a turn to a regression case, run the checks, change the knowledge base
 and see the diff, clear the review flag the change raised, write the answer to a knowledge gap. Every page
@@ -13,7 +13,7 @@ import httpx
 from runtime.prompt import NO_ANSWER
 from tests.conftest import ADMIN_TOKEN, wait_for_document
 # page and site are fixtures; the import skips this module without Chromium or Playwright
-from tests.test_dashboard_browser import Page, Site, expect, page, shot, site  # noqa: F401
+from tests.system.test_dashboard_browser import Page, Site, expect, page, shot, site  # noqa: F401
 
 SATURDAY_Q, CLEANING_Q = "Are you open on Saturdays?", "How much does a dental cleaning cost?"
 PARAPHRASE = "Are you open Saturdays?"  # MiniLM: 0.98 to SATURDAY_Q (calibrated threshold 0.67)

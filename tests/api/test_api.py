@@ -122,7 +122,7 @@ def kb_state(client, services, assistant_id: str, query: str) -> tuple:
 
 
 def test_every_admin_route_requires_the_bearer_token(client, monkeypatch):
-    # every route is asked with wrong tokens here; the lockout they would earn is tests/test_auth_security.py's
+    # every route is asked with wrong tokens here; the lockout they would earn is tests/api/test_auth_security.py's
     monkeypatch.setattr(throttle, "FREE_FAILURES", 1000)
     a = create_assistant(client)
     doc = ingest(client, a["id"], "policy.txt", POLICY.encode())
@@ -174,7 +174,7 @@ def test_health_and_docs_are_open(client):
 
 
 def test_the_openapi_schema_documents_what_a_422_holds(client):
-    """Found by tests/test_fuzz_api.py: a domain error (InvalidRequest) answers 422 with a message, while the
+    """Found by tests/system/test_fuzz_api.py: a domain error (InvalidRequest) answers 422 with a message, while the
     schema documented every 422 as FastAPI's list of field errors; and a regression case's expected status was
     documented as any string."""
     import jsonschema

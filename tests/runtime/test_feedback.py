@@ -24,9 +24,9 @@ from runtime.types import TurnResult, Usage
 from runtime.whatsapp.standin import GraphStandIn
 from tests.conftest import ADMIN_TOKEN
 from tests.factories import use_scripted_model
-from tests.test_widget import ask
-from tests.test_review import fixture_log  # noqa: F401  (the review backend's fixture of five conversations)
-from tests.test_whatsapp_webhook import PYWA, add_sender, new_assistant, post_signed, text_payload
+from tests.api.test_widget import ask
+from tests.runtime.test_review import fixture_log  # noqa: F401  (the review backend's fixture of five conversations)
+from tests.runtime.whatsapp.test_whatsapp_webhook import PYWA, add_sender, new_assistant, post_signed, text_payload
 
 PHONE_ID, CUSTOMER = "1122334455667", "972987654321"  # as in the pywa reaction payloads
 

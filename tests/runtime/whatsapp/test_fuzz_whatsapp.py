@@ -31,7 +31,7 @@ from runtime.whatsapp.webhook import (
     parse_payload, phone_number_ids, template_waba_ids,
 )
 from tests.conftest import SHARED_DATA
-from tests.test_whatsapp_split import _only_markers_added, _words
+from tests.runtime.whatsapp.test_whatsapp_split import _only_markers_added, _words
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -4,7 +4,7 @@ embedded llama.cpp server <-> tools -> reply, logged) answering from real docume
 a human and collecting a CPF. The scenarios of test_turn.py, with the model that ships.
 
 Slow (minutes: ingestion, then ~5-30 s per model call on 2 threads) and marked ``llm``; run with
-``pytest -m llm tests/test_e2e_local_model.py -s`` to see the per-reply timings.
+``pytest -m llm tests/system/test_e2e_local_model.py -s`` to see the per-reply timings.
 """
 from __future__ import annotations
 

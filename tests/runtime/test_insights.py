@@ -32,7 +32,7 @@ from runtime import insights, store
 from runtime.config import merge_config
 from runtime.review.filters import ConversationFilters
 from tests.conftest import ADMIN_TOKEN
-from tests.test_review import Clock, Log, source
+from tests.runtime.test_review import Clock, Log, source
 
 # Paraphrase groups written for this test (not the module's calibration texts): one topic per group.
 GROUPS = {

@@ -206,7 +206,7 @@ def test_an_html_span_is_written_once_closed_and_dropped_if_never():
 
 
 def test_a_wide_table_without_rows_keeps_its_header():
-    """Found by tests/test_fuzz_whatsapp.py: a header of more than three columns and no rows rendered as nothing."""
+    """Found by tests/runtime/whatsapp/test_fuzz_whatsapp.py: a header of more than three columns and no rows rendered as nothing."""
     assert render_for_whatsapp("| Dia | Abre | Fecha | Pausa |\n|---|---|---|---|") == "*Dia · Abre · Fecha · Pausa*"
     assert render_for_whatsapp("| Dia | Abre | Fecha | Pausa |\n|---|---|---|---|\n| | | | |") == "*Dia · Abre · Fecha · Pausa*"
 

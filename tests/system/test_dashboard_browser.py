@@ -25,12 +25,12 @@ from runtime.llm import ScriptedChatModel
 from runtime.models import Conversation
 from runtime.types import ToolCall
 from runtime.whatsapp.standin import GraphStandIn
-from tests.conftest import ADMIN_TOKEN, make_services, requires_shared, shared_doc
+from tests.conftest import ADMIN_TOKEN, REPO, make_services, requires_shared, shared_doc
 from tests.factories import use_scripted_model
-from tests.test_dashboard import XSS, add_conversation
+from tests.api.test_dashboard import XSS, add_conversation
 
 CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOTS = Path(__file__).resolve().parent / "artifacts" / "screenshots"
+SCREENSHOTS = REPO / "tests" / "artifacts" / "screenshots"
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-background-networking"]
 SATURDAY = "Aos sábados abrimos das 9h às 13h; aos domingos a clínica fica fechada."
@@ -346,8 +346,8 @@ def test_widget_on_a_shop_page(site, tmp_path, embedders):
     and keeps the text to send again."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from tests.test_widget import add_assistant, new_token, poll, send
-    from tests.test_widget_abuse import serve
+    from tests.api.test_widget import add_assistant, new_token, poll, send
+    from tests.api.test_widget_abuse import serve
 
     page_html: list[bytes] = []
 

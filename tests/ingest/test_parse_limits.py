@@ -18,8 +18,8 @@ from ingest.sandbox import ParseLimits, parse_isolated
 from kb.detect import detect_file_type
 from kb.errors import FileTooLarge
 from tests.conftest import ADMIN_TOKEN, DOCS, requires_shared, shared_doc, wait_for_document
-from tests.test_api import create_assistant, ingest, search, upload
-from tests.test_ingest_units import make_docx
+from tests.api.test_api import create_assistant, ingest, search, upload
+from tests.ingest.test_ingest_units import make_docx
 
 MIB = 1024 * 1024
 MANUAL = ("Warranty policy", "All kettles carry a two-year warranty from the date of delivery.")

@@ -29,7 +29,7 @@ from runtime.models import Message
 from runtime.ratelimit import Limit, RateCounter, RateLimiter
 from tests.conftest import ADMIN_TOKEN, REPO, make_services
 from tests.factories import use_scripted_model
-from tests.test_widget import add_assistant, ask, new_token, poll, send
+from tests.api.test_widget import add_assistant, ask, new_token, poll, send
 
 NOON = datetime(2026, 12, 1, 12, 0, 5, tzinfo=UTC)  # 5 s into a minute's (and an hour's) window
 REPLY = "Abrimos às 8h, de segunda a sexta."

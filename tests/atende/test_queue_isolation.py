@@ -36,7 +36,7 @@ from runtime.whatsapp.models import WebhookPost
 from runtime.whatsapp.standin import GraphStandIn, sign
 from tests.conftest import ADMIN_TOKEN, REDIS_URL, make_services, redis_client, requires_shared, shared_doc
 from tests.factories import use_scripted_model
-from tests.test_parse_limits import parse_children
+from tests.ingest.test_parse_limits import parse_children
 
 SECRET, PHONE_ID, CUSTOMER_NUMBER = "app-secret-queues", "106540352242955", "5511912345678"
 HOURS_V1 = ("Opening hours\n\nThe bakery opens at seven in the morning and closes at two in the afternoon on "

@@ -1,7 +1,7 @@
 """The dashboard's review tools through TestClient: the review actions under each AI reply of a conversation
 (approve, edit and approve, rate, add to regression checks; ratings and approved-answer replies shown), the
 approved answers page and the regression checks page. Login required, data rendered, customer text escaped.
-The browser drives them in ``tests/test_dashboard_browser_review.py``."""
+The browser drives them in ``tests/system/test_dashboard_browser_review.py``."""
 from __future__ import annotations
 
 import html
@@ -16,7 +16,7 @@ from kb import registry
 from runtime import approved, feedback, regression
 from runtime.models import Message
 from runtime.regression import Change, CaseResult, RegressionRun
-from tests.test_dashboard import XSS, add_conversation, app_client, dash  # noqa: F401  (fixtures)
+from tests.api.test_dashboard import XSS, add_conversation, app_client, dash  # noqa: F401  (fixtures)
 
 ESCAPED = "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;"
 SOURCE = {"rank": 1, "chunk_id": "c1", "document_id": "d1", "version": 1, "filename": "precos.pdf", "page": 1,

@@ -27,7 +27,7 @@ from runtime.tools.context import ToolContext
 from runtime.tools.toolset import build_toolset
 from runtime.types import ToolCall
 from tests.factories import add_assistant, chat
-from tests.test_tools import Env, local_server, ok, settings
+from tests.runtime.tools.test_tools import Env, local_server, ok, settings
 
 SP = ZoneInfo("America/Sao_Paulo")
 BOOKING = [*AssistantConfig().tools, "list_available_slots", "schedule_appointment"]

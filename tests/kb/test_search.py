@@ -9,7 +9,7 @@ from core.errors import InvalidRequest
 from kb import registry
 from kb.keyword import KeywordIndex, IndexedChunk, detect_language, query_terms, terms, words
 from kb.search import _fuse, search
-from tests.test_store import find, ingest, new_assistant
+from tests.kb.test_store import find, ingest, new_assistant
 
 PARTS = (
     "Spare parts\n\n"
@@ -190,8 +190,8 @@ def test_paraphrases_lean_on_dense_and_exact_codes_keep_the_keyword_boost(sqlite
 
 
 def test_search_api_modes_filters_and_bad_input(client):
-    from tests.test_api import create_assistant
-    from tests.test_api import ingest as api_ingest
+    from tests.api.test_api import create_assistant
+    from tests.api.test_api import ingest as api_ingest
 
     a = create_assistant(client)
     parts = api_ingest(client, a["id"], "parts.txt", PARTS.encode())
