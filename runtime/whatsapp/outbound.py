@@ -215,7 +215,7 @@ def _attempt(services: Services, part_id: str, *, force: bool = False) -> _Outco
         if reason is None and sender is None:
             reason = f"no WhatsApp sender {conv.sender!r} is configured"
         if reason is not None:
-            if _claim(session, part, now, force=True):
+            if _claim(session, part, now, force=True, count=False):
                 _fail(services, session, conv, msg, part, part.error_code, reason, now)
                 return _Outcome("failed", False)
             return _Outcome("busy", False)
@@ -231,13 +231,15 @@ def _attempt(services: Services, part_id: str, *, force: bool = False) -> _Outco
         return _Outcome(_record(services, session, conv, msg, part, result, services.clock()), True)
 
 
-def _claim(session: Session, part: MessagePart, now: datetime, *, force: bool) -> bool:
-    """Take the part for one send: clear its due time and count the attempt, if nobody took it first."""
+def _claim(session: Session, part: MessagePart, now: datetime, *, force: bool, count: bool = True) -> bool:
+    """Take the part for one send: clear its due time and count the attempt (unless not ``count``: it is taken to
+    be failed), if nobody took it first."""
     due = [MessagePart.id == part.id, MessagePart.status.in_(OPEN), MessagePart.next_attempt_at.is_not(None)]
     if not force:
         due.append(MessagePart.next_attempt_at <= now)
+    attempts = MessagePart.attempts + 1 if count else MessagePart.attempts
     claimed = session.execute(update(MessagePart).where(*due).values(
-        attempts=MessagePart.attempts + 1, next_attempt_at=None).execution_options(synchronize_session=False)).rowcount
+        attempts=attempts, next_attempt_at=None).execution_options(synchronize_session=False)).rowcount
     session.commit()
     session.refresh(part)
     return claimed == 1
@@ -258,7 +260,7 @@ def _limits(settings: Settings, conv: Conversation, msg: Message, part: MessageP
 
 def _expired(settings: Settings, conv: Conversation, msg: Message, part: MessagePart, now: datetime) -> str | None:
     """Why the part may no longer be sent (a limit passed), or None."""
-    for limit, reason in _limits(settings, conv, msg, part):
+    for limit, reason in sorted(_limits(settings, conv, msg, part)):
         if now >= limit:
             return _with_last_error(reason, part)
     return None
