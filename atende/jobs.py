@@ -122,6 +122,7 @@ class HueyQueue:
         self._deliver_events(event_ids)
 
     def schedule_send(self, conversation_id: str, delay_s: float) -> None:
+        """"whatsapp.send" on the customer queue in ``delay_s`` seconds (huey keeps the schedule in its storage)."""
         self._whatsapp_send.schedule((conversation_id,), delay=delay_s)
 
 

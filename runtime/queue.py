@@ -83,4 +83,5 @@ class InlineQueue:
                 log.exception("delivery of event %s failed", event_id)
 
     def schedule_send(self, conversation_id: str, delay_s: float) -> None:
+        """Nothing: the sends stay due in the outbox, for the next ``runtime.whatsapp.outbound.send_due``."""
         log.debug("send retry of conversation %s in %.0fs left to the outbox sweep", conversation_id, delay_s)

@@ -211,9 +211,10 @@ def _attempt(services: Services, part_id: str, *, force: bool = False) -> _Outco
         msg = session.get(Message, part.message_id)
         conv = session.get(Conversation, msg.conversation_id)
         reason = _expired(services.settings, conv, msg, part, now)
-        sender = session.scalar(select(WhatsAppSender).where(WhatsAppSender.phone_number_id == conv.sender))
-        if reason is None and sender is None:
-            reason = f"no WhatsApp sender {conv.sender!r} is configured"
+        try:
+            sender = sender_of(session, conv)
+        except NotFound as exc:  # the number was removed since
+            reason = reason or str(exc)
         if reason is not None:
             if _claim(session, part, now, force=True, count=False):
                 _fail(services, session, conv, msg, part, part.error_code, reason, now)
