@@ -147,14 +147,18 @@ class MessagePublic(BaseModel):
     direction: str
     kind: str = "text"
     text: str
-    status: str
-    error_code: int | None = None
-    error_title: str | None = None
+    status: str = Field(description="inbound: received | answered | skipped | logged; outbound: answered (API "
+                        "channel) | pending | retrying | sent | delivered | read | played | failed | not_sent | unknown")
+    error_code: int | None = Field(default=None, description="retrying: the last error's code; failed: the failure's")
+    error_title: str | None = Field(default=None, description="retrying: the last error; failed, not_sent: the reason")
     created_at: datetime
     tokens_in: int
     tokens_out: int
     cost: float
     latency_ms: int | None
+    send_attempts: int = Field(default=0, description="sends to the channel tried for this message (all its parts)")
+    next_attempt_at: datetime | None = Field(default=None, description="when the outbox sends it next (pending, "
+                                             "retrying), else null")
     sources: list[dict] = Field(default_factory=list)
     function_calls: list[dict] = Field(default_factory=list)
 
@@ -166,6 +170,9 @@ class MessagePublic(BaseModel):
         if m.direction == "outbound":
             out.sources = [s.as_source().to_dict() for s in m.sources]
             out.function_calls = [c.as_dict() for c in m.tool_calls]
+            out.send_attempts = sum(p.attempts or 0 for p in m.parts)
+            due = [p.next_attempt_at for p in m.parts if p.next_attempt_at is not None and p.status in ("pending", "retrying")]
+            out.next_attempt_at = min(due) if due else None
         return out
 
 

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime
 
-from huey import RedisHuey, SqliteHuey
+from huey import RedisHuey, SqliteHuey, crontab
 from huey.api import Huey
 from huey.consumer import Consumer
 from sqlalchemy import select
@@ -30,6 +30,7 @@ from runtime.events import deliver_event
 from runtime.services import Services
 from runtime.whatsapp.inbound import process_post
 from runtime.whatsapp.models import WebhookPost
+from runtime.whatsapp.outbound import due_conversations, send_due
 from runtime.whatsapp.turns import run_whatsapp_turn, start_turns
 
 log = logging.getLogger(__name__)
@@ -53,9 +54,10 @@ def make_huey(settings: Settings, queue: str = CUSTOMER) -> Huey:
 
 class HueyQueue:
     """The ``runtime.queue.WorkQueue`` on two hueys: ingestion jobs ("ingest.run_job") on ``ingest``; WhatsApp posts
-    ("whatsapp.process"), turns ("whatsapp.turn") and event delivery ("events.deliver") on ``huey``, the customer
-    queue. Their consumers (the embedded ones, or ``atende worker`` processes) run them. Embedded (SQLite) and Redis
-    differ only in the hueys' storage.
+    ("whatsapp.process"), turns ("whatsapp.turn"), send retries ("whatsapp.send") and event delivery
+    ("events.deliver") on ``huey``, the customer queue, with the outbox sweep ("whatsapp.send_due", every minute,
+    run by the customer queue's consumers). Their consumers (the embedded ones, or ``atende worker`` processes)
+    run them. Embedded (SQLite) and Redis differ only in the hueys' storage.
 
     The tasks run on ``services``; make this queue ``services.queue``, since the tasks queue their
     follow-up work (a post's turns, a turn put off by the debounce) there.
@@ -87,8 +89,18 @@ class HueyQueue:
         def whatsapp_turn(conversation_id: str, scheduled_at: str) -> None:
             run_whatsapp_turn(services, conversation_id, datetime.fromisoformat(scheduled_at))
 
+        @huey.task(name="whatsapp.send")
+        def whatsapp_send(conversation_id: str) -> None:
+            send_due(services, conversation_id)
+
+        @huey.periodic_task(crontab(minute="*"), name="whatsapp.send_due")
+        def whatsapp_send_due() -> None:
+            # the recovery sweep: retries whose scheduled job was lost (a flushed Redis, a deleted queue file)
+            send_due(services)
+
         self._run_ingest_job, self._deliver_events = run_ingest_job, deliver_events
         self._process_webhook, self._whatsapp_turn = process_webhook, whatsapp_turn
+        self._whatsapp_send, self.whatsapp_send_due = whatsapp_send, whatsapp_send_due
 
     @classmethod
     def from_settings(cls, services: Services) -> HueyQueue:
@@ -109,6 +121,10 @@ class HueyQueue:
     def deliver_events(self, event_ids: list[str]) -> None:
         self._deliver_events(event_ids)
 
+    def schedule_send(self, conversation_id: str, delay_s: float) -> None:
+        """"whatsapp.send" on the customer queue in ``delay_s`` seconds (huey keeps the schedule in its storage)."""
+        self._whatsapp_send.schedule((conversation_id,), delay=delay_s)
+
 
 class EmbeddedConsumer(Consumer):
     """A huey consumer that runs inside another server: it leaves the signal handlers alone."""
@@ -117,22 +133,25 @@ class EmbeddedConsumer(Consumer):
         pass
 
 
-def start_embedded_consumer(huey: Huey, workers: int, max_delay: float = _MAX_POLL_S[CUSTOMER]) -> EmbeddedConsumer:
+def start_embedded_consumer(huey: Huey, workers: int, max_delay: float = _MAX_POLL_S[CUSTOMER],
+                            periodic: bool = False) -> EmbeddedConsumer:
     """Start ``workers`` threads consuming ``huey`` in this process (and its scheduler), polling an idle queue at
-    least every ``max_delay`` seconds; stop it with ``consumer.stop(graceful=True)``."""
-    consumer = EmbeddedConsumer(huey, workers=workers, worker_type="thread", periodic=False, max_delay=max_delay)
+    least every ``max_delay`` seconds, and running its periodic tasks if ``periodic``; stop it with
+    ``consumer.stop(graceful=True)``."""
+    consumer = EmbeddedConsumer(huey, workers=workers, worker_type="thread", periodic=periodic, max_delay=max_delay)
     consumer.start()
     return consumer
 
 
 def start_embedded_consumers(queue: HueyQueue, settings: Settings) -> list[EmbeddedConsumer]:
-    """The API process's consumers: ``settings.workers`` threads on the customer queue and
-    ``settings.ingest_workers`` on the ingest queue; none at all when ``workers`` is 0, none on a queue whose
-    count is 0."""
+    """The API process's consumers: ``settings.workers`` threads on the customer queue (with its periodic
+    outbox sweep) and ``settings.ingest_workers`` on the ingest queue; none at all when ``workers`` is 0, none on
+    a queue whose count is 0."""
     if settings.workers <= 0:
         return []
     counts = {CUSTOMER: settings.workers, INGEST: settings.ingest_workers}
-    return [start_embedded_consumer(queue.hueys[name], n, _MAX_POLL_S[name]) for name, n in counts.items() if n > 0]
+    return [start_embedded_consumer(queue.hueys[name], n, _MAX_POLL_S[name], periodic=name == CUSTOMER)
+            for name, n in counts.items() if n > 0]
 
 
 def worker_consumers(queue: HueyQueue, queues: Sequence[str], workers: int, ingest_workers: int) -> list[Consumer]:
@@ -164,10 +183,11 @@ def run_workers(consumers: Sequence[Consumer]) -> None:
             consumer.stop(graceful=getattr(first, "_graceful", True))
 
 
-def requeue_interrupted(services: Services, jobs: bool = True, posts: bool = True) -> int:
+def requeue_interrupted(services: Services, jobs: bool = True, posts: bool = True, sends: bool = True) -> int:
     """Re-enqueue jobs left queued or processing by a stopped process (chunk ids are deterministic,
-    so re-running a half-written version simply overwrites it), and unprocessed webhook posts; through
-    ``services.queue``, so on a ``HueyQueue`` the jobs go to the ingest queue and the posts to the customer one.
+    so re-running a half-written version simply overwrites it), unprocessed webhook posts and, with ``sends``,
+    the sends the outbox has due (``runtime.whatsapp.outbound.send_due`` per conversation, at once); through
+    ``services.queue``, so on a ``HueyQueue`` the jobs go to the ingest queue and the rest to the customer one.
     Returns how many were queued. Call it only where nothing else runs that work: ``jobs=False`` leaves the jobs
     alone (another process consumes the ingest queue), ``posts=False`` the posts."""
     job_ids: list[str] = []
@@ -186,4 +206,7 @@ def requeue_interrupted(services: Services, jobs: bool = True, posts: bool = Tru
             post_ids = list(session.scalars(select(WebhookPost.id).where(WebhookPost.processed.is_(False))))
     for post_id in post_ids:
         services.queue.enqueue_webhook(post_id)
-    return len(job_ids) + len(post_ids)
+    conversation_ids = due_conversations(services) if sends else []
+    for conversation_id in conversation_ids:
+        services.queue.schedule_send(conversation_id, 0)
+    return len(job_ids) + len(post_ids) + len(conversation_ids)

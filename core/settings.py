@@ -77,6 +77,13 @@ class Settings(BaseSettings):
     whatsapp_debounce_s: float = 2.0  # a burst of messages within this time is answered by one turn
     whatsapp_debounce_max_s: float = 10.0  # ... but a burst is never left unanswered for longer than this
     whatsapp_send_timeout_s: float = 15.0
+    # the outbox (runtime.whatsapp.outbound): a send that failed for a reason that may pass (Graph API down,
+    # HTTP 429/5xx, rate limits) is tried again, after exponentially growing delays with jitter (the first about
+    # whatsapp_retry_first_delay_s, none over whatsapp_retry_max_delay_s), for whatsapp_retry_for_s after the
+    # message was stored -- and never once the 24-hour window has closed
+    whatsapp_retry_for_s: float = Field(default=6 * 3600.0, ge=0)
+    whatsapp_retry_first_delay_s: float = Field(default=10.0, gt=0)
+    whatsapp_retry_max_delay_s: float = Field(default=600.0, gt=0)
     # Meta's charge per billable message by pricing category (USD), e.g. {"marketing": 0.0625, "utility": 0.008}
     whatsapp_prices: dict[str, float] = Field(default_factory=dict)
     # web-widget turns run on their own threads (never a request thread the webhook needs), at most

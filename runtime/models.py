@@ -62,7 +62,8 @@ class Message(Base):
     direction: Mapped[str] = mapped_column(String(10))  # inbound | outbound
     text: Mapped[str] = mapped_column(Text)
     # inbound: received | answered | skipped | logged ; outbound: answered (not for a channel) | pending |
-    # sent | delivered | read | played | failed | unknown (the send timed out; statuses settle it)
+    # retrying (a send failed and will be tried again) | sent | delivered | read | played | failed | not_sent |
+    # unknown (the send timed out; statuses settle it)
     status: Mapped[str] = mapped_column(String(20))
     channel_message_id: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
     kind: Mapped[str] = mapped_column(String(30), default="text")  # text, image, location, template, reaction...
@@ -102,8 +103,10 @@ class MessagePart(Base):
     message_id: Mapped[str] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), index=True)
     position: Mapped[int] = mapped_column(Integer)
     text: Mapped[str] = mapped_column(Text)  # as sent: rendered for the channel
-    status: Mapped[str] = mapped_column(String(20))  # pending | unknown | sent | delivered | read | played | failed
+    # pending | retrying | unknown | sent | delivered | read | played | failed (runtime.whatsapp.outbound: the outbox)
+    status: Mapped[str] = mapped_column(String(20))
     channel_message_id: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
+    # the last failure (retrying: the error to be retried; failed: the reason)
     error_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error_title: Mapped[str | None] = mapped_column(Text, nullable=True)
     billable: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
@@ -111,9 +114,15 @@ class MessagePart(Base):
     channel_cost: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # sends tried (each a GraphClient.send, itself a few quick HTTP attempts)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # when the part may be sent (next): set while it waits for a send (pending) or a retry (retrying), None
+    # while a send is under way or once it is over
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
 
     def as_dict(self) -> dict:
-        keys = ("position", "text", "status", "channel_message_id", "error_code", "error_title", "sent_at")
+        keys = ("position", "text", "status", "channel_message_id", "error_code", "error_title", "sent_at",
+                "attempts", "next_attempt_at")
         return {k: getattr(self, k) for k in keys}
 
 

@@ -41,10 +41,16 @@ class WorkQueue(Protocol):
     def deliver_events(self, event_ids: list[str]) -> None:
         """Deliver outbound events (handoff notifications) to their webhook URLs."""
 
+    def schedule_send(self, conversation_id: str, delay_s: float) -> None:
+        """After ``delay_s`` seconds, send the conversation's outbound WhatsApp messages then due (a retry,
+        ``runtime.whatsapp.outbound.send_due``). The outbox keeps the due time, so a lost schedule only waits
+        for the next sweep."""
+
 
 class InlineQueue:
     """A ``WorkQueue`` that does the work at once, in the caller's thread, and logs a failure instead of raising
-    it (as a worker would). It cannot wait: a turn scheduled with a delay is answered now, without the debounce."""
+    it (as a worker would). It cannot wait: a turn scheduled with a delay is answered now, without the debounce;
+    a send scheduled for later is left due in the outbox, for the next ``send_due`` (the recovery sweep)."""
 
     def __init__(self, services: Services) -> None:
         self._services = services
@@ -75,3 +81,7 @@ class InlineQueue:
                 deliver_event(self._services, event_id)
             except Exception:
                 log.exception("delivery of event %s failed", event_id)
+
+    def schedule_send(self, conversation_id: str, delay_s: float) -> None:
+        """Nothing: the sends stay due in the outbox, for the next ``runtime.whatsapp.outbound.send_due``."""
+        log.debug("send retry of conversation %s in %.0fs left to the outbox sweep", conversation_id, delay_s)

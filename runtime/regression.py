@@ -359,6 +359,9 @@ class _EventsKept:
     def deliver_events(self, event_ids: list[str]) -> None:
         pass
 
+    def schedule_send(self, conversation_id: str, delay_s: float) -> None:
+        self._queue.schedule_send(conversation_id, delay_s)
+
 
 def _run_case(services: Services, case: RegressionCase, run_id: str) -> CaseResult:
     t = time.perf_counter()

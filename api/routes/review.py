@@ -104,6 +104,7 @@ class Metrics(BaseModel):
     delivery_failures: int
     unknown_sends: int
     not_sent: int
+    retrying_sends: int = Field(description="outbound messages the outbox will send again (status retrying)")
     turns: dict[str, int]
     handoff_conversations: int
     handoff_rate: float | None

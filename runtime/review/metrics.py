@@ -10,8 +10,8 @@ messages.
   time is the reply's ``latency_ms``). Percentiles interpolate linearly between closest ranks.
 - handoff rate: conversations with a ``handoff`` turn / conversations.
 - fallback rate: ``fallback`` turns / turns that produced a reply (answered, fallback, handoff).
-- delivery failures / unknown sends / not sent: outbound messages in status ``failed`` / ``unknown`` /
-  ``not_sent``.
+- delivery failures / unknown sends / not sent / retrying sends: outbound messages in status ``failed`` /
+  ``unknown`` / ``not_sent`` / ``retrying`` (the outbox will try again).
 - per day (UTC, by message ``created_at``): conversations active that day, messages, replies (turns
   with a reply), cost.
 - feedback (``runtime.feedback``): ratings of the selection's AI replies by rating and by source (reviewer,
@@ -55,10 +55,11 @@ def compute_metrics(session: Session, filters: ConversationFilters) -> dict:
 def _message_figures(session: Session, sel, conversations: int) -> dict:
     """Message counts, the response rate and time, cost and delivery problems of the selected conversations."""
     in_sel = Message.conversation_id.in_(sel)
-    messages, inbound, outbound, llm, channel, failed, unknown, not_sent = session.execute(select(
+    messages, inbound, outbound, llm, channel, failed, unknown, not_sent, retrying = session.execute(select(
         func.count(), func.count(case((_INBOUND, 1))), func.count(case((_OUTBOUND, 1))),
         func.sum(Message.cost), func.sum(Message.channel_cost),
-        *(func.count(case((_OUTBOUND & (Message.status == s), 1))) for s in ("failed", "unknown", "not_sent")),
+        *(func.count(case((_OUTBOUND & (Message.status == s), 1)))
+          for s in ("failed", "unknown", "not_sent", "retrying")),
     ).where(in_sel)).one()
     llm, channel = round_usd(llm), round_usd(channel)
     total = round_usd(llm + channel)
@@ -74,7 +75,7 @@ def _message_figures(session: Session, sel, conversations: int) -> dict:
         "response_time": {"count": len(waits), "avg_ms": _ratio(sum(waits), len(waits)),
                           "p50_ms": percentile(waits, 50), "p95_ms": percentile(waits, 95)},
         "cost": {"llm": llm, "channel": channel, "total": total, "per_conversation": _ratio(total, conversations)},
-        "delivery_failures": failed, "unknown_sends": unknown, "not_sent": not_sent,
+        "delivery_failures": failed, "unknown_sends": unknown, "not_sent": not_sent, "retrying_sends": retrying,
     }
 
 

@@ -6,6 +6,11 @@ request may have been read and no answer came (read timeout, dropped connection)
 ``"unknown"`` and it is not retried, since a retry could deliver the message twice; the status
 webhook settles it later. The access token goes only into the ``Authorization`` header and is
 never logged.
+
+A failure that may heal (no connection, HTTP 429 or 5xx, or one of Meta's temporary or rate-limit error
+codes, ``TEMPORARY_CODES``, whatever the HTTP status) is ``retryable``: the outbox
+(``runtime.whatsapp.outbound``) tries it again later, after these few quick attempts; any other failure
+(an invalid recipient, a bad token, a closed window...) is final.
 """
 from __future__ import annotations
 
@@ -29,6 +34,9 @@ _META_CODE_PREFIX = re.compile(r"^\(#\d+\)\s*")
 _URL = re.compile(r"https?://", re.IGNORECASE)
 
 SendStatus = Literal["accepted", "failed", "unknown"]
+# Meta's codes of failures that pass: unknown/temporary errors (1, 2, 131000, 131016) and rate limits (4 app,
+# 80007 account, 130429 throughput, 131048 spam, 131056 pair); they come with HTTP 4xx as well as 5xx
+TEMPORARY_CODES = frozenset({1, 2, 4, 80007, 130429, 131000, 131016, 131048, 131056})
 
 
 class GraphSender(Protocol):
@@ -42,7 +50,8 @@ class GraphSender(Protocol):
 @dataclass(frozen=True)
 class SendResult:
     """How a send ended. ``accepted``: Meta took it (``wamid`` set); ``failed``: it certainly was
-    not sent; ``unknown``: it may have been sent, wait for the status webhook."""
+    not sent; ``unknown``: it may have been sent, wait for the status webhook. A ``failed`` send is
+    ``retryable`` when it may succeed later (see the module docstring)."""
 
     status: SendStatus
     wamid: str | None
@@ -50,6 +59,7 @@ class SendResult:
     error_title: str | None
     attempts: int
     http_status: int | None
+    retryable: bool = False
 
 
 class _Retry(Exception):
@@ -144,7 +154,8 @@ class GraphClient:
             response = self._http.post(url, json=body, headers=headers)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             # nothing was sent: refused, unresolvable, or no connection in time
-            raise _Retry(_result("failed", attempt, title=f"could not connect: {_describe(exc)}")) from None
+            raise _Retry(_result("failed", attempt, title=f"could not connect: {_describe(exc)}",
+                                 retryable=True)) from None
         except httpx.UnsupportedProtocol as exc:
             return _result("failed", attempt, title=f"invalid Graph API URL: {exc}")
         except httpx.LocalProtocolError:
@@ -178,7 +189,8 @@ def _interpret(response: httpx.Response, attempt: int) -> SendResult:
         return _result("unknown", attempt, http_status=status,
                        title=f"HTTP {status} without a message id: {response.text[:200]}")
     code, title = _meta_error(answer, response)
-    result = _result("failed", attempt, code=code, title=title, http_status=status)
+    retryable = status == 429 or status >= 500 or code in TEMPORARY_CODES
+    result = _result("failed", attempt, code=code, title=title, http_status=status, retryable=retryable)
     if status == 429 or status >= 500:
         raise _Retry(result, _retry_after(response))
     return result
@@ -206,9 +218,9 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 
 def _result(status: SendStatus, attempts: int, *, wamid: str | None = None, code: int | None = None,
-            title: str | None = None, http_status: int | None = None) -> SendResult:
+            title: str | None = None, http_status: int | None = None, retryable: bool = False) -> SendResult:
     return SendResult(status=status, wamid=wamid, error_code=code, error_title=title,
-                      attempts=attempts, http_status=http_status)
+                      attempts=attempts, http_status=http_status, retryable=retryable)
 
 
 def _scrub(result: SendResult, token: str) -> SendResult:

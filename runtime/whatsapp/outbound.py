@@ -1,28 +1,67 @@
 """Outbound WhatsApp: the 24-hour window, replies rendered and split for WhatsApp, templates, and the
-send bookkeeping: every WhatsApp message sent is a ``MessagePart`` of the message it belongs to, stored
-before it is sent (accepted / failed / unknown afterwards); the message keeps what was written."""
+outbox: every WhatsApp message sent is a ``MessagePart`` of the message it belongs to, stored before it
+is sent; the message keeps what was written and sums up its parts (``runtime.whatsapp.delivery.settle``).
+
+The outbox (every send goes through it: AI and operator replies, ``send_reply``; templates, ``send_template``):
+
+- A part is stored ``pending`` and due (``next_attempt_at``); only one part of a message is due at a time,
+  the next one becomes due when the one before it was sent. A send first claims the part (one conditional
+  UPDATE clears ``next_attempt_at`` and counts the attempt), so two workers or a sweep and a scheduled retry
+  never send the same part twice; a claimed part is no longer due, whatever happens to the process.
+- The send's outcome: ``sent`` (Meta's wamid stored); ``unknown`` (no answer after the request went out:
+  Meta may have taken it, so it is never sent again, the status webhook settles it, found by the part id
+  echoed as callback data); ``failed`` at once when the failure will not heal (HTTP 4xx other than 429 and
+  Meta's rate limits: invalid recipient, bad token, closed window...); otherwise ``retrying``: the error is
+  kept, ``next_attempt_at`` set after an exponentially growing delay with jitter
+  (``Settings.whatsapp_retry_first_delay_s`` doubling up to ``whatsapp_retry_max_delay_s``), and the
+  conversation's sends are scheduled then (``WorkQueue.schedule_send``).
+- Retrying only resends what certainly was not sent: a connection that could not be made, or Meta's answer
+  that it did not take the message (429, 5xx, a temporary or rate-limit error code) -- the same rule as the
+  Graph client's own quick retries (``runtime.whatsapp.graph``), which already accepts that a 5xx answer
+  means "not taken". A claimed part whose process died mid-send is left as it is (not due, like ``unknown``).
+- Retries stop, and the part fails with the reason, once the message is ``whatsapp_retry_for_s`` old or, for
+  a free-form message (not a template), once the customer's 24-hour window has closed: a retry is never due
+  past either limit (the last one is put just before it).
+- A conversation's messages go out in order: its sends stop at the first part that is not due (a newer
+  message waits behind a retrying one, due no earlier than it); a new reply first retries the older ones.
+- ``send_due`` sends every due part: at start-up and periodically (``atende.jobs``), so a retry whose
+  scheduled job was lost (or an ``runtime.queue.InlineQueue``, which cannot wait) still happens.
+- A send that finally fails is logged at ERROR and flags the conversation for a person
+  (``runtime.handoff.flag_for_human``, with the assistant's ``handoff`` event when it has a ``handoff_url``).
+"""
 from __future__ import annotations
 
+import logging
+import random
 import re
 import threading
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from core.db import new_id, utcnow
 from core.errors import Conflict, InvalidRequest, NotFound
+from core.settings import Settings
+from runtime.config import AssistantConfig
+from runtime.handoff import flag_for_human
+from kb.models import Assistant
 from runtime.models import Conversation, Message, MessagePart
 from runtime.services import Services
 from runtime.whatsapp.delivery import settle
-from runtime.whatsapp.graph import GraphClient
+from runtime.whatsapp.graph import GraphClient, SendResult
 from runtime.whatsapp.models import WhatsAppSender, WhatsAppTemplate
+
+log = logging.getLogger(__name__)
 
 WINDOW = timedelta(hours=24)
 OUTSIDE_WINDOW = 131047  # Meta's error code for a free-form send outside the window
+OPEN = ("pending", "retrying")  # a part's statuses before it went out
+LAST_TRY_MARGIN = timedelta(seconds=30)  # the last retry before a limit is this long before it
+WAITING = "waiting for an earlier message to this customer to be sent"
 _PARAM = re.compile(r"\{\{\s*(\d+)\s*\}\}")
 _graph_lock = threading.Lock()  # one client per process, however many threads send at once
-
 
 def window_open(conv: Conversation, now: datetime) -> bool:
     """Free-form messages may be sent while the customer's last message is under 24 h old and Meta has
@@ -53,8 +92,9 @@ def sender_of(session: Session, conv: Conversation) -> WhatsAppSender:
 
 
 def send_reply(services: Services, reply_message_id: str) -> Message:
-    """Send a turn's (or an operator's) message to WhatsApp: rendered and split under 4096 characters, one
-    stored part per WhatsApp message. The message's text and sources stay as written.
+    """Send a turn's (or an operator's) message to WhatsApp through the outbox: rendered and split under 4096
+    characters, one stored part per WhatsApp message, then sent (after the conversation's older messages still
+    retrying). The message's text and sources stay as written.
 
     Outside the window nothing is sent to Meta: the message is kept with status ``not_sent``. A message
     already sent (it has parts) is not sent again.
@@ -67,7 +107,8 @@ def send_reply(services: Services, reply_message_id: str) -> Message:
         if reply.parts:
             return reply
         conv = session.get(Conversation, reply.conversation_id)
-        if not window_open(conv, services.clock()):
+        now = services.clock()
+        if not window_open(conv, now):
             reply.status, reply.error_title = "not_sent", "outside the 24-hour window: only templates may be sent"
             session.commit()
             return reply
@@ -76,34 +117,238 @@ def send_reply(services: Services, reply_message_id: str) -> Message:
             reply.status, reply.error_title = "not_sent", "the reply is empty once rendered for WhatsApp"
             session.commit()
             return reply
-        _add_parts(reply, texts)
+        _add_parts(reply, texts, now)
         session.commit()  # stored before anything goes out
-        sender, to = sender_of(session, conv), conv.customer_id
-        client = graph_client(services)
-        for part in reply.parts:
-            result = client.send_text(sender, to, part.text, callback_data=part.id)
-            _record(session, conv, reply, part, result, services.clock())
-            if part.status == "failed":
-                break  # the rest would fail the same way; they stay pending for review
-        return reply
+    _send_conversation(services, reply.conversation_id, force=True)
+    return _reloaded(services, reply_message_id)
 
 
-def _add_parts(message: Message, texts: list[str]) -> None:
-    now = utcnow()
-    message.parts = [MessagePart(id=new_id(), position=i, text=text, status="pending", channel_cost=0.0, created_at=now)
+def send_due(services: Services, conversation_id: str | None = None) -> int:
+    """Send every part whose attempt is due (of one conversation, or of all), each conversation's in order;
+    returns how many sends were tried. The recovery sweep: run at start-up and periodically, and by the jobs
+    ``WorkQueue.schedule_send`` schedules. Safe to run anywhere at any time (a part is claimed before it is sent)."""
+    if conversation_id is not None:
+        return _send_conversation(services, conversation_id)
+    return sum(_send_conversation(services, cid) for cid in due_conversations(services))
+
+
+def due_conversations(services: Services) -> list[str]:
+    """The conversations with a part due now (oldest due first)."""
+    with services.session() as session:
+        rows = session.execute(
+            select(Message.conversation_id, MessagePart.next_attempt_at)
+            .join(Message, Message.id == MessagePart.message_id)
+            .where(MessagePart.status.in_(OPEN), MessagePart.next_attempt_at <= services.clock())
+            .order_by(MessagePart.next_attempt_at)).all()
+    return list(dict.fromkeys(cid for cid, _ in rows))
+
+
+def retry_delay_s(settings: Settings, attempts: int, rand=random.random) -> float:
+    """The wait before the next send after ``attempts`` sends failed: ``whatsapp_retry_first_delay_s`` doubling
+    with each attempt, capped at ``whatsapp_retry_max_delay_s``, drawn between half of it and all of it (jitter,
+    so the sends an outage held back do not all come back at once)."""
+    full = min(settings.whatsapp_retry_max_delay_s,
+               settings.whatsapp_retry_first_delay_s * 2 ** (min(max(attempts, 1), 40) - 1))
+    return full / 2 + rand() * full / 2
+
+
+def _reloaded(services: Services, message_id: str) -> Message:
+    with services.session() as session:
+        msg = session.get(Message, message_id)
+        msg.parts  # noqa: B018 (loaded for the caller, after the session closes)
+        return msg
+
+
+def _add_parts(message: Message, texts: list[str], now: datetime) -> None:
+    """The message's parts, stored ``pending``; the first is due ``now``, each next one once the one before is sent."""
+    message.parts = [MessagePart(id=new_id(), position=i, text=text, status="pending", channel_cost=0.0, created_at=now,
+                                 attempts=0, next_attempt_at=now if i == 0 else None)
                      for i, text in enumerate(texts)]
     settle(message)
 
 
-def _record(session: Session, conv: Conversation, message: Message, part: MessagePart, result, now: datetime) -> None:
-    if result.status == "accepted":
-        part.status, part.channel_message_id, part.sent_at = "sent", result.wamid, now
-    else:
-        part.status, part.error_code, part.error_title = result.status, result.error_code, result.error_title
-        if result.error_code == OUTSIDE_WINDOW:
-            conv.window_closed_at = now
-    conv.cost += settle(message)
+def _next_open_part(session: Session, conversation_id: str) -> MessagePart | None:
+    """The conversation's first part waiting to be sent (due now or later), in message order."""
+    return session.scalars(
+        select(MessagePart).join(Message, Message.id == MessagePart.message_id)
+        .where(Message.conversation_id == conversation_id, MessagePart.status.in_(OPEN),
+               MessagePart.next_attempt_at.is_not(None))
+        .order_by(Message.created_at, Message.id, MessagePart.position).limit(1)).first()
+
+
+def _send_conversation(services: Services, conversation_id: str, *, force: bool = False) -> int:
+    """Send the conversation's waiting parts in order, until one is not due (``force``: the first of them is
+    tried even so: a new reply retries the older ones) or its send does not go through; returns the sends tried."""
+    tried = 0
+    while True:
+        with services.session() as session:
+            part = _next_open_part(session, conversation_id)
+            if part is None or (not force and part.next_attempt_at > services.clock()):
+                return tried
+            part_id = part.id
+        outcome = _attempt(services, part_id, force=force)
+        if outcome.tried:
+            tried += 1
+        if outcome.status not in ("sent", "unknown", "failed"):
+            return tried  # retrying, or taken by another worker: the rest wait behind it
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    status: str  # the part's status after the attempt, or "busy" (another worker has it, or not due)
+    tried: bool
+
+
+def _attempt(services: Services, part_id: str, *, force: bool = False) -> _Outcome:
+    """One send of the part, if it is still waiting (and due, unless ``force``) and can be claimed."""
+    with services.session() as session:
+        now = services.clock()
+        part = session.get(MessagePart, part_id)
+        if part is None or part.status not in OPEN or part.next_attempt_at is None:
+            return _Outcome("busy", False)
+        if not force and part.next_attempt_at > now:
+            return _Outcome("busy", False)
+        msg = session.get(Message, part.message_id)
+        conv = session.get(Conversation, msg.conversation_id)
+        reason = _expired(services.settings, conv, msg, part, now)
+        try:
+            sender = sender_of(session, conv)
+        except NotFound as exc:  # the number was removed since
+            reason = reason or str(exc)
+        if reason is not None:
+            if _claim(session, part, now, force=True, count=False):
+                _fail(services, session, conv, msg, part, part.error_code, reason, now)
+                return _Outcome("failed", False)
+            return _Outcome("busy", False)
+        if not _claim(session, part, now, force=force):
+            return _Outcome("busy", False)
+        client = graph_client(services)
+        if msg.kind == "template":
+            template = msg.payload or {}
+            result = client.send_template(sender, conv.customer_id, template["template"], template["language"],
+                                          list(template.get("parameters") or []), callback_data=part.id)
+        else:
+            result = client.send_text(sender, conv.customer_id, part.text, callback_data=part.id)
+        return _Outcome(_record(services, session, conv, msg, part, result, services.clock()), True)
+
+
+def _claim(session: Session, part: MessagePart, now: datetime, *, force: bool, count: bool = True) -> bool:
+    """Take the part for one send: clear its due time and count the attempt (unless not ``count``: it is taken to
+    be failed), if nobody took it first."""
+    due = [MessagePart.id == part.id, MessagePart.status.in_(OPEN), MessagePart.next_attempt_at.is_not(None)]
+    if not force:
+        due.append(MessagePart.next_attempt_at <= now)
+    attempts = MessagePart.attempts + 1 if count else MessagePart.attempts
+    claimed = session.execute(update(MessagePart).where(*due).values(
+        attempts=attempts, next_attempt_at=None).execution_options(synchronize_session=False)).rowcount
     session.commit()
+    session.refresh(part)
+    return claimed == 1
+
+
+def _limits(settings: Settings, conv: Conversation, msg: Message, part: MessagePart) -> list[tuple[datetime, str]]:
+    """The times after which the part may no longer be sent, each with the reason."""
+    limits = [(part.created_at + timedelta(seconds=settings.whatsapp_retry_for_s),
+               f"not sent: the Graph API did not take it within {settings.whatsapp_retry_for_s / 3600:g} h")]
+    if msg.kind != "template":
+        last = conv.last_inbound_at
+        closes = last + WINDOW if last is not None else part.created_at
+        if conv.window_closed_at is not None and last is not None and conv.window_closed_at >= last:
+            closes = min(closes, conv.window_closed_at)
+        limits.append((closes, "not sent: the customer's 24-hour window closed before the Graph API took it"))
+    return limits
+
+
+def _expired(settings: Settings, conv: Conversation, msg: Message, part: MessagePart, now: datetime) -> str | None:
+    """Why the part may no longer be sent (a limit passed), or None."""
+    for limit, reason in sorted(_limits(settings, conv, msg, part)):
+        if now >= limit:
+            return _with_last_error(reason, part)
+    return None
+
+
+def _with_last_error(reason: str, part: MessagePart) -> str:
+    return f"{reason} (last error: {part.error_title})" if part.error_title and part.error_title != WAITING else reason
+
+
+def _record(services: Services, session: Session, conv: Conversation, msg: Message, part: MessagePart,
+            result: SendResult, now: datetime) -> str:
+    """Store the send's outcome (see the module docstring); returns the part's status."""
+    if result.status in ("accepted", "unknown"):
+        if result.status == "accepted":
+            part.status, part.channel_message_id, part.sent_at = "sent", result.wamid, now
+            part.error_code, part.error_title = None, None
+        else:
+            part.status, part.error_code, part.error_title = "unknown", result.error_code, result.error_title
+        following = next((p for p in msg.parts if p.position > part.position and p.status in OPEN), None)
+        if following is not None:
+            following.next_attempt_at = now
+        conv.cost += settle(msg)
+        session.commit()
+        return part.status
+    if result.retryable:
+        part.error_code, part.error_title = result.error_code, result.error_title
+        due = _next_due(services.settings, conv, msg, part, now)
+        if due is not None:
+            part.status, part.next_attempt_at = "retrying", due
+            _hold_later_parts(session, conv.id, msg, due)
+            conv.cost += settle(msg)
+            session.commit()
+            log.warning("WhatsApp message %s (part %d) not sent, attempt %d: %s; retried at %s", msg.id,
+                        part.position, part.attempts, result.error_title, due.isoformat())
+            services.queue.schedule_send(conv.id, max((due - now).total_seconds(), 0.0))
+            return "retrying"
+        reason = _with_last_error(min(_limits(services.settings, conv, msg, part))[1], part)
+        _fail(services, session, conv, msg, part, result.error_code, reason, now)
+        return "failed"
+    if result.error_code == OUTSIDE_WINDOW:
+        conv.window_closed_at = now
+    _fail(services, session, conv, msg, part, result.error_code, result.error_title, now)
+    return "failed"
+
+
+def _next_due(settings: Settings, conv: Conversation, msg: Message, part: MessagePart, now: datetime) -> datetime | None:
+    """When to try the part again, or None when no try is left before its first limit (the last one is put
+    ``LAST_TRY_MARGIN`` before that limit)."""
+    due = now + timedelta(seconds=retry_delay_s(settings, part.attempts))
+    limit = min(limit for limit, _ in _limits(settings, conv, msg, part))
+    if due <= limit - LAST_TRY_MARGIN:
+        return due
+    if limit - now > 2 * LAST_TRY_MARGIN:
+        return limit - LAST_TRY_MARGIN
+    return None
+
+
+def _hold_later_parts(session: Session, conversation_id: str, msg: Message, due: datetime) -> None:
+    """Newer messages of the conversation waiting to go out wait behind ``msg`` (due no earlier than it)."""
+    later = session.scalars(
+        select(MessagePart).join(Message, Message.id == MessagePart.message_id)
+        .where(Message.conversation_id == conversation_id, Message.id != msg.id, MessagePart.status.in_(OPEN),
+               MessagePart.next_attempt_at.is_not(None), MessagePart.next_attempt_at < due,
+               Message.created_at >= msg.created_at))
+    for other in later:
+        other.next_attempt_at = due
+        if other.attempts == 0:
+            other.error_title = WAITING
+            other_msg = session.get(Message, other.message_id)
+            settle(other_msg)
+
+
+def _fail(services: Services, session: Session, conv: Conversation, msg: Message, part: MessagePart,
+          code: int | None, reason: str | None, now: datetime) -> None:
+    """The part failed for good: record the reason, flag the conversation for a person (and its handoff event)."""
+    part.status, part.next_attempt_at, part.error_code, part.error_title = "failed", None, code, reason
+    conv.cost += settle(msg)
+    log.error("WhatsApp message %s (part %d of conversation %s) failed after %d attempt(s): %s", msg.id,
+              part.position, conv.id, part.attempts, reason)
+    assistant = session.get(Assistant, conv.assistant_id)
+    config = AssistantConfig.model_validate((assistant.config if assistant else None) or {})
+    flagged = {"reason": f"a message could not be sent to the customer: {reason}"[:500], "callback_phone": None,
+               "callback_time": None, "at": now.isoformat()}
+    event_id = flag_for_human(session, conv, conv.assistant_id, config, flagged, pause=False)
+    session.commit()
+    if event_id:
+        services.queue.deliver_events([event_id])
 
 
 def send_operator_message(services: Services, conversation_id: str, text: str) -> Message:
@@ -137,7 +382,8 @@ def fill_template(body: str, parameters: list[str]) -> str:
 
 def send_template(services: Services, *, sender_id: str, customer_id: str, name: str, language: str,
                   parameters: list[str]) -> Message:
-    """Send an approved template (e.g. to re-open a conversation); recorded like any message."""
+    """Send an approved template (e.g. to re-open a conversation) through the outbox, like any message (a template
+    is not bound to the 24-hour window, only to the retry period)."""
     with services.session() as session:
         sender = session.get(WhatsAppSender, sender_id)
         if sender is None:
@@ -156,12 +402,8 @@ def send_template(services: Services, *, sender_id: str, customer_id: str, name:
         msg = Message(id=new_id(), conversation_id=conv.id, direction="outbound", text=text, kind="template",
                       status="pending", payload={"template": name, "language": language, "parameters": parameters},
                       created_at=utcnow())
-        _add_parts(msg, [text])
+        _add_parts(msg, [text], services.clock())
         session.add(msg)
-        session.commit()
-        part = msg.parts[0]
-        result = graph_client(services).send_template(sender, customer_id, name, language, parameters,
-                                                      callback_data=part.id)
-        _record(session, conv, msg, part, result, services.clock())
-        session.refresh(msg)
-        return msg
+        session.commit()  # stored before anything goes out
+    _send_conversation(services, msg.conversation_id, force=True)
+    return _reloaded(services, msg.id)
