@@ -13,6 +13,7 @@ from atende.demo import ensure_demo
 from atende.jobs import HueyQueue, requeue_interrupted, start_embedded_consumers
 from atende.services import build_services
 from core.settings import Settings
+from runtime.recovery import recover
 from runtime.services import Services
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         consumers = start_embedded_consumers(queue, services.settings)
         if consumers and not services.settings.redis_url:  # the only worker: nothing else can be running them
             requeue_interrupted(services, jobs=services.settings.ingest_workers > 0)
+        elif consumers:  # one worker among others: only what is owed by its leases and ages (runtime.recovery)
+            recover(services, sends=True)
         if demo:
             for job_id in ensure_demo(services):
                 services.queue.enqueue_job(job_id)

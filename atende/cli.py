@@ -44,9 +44,11 @@ def cmd_admin_token(args) -> int:
 def cmd_worker(args) -> int:
     """Consume the queue(s) ``--queue`` names (default: both) until stopped by a signal."""
     from atende.jobs import HueyQueue, run_workers, worker_consumers
+    from runtime.recovery import recover
 
     services = _services(args)
     services.queue = queue = HueyQueue.from_settings(services)
+    recover(services, sends=True)  # at start, what dead workers left owed (then every minute, "recovery.sweep")
     run_workers(worker_consumers(queue, _worker_queues(args.queue), args.workers, args.ingest_workers))
     return 0
 

@@ -20,18 +20,20 @@ from datetime import datetime
 from huey import RedisHuey, SqliteHuey, crontab
 from huey.api import Huey
 from huey.consumer import Consumer
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from core.db import utcnow
 from core.settings import Settings
 from ingest.pipeline import run_job
 from kb.models import IngestJob
 from runtime.events import deliver_event
+from runtime.models import Conversation
+from runtime.recovery import owed_turns, recover
 from runtime.services import Services
 from runtime.whatsapp.inbound import process_post
 from runtime.whatsapp.models import WebhookPost
 from runtime.whatsapp.outbound import due_conversations, send_due
-from runtime.whatsapp.turns import run_whatsapp_turn, start_turns
+from runtime.whatsapp.turns import LEASE_OWNER, run_whatsapp_turn, start_turns
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +57,9 @@ def make_huey(settings: Settings, queue: str = CUSTOMER) -> Huey:
 class HueyQueue:
     """The ``runtime.queue.WorkQueue`` on two hueys: ingestion jobs ("ingest.run_job") on ``ingest``; WhatsApp posts
     ("whatsapp.process"), turns ("whatsapp.turn"), send retries ("whatsapp.send") and event delivery
-    ("events.deliver") on ``huey``, the customer queue, with the outbox sweep ("whatsapp.send_due", every minute,
-    run by the customer queue's consumers). Their consumers (the embedded ones, or ``atende worker`` processes)
+    ("events.deliver") on ``huey``, the customer queue, with the outbox sweep ("whatsapp.send_due", every minute)
+    and the recovery sweep ("recovery.sweep", every minute: ``runtime.recovery.recover``), both run by the customer
+    queue's consumers. Their consumers (the embedded ones, or ``atende worker`` processes)
     run them. Embedded (SQLite) and Redis differ only in the hueys' storage.
 
     The tasks run on ``services``; make this queue ``services.queue``, since the tasks queue their
@@ -98,7 +101,13 @@ class HueyQueue:
             # the recovery sweep: retries whose scheduled job was lost (a flushed Redis, a deleted queue file)
             send_due(services)
 
+        @huey.periodic_task(crontab(minute="*"), name="recovery.sweep")
+        def recovery_sweep() -> None:
+            # owed work no queued job will do: dead turns, unanswered messages, stuck jobs, lost posts
+            recover(services)
+
         self._run_ingest_job, self._deliver_events = run_ingest_job, deliver_events
+        self.recovery_sweep = recovery_sweep
         self._process_webhook, self._whatsapp_turn = process_webhook, whatsapp_turn
         self._whatsapp_send, self.whatsapp_send_due = whatsapp_send, whatsapp_send_due
 
@@ -186,7 +195,8 @@ def run_workers(consumers: Sequence[Consumer]) -> None:
 def requeue_interrupted(services: Services, jobs: bool = True, posts: bool = True, sends: bool = True) -> int:
     """Re-enqueue jobs left queued or processing by a stopped process (chunk ids are deterministic,
     so re-running a half-written version simply overwrites it), unprocessed webhook posts and, with ``sends``,
-    the sends the outbox has due (``runtime.whatsapp.outbound.send_due`` per conversation, at once); through
+    the sends the outbox has due (``runtime.whatsapp.outbound.send_due`` per conversation, at once), and the turns
+    owed (``runtime.recovery.owed_turns``, every turn lease of another process cleared first); through
     ``services.queue``, so on a ``HueyQueue`` the jobs go to the ingest queue and the rest to the customer one.
     Returns how many were queued. Call it only where nothing else runs that work: ``jobs=False`` leaves the jobs
     alone (another process consumes the ingest queue), ``posts=False`` the posts."""
@@ -209,4 +219,11 @@ def requeue_interrupted(services: Services, jobs: bool = True, posts: bool = Tru
     conversation_ids = due_conversations(services) if sends else []
     for conversation_id in conversation_ids:
         services.queue.schedule_send(conversation_id, 0)
-    return len(job_ids) + len(post_ids) + len(conversation_ids)
+    with services.session() as session:  # the only worker: a turn lease of another process is a dead one's
+        session.execute(update(Conversation).where(Conversation.turn_lease_owner != LEASE_OWNER)
+                        .values(turn_lease_until=None, turn_lease_owner=None))
+        session.commit()
+    turns = owed_turns(services, services.clock())
+    for conversation_id in turns:
+        services.queue.schedule_turn(conversation_id, 0)
+    return len(job_ids) + len(post_ids) + len(conversation_ids) + len(turns)

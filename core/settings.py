@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     whatsapp_debounce_s: float = 2.0  # a burst of messages within this time is answered by one turn
     whatsapp_debounce_max_s: float = 10.0  # ... but a burst is never left unanswered for longer than this
     whatsapp_send_timeout_s: float = 15.0
+    # recovery (runtime.recovery, every minute and at start): work owed once this margin has passed beyond its
+    # limit -- a WhatsApp turn's lease is its deadline plus it, a pending message is owed a turn once it is older
+    # than the debounce plus it, an ingestion job's lease is ingest_timeout_s plus it
+    recovery_margin_s: float = Field(default=60.0, gt=0)
     # the outbox (runtime.whatsapp.outbound): a send that failed for a reason that may pass (Graph API down,
     # HTTP 429/5xx, rate limits) is tried again, after exponentially growing delays with jitter (the first about
     # whatsapp_retry_first_delay_s, none over whatsapp_retry_max_delay_s), for whatsapp_retry_for_s after the

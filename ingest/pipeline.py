@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from sqlalchemy import select, update
@@ -173,6 +174,13 @@ def embed_and_store(
         deadline.check()
 
 
+def job_lease_until(settings: Settings) -> datetime:
+    """Until when a worker answers for the job it claims now (or for the document it starts re-embedding):
+    the time limit of one document (``ingest_timeout_s``) plus ``recovery_margin_s``. A ``processing`` job past
+    its lease was left by a dead worker (``runtime.recovery`` queues it again)."""
+    return utcnow() + timedelta(seconds=settings.ingest_timeout_s + settings.recovery_margin_s)
+
+
 def run_job(services: IngestServices, job_id: str) -> IngestJob:
     """Run one queued job (ingest or re-embed) to completion; never raises for a failed document.
 
@@ -183,7 +191,7 @@ def run_job(services: IngestServices, job_id: str) -> IngestJob:
         claimed = session.execute(
             update(IngestJob)
             .where(IngestJob.id == job_id, IngestJob.status == "queued")
-            .values(status="processing", started_at=utcnow())
+            .values(status="processing", started_at=utcnow(), lease_until=job_lease_until(services.settings))
         ).rowcount
         job = session.get(IngestJob, job_id)
         if not claimed:
@@ -304,6 +312,8 @@ def _reembed(services: IngestServices, job_id: str, timings: Timings, limit_s: f
                 job.chunks_total += len(todo)
                 for version in todo:  # documents replaced meanwhile show up in the next round
                     deadline = Deadline(limit_s, f"re-embedding {version.document.filename}")
+                    job.lease_until = job_lease_until(services.settings)  # each document gets its own time
+                    session.commit()
                     _, chunks = prepare_chunks(services.blobs.get(version.content_hash), version.file_type, limits,
                                                embedder, kb, timings, deadline)
                     embed_and_store(services, new_collection, embedder, version.document, version, chunks, timings,

@@ -113,3 +113,6 @@ class IngestJob(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # while ``processing``: until when the worker answers for it (claimed, renewed as it progresses); a job past
+    # it was left by a dead worker, and the recovery sweep (runtime.recovery) queues it again
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -32,6 +32,10 @@ class Conversation(Base):
     tokens_in: Mapped[int] = mapped_column(Integer, default=0)
     tokens_out: Mapped[int] = mapped_column(Integer, default=0)
     cost: Mapped[float] = mapped_column(Float, default=0.0)
+    # a running WhatsApp turn's lease (runtime.whatsapp.turns): until when its process (``turn_lease_owner``)
+    # answers for it; past it, the process died and the recovery sweep (runtime.recovery) queues the turn again
+    turn_lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    turn_lease_owner: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
 
 class Turn(Base):
