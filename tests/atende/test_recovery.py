@@ -207,3 +207,41 @@ def test_a_job_claimed_before_leases_existed_counts_from_its_start(world):
     assert owed_work(services).jobs == []
     clock.now += timedelta(seconds=10)
     assert owed_work(services).jobs == [old]
+
+
+def test_on_redis_two_workers_sweeping_at_once_give_one_reply(redis_services):
+    """The periodic sweep task of two workers runs at once on the Redis customer queue: one reply."""
+    import time
+
+    from atende.jobs import HueyQueue, start_embedded_consumer
+
+    services = redis_services
+    clock = Clock()
+    services.clock = clock
+    with GraphStandIn() as graph:
+        services.whatsapp_graph = GraphClient(graph.base_url, timeout_s=2, attempts=1)
+        services.queue = queue = HueyQueue.from_settings(services)
+        with services.session() as session:
+            a = registry.create_assistant(session, name="loja", embedding_model="all-minilm-l6-v2", chunk_size=128,
+                                          chunk_overlap=16)
+            session.add(WhatsAppSender(id="snd1", assistant_id=a.id, phone_number_id=PHONE_ID,
+                                       access_token="token-xyz", app_secret="app-secret-rec", verify_token="v"))
+            conv = store.find_or_create_conversation(session, assistant_id=a.id, channel="whatsapp", sender=PHONE_ID,
+                                                     customer_id=CUSTOMER)
+            conv.last_inbound_at = clock.now
+            session.commit()
+            conv_id = conv.id
+        msg_id = inbound(services, conv_id, "hello", age_s=600)
+        queue.recovery_sweep()  # as two workers' schedulers would enqueue it
+        queue.recovery_sweep()
+        consumer = start_embedded_consumer(queue.huey, 2)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and (status_of(services, msg_id) != "answered"
+                                                   or queue.huey.pending_count()):
+                time.sleep(0.05)
+        finally:
+            consumer.stop(graceful=True)
+        assert status_of(services, msg_id) == "answered"
+        assert len(graph.sent) == 1
+        services.close()
