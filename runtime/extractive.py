@@ -34,15 +34,19 @@ def sentences(text: str) -> list[str]:
     out = []
     for part in _merge_abbreviations([p for unit in _units(text) for p in _SENTENCE_END.split(unit)]):
         part = _MARKUP_LINE.sub("", part).strip().strip("|").strip()
-        n = len(part.split())
-        title = n <= TITLE_WORDS and not _SENTENCE_TAIL.search(part) and not any(c.isdigit() for c in part)
-        if n >= MIN_WORDS and not title and not part.endswith("?"):
+        if len(part.split()) >= MIN_WORDS and not _title(part) and not part.endswith("?"):
             out.append(part if len(part) <= MAX_CHARS else part[:MAX_CHARS].rsplit(" ", 1)[0] + "…")
     return out
 
 
+def _title(text: str) -> bool:
+    """Whether a line is a heading: at most ``TITLE_WORDS`` words, no final stop, no number."""
+    return len(text.split()) <= TITLE_WORDS and not _SENTENCE_TAIL.search(text) and not any(c.isdigit() for c in text)
+
+
 def _units(text: str) -> list[str]:
-    """Paragraphs with their wrapped lines joined, and every heading, list item and table row on its own."""
+    """Paragraphs with their wrapped lines joined, and every heading (marked, or a short line of plain text
+    without a final stop), list item and table row on its own."""
     units: list[str] = []
     joinable = False
     for line in text.splitlines():
@@ -52,7 +56,7 @@ def _units(text: str) -> list[str]:
             units[-1] = f"{units[-1]} {line.strip()}"
         else:
             units.append(line.strip())
-            joinable = not _MARKUP_LINE.match(line)
+            joinable = not _MARKUP_LINE.match(line) and not _title(line.strip())
     return units
 
 

@@ -15,6 +15,10 @@ def test_a_passage_splits_into_sentences_items_and_rows_without_markup():
     assert not any(p.startswith(("#", "-", "|")) for p in parts)
     assert "Perguntas frequentes" not in parts and "Horário de funcionamento da loja" not in sentences(
         "Horário de funcionamento da loja\nAbrimos às 8h.")  # headings are not answers
+    # a plain-text heading is not glued to the line under it; a paragraph's wrapped lines are joined
+    assert sentences("Cancelamentos e remarcações\nDevem ser feitos com 24 horas de antecedência.\nFaltas sem\n"
+                     "aviso geram uma taxa.") == ["Devem ser feitos com 24 horas de antecedência.",
+                                                  "Faltas sem aviso geram uma taxa."]
 
 
 def test_the_sentence_closest_to_the_question_is_chosen(embedders):
