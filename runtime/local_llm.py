@@ -16,6 +16,7 @@ times per window.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import re
@@ -139,6 +140,9 @@ class LlamaCppServer:
         self._proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=env
         )
+        # a process that ends without stopping its services (a script, an interrupted CLI) takes the server with it:
+        # left behind, each holds ~3 GB and its threads
+        atexit.register(self.stop)
         # loopback: never via a proxy (trust_env=False ignores $HTTP_PROXY and the like)
         self._http = httpx.Client(base_url=f"http://{self.host}:{self.port}", trust_env=False, timeout=30.0)
         try:
@@ -238,6 +242,7 @@ class LlamaCppServer:
     def stop(self, timeout: float = 10.0) -> None:
         """Terminate the server (kill it if it does not exit within ``timeout``)."""
         proc, self._proc = self._proc, None
+        atexit.unregister(self.stop)
         if proc is not None and proc.poll() is None:
             proc.terminate()
             try:

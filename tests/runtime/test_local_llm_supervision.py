@@ -150,3 +150,19 @@ def test_the_real_server_dying_mid_generation_is_reported_and_restarted(tmp_path
         assert reply.content.strip() and model.server._proc.pid != pid
     finally:
         model.close()
+
+
+def test_a_process_that_exits_without_stopping_the_server_takes_it_along(tmp_path):
+    """A script or CLI that ends without closing its services leaves no model server behind (each holds GBs)."""
+    import subprocess
+
+    model_file = tmp_path / "model.gguf"
+    model_file.write_bytes(b"GGUF")
+    script = ("import sys; from runtime.local_llm import LlamaCppServer; "
+              f"s = LlamaCppServer({str(model_file)!r}, python=sys.executable, module='tests.llm_standin', "
+              "startup_timeout=30).start(); print(s._proc.pid, flush=True)")
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "STANDIN_CRASH": ""}, check=True)
+    pid = int(out.stdout.split()[-1])
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # gone (stop() waited for it), not orphaned
