@@ -22,12 +22,14 @@ from pathlib import Path
 from atende.evaluation.retrieval import evaluation_services, half, ingest_corpus, load_jsonl
 from kb import registry
 from kb.embedders import default_min_score
+from kb.keyword import detect_language, key_terms, words
 from runtime.extractive import best_sentence
 from runtime.text_match import contains_answer
 from runtime.turn import retrieve
 
 PASSAGE_THRESHOLDS = (0.80, 0.82, 0.84, 0.85, 0.86, 0.87, 0.88, 0.89, 0.90)
 SENTENCE_THRESHOLDS = (0.0, 0.80, 0.82, 0.84, 0.85, 0.86, 0.87, 0.88, 0.89, 0.90, 0.92)
+SHARED_THRESHOLDS = (0, 1, 2, 3)  # key terms of the question (stemmed, no stopwords) in the best sentence
 TOP_K = 3
 
 
@@ -36,8 +38,8 @@ def _quarter(passage_id: str) -> str:
 
 
 def probe(services, questions: list[dict], model: str) -> list[dict]:
-    """Per question: the top hit's similarity, its best sentence's, and whether that sentence contains a
-    gold answer."""
+    """Per question: the top hit's similarity, its best sentence's, how many of the question's key terms that
+    sentence holds, and whether it contains a gold answer."""
     out = []
     embedder = services.embedders.get(model)
     with services.session() as session:
@@ -45,7 +47,10 @@ def probe(services, questions: list[dict], model: str) -> list[dict]:
         for q in questions:
             hits = retrieve(services, session, assistant, [q["question"]], TOP_K, default_min_score(model))
             best = best_sentence(embedder, q["question"], hits[0].text) if hits else None
+            lang = detect_language(words(q["question"]))
+            shared = len(key_terms(q["question"], lang) & key_terms(best[0], lang)) if best else 0
             out.append({"score": hits[0].score if hits else 0.0, "sentence_score": best[1] if best else 0.0,
+                        "shared": shared,
                         "contains": bool(best) and contains_answer(best[0], q.get("answers") or [])})
     return out
 
@@ -70,14 +75,14 @@ def calibrate(set_dir: Path, oos_dirs: list[Path], model: str, chunk_size: int =
 
 
 def sweep(probes: list[dict]) -> list[dict]:
-    """Every (passage, sentence) threshold pair: per set, the share of in-scope questions answered by a
-    quote containing a gold answer, and the share of out-of-scope questions quoted at all."""
+    """Every (passage, sentence, shared terms) threshold triple: per set, the share of in-scope questions answered
+    by a quote containing a gold answer, and the share of out-of-scope questions quoted at all."""
     rows = []
-    for p_min, s_min in itertools.product(PASSAGE_THRESHOLDS, SENTENCE_THRESHOLDS):
-        row = {"passage": p_min, "sentence": s_min}
+    for p_min, s_min, k_min in itertools.product(PASSAGE_THRESHOLDS, SENTENCE_THRESHOLDS, SHARED_THRESHOLDS):
+        row = {"passage": p_min, "sentence": s_min, "shared": k_min}
         for result in probes:
             def quoted(p):  # used before the loop moves on
-                return p["score"] >= p_min and p["sentence_score"] >= s_min  # noqa: B023
+                return p["score"] >= p_min and p["sentence_score"] >= s_min and p.get("shared", 0) >= k_min  # noqa: B023
             inside, outside = result["in_scope"], result["out_of_scope"]
             row[result["set"]] = {"contains": round(sum(quoted(p) and p["contains"] for p in inside) / len(inside), 4),
                                   "oos_quoted": round(sum(map(quoted, outside)) / len(outside), 4)}
@@ -103,9 +108,9 @@ def main() -> None:
     names = [p["set"] for p in probes]
     rows = [r for r in sweep(probes) if all(r[n]["oos_quoted"] <= a.max_oos for n in names)]
     rows.sort(key=lambda r: -sum(r[n]["contains"] for n in names))
-    print("passage sentence  " + "  ".join(f"{n}: contains / oos quoted" for n in names))
+    print("passage sentence shared  " + "  ".join(f"{n}: contains / oos quoted" for n in names))
     for r in rows[:15]:
-        print(f"{r['passage']:7.2f} {r['sentence']:8.2f}  " + "  ".join(
+        print(f"{r['passage']:7.2f} {r['sentence']:8.2f} {r['shared']:6d}  " + "  ".join(
             f"{r[n]['contains']:>{len(n) + 11}.1%} / {r[n]['oos_quoted']:.1%}" for n in names))
 
 
