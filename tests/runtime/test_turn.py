@@ -171,7 +171,7 @@ def test_handoff_pauses_the_ai_until_resumed(shop):
     with services.session() as session:
         conv = session.get(Conversation, r.conversation_id)
         assert conv.handoff["reason"] == "quer falar com o gerente"
-        conv.ai_enabled = True
+        conv.handoff_state = "ai"
         session.commit()
     model.enqueue("Oi de novo! Como posso ajudar?")
     back = chat(services, aid, "Voltei")
@@ -388,7 +388,7 @@ def test_a_tool_call_written_as_text_is_never_sent_to_the_customer(shop):
     assert r.status == "handoff" and r.reply == DEFAULT_HANDOFF["pt"] and "transfer_to_human" not in r.reply
     model.enqueue(written.replace("transfer_to_human", "list_available_slots"), "}")  # and nothing better when asked again
     with services.session() as session:
-        session.get(Conversation, r.conversation_id).ai_enabled = True
+        session.get(Conversation, r.conversation_id).handoff_state = "ai"
         session.commit()
     r2 = chat(services, aid, "Tem horário amanhã?")
     assert r2.status == "fallback" and "list_available_slots" not in r2.reply

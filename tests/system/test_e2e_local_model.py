@@ -189,7 +189,7 @@ def test_handoff_pauses_the_ai_until_it_is_re_enabled(live):
         turn = session.scalars(select(Turn).where(Turn.conversation_id == r.conversation_id)
                                .order_by(Turn.started_at.desc())).first()
         assert (turn.status, turn.rounds) == ("paused", 0)
-        session.get(Conversation, r.conversation_id).ai_enabled = True  # what POST /api/conversations/{id}/ai does
+        session.get(Conversation, r.conversation_id).handoff_state = "ai"  # what POST /api/conversations/{id}/ai does
         session.commit()
 
     back, calls = chat(live, "e2e-handoff", "Voltei. Em que ano nasceu o Iwan Roberts?")
