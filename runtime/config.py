@@ -40,9 +40,9 @@ DEFAULT_UNAVAILABLE = {
           "responderá por aquí.",
 }
 DEFAULT_AI_BACK = {
-    "en": "You are talking to the virtual assistant again. How can I help?",
-    "pt": "Você está falando de novo com o assistente virtual. Como posso ajudar?",
-    "es": "Estás hablando de nuevo con el asistente virtual. ¿En qué puedo ayudarte?",
+    "en": "You are talking to the virtual assistant again.",
+    "pt": "Você está falando de novo com o assistente virtual.",
+    "es": "Estás hablando de nuevo con el asistente virtual.",
 }
 TOOL_NAMES = ("search_knowledge_base", "transfer_to_human", "collect_data", "list_available_slots", "schedule_appointment")
 # booking writes to the business's calendar: an assistant enables the scheduling tools explicitly

@@ -95,12 +95,13 @@ def last_human_activity(session: Session, conversation: Conversation) -> datetim
 
 def idle_expired(session: Session, conversation: Conversation, config: AssistantConfig, now: datetime) -> bool:
     """Whether a conversation away from the AI has had no operator message (nor change) for
-    ``handoff.idle_return_minutes`` (0: never)."""
+    ``handoff.idle_return_minutes`` (0: never). One with neither (handed off before the state was logged) waits
+    for an operator."""
     minutes = config.handoff.idle_return_minutes
     if conversation.handoff_state == "ai" or not minutes:
         return False
     last = last_human_activity(session, conversation)
-    return last is None or now - last >= timedelta(minutes=minutes)
+    return last is not None and now - last >= timedelta(minutes=minutes)
 
 
 def fallback_streak_reached(session: Session, conversation: Conversation, config: AssistantConfig) -> bool:
