@@ -32,19 +32,22 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('handoff_changes', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_handoff_changes_conversation_id'), ['conversation_id'], unique=False)
-    with op.batch_alter_table('conversations', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('handoff_state', sa.String(length=20), server_default='ai', nullable=False))
+    # plain ALTER TABLE, not a batch: recreating conversations on SQLite (foreign keys on) would cascade-delete
+    # every message of every conversation
+    op.add_column('conversations', sa.Column('handoff_state', sa.String(length=20), server_default='ai', nullable=False))
     op.execute("UPDATE conversations SET handoff_state = 'waiting_for_human' WHERE ai_enabled = false")
-    with op.batch_alter_table('conversations', schema=None) as batch_op:
-        batch_op.drop_column('ai_enabled')
+    _drop_column('conversations', 'ai_enabled')
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('conversations', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('ai_enabled', sa.Boolean(), server_default=sa.true(), nullable=False))
+    op.add_column('conversations', sa.Column('ai_enabled', sa.Boolean(), server_default=sa.true(), nullable=False))
     op.execute("UPDATE conversations SET ai_enabled = false WHERE handoff_state <> 'ai'")
-    with op.batch_alter_table('conversations', schema=None) as batch_op:
-        batch_op.drop_column('handoff_state')
+    _drop_column('conversations', 'handoff_state')
     with op.batch_alter_table('handoff_changes', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_handoff_changes_conversation_id'))
     op.drop_table('handoff_changes')
+
+
+def _drop_column(table: str, column: str) -> None:
+    """Drop a column in place (SQLite >= 3.35 does it natively; alembic would recreate the table)."""
+    op.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
