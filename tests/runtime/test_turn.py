@@ -395,7 +395,7 @@ def test_a_tool_call_written_as_text_is_never_sent_to_the_customer(shop):
     assert r2.status == "fallback" and "list_available_slots" not in r2.reply
     for i, leftover in enumerate(("```", "}", " ** ")):  # what is left of a mangled call is not a reply either
         model.enqueue(leftover, leftover)  # rejected, and again when asked for plain text
-        assert chat(services, aid, "Tem horário amanhã?", customer=f"c{i}").reply == DEFAULT_FALLBACK["pt"]
+        assert chat(services, aid, "Tem horário amanhã?", customer=f"other{i}").reply == DEFAULT_FALLBACK["pt"]
 
 
 # --- nothing but a real answer reaches the customer ---------------------------------------------------
