@@ -225,6 +225,12 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
         error = str(exc) if isinstance(exc, ChatModelError) else f"{type(exc).__name__}: {exc}"
 
     session.refresh(conv)
+    if conv.handoff_state == "with_human":  # an operator replied while the model thought: the AI says nothing
+        result = TurnResult(conv.id, None, "paused", ai_enabled=False, usage=usage,
+                            cost=usage_cost(services.settings.llm_prices, model_name, usage))
+        return _finish(services, session, conv, pending, result, timings, t0, started_at, model_name=model_name,
+                       tool_results=tool_results, queries=queries, rounds=rounds, events=ctx.events,
+                       error=f"an operator replied during the turn; not sent: {reply[:200]!r}")
     handed_off = _handed_off(tool_results)
     if kept and (no_answer or not reply or says_not_found(reply)):  # asking again brought nothing better
         reply, no_answer = kept, False

@@ -57,6 +57,23 @@ def test_fallbacks_in_a_row_hand_off(scripted_model):
     assert [r.reply for r in replies] == [DEFAULT_FALLBACK["pt"]] * 3
 
 
+def test_an_operator_replying_while_the_model_thinks_has_the_last_word(scripted_model):
+    services, model = scripted_model
+    aid = add_assistant(services, "loja")
+    first = chat(services, aid, "Olá")  # small talk, no model: the conversation exists
+
+    def operator_steps_in(messages, tools):
+        send_operator_message(services, first.conversation_id, "Oi, aqui é a Maria, já vejo isso.")
+        return "Abrimos às 8h."
+    model.enqueue(operator_steps_in)
+    r = chat(services, aid, "Que horas abrem?")
+    assert r.status == "paused" and r.reply is None and len(model.requests) == 1
+    with services.session() as session:
+        texts = [m.text for m in session.scalars(select(Message).where(Message.direction == "outbound")
+                                                 .order_by(Message.created_at))]
+    assert "Abrimos às 8h." not in texts and texts[-1] == "Oi, aqui é a Maria, já vejo isso."
+
+
 def test_an_idle_conversation_goes_back_to_the_ai_at_the_next_message(scripted_model):
     services, model = scripted_model
     aid = add_assistant(services, "loja", config={"handoff": {"idle_return_minutes": 30}})
