@@ -138,6 +138,22 @@ class AIToggle(BaseModel):
     enabled: bool
 
 
+class HandoffChangePublic(BaseModel):
+    """One change of a conversation's handoff state."""
+
+    model_config = ConfigDict(from_attributes=True, populate_by_name=True)
+
+    from_state: str = Field(serialization_alias="from")
+    to_state: str = Field(serialization_alias="to")
+    actor: str = Field(description="customer, assistant, operator or system")
+    reason: str
+    at: datetime
+
+
+class Handback(BaseModel):
+    reason: str = Field(default="", max_length=500, description="why the conversation goes back to the AI")
+
+
 class OperatorMessage(BaseModel):
     text: str = Field(min_length=1, max_length=4096)
 
@@ -184,7 +200,8 @@ class ConversationPublic(BaseModel):
     channel: str
     sender: str
     customer_id: str
-    ai_enabled: bool
+    ai_enabled: bool = Field(description="the AI answers: handoff_state is ai")
+    handoff_state: str = Field(description="ai | waiting_for_human | with_human")
     variables: dict
     handoff: dict | None
     created_at: datetime

@@ -39,6 +39,11 @@ DEFAULT_UNAVAILABLE = {
     "es": "Lo siento, no puedo responder ahora. Tu mensaje quedó registrado y alguien de nuestro equipo te "
           "responderá por aquí.",
 }
+DEFAULT_AI_BACK = {
+    "en": "You are talking to the virtual assistant again.",
+    "pt": "Você está falando de novo com o assistente virtual.",
+    "es": "Estás hablando de nuevo con el asistente virtual.",
+}
 TOOL_NAMES = ("search_knowledge_base", "transfer_to_human", "collect_data", "list_available_slots", "schedule_appointment")
 # booking writes to the business's calendar: an assistant enables the scheduling tools explicitly
 DEFAULT_TOOLS = ("search_knowledge_base", "transfer_to_human", "collect_data")
@@ -158,6 +163,21 @@ class Scheduling(BaseModel):
         return v
 
 
+class HandoffConfig(BaseModel):
+    """When a conversation goes to a person and when it comes back to the AI (see runtime.handoff)."""
+
+    request_phrases: list[str] = Field(
+        default_factory=list, description="phrases that, in the customer's message, ask for a person (besides the "
+                                          "built-in ones in en, pt, es); matched without case or accents")
+    after_fallbacks: int = Field(
+        default=2, ge=0, le=20, description="hand off after this many fallback replies in a row; 0: never")
+    idle_return_minutes: float = Field(
+        default=60, ge=0, le=7 * 24 * 60, description="a conversation with no operator message for this long goes "
+                                                      "back to the AI; 0: never")
+    ai_back_message: str | None = Field(
+        default=None, description="told to the customer when the AI answers again; default: built-in (en, pt, es)")
+
+
 def merge_config(stored: dict, changes: dict) -> dict:
     """Stored config with the given top-level keys replaced, validated; raises InvalidRequest."""
     from pydantic import ValidationError
@@ -222,17 +242,19 @@ class AssistantConfig(BaseModel):
     max_tool_rounds: int = Field(default=3, ge=1, le=10)
     turn_deadline_s: float = Field(default=180.0, gt=0, le=900)
     handoff_url: str | None = None
+    handoff: HandoffConfig = Field(default_factory=HandoffConfig)
     data_fields: list[DataField] = Field(default_factory=list)
     http_tools: list[HttpTool] = Field(default_factory=list)
     scheduling: Scheduling = Field(default_factory=Scheduling)
     widget: WidgetConfig = Field(default_factory=WidgetConfig)
 
-    def canned_reply(self, kind: Literal["fallback", "handoff", "unavailable"], texts: list[str]) -> str:
-        """The configured fallback/handoff/unavailable message, or the built-in one in the language of ``texts``
-        (the customer's new message first, then earlier ones), else of the system prompt, else English."""
+    def canned_reply(self, kind: Literal["fallback", "handoff", "unavailable", "ai_back"], texts: list[str]) -> str:
+        """The configured fallback/handoff/unavailable/AI-is-back message, or the built-in one in the language of
+        ``texts`` (the customer's new message first, then earlier ones), else of the system prompt, else English."""
         configured, builtin = {"fallback": (self.fallback_message, DEFAULT_FALLBACK),
                                "handoff": (self.handoff_message, DEFAULT_HANDOFF),
-                               "unavailable": (self.unavailable_message, DEFAULT_UNAVAILABLE)}[kind]
+                               "unavailable": (self.unavailable_message, DEFAULT_UNAVAILABLE),
+                               "ai_back": (self.handoff.ai_back_message, DEFAULT_AI_BACK)}[kind]
         return configured or builtin[self.language(texts) or "en"]
 
     def language(self, texts: list[str]) -> str | None:

@@ -1,22 +1,71 @@
-"""Flagging a conversation for a person: the reason on the conversation (the dashboard's handoff column and
-filters) and, when the assistant has a ``handoff_url``, a signed ``handoff`` event for the team's own system."""
+"""Who answers a conversation: the AI, or a person.
+
+A conversation's ``handoff_state`` is ``ai`` (the AI answers), ``waiting_for_human`` (handed off: the customer
+asked for a person, the model called ``transfer_to_human``, or the AI fell back too often) or ``with_human`` (an
+operator replied). The AI answers only in ``ai``: :func:`before_turn` is the rule every channel's turn goes through.
+It returns to ``ai`` when an operator hands it back (:func:`hand_back`) or after the assistant's
+``handoff.idle_return_minutes`` with no operator message (:func:`before_turn` at the next inbound message, or the
+sweep :func:`return_idle`); the customer is then told. Every change is a :class:`runtime.models.HandoffChange`.
+
+Flagging also records the reason on the conversation (the dashboard's handoff column and filters) and, when the
+assistant has a ``handoff_url``, adds a signed ``handoff`` event for the team's own system.
+"""
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from core.db import new_id
+from core.db import new_id, utcnow
+from kb.keyword import fold
+from kb.models import Assistant
 from runtime.config import AssistantConfig
-from runtime.models import Conversation, OutboundEvent
+from runtime.intent import wants_human
+from runtime.models import Conversation, HandoffChange, Message, OutboundEvent, Turn
+from runtime.services import Services
+
+STATES = ("ai", "waiting_for_human", "with_human")
+State = Literal["ai", "waiting_for_human", "with_human"]
+
+
+def set_state(session: Session, conversation: Conversation, to: State, *, actor: str, reason: str,
+              at: datetime | None = None) -> HandoffChange | None:
+    """Move ``conversation`` to state ``to`` and log the change (``actor``: customer, assistant, operator or
+    system); None, and nothing logged, when it is already there. The caller commits."""
+    if to not in STATES:
+        raise ValueError(f"unknown handoff state {to!r}")
+    if conversation.handoff_state == to:
+        return None
+    change = HandoffChange(id=new_id(), conversation_id=conversation.id, from_state=conversation.handoff_state,
+                           to_state=to, actor=actor, reason=reason[:500], at=at or utcnow())
+    conversation.handoff_state = to
+    session.add(change)
+    return change
+
+
+def changes(session: Session, conversation_ids: list[str]) -> dict[str, list[HandoffChange]]:
+    """The handoff changes of each conversation, oldest first."""
+    out: dict[str, list[HandoffChange]] = {cid: [] for cid in conversation_ids}
+    if conversation_ids:
+        rows = session.scalars(select(HandoffChange).where(HandoffChange.conversation_id.in_(conversation_ids))
+                               .order_by(HandoffChange.at, HandoffChange.id))
+        for row in rows:
+            out[row.conversation_id].append(row)
+    return out
 
 
 def flag_for_human(session: Session, conversation: Conversation, assistant_id: str, config: AssistantConfig,
-                   handoff: dict, *, pause: bool) -> str | None:
-    """Record ``handoff`` (reason, callback, ``at``) on ``conversation``, pause its automatic replies when
-    ``pause``, and add the event for ``config.handoff_url``; the event's id (to deliver once the caller commits),
-    or None without a URL."""
+                   handoff: dict, *, pause: bool, actor: str = "assistant") -> str | None:
+    """Record ``handoff`` (reason, callback, ``at``) on ``conversation``; when ``pause``, move it to
+    ``waiting_for_human`` (a conversation already with a person stays so), logged as done by ``actor``; add the
+    event for ``config.handoff_url``. The event's id (to deliver once the caller commits), or None without a URL."""
     conversation.handoff = handoff
-    if pause:
-        conversation.ai_enabled = False
+    if pause and conversation.handoff_state == "ai":
+        set_state(session, conversation, "waiting_for_human", actor=actor, reason=str(handoff.get("reason") or ""))
     if not config.handoff_url:
         return None
     event_id = new_id()
@@ -25,3 +74,122 @@ def flag_for_human(session: Session, conversation: Conversation, assistant_id: s
     session.add(OutboundEvent(id=event_id, conversation_id=conversation.id, kind="handoff", url=config.handoff_url,
                               payload=payload))
     return event_id
+
+
+def asks_for_person(config: AssistantConfig, texts: list[str]) -> bool:
+    """Whether the customer's ``texts`` ask for a person: :func:`runtime.intent.wants_human`, or one of the
+    assistant's ``handoff.request_phrases`` (case and accents aside, on word boundaries)."""
+    if wants_human(texts):
+        return True
+    phrases = [fold(p).strip() for p in config.handoff.request_phrases if p.strip()]
+    return any(re.search(rf"(?<!\w){re.escape(p)}(?!\w)", fold(text)) for p in phrases for text in texts)
+
+
+def last_human_activity(session: Session, conversation: Conversation) -> datetime | None:
+    """The later of the last handoff change and the last operator message: when a person last had a say."""
+    changed = session.scalar(select(func.max(HandoffChange.at)).where(HandoffChange.conversation_id == conversation.id))
+    wrote = session.scalar(select(func.max(Message.created_at)).where(
+        Message.conversation_id == conversation.id, Message.kind == "operator"))
+    return max(filter(None, (changed, wrote)), default=None)
+
+
+def idle_expired(session: Session, conversation: Conversation, config: AssistantConfig, now: datetime) -> bool:
+    """Whether a conversation away from the AI has had no operator message (nor change) for
+    ``handoff.idle_return_minutes`` (0: never). One with neither (handed off before the state was logged) waits
+    for an operator."""
+    minutes = config.handoff.idle_return_minutes
+    if conversation.handoff_state == "ai" or not minutes:
+        return False
+    last = last_human_activity(session, conversation)
+    return last is not None and now - last >= timedelta(minutes=minutes)
+
+
+def fallback_streak_reached(session: Session, conversation: Conversation, config: AssistantConfig) -> bool:
+    """Whether a fallback now would be the ``handoff.after_fallbacks``-th in a row (small talk between does not
+    break the row; a handoff change does)."""
+    needed = config.handoff.after_fallbacks
+    if needed <= 0:
+        return False
+    since = session.scalar(select(func.max(HandoffChange.at)).where(HandoffChange.conversation_id == conversation.id))
+    query = select(Turn.status).where(Turn.conversation_id == conversation.id, Turn.status != "smalltalk")
+    if since is not None:
+        query = query.where(Turn.started_at > since)
+    statuses = session.scalars(query.order_by(Turn.started_at.desc(), Turn.id.desc()).limit(needed - 1)).all()
+    return len(statuses) == needed - 1 and all(s == "fallback" for s in statuses)
+
+
+@dataclass
+class Gate:
+    """What a turn may do (:func:`before_turn`): ``answer`` (with ``notice`` told first when the AI just came
+    back), ``paused`` (a person has the conversation: store, send nothing) or ``handoff`` (the customer asked for a
+    person: hand off without the model; ``event_id`` to deliver)."""
+
+    action: Literal["answer", "paused", "handoff"]
+    notice: str | None = None
+    event_id: str | None = None
+
+
+def before_turn(session: Session, conversation: Conversation, assistant_id: str, config: AssistantConfig,
+                texts: list[str], now: datetime | None = None) -> Gate:
+    """The one rule on whether the AI answers the customer's new ``texts`` (their pending messages, newest last).
+
+    A conversation away from the AI past its idle time goes back to it (the customer is told); one still with
+    a person is ``paused``; a request for a person (:func:`asks_for_person`) hands off at once. Changes are
+    not committed: the turn's log commits them."""
+    now = now or utcnow()
+    notice = None
+    if idle_expired(session, conversation, config, now):
+        set_state(session, conversation, "ai", actor="system", at=now,
+                  reason=f"no operator message for {config.handoff.idle_return_minutes:g} minutes")
+        notice = config.canned_reply("ai_back", list(reversed(texts)))
+    if conversation.handoff_state != "ai":
+        return Gate("paused")
+    if asks_for_person(config, texts):
+        flagged = {"reason": "the customer asked for a person", "callback_phone": None, "callback_time": None,
+                   "at": now.isoformat()}
+        return Gate("handoff", event_id=flag_for_human(session, conversation, assistant_id, config, flagged,
+                                                       pause=True, actor="customer"))
+    return Gate("answer", notice=notice)
+
+
+def hand_back(services: Services, conversation_id: str, *, actor: str, reason: str) -> Conversation:
+    """Give the conversation back to the AI and tell the customer, in their language (the assistant's
+    ``handoff.ai_back_message``); on WhatsApp the notice is sent. Nothing happens when the AI has it already."""
+    from runtime.store import get_conversation
+    from runtime.whatsapp.outbound import send_reply
+
+    with services.session() as session:
+        conv = get_conversation(session, conversation_id)
+        if conv.handoff_state == "ai":
+            return conv
+        assistant = session.get(Assistant, conv.assistant_id)
+        config = AssistantConfig.model_validate((assistant.config if assistant else None) or {})
+        set_state(session, conv, "ai", actor=actor, reason=reason)
+        texts = list(session.scalars(select(Message.text).where(
+            Message.conversation_id == conv.id, Message.direction == "inbound")
+            .order_by(Message.created_at.desc()).limit(3)))
+        notice = Message(id=new_id(), conversation_id=conv.id, direction="outbound", kind="notice", status="answered",
+                         text=config.canned_reply("ai_back", texts), created_at=utcnow())
+        session.add(notice)
+        session.commit()
+        if conv.channel == "whatsapp":  # outside the 24-hour window it is not_sent
+            send_reply(services, notice.id)
+        session.refresh(conv)
+        return conv
+
+
+def return_idle(services: Services, now: datetime | None = None) -> list[str]:
+    """The sweep: hand back to the AI every conversation away from it past its assistant's idle time (the
+    customer told, :func:`hand_back`); the ids handed back."""
+    now = now or utcnow()
+    due = []
+    with services.session() as session:
+        rows = session.execute(select(Conversation, Assistant.config).join(Assistant, Assistant.id == Conversation.assistant_id)
+                               .where(Conversation.handoff_state != "ai")).all()
+        for conv, raw in rows:
+            config = AssistantConfig.model_validate(raw or {})
+            if idle_expired(session, conv, config, now):
+                due.append((conv.id, config.handoff.idle_return_minutes))
+    for conversation_id, minutes in due:
+        hand_back(services, conversation_id, actor="system", reason=f"no operator message for {minutes:g} minutes")
+    return [cid for cid, _ in due]

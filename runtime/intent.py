@@ -35,7 +35,9 @@ def wants_booking(texts: list[str]) -> bool:
 # a person, a complaint, or a yes to an offered transfer is checked by the caller (see wants_human)
 _HUMAN = re.compile(
     r"\b(atendente|humano|humana|pessoa (real|de verdade)|gerente|supervisor\w*|operador\w*|reclama\w*|queixa"
-    r"|falar com (alguem|uma pessoa|o responsavel|a recepcao|voces)|transfer\w*"  # pt
+    r"|falar com (alguem|uma pessoa|o responsavel|a recepcao|voces)"  # pt
+    # being transferred (pt/es/en), not paying by transfer ("transferencia", "wire transfer")
+    r"|transf(erir\w*|ira|iram|iro|ere|erem|eri|eriu|erid[oa]s?|erindo)|transfer (me|us|to)"
     r"|hablar con (alguien|una persona)|agente|persona real|queja|reclamo|encargado"  # es
     r"|human|agent|representative|real person|someone real|manager|complain\w*|(talk|speak) to (someone|somebody"
     r"|a person|staff))\b"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from core.db import Base, UTCDateTime, new_id, utcnow
@@ -22,7 +23,9 @@ class Conversation(Base):
     channel: Mapped[str] = mapped_column(String(20))
     sender: Mapped[str] = mapped_column(String(100))  # business number, widget id, "api", "console"
     customer_id: Mapped[str] = mapped_column(String(200))  # the channel's stable id for the person
-    ai_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    # who answers: "ai" | "waiting_for_human" (handed off, no person has replied) | "with_human" (an operator has);
+    # the AI answers only in "ai" (runtime.handoff); every change is a HandoffChange
+    handoff_state: Mapped[str] = mapped_column(String(20), default="ai", server_default="ai")
     variables: Mapped[dict] = mapped_column(JSON, default=dict)
     handoff: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # reason, callback, at
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -36,6 +39,31 @@ class Conversation(Base):
     # answers for it; past it, the process died and the recovery sweep (runtime.recovery) queues the turn again
     turn_lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     turn_lease_owner: Mapped[str | None] = mapped_column(String(100), nullable=True)
+
+    @hybrid_property
+    def ai_enabled(self) -> bool:
+        """Whether the AI answers the customer: the handoff state is ``ai`` (a column expression in queries)."""
+        return self.handoff_state == "ai"
+
+
+class HandoffChange(Base):
+    """One change of a conversation's handoff state: from, to, who (``customer``, ``assistant``, ``operator``,
+    ``system``), why and when."""
+
+    __tablename__ = "handoff_changes"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"), index=True)
+    from_state: Mapped[str] = mapped_column(String(20))
+    to_state: Mapped[str] = mapped_column(String(20))
+    actor: Mapped[str] = mapped_column(String(100))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def as_dict(self) -> dict:
+        """The change as the API and the exports give it."""
+        return {"from": self.from_state, "to": self.to_state, "actor": self.actor, "reason": self.reason,
+                "at": self.at.isoformat()}
 
 
 class Turn(Base):

@@ -22,11 +22,10 @@ from kb.keyword import fold
 from kb.models import Assistant
 from kb.search import search
 from kb.types import Source
-from runtime import approved, extractive, store
+from runtime import approved, extractive, handoff, store
 from runtime.capture import capture_calls
 from runtime.config import AssistantConfig
 from runtime.context_budget import ContextBudget, token_counter
-from runtime.handoff import flag_for_human
 from runtime.cost import usage_cost
 from runtime.intent import HANDOFF_TOOL, SCHEDULING_TOOLS, wants_booking, wants_human
 from runtime.llm import ChatModelError, text_tool_calls
@@ -92,17 +91,25 @@ def run_turn(services: Services, conversation_id: str) -> TurnResult | None:
         if not pending:
             return None
         started_at, t0 = utcnow(), time.perf_counter()
-        if not conv.ai_enabled:
+        assistant = session.get(Assistant, conv.assistant_id)
+        config = AssistantConfig.model_validate(assistant.config or {})
+        gate = handoff.before_turn(session, conv, assistant.id, config, [m.text for m in pending], services.clock())
+        if gate.action == "paused":  # a person has the conversation: stored, nothing sent
             result = TurnResult(conv.id, None, "paused", ai_enabled=False, timings={"total_ms": 0})
             store.log_turn(session, conv, pending, result, tool_results=[], retrieval_query=None, rounds=0,
                            model="", started_at=started_at)
             return result
-        assistant = session.get(Assistant, conv.assistant_id)
-        return _answer(services, session, conv, assistant, pending, started_at, t0)
+        if gate.action == "handoff":  # the customer asked for a person: no model
+            texts = [m.text for m in reversed(pending)]
+            result = TurnResult(conv.id, config.canned_reply("handoff", texts), "handoff", ai_enabled=False)
+            return _finish(services, session, conv, pending, result, {}, t0, started_at, model_name="",
+                           tool_results=[], queries=[], rounds=0, error=None,
+                           events=[gate.event_id] if gate.event_id else [])
+        return _answer(services, session, conv, assistant, pending, started_at, t0, config, gate.notice)
 
 
-def _answer(services, session, conv: Conversation, assistant: Assistant, pending: list[Message], started_at, t0) -> TurnResult:
-    config = AssistantConfig.model_validate(assistant.config or {})
+def _answer(services, session, conv: Conversation, assistant: Assistant, pending: list[Message], started_at, t0,
+            config: AssistantConfig, notice: str | None) -> TurnResult:
     timings = {"retrieval_ms": 0.0, "prompt_ms": 0.0, "llm_ms": 0.0, "tools_ms": 0.0}
     history: list[tuple[Role, str]] = [("user" if m.direction == "inbound" else "assistant", m.text)
                                        for m in store.recent_history(session, conv.id, config.history_messages)]
@@ -112,7 +119,7 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
         kind, language = talk
         result = TurnResult(conv.id, small_talk_reply(kind, language), "smalltalk", ai_enabled=conv.ai_enabled)
         return _finish(services, session, conv, pending, result, timings, t0, started_at, model_name="",
-                       tool_results=[], queries=[], rounds=0, error=None, events=[])
+                       tool_results=[], queries=[], rounds=0, error=None, events=[], notice=notice)
     language = config.language(customer_texts)
 
     found = None
@@ -125,7 +132,7 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
     if found is not None and config.approved_answers.mode == "reply":  # a reviewer's answer, as they approved it
         result = TurnResult(conv.id, found.answer, "answered", sources=[found.as_source()], ai_enabled=conv.ai_enabled)
         return _finish(services, session, conv, pending, result, timings, t0, started_at, model_name="",
-                       tool_results=[], queries=[], rounds=0, error=None, events=[])
+                       tool_results=[], queries=[], rounds=0, error=None, events=[], notice=notice)
 
     t = time.perf_counter()
     hits: list[Source] = []
@@ -218,6 +225,12 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
         error = str(exc) if isinstance(exc, ChatModelError) else f"{type(exc).__name__}: {exc}"
 
     session.refresh(conv)
+    if conv.handoff_state == "with_human":  # an operator replied while the model thought: the AI says nothing
+        result = TurnResult(conv.id, None, "paused", ai_enabled=False, usage=usage,
+                            cost=usage_cost(services.settings.llm_prices, model_name, usage))
+        return _finish(services, session, conv, pending, result, timings, t0, started_at, model_name=model_name,
+                       tool_results=tool_results, queries=queries, rounds=rounds, events=ctx.events,
+                       error=f"an operator replied during the turn; not sent: {reply[:200]!r}")
     handed_off = _handed_off(tool_results)
     if kept and (no_answer or not reply or says_not_found(reply)):  # asking again brought nothing better
         reply, no_answer = kept, False
@@ -239,10 +252,16 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
         status, reply = "error", config.canned_reply("unavailable", customer_texts)
         flagged = {"reason": f"the assistant could not answer: {error}"[:500], "callback_phone": None,
                    "callback_time": None, "at": utcnow().isoformat()}
-        if event_id := flag_for_human(session, conv, assistant.id, config, flagged, pause=False):
+        if event_id := handoff.flag_for_human(session, conv, assistant.id, config, flagged, pause=False):
             ctx.events.append(event_id)
     elif handed_off:
         status, reply = "handoff", reply or config.canned_reply("handoff", customer_texts)
+    elif no_answer and handoff.fallback_streak_reached(session, conv, config):  # the AI keeps failing: a person
+        status, reply = "handoff", config.canned_reply("handoff", customer_texts)
+        flagged = {"reason": f"{config.handoff.after_fallbacks} fallback replies in a row", "callback_phone": None,
+                   "callback_time": None, "at": utcnow().isoformat()}
+        if event_id := handoff.flag_for_human(session, conv, assistant.id, config, flagged, pause=True, actor="system"):
+            ctx.events.append(event_id)
     elif no_answer:
         status, reply = "fallback", config.canned_reply("fallback", customer_texts)
     else:
@@ -258,7 +277,8 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
     note = "; ".join(filter(None, (error or ("reply rejected: " + "; ".join(rejected) if rejected else None),
                                    budget.note))) or None
     return _finish(services, session, conv, pending, result, timings, t0, started_at, model_name=model_name,
-                   tool_results=tool_results, queries=queries, rounds=rounds, error=note, events=ctx.events)
+                   tool_results=tool_results, queries=queries, rounds=rounds, error=note, events=ctx.events,
+                   notice=notice)
 
 
 def _plain_question(config: AssistantConfig, embedding_model: str, found: approved.ApprovedMatch | None,
@@ -348,8 +368,12 @@ def _clean(content: str, tool_names: set[str]) -> tuple[str, bool]:
 
 def _finish(services, session, conv, pending, result: TurnResult, timings: dict, t0: float, started_at, *,
             model_name: str, tool_results: list[ToolRun], queries: list[str], rounds: int, error: str | None,
-            events: list) -> TurnResult:
-    """Log the turn (``error``: why it failed or what was rejected on the way) and deliver its events."""
+            events: list, notice: str | None = None) -> TurnResult:
+    """Log the turn (``error``: why it failed or what was rejected on the way) and deliver its events;
+    ``notice`` (the AI is back after a person had the conversation) goes before the reply."""
+    if notice:
+        result.reply = f"{notice}\n\n{result.reply}" if result.reply else notice
+    result.ai_enabled = conv.ai_enabled
     timings["total_ms"] = _ms(t0)
     result.timings = {k: round(v, 1) for k, v in timings.items()}
     t = time.perf_counter()

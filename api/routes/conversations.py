@@ -1,4 +1,5 @@
-"""The API channel (generate a reply), conversation inspection and the AI on/off switch."""
+"""The API channel (generate a reply), conversation inspection, operator replies and who answers: the AI or
+a person (runtime.handoff)."""
 from __future__ import annotations
 
 from fastapi import APIRouter
@@ -7,8 +8,9 @@ from pydantic import Field
 
 from api.deps import AdminDep, ServicesDep, SessionDep
 from api.routes.feedback import FeedbackPublic
-from api.schemas import AIToggle, ChatRequest, ChatResult, ConversationPublic, MessagePublic, OperatorMessage
-from runtime import feedback, store
+from api.schemas import (AIToggle, ChatRequest, ChatResult, ConversationPublic, Handback, HandoffChangePublic,
+                         MessagePublic, OperatorMessage)
+from runtime import feedback, handoff, store
 from runtime.models import Message
 from runtime.turn import handle_message
 from runtime.whatsapp.outbound import send_operator_message
@@ -22,6 +24,8 @@ class MessageDetail(MessagePublic):
 
 class ConversationDetail(ConversationPublic):
     messages: list[MessageDetail] = Field(default_factory=list)
+    handoff_changes: list[HandoffChangePublic] = Field(default_factory=list, description="every change of "
+                                                       "handoff_state, oldest first")
 
 
 @router.post("/api/chat", response_model=ChatResult, responses={502: {"description": "the language model failed"}})
@@ -48,20 +52,32 @@ def get_conversation(conversation_id: str, session: SessionDep):
     out.messages = [MessageDetail.from_message(m) for m in messages]
     for m in out.messages:
         m.feedback = [FeedbackPublic.model_validate(f) for f in ratings.get(m.id, [])]
+    out.handoff_changes = [HandoffChangePublic.model_validate(c) for c in handoff.changes(session, [conv.id])[conv.id]]
     return out
 
 
 @router.post("/api/conversations/{conversation_id}/messages", status_code=201, response_model=MessagePublic)
 def operator_message(conversation_id: str, body: OperatorMessage, services: ServicesDep, session: SessionDep):
-    """A human agent writes to the customer (WhatsApp: only inside the 24-hour window, else 409)."""
+    """A human agent writes to the customer (WhatsApp: only inside the 24-hour window, else 409); the
+    conversation becomes ``with_human`` and the AI stops answering until it is handed back."""
     msg = send_operator_message(services, conversation_id, body.text)
     return MessagePublic.from_message(session.get(Message, msg.id))
 
 
+@router.post("/api/conversations/{conversation_id}/handback", response_model=ConversationPublic)
+def hand_back(conversation_id: str, services: ServicesDep, body: Handback | None = None):
+    """Give the conversation back to the AI (``handoff_state`` ai); the customer is told, in their language."""
+    conv = handoff.hand_back(services, conversation_id, actor="operator",
+                             reason=(body.reason if body else "") or "an operator handed it back")
+    return ConversationPublic.model_validate(conv)
+
+
 @router.post("/api/conversations/{conversation_id}/ai", response_model=ConversationPublic)
-def set_ai(conversation_id: str, body: AIToggle, session: SessionDep):
-    """Pause (after a handoff, or by hand) or resume the AI for one conversation."""
+def set_ai(conversation_id: str, body: AIToggle, services: ServicesDep, session: SessionDep):
+    """Resume the AI (as ``/handback``) or pause it by hand: an operator takes the conversation (``with_human``)."""
+    if body.enabled:
+        return hand_back(conversation_id, services, Handback(reason="an operator resumed the AI"))
     conv = store.get_conversation(session, conversation_id)
-    conv.ai_enabled = body.enabled
+    handoff.set_state(session, conv, "with_human", actor="operator", reason="an operator paused the AI")
     session.commit()
     return ConversationPublic.model_validate(conv)

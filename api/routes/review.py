@@ -36,6 +36,7 @@ class ConversationSummary(BaseModel):
     channel_cost: float
     cost: float
     ai_enabled: bool
+    handoff_state: str = Field(description="ai | waiting_for_human | with_human")
     handoff_reason: str | None
     created_at: datetime
 

@@ -132,8 +132,12 @@
     const run = async (form, action) => {
       if (await act(errorBox, form, action)) location.reload();
     };
-    document.getElementById("toggle-ai").addEventListener("click", () =>
-      run(null, () => api("POST", `/api/conversations/${id}/ai`, { enabled: box.dataset.ai !== "true" })));
+    const toggle = document.getElementById("toggle-ai");
+    if (toggle) toggle.addEventListener("click", () =>
+      run(null, () => api("POST", `/api/conversations/${id}/ai`, { enabled: false })));
+    const handBack = document.getElementById("hand-back");
+    if (handBack) handBack.addEventListener("click", () =>
+      run(null, () => api("POST", `/api/conversations/${id}/handback`, { reason: "an operator handed it back" })));
     const reply = document.getElementById("operator-reply");
     reply.addEventListener("submit", (ev) => {
       ev.preventDefault();

@@ -68,7 +68,8 @@ def seed(services: Services, messages: int) -> dict:
         session.commit()
     conversations = -(-messages // PER_CONVERSATION)
     conv_rows = ({"id": new_id(), "assistant_id": assistant_id, "channel": ("whatsapp", "widget", "api")[c % 3],
-                  "sender": "bench", "customer_id": f"5511{c:09d}", "ai_enabled": c % 10 != 0, "variables": {},
+                  "sender": "bench", "customer_id": f"5511{c:09d}", "variables": {},
+                  "handoff_state": "ai" if c % 10 else "waiting_for_human",
                   "created_at": START + timedelta(minutes=c), "tokens_in": 0, "tokens_out": 0, "cost": 0.0}
                  for c in range(conversations))
     # parents before children: messages, then their sources and calls

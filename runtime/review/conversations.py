@@ -22,7 +22,7 @@ def list_conversations(session: Session, filters: ConversationFilters, *, limit:
     active = last_activity().label("last_activity")
     rows = session.execute(
         select(Conversation.id, Conversation.channel, Conversation.customer_id, Conversation.assistant_id,
-               Assistant.name.label("assistant_name"), Conversation.ai_enabled, Conversation.handoff,
+               Assistant.name.label("assistant_name"), Conversation.handoff_state, Conversation.handoff,
                Conversation.created_at, active)
         .join(Assistant, Assistant.id == Conversation.assistant_id).where(*conds)
         .order_by(active.desc(), Conversation.id.desc()).limit(limit).offset(offset)
@@ -41,7 +41,8 @@ def _summary(row, stats) -> dict:
         "id": row.id, "channel": row.channel, "customer_id": row.customer_id, "assistant_id": row.assistant_id,
         "assistant_name": row.assistant_name, "message_count": stats.n if stats else 0,
         "last_activity": row.last_activity, "llm_cost": round_usd(llm), "channel_cost": round_usd(channel),
-        "cost": round_usd(llm + channel), "ai_enabled": row.ai_enabled, "handoff_reason": handoff_reason(row.handoff),
+        "cost": round_usd(llm + channel), "ai_enabled": row.handoff_state == "ai",
+        "handoff_state": row.handoff_state, "handoff_reason": handoff_reason(row.handoff),
         "created_at": row.created_at,
     }
 

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from core.errors import InvalidRequest
 from kb.models import Assistant
+from runtime import handoff
 from runtime.models import Conversation, Message, MessageFeedback, MessageSource, ToolCallRecord
 from runtime.review.conversations import handoff_reason
 from runtime.review.filters import ConversationFilters
@@ -23,7 +24,8 @@ from runtime.services import Services
 EXPORT_FORMATS = ("csv", "jsonl")
 EXPORT_PAGE_SIZE = 1000
 EXPORT_COLUMNS = (
-    "conversation_id", "channel", "assistant_id", "assistant_name", "customer_id", "ai_enabled", "handoff_reason",
+    "conversation_id", "channel", "assistant_id", "assistant_name", "customer_id", "ai_enabled", "handoff_state",
+    "handoff_reason", "handoff_changes",
     "message_id", "direction", "kind", "text", "status", "created_at", "received_at", "sent_at", "turn_id", "model",
     "tokens_in", "tokens_out", "cost", "channel_cost", "latency_ms", "error_code", "error_title",
     "sources", "function_calls", "feedback",
@@ -125,11 +127,13 @@ def _chunk_pages(services: Services, ids: list[str], size: int) -> Iterator[list
 def _conversation_page(session: Session, filters: ConversationFilters, after: str, size: int) -> list[dict]:
     rows = session.execute(
         select(Conversation.id, Conversation.channel, Conversation.assistant_id, Assistant.name,
-               Conversation.customer_id, Conversation.ai_enabled, Conversation.handoff)
+               Conversation.customer_id, Conversation.handoff_state, Conversation.handoff)
         .join(Assistant, Assistant.id == Conversation.assistant_id)
-        .where(*filters.conditions(), Conversation.id > after).order_by(Conversation.id).limit(size))
+        .where(*filters.conditions(), Conversation.id > after).order_by(Conversation.id).limit(size)).all()
+    log = handoff.changes(session, [r[0] for r in rows])
     return [{"conversation_id": r[0], "channel": r[1], "assistant_id": r[2], "assistant_name": r[3],
-             "customer_id": r[4], "ai_enabled": r[5], "handoff_reason": handoff_reason(r[6])} for r in rows]
+             "customer_id": r[4], "ai_enabled": r[5] == "ai", "handoff_state": r[5], "handoff_reason": handoff_reason(r[6]),
+             "handoff_changes": [c.as_dict() for c in log[r[0]]]} for r in rows]
 
 
 _MESSAGE_COLUMNS = (Message.id.label("message_id"), Message.conversation_id, Message.direction, Message.kind, Message.text, Message.status,
@@ -198,7 +202,7 @@ def _export_row(conv: dict, m, sources: list[dict], calls: list[dict], feedback:
 
 
 def _encode(fmt: str, pages: Iterable[list[dict]]) -> Iterator[tuple[int, str]]:
-    """(rows, text) per page: JSONL with sources, function calls and feedback nested, or CSV with them as
+    """(rows, text) per page: JSONL with sources, function calls, feedback and handoff changes nested, or CSV with them as
     JSON columns (after a header). CSV text cells a spreadsheet would run as formulas get a leading ``'``."""
     if fmt == "jsonl":
         for rows in pages:
@@ -217,7 +221,7 @@ def _encode(fmt: str, pages: Iterable[list[dict]]) -> Iterator[tuple[int, str]]:
 
 
 def _csv_cell(key: str, value):
-    if key in ("sources", "function_calls", "feedback"):
+    if key in ("sources", "function_calls", "feedback", "handoff_changes"):
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, bool):
         return "true" if value else "false"

@@ -30,7 +30,7 @@ class ConversationFilters:
     since: datetime | None = None
     until: datetime | None = None
     customer: str | None = None  # case-insensitive substring of customer_id
-    waiting_for_human: bool | None = None  # True: the AI is off for the conversation
+    waiting_for_human: bool | None = None  # True: a person has it or is awaited (handoff_state is not ai)
     feedback: str | None = None  # good | bad | any: a reply of the conversation was rated so
 
     @classmethod
@@ -57,7 +57,7 @@ class ConversationFilters:
         if self.customer:
             conds.append(func.lower(Conversation.customer_id).contains(self.customer.lower(), autoescape=True))
         if self.waiting_for_human is not None:
-            conds.append(Conversation.ai_enabled.is_(not self.waiting_for_human))
+            conds.append(Conversation.handoff_state != "ai" if self.waiting_for_human else Conversation.handoff_state == "ai")
         if self.feedback:
             rated = select(MessageFeedback.conversation_id)
             if self.feedback != "any":

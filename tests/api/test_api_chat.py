@@ -1,9 +1,11 @@
 """The API channel over HTTP: /api/chat, conversation inspection, the AI switch, assistant config."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from runtime.config import DEFAULT_UNAVAILABLE
+from runtime.config import DEFAULT_AI_BACK, DEFAULT_HANDOFF, DEFAULT_UNAVAILABLE
 from runtime.types import ToolCall
 from tests.conftest import wait_for_document
 from tests.factories import use_scripted_model
@@ -106,3 +108,57 @@ def test_assistant_config_is_patched_validated_and_used(scripted):
     client.post("/api/chat", json={"assistant_id": a["id"], "customer_id": "c", "message": "tenho uma dúvida",
                                    "variables": {"store": "Centro"}})
     assert model.requests[-1].messages[0]["content"].startswith("Loja Centro.")
+
+
+def test_a_customer_reaches_a_person_and_the_ai_stays_quiet_until_handed_back(scripted):
+    """The must-show path of a handoff over HTTP: asked for a person -> handed off with no model call ->
+    an operator replies -> the customer's next messages get no AI reply -> handed back -> the AI answers; the
+    state's log in the conversation API and the JSONL export."""
+    client, model, a = scripted
+
+    def say(text: str) -> dict:
+        return client.post("/api/chat", json={"assistant_id": a["id"], "customer_id": "c9", "message": text}).json()
+
+    r = say("Quero falar com um atendente, por favor")
+    assert r["status"] == "handoff" and r["reply"] == DEFAULT_HANDOFF["pt"] and r["ai_enabled"] is False
+    assert model.requests == []  # recognised before any model call
+    cid = r["conversation_id"]
+    assert client.get(f"/api/conversations/{cid}").json()["handoff_state"] == "waiting_for_human"
+    assert client.post(f"/api/conversations/{cid}/messages", json={"text": "Oi, sou a Maria."}).status_code == 201
+    assert client.get(f"/api/conversations/{cid}").json()["handoff_state"] == "with_human"
+    for text in ("Quero trocar um produto", "É o pedido 123"):
+        quiet = say(text)
+        assert quiet["status"] == "paused" and quiet["reply"] is None and quiet["ai_enabled"] is False
+    assert model.requests == []
+    back = client.post(f"/api/conversations/{cid}/handback", json={"reason": "resolvido"})
+    assert back.status_code == 200 and back.json()["handoff_state"] == "ai" and back.json()["ai_enabled"] is True
+    model.enqueue("Abrimos às 8h.")
+    again = say("Que horas abrem?")
+    assert again["status"] == "answered" and again["reply"] == "Abrimos às 8h." and len(model.requests) == 1
+
+    conv = client.get(f"/api/conversations/{cid}").json()
+    expected = [("ai", "waiting_for_human", "customer"), ("waiting_for_human", "with_human", "operator"),
+                ("with_human", "ai", "operator")]
+    assert [(c["from"], c["to"], c["actor"]) for c in conv["handoff_changes"]] == expected
+    assert conv["handoff_changes"][0]["reason"] == "the customer asked for a person"
+    assert conv["handoff_changes"][2]["reason"] == "resolvido"
+    notices = [m for m in conv["messages"] if m["kind"] == "notice"]
+    assert [m["text"] for m in notices] == [DEFAULT_AI_BACK["pt"]]  # the customer was told, in Portuguese
+    rows = [json.loads(line) for line in client.get("/api/conversations/export", params={"format": "jsonl"}).text.splitlines()]
+    mine = [row for row in rows if row["conversation_id"] == cid]
+    assert mine and all(row["handoff_state"] == "ai" for row in mine)
+    assert [(c["from"], c["to"], c["actor"]) for c in mine[0]["handoff_changes"]] == expected
+    assert client.post("/api/conversations/nope/handback").status_code == 404
+
+
+def test_the_ai_switch_is_the_handoff_state(scripted):
+    client, model, a = scripted
+    model.enqueue("Olá!")
+    cid = client.post("/api/chat", json={"assistant_id": a["id"], "customer_id": "c8",
+                                         "message": "tenho uma dúvida"}).json()["conversation_id"]
+    paused = client.post(f"/api/conversations/{cid}/ai", json={"enabled": False}).json()
+    assert paused["handoff_state"] == "with_human" and paused["ai_enabled"] is False
+    resumed = client.post(f"/api/conversations/{cid}/ai", json={"enabled": True}).json()
+    assert resumed["handoff_state"] == "ai"
+    actors = [(c["to"], c["actor"]) for c in client.get(f"/api/conversations/{cid}").json()["handoff_changes"]]
+    assert actors == [("with_human", "operator"), ("ai", "operator")]

@@ -274,6 +274,19 @@ def test_detail_shows_variables_and_collected_data_and_no_templates_off_whatsapp
     html = dash.get(f"/dashboard/conversations/{seeded['api']}").text
     assert "customer_name" in html and "Ana" in html and "ana@example.com" in html
     assert 'id="send-template"' not in html and 'id="operator-reply"' in html and 'id="toggle-ai"' in html
+    assert "no change" in html and 'id="hand-back"' not in html
+
+
+def test_detail_shows_the_handoff_log_and_hands_back(dash, seeded):
+    cid = seeded["api"]
+    assert dash.post(f"/api/conversations/{cid}/messages", json={"text": "Oi, sou a Maria."}).status_code == 201
+    html = dash.get(f"/dashboard/conversations/{cid}").text
+    assert "off (an operator has it)" in html and 'id="hand-back"' in html and 'id="toggle-ai"' not in html
+    assert "ai &rarr; with_human by operator (an operator replied)" in html
+    assert dash.post(f"/api/conversations/{cid}/handback", json={}).json()["handoff_state"] == "ai"
+    html = dash.get(f"/dashboard/conversations/{cid}").text
+    assert 'id="toggle-ai"' in html and "with_human &rarr; ai by operator" in html
+    assert "Notice" in html  # the customer was told the AI is back
     for channel in ("widget", "test"):
         r = dash.get(f"/dashboard/conversations/{seeded[channel]}")
         assert r.status_code == 200 and 'id="send-template"' not in r.text

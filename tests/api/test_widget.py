@@ -143,7 +143,7 @@ def test_paused_ai_and_model_failure(shop):
     assert r.json()["status"] == "error" and r.json()["reply"] == DEFAULT_UNAVAILABLE["pt"]
     assert r.headers["access-control-allow-origin"] == SHOP
     with services.session() as session:
-        session.execute(update(Conversation).values(ai_enabled=False))
+        session.execute(update(Conversation).values(handoff_state="with_human"))
         session.commit()
     assert ask(client, "loja", token, "alô?").json() == {"status": "paused", "reply": None, "sources": [],
                                                         "ai_enabled": False, "message_id": None}

@@ -97,6 +97,38 @@ def test_whatsapp_messages_already_sent_become_one_part_each(database_url):
     engine.dispose()
 
 
+def test_conversations_with_the_ai_off_become_waiting_for_human(database_url):
+    """Revision 0015: ``ai_enabled`` becomes ``handoff_state`` (off: ``waiting_for_human``), and back down."""
+    engine = make_engine(database_url)
+    upgrade_to(engine, "0013")
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO assistants (id, name, description, created_at, updated_at, config) "
+                             "VALUES ('a', 'a', '', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, '{}')"))
+        for conv, on in (("on", True), ("off", False)):
+            conn.execute(sa.text("INSERT INTO conversations (id, assistant_id, channel, sender, customer_id, ai_enabled, "
+                                 "variables, created_at, tokens_in, tokens_out, cost) VALUES (:id, 'a', 'api', 's', "
+                                 ":id, :on, '{}', CURRENT_TIMESTAMP, 0, 0, 0)"), {"id": conv, "on": on})
+            conn.execute(sa.text("INSERT INTO messages (id, conversation_id, direction, text, status, kind, channel_cost, "
+                                 "created_at, tokens_in, tokens_out, cost) VALUES (:id, :id, 'inbound', 'Olá', "
+                                 "'answered', 'text', 0, CURRENT_TIMESTAMP, 0, 0, 0)"), {"id": conv})
+    migrate(engine)
+    with engine.connect() as conn:
+        states = dict(conn.execute(sa.text("SELECT id, handoff_state FROM conversations")).all())
+        messages = conn.execute(sa.text("SELECT count(*) FROM messages")).scalar()
+    assert states == {"on": "ai", "off": "waiting_for_human"}
+    assert messages == 2  # the conversations were altered in place, not recreated (which would cascade)
+    upgrade_to(engine, "0015")  # already there
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0013")
+    with engine.connect() as conn:
+        enabled = {k: bool(v) for k, v in conn.execute(sa.text("SELECT id, ai_enabled FROM conversations")).all()}
+    assert enabled == {"on": True, "off": False}
+    engine.dispose()
+
+
 @pytest.mark.parametrize("tables, previous, indexes", [
     ({"approved_answers"}, "0004", {"approved_answers": {"ix_approved_answers_assistant_id"}}),
     ({"message_feedback"}, "0005", {"message_feedback": {"ix_message_feedback_message_id",
@@ -108,6 +140,7 @@ def test_whatsapp_messages_already_sent_become_one_part_each(database_url):
                                                    "auth_failures": {"ix_auth_failures_last_failure_at"}}),
     ({"message_parts"}, "0011", {"message_parts": {"ix_message_parts_message_id",
                                                    "ix_message_parts_channel_message_id"}}),
+    ({"handoff_changes"}, "0013", {"handoff_changes": {"ix_handoff_changes_conversation_id"}}),
 ])
 def test_round_two_tables_go_up_and_down_and_match_the_models(database_url, tables, previous, indexes):
     """Each migration of round two: its tables and indexes exist at head, match the models, are

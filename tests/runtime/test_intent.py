@@ -34,6 +34,8 @@ def test_an_earlier_message_of_the_booking_still_counts():
     ("Quero falar com um atendente", True), ("Quero fazer uma reclamação", True), ("I want to talk to a human", True),
     ("Quiero hablar con alguien", True), ("Onde fica a clínica?", False), ("Quanto custa uma limpeza?", False),
     ("Vocês atendem convênio?", False), ("What time do you open?", False),
+    ("Pode me transferir para o financeiro?", True), ("Can you transfer me to sales?", True),
+    ("Aceitam transferência bancária?", False), ("Can I pay by wire transfer?", False),
 ])
 def test_asking_for_a_person_is_told(text, expected):
     assert wants_human([text]) is expected

@@ -123,7 +123,7 @@ def fixture_log(services, monkeypatch):
     c2.turn("handoff", at(2, 9, 0, 3), "Vou transferir você para a equipe.", 0.003,
             calls=[("transfer_to_human", {"reason": "pediu humano"}, "transferido", None),
                    ("book_appointment", {"when": "ontem"}, "data inválida", "invalid date")])
-    c2.conv.ai_enabled, c2.conv.handoff = False, {"reason": "pediu humano", "at": at(2, 9, 0, 3).isoformat()}
+    c2.conv.handoff_state, c2.conv.handoff = "waiting_for_human", {"reason": "pediu humano", "at": at(2, 9, 0, 3).isoformat()}
     c2.session.commit()
     c2.inbound("alô?", at(2, 9, 10))
     c2.turn("paused", at(2, 9, 10))

@@ -11,6 +11,7 @@ from ingest.pipeline import run_job
 from kb import registry
 from runtime import store
 from runtime.config import DEFAULT_FALLBACK, DEFAULT_HANDOFF, DEFAULT_UNAVAILABLE, merge_config
+from runtime.handoff import hand_back
 from runtime.models import CollectedData, Conversation, Message, MessageSource, OutboundEvent, ToolCallRecord, Turn
 from runtime.prompt import ANSWER_NOW
 from runtime.turn import retrieval_queries, run_turn
@@ -89,8 +90,9 @@ def test_no_answer_becomes_the_fallback_message_in_the_customers_language(shop):
     assert chat(services, aid, "¿Venden pasajes a Lisboa?", customer="es").reply == DEFAULT_FALLBACK["es"]
     r = chat(services, aid, "Do you sell plane tickets to Lisbon?", customer="en")
     assert r.status == "fallback" and r.reply == DEFAULT_FALLBACK["en"]
-    # a message that tells nothing ("Lisboa?") takes the language of the customer's earlier ones
-    assert chat(services, aid, "Lisboa?", customer="es").reply == DEFAULT_FALLBACK["es"]
+    # a message that tells nothing ("Lisboa?") takes the language of the customer's earlier ones; a second
+    # fallback in a row hands off (handoff.after_fallbacks), in that language too
+    assert chat(services, aid, "Lisboa?", customer="es").reply == DEFAULT_HANDOFF["es"]
     with services.session() as session:  # a configured message is sent as written
         a = registry.get_assistant(session, aid)
         a.config = merge_config(a.config, {"fallback_message": "Não sei responder isso."})
@@ -161,18 +163,15 @@ def test_a_plain_question_is_first_put_to_the_model_with_only_its_sources(shop):
 
 def test_handoff_pauses_the_ai_until_resumed(shop):
     services, model, aid = shop
-    model.enqueue([ToolCall("call_0", "transfer_to_human", {"reason": "quer falar com o gerente"})],
-                  "Vou transferir você para um atendente.")
-    r = chat(services, aid, "Quero falar com um humano")
-    assert r.status == "handoff" and r.ai_enabled is False
-    assert r.function_calls[0]["name"] == "transfer_to_human" and r.function_calls[0]["error"] is None
+    r = chat(services, aid, "Quero falar com um humano")  # asked for a person: handed off without the model
+    assert r.status == "handoff" and r.ai_enabled is False and r.reply == DEFAULT_HANDOFF["pt"]
     paused = chat(services, aid, "Alô? Tem alguém aí?")  # the script is empty: a model call would fail the test
-    assert paused.status == "paused" and paused.reply is None
+    assert paused.status == "paused" and paused.reply is None and model.requests == []
     with services.session() as session:
         conv = session.get(Conversation, r.conversation_id)
-        assert conv.handoff["reason"] == "quer falar com o gerente"
-        conv.ai_enabled = True
-        session.commit()
+        assert conv.handoff["reason"] == "the customer asked for a person"
+        assert conv.handoff_state == "waiting_for_human"
+    hand_back(services, r.conversation_id, actor="operator", reason="done")
     model.enqueue("Oi de novo! Como posso ajudar?")
     back = chat(services, aid, "Voltei")
     assert back.status == "answered" and back.ai_enabled
@@ -383,18 +382,20 @@ def test_a_tool_call_written_as_text_is_never_sent_to_the_customer(shop):
     services, model, aid = shop
     handoff = [ToolCall("call_0", "transfer_to_human", {"reason": "pediu um humano"})]
     written = '```json\n{"name": "transfer_to_human", "arguments": {"reason": "pediu um humano"}}\n```'
+    model.enqueue("NO_ANSWER")  # the fallback offers a person, so the next turn is offered the handoff tool
+    assert chat(services, aid, "Vocês vendem passagens aéreas?").status == "fallback"
     model.enqueue(handoff, handoff, written)  # repeats the call, then writes it as text once tools are withdrawn
-    r = chat(services, aid, "Quero um atendente")
+    r = chat(services, aid, "Sim, por favor")
     assert r.status == "handoff" and r.reply == DEFAULT_HANDOFF["pt"] and "transfer_to_human" not in r.reply
     model.enqueue(written.replace("transfer_to_human", "list_available_slots"), "}")  # and nothing better when asked again
     with services.session() as session:
-        session.get(Conversation, r.conversation_id).ai_enabled = True
+        session.get(Conversation, r.conversation_id).handoff_state = "ai"
         session.commit()
     r2 = chat(services, aid, "Tem horário amanhã?")
     assert r2.status == "fallback" and "list_available_slots" not in r2.reply
-    for leftover in ("```", "}", " ** "):  # what is left of a mangled call is not a reply either
+    for i, leftover in enumerate(("```", "}", " ** ")):  # what is left of a mangled call is not a reply either
         model.enqueue(leftover, leftover)  # rejected, and again when asked for plain text
-        assert chat(services, aid, "Tem horário amanhã?", customer="c2").reply == DEFAULT_FALLBACK["pt"]
+        assert chat(services, aid, "Tem horário amanhã?", customer=f"other{i}").reply == DEFAULT_FALLBACK["pt"]
 
 
 # --- nothing but a real answer reaches the customer ---------------------------------------------------

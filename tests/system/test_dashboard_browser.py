@@ -283,8 +283,10 @@ def test_review_flow_from_upload_to_export(site, page, tmp_path):
     ai.locator("details.call summary").click()
     shot(page, "06-conversation-detail")
     page.click("#toggle-ai")
-    expect(page.locator("#ai-state")).to_have_text("off (waiting for a human)")
-    expect(page.locator("#toggle-ai")).to_have_text("Resume AI")
+    expect(page.locator("#ai-state")).to_have_text("off (an operator has it)")
+    expect(page.locator("#handoff-log")).to_contain_text("ai → with_human by operator")
+    page.click("#hand-back")
+    expect(page.locator("#ai-state")).to_have_text("on")
 
     # metrics and improve
     page.goto(site.url("/dashboard/metrics"))

@@ -19,6 +19,7 @@ from sqlalchemy import select
 from ingest.pipeline import run_job
 from kb import registry
 from runtime.config import DEFAULT_FALLBACK, merge_config
+from runtime.handoff import hand_back
 from runtime.llm_provider import ChatModelProvider
 from runtime.local_llm import default_model_path
 from runtime.models import CollectedData, Conversation, Message, MessageSource, ToolCallRecord, Turn
@@ -172,10 +173,9 @@ def test_out_of_scope_question_gets_the_fallback_not_an_invention(live):
 
 def test_handoff_pauses_the_ai_until_it_is_re_enabled(live):
     services, _, models = live
-    r, _ = chat(live, "e2e-handoff", "Quero falar com um atendente humano, por favor.")
+    r, calls = chat(live, "e2e-handoff", "Quero falar com um atendente humano, por favor.")
     assert r.status == "handoff" and r.ai_enabled is False, r
-    transfers = [c for c in r.function_calls if c["name"] == "transfer_to_human"]
-    assert transfers and transfers[0]["error"] is None, r.function_calls
+    assert not calls and r.function_calls == []  # a request for a person is recognised before the model runs
     assert r.reply and not TOOL_CALL_TEXT.search(r.reply), r.reply  # the customer never sees a raw tool call
     with services.session() as session:
         conv = session.get(Conversation, r.conversation_id)
@@ -189,8 +189,7 @@ def test_handoff_pauses_the_ai_until_it_is_re_enabled(live):
         turn = session.scalars(select(Turn).where(Turn.conversation_id == r.conversation_id)
                                .order_by(Turn.started_at.desc())).first()
         assert (turn.status, turn.rounds) == ("paused", 0)
-        session.get(Conversation, r.conversation_id).ai_enabled = True  # what POST /api/conversations/{id}/ai does
-        session.commit()
+    hand_back(services, r.conversation_id, actor="operator", reason="e2e")  # POST /api/conversations/{id}/handback
 
     back, calls = chat(live, "e2e-handoff", "Voltei. Em que ano nasceu o Iwan Roberts?")
     assert calls and back.ai_enabled is True  # the model is asked again

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from atende.app import create_app
-from runtime.config import DEFAULT_UNAVAILABLE
+from runtime.config import DEFAULT_AI_BACK, DEFAULT_HANDOFF, DEFAULT_UNAVAILABLE
 from runtime.types import ToolCall
 from runtime.models import Conversation, Message, MessagePart, Turn
 from runtime.queue import InlineQueue
@@ -123,6 +123,33 @@ def test_when_the_model_fails_the_customer_is_told_and_the_conversation_flagged(
         turn = session.scalars(select(Turn)).one()
         conv = session.get(Conversation, turn.conversation_id)
         assert turn.status == "error" and "model endpoint down" in conv.handoff["reason"]
+
+
+def test_a_person_asked_for_keeps_the_ai_quiet_until_handed_back(wa):
+    client, services, model, graph, clock, _ = wa
+    post(client, text_payload("wamid.h1", "Quero falar com um atendente", clock.now))
+    wait_for(lambda: graph.sent)
+    assert graph.sent[0]["json"]["text"]["body"] == DEFAULT_HANDOFF["pt"] and model.requests == []
+    with services.session() as session:
+        cid = session.scalars(select(Conversation.id)).one()
+    assert client.post(f"/api/conversations/{cid}/messages", json={"text": "Oi, sou a Maria."}).status_code == 201
+    wait_for(lambda: len(graph.sent) == 2)
+    post(client, text_payload("wamid.h2", "Quero trocar um produto", clock.now))
+    post(client, text_payload("wamid.h3", "É o pedido 123", clock.now))
+
+    def skipped() -> int:
+        with services.session() as session:
+            return session.scalar(select(func.count()).select_from(Message).where(Message.status == "skipped"))
+    wait_for(lambda: skipped() == 2)  # stored, covered by a paused turn
+    time.sleep(1.0)  # time for any reply to (wrongly) go out
+    assert len(graph.sent) == 2 and model.requests == []
+    assert client.post(f"/api/conversations/{cid}/handback").json()["handoff_state"] == "ai"
+    wait_for(lambda: len(graph.sent) == 3)
+    assert graph.sent[2]["json"]["text"]["body"] == DEFAULT_AI_BACK["pt"]
+    model.enqueue("Abrimos às 8h.")
+    post(client, text_payload("wamid.h4", "Que horas abrem?", clock.now))
+    wait_for(lambda: len(graph.sent) == 4)
+    assert graph.sent[3]["json"]["text"]["body"] == "Abrimos às 8h." and len(model.requests) == 1
 
 
 def test_a_burst_is_answered_by_one_turn(wa):
