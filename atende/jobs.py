@@ -27,6 +27,7 @@ from core.settings import Settings
 from ingest.pipeline import run_job
 from kb.models import IngestJob
 from runtime.events import deliver_event
+from runtime.handoff import return_idle
 from runtime.models import Conversation
 from runtime.recovery import owed_turns, recover
 from runtime.services import Services
@@ -103,8 +104,10 @@ class HueyQueue:
 
         @huey.periodic_task(crontab(minute="*"), name="recovery.sweep")
         def recovery_sweep() -> None:
-            # owed work no queued job will do: dead turns, unanswered messages, stuck jobs, lost posts
+            # owed work no queued job will do: dead turns, unanswered messages, stuck jobs, lost posts; and
+            # conversations a person left idle past the assistant's time go back to the AI
             recover(services)
+            return_idle(services)
 
         self._run_ingest_job, self._deliver_events = run_ingest_job, deliver_events
         self.recovery_sweep = recovery_sweep

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from core.db import new_id, utcnow
@@ -162,6 +162,13 @@ def hand_back(services: Services, conversation_id: str, *, actor: str, reason: s
         conv = get_conversation(session, conversation_id)
         if conv.handoff_state == "ai":
             return conv
+        # claimed by one conditional update: of two sweeps (or a sweep and an operator) only one tells the customer
+        claimed = session.execute(update(Conversation).where(
+            Conversation.id == conv.id, Conversation.handoff_state == conv.handoff_state).values(handoff_state="ai")
+            .execution_options(synchronize_session=False))  # conv keeps its state for set_state's log
+        if not claimed.rowcount:  # type: ignore[attr-defined]
+            session.rollback()
+            return get_conversation(session, conversation_id)
         assistant = session.get(Assistant, conv.assistant_id)
         config = AssistantConfig.model_validate((assistant.config if assistant else None) or {})
         set_state(session, conv, "ai", actor=actor, reason=reason)

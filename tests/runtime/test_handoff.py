@@ -103,3 +103,34 @@ def test_the_sweep_hands_back_idle_conversations_and_tells_the_customer(scripted
         notice = session.scalars(select(Message).where(Message.conversation_id == cid, Message.kind == "notice")).one()
         assert notice.text == DEFAULT_AI_BACK["en"] and notice.direction == "outbound"
     assert state_log(services, cid)[-1][:3] == ("waiting_for_human", "ai", "system")
+
+
+def test_a_hand_back_racing_another_tells_the_customer_once(scripted_model, monkeypatch):
+    """Two sweeps (or a sweep and an operator) that both read the conversation as away from the AI: the one that
+    loses the conditional update sends no second notice and logs no second change."""
+    import threading
+
+    import runtime.store
+    from runtime.handoff import hand_back
+
+    services, _ = scripted_model
+    aid = add_assistant(services, "race", config={"handoff": {"idle_return_minutes": 30}})
+    cid = chat(services, aid, "I want to talk to a real person").conversation_id
+    real_get = runtime.store.get_conversation
+    raced = []
+
+    def get_then_lose_the_race(session, conversation_id):
+        conv = real_get(session, conversation_id)
+        if not raced:  # the other hand-back runs to its end between this read and this one's update
+            raced.append(True)
+            other = threading.Thread(target=hand_back, args=(services, cid), kwargs={"actor": "system", "reason": "idle"})
+            other.start()
+            other.join()
+        return conv
+
+    monkeypatch.setattr(runtime.store, "get_conversation", get_then_lose_the_race)
+    assert hand_back(services, cid, actor="operator", reason="back").handoff_state == "ai"
+    with services.session() as session:
+        notices = session.scalars(select(Message).where(Message.conversation_id == cid, Message.kind == "notice")).all()
+    assert raced and len(notices) == 1
+    assert [row[1] for row in state_log(services, cid)].count("ai") == 1

@@ -28,8 +28,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('ingest_jobs', schema=None) as batch_op:
-        batch_op.drop_column('lease_until')
-    with op.batch_alter_table('conversations', schema=None) as batch_op:
-        batch_op.drop_column('turn_lease_owner')
-        batch_op.drop_column('turn_lease_until')
+    # in place, not a batch: recreating conversations on SQLite (foreign keys on) would cascade-delete its messages
+    for table, column in (("ingest_jobs", "lease_until"), ("conversations", "turn_lease_owner"),
+                          ("conversations", "turn_lease_until")):
+        op.execute(f"ALTER TABLE {table} DROP COLUMN {column}")

@@ -5,14 +5,14 @@ off, no person has replied yet) or ``with_human`` (an operator replied). A conve
 becomes ``waiting_for_human``. Each later change is a row of ``handoff_changes`` (from, to, who, why, when).
 
 Revision ID: 0015
-Revises: 0013
+Revises: 0014_leases
 """
 from alembic import op
 import sqlalchemy as sa
 
 
 revision = '0015'
-down_revision = '0013'
+down_revision = '0014_leases'
 branch_labels = None
 depends_on = None
 
