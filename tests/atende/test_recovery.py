@@ -114,7 +114,7 @@ def test_a_conversation_with_the_ai_off_is_not_owed_a_turn(world):
     services, graph, clock, conv_id = world
     inbound(services, conv_id, "hello", age_s=600)
     with services.session() as session:
-        session.get(Conversation, conv_id).ai_enabled = False
+        session.get(Conversation, conv_id).handoff_state = "with_human"
         session.commit()
     assert owed_work(services).turns == []
 

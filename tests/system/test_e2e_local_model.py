@@ -205,7 +205,7 @@ def test_after_a_handoff_the_resumed_ai_answers_from_the_knowledge_base(live):
     r, _ = chat(live, "e2e-resumed", "Quero falar com um atendente humano, por favor.")
     assert r.status == "handoff", r
     with services.session() as session:
-        session.get(Conversation, r.conversation_id).ai_enabled = True
+        session.get(Conversation, r.conversation_id).handoff_state = "ai"
         session.commit()
     back, _ = chat(live, "e2e-resumed", "Voltei. Em que ano nasceu o Iwan Roberts?")
     assert back.status == "answered" and "1968" in back.reply, back
