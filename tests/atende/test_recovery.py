@@ -32,6 +32,20 @@ class Clock:
         return self.now
 
 
+
+def whatsapp_conversation(services, clock) -> str:
+    """A WhatsApp sender of a new assistant and its conversation with ``CUSTOMER``, the window open; its id."""
+    with services.session() as session:
+        a = registry.create_assistant(session, name="loja", embedding_model="all-minilm-l6-v2", chunk_size=128,
+                                      chunk_overlap=16)
+        session.add(WhatsAppSender(id="snd1", assistant_id=a.id, phone_number_id=PHONE_ID,
+                                   access_token="token-xyz", app_secret="app-secret-rec", verify_token="v"))
+        conv = store.find_or_create_conversation(session, assistant_id=a.id, channel="whatsapp", sender=PHONE_ID,
+                                                 customer_id=CUSTOMER)
+        conv.last_inbound_at = clock.now
+        session.commit()
+        return conv.id
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database(request, tmp_path):
     if request.param == "sqlite":
@@ -49,16 +63,7 @@ def world(tmp_path, embedders, database):
         services = make_services(tmp_path / "home", embedders, database, whatsapp_graph_url=graph.base_url)
         services.whatsapp_graph = GraphClient(graph.base_url, timeout_s=2, attempts=1)
         services.clock = clock
-        with services.session() as session:
-            a = registry.create_assistant(session, name="loja", embedding_model="all-minilm-l6-v2", chunk_size=128,
-                                          chunk_overlap=16)
-            session.add(WhatsAppSender(id="snd1", assistant_id=a.id, phone_number_id=PHONE_ID,
-                                       access_token="token-xyz", app_secret="app-secret-rec", verify_token="v"))
-            conv = store.find_or_create_conversation(session, assistant_id=a.id, channel="whatsapp", sender=PHONE_ID,
-                                                     customer_id=CUSTOMER)
-            conv.last_inbound_at = clock.now
-            session.commit()
-            conv_id = conv.id
+        conv_id = whatsapp_conversation(services, clock)
         yield services, graph, clock, conv_id
         services.close()
         services.engine.dispose()
@@ -221,16 +226,7 @@ def test_on_redis_two_workers_sweeping_at_once_give_one_reply(redis_services):
     with GraphStandIn() as graph:
         services.whatsapp_graph = GraphClient(graph.base_url, timeout_s=2, attempts=1)
         services.queue = queue = HueyQueue.from_settings(services)
-        with services.session() as session:
-            a = registry.create_assistant(session, name="loja", embedding_model="all-minilm-l6-v2", chunk_size=128,
-                                          chunk_overlap=16)
-            session.add(WhatsAppSender(id="snd1", assistant_id=a.id, phone_number_id=PHONE_ID,
-                                       access_token="token-xyz", app_secret="app-secret-rec", verify_token="v"))
-            conv = store.find_or_create_conversation(session, assistant_id=a.id, channel="whatsapp", sender=PHONE_ID,
-                                                     customer_id=CUSTOMER)
-            conv.last_inbound_at = clock.now
-            session.commit()
-            conv_id = conv.id
+        conv_id = whatsapp_conversation(services, clock)
         msg_id = inbound(services, conv_id, "hello", age_s=600)
         queue.recovery_sweep()  # as two workers' schedulers would enqueue it
         queue.recovery_sweep()
