@@ -19,6 +19,7 @@ from api.routes import insights
 from api.routes import approved
 from api.routes import feedback
 from api.routes import regression
+from api.routes import followups
 from runtime.services import Services
 
 
@@ -45,6 +46,8 @@ def build_app(services: Services, version: str,
     app.include_router(dashboard_api.router)
     app.include_router(dashboard.public)
     app.include_router(dashboard.router)
+    app.include_router(followups.router)
+    app.include_router(followups.pages)
     dashboard.install_page_handlers(app)
     app.mount("/static", StaticFiles(directory=Path(__file__).resolve().parent / "static"), name="static")
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from datetime import date
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -43,6 +44,27 @@ DEFAULT_AI_BACK = {
     "en": "You are talking to the virtual assistant again.",
     "pt": "Você está falando de novo com o assistente virtual.",
     "es": "Estás hablando de nuevo con el asistente virtual.",
+}
+# outside business hours (runtime.followups): {opening} is when a person will answer, in the customer's language
+DEFAULT_CALLBACK = {
+    "closed": {"en": "Our team is away right now: a person will answer you here {opening}.",
+               "pt": "Nossa equipe não está disponível agora: uma pessoa vai te responder por aqui {opening}.",
+               "es": "Nuestro equipo no está disponible ahora: una persona te responderá por aquí {opening}."},
+    "ask_name": {"en": "So we can call you back, what is your name?",
+                 "pt": "Para retornarmos o contato, qual é o seu nome?",
+                 "es": "Para devolverte el contacto, ¿cuál es tu nombre?"},
+    "ask_best_time": {"en": "What is the best time to call you?",
+                      "pt": "Qual o melhor horário para te ligarmos?",
+                      "es": "¿Cuál es el mejor horario para llamarte?"},
+    "ask_phone": {"en": "Which phone number should we call?",
+                  "pt": "Em qual número de telefone podemos te ligar?",
+                  "es": "¿A qué número de teléfono te llamamos?"},
+    "invalid_phone": {"en": "I could not read that phone number. Please send it with the area code.",
+                      "pt": "Não consegui ler esse número. Envie o telefone com o DDD, por favor.",
+                      "es": "No pude leer ese número. Envíalo con el código de área, por favor."},
+    "done": {"en": "Thank you! A person will get back to you {opening}.",
+             "pt": "Obrigado! Uma pessoa vai retornar o contato {opening}.",
+             "es": "¡Gracias! Una persona se pondrá en contacto contigo {opening}."},
 }
 TOOL_NAMES = ("search_knowledge_base", "transfer_to_human", "collect_data", "list_available_slots", "schedule_appointment")
 # booking writes to the business's calendar: an assistant enables the scheduling tools explicitly
@@ -154,12 +176,84 @@ class Scheduling(BaseModel):
     @field_validator("timezone")
     @classmethod
     def _tz(cls, v: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+        return known_time_zone(v)
 
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {v!r}; use an IANA name such as America/Sao_Paulo") from exc
+
+def known_time_zone(name: str) -> str:
+    """``name`` if it is an IANA time zone; raises ValueError otherwise."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {name!r}; use an IANA name such as America/Sao_Paulo") from exc
+    return name
+
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_HHMM_END = re.compile(r"^(([01]\d|2[0-3]):[0-5]\d|24:00)$")
+CALLBACK_MESSAGES = ("closed", "ask_name", "ask_best_time", "ask_phone", "invalid_phone", "done")
+
+
+class BusinessHours(BaseModel):
+    """When people answer (runtime.business_hours): outside these hours a handoff tells the customer when a
+    person will, collects callback details and leaves a follow-up for the opening (runtime.followups)."""
+
+    timezone: str = Field(default="America/Sao_Paulo", description="IANA time zone the hours are in")
+    weekly: dict[int, list[tuple[str, str]]] = Field(
+        default_factory=lambda: {d: [("09:00", "18:00")] for d in range(5)},
+        description='weekday (0 or "mon" = Monday ... 6 or "sun") -> ["HH:MM", "HH:MM"] intervals, local time; an '
+                    'end before its start runs past midnight ("22:00", "02:00"), "24:00" ends at midnight; a day '
+                    "left out is closed")
+    holidays: list[date] = Field(default_factory=list, description="local dates closed all day (YYYY-MM-DD)")
+    reminder_template: str | None = Field(
+        default=None, description="approved WhatsApp template sent at the opening when the customer's 24-hour "
+                                  "window will have closed by then; none: no reminder (the follow-up says so)")
+    reminder_parameters: list[str] = Field(
+        default_factory=list, description="the template's {{1}}, {{2}} ...; may use {name}, {best_time}, {phone}, "
+                                          "{opening} (the collected details and the opening, in the customer's "
+                                          "language)")
+    messages: dict[str, str] = Field(
+        default_factory=dict, description=f"replaces built-in texts (en, pt, es) by key: {', '.join(CALLBACK_MESSAGES)}"
+                                          "; closed and done may use {opening}")
+
+    def message(self, kind: str, language: str | None) -> str:
+        """The configured text for ``kind`` (one of ``CALLBACK_MESSAGES``), else the built-in one in ``language``
+        (else English)."""
+        return self.messages.get(kind) or DEFAULT_CALLBACK[kind][language or "en"]
+
+    @field_validator("weekly", mode="before")
+    @classmethod
+    def _weekday_names(cls, v):
+        if isinstance(v, dict):
+            return {WEEKDAYS.index(k.lower()[:3]) if isinstance(k, str) and k.lower()[:3] in WEEKDAYS else k: w
+                    for k, w in v.items()}
+        return v
+
+    @field_validator("weekly")
+    @classmethod
+    def _intervals(cls, v: dict) -> dict:
+        for day, intervals in v.items():
+            if not 0 <= int(day) <= 6:
+                raise ValueError("weekday keys are 0 (Monday) to 6 (Sunday), or mon ... sun")
+            for start, end in intervals:
+                if not (_HHMM.match(start) and _HHMM_END.match(end)) or start == end:
+                    raise ValueError(f"bad interval {start}-{end}: use HH:MM (end up to 24:00), start and end differ")
+        if not any(v.values()):
+            raise ValueError("no opening hours: give at least one interval")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        return known_time_zone(v)
+
+    @field_validator("messages")
+    @classmethod
+    def _known_messages(cls, v: dict) -> dict:
+        unknown = sorted(set(v) - set(CALLBACK_MESSAGES))
+        if unknown:
+            raise ValueError(f"unknown messages {unknown}; known: {list(CALLBACK_MESSAGES)}")
         return v
 
 
@@ -176,6 +270,9 @@ class HandoffConfig(BaseModel):
                                                       "back to the AI; 0: never")
     ai_back_message: str | None = Field(
         default=None, description="told to the customer when the AI answers again; default: built-in (en, pt, es)")
+    business_hours: BusinessHours | None = Field(
+        default=None, description="when people answer; outside them a handoff collects callback details and leaves "
+                                  "a follow-up for the opening; none: always open")
 
 
 def merge_config(stored: dict, changes: dict) -> dict:

@@ -25,7 +25,7 @@ from kb.keyword import fold
 from kb.models import Assistant
 from runtime.config import AssistantConfig
 from runtime.intent import wants_human
-from runtime.models import Conversation, HandoffChange, Message, OutboundEvent, Turn
+from runtime.models import Conversation, FollowUp, HandoffChange, Message, OutboundEvent, Turn
 from runtime.services import Services
 
 STATES = ("ai", "waiting_for_human", "with_human")
@@ -86,11 +86,30 @@ def asks_for_person(config: AssistantConfig, texts: list[str]) -> bool:
 
 
 def last_human_activity(session: Session, conversation: Conversation) -> datetime | None:
-    """The later of the last handoff change and the last operator message: when a person last had a say."""
+    """The latest of the last handoff change, the last operator message and the opening an open follow-up is due
+    at (``runtime.followups``: out of hours nobody is idle): when a person last had, or will first have, a say."""
     changed = session.scalar(select(func.max(HandoffChange.at)).where(HandoffChange.conversation_id == conversation.id))
     wrote = session.scalar(select(func.max(Message.created_at)).where(
         Message.conversation_id == conversation.id, Message.kind == "operator"))
-    return max(filter(None, (changed, wrote)), default=None)
+    due = session.scalar(select(func.max(FollowUp.due_at)).where(
+        FollowUp.conversation_id == conversation.id, FollowUp.status == "open"))
+    return max(filter(None, (changed, wrote, due)), default=None)
+
+
+def open_followup(session: Session, conversation_id: str) -> FollowUp | None:
+    """The conversation's open follow-up (``runtime.followups``), if any."""
+    return session.scalar(select(FollowUp).where(FollowUp.conversation_id == conversation_id, FollowUp.status == "open")
+                          .order_by(FollowUp.created_at.desc()).limit(1))
+
+
+def collecting_callback(session: Session, conversation: Conversation, now: datetime) -> bool:
+    """Whether the customer's new messages are callback details (``runtime.followups.answer``): the conversation
+    waits for a person and has an open follow-up not yet due (outside business hours, nobody is there to talk
+    over)."""
+    if conversation.handoff_state != "waiting_for_human":
+        return False
+    followup = open_followup(session, conversation.id)
+    return followup is not None and (followup.due_at is None or followup.due_at > now)
 
 
 def idle_expired(session: Session, conversation: Conversation, config: AssistantConfig, now: datetime) -> bool:
@@ -121,10 +140,11 @@ def fallback_streak_reached(session: Session, conversation: Conversation, config
 @dataclass
 class Gate:
     """What a turn may do (:func:`before_turn`): ``answer`` (with ``notice`` told first when the AI just came
-    back), ``paused`` (a person has the conversation: store, send nothing) or ``handoff`` (the customer asked for a
-    person: hand off without the model; ``event_id`` to deliver)."""
+    back), ``paused`` (a person has the conversation: store, send nothing), ``callback`` (handed off outside
+    business hours: the texts are callback details, ``runtime.followups.answer``; no model) or ``handoff`` (the
+    customer asked for a person: hand off without the model; ``event_id`` to deliver)."""
 
-    action: Literal["answer", "paused", "handoff"]
+    action: Literal["answer", "paused", "callback", "handoff"]
     notice: str | None = None
     event_id: str | None = None
 
@@ -133,15 +153,18 @@ def before_turn(session: Session, conversation: Conversation, assistant_id: str,
                 texts: list[str], now: datetime | None = None) -> Gate:
     """The one rule on whether the AI answers the customer's new ``texts`` (their pending messages, newest last).
 
-    A conversation away from the AI past its idle time goes back to it (the customer is told); one still with
-    a person is ``paused``; a request for a person (:func:`asks_for_person`) hands off at once. Changes are
-    not committed: the turn's log commits them."""
+    A conversation away from the AI past its idle time goes back to it (the customer is told); one handed off
+    outside business hours is collecting callback details until the opening (``callback``); one still with or
+    waiting for a person is ``paused``; a request for a person (:func:`asks_for_person`) hands off at once.
+    Changes are not committed: the turn's log commits them."""
     now = now or utcnow()
     notice = None
     if idle_expired(session, conversation, config, now):
         set_state(session, conversation, "ai", actor="system", at=now,
                   reason=f"no operator message for {config.handoff.idle_return_minutes:g} minutes")
         notice = config.canned_reply("ai_back", list(reversed(texts)))
+    if collecting_callback(session, conversation, now):
+        return Gate("callback")
     if conversation.handoff_state != "ai":
         return Gate("paused")
     if asks_for_person(config, texts):

@@ -135,7 +135,8 @@ class MessagePart(Base):
     message_id: Mapped[str] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), index=True)
     position: Mapped[int] = mapped_column(Integer)
     text: Mapped[str] = mapped_column(Text)  # as sent: rendered for the channel
-    # pending | retrying | unknown | sent | delivered | read | played | failed (runtime.whatsapp.outbound: the outbox)
+    # pending | retrying | unknown | sent | delivered | read | played | failed (runtime.whatsapp.outbound: the outbox);
+    # scheduled (waits for next_attempt_at to become pending) | cancelled (a scheduled one that was not sent)
     status: Mapped[str] = mapped_column(String(20))
     channel_message_id: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
     # the last failure (retrying: the error to be retried; failed: the reason)
@@ -248,6 +249,29 @@ class OutboundEvent(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class FollowUp(Base):
+    """An operator task left by a handoff outside business hours (``runtime.followups``): call the customer back
+    at ``due_at`` (the next opening) with the ``details`` collected (name, best_time, phone, notes). ``asking``
+    is the detail being asked of the customer (None once collection is over); ``reminder_message_id`` the
+    WhatsApp template scheduled for the opening, ``reminder_note`` what became of the reminder."""
+
+    __tablename__ = "followups"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"), index=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)  # None: no opening found
+    details: Mapped[dict] = mapped_column(JSON, default=dict)
+    asking: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    status: Mapped[str] = mapped_column(String(10), default="open", index=True)  # open | done
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(100))  # who handed off: customer, assistant or system
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    closed_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    reminder_message_id: Mapped[str | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"), nullable=True)
+    reminder_note: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class MessageFeedback(Base):

@@ -22,7 +22,7 @@ from kb.keyword import fold
 from kb.models import Assistant
 from kb.search import search
 from kb.types import Source
-from runtime import approved, extractive, handoff, store
+from runtime import approved, extractive, followups, handoff, store
 from runtime.capture import capture_calls
 from runtime.config import AssistantConfig
 from runtime.context_budget import ContextBudget, token_counter
@@ -99,9 +99,17 @@ def run_turn(services: Services, conversation_id: str) -> TurnResult | None:
             store.log_turn(session, conv, pending, result, tool_results=[], retrieval_query=None, rounds=0,
                            model="", started_at=started_at)
             return result
+        if gate.action == "callback":  # handed off out of hours: the texts are callback details, no model
+            reply, runs = followups.answer(services, session, conv, assistant, config, [m.text for m in pending],
+                                           services.clock())
+            result = TurnResult(conv.id, reply, "callback", function_calls=[r.logged() for r in runs], ai_enabled=False)
+            return _finish(services, session, conv, pending, result, {}, t0, started_at, model_name="",
+                           tool_results=runs, queries=[], rounds=0, error=None, events=[])
         if gate.action == "handoff":  # the customer asked for a person: no model
             texts = [m.text for m in reversed(pending)]
-            result = TurnResult(conv.id, config.canned_reply("handoff", texts), "handoff", ai_enabled=False)
+            reply = followups.on_handoff(services, session, conv, config, reason="the customer asked for a person",
+                                         actor="customer", texts=texts, now=services.clock())
+            result = TurnResult(conv.id, reply or config.canned_reply("handoff", texts), "handoff", ai_enabled=False)
             return _finish(services, session, conv, pending, result, {}, t0, started_at, model_name="",
                            tool_results=[], queries=[], rounds=0, error=None,
                            events=[gate.event_id] if gate.event_id else [])
@@ -254,14 +262,19 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
                    "callback_time": None, "at": utcnow().isoformat()}
         if event_id := handoff.flag_for_human(session, conv, assistant.id, config, flagged, pause=False):
             ctx.events.append(event_id)
-    elif handed_off:
-        status, reply = "handoff", reply or config.canned_reply("handoff", customer_texts)
+    elif handed_off:  # outside business hours the customer is told when a person answers, not "shortly"
+        closed = followups.on_handoff(services, session, conv, config, actor="assistant", texts=customer_texts,
+                                      reason=str((conv.handoff or {}).get("reason") or "transfer_to_human"),
+                                      now=services.clock())
+        status, reply = "handoff", closed or reply or config.canned_reply("handoff", customer_texts)
     elif no_answer and handoff.fallback_streak_reached(session, conv, config):  # the AI keeps failing: a person
-        status, reply = "handoff", config.canned_reply("handoff", customer_texts)
         flagged = {"reason": f"{config.handoff.after_fallbacks} fallback replies in a row", "callback_phone": None,
                    "callback_time": None, "at": utcnow().isoformat()}
         if event_id := handoff.flag_for_human(session, conv, assistant.id, config, flagged, pause=True, actor="system"):
             ctx.events.append(event_id)
+        closed = followups.on_handoff(services, session, conv, config, reason=flagged["reason"], actor="system",
+                                      texts=customer_texts, now=services.clock())
+        status, reply = "handoff", closed or config.canned_reply("handoff", customer_texts)
     elif no_answer:
         status, reply = "fallback", config.canned_reply("fallback", customer_texts)
     else:

@@ -26,6 +26,9 @@ The outbox (every send goes through it: AI and operator replies, ``send_reply``;
   message waits behind a retrying one, due no earlier than it); a new reply first retries the older ones.
 - ``send_due`` sends every due part: at start-up and periodically (``atende.jobs``), so a retry whose
   scheduled job was lost (or an ``runtime.queue.InlineQueue``, which cannot wait) still happens.
+- A template may be scheduled (``schedule_template``: a follow-up's reminder at the opening): its part is stored
+  ``scheduled``, out of the conversation's order, and joins it as ``pending`` once its time has come (``send_due``
+  releases it, then sends it); until then it can be cancelled (``cancel_scheduled``).
 - A send that finally fails is logged at ERROR and flags the conversation for a person
   (``runtime.handoff.flag_for_human``, with the assistant's ``handoff`` event when it has a ``handoff_url``).
 """
@@ -58,6 +61,7 @@ log = logging.getLogger(__name__)
 WINDOW = timedelta(hours=24)
 OUTSIDE_WINDOW = 131047  # Meta's error code for a free-form send outside the window
 OPEN = ("pending", "retrying")  # a part's statuses before it went out
+SCHEDULED = "scheduled"  # a part waiting for its time (next_attempt_at) to join the outbox
 LAST_TRY_MARGIN = timedelta(seconds=30)  # the last retry before a limit is this long before it
 WAITING = "waiting for an earlier message to this customer to be sent"
 _PARAM = re.compile(r"\{\{\s*(\d+)\s*\}\}")
@@ -128,12 +132,14 @@ def send_due(services: Services, conversation_id: str | None = None) -> int:
     returns how many sends were tried. The recovery sweep: run at start-up and periodically, and by the jobs
     ``WorkQueue.schedule_send`` schedules. Safe to run anywhere at any time (a part is claimed before it is sent)."""
     if conversation_id is not None:
+        _release_scheduled(services, conversation_id)
         return _send_conversation(services, conversation_id)
     return sum(_send_conversation(services, cid) for cid in due_conversations(services))
 
 
 def due_conversations(services: Services) -> list[str]:
-    """The conversations with a part due now (oldest due first)."""
+    """The conversations with a part due now (oldest due first), scheduled ones whose time has come included."""
+    _release_scheduled(services)
     with services.session() as session:
         rows = session.execute(
             select(Message.conversation_id, MessagePart.next_attempt_at)
@@ -141,6 +147,21 @@ def due_conversations(services: Services) -> list[str]:
             .where(MessagePart.status.in_(OPEN), MessagePart.next_attempt_at <= services.clock())
             .order_by(MessagePart.next_attempt_at)).all()
     return list(dict.fromkeys(cid for cid, _ in rows))
+
+
+def _release_scheduled(services: Services, conversation_id: str | None = None) -> None:
+    """Scheduled parts whose time has come join the outbox (``pending``, due then)."""
+    with services.session() as session:
+        query = select(MessagePart).join(Message, Message.id == MessagePart.message_id).where(
+            MessagePart.status == SCHEDULED, MessagePart.next_attempt_at <= services.clock())
+        if conversation_id is not None:
+            query = query.where(Message.conversation_id == conversation_id)
+        parts = list(session.scalars(query))
+        for part in parts:
+            part.status = "pending"
+        for message_id in {p.message_id for p in parts}:
+            settle(session.get(Message, message_id))
+        session.commit()
 
 
 def retry_delay_s(settings: Settings, attempts: int, rand=random.random) -> float:
@@ -382,6 +403,17 @@ def fill_template(body: str, parameters: list[str]) -> str:
     return _PARAM.sub(lambda m: parameters[int(m.group(1)) - 1], body)
 
 
+def approved_template(session: Session, sender_id: str, name: str, language: str) -> WhatsAppTemplate:
+    """The sender's template ``name`` in ``language``; raises NotFound, or Conflict when it is not approved."""
+    template = session.scalar(select(WhatsAppTemplate).where(
+        WhatsAppTemplate.sender_id == sender_id, WhatsAppTemplate.name == name, WhatsAppTemplate.language == language))
+    if template is None:
+        raise NotFound(f"template {name!r} ({language}) not found")
+    if template.status != "APPROVED":
+        raise Conflict(f"template {name!r} is {template.status}: only approved templates can be sent")
+    return template
+
+
 def send_template(services: Services, *, sender_id: str, customer_id: str, name: str, language: str,
                   parameters: list[str]) -> Message:
     """Send an approved template (e.g. to re-open a conversation) through the outbox, like any message (a template
@@ -390,12 +422,7 @@ def send_template(services: Services, *, sender_id: str, customer_id: str, name:
         sender = session.get(WhatsAppSender, sender_id)
         if sender is None:
             raise NotFound(f"WhatsApp sender {sender_id!r} not found")
-        template = session.scalar(select(WhatsAppTemplate).where(
-            WhatsAppTemplate.sender_id == sender.id, WhatsAppTemplate.name == name, WhatsAppTemplate.language == language))
-        if template is None:
-            raise NotFound(f"template {name!r} ({language}) not found")
-        if template.status != "APPROVED":
-            raise Conflict(f"template {name!r} is {template.status}: only approved templates can be sent")
+        template = approved_template(session, sender.id, name, language)
         text = fill_template(template.body, parameters)
         from runtime.store import find_or_create_conversation
 
@@ -409,3 +436,33 @@ def send_template(services: Services, *, sender_id: str, customer_id: str, name:
         session.commit()  # stored before anything goes out
     _send_conversation(services, msg.conversation_id, force=True)
     return _reloaded(services, msg.id)
+
+
+def schedule_template(services: Services, session: Session, conv: Conversation, template: WhatsAppTemplate,
+                      parameters: list[str], at: datetime) -> Message:
+    """Store approved ``template`` for the conversation's customer, to be sent at ``at``: its part waits
+    ``scheduled`` (out of the conversation's order: replies before then go out as usual), then joins the outbox
+    (:func:`send_due`, at the job ``WorkQueue.schedule_send`` leaves for then or at the next sweep); the retry period
+    counts from ``at``. The caller commits (the job scheduled here runs at ``at``)."""
+    text = fill_template(template.body, parameters)
+    msg = Message(id=new_id(), conversation_id=conv.id, direction="outbound", text=text, kind="template",
+                  status=SCHEDULED, created_at=utcnow(),
+                  payload={"template": template.name, "language": template.language, "parameters": parameters})
+    msg.parts = [MessagePart(id=new_id(), position=0, text=text, status=SCHEDULED, channel_cost=0.0, created_at=at,
+                             attempts=0, next_attempt_at=at)]
+    session.add(msg)
+    session.flush()
+    services.queue.schedule_send(conv.id, max((at - services.clock()).total_seconds(), 0.0))
+    return msg
+
+
+def cancel_scheduled(session: Session, message_id: str, reason: str) -> bool:
+    """Cancel a scheduled message not yet released to the outbox (its parts ``cancelled``, with ``reason``);
+    whether it was. The caller commits."""
+    msg = session.get(Message, message_id)
+    parts = [p for p in (msg.parts if msg else []) if p.status == SCHEDULED]
+    for part in parts:
+        part.status, part.next_attempt_at, part.error_title = "cancelled", None, reason
+    if parts:
+        settle(msg)
+    return bool(parts)

@@ -1,0 +1,219 @@
+"""Handoffs outside business hours: the customer is told when a person will answer, callback details are
+collected, and an operator task (a :class:`runtime.models.FollowUp`) is left for the next opening.
+
+- :func:`on_handoff` runs wherever a conversation is handed off (the customer asked for a person, the model's
+  ``transfer_to_human``, the fallback streak). Outside the assistant's ``handoff.business_hours`` it opens the
+  conversation's follow-up, due at the next opening (an open one is reused), and returns what to tell the
+  customer: when a person will answer, in their language and the assistant's time zone, and the first question.
+- While the conversation waits for a person and its follow-up is open and not yet due, the customer's messages
+  are its callback details (:func:`answer`), never a question for the AI (``runtime.handoff.before_turn``'s
+  ``callback`` gate): the
+  name, the best time and the phone are asked one after the other and saved with ``collect_data`` (validated,
+  stored as the conversation's collected data, logged as the turn's tool calls); a phone number written in any
+  answer is taken at once. Once all are in, the customer is thanked and later messages become notes, unanswered.
+- On WhatsApp, when the customer's 24-hour window will have closed by the opening, an approved template
+  (``business_hours.reminder_template``) is scheduled for the opening (``runtime.whatsapp.outbound
+  .schedule_template``), re-planned as details come in; without one the follow-up's ``reminder_note`` says why.
+- An operator closes the follow-up (:func:`close`); a reminder not yet sent is then cancelled.
+"""
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.db import new_id, utcnow
+from core.errors import Conflict, InvalidRequest, NotFound
+from kb.models import Assistant
+from runtime.business_hours import describe_opening, is_open, next_opening
+from runtime.capture import find_values
+from runtime.config import AssistantConfig, DataField
+from runtime.handoff import open_followup
+from runtime.models import Conversation, FollowUp, Message
+from runtime.services import Services
+from runtime.tools.builtin import collect_data
+from runtime.tools.context import ToolContext
+from runtime.tools.schema import function_tool
+from runtime.tools.toolset import Toolset
+from runtime.types import ToolCall, ToolRun
+from runtime.whatsapp.models import WhatsAppTemplate
+from runtime.whatsapp.outbound import WINDOW, cancel_scheduled, schedule_template, sender_of
+
+ASKED = ("name", "best_time", "phone")  # the callback details, in the order they are asked
+FIELDS = {"name": DataField(name="callback_name", type="text", description="name to ask for on the call back"),
+          "best_time": DataField(name="callback_time", type="text", description="best time to call back"),
+          "phone": DataField(name="callback_phone", type="phone", description="phone to call back")}
+QUESTIONS = {"name": "ask_name", "best_time": "ask_best_time", "phone": "ask_phone"}
+PHONE_TRIES = 2  # unreadable phone numbers before the answer is kept as a note and the questions end
+_SEPARATORS = " \t\n,;:.-–—/"
+
+
+def out_of_hours(config: AssistantConfig, now: datetime) -> bool:
+    """Whether ``now`` is outside the assistant's business hours (never, without them)."""
+    return not is_open(config.handoff.business_hours, now)
+
+
+def on_handoff(services: Services, session: Session, conv: Conversation, config: AssistantConfig, *, reason: str,
+               actor: str, texts: list[str], now: datetime) -> str | None:
+    """At a handoff (``actor``: customer, assistant or system): outside business hours, open the conversation's
+    follow-up for the next opening (or move its open one there), plan its reminder, and return what the customer
+    is told (when a person will answer, then the first question); None within business hours. ``texts``: the
+    customer's messages, newest first. The caller commits (with the turn's log)."""
+    if not out_of_hours(config, now):
+        return None
+    hours = config.handoff.business_hours
+    followup = open_followup(session, conv.id)
+    if followup is None:
+        followup = FollowUp(id=new_id(), conversation_id=conv.id, reason=reason[:500], details={}, status="open",
+                            created_at=now, created_by=actor)
+        session.add(followup)
+    followup.due_at = next_opening(hours, now)
+    followup.asking = _next_question(followup.details)
+    language = config.language(texts)
+    _plan_reminder(services, session, conv, config, followup, language, now)
+    opening = describe_opening(hours, followup.due_at, language, now)
+    closed = hours.message("closed", language).replace("{opening}", opening)  # type: ignore[union-attr]
+    return f"{closed}\n\n{_question(config, followup, language, now)}"
+
+
+def answer(services: Services, session: Session, conv: Conversation, assistant: Assistant, config: AssistantConfig,
+           texts: list[str], now: datetime) -> tuple[str | None, list[ToolRun]]:
+    """Take the customer's new ``texts`` (oldest first) as the answer to the follow-up's question: what to reply
+    (the next question, or thanks once all are in; None after that: the texts become notes) and the
+    ``collect_data`` runs that saved them."""
+    followup = open_followup(session, conv.id)
+    assert followup is not None  # before_turn found it, under the conversation's lock
+    text = "\n".join(t.strip() for t in texts if t.strip())
+    details = dict(followup.details or {})
+    language = config.language(list(reversed(texts)))
+    if followup.asking is None:
+        details["notes"] = [*details.get("notes", []), text]
+        followup.details = details
+        return None, []
+    session.commit()  # collect_data writes in its own session: hold no transaction meanwhile (SQLite)
+    ctx = ToolContext(services=services, assistant=assistant, conversation_id=conv.id, now=now,
+                      config=config.model_copy(update={"data_fields": [*config.data_fields, *FIELDS.values()]}))
+    runs: list[ToolRun] = []
+    asked, reply_kind = followup.asking, None
+    phones = [value for kind, value in find_values(text) if kind == "phone"]
+    if len(phones) == 1 and (asked == "phone" or "phone" not in details):
+        _save(ctx, runs, details, "phone", phones[0])
+        text = text.replace(phones[0], " ")
+    rest = text.strip(_SEPARATORS)
+    if asked in ("name", "best_time") and rest:
+        _save(ctx, runs, details, asked, re.sub(r"\s+", " ", rest))
+    elif asked == "phone" and "phone" not in details and rest and not _save(ctx, runs, details, "phone", rest):
+        details["phone_tries"] = details.get("phone_tries", 0) + 1
+        if details["phone_tries"] < PHONE_TRIES:
+            reply_kind = "invalid_phone"
+        else:  # kept as written for the operator; the customer is not asked forever
+            details["notes"] = [*details.get("notes", []), rest]
+            details["phone_unreadable"] = True
+    followup.details = details
+    followup.asking = _next_question(details)
+    _plan_reminder(services, session, conv, config, followup, language, now)
+    if reply_kind is not None:
+        return config.handoff.business_hours.message(reply_kind, language), runs  # type: ignore[union-attr]
+    return _question(config, followup, language, now), runs
+
+
+def _save(ctx: ToolContext, runs: list[ToolRun], details: dict, key: str, value: str) -> bool:
+    """Save one detail with ``collect_data`` (run, validated and stored like the model's calls); whether it was."""
+    call = ToolCall(f"callback_{len(runs)}", "collect_data", {"field": FIELDS[key].name, "value": value[:500]})
+    result = Toolset([function_tool(collect_data)]).run(ctx, call)
+    runs.append(ToolRun(0, call, result))
+    if result.error:
+        return False
+    details[key] = result.content.split(": ", 1)[1]  # "Saved field: normalized value"
+    return True
+
+
+def _next_question(details: dict) -> str | None:
+    skipped = {"phone"} if details.get("phone_unreadable") else set()
+    return next((key for key in ASKED if key not in details and key not in skipped), None)
+
+
+def _question(config: AssistantConfig, followup: FollowUp, language: str | None, now: datetime) -> str:
+    hours = config.handoff.business_hours
+    assert hours is not None
+    if followup.asking is not None:
+        return hours.message(QUESTIONS[followup.asking], language)
+    return hours.message("done", language).replace("{opening}",
+                                                   describe_opening(hours, followup.due_at, language, now))
+
+
+def _plan_reminder(services: Services, session: Session, conv: Conversation, config: AssistantConfig,
+                   followup: FollowUp, language: str | None, now: datetime) -> None:
+    """(Re)plan the WhatsApp template reminder for the opening: needed when the customer's 24-hour window closes
+    before it. A still-scheduled one is replaced (new details, a window moved by the customer's messages)."""
+    if conv.channel != "whatsapp":
+        return
+    if followup.reminder_message_id and cancel_scheduled(session, followup.reminder_message_id, "re-planned"):
+        session.delete(session.get(Message, followup.reminder_message_id))  # never sent: it was only a plan
+        followup.reminder_message_id = None
+    elif followup.reminder_message_id:  # released or sent already
+        return
+    hours = config.handoff.business_hours
+    assert hours is not None
+    closes = (conv.last_inbound_at or now) + WINDOW
+    if followup.due_at is None:
+        followup.reminder_note = "no opening within a year: no reminder"
+        return
+    if closes > followup.due_at:
+        followup.reminder_note = f"not needed: the customer's 24-hour window is open at the opening (until {closes:%Y-%m-%d %H:%M} UTC)"
+        return
+    if not hours.reminder_template:
+        followup.reminder_note = (f"no reminder: the 24-hour window closes at {closes:%Y-%m-%d %H:%M} UTC, before the "
+                                  "opening, and no handoff.business_hours.reminder_template is configured")
+        return
+    sender = sender_of(session, conv)
+    templates = list(session.scalars(select(WhatsAppTemplate).where(
+        WhatsAppTemplate.sender_id == sender.id, WhatsAppTemplate.name == hours.reminder_template,
+        WhatsAppTemplate.status == "APPROVED").order_by(WhatsAppTemplate.language)))
+    template = next((t for t in templates if language and t.language.lower().startswith(language)),
+                    templates[0] if templates else None)
+    if template is None:
+        followup.reminder_note = f"no reminder: no approved template {hours.reminder_template!r} for this number"
+        return
+    values = {"name": "", "best_time": "", "phone": "", **{k: str(v) for k, v in followup.details.items()},
+              "opening": describe_opening(hours, followup.due_at, language, now)}
+    parameters = [re.sub(r"\{(name|best_time|phone|opening)\}", lambda m: values[m.group(1)], p)
+                  for p in hours.reminder_parameters]
+    try:
+        msg = schedule_template(services, session, conv, template, parameters, followup.due_at)
+    except InvalidRequest as exc:
+        followup.reminder_note = f"no reminder: template {template.name!r}: {exc}"
+        return
+    followup.reminder_message_id = msg.id
+    followup.reminder_note = f"template {template.name!r} ({template.language}) scheduled for the opening"
+
+
+def list_followups(session: Session, *, status: str | None = None, assistant_id: str | None = None) -> list[FollowUp]:
+    """Follow-ups, soonest due first (those without an opening last), optionally by status and assistant."""
+    query = select(FollowUp).join(Conversation, Conversation.id == FollowUp.conversation_id)
+    if status:
+        query = query.where(FollowUp.status == status)
+    if assistant_id:
+        query = query.where(Conversation.assistant_id == assistant_id)
+    return list(session.scalars(query.order_by(FollowUp.due_at.is_(None), FollowUp.due_at, FollowUp.created_at)))
+
+
+def close(services: Services, followup_id: str, *, actor: str) -> FollowUp:
+    """Mark the follow-up done by ``actor``; its reminder, if not sent yet, is cancelled. Raises NotFound, or
+    Conflict when it is done already."""
+    with services.session() as session:
+        followup = session.get(FollowUp, followup_id)
+        if followup is None:
+            raise NotFound(f"follow-up {followup_id!r} not found")
+        if followup.status == "done":
+            raise Conflict(f"follow-up {followup_id!r} was done already, by {followup.closed_by}")
+        followup.status, followup.closed_at, followup.closed_by = "done", utcnow(), actor[:100]
+        followup.asking = None
+        if followup.reminder_message_id and cancel_scheduled(session, followup.reminder_message_id,
+                                                             f"cancelled: the follow-up was done by {actor}"):
+            followup.reminder_note = f"cancelled: the follow-up was done before the opening, by {actor}"
+        session.commit()
+        session.refresh(followup)
+        return followup
