@@ -87,7 +87,9 @@ def answer(services: Services, session: Session, conv: Conversation, assistant: 
     assert followup is not None  # before_turn found it, under the conversation's lock
     text = "\n".join(t.strip() for t in texts if t.strip())
     details = dict(followup.details or {})
-    language = config.language(list(reversed(texts)))
+    earlier = session.scalars(select(Message.text).where(  # a name or a phone tells no language: the conversation does
+        Message.conversation_id == conv.id, Message.direction == "inbound").order_by(Message.created_at.desc()).limit(8))
+    language = config.language([*reversed(texts), *earlier])
     if followup.asking is None:
         details["notes"] = [*details.get("notes", []), text]
         followup.details = details

@@ -141,6 +141,8 @@ def test_conversations_with_the_ai_off_become_waiting_for_human(database_url):
     ({"message_parts"}, "0011", {"message_parts": {"ix_message_parts_message_id",
                                                    "ix_message_parts_channel_message_id"}}),
     ({"handoff_changes"}, "0013", {"handoff_changes": {"ix_handoff_changes_conversation_id"}}),
+    ({"followups"}, "0015", {"followups": {"ix_followups_conversation_id", "ix_followups_due_at",
+                                           "ix_followups_status"}}),
 ])
 def test_round_two_tables_go_up_and_down_and_match_the_models(database_url, tables, previous, indexes):
     """Each migration of round two: its tables and indexes exist at head, match the models, are
