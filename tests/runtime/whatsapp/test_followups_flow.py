@@ -11,7 +11,10 @@ from sqlalchemy import select
 from runtime.config import DEFAULT_CALLBACK, DEFAULT_HANDOFF
 from runtime.models import CollectedData, FollowUp, Message, Turn
 from runtime.whatsapp.outbound import send_due
-from tests.runtime.whatsapp.test_whatsapp_flow import CUSTOMER, post, text_payload, wa, wait_for  # noqa: F401 (fixture)
+from tests.runtime.whatsapp import test_whatsapp_flow as flow
+from tests.runtime.whatsapp.test_whatsapp_flow import post, text_payload, wait_for
+
+wa = flow.wa  # the WhatsApp app on the Graph stand-in, with its clock: (client, services, model, graph, clock, sender)
 
 FRIDAY_NIGHT = datetime(2026, 12, 4, 23, 0, tzinfo=UTC)  # 20:00 in Sao Paulo; open again Monday 09:00 (12:00 UTC)
 MONDAY_OPENING = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
