@@ -13,7 +13,8 @@ collected, and an operator task (a :class:`runtime.models.FollowUp`) is left for
   answer is taken at once. Once all are in, the customer is thanked and later messages become notes, unanswered.
 - On WhatsApp, when the customer's 24-hour window will have closed by the opening, an approved template
   (``business_hours.reminder_template``) is scheduled for the opening (``runtime.whatsapp.outbound
-  .schedule_template``), re-planned as details come in; without one the follow-up's ``reminder_note`` says why.
+  .schedule_template``), re-planned as the customer writes (new details, a window moved on); without one, or
+  when none is needed, the follow-up's ``reminder_note`` says why.
 - An operator closes the follow-up (:func:`close`); a reminder not yet sent is then cancelled.
 """
 from __future__ import annotations
@@ -93,6 +94,7 @@ def answer(services: Services, session: Session, conv: Conversation, assistant: 
     if followup.asking is None:
         details["notes"] = [*details.get("notes", []), text]
         followup.details = details
+        _plan_reminder(services, session, conv, config, followup, language, now)  # the window moved on
         return None, []
     session.commit()  # collect_data writes in its own session: hold no transaction meanwhile (SQLite)
     ctx = ToolContext(services=services, assistant=assistant, conversation_id=conv.id, now=now,

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 
 from runtime.config import DEFAULT_CALLBACK
+from runtime.followups import list_followups
 from runtime.handoff import return_idle
 from runtime.models import FollowUp
 from runtime.types import ToolCall
@@ -60,6 +61,9 @@ def test_the_fallback_streak_outside_hours_leaves_a_follow_up(scripted_model):
     assert replies[1].reply.endswith("amanhã às 09:00 (horário de Sao Paulo).\n\nSeu nome, por favor?")
     f = followup(services, replies[0].conversation_id)
     assert (f.created_by, f.reason) == ("system", "2 fallback replies in a row")
+    with services.session() as session:
+        assert [x.id for x in list_followups(session, status="open", assistant_id=aid)] == [f.id]
+        assert list_followups(session, status="done") == []
 
 
 def test_no_idle_hand_back_before_the_opening(scripted_model):
