@@ -30,7 +30,7 @@ from core.errors import Conflict, InvalidRequest, NotFound
 from kb.models import Assistant
 from runtime.business_hours import describe_opening, is_open, next_opening
 from runtime.capture import find_values
-from runtime.config import AssistantConfig, DataField
+from runtime.config import AssistantConfig, BusinessHours, DataField
 from runtime.handoff import open_followup
 from runtime.models import Conversation, FollowUp, Message
 from runtime.services import Services
@@ -64,7 +64,7 @@ def on_handoff(services: Services, session: Session, conv: Conversation, config:
     customer's messages, newest first. The caller commits (with the turn's log)."""
     if not out_of_hours(config, now):
         return None
-    hours = config.handoff.business_hours
+    hours = _hours(config)
     followup = open_followup(session, conv.id)
     if followup is None:
         followup = FollowUp(id=new_id(), conversation_id=conv.id, reason=reason[:500], details={}, status="open",
@@ -75,7 +75,7 @@ def on_handoff(services: Services, session: Session, conv: Conversation, config:
     language = config.language(texts)
     _plan_reminder(services, session, conv, config, followup, language, now)
     opening = describe_opening(hours, followup.due_at, language, now)
-    closed = hours.message("closed", language).replace("{opening}", opening)  # type: ignore[union-attr]
+    closed = hours.message("closed", language).replace("{opening}", opening)
     return f"{closed}\n\n{_question(config, followup, language, now)}"
 
 
@@ -119,7 +119,7 @@ def answer(services: Services, session: Session, conv: Conversation, assistant: 
     followup.asking = _next_question(details)
     _plan_reminder(services, session, conv, config, followup, language, now)
     if reply_kind is not None:
-        return config.handoff.business_hours.message(reply_kind, language), runs  # type: ignore[union-attr]
+        return _hours(config).message(reply_kind, language), runs
     return _question(config, followup, language, now), runs
 
 
@@ -139,9 +139,13 @@ def _next_question(details: dict) -> str | None:
     return next((key for key in ASKED if key not in details and key not in skipped), None)
 
 
+def _hours(config: AssistantConfig) -> BusinessHours:
+    """The assistant's business hours; the defaults' texts for a follow-up left open after they were removed."""
+    return config.handoff.business_hours or BusinessHours()
+
+
 def _question(config: AssistantConfig, followup: FollowUp, language: str | None, now: datetime) -> str:
-    hours = config.handoff.business_hours
-    assert hours is not None
+    hours = _hours(config)
     if followup.asking is not None:
         return hours.message(QUESTIONS[followup.asking], language)
     return hours.message("done", language).replace("{opening}",
@@ -159,8 +163,7 @@ def _plan_reminder(services: Services, session: Session, conv: Conversation, con
         followup.reminder_message_id = None
     elif followup.reminder_message_id:  # released or sent already
         return
-    hours = config.handoff.business_hours
-    assert hours is not None
+    hours = _hours(config)
     closes = (conv.last_inbound_at or now) + WINDOW
     if followup.due_at is None:
         followup.reminder_note = "no opening within a year: no reminder"
@@ -172,7 +175,11 @@ def _plan_reminder(services: Services, session: Session, conv: Conversation, con
         followup.reminder_note = (f"no reminder: the 24-hour window closes at {closes:%Y-%m-%d %H:%M} UTC, before the "
                                   "opening, and no handoff.business_hours.reminder_template is configured")
         return
-    sender = sender_of(session, conv)
+    try:
+        sender = sender_of(session, conv)
+    except NotFound as exc:
+        followup.reminder_note = f"no reminder: {exc}"
+        return
     templates = list(session.scalars(select(WhatsAppTemplate).where(
         WhatsAppTemplate.sender_id == sender.id, WhatsAppTemplate.name == hours.reminder_template,
         WhatsAppTemplate.status == "APPROVED").order_by(WhatsAppTemplate.language)))

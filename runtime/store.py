@@ -81,15 +81,16 @@ def pending_inbound(session: Session, conversation_id: str) -> list[Message]:
 def recent_history(session: Session, conversation_id: str, limit: int) -> list[Message]:
     """The last ``limit`` covered messages (both directions), oldest first, for the model's prompt.
 
-    Handoff exchanges (the customer's request and the "passing you to a person" reply) are left out:
-    once the AI is resumed they are settled, and a small model shown them tends to repeat the handoff.
+    Handoff exchanges (the customer's request and the "passing you to a person" reply, the callback details
+    asked outside business hours) are left out: once the AI is resumed they are settled, and a small model shown
+    them tends to repeat the handoff. So are messages not sent yet, or never (a scheduled template reminder).
     """
     if limit <= 0:
         return []
-    handoff_turns = select(Turn.id).where(Turn.conversation_id == conversation_id, Turn.status == "handoff")
+    handoff_turns = select(Turn.id).where(Turn.conversation_id == conversation_id, Turn.status.in_(("handoff", "callback")))
     rows = session.scalars(
         select(Message)
-        .where(Message.conversation_id == conversation_id, Message.status != "received",
+        .where(Message.conversation_id == conversation_id, Message.status.not_in(("received", "scheduled", "cancelled")),
                Message.turn_id.is_(None) | Message.turn_id.not_in(handoff_turns))
         .order_by(Message.created_at.desc(), Message.id.desc())
         .limit(limit)

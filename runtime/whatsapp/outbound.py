@@ -403,17 +403,6 @@ def fill_template(body: str, parameters: list[str]) -> str:
     return _PARAM.sub(lambda m: parameters[int(m.group(1)) - 1], body)
 
 
-def approved_template(session: Session, sender_id: str, name: str, language: str) -> WhatsAppTemplate:
-    """The sender's template ``name`` in ``language``; raises NotFound, or Conflict when it is not approved."""
-    template = session.scalar(select(WhatsAppTemplate).where(
-        WhatsAppTemplate.sender_id == sender_id, WhatsAppTemplate.name == name, WhatsAppTemplate.language == language))
-    if template is None:
-        raise NotFound(f"template {name!r} ({language}) not found")
-    if template.status != "APPROVED":
-        raise Conflict(f"template {name!r} is {template.status}: only approved templates can be sent")
-    return template
-
-
 def send_template(services: Services, *, sender_id: str, customer_id: str, name: str, language: str,
                   parameters: list[str]) -> Message:
     """Send an approved template (e.g. to re-open a conversation) through the outbox, like any message (a template
@@ -422,7 +411,12 @@ def send_template(services: Services, *, sender_id: str, customer_id: str, name:
         sender = session.get(WhatsAppSender, sender_id)
         if sender is None:
             raise NotFound(f"WhatsApp sender {sender_id!r} not found")
-        template = approved_template(session, sender.id, name, language)
+        template = session.scalar(select(WhatsAppTemplate).where(
+            WhatsAppTemplate.sender_id == sender.id, WhatsAppTemplate.name == name, WhatsAppTemplate.language == language))
+        if template is None:
+            raise NotFound(f"template {name!r} ({language}) not found")
+        if template.status != "APPROVED":
+            raise Conflict(f"template {name!r} is {template.status}: only approved templates can be sent")
         text = fill_template(template.body, parameters)
         from runtime.store import find_or_create_conversation
 
