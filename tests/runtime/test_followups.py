@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from runtime.config import DEFAULT_CALLBACK
 from runtime.followups import list_followups
-from runtime.handoff import return_idle
+from runtime.handoff import hand_back, return_idle
 from runtime.models import FollowUp
 from runtime.types import ToolCall
 from tests.factories import add_assistant, chat
@@ -48,6 +48,12 @@ def test_the_models_transfer_outside_hours_tells_when_and_asks_for_callback_deta
     assert followup(services, r.conversation_id).details == {"name": "John Smith", "phone": "+12125550123",
                                                             "best_time": "Mornings"}
     assert len(model.requests) == 3  # the fallback, the transfer and its reply; none for the callback details
+    # handed back, the AI is not shown the callback exchange (a small model would ask for the name again)
+    hand_back(services, r.conversation_id, actor="operator", reason="called back")
+    model.enqueue("We sell bus tickets.")
+    assert chat(services, aid, "And bus tickets?").reply.endswith("We sell bus tickets.")
+    prompt = "\n".join(str(m["content"]) for m in model.requests[-1].messages)
+    assert "John Smith" not in prompt and "Mornings" not in prompt and "Do you sell plane tickets?" in prompt
 
 
 def test_the_fallback_streak_outside_hours_leaves_a_follow_up(scripted_model):
