@@ -7,6 +7,9 @@ It returns to ``ai`` when an operator hands it back (:func:`hand_back`) or after
 ``handoff.idle_return_minutes`` with no operator message (:func:`before_turn` at the next inbound message, or the
 sweep :func:`return_idle`); the customer is then told. Every change is a :class:`runtime.models.HandoffChange`.
 
+Outside the assistant's business hours a handoff also leaves a follow-up for the next opening, and the customer's
+messages until then are callback details, not questions for the AI (``runtime.followups``).
+
 Flagging also records the reason on the conversation (the dashboard's handoff column and filters) and, when the
 assistant has a ``handoff_url``, adds a signed ``handoff`` event for the team's own system.
 """
