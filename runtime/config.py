@@ -176,6 +176,9 @@ class HandoffConfig(BaseModel):
                                                       "back to the AI; 0: never")
     ai_back_message: str | None = Field(
         default=None, description="told to the customer when the AI answers again; default: built-in (en, pt, es)")
+    close_message: str | None = Field(
+        default=None, max_length=4096, description="told to the customer when an operator closes the conversation; "
+                                                   "none (the default): nothing is sent")
 
 
 def merge_config(stored: dict, changes: dict) -> dict:
