@@ -16,8 +16,8 @@ assistant has a ``handoff_url``, adds a signed ``handoff`` event for the team's 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 

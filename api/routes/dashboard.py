@@ -253,7 +253,8 @@ def queue_page(request: Request, services: ServicesDep, session: SessionDep, ass
     """The "waiting for a human" queue (``runtime.review.queue``): who waits, for how long and why, with the
     hand-back and close actions."""
     if channel and channel not in CHANNELS:
-        return render(request, "error.html", status_code=400, title="Unknown type", message=f"unknown channel {channel!r}")
+        return render(request, "error.html", status_code=400, title="Unknown type",
+                      message=f"unknown channel {channel!r}")
     q = handoff_queue(session, services.clock(), assistant_id=assistant_id or None, channel=channel or None)
     return render(request, "queue.html", q=q, assistants=registry.list_assistants(session), assistant_id=assistant_id,
                   channel=channel)

@@ -29,7 +29,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from runtime.handoff import REASON_CATEGORIES, changes, reason_category
+from runtime.handoff import REASON_CATEGORIES, reason_category
 from runtime.models import HandoffChange, Message, Turn
 from runtime.review.stats import percentile, ratio
 
@@ -55,14 +55,16 @@ def episodes(log: list[HandoffChange]) -> list[Episode]:
 
 def handoff_metrics(session: Session, sel) -> dict:
     """The handoff figures (definitions in the module docstring) of the conversations ``sel`` selects."""
-    ids = list(session.scalars(sel))
-    log = changes(session, ids)
-    replies = _operator_times(session, ids)
+    log: dict[str, list[HandoffChange]] = {}
+    for change in session.scalars(select(HandoffChange).where(HandoffChange.conversation_id.in_(sel))
+                                  .order_by(HandoffChange.at, HandoffChange.id)):
+        log.setdefault(change.conversation_id, []).append(change)
+    replies = _operator_times(session, sel)
     by_reason = dict.fromkeys(REASON_CATEGORIES, 0)
     waits: list[float] = []
     abandoned = ended = still_waiting = 0
-    for cid in ids:
-        for ep in episodes(log[cid]):
+    for cid, conversation_log in log.items():
+        for ep in episodes(conversation_log):
             by_reason[reason_category(ep.start)] += 1
             if ep.start.to_state != "waiting_for_human":
                 continue
@@ -81,11 +83,11 @@ def handoff_metrics(session: Session, sel) -> dict:
             "abandoned": abandoned, "abandoned_rate": ratio(abandoned, ended), "still_waiting": still_waiting}
 
 
-def _operator_times(session: Session, ids: list[str]) -> dict[str, list[datetime]]:
-    """Per conversation, its operator messages' times, oldest first."""
+def _operator_times(session: Session, sel) -> dict[str, list[datetime]]:
+    """Per selected conversation with any, its operator messages' times, oldest first."""
     out: dict[str, list[datetime]] = {}
     for cid, at in session.execute(select(Message.conversation_id, Message.created_at)
-                                   .where(Message.conversation_id.in_(ids), Message.kind == "operator")
+                                   .where(Message.conversation_id.in_(sel), Message.kind == "operator")
                                    .order_by(Message.created_at)):
         out.setdefault(cid, []).append(at)
     return out

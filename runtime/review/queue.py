@@ -37,12 +37,14 @@ def handoff_queue(session: Session, now: datetime, *, assistant_id: str | None =
         conds.append(Conversation.assistant_id == assistant_id)
     if channel:
         conds.append(Conversation.channel == channel)
-    rows = session.execute(select(Conversation, Assistant.name).join(Assistant, Assistant.id == Conversation.assistant_id)
-                           .where(*conds)).all()
+    rows = session.execute(select(Conversation, Assistant.name)
+                           .join(Assistant, Assistant.id == Conversation.assistant_id).where(*conds)).all()
     ids = [conv.id for conv, _ in rows]
     log = changes(session, ids)
-    last_in, last_operator, unanswered = _last_inbound(session, ids), _last_operator(session, ids), _unanswered(session, ids)
-    waiting, with_human = [], []
+    last_in, last_operator = _last_inbound(session, ids), _last_operator(session, ids)
+    unanswered = _unanswered(session, ids)
+    waiting: list[dict] = []
+    with_human: list[dict] = []
     for conv, assistant_name in rows:
         entered = _entered(conv, log[conv.id])
         since = entered if conv.handoff_state == "waiting_for_human" else unanswered.get(conv.id)
@@ -86,7 +88,7 @@ def _last_inbound(session: Session, ids: list[str]) -> dict[str, Message]:
 
 
 def _last_operator(session: Session, ids: list[str]) -> dict[str, datetime]:
-    return dict(session.execute(select(Message.conversation_id, func.max(Message.created_at))  # type: ignore[arg-type]
+    return dict(session.execute(select(Message.conversation_id, func.max(Message.created_at))
                                 .where(Message.conversation_id.in_(ids), Message.kind == "operator")
                                 .group_by(Message.conversation_id)).all())
 
@@ -94,9 +96,10 @@ def _last_operator(session: Session, ids: list[str]) -> dict[str, datetime]:
 def _unanswered(session: Session, ids: list[str]) -> dict[str, datetime]:
     """Per conversation, the customer's first message (reactions and such aside) after the operator's last one."""
     op = aliased(Message)
-    last_op = (select(func.max(op.created_at)).where(op.conversation_id == Message.conversation_id, op.kind == "operator")
+    last_op = (select(func.max(op.created_at))
+               .where(op.conversation_id == Message.conversation_id, op.kind == "operator")
                .correlate(Message).scalar_subquery())
-    return dict(session.execute(select(Message.conversation_id, func.min(Message.created_at))  # type: ignore[arg-type]
+    return dict(session.execute(select(Message.conversation_id, func.min(Message.created_at))
                                 .where(Message.conversation_id.in_(ids), Message.direction == "inbound",
                                        Message.status != "logged", or_(last_op.is_(None), Message.created_at > last_op))
                                 .group_by(Message.conversation_id)).all())

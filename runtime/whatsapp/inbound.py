@@ -45,8 +45,8 @@ from runtime.store import find_or_create_conversation
 from runtime.whatsapp.delivery import advances, settle
 from runtime.whatsapp.models import WebhookPost, WhatsAppSender, WhatsAppTemplate
 from runtime.whatsapp.webhook import (
-    BusinessEcho, InboundMessage, MalformedBody, StatusUpdate, TemplateStatusUpdate, Unhandled, decode_body, parse_payload,
-    phone_number_ids, template_waba_ids, verify_signature,
+    BusinessEcho, InboundMessage, MalformedBody, StatusUpdate, TemplateStatusUpdate, Unhandled, decode_body,
+    parse_payload, phone_number_ids, template_waba_ids, verify_signature,
 )
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,8 @@ def process_post(services: Services, post_id: str) -> list[str]:
         post = session.get(WebhookPost, post_id)
         try:
             events = parse_payload(post.body, received_at=post.received_at)
-            numbers = {e.phone_number_id for e in events if isinstance(e, (InboundMessage, StatusUpdate, BusinessEcho))}
+            numbers = {e.phone_number_id for e in events
+                       if isinstance(e, (InboundMessage, StatusUpdate, BusinessEcho))}
             senders = {s.phone_number_id: s for s in session.scalars(
                 select(WhatsAppSender).where(WhatsAppSender.phone_number_id.in_(numbers)))} if numbers else {}
             run = _Run(session, senders, [], services.settings.whatsapp_prices)

@@ -375,7 +375,8 @@ def test_parse_never_raises_on_malformed_input():
             {"field": "account_update", "value": {}},
             {"field": "message_template_status_update", "value": {"event": "APPROVED"}},
             {"field": "smb_message_echoes", "value": {"metadata": {"phone_number_id": "1"}, "message_echoes": [
-                None, {"id": "e1"}, {"id": "e2", "to": {"x": 1}}, {"to": "5511"}, {"id": "e3", "to": "5511", "type": 4}]}},
+                None, {"id": "e1"}, {"id": "e2", "to": {"x": 1}}, {"to": "5511"},
+                {"id": "e3", "to": "5511", "type": 4}]}},
             {"field": "smb_message_echoes", "value": {"message_echoes": [{"id": "e4", "to": "5511"}]}},
         ]}]},
     ]
