@@ -1,5 +1,6 @@
 """The review dashboard's backend: the conversation list, the metrics and the streamed export, all
-under one set of filters (``runtime.review.filters.ConversationFilters``, parsed here from the query string).
+under one set of filters (``runtime.review.filters.ConversationFilters``, parsed here from the query string); and
+the waiting-for-a-human queue (``runtime.review.queue``).
 
 Include this router before ``conversations.router``: ``GET /api/conversations/export`` would otherwise
 be taken for ``GET /api/conversations/{conversation_id}``.

@@ -569,8 +569,8 @@
     });
   }
 
-  const pages = { conversation: initConversation, queue: initQueue, knowledge: initKnowledge, console: initConsole, improve: initImprove,
-    approved: initApproved, regression: initRegression };
+  const pages = { conversation: initConversation, queue: initQueue, knowledge: initKnowledge, console: initConsole,
+    improve: initImprove, approved: initApproved, regression: initRegression };
   const init = pages[document.body.dataset.page];
   if (init) init();
 })();

@@ -315,6 +315,7 @@ def test_detail_shows_the_handoff_log_and_hands_back(dash, seeded):
     assert dash.post(f"/api/conversations/{cid}/messages", json={"text": "Oi, sou a Maria."}).status_code == 201
     html = dash.get(f"/dashboard/conversations/{cid}").text
     assert "off (an operator has it)" in html and 'id="hand-back"' in html and 'id="toggle-ai"' not in html
+    assert 'id="close-conversation"' in html
     assert "ai &rarr; with_human by operator (an operator replied)" in html
     assert dash.post(f"/api/conversations/{cid}/handback", json={}).json()["handoff_state"] == "ai"
     html = dash.get(f"/dashboard/conversations/{cid}").text
