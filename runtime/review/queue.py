@@ -15,7 +15,7 @@ the ordering above stays.
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, aliased
@@ -72,9 +72,10 @@ def _entered(conv: Conversation, log: list[HandoffChange]) -> datetime:
         return change.at
     at = conv.handoff.get("at") if isinstance(conv.handoff, dict) else None
     try:
-        return datetime.fromisoformat(at) if isinstance(at, str) else conv.created_at
+        when = datetime.fromisoformat(at) if isinstance(at, str) else conv.created_at
     except ValueError:
         return conv.created_at
+    return when if when.tzinfo else when.replace(tzinfo=UTC)  # compared with the aware times of the others
 
 
 def _last_inbound(session: Session, ids: list[str]) -> dict[str, Message]:
