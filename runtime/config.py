@@ -273,6 +273,9 @@ class HandoffConfig(BaseModel):
     business_hours: BusinessHours | None = Field(
         default=None, description="when people answer; outside them a handoff collects callback details and leaves "
                                   "a follow-up for the opening; none: always open")
+    close_message: str | None = Field(
+        default=None, max_length=4096, description="told to the customer when an operator closes the conversation; "
+                                                   "none (the default): nothing is sent")
 
 
 def merge_config(stored: dict, changes: dict) -> dict:

@@ -3,9 +3,12 @@
 A conversation's ``handoff_state`` is ``ai`` (the AI answers), ``waiting_for_human`` (handed off: the customer
 asked for a person, the model called ``transfer_to_human``, or the AI fell back too often) or ``with_human`` (an
 operator replied). The AI answers only in ``ai``: :func:`before_turn` is the rule every channel's turn goes through.
-It returns to ``ai`` when an operator hands it back (:func:`hand_back`) or after the assistant's
-``handoff.idle_return_minutes`` with no operator message (:func:`before_turn` at the next inbound message, or the
-sweep :func:`return_idle`); the customer is then told. Every change is a :class:`runtime.models.HandoffChange`.
+An operator's message moves it to ``with_human`` (:func:`take_over`): a reply from the dashboard or the API, or one
+sent from the business's own WhatsApp Business app (its echo). It returns to ``ai`` when an operator hands it back
+(:func:`hand_back`) or after the assistant's ``handoff.idle_return_minutes`` with no operator message
+(:func:`before_turn` at the next inbound message, or the sweep :func:`return_idle`), the customer then told; or when
+an operator closes it (:func:`close`), the customer told only the assistant's ``handoff.close_message``, if any.
+Every change is a :class:`runtime.models.HandoffChange`; :func:`reason_category` sorts them for the metrics.
 
 Outside the assistant's business hours a handoff also leaves a follow-up for the next opening, and the customer's
 messages until then are callback details, not questions for the AI (``runtime.followups``).
@@ -16,6 +19,7 @@ assistant has a ``handoff_url``, adds a signed ``handoff`` event for the team's 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -33,6 +37,18 @@ from runtime.services import Services
 
 STATES = ("ai", "waiting_for_human", "with_human")
 State = Literal["ai", "waiting_for_human", "with_human"]
+
+# the reasons logged by the changes this module makes itself (reason_category reads them back)
+CUSTOMER_REQUEST = "the customer asked for a person"
+OPERATOR_REPLY = "an operator replied"
+BUSINESS_APP_REPLY = "an operator replied from the WhatsApp Business app"
+CLOSED = "an operator closed the conversation"
+_FALLBACKS = re.compile(r"^\d+ fallback replies in a row$")
+
+# handoffs by why they happened (runtime.review.handoff_metrics); model_failure is counted from error turns, which
+# flag the conversation without leaving the AI
+REASON_CATEGORIES = ("customer_request", "model_transfer", "fallback_streak", "model_failure", "operator_takeover",
+                     "business_app", "other")
 
 
 def set_state(session: Session, conversation: Conversation, to: State, *, actor: str, reason: str,
@@ -77,6 +93,33 @@ def flag_for_human(session: Session, conversation: Conversation, assistant_id: s
     session.add(OutboundEvent(id=event_id, conversation_id=conversation.id, kind="handoff", url=config.handoff_url,
                               payload=payload))
     return event_id
+
+
+def take_over(session: Session, conversation: Conversation, *, reason: str = OPERATOR_REPLY,
+              at: datetime | None = None) -> HandoffChange | None:
+    """An operator wrote to the customer: the conversation is ``with_human`` and the AI stays silent (the
+    change logged as the operator's, with ``reason``). The caller commits."""
+    return set_state(session, conversation, "with_human", actor="operator", reason=reason, at=at)
+
+
+def fallback_reason(count: int) -> str:
+    """The logged reason of a handoff after ``count`` fallback replies in a row."""
+    return f"{count} fallback replies in a row"
+
+
+def reason_category(change: HandoffChange) -> str:
+    """Why a conversation left the AI, as one of :data:`REASON_CATEGORIES`: by who made the change (the
+    customer asked; the model called ``transfer_to_human``; an operator wrote, from the app or not) and, for the
+    system, by its reason (a fallback streak; anything else, e.g. a later rule, is ``other``)."""
+    if change.actor == "customer":
+        return "customer_request"
+    if change.actor == "assistant":
+        return "model_transfer"
+    if change.actor == "operator":
+        return "business_app" if change.reason == BUSINESS_APP_REPLY else "operator_takeover"
+    if change.actor == "system" and _FALLBACKS.match(change.reason):
+        return "fallback_streak"
+    return "other"
 
 
 def asks_for_person(config: AssistantConfig, texts: list[str]) -> bool:
@@ -171,7 +214,7 @@ def before_turn(session: Session, conversation: Conversation, assistant_id: str,
     if conversation.handoff_state != "ai":
         return Gate("paused")
     if asks_for_person(config, texts):
-        flagged = {"reason": "the customer asked for a person", "callback_phone": None, "callback_time": None,
+        flagged = {"reason": CUSTOMER_REQUEST, "callback_phone": None, "callback_time": None,
                    "at": now.isoformat()}
         return Gate("handoff", event_id=flag_for_human(session, conversation, assistant_id, config, flagged,
                                                        pause=True, actor="customer"))
@@ -181,6 +224,21 @@ def before_turn(session: Session, conversation: Conversation, assistant_id: str,
 def hand_back(services: Services, conversation_id: str, *, actor: str, reason: str) -> Conversation:
     """Give the conversation back to the AI and tell the customer, in their language (the assistant's
     ``handoff.ai_back_message``); on WhatsApp the notice is sent. Nothing happens when the AI has it already."""
+    return _return_to_ai(services, conversation_id, actor=actor, reason=reason,
+                         notice=lambda config, texts: config.canned_reply("ai_back", texts))
+
+
+def close(services: Services, conversation_id: str, *, actor: str = "operator", reason: str = CLOSED) -> Conversation:
+    """An operator is done with the conversation: it returns to the AI, logged; the customer is told only the
+    assistant's ``handoff.close_message`` when it has one. Nothing happens when the AI has it already."""
+    return _return_to_ai(services, conversation_id, actor=actor, reason=reason,
+                         notice=lambda config, texts: config.handoff.close_message)
+
+
+def _return_to_ai(services: Services, conversation_id: str, *, actor: str, reason: str,
+                  notice: Callable[[AssistantConfig, list[str]], str | None]) -> Conversation:
+    """Move the conversation to ``ai`` (logged) and send the customer ``notice(config, their last texts)``
+    unless it is None; on WhatsApp the notice goes out (outside the 24-hour window it is ``not_sent``)."""
     from runtime.store import get_conversation
     from runtime.whatsapp.outbound import send_reply
 
@@ -201,12 +259,15 @@ def hand_back(services: Services, conversation_id: str, *, actor: str, reason: s
         texts = list(session.scalars(select(Message.text).where(
             Message.conversation_id == conv.id, Message.direction == "inbound")
             .order_by(Message.created_at.desc()).limit(3)))
-        notice = Message(id=new_id(), conversation_id=conv.id, direction="outbound", kind="notice", status="answered",
-                         text=config.canned_reply("ai_back", texts), created_at=utcnow())
-        session.add(notice)
+        text = notice(config, texts)
+        message = None
+        if text:
+            message = Message(id=new_id(), conversation_id=conv.id, direction="outbound", kind="notice",
+                              status="answered", text=text, created_at=utcnow())
+            session.add(message)
         session.commit()
-        if conv.channel == "whatsapp":  # outside the 24-hour window it is not_sent
-            send_reply(services, notice.id)
+        if message is not None and conv.channel == "whatsapp":
+            send_reply(services, message.id)
         session.refresh(conv)
         return conv
 

@@ -268,7 +268,7 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
                                       now=services.clock())
         status, reply = "handoff", closed or reply or config.canned_reply("handoff", customer_texts)
     elif no_answer and handoff.fallback_streak_reached(session, conv, config):  # the AI keeps failing: a person
-        flagged = {"reason": f"{config.handoff.after_fallbacks} fallback replies in a row", "callback_phone": None,
+        flagged = {"reason": handoff.fallback_reason(config.handoff.after_fallbacks), "callback_phone": None,
                    "callback_time": None, "at": utcnow().isoformat()}
         if event_id := handoff.flag_for_human(session, conv, assistant.id, config, flagged, pause=True, actor="system"):
             ctx.events.append(event_id)

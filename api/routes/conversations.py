@@ -72,6 +72,13 @@ def hand_back(conversation_id: str, services: ServicesDep, body: Handback | None
     return ConversationPublic.model_validate(conv)
 
 
+@router.post("/api/conversations/{conversation_id}/close", response_model=ConversationPublic)
+def close_conversation(conversation_id: str, services: ServicesDep):
+    """An operator is done: the conversation goes back to the AI (``handoff_state`` ai), logged; the customer is
+    told the assistant's ``handoff.close_message`` only when it has one."""
+    return ConversationPublic.model_validate(handoff.close(services, conversation_id))
+
+
 @router.post("/api/conversations/{conversation_id}/ai", response_model=ConversationPublic)
 def set_ai(conversation_id: str, body: AIToggle, services: ServicesDep, session: SessionDep):
     """Resume the AI (as ``/handback``) or pause it by hand: an operator takes the conversation (``with_human``)."""

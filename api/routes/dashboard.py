@@ -36,6 +36,7 @@ from runtime.models import CHANNELS, Message
 from runtime.review.conversations import collected_data, list_conversations
 from runtime.review.filters import ConversationFilters
 from runtime.review.metrics import compute_metrics
+from runtime.review.queue import handoff_queue
 from runtime.whatsapp.models import WhatsAppSender
 from runtime.whatsapp.outbound import window_open
 
@@ -64,11 +65,24 @@ def _millis(value: float | None) -> str:
     return "–" if value is None else f"{value:.0f} ms" if value < 1000 else f"{value / 1000:.1f} s"
 
 
+def _duration(seconds: float | None) -> str:
+    """A wait, to the minute once it is one: ``45 s``, ``12 min``, ``3 h 05 min``, ``2 d 4 h``."""
+    if seconds is None:
+        return "–"
+    seconds = max(int(seconds), 0)
+    minutes, hours, days = seconds // 60, seconds // 3600, seconds // 86400
+    if seconds < 60:
+        return f"{seconds} s"
+    if hours < 1:
+        return f"{minutes} min"
+    return f"{hours} h {minutes % 60:02d} min" if days < 1 else f"{days} d {hours % 24} h"
+
+
 def _pretty(value) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, default=str)
 
 
-_env.filters.update(dt=_datetime, money=_money, pct=_percent, ms=_millis, pretty=_pretty)
+_env.filters.update(dt=_datetime, money=_money, pct=_percent, ms=_millis, pretty=_pretty, duration=_duration)
 _env.globals.update(channel_labels=CHANNEL_LABELS, channels=CHANNELS)
 
 
@@ -232,6 +246,18 @@ def conversation_page(request: Request, conversation_id: str, services: Services
                   collected=collected_data(session, conversation_id), window_open=window,
                   sender_id=sender_id, wa_templates=templates_offered, reviews=reply_reviews(session, conv, assistant),
                   reasons=REASONS)
+
+
+@router.get("/queue")
+def queue_page(request: Request, services: ServicesDep, session: SessionDep, assistant_id: str = "", channel: str = ""):
+    """The "waiting for a human" queue (``runtime.review.queue``): who waits, for how long and why, with the
+    hand-back and close actions."""
+    if channel and channel not in CHANNELS:
+        return render(request, "error.html", status_code=400, title="Unknown type",
+                      message=f"unknown channel {channel!r}")
+    q = handoff_queue(session, services.clock(), assistant_id=assistant_id or None, channel=channel or None)
+    return render(request, "queue.html", q=q, assistants=registry.list_assistants(session), assistant_id=assistant_id,
+                  channel=channel)
 
 
 def reply_reviews(session, conv, assistant) -> dict[str, dict]:

@@ -1,5 +1,6 @@
 """The review dashboard's backend: the conversation list, the metrics and the streamed export, all
-under one set of filters (``runtime.review.filters.ConversationFilters``, parsed here from the query string).
+under one set of filters (``runtime.review.filters.ConversationFilters``, parsed here from the query string); and
+the waiting-for-a-human queue (``runtime.review.queue``).
 
 Include this router before ``conversations.router``: ``GET /api/conversations/export`` would otherwise
 be taken for ``GET /api/conversations/{conversation_id}``.
@@ -14,7 +15,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from api.deps import AdminDep, ServicesDep, SessionDep
-from runtime.review import conversations
+from runtime.review import conversations, queue
 from runtime.review.export import stream_export
 from runtime.review.filters import ConversationFilters
 from runtime.review.metrics import compute_metrics
@@ -91,6 +92,24 @@ class FeedbackSummary(BaseModel):
     per_day: list[DayFeedback] = Field(description="by the UTC day of the rated reply")
 
 
+class FirstHumanReply(BaseModel):
+    count: int = Field(description="handoffs to waiting_for_human an operator answered before they ended")
+    p50_s: float | None
+    p95_s: float | None
+
+
+class HandoffFigures(BaseModel):
+    """Definitions: ``runtime.review.handoff_metrics``."""
+
+    total: int
+    by_reason: dict[str, int] = Field(description="customer_request, model_transfer, fallback_streak, model_failure, "
+                                                  "operator_takeover, business_app, other")
+    first_reply: FirstHumanReply = Field(description="time from the handoff to the first operator message")
+    abandoned: int = Field(description="handoffs to waiting_for_human that returned to the AI with no operator message")
+    abandoned_rate: float | None = Field(description="abandoned / such handoffs that ended")
+    still_waiting: int = Field(description="such handoffs not ended, no operator message yet")
+
+
 class Metrics(BaseModel):
     conversations: int
     messages: int
@@ -110,6 +129,7 @@ class Metrics(BaseModel):
     handoff_conversations: int
     handoff_rate: float | None
     fallback_rate: float | None
+    handoffs: HandoffFigures
     per_day: list[DayMetrics]
     satisfaction_rate: float | None = Field(description="good / (good + bad) ratings of the AI replies")
     feedback: FeedbackSummary
@@ -152,8 +172,38 @@ def export_conversations(filters: FiltersDep, services: ServicesDep,
     )
 
 
+class QueueItem(BaseModel):
+    id: str
+    channel: str
+    customer_id: str
+    assistant_id: str
+    assistant_name: str
+    handoff_state: str = Field(description="waiting_for_human | with_human")
+    entered_at: datetime = Field(description="when the conversation took its present state")
+    waiting_since: datetime | None = Field(description="waiting_for_human: entered_at; with_human: the customer's "
+                                           "first message after the operator's last one (null: none)")
+    waiting_s: float | None = Field(description="seconds since waiting_since")
+    reason: str | None = Field(description="why it left the AI")
+    last_customer_message: str | None
+    last_customer_message_at: datetime | None
+    last_operator_message_at: datetime | None
+
+
+class HandoffQueue(BaseModel):
+    waiting: list[QueueItem] = Field(description="waiting_for_human, the longest waiting first")
+    with_human: list[QueueItem] = Field(description="with_human: unanswered customers first (longest first), then "
+                                                    "the longest with a person")
+
+
+@router.get("/api/handoff-queue", response_model=HandoffQueue)
+def handoff_queue(services: ServicesDep, session: SessionDep, assistant_id: str | None = None,
+                  channel: Literal["whatsapp", "widget", "test", "api"] | None = None):
+    """The conversations a person has or is awaited on (``runtime.review.queue``)."""
+    return queue.handoff_queue(session, services.clock(), assistant_id=assistant_id, channel=channel)
+
+
 @router.get("/api/metrics", response_model=Metrics)
 def metrics(filters: FiltersDep, session: SessionDep):
-    """Volume, response rate and time, cost, delivery problems, handoffs and fallbacks, per day; ratings of the
-    replies (satisfaction rate, bad-reply reasons)."""
+    """Volume, response rate and time, cost, delivery problems, handoffs (by reason, time to the first human reply,
+    abandoned) and fallbacks, per day; ratings of the replies (satisfaction rate, bad-reply reasons)."""
     return compute_metrics(session, filters)

@@ -138,6 +138,8 @@
     const handBack = document.getElementById("hand-back");
     if (handBack) handBack.addEventListener("click", () =>
       run(null, () => api("POST", `/api/conversations/${id}/handback`, { reason: "an operator handed it back" })));
+    const close = document.getElementById("close-conversation");
+    if (close) close.addEventListener("click", () => run(null, () => api("POST", `/api/conversations/${id}/close`)));
     const reply = document.getElementById("operator-reply");
     reply.addEventListener("submit", (ev) => {
       ev.preventDefault();
@@ -553,8 +555,22 @@
     document.getElementById("gaps-card").hidden = false;
   }
 
-  const pages = { conversation: initConversation, knowledge: initKnowledge, console: initConsole, improve: initImprove,
-    approved: initApproved, regression: initRegression };
+  // ------------------------------------------------------------------ the waiting-for-a-human queue
+
+  function initQueue() {
+    const errorBox = document.getElementById("action-error");
+    document.getElementById("queue").addEventListener("click", async (ev) => {
+      const button = ev.target.closest("button[data-action]");
+      const action = button && button.dataset.action;  // the API's route: handback or close
+      if (action !== "handback" && action !== "close") return;
+      const id = encodeURIComponent(button.closest("tr").dataset.id);
+      const body = action === "handback" ? { reason: "an operator handed it back" } : undefined;
+      if (await act(errorBox, button, () => api("POST", `/api/conversations/${id}/${action}`, body))) location.reload();
+    });
+  }
+
+  const pages = { conversation: initConversation, queue: initQueue, knowledge: initKnowledge, console: initConsole,
+    improve: initImprove, approved: initApproved, regression: initRegression };
   const init = pages[document.body.dataset.page];
   if (init) init();
 })();

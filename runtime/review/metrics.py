@@ -9,6 +9,8 @@ messages.
   message's ``created_at`` -- what the customer waited, debounce and queueing included (the engine's own
   time is the reply's ``latency_ms``). Percentiles interpolate linearly between closest ranks.
 - handoff rate: conversations with a ``handoff`` turn / conversations.
+- handoffs: by reason, time to first human reply (p50/p95) and abandoned handoffs, defined in
+  ``runtime.review.handoff_metrics``.
 - fallback rate: ``fallback`` turns / turns that produced a reply (answered, fallback, handoff).
 - delivery failures / unknown sends / not sent / retrying sends: outbound messages in status ``failed`` /
   ``unknown`` / ``not_sent`` / ``retrying`` (the outbox will try again).
@@ -21,7 +23,6 @@ Ratios whose denominator is zero are ``None``.
 """
 from __future__ import annotations
 
-import numpy as np
 from sqlalchemy import case, func, literal_column, select
 from sqlalchemy.orm import Session, aliased
 
@@ -29,6 +30,8 @@ from runtime.cost import round_usd
 from runtime.feedback import RATINGS, SOURCES
 from runtime.models import Message, MessageFeedback, Turn
 from runtime.review.filters import ConversationFilters, selected_ids
+from runtime.review.handoff_metrics import handoff_metrics
+from runtime.review.stats import percentile, ratio
 
 REPLY_TURNS = ("answered", "smalltalk", "fallback", "handoff")
 _INBOUND = Message.direction == "inbound"
@@ -45,10 +48,10 @@ def compute_metrics(session: Session, filters: ConversationFilters) -> dict:
     return {
         "conversations": conversations, **_message_figures(session, sel, conversations),
         "turns": turns, "handoff_conversations": turn_conversations.get("handoff", 0),
-        "handoff_rate": _ratio(turn_conversations.get("handoff", 0), conversations),
-        "fallback_rate": _ratio(turns.get("fallback", 0), sum(turns.get(s, 0) for s in REPLY_TURNS)),
-        "per_day": per_day(session, sel),
-        "satisfaction_rate": _ratio(good, good + bad), "feedback": feedback,
+        "handoff_rate": ratio(turn_conversations.get("handoff", 0), conversations),
+        "fallback_rate": ratio(turns.get("fallback", 0), sum(turns.get(s, 0) for s in REPLY_TURNS)),
+        "handoffs": handoff_metrics(session, sel), "per_day": per_day(session, sel),
+        "satisfaction_rate": ratio(good, good + bad), "feedback": feedback,
     }
 
 
@@ -70,11 +73,11 @@ def _message_figures(session: Session, sel, conversations: int) -> dict:
     waits = response_times_ms(session, sel)
     return {
         "messages": messages, "inbound_messages": inbound, "outbound_messages": outbound,
-        "messages_per_conversation": _ratio(messages, conversations),
-        "turn_worthy_inbound": worthy, "answered_inbound": answered, "response_rate": _ratio(answered, worthy),
-        "response_time": {"count": len(waits), "avg_ms": _ratio(sum(waits), len(waits)),
+        "messages_per_conversation": ratio(messages, conversations),
+        "turn_worthy_inbound": worthy, "answered_inbound": answered, "response_rate": ratio(answered, worthy),
+        "response_time": {"count": len(waits), "avg_ms": ratio(sum(waits), len(waits)),
                           "p50_ms": percentile(waits, 50), "p95_ms": percentile(waits, 95)},
-        "cost": {"llm": llm, "channel": channel, "total": total, "per_conversation": _ratio(total, conversations)},
+        "cost": {"llm": llm, "channel": channel, "total": total, "per_conversation": ratio(total, conversations)},
         "delivery_failures": failed, "unknown_sends": unknown, "not_sent": not_sent, "retrying_sends": retrying,
     }
 
@@ -89,10 +92,6 @@ def _turn_counts(session: Session, sel) -> tuple[dict[str, int], dict[str, int]]
     return turns, conversations
 
 
-def _ratio(num: float, den: float) -> float | None:
-    return num / den if den else None
-
-
 def response_times_ms(session: Session, sel) -> list[float]:
     """Per turn with a reply: first reply minus first covered inbound message, in milliseconds."""
     first_in = func.min(case((_INBOUND, Message.created_at)))
@@ -101,11 +100,6 @@ def response_times_ms(session: Session, sel) -> list[float]:
                            .where(Message.conversation_id.in_(sel), Message.turn_id.is_not(None))
                            .group_by(Message.turn_id))
     return [(o - i).total_seconds() * 1000 for i, o in rows if i is not None and o is not None]
-
-
-def percentile(values: list[float], p: float) -> float | None:
-    """The p-th percentile, interpolating linearly between closest ranks (numpy's default); None for none."""
-    return float(np.percentile(values, p)) if values else None
 
 
 def _utc_day(session: Session):
@@ -154,5 +148,5 @@ def _feedback_per_day(session: Session, in_sel) -> list[dict]:
             .group_by(day, MessageFeedback.rating).order_by(day)):
         days.setdefault(str(d), {"day": str(d), **dict.fromkeys(RATINGS, 0)})[rating] = count
     for row in days.values():
-        row["satisfaction_rate"] = _ratio(row["good"], row["good"] + row["bad"])
+        row["satisfaction_rate"] = ratio(row["good"], row["good"] + row["bad"])
     return list(days.values())

@@ -18,6 +18,13 @@ Decisions:
 - A reaction is logged like any message and, when it targets an AI reply of the same conversation, also
   recorded as the customer's feedback on it (``runtime.feedback.record_reaction``), once: a redelivery
   is skipped before that.
+- An echo of a message the business sent from its own WhatsApp Business app (``smb_message_echoes``) is an
+  operator's message: stored (status ``sent``, no part: WhatsApp delivered it, the outbox never sends it) in the
+  conversation with its recipient, which goes ``with_human`` (``runtime.handoff.take_over``) like after a
+  dashboard reply; no turn is started, and the customer's window does not move. Stored once per
+  ``(conversation, wamid)`` like inbound messages; an echo of a message we sent through the API (its wamid is
+  one of our parts') is not stored again, and a status webhook for an echo's wamid finds no part and changes
+  nothing.
 """
 from __future__ import annotations
 
@@ -31,14 +38,15 @@ from sqlalchemy.orm import Session
 
 from core.db import new_id, utcnow
 from runtime.feedback import record_reaction
+from runtime.handoff import BUSINESS_APP_REPLY, take_over
 from runtime.models import Conversation, Message, MessagePart
 from runtime.services import Services
 from runtime.store import find_or_create_conversation
 from runtime.whatsapp.delivery import advances, settle
 from runtime.whatsapp.models import WebhookPost, WhatsAppSender, WhatsAppTemplate
 from runtime.whatsapp.webhook import (
-    InboundMessage, MalformedBody, StatusUpdate, TemplateStatusUpdate, Unhandled, decode_body, parse_payload,
-    phone_number_ids, template_waba_ids, verify_signature,
+    BusinessEcho, InboundMessage, MalformedBody, StatusUpdate, TemplateStatusUpdate, Unhandled, decode_body,
+    parse_payload, phone_number_ids, template_waba_ids, verify_signature,
 )
 
 log = logging.getLogger(__name__)
@@ -129,7 +137,8 @@ def process_post(services: Services, post_id: str) -> list[str]:
         post = session.get(WebhookPost, post_id)
         try:
             events = parse_payload(post.body, received_at=post.received_at)
-            numbers = {e.phone_number_id for e in events if isinstance(e, (InboundMessage, StatusUpdate))}
+            numbers = {e.phone_number_id for e in events
+                       if isinstance(e, (InboundMessage, StatusUpdate, BusinessEcho))}
             senders = {s.phone_number_id: s for s in session.scalars(
                 select(WhatsAppSender).where(WhatsAppSender.phone_number_id.in_(numbers)))} if numbers else {}
             run = _Run(session, senders, [], services.settings.whatsapp_prices)
@@ -151,6 +160,8 @@ def _apply(run: _Run, event) -> None:
         _apply_status(run, event)
     elif isinstance(event, TemplateStatusUpdate):
         _apply_template_status(run.session, event)
+    elif isinstance(event, BusinessEcho):
+        _store_echo(run, event)
     elif isinstance(event, Unhandled):
         log.info("whatsapp webhook: %s not handled: %s", event.field, event.reason)
 
@@ -184,6 +195,32 @@ def _store_inbound(run: _Run, event: InboundMessage) -> None:
         conv.last_inbound_at = max(conv.last_inbound_at or event.timestamp, event.timestamp)
     if turn_worthy and conv.id not in run.turn_conversations:
         run.turn_conversations.append(conv.id)
+
+
+def _store_echo(run: _Run, event: BusinessEcho) -> None:
+    sender = run.senders.get(event.phone_number_id)
+    if sender is None:
+        log.warning("whatsapp webhook: echo %s for unknown number %s dropped", event.wamid, event.phone_number_id)
+        return
+    session = run.session
+    conv = find_or_create_conversation(session, assistant_id=sender.assistant_id, channel="whatsapp",
+                                       sender=sender.phone_number_id, customer_id=event.customer_id)
+    ours = session.scalar(select(MessagePart.id).join(Message, Message.id == MessagePart.message_id).where(
+        Message.conversation_id == conv.id, MessagePart.channel_message_id == event.wamid))
+    if ours is not None or _inbound_exists(session, conv.id, event.wamid):
+        log.info("whatsapp webhook: echo %s already stored", event.wamid)
+        return
+    now = utcnow()
+    msg = Message(id=new_id(), conversation_id=conv.id, direction="outbound", kind="operator", status="sent",
+                  text=event.text, channel_message_id=event.wamid, sent_at=event.timestamp, created_at=now,
+                  payload={"source": "whatsapp_business_app", "echo": event.payload})
+    try:
+        with session.begin_nested():
+            session.add(msg)
+    except IntegrityError:
+        log.info("whatsapp webhook: echo %s stored concurrently", event.wamid)
+        return
+    take_over(session, conv, reason=BUSINESS_APP_REPLY, at=now)
 
 
 def _inbound_exists(session: Session, conversation_id: str, wamid: str) -> bool:

@@ -48,7 +48,7 @@ from core.db import new_id, utcnow
 from core.errors import Conflict, InvalidRequest, NotFound
 from core.settings import Settings
 from runtime.config import AssistantConfig
-from runtime.handoff import flag_for_human, set_state
+from runtime.handoff import flag_for_human, take_over
 from kb.models import Assistant
 from runtime.models import Conversation, Message, MessagePart
 from runtime.services import Services
@@ -387,7 +387,7 @@ def send_operator_message(services: Services, conversation_id: str, text: str) -
         if conv.channel == "whatsapp" and not window_open(conv, services.clock()):
             raise Conflict("the 24-hour window is closed: send an approved template instead")
         session.add(msg)
-        set_state(session, conv, "with_human", actor="operator", reason="an operator replied")  # the AI stops
+        take_over(session, conv)  # the AI stops
         session.commit()
         if conv.channel == "whatsapp":
             send_reply(services, msg.id)

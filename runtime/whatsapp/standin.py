@@ -232,6 +232,20 @@ def status_body(phone_number_id: str, wamid: str, recipient_id: str, status: str
             "entry": [{"id": waba_id, "changes": [{"value": value, "field": "messages"}]}]}
 
 
+def echo_body(phone_number_id: str, to: str, wamid: str, text: str, *, timestamp: int | None = None,
+              display_phone_number: str = "15550000000", waba_id: str = "0") -> dict:
+    """A Meta ``smb_message_echoes`` webhook body: a text the business sent ``to`` a customer from its WhatsApp
+    Business app (the shape of Meta's smb_message_echoes webhook reference)."""
+    echo = {"from": display_phone_number, "to": to, "id": wamid,
+            "timestamp": str(int(time.time()) if timestamp is None else timestamp), "type": "text",
+            "text": {"body": text}}
+    value = {"messaging_product": "whatsapp",
+             "metadata": {"display_phone_number": display_phone_number, "phone_number_id": phone_number_id},
+             "message_echoes": [echo]}
+    return {"object": "whatsapp_business_account",
+            "entry": [{"id": waba_id, "changes": [{"value": value, "field": "smb_message_echoes"}]}]}
+
+
 def sign(app_secret: str, raw_body: bytes) -> str:
     """The ``X-Hub-Signature-256`` value Meta sends with ``raw_body``."""
     return webhook.sign(raw_body, app_secret)

@@ -1,5 +1,6 @@
 """WhatsApp Cloud API webhooks, without a database: the signature check and the payload parsed into
-typed events (inbound messages, delivery statuses, template status changes, the rest as Unhandled).
+typed events (inbound messages, delivery statuses, template status changes, echoes of messages the business
+sent from its own WhatsApp Business app, the rest as Unhandled).
 
 Parsing never raises: whatever cannot be understood becomes an ``Unhandled`` event, so one odd entry
 never costs the other entries of the same post. Only ``decode_body`` refuses a body (not a JSON object,
@@ -21,6 +22,11 @@ MAX_DEPTH = 32
 # a whole JSON string (an unterminated one runs to the end: no backtracking) or one bracket
 _TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[\]{}]', re.DOTALL)
 TEMPLATE_FIELD = "message_template_status_update"
+# Meta's smb_message_echoes webhook (numbers shared with the WhatsApp Business app, "coexistence"): value.metadata
+# as for messages, value.message_echoes[] with from (the business's display number), to (the customer's number as
+# the app addressed it), id (wamid), timestamp, type and the type's object -- Meta's "smb_message_echoes webhook
+# reference" (developers.facebook.com/documentation/business-messaging/whatsapp/webhooks/reference/smb_message_echoes)
+ECHO_FIELD = "smb_message_echoes"
 MEDIA_KINDS = ("image", "video", "audio", "voice", "document", "sticker")
 _MEDIA_NOUN = {"image": "an image", "video": "a video", "audio": "an audio file", "voice": "a voice message",
                "document": "a document", "sticker": "a sticker"}
@@ -90,12 +96,26 @@ class TemplateStatusUpdate:
 
 
 @dataclass(frozen=True)
+class BusinessEcho:
+    """A message the business sent to ``customer_id`` from its own WhatsApp Business app (or a linked device): an
+    operator's message, already delivered by WhatsApp; ``text`` is what the conversation shows of it."""
+
+    phone_number_id: str
+    wamid: str
+    customer_id: str  # ``to`` in the form our conversations key customers: the number's digits (wa_id)
+    timestamp: datetime
+    kind: str
+    text: str
+    payload: dict = field(hash=False, compare=False)
+
+
+@dataclass(frozen=True)
 class Unhandled:
     field: str
     reason: str
 
 
-Event = InboundMessage | StatusUpdate | TemplateStatusUpdate | Unhandled
+Event = InboundMessage | StatusUpdate | TemplateStatusUpdate | BusinessEcho | Unhandled
 
 
 def sign(raw_body: bytes, secret: str) -> str:
@@ -190,6 +210,8 @@ def _parse_change(waba_id: str, entry_at: datetime, change, received_at: datetim
             return _parse_preferences(value, received_at)
         if name == TEMPLATE_FIELD:
             return [_parse_template_status(waba_id, entry_at, value)]
+        if name == ECHO_FIELD:
+            return _parse_echoes(value, received_at)
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         return [Unhandled(name, f"malformed {name} change: {type(exc).__name__}: {exc}")]
     return [Unhandled(name, "field not handled")]
@@ -372,6 +394,49 @@ def _parse_status(phone_number_id: str, s: dict, received_at: datetime) -> Event
         billable=pricing.get("billable") if isinstance(pricing.get("billable"), bool) else None,
         pricing_category=_text(pricing.get("category")), callback_data=_text(s.get("biz_opaque_callback_data")),
     )
+
+
+def _parse_echoes(value: dict, received_at: datetime) -> list[Event]:
+    """The business's own messages, sent from the WhatsApp Business app, one event each."""
+    phone_number_id = (value.get("metadata") or {}).get("phone_number_id")
+    if not phone_number_id:
+        return [Unhandled(ECHO_FIELD, "no metadata.phone_number_id")]
+    return [_guard(ECHO_FIELD, lambda m=m: _parse_echo(str(phone_number_id), m, received_at))
+            for m in _list(value.get("message_echoes"))]
+
+
+def _parse_echo(phone_number_id: str, m: dict, received_at: datetime) -> Event:
+    if not isinstance(m, dict) or not m.get("id"):
+        return Unhandled(ECHO_FIELD, "an echo without an id")
+    to = _text(m.get("to"))
+    customer = customer_key(to) if to else None
+    if not customer:
+        return Unhandled(ECHO_FIELD, f"echo {m['id']} names no recipient")
+    kind = str(m.get("type") or "unknown")
+    return BusinessEcho(phone_number_id=phone_number_id, wamid=str(m["id"]), customer_id=customer,
+                        timestamp=_timestamp(m.get("timestamp"), received_at), kind=kind,
+                        text=describe_echo(kind, m), payload=m)
+
+
+_PHONE = re.compile(r"\+?[\d\s().-]+")
+
+
+def customer_key(address: str) -> str:
+    """The customer id our conversations use for a number as Meta gives it in an echo's ``to`` (which may be
+    written ``+1 650-555-1234``): its digits, like a ``wa_id``; anything else (a business-scoped user id) as is."""
+    address = address.strip()
+    return re.sub(r"\D", "", address) if _PHONE.fullmatch(address) else address
+
+
+def describe_echo(kind: str, m: dict) -> str:
+    """What the conversation shows of a message the business sent from its app: a text's body, a media
+    message's caption (or file name) in brackets, otherwise its type."""
+    body = m.get(kind) if isinstance(m.get(kind), dict) else {}
+    if kind == "text" and _text(body.get("body")):
+        return str(body["body"])
+    noun = _MEDIA_NOUN.get(kind, f"a {kind} message")
+    detail = _text(body.get("caption")) or _text(body.get("filename"))
+    return f"[{noun} sent from the WhatsApp Business app{': ' + detail if detail else ''}]"
 
 
 def _parse_preferences(value: dict, received_at: datetime) -> list[Event]:

@@ -223,6 +223,39 @@ def test_waiting_for_a_human_view(dash, seeded):
     assert '<span class="pill off"' in html
 
 
+def test_the_queue_lists_who_waits_apart_from_who_has_a_person_and_closes(dash, seeded):
+    """A customer asking for a person waits; a conversation an operator paused is with a person; closing one takes
+    it off the queue (logged, nothing sent); the metrics count both handoffs."""
+    asked = dash.post("/api/chat", json={"assistant_id": seeded["loja"], "customer_id": "cliente-7",
+                                         "message": "Quero falar com um atendente"}).json()
+    assert asked["status"] == "handoff"
+    dash.post(f"/api/conversations/{seeded['widget']}/ai", json={"enabled": False})
+    html = dash.get("/dashboard/queue").text
+    waiting, with_human = html.split('id="with-human"')
+    assert rows(waiting) == [asked["conversation_id"]] and rows(with_human) == [seeded["widget"]]
+    assert "the customer asked for a person" in waiting and "Quero falar com um atendente" in waiting
+    assert "an operator paused the AI" in with_human and XSS not in html
+    assert 'href="/dashboard/queue" class="active"' in html
+    assert rows(dash.get(f"/dashboard/queue?assistant_id={seeded['clinica']}").text) == [seeded["widget"]]
+    assert dash.get("/dashboard/queue?channel=fax").status_code == 400
+    q = dash.get("/api/handoff-queue").json()
+    assert [i["id"] for i in q["waiting"]] == [asked["conversation_id"]] and q["waiting"][0]["waiting_s"] >= 0
+    assert [i["id"] for i in q["with_human"]] == [seeded["widget"]]
+
+    closed = dash.post(f"/api/conversations/{seeded['widget']}/close")
+    assert closed.status_code == 200 and closed.json()["handoff_state"] == "ai"
+    assert rows(dash.get("/dashboard/queue").text) == [asked["conversation_id"]]
+    detail = dash.get(f"/api/conversations/{seeded['widget']}").json()
+    assert detail["handoff_changes"][-1]["reason"] == "an operator closed the conversation"
+    assert [m["kind"] for m in detail["messages"]] == ["text", "text"]  # the customer was not messaged
+    handoffs = dash.get("/api/metrics").json()["handoffs"]
+    assert handoffs["by_reason"]["customer_request"] == 1 and handoffs["by_reason"]["operator_takeover"] == 1
+    assert (handoffs["abandoned"], handoffs["still_waiting"]) == (0, 1)  # the paused one never waited
+    metrics = dash.get("/dashboard/metrics").text
+    assert re.search(r'<tr data-reason="customer_request"><td>customer request</td><td class="num">1</td>', metrics)
+    assert "1 still waiting" in metrics
+
+
 def test_bad_filters_are_a_400_with_the_reason(dash, seeded):
     for query, reason in (("since=yesterday", "since: &#39;yesterday&#39; is not an ISO date"),
                           ("channel=fax", "unknown channel"), ("waiting_for_human=maybe", "not true or false")):
@@ -282,6 +315,7 @@ def test_detail_shows_the_handoff_log_and_hands_back(dash, seeded):
     assert dash.post(f"/api/conversations/{cid}/messages", json={"text": "Oi, sou a Maria."}).status_code == 201
     html = dash.get(f"/dashboard/conversations/{cid}").text
     assert "off (an operator has it)" in html and 'id="hand-back"' in html and 'id="toggle-ai"' not in html
+    assert 'id="close-conversation"' in html
     assert "ai &rarr; with_human by operator (an operator replied)" in html
     assert dash.post(f"/api/conversations/{cid}/handback", json={}).json()["handoff_state"] == "ai"
     html = dash.get(f"/dashboard/conversations/{cid}").text
@@ -385,6 +419,7 @@ def test_session_opened_by_helper_is_accepted(app_client, sqlite_services):
 def test_the_new_json_routes_are_documented_and_the_pages_are_not(app_client):
     paths = app_client.get("/openapi.json").json()["paths"]
     assert "/api/console/chat" in paths and "/api/documents/{document_id}/reindex" in paths
+    assert "/api/handoff-queue" in paths and "/api/conversations/{conversation_id}/close" in paths
     assert not [p for p in paths if p.startswith("/dashboard")]
 
 

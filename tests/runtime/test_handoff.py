@@ -134,3 +134,23 @@ def test_a_hand_back_racing_another_tells_the_customer_once(scripted_model, monk
         notices = session.scalars(select(Message).where(Message.conversation_id == cid, Message.kind == "notice")).all()
     assert raced and len(notices) == 1
     assert [row[1] for row in state_log(services, cid)].count("ai") == 1
+
+
+def test_closing_returns_to_the_ai_and_tells_the_customer_only_what_is_configured(scripted_model):
+    from runtime.handoff import CLOSED, close
+
+    services, model = scripted_model
+    quiet = add_assistant(services, "quiet")
+    told = add_assistant(services, "told", config={"handoff": {"close_message": "Atendimento encerrado. Obrigado!"}})
+    for aid, notices in ((quiet, []), (told, ["Atendimento encerrado. Obrigado!"])):
+        cid = chat(services, aid, "Quero falar com um atendente").conversation_id
+        send_operator_message(services, cid, "Oi, sou a Maria. Resolvido!")
+        assert close(services, cid).handoff_state == "ai"
+        assert close(services, cid).handoff_state == "ai"  # closing again changes nothing
+        assert state_log(services, cid)[-1] == ("with_human", "ai", "operator", CLOSED)
+        assert [row[1] for row in state_log(services, cid)].count("ai") == 1
+        with services.session() as session:
+            assert list(session.scalars(select(Message.text).where(Message.conversation_id == cid,
+                                                                   Message.kind == "notice"))) == notices
+        model.enqueue("Abrimos às 8h.")
+        assert chat(services, aid, "Que horas abrem?").reply == "Abrimos às 8h."  # no "AI is back" notice either

@@ -16,7 +16,7 @@ from runtime.types import ToolCall
 from runtime.models import Conversation, Message, MessagePart, Turn
 from runtime.queue import InlineQueue
 from runtime.whatsapp.models import WhatsAppSender
-from runtime.whatsapp.standin import GraphStandIn, sign, status_body
+from runtime.whatsapp.standin import GraphStandIn, echo_body, sign, status_body
 from tests.conftest import ADMIN_TOKEN, make_services, wait_for_document
 from tests.factories import use_scripted_model
 
@@ -125,15 +125,30 @@ def test_when_the_model_fails_the_customer_is_told_and_the_conversation_flagged(
         assert turn.status == "error" and "model endpoint down" in conv.handoff["reason"]
 
 
-def test_a_person_asked_for_keeps_the_ai_quiet_until_handed_back(wa):
+@pytest.mark.parametrize("replied_from", ["dashboard", "business_app"])
+def test_a_person_asked_for_keeps_the_ai_quiet_until_handed_back(wa, replied_from):
+    """The customer asks for a person (no model call) -> an operator replies, from the dashboard (sent by us) or
+    from the WhatsApp Business app (its echo: recorded, not sent again) -> the customer's next two messages get
+    no reply -> the operator hands back -> the AI answers again."""
     client, services, model, graph, clock, _ = wa
     post(client, text_payload("wamid.h1", "Quero falar com um atendente", clock.now))
     wait_for(lambda: graph.sent)
     assert graph.sent[0]["json"]["text"]["body"] == DEFAULT_HANDOFF["pt"] and model.requests == []
     with services.session() as session:
         cid = session.scalars(select(Conversation.id)).one()
-    assert client.post(f"/api/conversations/{cid}/messages", json={"text": "Oi, sou a Maria."}).status_code == 201
-    wait_for(lambda: len(graph.sent) == 2)
+    if replied_from == "dashboard":
+        assert client.post(f"/api/conversations/{cid}/messages", json={"text": "Oi, sou a Maria."}).status_code == 201
+        wait_for(lambda: len(graph.sent) == 2)
+    else:
+        post(client, echo_body(PHONE_ID, f"+{CUSTOMER}", "wamid.echo1", "Oi, sou a Maria.",
+                               display_phone_number="15550001111"))
+        wait_for(lambda: [m for m in outbound(services) if m.kind == "operator"])
+    sent = len(graph.sent)
+    assert sent == (2 if replied_from == "dashboard" else 1)  # WhatsApp delivered the app's message, not us
+    conversation = client.get(f"/api/conversations/{cid}").json()
+    assert conversation["handoff_state"] == "with_human"
+    assert [m["text"] for m in conversation["messages"] if m["kind"] == "operator"] == ["Oi, sou a Maria."]
+    assert conversation["handoff_changes"][-1]["actor"] == "operator"
     post(client, text_payload("wamid.h2", "Quero trocar um produto", clock.now))
     post(client, text_payload("wamid.h3", "É o pedido 123", clock.now))
 
@@ -142,14 +157,14 @@ def test_a_person_asked_for_keeps_the_ai_quiet_until_handed_back(wa):
             return session.scalar(select(func.count()).select_from(Message).where(Message.status == "skipped"))
     wait_for(lambda: skipped() == 2)  # stored, covered by a paused turn
     time.sleep(1.0)  # time for any reply to (wrongly) go out
-    assert len(graph.sent) == 2 and model.requests == []
+    assert len(graph.sent) == sent and model.requests == []
     assert client.post(f"/api/conversations/{cid}/handback").json()["handoff_state"] == "ai"
-    wait_for(lambda: len(graph.sent) == 3)
-    assert graph.sent[2]["json"]["text"]["body"] == DEFAULT_AI_BACK["pt"]
+    wait_for(lambda: len(graph.sent) == sent + 1)
+    assert graph.sent[sent]["json"]["text"]["body"] == DEFAULT_AI_BACK["pt"]
     model.enqueue("Abrimos às 8h.")
     post(client, text_payload("wamid.h4", "Que horas abrem?", clock.now))
-    wait_for(lambda: len(graph.sent) == 4)
-    assert graph.sent[3]["json"]["text"]["body"] == "Abrimos às 8h." and len(model.requests) == 1
+    wait_for(lambda: len(graph.sent) == sent + 2)
+    assert graph.sent[sent + 1]["json"]["text"]["body"] == "Abrimos às 8h." and len(model.requests) == 1
 
 
 def test_a_burst_is_answered_by_one_turn(wa):

@@ -21,8 +21,11 @@ from runtime.store import find_or_create_conversation
 import runtime.whatsapp.inbound as inbound
 from runtime.whatsapp.inbound import SignatureError, accept_post, advances, process_post
 from runtime.whatsapp.models import WebhookPost, WhatsAppSender, WhatsAppTemplate
+from runtime.handoff import BUSINESS_APP_REPLY, changes
+from runtime.whatsapp.standin import echo_body
 from runtime.whatsapp.webhook import (
-    MAX_DEPTH, InboundMessage, StatusUpdate, Unhandled, parse_payload, phone_number_ids, sign, verify_signature,
+    MAX_DEPTH, BusinessEcho, InboundMessage, StatusUpdate, Unhandled, parse_payload, phone_number_ids, sign,
+    verify_signature,
 )
 from tests.conftest import SHARED_DATA
 
@@ -371,11 +374,15 @@ def test_parse_never_raises_on_malformed_input():
             {"field": "messages", "value": {"messages": [{"id": "w3"}]}},
             {"field": "account_update", "value": {}},
             {"field": "message_template_status_update", "value": {"event": "APPROVED"}},
+            {"field": "smb_message_echoes", "value": {"metadata": {"phone_number_id": "1"}, "message_echoes": [
+                None, {"id": "e1"}, {"id": "e2", "to": {"x": 1}}, {"to": "5511"},
+                {"id": "e3", "to": "5511", "type": 4}]}},
+            {"field": "smb_message_echoes", "value": {"message_echoes": [{"id": "e4", "to": "5511"}]}},
         ]}]},
     ]
     for body in bodies:
         events = parse_payload(body)
-        assert events and all(isinstance(e, (InboundMessage, StatusUpdate, Unhandled)) for e in events)
+        assert events and all(isinstance(e, (InboundMessage, StatusUpdate, BusinessEcho, Unhandled)) for e in events)
 
 
 def test_odd_values_in_a_status_cost_no_other_entry_of_the_post(wa, public):
@@ -891,3 +898,54 @@ def _sender(services, assistant_id: str, phone_number_id: str, app_secret: str =
         s.add(sender)
         s.commit()
         return sender.id
+
+
+# ------------------------------------------------------------------- echoes from the WhatsApp Business app
+
+
+def test_echoes_are_parsed_as_metas_reference_gives_them():
+    """The payload of Meta's smb_message_echoes webhook reference: a text, and an image with a caption; ``to`` as a
+    written phone number becomes the wa_id-like digits our conversations key customers by."""
+    body = echo_body("106540352242922", "+1 650-555-1234", "wamid.E1", "Here's the info you requested!",
+                     timestamp=1739321024, display_phone_number="15550783881")
+    body["entry"][0]["changes"][0]["value"]["message_echoes"].append({
+        "from": "15550783881", "to": "16505551234", "id": "wamid.E2", "timestamp": "1739321030", "type": "image",
+        "image": {"id": "media-1", "caption": "Our price list"}})
+    first, second = parse_payload(body)
+    assert first == BusinessEcho(phone_number_id="106540352242922", wamid="wamid.E1", customer_id="16505551234",
+                                 timestamp=datetime.fromtimestamp(1739321024, tz=UTC), kind="text",
+                                 text="Here's the info you requested!", payload={})
+    assert (second.customer_id, second.kind, second.text) == (
+        "16505551234", "image", "[an image sent from the WhatsApp Business app: Our price list]")
+    assert phone_number_ids(body) == {"106540352242922"}  # the ownership check covers echoes too
+
+
+def test_an_echo_is_an_operator_message_that_takes_the_conversation_once(wa, public):
+    """Stored as the operator's (no part: never sent by us), the conversation with_human and the change logged;
+    no turn, the window untouched. The same echo in another post, and a status for its wamid, add nothing; an
+    echo of a message we sent through the API is not stored again."""
+    services = services_of(wa)
+    assistant = new_assistant(wa)
+    add_sender(wa, assistant, "111")
+    assert post_signed(public, text_payload("111", wa_id="351910000001")).status_code == 200
+    wa.scheduled.clear()
+    body = echo_body("111", "+351 910 000 001", "wamid.ECHO1", "Olá, aqui é a Maria da loja.")
+    for spaces in range(2):  # redelivered in a post that differs
+        assert post_signed(public, None, raw=json.dumps(body).encode() + b" " * spaces).status_code == 200
+    assert post_signed(public, status_payload("111", "wamid.ECHO1", "read")).status_code == 200
+    (echo,) = message_by_wamid(services, "wamid.ECHO1", direction="outbound")
+    assert (echo.kind, echo.status, echo.text) == ("operator", "sent", "Olá, aqui é a Maria da loja.")
+    assert echo.payload["source"] == "whatsapp_business_app" and echo.turn_id is None
+    with services.session() as s:
+        assert s.scalar(select(func.count()).select_from(MessagePart).where(MessagePart.message_id == echo.id)) == 0
+        conv = s.get(Conversation, echo.conversation_id)
+        assert conv.customer_id == "351910000001" and conv.handoff_state == "with_human"
+        assert conv.last_inbound_at == datetime.fromtimestamp(1_700_000_000, tz=UTC)  # the customer's, not the echo's
+        log = [(c.from_state, c.to_state, c.actor, c.reason) for c in changes(s, [conv.id])[conv.id]]
+        assert s.scalar(select(func.count()).select_from(Message).where(Message.conversation_id == conv.id)) == 2
+    assert log == [("ai", "with_human", "operator", BUSINESS_APP_REPLY)]
+    assert wa.scheduled == []
+
+    sent = add_outbound(services, assistant, "111", "351910000001", "wamid.OURS", status="sent")
+    assert post_signed(public, echo_body("111", "351910000001", "wamid.OURS", "Hello!")).status_code == 200
+    assert [m.id for m in message_by_wamid(services, "wamid.OURS", direction="outbound")] == [sent]
