@@ -10,6 +10,7 @@ halves: see the README).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -25,6 +26,7 @@ MIN_WORDS = 3
 TITLE_WORDS = 6  # a line this short, without a final stop or a number, is a heading, not an answer
 _SENTENCE_TAIL = re.compile(r"[.!?:;…]\W*$")
 MAX_CHARS = 400
+FOCUS_SENTENCES = 4  # shown to the focused look: see :func:`focus`
 FRAMES = {"pt": "Segundo “{source}”: {quote}", "es": "Según “{source}”: {quote}", "en": "According to “{source}”: {quote}"}
 
 
@@ -80,6 +82,39 @@ def best_sentence(embedder: Embedder, question: str, passage: str) -> tuple[str,
     similarity = np.asarray(embedder.embed_documents(candidates)) @ np.asarray(embedder.embed_query(question))
     best = int(np.argmax(similarity))
     return candidates[best], float(similarity[best])
+
+
+@dataclass(frozen=True)
+class Focus:
+    """What :func:`focus` keeps of the shown sources, and the closest sentence of all with its source."""
+
+    sources: list[Source]
+    best: tuple[str, Source] | None = None
+
+
+def focus(embedder: Embedder, question: str, sources: list[Source], keep: int = FOCUS_SENTENCES) -> Focus:
+    """``sources`` cut to the ``keep`` sentences, over all of them, closest to ``question``: each source keeps its
+    chosen sentences in their order, one per line ("…" where text was left out; a table's rows under its header
+    row) and a source with none is left out. The small model picks the answer out of a few sentences far more
+    often than out of whole passages (and reads the prompt faster). Sources without sentences
+    (:func:`sentences`) are kept as they are."""
+    split = [sentences(s.text) for s in sources]
+    flat = [(i, j, text) for i, parts in enumerate(split) for j, text in enumerate(parts)]
+    if not flat:
+        return Focus(sources)
+    similarity = np.asarray(embedder.embed_documents([t for _, _, t in flat])) @ np.asarray(embedder.embed_query(question))
+    ranked = np.argsort(-similarity)
+    chosen = {flat[k][:2] for k in ranked[:keep]}
+    out = []
+    for i, source in enumerate(sources):
+        picked = [j for j in range(len(split[i])) if (i, j) in chosen]
+        if picked and source.text.lstrip().startswith("|") and picked[0] != 0:  # a table: its header names the columns
+            picked.insert(0, 0)
+        if picked:
+            lines = [("" if n == 0 or j == picked[n - 1] + 1 else "…\n") + split[i][j] for n, j in enumerate(picked)]
+            out.append(replace(source, text="\n".join(lines)))
+    top = flat[int(ranked[0])]
+    return Focus(out, (top[2], sources[top[0]]))
 
 
 def confident_passage(model: str, passage_score: float) -> bool:

@@ -45,10 +45,16 @@ def focused_messages(system_prompt: str, sources: list[Source], user_text: str) 
     ``sources`` (as numbered and cut for the whole prompt) and the customer's message as the question. The
     1.5B model answers from this many of the questions it gives up on with the whole prompt (channel rules,
     tools, their instructions) in front of it."""
-    passages = "\n\n".join(f"[{s.rank}] ({s.filename})\n{s.text}" for s in sources)
+    passages = "\n\n".join(f"[{s.rank}] ({s.filename}{_topic(s)})\n{s.text}" for s in sources)
     system = "\n\n".join(part for part in (system_prompt.strip(), FOCUSED) if part)
     return [{"role": "system", "content": system},
             {"role": "user", "content": f"Passages:\n{passages}\n\nQuestion: {user_text}"}]
+
+
+def _topic(source: Source) -> str:
+    """" — " and the innermost heading over ``source`` (an FAQ's question, a section's title), or ""."""
+    heading = (source.section or "").rsplit(" > ", 1)[-1].strip()
+    return f" — {heading}" if heading else ""
 
 
 def retry_instruction(problem: str, language: str | None) -> str:

@@ -70,10 +70,15 @@ _MARKUP = re.compile(
     re.IGNORECASE,
 )
 _PROMPT_HEADERS = ("Customer message:", "Sources:")
+_SOURCE_HEADER = re.compile(r"^\s*\[\d+\] \([^)\n]+\)\s*$", re.MULTILINE)  # "[2] (prices.csv)": how sources are shown
 # the NO_ANSWER signal, also as small models mangle it ("No answer", "Não_ansWER", "NO-ANSWER")
 _NO_ANSWER = re.compile(r"\bn(?:o|ao|ão)[\s_-]*answer\b", re.IGNORECASE)
 _NUMBER = re.compile(r"\d+")
 SUPPORTED_SHARE = 0.75  # of a reply's own terms (not the question's), at least this share must be the passages'
+# ... or this share when the reply brings figures (a price, a phone number) that are all the passages'
+FIGURES_SUPPORTED_SHARE = 1 / 3
+# currency names: "180,00 reais" tells the passages' "R$ 180,00"
+_CURRENCY_WORDS = frozenset("reais real dolares dolar dollars dollar euros euro pesos peso libras pounds".split())
 _ECHO_WORDS = 8  # this many consecutive words of the instructions in a reply make it an echo
 _FIRST_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n")
 _CUSTOMER_ECHO_WORDS = 5  # a reply that tells nothing new and repeats this many of the customer's words echoes them
@@ -166,7 +171,7 @@ def rejection(reply: str, *, instructions: str = "", customer_text: str = "", la
         return "a JSON value instead of text"
     if sum(ch.isalnum() for ch in text) < 2:
         return "no text"
-    if any(header in text for header in _PROMPT_HEADERS):
+    if any(header in text for header in _PROMPT_HEADERS) or _SOURCE_HEADER.search(text):
         return "an echo of the prompt"
     if customer_text and fold(text).strip(" .!?") == fold(customer_text).strip(" .!?") and len(words(text)) > 1:
         return CUSTOMER_ECHO
@@ -199,19 +204,21 @@ def still_sendable(problem: str) -> bool:
 
 def supported(reply: str, passages: list[str], question: str) -> bool:
     """Whether ``reply`` holds only what ``passages`` say: it is no :func:`restatement` of the ``question``,
-    each of its numbers is in the passages, and ``SUPPORTED_SHARE`` of its own terms (stemmed, stopwords and
-    yes/no words aside) occur in them. A reply that only restates the question ("No, we do not do implants")
-    or brings words or figures of its own is not. Terms are compared in the reply's language, so a reply in
+    each of its numbers is in the passages, and ``SUPPORTED_SHARE`` of its own terms (stemmed; stopwords, yes/no
+    words and currency names aside) occur in them, or ``FIGURES_SUPPORTED_SHARE`` when it brings numbers of
+    the passages (a price or a phone number copied is the answer; the words around it are phrasing). A reply
+    that only restates the question ("No, we do not do implants") or brings words or figures of its own is
+    not. Terms are compared in the reply's language, so a reply in
     another language than its passages is not supported."""
     source = " ".join(passages)
     numbers = _own_numbers(reply, question)
     if not numbers <= set(_NUMBER.findall(source)):
         return False
     lang = message_language(reply) or detect_language(words(source))
-    own = _own_terms(reply, question, lang) - numbers
+    own = _own_terms(reply, question, lang, ignore=_CURRENCY_WORDS) - numbers
     if not own:
         return bool(numbers)
-    return len(own & key_terms(source, lang)) >= SUPPORTED_SHARE * len(own)
+    return len(own & key_terms(source, lang)) >= (FIGURES_SUPPORTED_SHARE if numbers else SUPPORTED_SHARE) * len(own)
 
 
 def _own_numbers(reply: str, question: str) -> set[str]:
@@ -219,9 +226,10 @@ def _own_numbers(reply: str, question: str) -> set[str]:
     return set(_NUMBER.findall(reply)) - set(_NUMBER.findall(question))
 
 
-def _own_terms(reply: str, question: str, lang: str | None) -> set[str]:
-    """The terms of ``reply`` in ``lang`` (stemmed, stopwords and yes/no words left out) that ``question`` lacks."""
-    telling = " ".join(w for w in words(reply) if fold(w) not in _ANSWER_WORDS)
+def _own_terms(reply: str, question: str, lang: str | None, ignore: frozenset[str] = frozenset()) -> set[str]:
+    """The terms of ``reply`` in ``lang`` (stemmed, stopwords, yes/no words and ``ignore`` left out) that
+    ``question`` lacks."""
+    telling = " ".join(w for w in words(reply) if fold(w) not in _ANSWER_WORDS and fold(w) not in ignore)
     return key_terms(telling, lang) - key_terms(question, lang)
 
 

@@ -32,7 +32,7 @@ from runtime.llm import ChatModelError, text_tool_calls
 from runtime.models import Conversation, Message, Turn
 from runtime.prompt import (ANSWER_NOW, build_messages, fill_variables, focused_messages, retry_instruction,
                             seen_sources)
-from runtime.replies import (data_reply, rejection, restatement, says_not_found, small_talk, small_talk_reply,
+from runtime.replies import (RESTATEMENT, data_reply, rejection, restatement, says_not_found, small_talk, small_talk_reply,
                              split_no_answer, still_sendable, supported, without_echo)
 from runtime.services import Services
 from runtime.tools.context import ToolContext
@@ -182,8 +182,9 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
         counter = token_counter(model, services.settings.llm_context)
         if not captured and _plain_question(config, embedding_model, found, hits, customer_texts):
             t = time.perf_counter()
-            reply, look_usage = _focused_look(model, config, conv.variables or {}, budget.sources, user_text,
-                                              language, deadline)
+            focused = extractive.focus(services.embedders.get(embedding_model), user_text, budget.sources)
+            reply, look_usage = _focused_look(model, config, conv.variables or {}, focused, budget.sources,
+                                              user_text, language, deadline)
             timings["llm_ms"] += _ms(t)
             usage, rounds = usage + look_usage, rounds + 1
         answered = bool(reply)  # by the focused look: the whole prompt is not needed
@@ -305,14 +306,16 @@ def _plain_question(config: AssistantConfig, embedding_model: str, found: approv
             and not wants_human(recent) and not wants_booking(recent))
 
 
-def _focused_look(model, config: AssistantConfig, variables: dict, sources: list[Source], user_text: str,
-                  language: str | None, deadline: float) -> tuple[str, Usage]:
-    """Ask the model to answer from the shown ``sources`` alone, without tools
-    (:func:`runtime.prompt.focused_messages`); its reply, or "" when it gives none, or one that may not be
-    sent (:func:`runtime.replies.rejection`) or that the sources do not support
-    (:func:`runtime.replies.supported`): the turn then goes on with the whole prompt and the tools. A failure
-    of the model here leaves that to the whole prompt too."""
-    messages = focused_messages(fill_variables(config.system_prompt, variables), sources, user_text)
+def _focused_look(model, config: AssistantConfig, variables: dict, focused: extractive.Focus, sources: list[Source],
+                  user_text: str, language: str | None, deadline: float) -> tuple[str, Usage]:
+    """Ask the model to answer from the ``focused`` sentences of the shown ``sources`` alone
+    (:func:`runtime.extractive.focus`), without tools (:func:`runtime.prompt.focused_messages`); its reply, or "" when
+    it gives none, or one that may not be sent (:func:`runtime.replies.rejection`) or that the sources do not support
+    (:func:`runtime.replies.supported`): the turn then goes on with the whole prompt and the tools. A bare answer
+    that only restates the question ("Sim, você pode parcelar o pagamento.") says the model found the answer among
+    the sentences without telling it: the closest sentence is quoted instead (:func:`runtime.extractive.quote`).
+    A failure of the model here leaves the turn to the whole prompt too."""
+    messages = focused_messages(fill_variables(config.system_prompt, variables), focused.sources, user_text)
     try:
         resp = model.complete(messages, None, temperature=config.temperature, max_tokens=config.max_tokens,
                               timeout=deadline - time.perf_counter())
@@ -321,10 +324,15 @@ def _focused_look(model, config: AssistantConfig, variables: dict, sources: list
         return "", Usage()
     reply, no_answer = _clean(resp.content, set())
     reply = without_echo(reply, user_text)
-    ok = not no_answer and not says_not_found(reply) and rejection(
-        reply, instructions=messages[0]["content"], customer_text=user_text, language=language) is None and \
-        supported(reply, [s.text for s in sources], user_text)
-    return (reply if ok else ""), resp.usage
+    if no_answer or says_not_found(reply) or rejection(
+            reply, instructions=messages[0]["content"], customer_text=user_text, language=language) is not None:
+        return "", resp.usage
+    if supported(reply, [s.text for s in sources], user_text):
+        return reply, resp.usage
+    if focused.best and restatement(reply, user_text) == RESTATEMENT:
+        sentence, source = focused.best
+        return extractive.quote(sentence, source.filename, language), resp.usage
+    return "", resp.usage
 
 
 def _grounded_reply(services: Services, embedding_model: str, found: approved.ApprovedMatch | None, hits: list[Source],

