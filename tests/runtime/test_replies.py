@@ -39,6 +39,7 @@ def test_answers_with_a_negative_are_not_fallbacks(reply):
     ("<tools></tools>", "model markup"), ("</tool_call>", "model markup"), ("<|im_end|>", "model markup"),
     ('{"name": "transfer_to_human", "arguments": {}}', "model markup"), ("```\nok\n```", "model markup"),
     ("[1, 2]", "a JSON value"), ("?!", "no text"), ("   ", "no text"), ("Sources:\n[1] x", "an echo of the prompt"),
+    ("A limpeza dura 40 minutos.\n\n[2] (precos.csv)\n| Limpeza | 180,00 |", "an echo of the prompt"),
 ])
 def test_what_only_the_machinery_writes_is_rejected(reply, reason):
     assert rejection(reply).startswith(reason)
@@ -95,9 +96,14 @@ def test_the_data_reply_tells_each_value_saved_or_refused_in_the_customers_langu
     ("Aos sábados abrimos das 10h às 16h.", False),  # numbers the passage does not hold
     ("Não, não fazemos implante dentário.", False),  # only restates the question
     ("Sim, fazemos implantes com garantia vitalícia e anestesia geral.", False),  # words of its own
+    ("A limpeza custa 180,00 reais.", True),  # a currency's name is the passages' "R$" or the price column
+    ("Ligue para (19) 3232-4545 para obter ajuda.", True),  # the passages' figures, in words of its own
+    ("Ligue para (19) 3232-4545 e peça um desconto de urgência gratuito.", False),  # too many words of its own
+    ("Ligue para (19) 3232-9999 para obter ajuda.", False),  # a figure of its own
 ])
 def test_a_reply_is_supported_only_by_what_its_passages_say(reply, ok):
-    passages = ["Horário: aos sábados abrimos das 9h às 13h.", "Limpeza (profilaxia) | 180,00 | 40 min"]
+    passages = ["Horário: aos sábados abrimos das 9h às 13h.", "Limpeza (profilaxia) | 180,00 | 40 min",
+                "Em caso de dor forte, ligue para (19) 3232-4545."]
     assert supported(reply, passages, "Vocês fazem implante dentário? Quanto custa a limpeza?") is ok
 
 
