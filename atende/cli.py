@@ -49,7 +49,8 @@ def cmd_worker(args) -> int:
     services = _services(args)
     services.queue = queue = HueyQueue.from_settings(services)
     recover(services, sends=True)  # at start, what dead workers left owed (then every minute, "recovery.sweep")
-    run_workers(worker_consumers(queue, _worker_queues(args.queue), args.workers, args.ingest_workers))
+    run_workers(worker_consumers(queue, _worker_queues(args.queue), args.workers, args.ingest_workers,
+                                 services.settings.recovery_interval_s))
     return 0
 
 

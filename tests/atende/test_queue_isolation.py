@@ -293,9 +293,9 @@ def test_worker_queue_selection(sqlite_services, monkeypatch):
     queue = HueyQueue.from_settings(services)
     both = worker_consumers(queue, ("customer", "ingest"), 3, 2)
     assert [(c.huey, c.workers, type(c).__name__) for c in both] == [
-        (queue.huey, 3, "Consumer"), (queue.ingest_huey, 2, "EmbeddedConsumer")]
+        (queue.huey, 3, "WorkerConsumer"), (queue.ingest_huey, 2, "EmbeddedConsumer")]
     [ingest_only] = worker_consumers(queue, (INGEST,), 3, 2)
-    assert (ingest_only.huey, ingest_only.workers, type(ingest_only).__name__) == (queue.ingest_huey, 2, "Consumer")
+    assert (ingest_only.huey, ingest_only.workers, type(ingest_only).__name__) == (queue.ingest_huey, 2, "WorkerConsumer")
     [customer_only] = worker_consumers(queue, (CUSTOMER,), 4, 2)
     assert (customer_only.huey, customer_only.workers) == (queue.huey, 4)
     with pytest.raises(ValueError, match="unknown queue"):

@@ -1,0 +1,77 @@
+"""The same flows in both run profiles, on real processes (tests/system/conftest.py): a real document ingested
+through one API process is searchable -- by keywords too -- from the other one, and a change to the knowledge
+base made through one process is seen by the other's keyword index; a signed WhatsApp message is answered
+exactly once, also when Meta delivers it again to another API process."""
+from __future__ import annotations
+
+import time
+
+from tests.conftest import requires_shared, shared_doc
+from tests.system.conftest import REPLY, Stack
+from tests.system.stack import admin_client, wait_until
+from tests.system.whatsapp_world import (
+    customer_number,
+    deliver,
+    message_body,
+    messages,
+    new_assistant,
+    replies_to,
+)
+
+
+def upload(api: str, assistant_id: str, relative: str) -> str:
+    with admin_client(api) as client:
+        r = client.post(f"/api/assistants/{assistant_id}/documents",
+                        files={"file": (relative.rsplit("/", 1)[-1], shared_doc(relative).read_bytes())})
+        assert r.status_code == 202, r.text
+        return r.json()["id"]
+
+
+def wait_ready(api: str, document_id: str) -> dict:
+    with admin_client(api) as client:
+        doc = wait_until(lambda: (d := client.get(f"/api/documents/{document_id}").json())["status"]
+                         in ("ready", "failed") and d, 180, f"document {document_id} ingested")
+    assert doc["status"] == "ready", doc
+    return doc
+
+
+def search(api: str, assistant_id: str, query: str, mode: str = "hybrid") -> list[dict]:
+    with admin_client(api) as client:
+        r = client.post(f"/api/assistants/{assistant_id}/search", json={"query": query, "mode": mode})
+        assert r.status_code == 200, r.text
+        return r.json()["results"]
+
+
+@requires_shared
+def test_a_document_ingested_through_one_api_process_is_searchable_from_the_other(profile: Stack):
+    first, other = profile.apis[0], profile.apis[-1]  # the embedded profile has one API process
+    number = new_assistant(first, "kb")
+    essay = upload(first, number.assistant_id, "html/ideas-page.html")
+    wait_ready(other, essay)
+    hits = search(other, number.assistant_id, "how to notice anomalies at the frontiers of knowledge")
+    assert hits and hits[0]["document_id"] == essay
+    keyword = search(first, number.assistant_id, "anomalies fractally", mode="keyword")
+    assert keyword and {h["document_id"] for h in keyword} == {essay}  # the first process's index: one document
+    assert search(first, number.assistant_id, "Flyers Maple Leafs", mode="keyword") == []
+
+    cups = upload(other, number.assistant_id, "csv/stanley-cups.csv")  # a change made through the other process
+    wait_ready(first, cups)
+    keyword = search(first, number.assistant_id, "Flyers Maple Leafs", mode="keyword")
+    assert keyword and keyword[0]["document_id"] == cups  # the first process's index was rebuilt
+
+    with admin_client(other) as client:
+        assert client.delete(f"/api/documents/{essay}").status_code in (200, 202, 204)
+    assert search(first, number.assistant_id, "anomalies fractally", mode="keyword") == []
+
+
+def test_a_whatsapp_message_is_answered_exactly_once(profile: Stack, graph):
+    number = new_assistant(profile.apis[0], "wa")
+    customer = customer_number()
+    raw = message_body(number, customer, "When do you open on Saturdays?")
+    deliver(profile.apis[0], number, raw)
+    deliver(profile.apis[-1], number, raw)  # Meta delivers it again, to another process
+    assert wait_until(lambda: replies_to(graph, customer), 60, "the reply sent") == [REPLY]
+    wait_until(lambda: ("outbound", "sent") in messages(profile.engine, customer), 30, "the reply marked sent")
+    time.sleep(3)  # the sweeps (every 2 s, in each worker) pass over it again: still one reply
+    assert messages(profile.engine, customer) == [("inbound", "answered"), ("outbound", "sent")]
+    assert replies_to(graph, customer) == [REPLY]
