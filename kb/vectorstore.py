@@ -34,7 +34,9 @@ R = TypeVar("R")
 
 
 def _reachable(method: Callable[P, R]) -> Callable[P, R]:
-    """A Chroma server out of reach (``chromadb.HttpClient`` speaks httpx) raises ``VectorStoreUnavailable``."""
+    """A Chroma server out of reach (``chromadb.HttpClient`` speaks httpx) raises ``VectorStoreUnavailable``;
+    also when the client is made then (chromadb checks the server at once and raises a ValueError, from httpx's
+    error), so a process started while the server is down connects once it is up."""
 
     @functools.wraps(method)
     def call(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -42,6 +44,10 @@ def _reachable(method: Callable[P, R]) -> Callable[P, R]:
             return method(*args, **kwargs)
         except httpx.TransportError as exc:
             raise VectorStoreUnavailable(f"the vector store is unreachable: {type(exc).__name__}: {exc}") from exc
+        except ValueError as exc:
+            if isinstance(exc.__context__, httpx.TransportError):
+                raise VectorStoreUnavailable(f"the vector store is unreachable: {exc}") from exc
+            raise
 
     return call
 

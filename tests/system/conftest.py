@@ -143,5 +143,7 @@ def scale_stack(tmp_path_factory, graph, chat_model) -> Stack:
 
 @pytest.fixture(params=["embedded", "scale"])
 def profile(request) -> Stack:
-    """The test runs in the embedded profile, then in the scale profile."""
+    """The test runs in the embedded profile, then in the scale profile. The scale stack starts first, so its
+    processes warm up (embedding models, parsers) while the embedded profile's tests run."""
+    request.getfixturevalue("scale_stack")
     return request.getfixturevalue(f"{request.param}_stack")

@@ -3,6 +3,7 @@
 group so a stop (or a kill -9) takes its children with it, and none outlives the test session."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -72,10 +73,8 @@ class Child:
         """Send ``sig`` to the child's process group (its forked children too)."""
         if self.proc is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM to the group, SIGKILL if it is still there after ``timeout``; reaped either way."""
@@ -110,9 +109,12 @@ class Processes:
         self.children.append(child)
         return child
 
-    def stop_all(self) -> None:
+    def stop_all(self, timeout: float = 10.0) -> None:
+        """SIGTERM to every group at once, then each waited for (SIGKILL past ``timeout``)."""
+        for child in self.children:
+            child.kill(signal.SIGTERM)
         for child in reversed(self.children):
-            child.stop()
+            child.stop(timeout)
 
 
 def base_env(home: Path, **settings: str) -> dict[str, str]:
@@ -195,3 +197,55 @@ def admin_client(url: str) -> httpx.Client:
     """An HTTP client of one API process, as the admin."""
     return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30,
                         trust_env=False)
+
+
+class PostgresCluster:
+    """A private PostgreSQL cluster (``initdb`` in a temporary directory, trust auth, loopback only, fsync off)
+    that a test may restart. As root, ``initdb`` and the server run as the ``postgres`` user (PostgreSQL refuses
+    root). The postmaster is a daemon, not a child: ``close`` stops it."""
+
+    def __init__(self, port: int) -> None:
+        import pwd
+        import tempfile
+
+        self.port = port
+        self.bin = self._bin_dir()
+        self.root = Path(tempfile.mkdtemp(prefix="atende-pg-"))
+        self.data = self.root / "data"
+        self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self._as:
+            owner = pwd.getpwnam("postgres")
+            os.chown(self.root, owner.pw_uid, owner.pw_gid)
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+        self.start()
+
+    @staticmethod
+    def _bin_dir() -> Path:
+        found = shutil.which("initdb")
+        if found:
+            return Path(found).resolve().parent
+        candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+        if not candidates:
+            raise FileNotFoundError("initdb not found (PostgreSQL server binaries)")
+        return candidates[-1].parent
+
+    def _run(self, tool: str, *args: str) -> None:
+        done = subprocess.run([*self._as, str(self.bin / tool), *args], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{tool} failed: {done.stdout}\n{done.stderr}"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-w", "start", "-o",
+                  f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off")
+
+    def stop(self, mode: str = "fast") -> None:
+        """``pg_ctl stop -m mode``: ``immediate`` is a crash (no shutdown checkpoint; recovery at next start)."""
+        self._run("pg_ctl", "-D", str(self.data), "-w", "-m", mode, "stop")
+
+    def close(self) -> None:
+        with contextlib.suppress(AssertionError):  # not running
+            self.stop("immediate")
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -75,3 +75,24 @@ def test_a_whatsapp_message_is_answered_exactly_once(profile: Stack, graph):
     time.sleep(3)  # the sweeps (every 2 s, in each worker) pass over it again: still one reply
     assert messages(profile.engine, customer) == [("inbound", "answered"), ("outbound", "sent")]
     assert replies_to(graph, customer) == [REPLY]
+
+
+def test_the_procfile_names_the_processes_the_scale_profile_runs():
+    import shlex
+
+    from atende import cli
+    from tests.conftest import REPO
+    from tests.system.stack import VENV_BIN
+
+    processes = dict(line.split(": ", 1) for line in (REPO / "Procfile").read_text().splitlines()
+                     if line.strip() and not line.startswith("#"))
+    assert set(processes) == {"api", "worker-customer", "worker-ingest", "chroma"}
+    for name, command in processes.items():
+        argv = [word for word in shlex.split(command.replace("$PORT", "8000")) if "=" not in word]
+        if argv[0] == "atende":
+            args = cli.build_parser().parse_args(argv[1:])  # what `atende` would run: exits on a wrong option
+            assert args.func.__name__ == ("cmd_serve" if name == "api" else "cmd_worker")
+        else:
+            assert argv[:2] == ["chroma", "run"] and (VENV_BIN / "chroma").exists()
+    assert "ATENDE_WORKERS=0" in processes["api"]  # jobs run in the workers only
+    assert "--queue customer" in processes["worker-customer"] and "--queue ingest" in processes["worker-ingest"]
