@@ -209,7 +209,7 @@ def run_job(services: IngestServices, job_id: str) -> IngestJob:
         else:
             _ingest(services, job_id, timings, Deadline(limit_s))
     except VectorStoreUnavailable as exc:
-        if kind == "reembed":
+        if kind == "reembed":  # fails as before (a rerun would build another collection and count again)
             _fail(services, job_id, str(exc), timings.as_dict())
         else:
             _wait_for_vector_store(services, job_id, exc)

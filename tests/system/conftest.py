@@ -1,4 +1,5 @@
-"""The two run profiles as real processes, once per test session (tests/system/stack.py starts them):
+"""The two run profiles as real processes, started once for the tests of this package that use them and stopped
+after its last test (tests/system/stack.py starts them):
 
 - ``embedded_stack``: one ``atende serve`` on SQLite, the chromadb files and the SQLite queues in its data dir,
   its own worker threads (the default deployment);
@@ -21,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 
 from runtime.whatsapp.standin import GraphStandIn
-from tests.conftest import REDIS_URL, _postgres_database
+from tests.conftest import REDIS_URL, _postgres_database, redis_client
 from tests.system.stack import (
     Child,
     Processes,
@@ -65,7 +66,7 @@ class Stack:
     chroma_port: int = 0
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def graph() -> GraphStandIn:
     """Meta's Graph API stand-in for every process of the session (they read its URL from the environment); on a
     fixed port, so a test can stop it and start it again."""
@@ -73,13 +74,13 @@ def graph() -> GraphStandIn:
         yield standin
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def chat_hold(tmp_path_factory) -> Path:
     """While this file exists, every completion of the chat-model stand-in waits (``.held`` appears then)."""
     return tmp_path_factory.mktemp("llm") / "hold"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def chat_model(tmp_path_factory, chat_hold) -> str:
     """The chat-model stand-in's base URL (``ATENDE_LLM_BASE_URL``), replying ``REPLY``."""
     processes = Processes(tmp_path_factory.mktemp("llm-logs"))
@@ -95,7 +96,7 @@ def _common(graph: GraphStandIn, chat_model: str) -> dict[str, str]:
     return {**FAST, "ATENDE_LLM_BASE_URL": chat_model, "WHATSAPP_GRAPH_URL": graph.base_url}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def embedded_stack(tmp_path_factory, graph, chat_model) -> Stack:
     home = tmp_path_factory.mktemp("embedded")
     processes = Processes(home)
@@ -110,10 +111,11 @@ def embedded_stack(tmp_path_factory, graph, chat_model) -> Stack:
         engine.dispose()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def scale_stack(tmp_path_factory, graph, chat_model) -> Stack:
     import redis
 
+    redis_client().close()  # reachable (in CI; skipped elsewhere otherwise)
     home = tmp_path_factory.mktemp("scale")
     processes = Processes(home)
     queue = redis.Redis.from_url(SCALE_REDIS_URL)
