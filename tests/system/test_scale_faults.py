@@ -4,6 +4,7 @@ Redis restarted, the Chroma server restarted during an ingestion. Each test prin
 and the knowledge base is consistent. Recovery runs on the settings of conftest.py's ``FAST``."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -15,6 +16,7 @@ import redis
 import sqlalchemy as sa
 
 from kb.vectorstore import ChromaVectorStore
+from runtime.whatsapp.standin import status_body
 from tests.conftest import _postgres_database, requires_shared
 from tests.system.conftest import REPLY, Stack
 from tests.system.stack import (
@@ -90,6 +92,32 @@ def test_a_worker_killed_mid_turn_is_replaced_and_the_customer_gets_one_reply(sc
     worker.start()  # restarted at once, as a supervisor does
     answered_once(stack, graph, [customer])
     report("worker killed mid-turn, restarted (lease 4 s, sweep every 2 s)", time.monotonic() - killed)
+
+
+def test_a_worker_killed_while_its_reply_is_with_the_graph_api_sends_nothing_twice(scale_stack: Stack, graph):
+    """Killed after the model call, during the send: Meta took the reply but the worker never heard back. The
+    restarted worker sends nothing again; Meta's status webhook (echoing the part id) settles the reply."""
+    stack = scale_stack
+    worker = stack.workers["customer"]
+    number = new_assistant(stack.apis[0], "kill-send", config={"turn_deadline_s": 3})
+    customer = customer_number()
+    graph.delay_next(60)  # Meta takes the next send and answers a minute later: the worker is dead by then
+    deliver(stack.apis[0], number, message_body(number, customer, "When do you open on Saturdays?"))
+    [send] = wait_until(lambda: [r for r in list(graph.sent) if (r["json"] or {}).get("to") == customer], 60,
+                        "the reply at the Graph API")
+    killed = time.monotonic()
+    worker.kill(signal.SIGKILL)
+    worker.proc.wait(10)
+    worker.start()
+    assert messages(stack.engine, customer) == [("inbound", "answered"), ("outbound", "pending")]
+
+    raw = json.dumps(status_body(number.phone_id, "wamid.TAKEN", customer, "sent",
+                                 callback_data=send["json"]["biz_opaque_callback_data"])).encode()
+    deliver(stack.apis[-1], number, raw)
+    wait_until(lambda: messages(stack.engine, customer) == ANSWERED_ONCE, 60, "the reply settled by Meta's status")
+    report("worker killed during the send, settled by the status webhook", time.monotonic() - killed)
+    time.sleep(3)  # the restarted worker's sweeps (every 2 s) pass over it: nothing is sent again
+    assert len(replies_to(graph, customer)) == 1 and messages(stack.engine, customer) == ANSWERED_ONCE
 
 
 @pytest.mark.parametrize("customers", [2])
