@@ -49,6 +49,14 @@ def http_ok(url: str) -> bool:
         return False
 
 
+def _die_with_parent() -> None:
+    """In the child before it runs: the kernel kills it when the test process dies, even by kill -9 (Linux)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class Child:
     """A child process in its own session (process group), its output in ``log``; ``kill`` signals the whole
     group, ``restart`` starts the same command again."""
@@ -62,7 +70,8 @@ class Child:
     def start(self) -> Child:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(self.argv, env=self.env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+                                         stdin=subprocess.DEVNULL, start_new_session=True,
+                                         preexec_fn=_die_with_parent)
         return self
 
     @property

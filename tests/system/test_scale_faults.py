@@ -1,5 +1,6 @@
-"""Faults on real processes (tests/system/conftest.py's stacks): a worker killed mid-turn, the Graph API down,
-Redis restarted, the Chroma server restarted during an ingestion. Each test prints how long recovery took
+"""Faults on real processes (tests/system/conftest.py's stacks): a worker killed mid-turn (at its model call, and
+during its send), the Graph API down, Redis restarted, the Chroma server restarted during an ingestion, PostgreSQL
+restarted under load. Each test prints how long recovery took
 (``RECOVERY <what>: <seconds>``; run with ``-s`` to see it) and checks that every customer got exactly one reply
 and the knowledge base is consistent. Recovery runs on the settings of conftest.py's ``FAST``."""
 from __future__ import annotations
@@ -30,8 +31,7 @@ from tests.system.stack import (
     wait_chroma,
     wait_until,
 )
-from tests.system.test_scale_profile import search, upload
-from tests.system.whatsapp_world import (
+from tests.system.world import (
     customer_number,
     deliver,
     message_body,
@@ -39,6 +39,8 @@ from tests.system.whatsapp_world import (
     new_assistant,
     post_webhook,
     replies_to,
+    search,
+    upload,
 )
 
 ANSWERED_ONCE = [("inbound", "answered"), ("outbound", "sent")]

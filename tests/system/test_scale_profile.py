@@ -6,40 +6,20 @@ from __future__ import annotations
 
 import time
 
-from tests.conftest import requires_shared, shared_doc
+from tests.conftest import requires_shared
 from tests.system.conftest import REPLY, Stack
 from tests.system.stack import admin_client, wait_until
-from tests.system.whatsapp_world import (
+from tests.system.world import (
     customer_number,
     deliver,
     message_body,
     messages,
     new_assistant,
     replies_to,
+    search,
+    upload,
+    wait_ready,
 )
-
-
-def upload(api: str, assistant_id: str, relative: str) -> str:
-    with admin_client(api) as client:
-        r = client.post(f"/api/assistants/{assistant_id}/documents",
-                        files={"file": (relative.rsplit("/", 1)[-1], shared_doc(relative).read_bytes())})
-        assert r.status_code == 202, r.text
-        return r.json()["id"]
-
-
-def wait_ready(api: str, document_id: str) -> dict:
-    with admin_client(api) as client:
-        doc = wait_until(lambda: (d := client.get(f"/api/documents/{document_id}").json())["status"]
-                         in ("ready", "failed") and d, 180, f"document {document_id} ingested")
-    assert doc["status"] == "ready", doc
-    return doc
-
-
-def search(api: str, assistant_id: str, query: str, mode: str = "hybrid") -> list[dict]:
-    with admin_client(api) as client:
-        r = client.post(f"/api/assistants/{assistant_id}/search", json={"query": query, "mode": mode})
-        assert r.status_code == 200, r.text
-        return r.json()["results"]
 
 
 @requires_shared

@@ -1,6 +1,6 @@
 """What the profile and fault tests do as an operator and as Meta: an assistant and its WhatsApp number created
-through one API process, a customer's signed message posted to the webhook, the replies the Graph API stand-in
-got, and the database rows that say a message was stored once and answered once."""
+through one API process, documents uploaded and searched, a customer's signed message posted to the webhook, the
+replies the Graph API stand-in got, and the database rows that say a message was stored once and answered once."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,8 @@ import httpx
 import sqlalchemy as sa
 
 from runtime.whatsapp.standin import GraphStandIn, sign
-from tests.system.stack import admin_client
+from tests.conftest import shared_doc
+from tests.system.stack import admin_client, wait_until
 
 
 @dataclass
@@ -87,3 +88,26 @@ def messages(engine: sa.Engine, customer: str) -> list[tuple[str, str]]:
         return [tuple(row) for row in conn.execute(sa.text(
             "SELECT m.direction, m.status FROM messages m JOIN conversations c ON c.id = m.conversation_id "
             "WHERE c.customer_id = :customer ORDER BY m.created_at, m.direction"), {"customer": customer})]
+
+
+def upload(api: str, assistant_id: str, relative: str) -> str:
+    with admin_client(api) as client:
+        r = client.post(f"/api/assistants/{assistant_id}/documents",
+                        files={"file": (relative.rsplit("/", 1)[-1], shared_doc(relative).read_bytes())})
+        assert r.status_code == 202, r.text
+        return r.json()["id"]
+
+
+def wait_ready(api: str, document_id: str) -> dict:
+    with admin_client(api) as client:
+        doc = wait_until(lambda: (d := client.get(f"/api/documents/{document_id}").json())["status"]
+                         in ("ready", "failed") and d, 180, f"document {document_id} ingested")
+    assert doc["status"] == "ready", doc
+    return doc
+
+
+def search(api: str, assistant_id: str, query: str, mode: str = "hybrid") -> list[dict]:
+    with admin_client(api) as client:
+        r = client.post(f"/api/assistants/{assistant_id}/search", json={"query": query, "mode": mode})
+        assert r.status_code == 200, r.text
+        return r.json()["results"]
