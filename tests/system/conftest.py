@@ -68,7 +68,7 @@ class Stack:
 
 @pytest.fixture(scope="package")
 def graph() -> GraphStandIn:
-    """Meta's Graph API stand-in for every process of the session (they read its URL from the environment); on a
+    """Meta's Graph API stand-in for every process of the stacks (they read its URL from the environment); on a
     fixed port, so a test can stop it and start it again."""
     with GraphStandIn(port=free_port()) as standin:
         yield standin
@@ -134,6 +134,8 @@ def scale_stack(tmp_path_factory, graph, chat_model) -> Stack:
         workers = {q: atende(processes, f"worker-{q}", ["worker", "--queue", q], env) for q in ("customer", "ingest")}
         for child, url in apis:
             wait_api(child, url)
+        for child in workers.values():  # they started too (a worker that cannot start exits at once)
+            assert child.alive, f"{child.name} exited:\n{child.tail()}"
         yield Stack("scale", [url for _, url in apis], engine, env, processes, workers, chroma, chroma_port)
     finally:
         processes.stop_all()

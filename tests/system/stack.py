@@ -1,6 +1,6 @@
 """Real processes for the profile and fault tests: `atende serve` / `atende worker` children, a Chroma server
 (`chroma run`), a private redis-server, the chat-model stand-in (tests/llm_standin.py), each in its own process
-group so a stop (or a kill -9) takes its children with it, and none outlives the test session."""
+group so a stop (or a kill -9) takes its children with it, and none outlives the test process."""
 from __future__ import annotations
 
 import contextlib
@@ -28,8 +28,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 60.0, what: str = "condition",
-               every: float = 0.05) -> object:
+def wait_until(predicate: Callable[[], object], timeout: float = 60.0, what: str = "condition") -> object:
     """Poll ``predicate`` until it returns something true (returned); AssertionError naming ``what`` after
     ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -37,7 +36,7 @@ def wait_until(predicate: Callable[[], object], timeout: float = 60.0, what: str
         value = predicate()
         if value:
             return value
-        time.sleep(every)
+        time.sleep(0.05)
     raise AssertionError(f"{what} not reached in {timeout:g}s")
 
 
@@ -59,7 +58,7 @@ def _die_with_parent() -> None:
 
 class Child:
     """A child process in its own session (process group), its output in ``log``; ``kill`` signals the whole
-    group, ``restart`` starts the same command again."""
+    group, ``start`` runs the same command again."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
         self.name, self.argv, self.env = name, argv, env
@@ -97,10 +96,6 @@ class Child:
             self.proc.wait(timeout)
         self.kill(signal.SIGKILL)  # what the leader left behind in its group
         self.proc = None
-
-    def restart(self) -> Child:
-        self.stop()
-        return self.start()
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log.exists() else ""
