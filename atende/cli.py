@@ -25,8 +25,12 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from atende.app import create_app
+    from atende.warm import start_warm_up
 
-    app = create_app(services=_services(args), demo=args.demo)
+    services = _services(args)
+    app = create_app(services=services, demo=args.demo)
+    # its searches need the embedding models; its own workers, if it ingests, the parsers
+    start_warm_up(services, parsers=services.settings.workers > 0 and services.settings.ingest_workers > 0)
     command = sys.argv[0] if Path(sys.argv[0]).name == "atende" else "atende"
     print(f"Dashboard: http://{args.host}:{args.port}/dashboard; the admin token (API bearer token and dashboard "
           f"password) is printed by: {command} admin-token", file=sys.stderr, flush=True)
@@ -44,12 +48,16 @@ def cmd_admin_token(args) -> int:
 def cmd_worker(args) -> int:
     """Consume the queue(s) ``--queue`` names (default: both) until stopped by a signal."""
     from atende.jobs import HueyQueue, run_workers, worker_consumers
+    from atende.warm import start_warm_up
     from runtime.recovery import recover
 
     services = _services(args)
     services.queue = queue = HueyQueue.from_settings(services)
-    recover(services, sends=True)  # at start, what dead workers left owed (then every minute, "recovery.sweep")
-    run_workers(worker_consumers(queue, _worker_queues(args.queue), args.workers, args.ingest_workers))
+    queues = _worker_queues(args.queue)
+    start_warm_up(services, parsers="ingest" in queues)  # turns search, ingestion embeds (and parses)
+    recover(services, sends=True)  # at start, what dead workers left owed (then "recovery.sweep" periodically)
+    run_workers(worker_consumers(queue, queues, args.workers, args.ingest_workers,
+                                 services.settings.recovery_interval_s))
     return 0
 
 

@@ -19,7 +19,7 @@ from datetime import datetime
 
 from huey import RedisHuey, SqliteHuey, crontab
 from huey.api import Huey
-from huey.consumer import Consumer
+from huey.consumer import Consumer, Scheduler
 from sqlalchemy import select, update
 
 from core.db import utcnow
@@ -138,7 +138,22 @@ class HueyQueue:
         self._whatsapp_send.schedule((conversation_id,), delay=delay_s)
 
 
-class EmbeddedConsumer(Consumer):
+class WorkerConsumer(Consumer):
+    """A huey consumer whose scheduler queues the periodic tasks (the sweeps) every ``periodic_s`` seconds
+    (``Settings.recovery_interval_s``) instead of huey's fixed minute; their crontab (every minute) matches
+    any time, so they run at each of these checks."""
+
+    def __init__(self, huey: Huey, *, periodic_s: float = 60.0, **kwargs) -> None:
+        self._periodic_s = periodic_s  # read by _create_scheduler, which Consumer.__init__ calls
+        super().__init__(huey, **kwargs)
+
+    def _create_scheduler(self) -> Scheduler:
+        scheduler: Scheduler = super()._create_scheduler()
+        scheduler.periodic_task_seconds = self._periodic_s
+        return scheduler
+
+
+class EmbeddedConsumer(WorkerConsumer):
     """A huey consumer that runs inside another server: it leaves the signal handlers alone."""
 
     def _set_signal_handlers(self) -> None:
@@ -146,38 +161,42 @@ class EmbeddedConsumer(Consumer):
 
 
 def start_embedded_consumer(huey: Huey, workers: int, max_delay: float = _MAX_POLL_S[CUSTOMER],
-                            periodic: bool = False) -> EmbeddedConsumer:
+                            periodic: bool = False, periodic_s: float = 60.0) -> EmbeddedConsumer:
     """Start ``workers`` threads consuming ``huey`` in this process (and its scheduler), polling an idle queue at
-    least every ``max_delay`` seconds, and running its periodic tasks if ``periodic``; stop it with
-    ``consumer.stop(graceful=True)``."""
-    consumer = EmbeddedConsumer(huey, workers=workers, worker_type="thread", periodic=periodic, max_delay=max_delay)
+    least every ``max_delay`` seconds, and running its periodic tasks every ``periodic_s`` seconds if
+    ``periodic``; stop it with ``consumer.stop(graceful=True)``."""
+    consumer = EmbeddedConsumer(huey, workers=workers, worker_type="thread", periodic=periodic, max_delay=max_delay,
+                                periodic_s=periodic_s)
     consumer.start()
     return consumer
 
 
 def start_embedded_consumers(queue: HueyQueue, settings: Settings) -> list[EmbeddedConsumer]:
     """The API process's consumers: ``settings.workers`` threads on the customer queue (with its periodic
-    outbox sweep) and ``settings.ingest_workers`` on the ingest queue; none at all when ``workers`` is 0, none on
-    a queue whose count is 0."""
+    sweeps, every ``settings.recovery_interval_s``) and ``settings.ingest_workers`` on the ingest queue; none at
+    all when ``workers`` is 0, none on a queue whose count is 0."""
     if settings.workers <= 0:
         return []
     counts = {CUSTOMER: settings.workers, INGEST: settings.ingest_workers}
-    return [start_embedded_consumer(queue.hueys[name], n, _MAX_POLL_S[name], periodic=name == CUSTOMER)
+    return [start_embedded_consumer(queue.hueys[name], n, _MAX_POLL_S[name], periodic=name == CUSTOMER,
+                                    periodic_s=settings.recovery_interval_s)
             for name, n in counts.items() if n > 0]
 
 
-def worker_consumers(queue: HueyQueue, queues: Sequence[str], workers: int, ingest_workers: int) -> list[Consumer]:
+def worker_consumers(queue: HueyQueue, queues: Sequence[str], workers: int, ingest_workers: int,
+                     periodic_s: float = 60.0) -> list[WorkerConsumer]:
     """The consumers ``atende worker`` runs (not started): one per queue named in ``queues`` (``CUSTOMER``,
-    ``INGEST``), ``workers`` threads on the customer queue and ``ingest_workers`` on the ingest one."""
+    ``INGEST``), ``workers`` threads on the customer queue and ``ingest_workers`` on the ingest one; the
+    customer queue's sweeps every ``periodic_s`` seconds."""
     unknown = set(queues) - set(QUEUES)
     if unknown or not queues:
         raise ValueError(f"unknown queue(s) {sorted(unknown)}: choose among {', '.join(QUEUES)}")
     counts = {CUSTOMER: workers, INGEST: ingest_workers}
-    consumers: list[Consumer] = []
+    consumers: list[WorkerConsumer] = []
     for name in (q for q in QUEUES if q in queues):
-        kind = EmbeddedConsumer if consumers else Consumer  # only the foreground one sets signal handlers
+        kind = EmbeddedConsumer if consumers else WorkerConsumer  # only the foreground one sets signal handlers
         consumers.append(kind(queue.hueys[name], workers=counts[name], worker_type="thread",
-                              max_delay=_MAX_POLL_S[name]))
+                              max_delay=_MAX_POLL_S[name], periodic_s=periodic_s))
     return consumers
 
 

@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     # limit -- a WhatsApp turn's lease is its deadline plus it, a pending message is owed a turn once it is older
     # than the debounce plus it, an ingestion job's lease is ingest_timeout_s plus it
     recovery_margin_s: float = Field(default=60.0, gt=0)
+    # how often every customer-queue consumer runs the recovery sweep and the outbox sweep (atende.jobs), besides
+    # at its start: what a dead process left owed is picked up within this much after its lease or margin
+    recovery_interval_s: int = Field(default=60, ge=1, le=3600)
     # the outbox (runtime.whatsapp.outbound): a send that failed for a reason that may pass (Graph API down,
     # HTTP 429/5xx, rate limits) is tried again, after exponentially growing delays with jitter (the first about
     # whatsapp_retry_first_delay_s, none over whatsapp_retry_max_delay_s), for whatsapp_retry_for_s after the

@@ -29,6 +29,7 @@ from ingest.errors import IngestError, IngestTimeLimitExceeded, ParseLimitExceed
 from ingest.sandbox import ParseLimits, parse_isolated
 from kb.blobs import BlobStore
 from kb.embedders import Embedder, EmbedderRegistry
+from kb.errors import VectorStoreUnavailable
 from kb.models import Document, DocumentVersion, IngestJob, KnowledgeBase
 from kb.registry import INTERNAL_ERROR, purge_stale
 from kb.types import Chunk, ChunkMetadata
@@ -207,6 +208,11 @@ def run_job(services: IngestServices, job_id: str) -> IngestJob:
             _reembed(services, job_id, timings, limit_s)
         else:
             _ingest(services, job_id, timings, Deadline(limit_s))
+    except VectorStoreUnavailable as exc:
+        if kind == "reembed":  # fails as before (a rerun would build another collection and count again)
+            _fail(services, job_id, str(exc), timings.as_dict())
+        else:
+            _wait_for_vector_store(services, job_id, exc)
     except Exception as exc:
         message = str(exc) if isinstance(exc, (IngestError, Cancelled)) else f"{INTERNAL_ERROR}: {type(exc).__name__}: {exc}"
         if not isinstance(exc, (IngestError, Cancelled)):
@@ -214,6 +220,21 @@ def run_job(services: IngestServices, job_id: str) -> IngestJob:
         _fail(services, job_id, message, timings.as_dict())
     with services.session() as session:
         return session.get(IngestJob, job_id)
+
+
+def _wait_for_vector_store(services: IngestServices, job_id: str, exc: VectorStoreUnavailable) -> None:
+    """The Chroma server went away mid-ingestion: the job is not failed but left ``processing`` with a lease of
+    ``recovery_margin_s``, so the recovery sweep (``runtime.recovery.stuck_jobs``) queues it again once it
+    expires and it runs again from the start (chunk ids are deterministic: what was written is overwritten). Its
+    version stays ``writing``, unseen by search; the previous version stays current. A job that was already
+    finished when the store went away (its stale chunks not yet purged) is left as it is."""
+    until = utcnow() + timedelta(seconds=services.settings.recovery_margin_s)
+    with services.session() as session:
+        waiting = session.execute(update(IngestJob).where(IngestJob.id == job_id, IngestJob.status == "processing")
+                                  .values(lease_until=until)).rowcount
+        session.commit()
+    if waiting:
+        log.warning("ingest job %s waits for the vector store (retried from %s): %s", job_id, until.isoformat(), exc)
 
 
 def _ingest(services: IngestServices, job_id: str, timings: Timings, deadline: Deadline) -> None:
@@ -284,7 +305,10 @@ def _fail(services: IngestServices, job_id: str, message: str, timings: dict) ->
         if doc is not None and doc.status != "deleting" and version is not None and _is_latest(version):
             doc.status, doc.error = "failed", message
         session.commit()
-        purge_stale(session, services.vectors, kb)
+        try:
+            purge_stale(session, services.vectors, kb)
+        except VectorStoreUnavailable as exc:  # the stale chunks are hidden; the next purge of the kb deletes them
+            log.warning("stale chunks of knowledge base %s left for a later purge: %s", kb.id, exc)
 
 
 def _reembed(services: IngestServices, job_id: str, timings: Timings, limit_s: float) -> None:

@@ -113,6 +113,15 @@ def _context() -> multiprocessing.context.BaseContext:
     return ctx
 
 
+def start_parsers() -> None:
+    """Start the forkserver now, with the parsers warmed in it (``ingest.warm_parsers``); otherwise the first
+    parse starts it and waits for the warm-up."""
+    import multiprocessing.forkserver
+
+    _context()  # sets the forkserver's preload
+    multiprocessing.forkserver.ensure_running()
+
+
 def _parse_in_child(writer: Connection, data: bytes, file_type: str, limits: ParseLimits) -> None:
     """The child's side: cap its memory, check archives, parse, and send the outcome back."""
     baseline = _peak_address_space()

@@ -1,4 +1,5 @@
-"""Upload errors of the knowledge-base layer: an upload is refused (4xx) before anything is stored."""
+"""Errors of the knowledge-base layer: an upload refused (4xx) before anything is stored; the vector store out of
+reach (503, and an ingestion job waits for it, ``ingest.pipeline.run_job``)."""
 from core.errors import DomainError
 
 
@@ -22,3 +23,9 @@ class UnsupportedFileType(InvalidUpload):
 
 class ExtensionMismatch(InvalidUpload):
     status_code = 415
+
+
+class VectorStoreUnavailable(DomainError):
+    """The Chroma server could not be reached (down, restarting, the connection cut): the same call may work later."""
+
+    status_code = 503

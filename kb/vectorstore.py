@@ -6,15 +6,18 @@ the caller through ``exclude_versions`` (see kb.models).
 """
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, ParamSpec, TypeVar, cast
 from urllib.parse import urlparse
 
+import httpx
 import numpy as np
 
+from kb.errors import VectorStoreUnavailable
 from kb.types import ChunkMetadata
 
 if TYPE_CHECKING:  # chromadb itself is imported on first use
@@ -24,6 +27,29 @@ if TYPE_CHECKING:  # chromadb itself is imported on first use
 
 # a chromadb metadata filter, e.g. {"filename": "faq.pdf"} or {"$and": [{"page": 2}, {"section": {"$in": [...]}}]}
 Filter = Mapping[str, object]
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _reachable(method: Callable[P, R]) -> Callable[P, R]:
+    """A Chroma server out of reach (``chromadb.HttpClient`` speaks httpx) raises ``VectorStoreUnavailable``;
+    also when the client is made then (chromadb checks the server at once and raises a ValueError, from httpx's
+    error), so a process started while the server is down connects once it is up."""
+
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except httpx.TransportError as exc:
+            raise VectorStoreUnavailable(f"the vector store is unreachable: {type(exc).__name__}: {exc}") from exc
+        except ValueError as exc:
+            if isinstance(exc.__context__, httpx.TransportError):
+                raise VectorStoreUnavailable(f"the vector store is unreachable: {exc}") from exc
+            raise
+
+    return call
 
 
 @dataclass(frozen=True)
@@ -73,6 +99,7 @@ class ChromaVectorStore:
             name, embedding_function=None, configuration={"hnsw": {"space": "cosine"}}
         )
 
+    @_reachable
     def add(self, collection: str, ids: list[str], embeddings: np.ndarray, texts: list[str],
             metadatas: Sequence[Mapping[str, str | int | float | bool | None]]) -> None:
         """Upsert chunks; ``metadatas`` values must be str, int, float or bool (None values are dropped)."""
@@ -87,6 +114,7 @@ class ChromaVectorStore:
                 metadatas=clean[i : i + step],
             )
 
+    @_reachable
     def query(self, collection: str, embedding: np.ndarray, k: int, exclude_versions: Sequence[str] = (),
               where: Filter | None = None) -> list[StoredMatch]:
         """Nearest ``k`` chunks by cosine distance, skipping chunks whose ``doc_version`` is excluded.
@@ -110,6 +138,7 @@ class ChromaVectorStore:
             for cid, doc, meta, dist in zip(res["ids"][0], documents[0], metadatas[0], distances[0], strict=True)
         ]
 
+    @_reachable
     def chunks(self, collection: str, version_keys: list[str], page: int = 5000) -> tuple[list[StoredMatch], np.ndarray]:
         """Every chunk of the given ``doc_version`` keys (distance 0) and their vectors, row for row."""
         col = self._collection(collection)
@@ -132,16 +161,19 @@ class ChromaVectorStore:
                 offset += page
         return out, (np.vstack(vectors) if vectors else np.zeros((0, 0), dtype=np.float32))
 
+    @_reachable
     def delete_versions(self, collection: str, version_keys: list[str]) -> None:
         if version_keys:
             self._collection(collection).delete(where=_where({"doc_version": {"$in": list(version_keys)}}))
 
+    @_reachable
     def count(self, collection: str, version_key: str | None = None) -> int:
         col = self._collection(collection)
         if version_key is None:
             return col.count()
         return len(col.get(where=_where({"doc_version": version_key}), include=[])["ids"])
 
+    @_reachable
     def drop(self, collection: str) -> None:
         try:
             self.client.delete_collection(collection)

@@ -5,6 +5,9 @@ It answers ``GET /v1/models``, ``POST /v1/chat/completions`` with a fixed reply 
 ``POST /extras/tokenize/count`` (one token per word), like the real server. ``STANDIN_CRASH`` makes it die by
 a real segmentation fault: ``startup`` before it listens, ``always`` on every completion, ``once:PATH`` on a
 completion while the file PATH exists (the file is removed first, so the restarted process answers).
+``STANDIN_REPLY`` is the reply's text (default: "standin pid N"); with ``STANDIN_HOLD=PATH`` a completion
+waits while the file PATH exists, after touching PATH.held (a test holds a turn at its model call, there).
+Requests are served each on its own thread.
 """
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ import argparse
 import ctypes
 import json
 import os
-from http.server import BaseHTTPRequestHandler, HTTPServer
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 
@@ -30,6 +34,15 @@ def _should_crash() -> bool:
             marker.unlink()
             return True
     return False
+
+
+def _hold() -> None:
+    """Wait while the file ``STANDIN_HOLD`` names exists, having touched that path + ".held"."""
+    hold = os.environ.get("STANDIN_HOLD")
+    if hold and Path(hold).exists():
+        Path(hold + ".held").touch()
+        while Path(hold).exists():
+            time.sleep(0.05)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -51,10 +64,12 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/extras/tokenize/count":
             self._send({"count": len(json.loads(body)["input"].split())})
             return
+        _hold()
+        reply = os.environ.get("STANDIN_REPLY") or f"standin pid {os.getpid()}"
         self._send({
             "id": "chatcmpl-standin", "object": "chat.completion", "created": 0, "model": "standin",
             "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": f"standin pid {os.getpid()}"}}],
+                         "message": {"role": "assistant", "content": reply}}],
             "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
         })
 
@@ -70,7 +85,7 @@ def main() -> None:
     if os.environ.get("STANDIN_CRASH") == "startup":
         _segfault()
     print(f"standin listening on {args.host}:{args.port}", flush=True)
-    HTTPServer((args.host, args.port), Handler).serve_forever()
+    ThreadingHTTPServer((args.host, args.port), Handler).serve_forever()
 
 
 if __name__ == "__main__":

@@ -75,6 +75,8 @@ class GraphStandIn:
         self.stop()
 
     def start(self) -> None:
+        """Listen (again, after ``stop``: a stand-in made with a port comes back on it, as Meta after an outage)."""
+        self._stopping.clear()
         self._server = ThreadingHTTPServer(self._address, _handler_for(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),

@@ -169,3 +169,38 @@ def test_round_two_tables_go_up_and_down_and_match_the_models(database_url, tabl
     migrate(engine)
     assert tables <= set(sa.inspect(engine).get_table_names())
     engine.dispose()
+
+
+def test_processes_starting_together_on_a_new_postgresql_database_migrate_one_after_the_other():
+    """API processes and workers started at once all migrate; without the lock all but one fail (a duplicate
+    pg_type row when they create the same tables)."""
+    import threading
+
+    from tests.conftest import _postgres_database
+
+    database = _postgres_database()
+    url = next(database)
+    errors: list[BaseException] = []
+    engines = [make_engine(url) for _ in range(4)]
+    start = threading.Barrier(len(engines))
+
+    def start_up(engine) -> None:
+        start.wait()
+        try:
+            migrate(engine)
+        except BaseException as exc:  # noqa: BLE001 (collected for the assertion)
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=start_up, args=(engine,)) for engine in engines]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert errors == []
+        with engines[0].connect() as conn:
+            assert conn.execute(sa.text("SELECT COUNT(*) FROM alembic_version")).scalar_one() == 1
+    finally:
+        for engine in engines:
+            engine.dispose()
+        database.close()

@@ -293,15 +293,20 @@ def test_worker_queue_selection(sqlite_services, monkeypatch):
     queue = HueyQueue.from_settings(services)
     both = worker_consumers(queue, ("customer", "ingest"), 3, 2)
     assert [(c.huey, c.workers, type(c).__name__) for c in both] == [
-        (queue.huey, 3, "Consumer"), (queue.ingest_huey, 2, "EmbeddedConsumer")]
+        (queue.huey, 3, "WorkerConsumer"), (queue.ingest_huey, 2, "EmbeddedConsumer")]
     [ingest_only] = worker_consumers(queue, (INGEST,), 3, 2)
-    assert (ingest_only.huey, ingest_only.workers, type(ingest_only).__name__) == (queue.ingest_huey, 2, "Consumer")
+    assert (ingest_only.huey, ingest_only.workers, type(ingest_only).__name__) == (queue.ingest_huey, 2, "WorkerConsumer")
     [customer_only] = worker_consumers(queue, (CUSTOMER,), 4, 2)
     assert (customer_only.huey, customer_only.workers) == (queue.huey, 4)
     with pytest.raises(ValueError, match="unknown queue"):
         worker_consumers(queue, ("turns",), 1, 1)
+    # the sweeps (periodic tasks) every ATENDE_RECOVERY_INTERVAL_S instead of huey's minute
+    assert [c._create_scheduler().periodic_task_seconds for c in both] == [60, 60]
+    assert [c._create_scheduler().periodic_task_seconds
+            for c in worker_consumers(queue, ("customer", "ingest"), 1, 1, periodic_s=2)] == [2, 2]
 
     # the command line: --queue picks the hueys, --workers / --ingest-workers their threads
+    services.settings.recovery_interval_s = 5  # ATENDE_RECOVERY_INTERVAL_S, passed to the consumers
     monkeypatch.setattr(cli, "_services", lambda args: services)
     ran: list[list] = []
     monkeypatch.setattr("atende.jobs.run_workers", lambda consumers: ran.append(consumers))
@@ -309,8 +314,8 @@ def test_worker_queue_selection(sqlite_services, monkeypatch):
                  ["worker", "--queue", "customer", "--workers", "5"]):
         args = cli.build_parser().parse_args(argv)
         assert args.func(args) == 0
-    assert [[(c.huey.name, c.workers) for c in consumers] for consumers in ran] == [
-        [("atende", 1), ("atende.ingest", 1)], [("atende.ingest", 3)], [("atende", 5)]]
+    assert [[(c.huey.name, c.workers, c._periodic_s) for c in consumers] for consumers in ran] == [
+        [("atende", 1, 5), ("atende.ingest", 1, 5)], [("atende.ingest", 3, 5)], [("atende", 5, 5)]]
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["worker", "--queue", "turns"])
 

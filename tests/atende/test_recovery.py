@@ -4,6 +4,7 @@
 Graph API stand-in counting sends, the time set through ``services.clock``."""
 from __future__ import annotations
 
+import socket
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -11,7 +12,9 @@ import pytest
 from sqlalchemy import select, update
 
 from kb import registry
-from kb.models import IngestJob
+from ingest.pipeline import run_job
+from kb.models import Document, IngestJob, KnowledgeBase
+from kb.vectorstore import ChromaVectorStore
 from runtime import store
 from runtime.models import Conversation, Message
 from runtime.recovery import owed_work, recover
@@ -199,6 +202,32 @@ def test_a_stuck_ingestion_job_past_its_lease_is_queued_again_and_a_live_one_lef
         assert jobs[dead].status == "ready" and jobs[dead].lease_until is not None
         assert jobs[live].status == "processing"
     assert recover(services).jobs == []
+
+
+def test_an_ingestion_that_cannot_reach_the_vector_store_waits_for_it_and_is_retried(world):
+    services, graph, clock, _ = world
+    job_id = upload(services, "hours.txt")
+    reachable = services.vectors
+    with socket.socket() as s:  # a port nothing listens on once closed: a Chroma server that is down
+        s.bind(("127.0.0.1", 0))
+        services.vectors = ChromaVectorStore(url=f"http://127.0.0.1:{s.getsockname()[1]}")
+    job = run_job(services, job_id)
+    assert (job.status, job.error) == ("processing", None)  # not failed: it waits for the store
+    assert 0 < (job.lease_until - datetime.now(UTC)).total_seconds() <= services.settings.recovery_margin_s
+    with services.session() as session:
+        doc = session.get(Document, job.document_id)
+        assert doc.status == "processing" and [v.state for v in doc.versions] == ["writing"]  # unseen by search
+
+    services.vectors = reachable  # the store is back; the sweep queues the job once its short lease is over
+    assert owed_work(services).jobs == []
+    clock.now = job.lease_until + timedelta(seconds=1)
+    assert recover(services).jobs == [job_id]
+    with services.session() as session:
+        job = session.get(IngestJob, job_id)
+        doc = session.get(Document, job.document_id)
+        assert (job.status, doc.status, [v.state for v in doc.versions]) == ("ready", "ready", ["current"])
+        collection = session.get(KnowledgeBase, doc.knowledge_base_id).collection
+        assert services.vectors.count(collection) == job.chunks_total > 0
 
 
 def test_a_job_claimed_before_leases_existed_counts_from_its_start(world):
