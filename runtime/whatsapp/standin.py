@@ -52,8 +52,8 @@ class GraphStandIn:
     """The Graph API's ``/messages`` endpoint on 127.0.0.1; use as a context manager.
 
     ``.sent`` lists every request that reached it (also those failed, delayed or dropped on
-    purpose), each ``{"method", "path", "headers", "json", "body", "peer"}`` (``peer``: the client's
-    address and port, which tells the connections apart).
+    purpose), each ``{"method", "path", "headers", "json", "body", "peer", "at"}`` (``peer``: the client's
+    address and port, which tells the connections apart; ``at``: ``time.monotonic()`` when it arrived).
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -131,7 +131,7 @@ class GraphStandIn:
             payload = None
         with self._lock:
             self.sent.append({"method": method, "path": path, "headers": headers, "json": payload, "body": body,
-                              "peer": peer})
+                              "peer": peer, "at": time.monotonic()})
         return payload
 
     def _answer(self, path: str, headers: dict, payload) -> tuple[int, dict]:

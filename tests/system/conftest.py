@@ -80,20 +80,32 @@ def chat_hold(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("llm") / "hold"
 
 
+@dataclass
+class ChatModel:
+    """The chat-model stand-in of the stacks: its base URL (``ATENDE_LLM_BASE_URL``) and its process."""
+
+    url: str
+    child: Child
+
+    def completions(self) -> int:
+        """How many chat completions the stand-in has answered so far (its request log, one line each)."""
+        return self.child.log.read_text(errors="replace").count('"POST /v1/chat/completions ')
+
+
 @pytest.fixture(scope="package")
-def chat_model(tmp_path_factory, chat_hold) -> str:
-    """The chat-model stand-in's base URL (``ATENDE_LLM_BASE_URL``), replying ``REPLY``."""
+def chat_model(tmp_path_factory, chat_hold) -> ChatModel:
+    """The chat-model stand-in (a child process), replying ``REPLY``."""
     processes = Processes(tmp_path_factory.mktemp("llm-logs"))
     port = free_port()
     try:
-        llm_standin(processes, port, REPLY, hold=chat_hold)
-        yield f"http://127.0.0.1:{port}/v1"
+        child = llm_standin(processes, port, REPLY, hold=chat_hold)
+        yield ChatModel(f"http://127.0.0.1:{port}/v1", child)
     finally:
         processes.stop_all()
 
 
-def _common(graph: GraphStandIn, chat_model: str) -> dict[str, str]:
-    return {**FAST, "ATENDE_LLM_BASE_URL": chat_model, "WHATSAPP_GRAPH_URL": graph.base_url}
+def _common(graph: GraphStandIn, chat_model: ChatModel) -> dict[str, str]:
+    return {**FAST, "ATENDE_LLM_BASE_URL": chat_model.url, "WHATSAPP_GRAPH_URL": graph.base_url}
 
 
 @pytest.fixture(scope="package")

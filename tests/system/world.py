@@ -1,17 +1,22 @@
-"""What the profile and fault tests do as an operator and as Meta: an assistant and its WhatsApp number created
-through one API process, documents uploaded and searched, a customer's signed message posted to the webhook, the
-replies the Graph API stand-in got, and the database rows that say a message was stored once and answered once."""
+"""What the profile, fault and handoff tests do as an operator and as Meta: an assistant and its WhatsApp number
+created through one API process, documents uploaded and searched, a customer's signed message posted to the
+webhook, the replies the Graph API stand-in got, the database rows that say a message was stored once and answered
+once (and by which turns), and the dashboard signed in to as a person does."""
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import httpx
 import sqlalchemy as sa
 
 from runtime.whatsapp.standin import GraphStandIn, sign
+from tests.api.test_dashboard import login
 from tests.conftest import shared_doc
 from tests.system.stack import admin_client, wait_until
 
@@ -88,6 +93,33 @@ def messages(engine: sa.Engine, customer: str) -> list[tuple[str, str]]:
         return [tuple(row) for row in conn.execute(sa.text(
             "SELECT m.direction, m.status FROM messages m JOIN conversations c ON c.id = m.conversation_id "
             "WHERE c.customer_id = :customer ORDER BY m.created_at, m.direction"), {"customer": customer})]
+
+
+def turns(engine: sa.Engine, conversation_id: str) -> list[str]:
+    """The statuses of the conversation's turns, oldest first."""
+    with engine.connect() as conn:
+        return list(conn.scalars(sa.text("SELECT status FROM turns WHERE conversation_id = :id ORDER BY started_at"),
+                                 {"id": conversation_id}))
+
+
+@contextmanager
+def signed_in(api: str) -> Iterator[httpx.Client]:
+    """A client of ``api`` signed in through the dashboard's login form (no bearer token: the session cookie);
+    it sends the page's ``Origin`` as the dashboard's own requests do (changes that carry only the cookie must
+    come from our origin)."""
+    with httpx.Client(base_url=api, headers={"Origin": api}, timeout=30, trust_env=False) as client:
+        login(client)
+        yield client
+
+
+def waiting_conversation(dashboard: httpx.Client, number: Number, customer: str) -> str:
+    """The id of the customer's conversation, as the operator finds it: on the waiting queue's page."""
+    page = dashboard.get("/dashboard/queue", params={"assistant_id": number.assistant_id})
+    assert page.status_code == 200, page.text
+    waiting = page.text.split('id="waiting"', 1)[1].split('id="with-human"', 1)[0]
+    found = re.search(rf'<a href="/dashboard/conversations/(\w+)">{customer}</a>', waiting)
+    assert found, waiting
+    return found.group(1)
 
 
 def upload(api: str, assistant_id: str, relative: str) -> str:
