@@ -5,8 +5,8 @@ with the login form, acting with the session cookie as the dashboard's page does
 (handed off before any model call) -> an operator replies, from the dashboard or from the WhatsApp Business app
 (Meta's echo) -> the customer's next two messages get no reply -> the operator hands back from the dashboard ->
 the AI answers again. Prints the flow's wall time and the handoff latency (webhook posted -> the customer's
-handoff message at the Graph stand-in). In English: the chat-model stand-in answers in English, and a
-reply in another language than the customer's is asked for again (a second model call)."""
+handoff message at the Graph stand-in). The customer writes in English: the chat-model stand-in always answers in
+English, and an answer in another language than the customer's is asked for again (a second model call)."""
 from __future__ import annotations
 
 import json
