@@ -75,7 +75,8 @@ def run_benchmark(customers: int = 100, rate: float = 200.0, seconds: float = 30
                     report["violations"]["not_drained"] = 1
                     report["violation_count"] = sum(report["violations"].values())
                 load_s = load["wall_end"] - load["wall_t0"]
-                report["cpu"] = {  # the server (app, consumers, stand-ins; every child in the scale profile), not the generator
+                # the server: this process (app, consumers, stand-ins), or in the scale profile every child process
+                report["cpu"] = {
                     "server_cores_during_load": round((cpu1 - cpu0) / max(load_s, 1e-9), 2),
                     "server_cores_during_drain": round((cpu2 - cpu1) / max(drain_s, 1e-9), 2),
                     "server_cpu_ms_per_post": round((cpu2 - cpu0) * 1000 / max(len(load["rows"]), 1), 2),
