@@ -46,7 +46,8 @@ def _run(args, profile: str) -> dict:
                              workers=args.workers, database_url=database_url, redis_url=args.redis,
                              debounce_s=args.debounce, drain_timeout_s=args.drain_timeout,
                              load_in_process=args.in_process_load, profile=profile,
-                             api_processes=args.api_processes, worker_processes=args.worker_processes)
+                             api_processes=args.api_processes, worker_processes=args.worker_processes,
+                             logs_dir=args.logs)
     finally:
         if drop is not None:
             drop()

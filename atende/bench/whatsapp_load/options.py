@@ -3,6 +3,7 @@ whatsapp`` (no heavy import: the ``atende`` command line builds its parser from 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 PROFILES = ("embedded", "scale")
 
@@ -20,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(needs --postgres or --database-url, and --redis)")
     p.add_argument("--api-processes", type=int, default=2, help="scale profile: uvicorn worker processes")
     p.add_argument("--worker-processes", type=int, default=2, help="scale profile: `atende worker` processes")
+    p.add_argument("--logs", metavar="DIR", type=Path, default=None,
+                   help="scale profile: keep the API and worker processes' output in DIR (api.log, worker-N.log)")
     p.add_argument("--compare", action="store_true", help="run the embedded profile, then the scale one; print both")
     p.add_argument("--debounce", type=float, default=None, help="whatsapp_debounce_s (default: the setting, 2 s)")
     p.add_argument("--drain-timeout", type=float, default=120.0)

@@ -49,14 +49,14 @@ class ScaleProcesses:
         self.threads = [workers // worker_processes + (i < workers % worker_processes) for i in range(worker_processes)]
         self.start_timeout_s = start_timeout_s
         self.port = free_port()
-        self.procs: list[subprocess.Popen] = []
+        self.procs: dict[str, subprocess.Popen] = {}  # by name (its log is <name>.log)
         self._logs: list = []
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 (closed in __exit__)
         self._logs.append(log)
         proc = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self.procs.append(proc)
+        self.procs[name] = proc
         return proc
 
     def __enter__(self) -> str:
@@ -78,7 +78,7 @@ class ScaleProcesses:
         deadline = time.monotonic() + self.start_timeout_s
         api_log = self.log_dir / "api.log"
         while time.monotonic() < deadline:
-            dead = [p.args[3:5] for p in self.procs if p.poll() is not None]
+            dead = [name for name, p in self.procs.items() if p.poll() is not None]
             if dead:
                 raise RuntimeError(f"a child process exited at start: {dead}; logs in {self.log_dir}")
             if api_log.read_text(errors="replace").count(STARTED) >= self.api_processes:
@@ -92,7 +92,7 @@ class ScaleProcesses:
         import psutil
 
         total = 0.0
-        for p in self.procs:
+        for p in self.procs.values():
             try:
                 parent = psutil.Process(p.pid)
                 for proc in (parent, *parent.children(recursive=True)):
@@ -103,11 +103,11 @@ class ScaleProcesses:
         return total
 
     def __exit__(self, *exc) -> None:
-        for p in self.procs:
+        for p in self.procs.values():
             if p.poll() is None:
                 p.terminate()
         deadline = time.monotonic() + 20
-        for p in self.procs:
+        for p in self.procs.values():
             try:
                 p.wait(max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:

@@ -26,14 +26,15 @@ def run_benchmark(customers: int = 100, rate: float = 200.0, seconds: float = 30
                   workers: int = 32, database_url: str | None = None, redis_url: str | None = None, *,
                   debounce_s: float | None = None, drain_timeout_s: float = 120.0, load_in_process: bool = False,
                   profile: str = "embedded", api_processes: int = 2, worker_processes: int = 2,
-                  quiet: bool = False) -> dict:
+                  logs_dir: Path | None = None, quiet: bool = False) -> dict:
     """Serve the real app, post ``rate`` signed webhooks/s for ``seconds`` s, wait for the drain, check the
     database; prints (unless ``quiet``) and returns the figures. ``report["violation_count"]`` must be 0.
 
     ``profile="embedded"``: the app in a thread of this process with ``workers`` consumer threads and the slow
     model in process. ``profile="scale"`` (needs ``database_url`` on PostgreSQL and ``redis_url``):
     ``api_processes`` API processes without consumers and ``worker_processes`` ``atende worker`` processes
-    (``workers`` threads in all), the slow model an HTTP endpoint here (``processes``, ``model_server``)."""
+    (``workers`` threads in all), the slow model an HTTP endpoint here (``processes``, ``model_server``); their
+    output goes to ``logs_dir`` if given (kept), else to the temporary data directory (removed)."""
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES}")
     if profile == "scale" and not (redis_url and database_url):
@@ -59,7 +60,7 @@ def run_benchmark(customers: int = 100, rate: float = 200.0, seconds: float = 30
                     base, llm, watch, server_cpu = _embedded(stack, services, llm_delay_s)
                 else:
                     base, llm, watch, server_cpu = _scale(stack, services, Path(home), llm_delay_s, debounce_s,
-                                                          api_processes, worker_processes, workers)
+                                                          api_processes, worker_processes, workers, logs_dir)
                 stack.callback(watch.stop)
                 _register_sender(base)
                 watch.start()
@@ -115,7 +116,7 @@ def _embedded(stack: ExitStack, services, llm_delay_s: float):
 
 
 def _scale(stack: ExitStack, services, home: Path, llm_delay_s: float, debounce_s: float | None,
-           api_processes: int, worker_processes: int, workers: int):
+           api_processes: int, worker_processes: int, workers: int, logs_dir: Path | None):
     """The API and worker processes, the slow model an HTTP endpoint here; the queue watched from Redis."""
     from atende.jobs import HueyQueue
 
@@ -129,8 +130,9 @@ def _scale(stack: ExitStack, services, home: Path, llm_delay_s: float, debounce_
            "ATENDE_LLM_API_KEY": "bench", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     if debounce_s is not None:
         env["ATENDE_WHATSAPP_DEBOUNCE_S"] = str(debounce_s)
-    (home / "logs").mkdir(exist_ok=True)
-    procs = ScaleProcesses(env, home / "logs", api_processes, worker_processes, workers)
+    logs_dir = logs_dir or home / "logs"
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    procs = ScaleProcesses(env, logs_dir, api_processes, worker_processes, workers)
     base = stack.enter_context(procs)
     watch = QueueWatch(HueyQueue.from_settings(services).huey, signals=False)
     return base, model, watch, procs.cpu_s
