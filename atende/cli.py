@@ -179,11 +179,9 @@ def cmd_bench_export(args) -> int:
 
 
 def cmd_bench_whatsapp(args) -> int:
-    from atende.bench.whatsapp_load.run import run_benchmark
+    from atende.bench.whatsapp_load.__main__ import run_from_args
 
-    run_benchmark(customers=args.customers, rate=args.rate, seconds=args.seconds, llm_delay_s=args.llm_delay,
-                  workers=args.workers)
-    return 0
+    return run_from_args(args)
 
 
 def cmd_bench_ingest(args) -> int:
@@ -342,11 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     bi.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16, 32, 64])
     bi.set_defaults(func=cmd_bench_ingest)
     bw = b.add_parser("whatsapp", help="signed webhook load against the real app with a slow scripted model")
-    bw.add_argument("--customers", type=int, default=100)
-    bw.add_argument("--rate", type=float, default=200.0)
-    bw.add_argument("--seconds", type=float, default=30.0)
-    bw.add_argument("--llm-delay", type=float, default=2.0)
-    bw.add_argument("--workers", type=int, default=32)
+    from atende.bench.whatsapp_load.options import add_arguments as add_whatsapp_bench_arguments
+
+    add_whatsapp_bench_arguments(bw)
     bw.set_defaults(func=cmd_bench_whatsapp)
     be = b.add_parser("export", help="stream an export of N messages and watch peak memory")
     be.add_argument("--messages", type=int, default=100_000)

@@ -1,7 +1,17 @@
-"""Smoke test of the WhatsApp load benchmark: a few seconds at a low rate, every invariant holds."""
+"""Smoke tests of the WhatsApp load benchmark, embedded and scale profiles: a few seconds at a low rate, every
+invariant holds."""
 from __future__ import annotations
 
+import pytest
+
 from atende.bench.whatsapp_load.run import run_benchmark
+from tests.conftest import REDIS_URL, _postgres_database, redis_client
+
+
+@pytest.fixture
+def pg_url():
+    """A throw-away PostgreSQL database (the scale profile's processes share it)."""
+    yield from _postgres_database()
 
 
 def test_whatsapp_load_benchmark_smoke():
@@ -11,4 +21,20 @@ def test_whatsapp_load_benchmark_smoke():
     assert report["violation_count"] == 0, (report["violations"], report["violation_examples"])
     assert report["acks"]["ok"] == report["acks"]["posts"] == 20
     assert report["messages_stored"] == 20
+    assert report["turns"] >= 5 and report["replies_sent_to_standin"] == report["turns"]
+
+
+def test_whatsapp_load_benchmark_scale_profile(pg_url):
+    """API and worker processes on PostgreSQL and Redis (the test database, flushed before and after): every post
+    stored once, every inbound message covered by one turn, one reply per turn, the model reached over HTTP."""
+    redis_client()  # skips (locally) when Redis is unreachable
+    report = run_benchmark(customers=5, rate=10.0, seconds=2.0, llm_delay_s=0.1, workers=4, debounce_s=0.5,
+                           drain_timeout_s=60.0, database_url=pg_url, redis_url=REDIS_URL, profile="scale",
+                           api_processes=2, worker_processes=2, quiet=True)
+    assert report["setup"]["profile"].startswith("scale")
+    assert report["drained"], report["state_at_end"]
+    assert report["violation_count"] == 0, (report["violations"], report["violation_examples"])
+    assert report["acks"]["ok"] == report["acks"]["posts"] == 20
+    assert report["messages_stored"] == 20
+    assert report["llm"]["calls"] >= 1  # the workers reached the model over HTTP
     assert report["turns"] >= 5 and report["replies_sent_to_standin"] == report["turns"]

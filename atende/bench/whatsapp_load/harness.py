@@ -62,9 +62,12 @@ class BackgroundServer:
 
 
 class QueueWatch:
-    """huey signal counters per task name (executions, errors, time) and a 1 s sampler of the backlog."""
+    """huey signal counters per task name (executions, errors, time) and a 1 s sampler of the backlog.
 
-    def __init__(self, huey) -> None:
+    ``signals=False`` (the consumers run in other processes, where this one's signals never fire): the backlog
+    only; the counters stay empty and ``running`` 0."""
+
+    def __init__(self, huey, signals: bool = True) -> None:
         from huey import signals as S
 
         self.huey, self._lock = huey, threading.Lock()
@@ -75,7 +78,8 @@ class QueueWatch:
         self.samples: list[tuple[float, int, int, int]] = []  # (t, queued, scheduled, running)
         self._stop = threading.Event()
         self.S = S
-        huey.signal()(self._on_signal)
+        if signals:
+            huey.signal()(self._on_signal)
 
     def _on_signal(self, signal, task, *args) -> None:
         S = self.S

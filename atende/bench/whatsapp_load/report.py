@@ -8,7 +8,8 @@ def print_report(report: dict) -> None:
     lat, snd = a["latency_from_schedule_ms"], a["latency_from_send_ms"]
     print(f"\nwhatsapp load benchmark: {report['customers']} customers, target {report['target_rate']:g} posts/s "
           f"for {report['seconds']:g} s, LLM {s['llm_delay_s']:g} s/reply, {s['workers']} workers, debounce {s['debounce_s']:g} s")
-    print(f"  machine  {s['machine']}   database {s['database']}   queue {s['queue']}   load generator: {s['generator']}")
+    print(f"  profile  {s['profile']}   machine  {s['machine']}")
+    print(f"  setup    database {s['database']}   queue {s['queue']}   load generator: {s['generator']}")
     print(f"  rate     target {report['target_rate']:g}/s   offered {a['offered_per_s']}/s   acknowledged {a['acked_per_s']}/s "
           f"({a['ok']} of {a['posts']} posts 200, non-200 {a['non_200']}: {a['statuses']})")
     print(f"  ack      from scheduled time p50 {lat.get('p50')} ms  p99 {lat.get('p99')} ms  max {lat.get('max')} ms"
@@ -29,7 +30,9 @@ def print_report(report: dict) -> None:
           f" reply after last msg p50 {t['reply_after_last_message_acked_s'].get('p50')} s"
           f" max {t['reply_after_last_message_acked_s'].get('max')} s")
     q = report["queue"]
-    print(f"  queue    executed {q['executed']}  errors {q['errors']}  turn jobs per turn {q['turn_jobs_per_turn']}"
+    counted = (f"executed {q['executed']}  errors {q['errors']}  turn jobs per turn {q['turn_jobs_per_turn']}"
+               if s["profile"] == "embedded" else "executed/errors/running: not counted (the consumers run in other processes)")
+    print(f"  queue    {counted}"
           f"  peak backlog {q['peak_backlog']}  LLM calls {report['llm']['calls']} (max {report['llm']['max_concurrent']} at once)")
     print(f"  backlog  (s, queued, scheduled, running) every 5 s: {q['timeline']}")
     if q["error_samples"]:
