@@ -14,7 +14,7 @@ from runtime.services import Services
 def build_services(settings: Settings, run_migrations: bool = True) -> Services:
     """Open the database (migrated to head), the vector store, the file store and the embedders."""
     settings.home.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.resolved_database_url)
+    engine = make_engine(settings.resolved_database_url, settings.db_pool_size, settings.db_max_overflow)
     if run_migrations:
         migrate(engine)
     vectors = (

@@ -15,8 +15,7 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeDecorator
 
-# job worker threads, request threads and turns' advisory-lock connections all need room at once
-POOL = {"pool_size": 20, "max_overflow": 80, "pool_timeout": 60}
+POOL_TIMEOUT_S = 60
 
 
 def utcnow() -> datetime:
@@ -48,13 +47,16 @@ class Base(DeclarativeBase):
     pass
 
 
-def make_engine(url: str) -> Engine:
-    """Create an engine; SQLite gets WAL, foreign keys and a busy timeout for concurrent writers."""
+def make_engine(url: str, pool_size: int = 20, max_overflow: int = 80) -> Engine:
+    """Create an engine holding at most ``pool_size`` + ``max_overflow`` connections (job worker threads, request
+    threads and turns' advisory-lock connections all need room at once); SQLite gets WAL, foreign keys and a busy
+    timeout for concurrent writers."""
+    pool = {"pool_size": pool_size, "max_overflow": max_overflow, "pool_timeout": POOL_TIMEOUT_S}
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **POOL)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
@@ -65,7 +67,7 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, **POOL)
+    return create_engine(url, pool_pre_ping=True, **pool)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -25,6 +25,10 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_URL", "ATENDE_DATABASE_URL"))
     chroma_url: str | None = Field(default=None, validation_alias=AliasChoices("CHROMA_URL", "ATENDE_CHROMA_URL"))
     redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "ATENDE_REDIS_URL"))
+    # connections each process may hold to the database (pool + overflow): on PostgreSQL, the sum over every API
+    # and worker process must stay under the server's max_connections (100 by default)
+    db_pool_size: int = Field(default=20, ge=1, le=500)
+    db_max_overflow: int = Field(default=80, ge=0, le=1000)
     admin_token: str | None = None  # bearer token of the admin API and the dashboard's password
     # keys dashboard session ids (api/sessions.py); changing it, or the admin token, signs everyone out
     session_secret: str | None = None

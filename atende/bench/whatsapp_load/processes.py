@@ -22,6 +22,9 @@ import httpx
 STARTED = "Application startup complete"  # uvicorn's line, once per API process
 
 
+PG_CONNECTIONS = 90  # of PostgreSQL's default max_connections (100), left for the processes; the rest for psql & co
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 nothing listens on now."""
     with socket.socket() as s:
@@ -44,7 +47,11 @@ class ScaleProcesses:
 
     def __init__(self, env: dict[str, str], log_dir: Path, api_processes: int = 2, worker_processes: int = 2,
                  workers: int = 32, start_timeout_s: float = 180.0) -> None:
-        self.env, self.log_dir = child_env(env), log_dir
+        # PostgreSQL allows 100 connections in all by default: each process gets its share (the bench's own too)
+        share = max(4, PG_CONNECTIONS // (api_processes + worker_processes + 1))
+        self.env = child_env({"ATENDE_DB_POOL_SIZE": str(share // 2), "ATENDE_DB_MAX_OVERFLOW": str(share - share // 2),
+                              **env})
+        self.log_dir = log_dir
         self.api_processes, self.worker_processes = api_processes, worker_processes
         self.threads = [workers // worker_processes + (i < workers % worker_processes) for i in range(worker_processes)]
         self.start_timeout_s = start_timeout_s
