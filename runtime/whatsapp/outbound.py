@@ -24,11 +24,12 @@ The outbox (every send goes through it: AI and operator replies, ``send_reply``;
   process may have died before the request, during it, or before recording the answer), so: the part becomes
   ``unknown`` and the message's next part goes out (as after a timeout); Meta's status webhook, found by the part
   id echoed as callback data, settles it if Meta took it; if no status comes within
-  ``Settings.whatsapp_status_wait_s`` the part is ``retrying``, due at once, and sent again. Never lost; the
-  one duplicate possible is a request Meta took whose status webhook is later than that wait (our webhook
-  endpoint down that long). Sending again at once would duplicate every send killed mid-request; never sending
-  again (today's ``unknown`` after a timeout) would lose every reply whose sender died before its request.
-  The re-sent part may reach the customer after the parts that followed it.
+  ``Settings.whatsapp_status_wait_s`` the part is ``retrying``, due at once, and sent again (within the retry
+  period and the window, like any retry). Never lost silently; the one duplicate possible is a request Meta took
+  whose status webhook comes later than that wait (our webhook endpoint down that long), or a live send slower
+  than its lease and that wait together. Sending again at once would duplicate every send killed mid-request;
+  never sending again (as after a timeout) would lose every reply whose sender died before its request. The
+  re-sent part may reach the customer after the parts that followed it.
 - Retries stop, and the part fails with the reason, once the message is ``whatsapp_retry_for_s`` old or, for
   a free-form message (not a template), once the customer's 24-hour window has closed: a retry is never due
   past either limit (the last one is put just before it).
@@ -333,7 +334,8 @@ def _claim(session: Session, part: MessagePart, now: datetime, *, lease_s: float
         due.append(MessagePart.next_attempt_at <= now)
     attempts = MessagePart.attempts + 1 if count else MessagePart.attempts
     claimed = session.execute(update(MessagePart).where(*due).values(
-        attempts=attempts, next_attempt_at=None, claimed_until=now + timedelta(seconds=lease_s)).execution_options(synchronize_session=False)).rowcount
+        attempts=attempts, next_attempt_at=None, claimed_until=now + timedelta(seconds=lease_s))
+        .execution_options(synchronize_session=False)).rowcount
     session.commit()
     session.refresh(part)
     return claimed == 1
@@ -367,11 +369,11 @@ def _with_last_error(reason: str, part: MessagePart) -> str:
 def _record(services: Services, session: Session, conv: Conversation, msg: Message, part: MessagePart,
             result: SendResult, now: datetime) -> str:
     """Store the send's outcome (see the module docstring), which ends its lease; returns the part's status."""
-    part.claimed_until = None
+    part.claimed_until = part.next_attempt_at = None  # a sweep may have taken a slow send for a dead one
     if result.status in ("accepted", "unknown"):
         if result.status == "accepted":
             part.status, part.channel_message_id, part.sent_at = "sent", result.wamid, now
-            part.error_code, part.error_title, part.next_attempt_at = None, None, None
+            part.error_code, part.error_title = None, None
         else:
             part.status, part.error_code, part.error_title = "unknown", result.error_code, result.error_title
         _make_next_part_due(msg, part, now)
