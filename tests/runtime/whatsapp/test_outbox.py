@@ -20,8 +20,8 @@ from runtime.models import Conversation, Message, MessagePart
 from runtime.queue import InlineQueue
 from runtime.store import find_or_create_conversation
 from runtime.whatsapp.graph import GraphClient
-from runtime.whatsapp.models import WhatsAppSender, WhatsAppTemplate
 from runtime.whatsapp.inbound import accept_post, process_post
+from runtime.whatsapp.models import WhatsAppSender, WhatsAppTemplate
 from runtime.whatsapp.outbound import (LAST_TRY_MARGIN, WAITING, _claim, due_conversations, retry_delay_s, send_due,
                                        send_lease_s, send_reply, send_template, settle_dead_claims)
 from runtime.whatsapp.standin import GraphStandIn, sign, status_body
