@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     whatsapp_retry_for_s: float = Field(default=6 * 3600.0, ge=0)
     whatsapp_retry_first_delay_s: float = Field(default=10.0, gt=0)
     whatsapp_retry_max_delay_s: float = Field(default=600.0, gt=0)
+    # a part whose sender died mid-send (its send lease expired, runtime.whatsapp.outbound) is ``unknown`` this
+    # long, waiting for Meta's status webhook to say it was taken; with no status by then it is sent again
+    whatsapp_status_wait_s: float = Field(default=300.0, gt=0)
     # Meta's charge per billable message by pricing category (USD), e.g. {"marketing": 0.0625, "utility": 0.008}
     whatsapp_prices: dict[str, float] = Field(default_factory=dict)
     # web-widget turns run on their own threads (never a request thread the webhook needs), at most

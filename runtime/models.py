@@ -149,9 +149,12 @@ class MessagePart(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # sends tried (each a GraphClient.send, itself a few quick HTTP attempts)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    # when the part may be sent (next): set while it waits for a send (pending) or a retry (retrying), None
-    # while a send is under way or once it is over
+    # when the part may be sent (next): set while it waits for a send (pending) or a retry (retrying), or for
+    # Meta's status after its sender died (unknown: sent again then), None while a send is under way or once over
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
+    # while a send is under way: until when its sender holds the part (the send lease); a part still pending or
+    # retrying past it was left by a dead process (runtime.whatsapp.outbound.settle_dead_claims)
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     def as_dict(self) -> dict:
         keys = ("position", "text", "status", "channel_message_id", "error_code", "error_title", "sent_at",

@@ -16,7 +16,8 @@ What is owed (``owed_work``), each compared with ``services.clock()``:
 - **webhook posts** stored but not processed, without an error (a failed one is retried by its job), older
   than the margin (``WorkQueue.enqueue_webhook``).
 - **sends** the outbox has due (``runtime.whatsapp.outbound.due_conversations``), when asked: the periodic
-  "whatsapp.send_due" task already sweeps them.
+  "whatsapp.send_due" task already sweeps them. That sweep also settles the parts whose sender died mid-send
+  (their send lease ``message_parts.claimed_until`` expired: ``runtime.whatsapp.outbound.settle_dead_claims``).
 
 Queuing twice is harmless, so any number of workers may sweep at once: a turn claims its lease
 (``runtime.whatsapp.turns.claim_turn``), runs under ``runtime.turn.conversation_lock`` and answers only the

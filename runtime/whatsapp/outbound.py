@@ -6,8 +6,8 @@ The outbox (every send goes through it: AI and operator replies, ``send_reply``;
 
 - A part is stored ``pending`` and due (``next_attempt_at``); only one part of a message is due at a time,
   the next one becomes due when the one before it was sent. A send first claims the part (one conditional
-  UPDATE clears ``next_attempt_at`` and counts the attempt), so two workers or a sweep and a scheduled retry
-  never send the same part twice; a claimed part is no longer due, whatever happens to the process.
+  UPDATE clears ``next_attempt_at``, counts the attempt and sets the send lease ``claimed_until``: ``send_lease_s``),
+  so two workers or a sweep and a scheduled retry never send the same part twice; the outcome clears the lease.
 - The send's outcome: ``sent`` (Meta's wamid stored); ``unknown`` (no answer after the request went out:
   Meta may have taken it, so it is never sent again, the status webhook settles it, found by the part id
   echoed as callback data); ``failed`` at once when the failure will not heal (HTTP 4xx other than 429 and
@@ -18,7 +18,18 @@ The outbox (every send goes through it: AI and operator replies, ``send_reply``;
 - Retrying only resends what certainly was not sent: a connection that could not be made, or Meta's answer
   that it did not take the message (429, 5xx, a temporary or rate-limit error code) -- the same rule as the
   Graph client's own quick retries (``runtime.whatsapp.graph``), which already accepts that a 5xx answer
-  means "not taken". A claimed part whose process died mid-send is left as it is (not due, like ``unknown``).
+  means "not taken".
+- A sender that dies mid-send (kill -9, a lost machine) leaves its part open and claimed; once its lease has
+  expired the sweeps settle it (``settle_dead_claims``). Whether the request reached Meta cannot be known (the
+  process may have died before the request, during it, or before recording the answer), so: the part becomes
+  ``unknown`` and the message's next part goes out (as after a timeout); Meta's status webhook, found by the part
+  id echoed as callback data, settles it if Meta took it; if no status comes within
+  ``Settings.whatsapp_status_wait_s`` the part is ``retrying``, due at once, and sent again (within the retry
+  period and the window, like any retry). Never lost silently; the one duplicate possible is a request Meta took
+  whose status webhook comes later than that wait (our webhook endpoint down that long), or a live send slower
+  than its lease and that wait together. Sending again at once would duplicate every send killed mid-request;
+  never sending again (as after a timeout) would lose every reply whose sender died before its request. The
+  re-sent part may reach the customer after the parts that followed it.
 - Retries stop, and the part fails with the reason, once the message is ``whatsapp_retry_for_s`` old or, for
   a free-form message (not a template), once the customer's 24-hour window has closed: a retry is never due
   past either limit (the last one is put just before it).
@@ -132,13 +143,16 @@ def send_due(services: Services, conversation_id: str | None = None) -> int:
     returns how many sends were tried. The recovery sweep: run at start-up and periodically, and by the jobs
     ``WorkQueue.schedule_send`` schedules. Safe to run anywhere at any time (a part is claimed before it is sent)."""
     if conversation_id is not None:
+        settle_dead_claims(services, conversation_id)
         _release_scheduled(services, conversation_id)
         return _send_conversation(services, conversation_id)
     return sum(_send_conversation(services, cid) for cid in due_conversations(services))
 
 
 def due_conversations(services: Services) -> list[str]:
-    """The conversations with a part due now (oldest due first), scheduled ones whose time has come included."""
+    """The conversations with a part due now (oldest due first), scheduled ones whose time has come included, and
+    dead senders' parts settled first (``settle_dead_claims``)."""
+    settle_dead_claims(services)
     _release_scheduled(services)
     with services.session() as session:
         rows = session.execute(
@@ -162,6 +176,64 @@ def _release_scheduled(services: Services, conversation_id: str | None = None) -
         for message_id in {p.message_id for p in parts}:
             settle(session.get(Message, message_id))
         session.commit()
+
+
+def send_lease_s(services: Services) -> float:
+    """How long a send holds its part (``claimed_until``): every quick attempt of the Graph client at the send
+    timeout, plus ``recovery_margin_s``. A live send that outlasts it (long Retry-After waits) is only marked
+    ``unknown`` meanwhile: its own outcome, recorded within ``whatsapp_status_wait_s`` more, replaces that."""
+    s = services.settings
+    return graph_client(services).attempts * s.whatsapp_send_timeout_s + s.recovery_margin_s
+
+
+def settle_dead_claims(services: Services, conversation_id: str | None = None) -> int:
+    """The sends whose sender died (see the module docstring), of one conversation or of all: an open part past
+    its send lease becomes ``unknown`` until ``whatsapp_status_wait_s`` from now (the message's next part due at
+    once); an ``unknown`` part that waited that long with no status from Meta (no wamid learnt) becomes
+    ``retrying``, due now. Each by one conditional UPDATE, so concurrent sweeps settle a part once; returns how
+    many parts moved."""
+    now = services.clock()
+    wait = timedelta(seconds=services.settings.whatsapp_status_wait_s)
+    dead = [MessagePart.status.in_(OPEN), MessagePart.next_attempt_at.is_(None), MessagePart.claimed_until <= now]
+    unheard = [MessagePart.status == "unknown", MessagePart.channel_message_id.is_(None),
+               MessagePart.next_attempt_at <= now]
+    moved = 0
+    with services.session() as session:
+        for where, values in (
+                (dead, {"status": "unknown", "claimed_until": None, "next_attempt_at": now + wait, "error_title":
+                        "its sender stopped during the send: waiting for Meta's status before sending it again"}),
+                (unheard, {"status": "retrying", "next_attempt_at": now, "error_title":
+                           "no status from Meta after its sender stopped during the send: sent again"})):
+            query = select(MessagePart.id)
+            if conversation_id is not None:
+                query = query.join(Message, Message.id == MessagePart.message_id).where(
+                    Message.conversation_id == conversation_id)
+            for part_id in list(session.scalars(query.where(*where))):
+                if session.execute(update(MessagePart).where(MessagePart.id == part_id, *where).values(**values)
+                                   .execution_options(synchronize_session=False)).rowcount != 1:
+                    continue  # another sweep, a status webhook or the send's own outcome came first
+                moved += 1
+                part = session.get(MessagePart, part_id)
+                session.refresh(part)
+                msg = session.get(Message, part.message_id)
+                if part.status == "unknown":
+                    log.warning("WhatsApp message %s (part %d): its sender died during the send; sent again at %s "
+                                "unless Meta's status says it was taken", msg.id, part.position,
+                                part.next_attempt_at.isoformat())
+                    _make_next_part_due(msg, part, now)
+                else:
+                    log.warning("WhatsApp message %s (part %d): no status from Meta; sent again", msg.id, part.position)
+                conv = session.get(Conversation, msg.conversation_id)
+                conv.cost += settle(msg)
+                session.commit()
+    return moved
+
+
+def _make_next_part_due(msg: Message, part: MessagePart, now: datetime) -> None:
+    """The message's part after ``part`` (which went out, or may have), if it waits, is due ``now``."""
+    following = next((p for p in msg.parts if p.position > part.position and p.status in OPEN), None)
+    if following is not None and following.next_attempt_at is None:
+        following.next_attempt_at = now
 
 
 def retry_delay_s(settings: Settings, attempts: int, rand=random.random) -> float:
@@ -237,11 +309,11 @@ def _attempt(services: Services, part_id: str, *, force: bool = False) -> _Outco
         except NotFound as exc:  # the number was removed since
             reason = reason or str(exc)
         if reason is not None:
-            if _claim(session, part, now, force=True, count=False):
+            if _claim(session, part, now, lease_s=send_lease_s(services), force=True, count=False):
                 _fail(services, session, conv, msg, part, part.error_code, reason, now)
                 return _Outcome("failed", False)
             return _Outcome("busy", False)
-        if not _claim(session, part, now, force=force):
+        if not _claim(session, part, now, lease_s=send_lease_s(services), force=force):
             return _Outcome("busy", False)
         client = graph_client(services)
         if msg.kind == "template":
@@ -253,15 +325,17 @@ def _attempt(services: Services, part_id: str, *, force: bool = False) -> _Outco
         return _Outcome(_record(services, session, conv, msg, part, result, services.clock()), True)
 
 
-def _claim(session: Session, part: MessagePart, now: datetime, *, force: bool, count: bool = True) -> bool:
-    """Take the part for one send: clear its due time and count the attempt (unless not ``count``: it is taken to
-    be failed), if nobody took it first."""
+def _claim(session: Session, part: MessagePart, now: datetime, *, lease_s: float, force: bool,
+           count: bool = True) -> bool:
+    """Take the part for one send: clear its due time, hold it for ``lease_s`` (``claimed_until``) and count the
+    attempt (unless not ``count``: it is taken to be failed), if nobody took it first."""
     due = [MessagePart.id == part.id, MessagePart.status.in_(OPEN), MessagePart.next_attempt_at.is_not(None)]
     if not force:
         due.append(MessagePart.next_attempt_at <= now)
     attempts = MessagePart.attempts + 1 if count else MessagePart.attempts
     claimed = session.execute(update(MessagePart).where(*due).values(
-        attempts=attempts, next_attempt_at=None).execution_options(synchronize_session=False)).rowcount
+        attempts=attempts, next_attempt_at=None, claimed_until=now + timedelta(seconds=lease_s))
+        .execution_options(synchronize_session=False)).rowcount
     session.commit()
     session.refresh(part)
     return claimed == 1
@@ -294,16 +368,15 @@ def _with_last_error(reason: str, part: MessagePart) -> str:
 
 def _record(services: Services, session: Session, conv: Conversation, msg: Message, part: MessagePart,
             result: SendResult, now: datetime) -> str:
-    """Store the send's outcome (see the module docstring); returns the part's status."""
+    """Store the send's outcome (see the module docstring), which ends its lease; returns the part's status."""
+    part.claimed_until = part.next_attempt_at = None  # a sweep may have taken a slow send for a dead one
     if result.status in ("accepted", "unknown"):
         if result.status == "accepted":
             part.status, part.channel_message_id, part.sent_at = "sent", result.wamid, now
             part.error_code, part.error_title = None, None
         else:
             part.status, part.error_code, part.error_title = "unknown", result.error_code, result.error_title
-        following = next((p for p in msg.parts if p.position > part.position and p.status in OPEN), None)
-        if following is not None:
-            following.next_attempt_at = now
+        _make_next_part_due(msg, part, now)
         conv.cost += settle(msg)
         session.commit()
         return part.status
@@ -359,6 +432,7 @@ def _fail(services: Services, session: Session, conv: Conversation, msg: Message
           code: int | None, reason: str | None, now: datetime) -> None:
     """The part failed for good: record the reason, flag the conversation for a person (and its handoff event)."""
     part.status, part.next_attempt_at, part.error_code, part.error_title = "failed", None, code, reason
+    part.claimed_until = None
     conv.cost += settle(msg)
     log.error("WhatsApp message %s (part %d of conversation %s) failed after %d attempt(s): %s", msg.id,
               part.position, conv.id, part.attempts, reason)

@@ -8,8 +8,10 @@ The server is the standard library's, so the real ``GraphClient`` is what gets t
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import socket
 import threading
 import time
 import uuid
@@ -63,6 +65,7 @@ class GraphStandIn:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
+        self._connections: set[socket.socket] = set()  # open client connections (kept alive between requests)
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -84,12 +87,19 @@ class GraphStandIn:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop listening and cut every open connection, as Meta going down would: a client's kept-alive
+        connection does not reach it any more."""
         self._stopping.set()  # cuts short a request held by delay_next
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._thread.join(timeout=5)
             self._server = None
+        with self._lock:
+            connections, self._connections = self._connections, set()
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
     @property
     def base_url(self) -> str:
@@ -164,6 +174,16 @@ def _error(status: int, code: int, message: str, details: str | None = None) -> 
 def _handler_for(standin: GraphStandIn) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            with standin._lock:
+                standin._connections.add(self.connection)
+
+        def finish(self) -> None:
+            with standin._lock:
+                standin._connections.discard(self.connection)
+            super().finish()
 
         def do_POST(self) -> None:  # noqa: N802 (stdlib name)
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))

@@ -129,6 +129,48 @@ def test_conversations_with_the_ai_off_become_waiting_for_human(database_url):
     engine.dispose()
 
 
+def test_parts_left_claimed_by_a_dead_sender_get_an_expired_send_lease(database_url):
+    """Revision 0017: ``message_parts.claimed_until`` added in place; the parts a sender claimed and never settled
+    (open, not due, tried) get their ``created_at`` as an expired lease, no other part a lease; and back down."""
+    engine = make_engine(database_url)
+    upgrade_to(engine, "0016_followups")
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO assistants (id, name, description, created_at, updated_at, config) "
+                             "VALUES ('a', 'a', '', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, '{}')"))
+        conn.execute(sa.text("INSERT INTO conversations (id, assistant_id, channel, sender, customer_id, variables, "
+                             "created_at, tokens_in, tokens_out, cost) VALUES ('wa', 'a', 'whatsapp', 's', 'c', '{}', "
+                             "CURRENT_TIMESTAMP, 0, 0, 0)"))
+        conn.execute(sa.text("INSERT INTO messages (id, conversation_id, direction, text, status, kind, channel_cost, "
+                             "created_at, tokens_in, tokens_out, cost) VALUES ('m', 'wa', 'outbound', 'Olá', 'pending', "
+                             "'text', 0, CURRENT_TIMESTAMP, 0, 0, 0)"))
+        for position, (part, status, attempts, due) in enumerate((
+                ("stuck", "pending", 1, None), ("stuck-retry", "retrying", 2, None), ("waiting", "pending", 0, None),
+                ("due", "retrying", 1, "2026-01-01 10:00:00"), ("sent", "sent", 1, None))):
+            conn.execute(sa.text("INSERT INTO message_parts (id, message_id, position, text, status, channel_cost, "
+                                 "created_at, attempts, next_attempt_at) VALUES (:id, 'm', :position, 'Olá', :status, "
+                                 "0, '2026-01-01 09:00:00', :attempts, :due)"),
+                         {"id": part, "position": position, "status": status, "attempts": attempts, "due": due})
+    migrate(engine)
+    with engine.connect() as conn:
+        leased = {p for p, until, created in conn.execute(sa.text(
+            "SELECT id, claimed_until, created_at FROM message_parts WHERE claimed_until IS NOT NULL"))
+            if until == created}
+        unleased = set(conn.execute(sa.text("SELECT id FROM message_parts WHERE claimed_until IS NULL")).scalars())
+        messages = conn.execute(sa.text("SELECT count(*) FROM messages")).scalar()
+    assert leased == {"stuck", "stuck-retry"} and unleased == {"waiting", "due", "sent"} and messages == 1
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0016_followups")
+    assert "claimed_until" not in {c["name"] for c in sa.inspect(engine).get_columns("message_parts")}
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM message_parts")).scalar() == 5
+    migrate(engine)
+    assert "claimed_until" in {c["name"] for c in sa.inspect(engine).get_columns("message_parts")}
+    engine.dispose()
+
+
 @pytest.mark.parametrize("tables, previous, indexes", [
     ({"approved_answers"}, "0004", {"approved_answers": {"ix_approved_answers_assistant_id"}}),
     ({"message_feedback"}, "0005", {"message_feedback": {"ix_message_feedback_message_id",

@@ -9,8 +9,8 @@ after its last test (tests/system/stack.py starts them):
 
 Both answer with the chat-model stand-in (tests/llm_standin.py, a child process; never the local model) and send
 to the Graph API stand-in (``graph``, in this process). ``profile`` runs a test in each. Turns, retries and
-sweeps are set short (debounce 0.3 s, recovery margin 1 s, sweep every 2 s, send retries from 0.5 s) so faults
-recover within seconds.
+sweeps are set short (debounce 0.3 s, recovery margin 1 s, sweep every 2 s, send retries from 0.5 s, a dead
+sender's send waits 3 s for Meta's status) so faults recover within seconds.
 """
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ FAST = {  # short enough that a fault recovers within seconds; the same in both 
     "ATENDE_WHATSAPP_RETRY_FIRST_DELAY_S": "0.5",
     "ATENDE_WHATSAPP_RETRY_MAX_DELAY_S": "1",
     "ATENDE_WHATSAPP_SEND_TIMEOUT_S": "2",
+    "ATENDE_WHATSAPP_STATUS_WAIT_S": "3",
 }
 
 

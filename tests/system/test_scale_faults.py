@@ -1,16 +1,19 @@
-"""Faults on real processes (tests/system/conftest.py's stacks): a worker killed mid-turn (at its model call, and
-during its send), the Graph API down, Redis restarted, the Chroma server restarted during an ingestion, PostgreSQL
-restarted under load. Each test prints how long recovery took
+"""Faults on real processes (tests/system/conftest.py's stacks): a worker killed mid-turn (at its model call,
+during its send, and after claiming a send but before its request), the Graph API down, Redis restarted, the Chroma
+server restarted during an ingestion, PostgreSQL restarted under load. Each test prints how long recovery took
 (``RECOVERY <what>: <seconds>``; run with ``-s`` to see it) and checks that every customer got exactly one reply
 and the knowledge base is consistent. Recovery runs on the settings of conftest.py's ``FAST``."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -119,6 +122,56 @@ def test_a_worker_killed_while_its_reply_is_with_the_graph_api_sends_nothing_twi
     wait_until(lambda: messages(stack.engine, customer) == ANSWERED_ONCE, 60, "the reply settled by Meta's status")
     report("worker killed during the send, settled by the status webhook", time.monotonic() - killed)
     time.sleep(3)  # the restarted worker's sweeps (every 2 s) pass over it: nothing is sent again
+    assert len(replies_to(graph, customer)) == 1 and messages(stack.engine, customer) == ANSWERED_ONCE
+
+
+@contextlib.contextmanager
+def graph_unreachable(graph):
+    """The Graph API's address drops new connections (a full accept queue: the kernel ignores the SYNs, like a
+    firewall dropping packets): a send hangs at its connect, before any byte of its request has left."""
+    port = urlsplit(graph.base_url).port
+    graph.stop()  # its open connections cut too
+    blocker = socket.socket()
+    try:
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        blocker.bind(("127.0.0.1", port))
+        blocker.listen(0)  # never accepts: room for one connection, the filler's
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            yield
+    finally:
+        blocker.close()
+        graph.start()
+
+
+def _claimed_parts(engine: sa.Engine, customer: str) -> int:
+    """The customer's reply parts claimed by a send under way (``claimed_until`` set, still open)."""
+    with engine.connect() as conn:
+        return conn.execute(sa.text(
+            "SELECT count(*) FROM message_parts p JOIN messages m ON m.id = p.message_id JOIN conversations c "
+            "ON c.id = m.conversation_id WHERE c.customer_id = :customer AND p.claimed_until IS NOT NULL "
+            "AND p.status IN ('pending', 'retrying')"), {"customer": customer}).scalar_one()
+
+
+def test_a_worker_killed_after_claiming_a_send_before_its_request_left_sends_it_once(scale_stack: Stack, graph):
+    """Killed between the claim of the reply's part and its request (held at the connect): Meta never got it. The
+    part's send lease expires, it waits ``unknown`` for a status that never comes, then it is sent, once."""
+    stack = scale_stack
+    worker = stack.workers["customer"]
+    number = new_assistant(stack.apis[0], "kill-claim", config={"turn_deadline_s": 3})
+    customer = customer_number()
+    with graph_unreachable(graph):
+        deliver(stack.apis[0], number, message_body(number, customer, "When do you open on Saturdays?"))
+        wait_until(lambda: _claimed_parts(stack.engine, customer) == 1, 60, "the reply's part claimed for its send")
+        killed = time.monotonic()
+        worker.kill(signal.SIGKILL)  # while its connect hangs: no request has left
+        worker.proc.wait(10)
+    worker.start()
+    assert replies_to(graph, customer) == []
+    assert messages(stack.engine, customer) == [("inbound", "answered"), ("outbound", "pending")]
+    answered_once(stack, graph, [customer])
+    report("worker killed after claiming a send, before its request (lease 7 s, status wait 3 s, sweep every 2 s)",
+           time.monotonic() - killed)
+    time.sleep(3)  # the sweeps (every 2 s) pass over it: nothing is sent again
     assert len(replies_to(graph, customer)) == 1 and messages(stack.engine, customer) == ANSWERED_ONCE
 
 

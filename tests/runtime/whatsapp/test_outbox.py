@@ -3,7 +3,9 @@ while Meta's rules allow, never sent twice, failed with the reason; sent to the 
 GraphClient over HTTP), with the time set through ``services.clock`` instead of waiting."""
 from __future__ import annotations
 
+import json
 import random
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,10 +20,11 @@ from runtime.models import Conversation, Message, MessagePart
 from runtime.queue import InlineQueue
 from runtime.store import find_or_create_conversation
 from runtime.whatsapp.graph import GraphClient
+from runtime.whatsapp.inbound import accept_post, process_post
 from runtime.whatsapp.models import WhatsAppSender, WhatsAppTemplate
 from runtime.whatsapp.outbound import (LAST_TRY_MARGIN, WAITING, _claim, due_conversations, retry_delay_s, send_due,
-                                       send_reply, send_template)
-from runtime.whatsapp.standin import GraphStandIn
+                                       send_lease_s, send_reply, send_template, settle_dead_claims)
+from runtime.whatsapp.standin import GraphStandIn, sign, status_body
 from tests.conftest import ADMIN_TOKEN, _postgres_database, make_services
 
 PHONE_ID, CUSTOMER = "106540352242922", "5511987654321"
@@ -270,8 +273,95 @@ def test_a_part_claimed_by_another_worker_is_not_sent_again(outbox):
     clock.now = due_at(services, msg_id)
     with services.session() as session:  # another worker took it (and may have died mid-send)
         part = session.scalars(select(MessagePart).where(MessagePart.message_id == msg_id)).one()
-        assert _claim(session, part, clock.now, force=False)
-        assert not _claim(session, part, clock.now, force=True)  # a part is claimed once
+        assert _claim(session, part, clock.now, lease_s=60, force=False)
+        assert not _claim(session, part, clock.now, lease_s=60, force=True)  # a part is claimed once
+    assert send_due(services) == 0 and len(graph.sent) == 1
+
+
+def claimed_by_a_dying_worker(services, graph, clock, conv_id) -> tuple[str, str]:
+    """A reply whose first send failed (503), then claimed for its retry by a worker that died before sending:
+    ``(message id, part id)``; the clock is at the claim."""
+    graph.fail_next(status=503)
+    msg_id = reply(services, conv_id, "Abrimos às 9h.")
+    clock.now = due_at(services, msg_id)
+    with services.session() as session:
+        part = session.scalars(select(MessagePart).where(MessagePart.message_id == msg_id)).one()
+        assert _claim(session, part, clock.now, lease_s=send_lease_s(services), force=False)
+        return msg_id, part.id
+
+
+def part_of(services, msg_id: str) -> MessagePart:
+    (part,) = message(services, msg_id).parts
+    return part
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"], indirect=True)
+def test_a_send_whose_worker_died_is_unknown_then_sent_again_once_if_meta_never_reports_it(outbox):
+    services, graph, clock, conv_id = outbox
+    msg_id, part_id = claimed_by_a_dying_worker(services, graph, clock, conv_id)
+    lease, wait = send_lease_s(services), services.settings.whatsapp_status_wait_s
+    assert part_of(services, msg_id).claimed_until == clock.now + timedelta(seconds=lease)
+    clock.now += timedelta(seconds=lease - 1)  # the sender may still be sending: left alone
+    assert send_due(services) == 0 and settle_dead_claims(services) == 0
+    assert part_of(services, msg_id).status == "retrying" and part_of(services, msg_id).next_attempt_at is None
+
+    clock.now += timedelta(seconds=1)  # its lease expired: it may have reached Meta, so it is not sent yet
+    assert send_due(services) == 0 and len(graph.sent) == 1
+    part = part_of(services, msg_id)
+    assert (part.status, part.claimed_until) == ("unknown", None) and message(services, msg_id).status == "unknown"
+    assert part.next_attempt_at == clock.now + timedelta(seconds=wait) and "sender stopped" in part.error_title
+    assert settle_dead_claims(services) == 0  # settled once, however many sweeps
+
+    clock.now += timedelta(seconds=wait - 1)
+    assert send_due(services) == 0 and len(graph.sent) == 1
+    clock.now += timedelta(seconds=1)  # no status from Meta: it never got it, sent again
+    assert send_due(services) == 1
+    part = part_of(services, msg_id)
+    assert part.status == "sent" and part.channel_message_id.startswith("wamid.") and part.claimed_until is None
+    assert part.attempts == 3 and message(services, msg_id).status == "sent"
+    assert [r["json"]["biz_opaque_callback_data"] for r in graph.sent] == [part_id, part_id]
+    assert texts(graph) == ["Abrimos às 9h."] * 2  # the failed first try (503), then the one delivered
+    clock.now += timedelta(hours=1)
+    assert send_due(services) == 0 and len(graph.sent) == 2
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"], indirect=True)
+def test_a_send_whose_worker_died_after_meta_took_it_is_settled_by_the_status_and_not_sent_again(outbox):
+    services, graph, clock, conv_id = outbox
+    msg_id, part_id = claimed_by_a_dying_worker(services, graph, clock, conv_id)
+    clock.now += timedelta(seconds=send_lease_s(services))
+    assert send_due(services) == 0 and part_of(services, msg_id).status == "unknown"
+    # Meta took the request before the worker died: its status echoes the part id
+    raw = json.dumps(status_body(PHONE_ID, "wamid.TAKEN", CUSTOMER, "sent", callback_data=part_id)).encode()
+    process_post(services, accept_post(services, raw, sign("app-secret-outbox", raw)).id)
+    clock.now += timedelta(seconds=services.settings.whatsapp_status_wait_s + 1)
+    assert send_due(services) == 0 and settle_dead_claims(services) == 0 and len(graph.sent) == 1
+    part = part_of(services, msg_id)
+    assert (part.status, part.channel_message_id) == ("sent", "wamid.TAKEN")
+    assert message(services, msg_id).status == "sent"
+
+
+def test_a_live_send_that_outlasts_its_lease_records_its_own_outcome(outbox):
+    """A sweep takes a slow live send for a dead one (``unknown``): its answer, when it comes, is what counts."""
+    services, graph, clock, conv_id = outbox
+    graph.delay_next(1.5)  # Meta answers late (under the client's 2 s timeout)
+    moved: list[int] = []
+
+    def sweep_once_the_request_is_with_meta():
+        wait_for = datetime.now(UTC) + timedelta(seconds=10)
+        while not graph.sent and datetime.now(UTC) < wait_for:
+            threading.Event().wait(0.01)
+        clock.now += timedelta(seconds=send_lease_s(services) + 1)
+        moved.append(settle_dead_claims(services))
+
+    sweeper = threading.Thread(target=sweep_once_the_request_is_with_meta)
+    sweeper.start()
+    msg_id = reply(services, conv_id, "Olá")
+    sweeper.join()
+    assert moved == [1]  # the sweep found the claim expired while the request was with Meta
+    part = part_of(services, msg_id)
+    assert part.status == "sent" and part.channel_message_id.startswith("wamid.") and part.claimed_until is None
+    clock.now += timedelta(hours=1)
     assert send_due(services) == 0 and len(graph.sent) == 1
 
 
