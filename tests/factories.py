@@ -2,6 +2,9 @@
 knowledge base ingested by the real pipeline, a customer's message through the real turn engine."""
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from ingest.pipeline import run_job
 from kb import registry
 from runtime.config import merge_config
@@ -43,3 +46,15 @@ def chat(services: Services, aid: str, text: str, customer: str = "c1", *, chann
     """One customer message to assistant ``aid`` through the turn engine (``kw``: variables, ...)."""
     return handle_message(services, assistant_ref=aid, channel=channel, sender=sender, customer_id=customer, text=text,
                           **kw)
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 60.0, what: str = "condition") -> object:
+    """Poll ``predicate`` until it returns something true (returned); AssertionError naming ``what`` after
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"{what} not reached in {timeout:g}s")

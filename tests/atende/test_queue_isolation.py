@@ -37,6 +37,7 @@ from runtime.whatsapp.standin import GraphStandIn, sign
 from tests.conftest import ADMIN_TOKEN, REDIS_URL, make_services, redis_client, requires_shared, shared_doc
 from tests.factories import use_scripted_model
 from tests.ingest.test_parse_limits import parse_children
+from tests.factories import wait_until
 
 SECRET, PHONE_ID, CUSTOMER_NUMBER = "app-secret-queues", "106540352242955", "5511912345678"
 HOURS_V1 = ("Opening hours\n\nThe bakery opens at seven in the morning and closes at two in the afternoon on "
@@ -76,14 +77,6 @@ def gate_embeddings(services, embedders: EmbedderRegistry) -> GatedEmbedder:
     return gated
 
 
-def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not reached in {timeout}s")
 
 
 def text_payload(wamid: str, text: str) -> dict:
@@ -155,7 +148,7 @@ def test_a_whatsapp_message_is_answered_while_a_document_ingests(profile):
     r = client.post("/webhooks/whatsapp", content=raw, headers={"X-Hub-Signature-256": sign(SECRET, raw),
                                                                "Content-Type": "application/json"})
     assert r.status_code == 200, r.text
-    sent = wait_for(lambda: graph.sent, what="a reply sent to the customer")
+    sent = wait_until(lambda: graph.sent, what="a reply sent to the customer")
     assert sent[0]["json"]["to"] == CUSTOMER_NUMBER and sent[0]["json"]["text"]["body"]
     with services.session() as session:
         assert session.scalars(select(Message).where(Message.direction == "outbound")).one().status == "sent"
@@ -164,7 +157,7 @@ def test_a_whatsapp_message_is_answered_while_a_document_ingests(profile):
     assert document_status(services, doc_id) == ("processing", "processing")
 
     gate.release.set()
-    assert wait_for(lambda: document_status(services, doc_id)[0] in ("ready", "failed"), timeout=300,
+    assert wait_until(lambda: document_status(services, doc_id)[0] in ("ready", "failed"), timeout=300,
                     what="the document ingested") and document_status(services, doc_id) == ("ready", "ready")
     hits = client.post("/api/assistants/loja/search", json={"query": "Norwich City football club"}).json()["results"]
     assert hits and hits[0]["document_id"] == doc_id
@@ -187,7 +180,7 @@ def _wait_for_job(services, job_id: str, timeout: float = 300.0) -> IngestJob:
         with services.session() as session:
             job = session.get(IngestJob, job_id)
             return job if job.status in ("ready", "failed") else None
-    return wait_for(done, timeout=timeout, what=f"job {job_id} finished")
+    return wait_until(done, timeout=timeout, what=f"job {job_id} finished")
 
 
 @requires_shared
@@ -393,7 +386,7 @@ def test_the_embedded_app_requeues_interrupted_work_at_start_to_its_own_workers(
         def processed():
             with services.session() as session:
                 return session.get(WebhookPost, post_id).processed
-        wait_for(processed, what="the interrupted post processed")
+        wait_until(processed, what="the interrupted post processed")
 
 
 def test_a_job_on_the_customer_queue_from_before_the_split_is_forwarded_to_the_ingest_queue(sqlite_services):
@@ -410,7 +403,7 @@ def test_a_job_on_the_customer_queue_from_before_the_split_is_forwarded_to_the_i
     assert [(t.name, t.args[0]) for t in queue.huey.pending()] == [("ingest.run_job", job_ids[0])]
     [consumer] = start_embedded_consumers(queue, services.settings.model_copy(update={"ingest_workers": 0}))
     try:
-        wait_for(lambda: queue.ingest_huey.pending_count() == 1, what="the job forwarded")
+        wait_until(lambda: queue.ingest_huey.pending_count() == 1, what="the job forwarded")
     finally:
         consumer.stop(graceful=True)
     assert [(t.name, t.args[0]) for t in queue.ingest_huey.pending()] == [("ingest.run_job", job_ids[0])]

@@ -10,13 +10,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
 from tests.conftest import ADMIN_TOKEN, REPO, TEST_SECRETS
+from tests.factories import wait_until
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -28,16 +27,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 60.0, what: str = "condition") -> object:
-    """Poll ``predicate`` until it returns something true (returned); AssertionError naming ``what`` after
-    ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not reached in {timeout:g}s")
 
 
 def http_ok(url: str) -> bool:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import httpx
 
@@ -16,15 +15,9 @@ from runtime.whatsapp.standin import echo_body, sign
 from tests.conftest import ADMIN_TOKEN
 # page and site are fixtures; the import skips this module without Chromium or Playwright
 from tests.system.test_dashboard_browser import Page, Site, expect, page, shot, site  # noqa: F401
+from tests.factories import wait_until
 
 
-def wait_for(predicate, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 def test_queue_hand_back_close_and_reply(site: Site, page: Page):  # noqa: F811
@@ -39,7 +32,7 @@ def test_queue_hand_back_close_and_reply(site: Site, page: Page):  # noqa: F811
                                                              "Content-Type": "application/json"})
     assert r.status_code == 200
     whatsapp = site.ids["whatsapp"]
-    wait_for(lambda: api.get(f"/api/conversations/{whatsapp}").json()["handoff_state"] == "with_human")
+    wait_until(lambda: api.get(f"/api/conversations/{whatsapp}").json()["handoff_state"] == "with_human")
     sent_before = len(site.graph.sent)
 
     page.click("nav >> text=Waiting for a human")

@@ -18,7 +18,7 @@ import pytest
 from runtime.config import DEFAULT_AI_BACK, DEFAULT_HANDOFF
 from runtime.whatsapp.standin import GraphStandIn, echo_body
 from tests.system.conftest import REPLY, ChatModel, Stack
-from tests.system.stack import wait_until
+from tests.factories import wait_until
 from tests.system.world import (
     customer_number,
     deliver,

@@ -8,7 +8,8 @@ import time
 
 from tests.conftest import requires_shared
 from tests.system.conftest import REPLY, Stack
-from tests.system.stack import admin_client, wait_until
+from tests.factories import wait_until
+from tests.system.stack import admin_client
 from tests.system.world import (
     customer_number,
     deliver,

@@ -18,7 +18,8 @@ import sqlalchemy as sa
 from runtime.whatsapp.standin import GraphStandIn, sign
 from tests.api.test_dashboard import login
 from tests.conftest import shared_doc
-from tests.system.stack import admin_client, wait_until
+from tests.factories import wait_until
+from tests.system.stack import admin_client
 
 
 @dataclass

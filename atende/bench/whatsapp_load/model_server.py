@@ -12,16 +12,16 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from atende.bench.whatsapp_load.harness import SlowScriptedLLM
 from atende.bench.whatsapp_load.payloads import REPLY
 
 
-class SlowModelServer:
-    """A threaded HTTP server on 127.0.0.1 (a free port); ``with`` gives its base URL (``.../v1``)."""
+class SlowModelServer(SlowScriptedLLM):
+    """:class:`SlowScriptedLLM` served by a threaded HTTP server on 127.0.0.1 (a free port); ``with`` gives its
+    base URL (``.../v1``)."""
 
     def __init__(self, delay_s: float, reply: str = REPLY, name: str = "slow-scripted") -> None:
-        self.delay_s, self.reply, self.name = delay_s, reply, name
-        self.calls = self.in_flight = self.max_in_flight = 0
-        self._lock = threading.Lock()
+        super().__init__(delay_s, reply, name)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
         self._server.request_queue_size = 256
@@ -38,21 +38,12 @@ class SlowModelServer:
 
     def completion(self, request: dict) -> dict:
         """Sleep ``delay_s``, then the chat completion of REPLY (usage: words in, words out)."""
-        with self._lock:
-            self.calls += 1
-            self.in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        try:
-            time.sleep(self.delay_s)
-        finally:
-            with self._lock:
-                self.in_flight -= 1
-        words = sum(len(str(m.get("content") or "").split()) for m in request.get("messages", []))
-        out = len(self.reply.split())
+        resp = self.complete(request.get("messages", []))
+        words, out = resp.usage.prompt_tokens, resp.usage.completion_tokens
         return {"id": f"chatcmpl-{self.calls}", "object": "chat.completion", "created": int(time.time()),
                 "model": request.get("model", self.name),
                 "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": self.reply}}],
+                             "message": {"role": "assistant", "content": resp.content}}],
                 "usage": {"prompt_tokens": words, "completion_tokens": out, "total_tokens": words + out}}
 
 

@@ -12,7 +12,8 @@ from runtime.config import DEFAULT_CALLBACK, DEFAULT_HANDOFF
 from runtime.models import CollectedData, FollowUp, Message, Turn
 from runtime.whatsapp.outbound import send_due
 from tests.runtime.whatsapp import test_whatsapp_flow as flow
-from tests.runtime.whatsapp.test_whatsapp_flow import post, text_payload, wait_for
+from tests.factories import wait_until
+from tests.runtime.whatsapp.test_whatsapp_flow import post, text_payload
 
 wa = flow.wa  # the WhatsApp app on the Graph stand-in, with its clock: (client, services, model, graph, clock, sender)
 
@@ -35,7 +36,7 @@ def say(client, graph, clock, wamid: str, text: str) -> str:
     """The customer writes; the reply sent to Meta."""
     before = len(graph.sent)
     post(client, text_payload(wamid, text, clock.now))
-    wait_for(lambda: len(graph.sent) == before + 1)
+    wait_until(lambda: len(graph.sent) == before + 1)
     return graph.sent[-1]["json"]["text"]["body"]
 
 
@@ -82,7 +83,7 @@ def test_outside_business_hours_callback_details_are_collected_and_a_follow_up_i
     clock.now += timedelta(minutes=5)
     sent = len(graph.sent)
     post(client, text_payload("wamid.o6", "Obrigada!", clock.now))
-    wait_for(lambda: client.get("/api/followups").json()[0]["details"].get("notes") == ["Obrigada!"])
+    wait_until(lambda: client.get("/api/followups").json()[0]["details"].get("notes") == ["Obrigada!"])
     assert len(graph.sent) == sent
 
     clock.now = MONDAY_OPENING - timedelta(minutes=1)

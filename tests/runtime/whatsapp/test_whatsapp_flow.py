@@ -19,6 +19,7 @@ from runtime.whatsapp.models import WhatsAppSender
 from runtime.whatsapp.standin import GraphStandIn, echo_body, sign, status_body
 from tests.conftest import ADMIN_TOKEN, make_services, wait_for_document
 from tests.factories import use_scripted_model
+from tests.factories import wait_until
 
 SECRET, PHONE_ID, CUSTOMER = "app-secret-flow", "106540352242922", "5511987654321"
 
@@ -66,14 +67,6 @@ def post(client, body: dict):
     return r
 
 
-def wait_for(predicate, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 def outbound(services) -> list[Message]:
@@ -85,15 +78,15 @@ def test_reply_is_rendered_sent_and_settled_by_status_webhooks(wa):
     client, services, model, graph, clock, _ = wa
     model.enqueue("**Olá!** Abrimos às [9h](https://loja.example/horarios).")
     post(client, text_payload("wamid.in1", "Que horas abrem?", clock.now))
-    sent = wait_for(lambda: graph.sent)
+    sent = wait_until(lambda: graph.sent)
     assert sent[0]["path"] == f"/v21.0/{PHONE_ID}/messages"
     assert sent[0]["json"]["text"]["body"] == "*Olá!* Abrimos às 9h (https://loja.example/horarios)."
     assert sent[0]["headers"]["Authorization"] == "Bearer token-xyz"
-    reply = wait_for(lambda: [m for m in outbound(services) if m.status == "sent"])[0]
+    reply = wait_until(lambda: [m for m in outbound(services) if m.status == "sent"])[0]
     for status in ("read", "delivered", "sent", "delivered"):  # out of order and repeated
         post(client, status_body(PHONE_ID, reply.channel_message_id, CUSTOMER, status,
                                  pricing={"billable": True, "category": "utility", "pricing_model": "PMP"}))
-    final = wait_for(lambda: [m for m in outbound(services) if m.status == "read"])[0]
+    final = wait_until(lambda: [m for m in outbound(services) if m.status == "read"])[0]
     assert final.billable is True and final.pricing_category == "utility"
     assert final.channel_cost == pytest.approx(0.008)  # charged once, however many statuses came
     with services.session() as session:
@@ -106,7 +99,7 @@ def test_a_redelivered_message_gets_exactly_one_reply(wa):
     body = text_payload("wamid.dup", "Tenho uma dúvida", clock.now)
     for _ in range(3):
         post(client, body)
-    wait_for(lambda: graph.sent)
+    wait_until(lambda: graph.sent)
     time.sleep(1.5)  # time for any second turn to (wrongly) happen
     assert len(graph.sent) == 1 and model.remaining == 0
     with services.session() as session:
@@ -117,7 +110,7 @@ def test_when_the_model_fails_the_customer_is_told_and_the_conversation_flagged(
     client, services, model, graph, clock, _ = wa
     model.enqueue(lambda messages, tools: (_ for _ in ()).throw(ConnectionError("model endpoint down")))
     post(client, text_payload("wamid.down", "Tenho uma dúvida", clock.now))
-    wait_for(lambda: graph.sent)
+    wait_until(lambda: graph.sent)
     assert graph.sent[0]["json"]["text"]["body"] == DEFAULT_UNAVAILABLE["pt"]
     with services.session() as session:
         turn = session.scalars(select(Turn)).one()
@@ -132,17 +125,17 @@ def test_a_person_asked_for_keeps_the_ai_quiet_until_handed_back(wa, replied_fro
     no reply -> the operator hands back -> the AI answers again."""
     client, services, model, graph, clock, _ = wa
     post(client, text_payload("wamid.h1", "Quero falar com um atendente", clock.now))
-    wait_for(lambda: graph.sent)
+    wait_until(lambda: graph.sent)
     assert graph.sent[0]["json"]["text"]["body"] == DEFAULT_HANDOFF["pt"] and model.requests == []
     with services.session() as session:
         cid = session.scalars(select(Conversation.id)).one()
     if replied_from == "dashboard":
         assert client.post(f"/api/conversations/{cid}/messages", json={"text": "Oi, sou a Maria."}).status_code == 201
-        wait_for(lambda: len(graph.sent) == 2)
+        wait_until(lambda: len(graph.sent) == 2)
     else:
         post(client, echo_body(PHONE_ID, f"+{CUSTOMER}", "wamid.echo1", "Oi, sou a Maria.",
                                display_phone_number="15550001111"))
-        wait_for(lambda: [m for m in outbound(services) if m.kind == "operator"])
+        wait_until(lambda: [m for m in outbound(services) if m.kind == "operator"])
     sent = len(graph.sent)
     assert sent == (2 if replied_from == "dashboard" else 1)  # WhatsApp delivered the app's message, not us
     conversation = client.get(f"/api/conversations/{cid}").json()
@@ -155,15 +148,15 @@ def test_a_person_asked_for_keeps_the_ai_quiet_until_handed_back(wa, replied_fro
     def skipped() -> int:
         with services.session() as session:
             return session.scalar(select(func.count()).select_from(Message).where(Message.status == "skipped"))
-    wait_for(lambda: skipped() == 2)  # stored, covered by a paused turn
+    wait_until(lambda: skipped() == 2)  # stored, covered by a paused turn
     time.sleep(1.0)  # time for any reply to (wrongly) go out
     assert len(graph.sent) == sent and model.requests == []
     assert client.post(f"/api/conversations/{cid}/handback").json()["handoff_state"] == "ai"
-    wait_for(lambda: len(graph.sent) == sent + 1)
+    wait_until(lambda: len(graph.sent) == sent + 1)
     assert graph.sent[sent]["json"]["text"]["body"] == DEFAULT_AI_BACK["pt"]
     model.enqueue("Abrimos às 8h.")
     post(client, text_payload("wamid.h4", "Que horas abrem?", clock.now))
-    wait_for(lambda: len(graph.sent) == sent + 2)
+    wait_until(lambda: len(graph.sent) == sent + 2)
     assert graph.sent[sent + 1]["json"]["text"]["body"] == "Abrimos às 8h." and len(model.requests) == 1
 
 
@@ -173,7 +166,7 @@ def test_a_burst_is_answered_by_one_turn(wa):
     for i, text in enumerate(("Oi", "queria saber o preço", "da limpeza")):
         post(client, text_payload(f"wamid.b{i}", text, clock.now))
         time.sleep(0.1)
-    wait_for(lambda: graph.sent)
+    wait_until(lambda: graph.sent)
     time.sleep(1.0)
     assert len(graph.sent) == 1 and len(model.requests) == 1
     assert model.requests[0].messages[-1]["content"].endswith("Oi\nqueria saber o preço\nda limpeza")
@@ -186,7 +179,7 @@ def test_24_hour_window_templates_and_reopening(wa):
     start = clock.now
     model.enqueue("Dentro da janela.")
     post(client, text_payload("wamid.w1", "Tenho uma dúvida", start))
-    wait_for(lambda: graph.sent)
+    wait_until(lambda: graph.sent)
     conv_id = outbound(services)[0].conversation_id
     clock.now = start + timedelta(hours=25)
     r = client.post(f"/api/conversations/{conv_id}/messages", json={"text": "Ainda precisa de ajuda?"})
@@ -202,7 +195,7 @@ def test_24_hour_window_templates_and_reopening(wa):
     assert graph.sent[-1]["json"]["type"] == "template" and graph.sent[-1]["json"]["template"]["name"] == "retomar"
     model.enqueue("Que bom que voltou!")
     post(client, text_payload("wamid.w2", "Voltei", clock.now))  # the customer writes: the window re-opens
-    wait_for(lambda: len(graph.sent) == 3)
+    wait_until(lambda: len(graph.sent) == 3)
     assert graph.sent[-1]["json"]["text"]["body"] == "Que bom que voltou!"
 
 
@@ -213,7 +206,7 @@ def test_a_reply_generated_after_the_window_is_not_sent(wa):
         return "Tarde demais."
     model.enqueue(late)
     post(client, text_payload("wamid.late", "Tenho uma dúvida", clock.now))
-    msg = wait_for(lambda: [m for m in outbound(services) if m.status == "not_sent"])[0]
+    msg = wait_until(lambda: [m for m in outbound(services) if m.status == "not_sent"])[0]
     assert "24-hour window" in msg.error_title and graph.sent == []
 
 
@@ -222,7 +215,7 @@ def test_meta_refusing_outside_the_window_closes_it(wa):
     graph.fail_next(status=400, error_code=131047, message="Re-engagement message")
     model.enqueue("Olá")
     post(client, text_payload("wamid.f1", "Tenho uma dúvida", clock.now))
-    failed = wait_for(lambda: [m for m in outbound(services) if m.status == "failed"])[0]
+    failed = wait_until(lambda: [m for m in outbound(services) if m.status == "failed"])[0]
     assert failed.error_code == 131047
     with services.session() as session:
         assert session.get(Conversation, failed.conversation_id).window_closed_at is not None
@@ -235,13 +228,13 @@ def test_a_send_timeout_is_unknown_not_resent_and_settled_by_status(wa):
     graph.delay_next(1.5)
     model.enqueue("Olá")
     post(client, text_payload("wamid.t1", "Tenho uma dúvida", clock.now))
-    unknown = wait_for(lambda: [m for m in outbound(services) if m.status == "unknown"])[0]
+    unknown = wait_until(lambda: [m for m in outbound(services) if m.status == "unknown"])[0]
     time.sleep(1.5)
     assert len(graph.sent) == 1 and unknown.channel_message_id is None  # never blindly re-sent
     (part,) = outbound_parts(services)
     assert graph.sent[0]["json"]["biz_opaque_callback_data"] == part.id and part.status == "unknown"
     post(client, status_body(PHONE_ID, "wamid.learnt", CUSTOMER, "delivered", callback_data=part.id))
-    settled = wait_for(lambda: [m for m in outbound(services) if m.status == "delivered"])[0]
+    settled = wait_until(lambda: [m for m in outbound(services) if m.status == "delivered"])[0]
     assert settled.id == unknown.id and settled.channel_message_id == "wamid.learnt"
     assert [(p.status, p.channel_message_id) for p in outbound_parts(services)] == [("delivered", "wamid.learnt")]
 
@@ -259,7 +252,7 @@ def test_a_long_reply_is_logged_as_written_and_every_part_sent_is_tracked(wa):
                           for i in range(20))  # ~10,000 characters
     model.enqueue([ToolCall("call_0", "search_knowledge_base", {"query": "horário"})], written)
     post(client, text_payload("wamid.long", "Que horas abrem?", clock.now))
-    wait_for(lambda: len(graph.sent) == 3 and [m for m in outbound(services) if m.status == "sent"])
+    wait_until(lambda: len(graph.sent) == 3 and [m for m in outbound(services) if m.status == "sent"])
     with services.session() as session:
         (reply,) = session.scalars(select(Message).where(Message.direction == "outbound")).all()
         assert reply.text == written and [s.filename for s in reply.sources] == ["horarios.txt"]
@@ -272,7 +265,7 @@ def test_a_long_reply_is_logged_as_written_and_every_part_sent_is_tracked(wa):
         assert outbound(services)[0].status == "sent"
         post(client, status_body(PHONE_ID, wamid, CUSTOMER, "delivered",
                                  pricing={"billable": True, "category": "utility", "pricing_model": "PMP"}))
-    final = wait_for(lambda: [m for m in outbound(services) if m.status == "delivered"])[0]
+    final = wait_until(lambda: [m for m in outbound(services) if m.status == "delivered"])[0]
     assert final.channel_cost == pytest.approx(3 * 0.008)  # Meta charges each part
     conversation = client.get(f"/api/conversations/{final.conversation_id}").json()
     assert [m["direction"] for m in conversation["messages"]] == ["inbound", "outbound"]
