@@ -41,7 +41,10 @@ _LANGUAGES = {
     "da": ("STOPWORDS_DANISH", "danish"), "no": ("STOPWORDS_NORWEGIAN", "norwegian"),
     "ru": ("STOPWORDS_RUSSIAN", "russian"), "tr": ("STOPWORDS_TURKISH", "turkish"),
 }
-MIN_SHARE = 0.1  # a language counts in a knowledge base when at least this share of its chunks is in it
+# a language counts in a knowledge base (queries are stemmed in it too) when at least this many of its chunks are
+# in it, however few that is of the whole: one Portuguese FAQ beside an 800-page English handbook must be found by
+# its own words; a single chunk misread as another language does not add that language's stems to every query
+MIN_CHUNKS = 2
 
 
 @functools.cache
@@ -163,8 +166,8 @@ class KeywordIndex:
         # the section path is indexed with the text: a heading names what its passages are about
         tokens = [words(f"{c.metadata.get('section', '')}\n{c.text}") for c in chunks]
         detected = [detect_language(t) for t in tokens]
-        shares = {lang: detected.count(lang) / len(chunks) for lang in set(detected)}
-        self.languages = tuple(sorted((lang for lang, share in shares.items() if share >= MIN_SHARE),
+        counts = Counter(detected)
+        self.languages = tuple(sorted((lang for lang, n in counts.items() if n >= MIN_CHUNKS or n == len(chunks)),
                                       key=lambda lang: lang or ""))
         self._idf: dict[str, float] = {}
         if chunks:

@@ -128,6 +128,20 @@ def test_keyword_index_ranks_bm25():
     assert KeywordIndex([]).top("anything", 3) == []
 
 
+def test_a_language_with_few_chunks_is_still_searched_in_its_own_word_forms():
+    """One Portuguese FAQ beside a long English manual: its chunks are a sliver of the index, yet a Portuguese
+    query in other word forms than the text's finds them; one chunk misread as Spanish adds no Spanish stems."""
+    manual = [IndexedChunk(f"en{i}", f"Chapter {i}: the operator checks the valve and the pump before the shift.",
+                           {"section": ""}) for i in range(60)]
+    faq = [IndexedChunk("pt1", "As operações de limpeza são feitas aos sábados pela equipe.", {"section": ""}),
+           IndexedChunk("pt2", "Os pagamentos podem ser parcelados em até seis vezes.", {"section": ""})]
+    stray = [IndexedChunk("es1", "El horario de la tienda es de lunes a viernes.", {"section": ""})]
+    index = KeywordIndex(manual + faq + stray)
+    assert index.languages == ("en", "pt")
+    assert [c.chunk_id for c, _ in index.top("operação de limpeza", 3)][:1] == ["pt1"]
+    assert [c.chunk_id for c, _ in index.top("parcelar o pagamento", 3)][:1] == ["pt2"]
+
+
 def test_attainable_keyword_score():
     chunks = [
         IndexedChunk("a", "Septicemia is an infection of the blood.", {"section": ""}),
