@@ -32,9 +32,11 @@ FRAMES = {"pt": "Segundo “{source}”: {quote}", "es": "Según “{source}”:
 
 def sentences(text: str) -> list[str]:
     """The sentences (and list items, table rows) of a passage with at least ``MIN_WORDS`` words,
-    without headings, questions (an FAQ's own questions are not answers), heading marks and bullets."""
+    without headings, questions (an FAQ's own questions are not answers), heading marks and bullets. A table's
+    rows come labelled with its header row ("Procedure: Cleaning | Price: 180,00 | Duration: 40 min"): a row
+    alone does not say which number is the price."""
     out = []
-    for part in _merge_abbreviations([p for unit in _units(text) for p in _SENTENCE_END.split(unit)]):
+    for part in _merge_abbreviations(_parts(_units(text))):
         part = _MARKUP_LINE.sub("", part).strip().strip("|").strip()
         if len(part.split()) >= MIN_WORDS and not _title(part) and not part.endswith("?"):
             out.append(part if len(part) <= MAX_CHARS else part[:MAX_CHARS].rsplit(" ", 1)[0] + "…")
@@ -60,6 +62,33 @@ def _units(text: str) -> list[str]:
             units.append(line.strip())
             joinable = not _MARKUP_LINE.match(line) and not _title(line.strip())
     return units
+
+
+def _parts(units: list[str]) -> list[str]:
+    """``units`` split into sentences; a table (consecutive rows, "| a | b |") into its rows under the first one,
+    each cell labelled with its column's name (a table of one row stays that row)."""
+    parts: list[str] = []
+    header: list[str] | None = None
+    for n, unit in enumerate(units):
+        if not unit.startswith("|"):
+            header = None
+            parts.extend(_SENTENCE_END.split(unit))
+        elif header is None and n + 1 < len(units) and units[n + 1].startswith("|"):
+            header = _cells(unit)
+        else:
+            parts.append(unit if header is None else _labelled(header, _cells(unit)))
+    return parts
+
+
+def _cells(row: str) -> list[str]:
+    return [cell.strip() for cell in row.strip().strip("|").split("|")]
+
+
+def _labelled(header: list[str], cells: list[str]) -> str:
+    """A row as "column: value" pairs (its empty cells left out); as it is when it does not fit the header."""
+    if len(cells) != len(header):
+        return " | ".join(cells)
+    return " | ".join(f"{name}: {value}" if name else value for name, value in zip(header, cells, strict=True) if value)
 
 
 def _merge_abbreviations(parts: list[str]) -> list[str]:
@@ -94,8 +123,8 @@ class Focus:
 
 def focus(embedder: Embedder, question: str, sources: list[Source], keep: int = FOCUS_SENTENCES) -> Focus:
     """``sources`` cut to the ``keep`` sentences, over all of them, closest to ``question``: each source keeps its
-    chosen sentences in their order, one per line ("…" where text was left out; a table's rows under its header
-    row) and a source with none is left out. The small model reads the shorter prompt about a third faster and
+    chosen sentences in their order, one per line ("…" where text was left out; a table's rows labelled with its
+    column names) and a source with none is left out. The small model reads the shorter prompt about a third faster and
     invents less; cut too short (4 sentences) it misses answers that need their context (see the README's
     figures). Sources without sentences (:func:`sentences`) are kept as they are."""
     split = [sentences(s.text) for s in sources]
@@ -108,8 +137,6 @@ def focus(embedder: Embedder, question: str, sources: list[Source], keep: int = 
     out = []
     for i, source in enumerate(sources):
         picked = [j for j in range(len(split[i])) if (i, j) in chosen]
-        if picked and source.text.lstrip().startswith("|") and picked[0] != 0:  # a table: its header names the columns
-            picked.insert(0, 0)
         if picked:
             lines = [("" if n == 0 or j == picked[n - 1] + 1 else "…\n") + split[i][j] for n, j in enumerate(picked)]
             out.append(replace(source, text="\n".join(lines)))

