@@ -3,10 +3,15 @@
 There are two queues, each a huey instance with its own storage and its own consumers, so customer work never
 waits behind a document being ingested:
 
-- ``customer`` (huey "atende": ``queue.db``, or Redis queue "atende"): WhatsApp webhook posts, WhatsApp turns
+- ``customer`` (huey "atende": ``queue.db``, or Redis queue "<prefix>"): WhatsApp webhook posts, WhatsApp turns
   and event delivery; ``Settings.workers`` threads;
-- ``ingest`` (huey "atende.ingest": ``ingest-queue.db``, or Redis queue "atende.ingest"): ingestion and
+- ``ingest`` (huey "atende.ingest": ``ingest-queue.db``, or Redis queue "<prefix>.ingest"): ingestion and
   re-embedding jobs, each document within ``Settings.ingest_timeout_s``; ``Settings.ingest_workers`` threads.
+
+On Redis the queues are named by ``Settings.redis_prefix`` (``ATENDE_REDIS_PREFIX``, default "atende": the names
+they always had), and huey's are the only keys atende writes there (its queue, schedule, results and counters,
+each ``huey.<kind>.<name>``), so two deployments sharing one Redis with different prefixes never see each other's
+jobs. Locks, rate limits, leases and the keyword index's changes live in the database, not in Redis.
 
 ``atende serve`` runs embedded consumers (worker threads in the API process); ``atende worker`` runs consumers of
 either queue or both as separate processes (``run_workers``).
@@ -47,12 +52,27 @@ _SQLITE_FILES = {CUSTOMER: "queue.db", INGEST: "ingest-queue.db"}
 _MAX_POLL_S = {CUSTOMER: 0.5, INGEST: 10.0}
 
 
+def redis_queue_names(prefix: str) -> dict[str, str]:
+    """The deployment's Redis queue names by queue: ``prefix`` and ``prefix.ingest`` (prefix "atende": the names
+    the queues had before prefixes, so a deployment that sets none keeps its queued jobs)."""
+    return {CUSTOMER: prefix, INGEST: f"{prefix}.ingest"}
+
+
 def make_huey(settings: Settings, queue: str = CUSTOMER) -> Huey:
     """The huey of one of the deployment's queues (``CUSTOMER`` or ``INGEST``): on Redis when ``REDIS_URL`` is set
-    (one Redis queue per name), else on its own SQLite file in the data dir."""
+    (one Redis queue per name, under ``Settings.redis_prefix``), else on its own SQLite file in the data dir."""
     if settings.redis_url:
-        return RedisHuey(_HUEY_NAMES[queue], url=settings.redis_url)
+        return RedisHuey(redis_queue_names(settings.redis_prefix)[queue], url=settings.redis_url)
     return SqliteHuey(_HUEY_NAMES[queue], filename=str(settings.home / _SQLITE_FILES[queue]))
+
+
+def flush_redis_queues(url: str, prefix: str) -> None:
+    """Empty the Redis queues of prefix ``prefix`` (what is queued and scheduled, results and counters): the keys of
+    other prefixes on that Redis are left alone."""
+    for name in redis_queue_names(prefix).values():
+        huey = RedisHuey(name, url=url)
+        huey.flush()
+        huey.storage.pool.disconnect()
 
 
 class HueyQueue:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.secret_store import load_or_create_secrets
@@ -25,6 +25,10 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_URL", "ATENDE_DATABASE_URL"))
     chroma_url: str | None = Field(default=None, validation_alias=AliasChoices("CHROMA_URL", "ATENDE_CHROMA_URL"))
     redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "ATENDE_REDIS_URL"))
+    # the deployment's namespace on that Redis (atende.jobs.redis_queue_names): every key atende writes there names
+    # it, so deployments (or a test run and a dev run) sharing one Redis never take each other's jobs. The default
+    # is the names the queues always had, so an existing deployment keeps its queued jobs.
+    redis_prefix: str = Field(default="atende", pattern=r"^[A-Za-z0-9_]{1,64}$")
     # connections each process may hold to the database (pool + overflow): on PostgreSQL, the sum over every API
     # and worker process must stay under the server's max_connections (100 by default)
     db_pool_size: int = Field(default=20, ge=1, le=500)
@@ -108,6 +112,14 @@ class Settings(BaseSettings):
     secret_key: str | None = None
     # signs outbound webhooks (handoff): X-Atende-Signature, HMAC-SHA256; share it with the receiver
     webhook_secret: str | None = None
+
+    @field_validator("redis_prefix")
+    @classmethod
+    def _prefix_not_another_ones_ingest_queue(cls, prefix: str) -> str:
+        # the ingest queue of prefix P is named P + "ingest" on Redis (huey keeps letters, digits and "_" only)
+        if prefix.endswith("ingest"):
+            raise ValueError("must not end in 'ingest': it would name another prefix's ingest queue")
+        return prefix
 
     @model_validator(mode="after")
     def _generate_or_check_secrets(self) -> Settings:

@@ -105,16 +105,23 @@ def redis_client():
     return client
 
 
+def unique_redis_prefix() -> str:
+    """A Redis prefix (``Settings.redis_prefix``) of this test's own: tests (and test runs) sharing the test Redis
+    never take each other's jobs, and each empties only its own queues (``atende.jobs.flush_redis_queues``)."""
+    return f"test_{uuid.uuid4().hex[:12]}"
+
+
 @pytest.fixture
 def redis_services(tmp_path, embedders) -> Services:
-    """Services (SQLite) whose queue settings point at the test Redis, emptied before and after."""
-    r = redis_client()
-    r.flushdb()
-    services = make_services(tmp_path / "home", embedders, redis_url=REDIS_URL)
+    """Services (SQLite) whose queues are on the test Redis, under a prefix of their own, emptied after."""
+    from atende.jobs import flush_redis_queues
+
+    redis_client().close()  # reachable (or skipped)
+    prefix = unique_redis_prefix()
+    services = make_services(tmp_path / "home", embedders, redis_url=REDIS_URL, redis_prefix=prefix)
     yield services
     services.engine.dispose()
-    r.flushdb()
-    r.close()
+    flush_redis_queues(REDIS_URL, prefix)
 
 
 @pytest.fixture

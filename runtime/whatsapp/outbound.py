@@ -112,14 +112,18 @@ def send_reply(services: Services, reply_message_id: str) -> Message:
     retrying). The message's text and sources stay as written.
 
     Outside the window nothing is sent to Meta: the message is kept with status ``not_sent``. A message
-    already sent (it has parts) is not sent again.
+    already sent (it has parts) is not sent again. Two callers at once (a turn sending its reply while another
+    worker's turn finds it unsent, ``runtime.whatsapp.turns.unsent_replies``) store its parts once: the first
+    holds the message's row until its parts are committed (``_lock_message``); the second then finds them.
     """
     from runtime.whatsapp.render import render_for_whatsapp
     from runtime.whatsapp.split import split_message
 
     with services.session() as session:
+        _lock_message(session, reply_message_id)
         reply = session.get(Message, reply_message_id)
         if reply.parts:
+            session.commit()  # ends the lock
             return reply
         conv = session.get(Conversation, reply.conversation_id)
         now = services.clock()
@@ -250,6 +254,19 @@ def _reloaded(services: Services, message_id: str) -> Message:
         msg = session.get(Message, message_id)
         msg.parts  # noqa: B018 (loaded for the caller, after the session closes)
         return msg
+
+
+def _lock_message(session: Session, message_id: str) -> None:
+    """Hold the message's row until the session commits, so that whether it has parts and the parts it gets are
+    decided by one writer at a time: a no-op UPDATE, which takes the row's lock on PostgreSQL (a second writer
+    waits for the first to commit, then reads its parts) and the database's write lock on SQLite (SELECT ... FOR
+    UPDATE is no lock there). Without it two senders both found no parts and both inserted part 0 (a
+    UniqueViolation on ``(message_id, position)``). Call it first in the session: SQLite takes the write lock then
+    on a fresh snapshot."""
+    locked = session.execute(update(Message).where(Message.id == message_id).values(status=Message.status)
+                             .execution_options(synchronize_session=False)).rowcount
+    if locked != 1:
+        raise NotFound(f"message {message_id!r} not found")
 
 
 def _add_parts(message: Message, texts: list[str], now: datetime) -> None:

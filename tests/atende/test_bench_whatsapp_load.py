@@ -25,7 +25,7 @@ def test_whatsapp_load_benchmark_smoke():
 
 
 def test_whatsapp_load_benchmark_scale_profile(pg_url):
-    """API and worker processes on PostgreSQL and Redis (the test database, flushed before and after): every post
+    """API and worker processes on PostgreSQL and Redis (the test database, under a prefix of the run's own): every post
     stored once, every inbound message covered by one turn, one reply per turn, the model reached over HTTP."""
     redis_client()  # skips (locally) when Redis is unreachable
     report = run_benchmark(customers=5, rate=10.0, seconds=2.0, llm_delay_s=0.1, workers=4, debounce_s=0.5,

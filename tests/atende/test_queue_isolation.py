@@ -18,6 +18,7 @@ from atende.jobs import (
     INGEST,
     EmbeddedConsumer,
     HueyQueue,
+    flush_redis_queues,
     make_huey,
     requeue_interrupted,
     start_embedded_consumer,
@@ -34,7 +35,8 @@ from kb.search import search
 from runtime.models import Message
 from runtime.whatsapp.models import WebhookPost
 from runtime.whatsapp.standin import GraphStandIn, sign
-from tests.conftest import ADMIN_TOKEN, REDIS_URL, make_services, redis_client, requires_shared, shared_doc
+from tests.conftest import (ADMIN_TOKEN, REDIS_URL, make_services, redis_client, requires_shared, shared_doc,
+                            unique_redis_prefix)
 from tests.factories import use_scripted_model
 from tests.ingest.test_parse_limits import parse_children
 from tests.factories import wait_until
@@ -105,9 +107,8 @@ def profile(request, tmp_path, embedders):
     queues or on the loopback Redis, a WhatsApp sender, and ingestion's embedding step behind a gate."""
     extra = {}
     if request.param == "redis":
-        r = redis_client()
-        r.flushdb()
-        extra = {"redis_url": REDIS_URL}
+        redis_client().close()  # reachable (or skipped)
+        extra = {"redis_url": REDIS_URL, "redis_prefix": unique_redis_prefix()}
     with GraphStandIn() as graph:
         services = make_services(tmp_path / "home", embedders, whatsapp_graph_url=graph.base_url,
                                  whatsapp_debounce_s=0.2, workers=1, ingest_workers=1, **extra)
@@ -128,8 +129,7 @@ def profile(request, tmp_path, embedders):
             gate.release.set()
             services.engine.dispose()
             if extra:
-                r.flushdb()
-                r.close()
+                flush_redis_queues(REDIS_URL, extra["redis_prefix"])
 
 
 @requires_shared
@@ -150,8 +150,13 @@ def test_a_whatsapp_message_is_answered_while_a_document_ingests(profile):
     assert r.status_code == 200, r.text
     sent = wait_until(lambda: graph.sent, what="a reply sent to the customer")
     assert sent[0]["json"]["to"] == CUSTOMER_NUMBER and sent[0]["json"]["text"]["body"]
+
+    def reply_status() -> str:  # the stand-in has the request a moment before the sender records Meta's answer
+        with services.session() as session:
+            return session.scalars(select(Message).where(Message.direction == "outbound")).one().status
+
+    wait_until(lambda: reply_status() == "sent", 30, "the reply recorded as sent")
     with services.session() as session:
-        assert session.scalars(select(Message).where(Message.direction == "outbound")).one().status == "sent"
         assert session.scalars(select(WebhookPost)).one().processed
     # answered while the ingestion was still held at its embedding step
     assert document_status(services, doc_id) == ("processing", "processing")

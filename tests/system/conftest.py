@@ -4,8 +4,8 @@ after its last test (tests/system/stack.py starts them):
 - ``embedded_stack``: one ``atende serve`` on SQLite, the chromadb files and the SQLite queues in its data dir,
   its own worker threads (the default deployment);
 - ``scale_stack``: a throw-away PostgreSQL database, a Chroma server (``chroma run``), Redis (the loopback one,
-  a database of its own), two ``atende serve`` processes with no worker threads, an ``atende worker --queue
-  customer`` and an ``atende worker --queue ingest``.
+  a database of its own, under a key prefix of this run's own), two ``atende serve`` processes with no worker
+  threads, an ``atende worker --queue customer`` and an ``atende worker --queue ingest``.
 
 Both answer with the chat-model stand-in (tests/llm_standin.py, a child process; never the local model) and send
 to the Graph API stand-in (``graph``, in this process). ``profile`` runs a test in each. Turns, retries and
@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from atende.jobs import flush_redis_queues
 from runtime.whatsapp.standin import GraphStandIn
-from tests.conftest import REDIS_URL, _postgres_database, redis_client
+from tests.conftest import REDIS_URL, _postgres_database, redis_client, unique_redis_prefix
 from tests.system.stack import (
     Child,
     Processes,
@@ -36,7 +37,7 @@ from tests.system.stack import (
 )
 
 REPLY = "We open at nine in the morning, Monday to Saturday."
-# the scale profile's Redis database: the test Redis's, but its own number (the other tests flush theirs)
+# the scale profile's Redis database: the test Redis's, but its own number; each run's stack has a prefix of its own
 SCALE_REDIS_URL = os.environ.get("ATENDE_TEST_SCALE_REDIS_URL", REDIS_URL.rsplit("/", 1)[0] + "/14")
 FAST = {  # short enough that a fault recovers within seconds; the same in both profiles
     "ATENDE_EMBEDDING_MODEL": "all-minilm-l6-v2",
@@ -126,13 +127,10 @@ def embedded_stack(tmp_path_factory, graph, chat_model) -> Stack:
 
 @pytest.fixture(scope="package")
 def scale_stack(tmp_path_factory, graph, chat_model) -> Stack:
-    import redis
-
     redis_client().close()  # reachable (in CI; skipped elsewhere otherwise)
     home = tmp_path_factory.mktemp("scale")
     processes = Processes(home)
-    queue = redis.Redis.from_url(SCALE_REDIS_URL)
-    queue.flushdb()
+    prefix = unique_redis_prefix()  # another run on this Redis (another checkout's, a dev's) keeps its own jobs
     database = _postgres_database()
     database_url = next(database)
     engine = sa.create_engine(database_url)
@@ -140,7 +138,7 @@ def scale_stack(tmp_path_factory, graph, chat_model) -> Stack:
         chroma_port = free_port()
         chroma = chroma_server(processes, home / "chroma", chroma_port)
         env = base_env(home / "data", DATABASE_URL=database_url, CHROMA_URL=f"http://127.0.0.1:{chroma_port}",
-                       REDIS_URL=SCALE_REDIS_URL, **_common(graph, chat_model))
+                       REDIS_URL=SCALE_REDIS_URL, ATENDE_REDIS_PREFIX=prefix, **_common(graph, chat_model))
         api_env = {**env, "ATENDE_WORKERS": "0"}  # jobs only in the worker processes
         # all at once: they migrate the new database together (atende.migrate takes a lock)
         apis = [api_process(processes, f"api-{i}", api_env) for i in (1, 2)]
@@ -153,8 +151,7 @@ def scale_stack(tmp_path_factory, graph, chat_model) -> Stack:
     finally:
         processes.stop_all()
         engine.dispose()
-        queue.flushdb()
-        queue.close()
+        flush_redis_queues(SCALE_REDIS_URL, prefix)
         database.close()  # drops the database
 
 

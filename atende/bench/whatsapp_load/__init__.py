@@ -22,7 +22,7 @@ turn, sent in as many parts as it splits into; messages received by the stand-in
 before their newest message was ``whatsapp_debounce_s`` old).
 
 SQLite and the SQLite huey queue in a temporary data dir by default; ``database_url`` (PostgreSQL) and
-``redis_url`` (the huey queue; that Redis database is FLUSHED before and after) select the other setup.
+``redis_url`` (the huey queue, under a prefix of the run's own, emptied after) select the other setup.
 Run: ``python -m atende.bench.whatsapp_load`` or ``atende bench whatsapp`` (defaults: 100 customers, 200
 posts/s, 30 s, LLM 2 s, 32 workers); ``--postgres postgresql+psycopg://postgres@127.0.0.1:5432/postgres``
 creates and drops a throw-away database; ``--redis redis://127.0.0.1:6379/14``; ``--profile scale

@@ -1,5 +1,5 @@
 """The app under load and what watches it: the uvicorn thread, the slow chat model, the queue's counters,
-the machine's CPU, and the throw-away PostgreSQL database / flushed Redis queue."""
+the machine's CPU, and the throw-away PostgreSQL database."""
 from __future__ import annotations
 
 import collections
@@ -138,12 +138,6 @@ def busy(a, b) -> float | None:
     if a is None or b is None or b[1] == a[1]:
         return None
     return round((b[0] - a[0]) / (b[1] - a[1]), 2)
-
-
-def flush_redis(url: str) -> None:
-    import redis
-
-    redis.Redis.from_url(url).flushdb()
 
 
 def throwaway_postgres(admin_url: str):

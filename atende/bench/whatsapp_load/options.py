@@ -29,6 +29,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--database-url", default=None, help="use this database as is (default: SQLite in a temp dir)")
     p.add_argument("--postgres", metavar="ADMIN_URL", default=None,
                    help="create a throw-away database on this server (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/postgres)")
-    p.add_argument("--redis", metavar="URL", default=None, help="huey on this Redis database (FLUSHED before and after)")
+    p.add_argument("--redis", metavar="URL", default=None, help="huey on this Redis database (under a prefix of the run's own)")
     p.add_argument("--in-process-load", action="store_true", help="run the load generator in the server's process")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the report as JSON")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from atende.bench.whatsapp_load.harness import BackgroundServer, QueueWatch, SlowScriptedLLM, busy, flush_redis, host_cpu
+from atende.bench.whatsapp_load.harness import BackgroundServer, QueueWatch, SlowScriptedLLM, busy, host_cpu
 from atende.bench.whatsapp_load.load import run_load
 from atende.bench.whatsapp_load.model_server import SlowModelServer
 from atende.bench.whatsapp_load.options import PROFILES
@@ -41,16 +41,17 @@ def run_benchmark(customers: int = 100, rate: float = 200.0, seconds: float = 30
         raise ValueError("the scale profile needs a Redis queue and a shared database (redis_url, database_url)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from atende.jobs import flush_redis_queues
     from atende.services import build_services
     from core.settings import Settings
     from runtime.whatsapp.standin import GraphStandIn
 
-    if redis_url:
-        flush_redis(redis_url)
     run_id = uuid.uuid4().hex[:8]
     with tempfile.TemporaryDirectory(prefix="atende-bench-wa-") as home, GraphStandIn() as graph:
         extra = {"whatsapp_debounce_s": debounce_s} if debounce_s is not None else {}
+        # the run's own queues on that Redis (another deployment's or run's jobs there are left alone)
         settings = Settings(home=Path(home), database_url=database_url, redis_url=redis_url,
+                            redis_prefix=f"bench_{run_id}",
                             workers=workers if profile == "embedded" else 0, whatsapp_graph_url=graph.base_url,
                             admin_token=ADMIN_TOKEN, **extra)
         services = build_services(settings)  # migrates the database before any child process opens it
@@ -86,7 +87,7 @@ def run_benchmark(customers: int = 100, rate: float = 200.0, seconds: float = 30
         finally:
             services.engine.dispose()
             if redis_url:
-                flush_redis(redis_url)
+                flush_redis_queues(redis_url, settings.redis_prefix)
     report["setup"] = {
         "profile": profile if profile == "embedded" else
         f"scale ({api_processes} API processes, {worker_processes} worker processes)",
@@ -125,6 +126,7 @@ def _scale(stack: ExitStack, services, home: Path, llm_delay_s: float, debounce_
     model = SlowModelServer(llm_delay_s)
     model_url = stack.enter_context(model)
     env = {"ATENDE_HOME": str(home), "ATENDE_DATABASE_URL": s.database_url or "", "ATENDE_REDIS_URL": s.redis_url or "",
+           "ATENDE_REDIS_PREFIX": s.redis_prefix,
            "ATENDE_WORKERS": "0", "ATENDE_INGEST_WORKERS": "0", "ATENDE_ADMIN_TOKEN": ADMIN_TOKEN,
            "ATENDE_WHATSAPP_GRAPH_URL": s.whatsapp_graph_url, "ATENDE_LLM_BASE_URL": model_url,
            "ATENDE_LLM_API_KEY": "bench", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
