@@ -122,22 +122,17 @@ def assert_stored_and_sent_once(services, graph, msg_id: str) -> None:
     assert [r["json"]["biz_opaque_callback_data"] for r in graph.sent] == [p.id for p in parts]
 
 
-def test_two_senders_of_one_reply_store_its_parts_once(outbox):
+@pytest.mark.parametrize("other", [
+    pytest.param(lambda services, conv_id, msg_id: send_reply(services, msg_id), id="two-senders"),
+    # the case seen: the worker whose turn logged the reply sends it (``answer_conversation``'s last step) while
+    # another worker's turn of the conversation (a recovery re-run, the next message's job) starts by sending the
+    # replies it finds logged but not in the outbox
+    pytest.param(lambda services, conv_id, msg_id: answer_conversation(services, conv_id), id="another-turn"),
+])
+def test_two_writers_of_one_reply_store_its_parts_once(outbox, other):
     services, graph, conv_id = outbox
     msg_id = logged_reply(services, conv_id, LONG_REPLY)
     with meeting_at_the_parts_insert(services.engine):
-        errors = run_together(lambda: send_reply(services, msg_id), lambda: send_reply(services, msg_id))
-    assert errors == []
-    assert_stored_and_sent_once(services, graph, msg_id)
-
-
-def test_a_turns_send_and_another_workers_turn_finding_the_reply_unsent_store_its_parts_once(outbox):
-    """The case seen: the worker whose turn logged the reply sends it (``answer_conversation``'s last step) while
-    another worker's turn of the conversation (a recovery re-run, the next message's job) starts by sending the
-    replies it finds logged but not in the outbox."""
-    services, graph, conv_id = outbox
-    msg_id = logged_reply(services, conv_id, LONG_REPLY)
-    with meeting_at_the_parts_insert(services.engine):
-        errors = run_together(lambda: send_reply(services, msg_id), lambda: answer_conversation(services, conv_id))
+        errors = run_together(lambda: send_reply(services, msg_id), lambda: other(services, conv_id, msg_id))
     assert errors == []
     assert_stored_and_sent_once(services, graph, msg_id)
