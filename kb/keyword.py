@@ -41,10 +41,6 @@ _LANGUAGES = {
     "da": ("STOPWORDS_DANISH", "danish"), "no": ("STOPWORDS_NORWEGIAN", "norwegian"),
     "ru": ("STOPWORDS_RUSSIAN", "russian"), "tr": ("STOPWORDS_TURKISH", "turkish"),
 }
-# a language counts in a knowledge base (queries are stemmed in it too) when at least this many of its chunks are
-# in it, however few that is of the whole: one Portuguese FAQ beside an 800-page English handbook must be found by
-# its own words; a single chunk misread as another language does not add that language's stems to every query
-MIN_CHUNKS = 2
 
 
 @functools.cache
@@ -166,9 +162,9 @@ class KeywordIndex:
         # the section path is indexed with the text: a heading names what its passages are about
         tokens = [words(f"{c.metadata.get('section', '')}\n{c.text}") for c in chunks]
         detected = [detect_language(t) for t in tokens]
-        counts = Counter(detected)
-        self.languages = tuple(sorted((lang for lang, n in counts.items() if n >= MIN_CHUNKS or n == len(chunks)),
-                                      key=lambda lang: lang or ""))
+        # every language a chunk was indexed in counts, however few its chunks: a query is stemmed in each (one
+        # Portuguese FAQ beside an 800-page English handbook, a one-chunk table among prose: found by their own words)
+        self.languages = tuple(sorted(set(detected), key=lambda lang: lang or ""))
         self._idf: dict[str, float] = {}
         if chunks:
             corpus = [terms(t, lang) or [""] for t, lang in zip(tokens, detected, strict=True)]

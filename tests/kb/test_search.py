@@ -129,17 +129,22 @@ def test_keyword_index_ranks_bm25():
 
 
 def test_a_language_with_few_chunks_is_still_searched_in_its_own_word_forms():
-    """One Portuguese FAQ beside a long English manual: its chunks are a sliver of the index, yet a Portuguese
-    query in other word forms than the text's finds them; one chunk misread as Spanish adds no Spanish stems."""
+    """One Portuguese FAQ, one Spanish chunk and one table beside a long English manual: each is a sliver of the
+    index, yet a query in other word forms than the text's finds it (each language's stems are asked for), and the
+    table's plain words are found as they are."""
     manual = [IndexedChunk(f"en{i}", f"Chapter {i}: the operator checks the valve and the pump before the shift.",
                            {"section": ""}) for i in range(60)]
     faq = [IndexedChunk("pt1", "As operações de limpeza são feitas aos sábados pela equipe.", {"section": ""}),
            IndexedChunk("pt2", "Os pagamentos podem ser parcelados em até seis vezes.", {"section": ""})]
-    stray = [IndexedChunk("es1", "El horario de la tienda es de lunes a viernes.", {"section": ""})]
-    index = KeywordIndex(manual + faq + stray)
-    assert index.languages == ("en", "pt")
+    spanish = [IndexedChunk("es1", "El horario de la tienda es de lunes a viernes.", {"section": ""})]
+    table = [IndexedChunk("t1", "Year | Winner | Runner-up\n1975 | Flyers | Sabres\n1967 | Maple Leafs | Canadiens",
+                          {"section": ""})]
+    index = KeywordIndex(manual + faq + spanish + table)
+    assert index.languages == (None, "en", "es", "pt")
     assert [c.chunk_id for c, _ in index.top("operação de limpeza", 3)][:1] == ["pt1"]
     assert [c.chunk_id for c, _ in index.top("parcelar o pagamento", 3)][:1] == ["pt2"]
+    assert [c.chunk_id for c, _ in index.top("horarios de las tiendas", 3)][:1] == ["es1"]
+    assert [c.chunk_id for c, _ in index.top("Flyers Maple Leafs", 3)] == ["t1"]
 
 
 def test_attainable_keyword_score():
