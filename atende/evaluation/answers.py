@@ -87,6 +87,12 @@ def configure_assistant(services) -> None:
         session.commit()
 
 
+def _field(source, name: str):
+    """A field of a turn's source: a :class:`kb.types.Source`, or a dict in the runtime of a baseline revision
+    older than it (this harness runs on both, see :func:`run_baseline`)."""
+    return source[name] if isinstance(source, dict) else getattr(source, name)
+
+
 def ask(services, query: dict, customer_id: str) -> dict:
     """Send one question as a new conversation and score the reply."""
     gold = set(query["gold_ids"])
@@ -95,11 +101,11 @@ def ask(services, query: dict, customer_id: str) -> dict:
                             text=query["question"])
     latency_ms = (time.perf_counter() - t) * 1000
     reply = result.reply or ""
-    shown = [passage_id(s.filename) for s in result.sources]
+    shown = [passage_id(_field(s, "filename")) for s in result.sources]
     with services.session() as session:
         message = session.get(Message, result.message_id) if result.message_id else None
-        logged = [passage_id(s.filename) for s in message.sources] if message else []
-    by_rank = {s.rank: passage_id(s.filename) for s in result.sources}
+        logged = [passage_id(_field(s, "filename")) for s in message.sources] if message else []
+    by_rank = {_field(s, "rank"): passage_id(_field(s, "filename")) for s in result.sources}
     markers = [int(n) for n in _MARKER.findall(reply)]
     asked_in, answered_in = query.get("lang") or message_language(query["question"]), message_language(reply)
     return {
