@@ -42,17 +42,19 @@ def child_env(env: dict[str, str]) -> dict[str, str]:
 
 class ScaleProcesses:
     """``api_processes`` uvicorn workers and ``worker_processes`` customer-queue workers (``workers`` threads in
-    all, split between them); ``with`` starts them, waits until every API process has started, and gives the
-    API's URL; leaving stops them (SIGTERM, then SIGKILL after 20 s) by their process ids."""
+    all, split between them), and ``ingest_processes`` ingest-queue workers (one thread each); ``with`` starts them,
+    waits until every API process has started, and gives the API's URL; leaving stops them (SIGTERM, then SIGKILL
+    after 20 s) by their process ids."""
 
     def __init__(self, env: dict[str, str], log_dir: Path, api_processes: int = 2, worker_processes: int = 2,
-                 workers: int = 32, start_timeout_s: float = 180.0) -> None:
+                 workers: int = 32, start_timeout_s: float = 180.0, ingest_processes: int = 0) -> None:
         # PostgreSQL allows 100 connections in all by default: each process gets its share (the bench's own too)
-        share = max(4, PG_CONNECTIONS // (api_processes + worker_processes + 1))
+        share = max(4, PG_CONNECTIONS // (api_processes + worker_processes + ingest_processes + 1))
         self.env = child_env({"ATENDE_DB_POOL_SIZE": str(share // 2), "ATENDE_DB_MAX_OVERFLOW": str(share - share // 2),
                               **env})
         self.log_dir = log_dir
         self.api_processes, self.worker_processes = api_processes, worker_processes
+        self.ingest_processes = ingest_processes
         self.threads = [workers // worker_processes + (i < workers % worker_processes) for i in range(worker_processes)]
         self.start_timeout_s = start_timeout_s
         self.port = free_port()
@@ -71,6 +73,9 @@ class ScaleProcesses:
             for i, threads in enumerate(self.threads):
                 self._spawn(f"worker-{i}", [sys.executable, "-m", "atende.cli", "worker", "--queue", "customer",
                                             "--workers", str(max(threads, 1))])
+            for i in range(self.ingest_processes):
+                self._spawn(f"ingest-{i}", [sys.executable, "-m", "atende.cli", "worker", "--queue", "ingest",
+                                            "--ingest-workers", "1"])
             self._spawn("api", [sys.executable, "-m", "uvicorn", "atende.app:create_app", "--factory",
                                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.api_processes),
                                 "--log-level", "info", "--no-access-log", "--no-proxy-headers",
