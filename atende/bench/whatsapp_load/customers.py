@@ -155,7 +155,10 @@ async def replay(phones: Phones, url: str, conversations: list[dict], run_id: st
         else:
             q.put_nowait((wall, payload.get("biz_opaque_callback_data")))
 
-    phones.on_message = lambda payload, wall: loop.call_soon_threadsafe(deliver, payload, wall)
+    def on_message(payload: dict, wall: float) -> None:  # in the stand-in's thread
+        loop.call_soon_threadsafe(deliver, payload, wall)
+
+    phones.on_message = on_message
     lookup = _part_lookup(database_url)
     executor = ThreadPoolExecutor(4, thread_name_prefix="replay-db")
     rows: list[Ack] = []

@@ -15,9 +15,10 @@ Each reply's latency, excluding the model: from the acknowledgement of the newes
 the arrival of its last part at the stand-in, minus the time the scripted model spent in that turn's calls
 (each call logged with its start and end, ``stack.CallLog``; a turn may call it 0, 1 or several times: a
 focused look, a retry told why its answer was rejected). The debounce (``whatsapp_debounce_s``, 2 s by default:
-a turn waits for the burst to be quiet) is part of it, as a customer sees it. Phases: ``without_ingest`` (the
-reply arrived before the upload started), ``during_ingest`` (acknowledged after the upload started, the reply
-arrived before the ingest finished); the turns that straddle either edge are left out. Per phase: reply latency
+a turn waits for the burst to be quiet) is part of it,
+as a customer sees it. Phases: ``without_ingest`` (the reply arrived before the upload started, its message
+acknowledged after the first ``warmup_s`` seconds), ``during_ingest`` (acknowledged after the upload started, the
+reply arrived before the ingest finished); the turns that straddle either edge are left out. Per phase: reply latency
 excluding the model (p50, p95, max), the turn's start after its newest message (the debounce plus the wait in
 the customer queue: separate from the ingest queue, it should not grow), the retrieval time the turn logged
 (CPU shared with the embedding), the model calls and their time; then the ratios during/without.
@@ -28,6 +29,7 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 from atende.bench.whatsapp_load.checks import check, percentiles
 from atende.bench.whatsapp_load.customers import Customers
@@ -42,9 +44,12 @@ def run_ingest_load(document: Path, customers: int = 100, rate: float = 10.0, ba
                     llm_delay_s: float = 2.0, workers: int = 32, database_url: str | None = None,
                     redis_url: str | None = None, *, profile: str = "embedded", api_processes: int = 2,
                     worker_processes: int = 2, debounce_s: float | None = None, ingest_timeout_s: float = 1800.0,
-                    drain_timeout_s: float = 180.0, logs_dir: Path | None = None, quiet: bool = False) -> dict:
+                    drain_timeout_s: float = 180.0, warmup_s: float = 15.0, logs_dir: Path | None = None,
+                    quiet: bool = False) -> dict:
     """One run: ``baseline_s`` seconds of load, then the same load while ``document`` ingests; the report (printed
-    unless ``quiet``). ``report["violation_count"]`` must be 0 and ``report["ingest"]["status"]`` "ready"."""
+    unless ``quiet``). ``report["violation_count"]`` must be 0 and ``report["ingest"]["status"]`` "ready". The
+    turns of the load's first ``warmup_s`` seconds are not counted in the phase without ingest (the scale
+    profile's worker processes load their embedding model then)."""
     document = Path(document)
     with Customers() as people, serve(profile, people.graph_url, database_url=database_url, redis_url=redis_url,
                                       workers=workers, llm_delay_s=llm_delay_s, debounce_s=debounce_s,
@@ -62,11 +67,11 @@ def run_ingest_load(document: Path, customers: int = 100, rate: float = 10.0, ba
         sent = people.sent()
         checked = check(st.services, load["rows"], sent)
         calls = list(st.llm.call_log)
-        report = {
+        report: dict[str, Any] = {
             "document": {"path": str(document), "bytes": document.stat().st_size},
-            "customers": customers, "target_rate": rate, "baseline_s": baseline_s,
+            "customers": customers, "target_rate": rate, "baseline_s": baseline_s, "warmup_s": warmup_s,
             "acks": ack_figures(load["rows"]), "ingest": ingest,
-            "phases": _phases(checked, load, calls, ingest, rate),
+            "phases": _phases(checked, load, calls, ingest, rate, warmup_s),
             "messages_stored": len(checked.tables.inbound), "turns": len(checked.tables.turns),
             "replies_sent_to_standin": len(sent),
             "llm": {"calls": st.llm.calls, "max_concurrent": st.llm.max_in_flight},
@@ -125,7 +130,7 @@ def _ts(value: str | None) -> float | None:
     return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
-def _phases(checked, load: dict, calls: list, ingest: dict, rate: float) -> dict:
+def _phases(checked, load: dict, calls: list, ingest: dict, rate: float, warmup_s: float) -> dict:
     """Per phase: reply latency excluding the model, turn start after the newest message, retrieval, model."""
     t = checked.tables
     acked = {r.wamid: load["wall_t0"] + r.done_s for r in load["rows"] if r.status == 200}
@@ -151,7 +156,10 @@ def _phases(checked, load: dict, calls: list, ingest: dict, rate: float) -> dict
             continue
         newest = max(msgs, key=lambda m: acked[m.channel_message_id])
         ack = acked[newest.channel_message_id]
-        phase = BASELINE if reply < upload else DURING if ack >= upload and reply <= done else None
+        if reply < upload:
+            phase = BASELINE if ack >= load["wall_t0"] + warmup_s else None
+        else:
+            phase = DURING if ack >= upload and reply <= done else None
         if phase is None:
             continue
         r = rows[phase]
@@ -202,8 +210,8 @@ def print_report(report: dict) -> None:
     """The figures, one aspect per line."""
     s, i, ph, a = report["setup"], report["ingest"], report["phases"], report["acks"]
     print(f"\ningest under load: {report['customers']} customers at {report['target_rate']:g} posts/s (open loop); "
-          f"{report['baseline_s']:g} s without ingest, then while {Path(report['document']['path']).name} "
-          f"({report['document']['bytes'] / 1e6:.1f} MB) ingests")
+          f"{report['baseline_s']:g} s without ingest (the first {report['warmup_s']:g} s not counted), then while "
+          f"{Path(report['document']['path']).name} ({report['document']['bytes'] / 1e6:.1f} MB) ingests")
     print(f"  profile  {s['profile']}   database {s['database']}   queue {s['queue']}   machine {s['machine']}")
     print(f"  setup    LLM {s['llm_delay_s']:g} s/call (scripted), {s['workers']} customer workers, debounce "
           f"{s['debounce_s']:g} s, embedding model {s['embedding_model']}")
@@ -249,6 +257,6 @@ def run_from_args(args) -> int:
                                  redis_url=args.redis, profile=args.profile, api_processes=args.api_processes,
                                  worker_processes=args.worker_processes, debounce_s=args.debounce,
                                  ingest_timeout_s=args.ingest_timeout, drain_timeout_s=args.drain_timeout,
-                                 logs_dir=args.logs)
+                                 warmup_s=args.warmup, logs_dir=args.logs)
     write_json(args.json, report)
     return 1 if report["violation_count"] or not report["ingest"]["finished"] else 0

@@ -39,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the admin API and ingests, until it is ready (atende.bench.whatsapp_load.ingest_load)")
     p.add_argument("--ingest-timeout", type=float, default=1800.0, help="with --during-ingest: the longest wait "
                                                                         "for the document to be ready")
+    p.add_argument("--warmup", type=float, default=15.0, help="with --during-ingest: the first seconds of load, not "
+                                                              "counted in the phase without ingest")
 
 
 def add_stack_arguments(p: argparse.ArgumentParser) -> None:

@@ -35,7 +35,7 @@ DATA_DIR = Path(__file__).resolve().parents[4] / "shared" / "data" / "conversati
 def load_conversations(data_dir: Path, n: int) -> list[dict]:
     """``n`` conversations (``{"source", "texts"}``: the id and the user turns' texts), cycling through the
     dialogues of ``data_dir/*.jsonl`` in file and line order; dialogues with no user text are skipped."""
-    dialogues = []
+    dialogues: list[dict] = []
     for path in sorted(Path(data_dir).glob("*.jsonl")):
         with path.open(encoding="utf-8") as f:
             for line in f:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -29,6 +30,9 @@ from atende.bench.whatsapp_load.model_server import SlowModelServer
 from atende.bench.whatsapp_load.options import PROFILES
 from atende.bench.whatsapp_load.payloads import ADMIN_TOKEN, PHONE_ID, SECRET
 from atende.bench.whatsapp_load.processes import ScaleProcesses
+
+if TYPE_CHECKING:
+    from runtime.services import Services
 
 
 class CallLog:
@@ -47,7 +51,7 @@ class CallLog:
     def complete(self, messages, tools=None, **kwargs):
         start = time.time()
         try:
-            return super().complete(messages, tools, **kwargs)  # type: ignore[misc]
+            return super().complete(messages, tools, **kwargs)
         finally:
             end = time.time()
             marks = [int(n) for m in messages if m.get("role") == "user"
@@ -70,8 +74,8 @@ class Stack:
     the queue watch, the CPU and the processes that serve (for their RSS)."""
 
     base: str
-    services: object
-    llm: SlowScriptedLLM
+    services: Services
+    llm: LoggedScriptedLLM | LoggedModelServer
     watch: QueueWatch
     server_cpu: Callable[[], float]
     profile: str
@@ -84,7 +88,7 @@ class Stack:
         """The processes that serve, by name: this one (embedded), or every child and its own children (scale)."""
         if self.procs is None:
             return {"bench (app + consumers)": os.getpid()}
-        import psutil
+        import psutil  # type: ignore[import-untyped, unused-ignore]
 
         pids: dict[str, int] = {}
         for name, p in self.procs.procs.items():
@@ -124,7 +128,7 @@ def serve(profile: str = "embedded", graph_url: str = "", *, database_url: str |
 
     run_id = run_id or uuid.uuid4().hex[:8]
     with tempfile.TemporaryDirectory(prefix="atende-bench-wa-") as home:
-        extra = {"whatsapp_debounce_s": debounce_s} if debounce_s is not None else {}
+        extra: dict[str, Any] = {"whatsapp_debounce_s": debounce_s} if debounce_s is not None else {}
         # the run's own queues on that Redis (another deployment's or run's jobs there are left alone)
         settings = Settings(home=Path(home), database_url=database_url, redis_url=redis_url,
                             redis_prefix=f"bench_{run_id}",
@@ -218,7 +222,7 @@ class RssSampler:
         self._t0 = 0.0
 
     def sample(self) -> None:
-        import psutil
+        import psutil  # type: ignore[import-untyped, unused-ignore]
 
         per: dict[str, float] = {}
         for name, pid in self.pids().items():
