@@ -85,6 +85,8 @@ def test_replay_tiny():
     if not handoffs["count"]:
         assert report["posts"] == report["user_turns_in_dialogues"]
     assert report["turns_in_db"] == report["answered_turns"] == report["replies_sent_to_standin"]
+    assert sum(report["turn_statuses"].values()) == report["turns_in_db"]
+    assert report["llm"]["calls_per_answered_turn"] >= 0 and report["turn_notes"]
     assert report["throughput_turns_per_s"] > 0
     lat = report["reply_latency_s"]
     assert lat["n"] == report["answered_turns"] and 0 < lat["p50"] <= lat["p95"] <= lat["max"]

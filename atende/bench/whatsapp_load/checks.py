@@ -100,3 +100,9 @@ def check(services, rows: list[Ack], sent: list[dict]) -> Checked:
 
 def turn_statuses(t: Tables, turn_ids) -> dict:
     return dict(collections.Counter(t.turn_by_id[i].status for i in turn_ids))
+
+
+def turn_notes(t: Tables, top: int = 5) -> dict:
+    """The commonest notes the turns logged (why a reply was rejected and asked again, an error), first 90
+    characters, with their counts; turns with none are counted as "(none)"."""
+    return dict(collections.Counter((turn.error or "(none)")[:90] for turn in t.turns).most_common(top))

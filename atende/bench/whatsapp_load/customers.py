@@ -32,10 +32,13 @@ from runtime.whatsapp.standin import GraphStandIn
 from runtime.whatsapp.webhook import sign
 
 # what customers ask in the open loop (each message gets " (ref i)"): questions, so every turn searches the
-# knowledge base and asks the model (a bare greeting or thanks is answered without either)
+# knowledge base and asks the model (a bare greeting or thanks is answered without either); post i asks
+# QUESTIONS[i % len(QUESTIONS)], so every stretch of the run has the same mix. All in Portuguese, the scripted
+# model's language: a reply in another language than the customer's is rejected and asked again (a second
+# model call, which would hold a worker twice as long and change the load between phases)
 QUESTIONS = ["Qual o horário de atendimento?", "Quanto custa a limpeza?", "Vocês atendem sábado?",
-             "Onde fica a loja?", "What is the refund policy?", "How do I change my password?",
-             "Como faço para cancelar?", "Is there a warranty on repairs?"]
+             "Onde fica a loja?", "Qual é a política de reembolso?", "Como eu troco a minha senha?",
+             "Como faço para cancelar o pedido?", "Os consertos têm garantia?"]
 
 
 def marked(text: str, i: int) -> str:
@@ -79,7 +82,7 @@ class Phones(GraphStandIn):
 async def open_loop(url: str, customers: int, rate: float, run_id: str, stop, timeout_s: float = 30.0) -> dict:
     """Post at ``rate``/s from ``customers`` customers until ``stop`` (an event) is set; the ``Ack`` rows (sorted)
     and the wall clock of the start and end. Post ``i``: wamid ``wamid.bench.<run_id>.<i>``, the text
-    ``QUESTIONS[(i // customers) % len(QUESTIONS)]`` marked with ``(ref i)``."""
+    ``QUESTIONS[i % len(QUESTIONS)]`` marked with ``(ref i)``."""
     parts = urlsplit(url)
     host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path
     loop = asyncio.get_running_loop()
@@ -88,7 +91,7 @@ async def open_loop(url: str, customers: int, rate: float, run_id: str, stop, ti
 
     async def one(i: int, due: float) -> None:
         wamid = f"wamid.bench.{run_id}.{i}"
-        raw, headers = signed(wamid, customer_id(i % customers), marked(QUESTIONS[(i // customers) % len(QUESTIONS)], i))
+        raw, headers = signed(wamid, customer_id(i % customers), marked(QUESTIONS[i % len(QUESTIONS)], i))
         sent = loop.time()
         try:
             status = await asyncio.wait_for(_post(host, port, path, raw, headers), timeout_s)

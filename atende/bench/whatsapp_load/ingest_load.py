@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from atende.bench.whatsapp_load.checks import check, percentiles
+from atende.bench.whatsapp_load.checks import check, percentiles, turn_notes
 from atende.bench.whatsapp_load.customers import Customers
 from atende.bench.whatsapp_load.harness import busy, host_cpu
 from atende.bench.whatsapp_load.stack import serve
@@ -55,12 +55,12 @@ def run_ingest_load(document: Path, customers: int = 100, rate: float = 10.0, ba
                                       workers=workers, llm_delay_s=llm_delay_s, debounce_s=debounce_s,
                                       api_processes=api_processes, worker_processes=worker_processes,
                                       ingest_processes=1 if profile == "scale" else 0, logs_dir=logs_dir) as st:
-        cpu0, host0 = st.server_cpu(), host_cpu()
+        cpu0, host0, load0 = st.server_cpu(), host_cpu(), os.getloadavg()
         people.start("open", url=f"{st.base}/webhooks/whatsapp", customers=customers, rate=rate, run_id=st.run_id)
         time.sleep(baseline_s)
-        cpu1, host1 = st.server_cpu(), host_cpu()
+        cpu1, host1, load1 = st.server_cpu(), host_cpu(), os.getloadavg()
         ingest = _ingest(st, document, ingest_timeout_s)
-        cpu2, host2 = st.server_cpu(), host_cpu()
+        cpu2, host2, load2 = st.server_cpu(), host_cpu(), os.getloadavg()
         people.stop()
         load = people.result(120)
         drained, drain_s, last_state = wait_drained(st.services, st.watch, drain_timeout_s)
@@ -73,12 +73,15 @@ def run_ingest_load(document: Path, customers: int = 100, rate: float = 10.0, ba
             "acks": ack_figures(load["rows"]), "ingest": ingest,
             "phases": _phases(checked, load, calls, ingest, rate, warmup_s),
             "messages_stored": len(checked.tables.inbound), "turns": len(checked.tables.turns),
+            "turn_notes": turn_notes(checked.tables),
             "replies_sent_to_standin": len(sent),
             "llm": {"calls": st.llm.calls, "max_concurrent": st.llm.max_in_flight},
             "queue": _queue(st.watch, ingest),
             "cpu": {"server_cores_without_ingest": round((cpu1 - cpu0) / max(baseline_s, 1e-9), 2),
                     "server_cores_during_ingest": round((cpu2 - cpu1) / max(ingest["polled_s"], 1e-9), 2),
-                    "host_busy_without_ingest": busy(host0, host1), "host_busy_during_ingest": busy(host1, host2)},
+                    "host_busy_without_ingest": busy(host0, host1), "host_busy_during_ingest": busy(host1, host2),
+                    # the machine's 1-minute load average at the start, the upload and the end of the ingest
+                    "loadavg_1m": [round(x[0], 2) for x in (load0, load1, load2)]},
             "drained": drained, "drain_s": round(drain_s, 1), "state_at_end": last_state,
             "violations": dict(checked.violations), "violation_examples": checked.examples,
         }
@@ -237,9 +240,12 @@ def print_report(report: dict) -> None:
           f"{q['timeline']}")
     c = report["cpu"]
     print(f"  cpu      server {c['server_cores_without_ingest']} cores without ingest, {c['server_cores_during_ingest']}"
-          f" during; machine busy {c['host_busy_without_ingest']} / {c['host_busy_during_ingest']}")
+          f" during (this process only in the embedded profile: the parser's sandbox process is not counted);"
+          f" machine busy {c['host_busy_without_ingest']} / {c['host_busy_during_ingest']}, load average"
+          f" {c['loadavg_1m']} (other processes included)")
     print(f"  stored   {report['messages_stored']} messages, {report['turns']} turns, {report['replies_sent_to_standin']}"
           f" messages at the stand-in; LLM calls {report['llm']['calls']} (max {report['llm']['max_concurrent']} at once)")
+    print(f"  notes    the turns' logged notes: {report['turn_notes']}")
     print(f"  drain    {'drained' if report['drained'] else 'NOT drained'} in {report['drain_s']} s "
           f"(state {report['state_at_end']})")
     print(f"  exactly-once violations: {report['violation_count']}"

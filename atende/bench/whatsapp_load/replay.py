@@ -23,7 +23,7 @@ import os
 import platform
 from pathlib import Path
 
-from atende.bench.whatsapp_load.checks import check, percentiles, turn_statuses
+from atende.bench.whatsapp_load.checks import check, percentiles, turn_notes, turn_statuses
 from atende.bench.whatsapp_load.customers import Customers
 from atende.bench.whatsapp_load.harness import busy, host_cpu
 from atende.bench.whatsapp_load.stack import RssSampler, serve
@@ -66,11 +66,11 @@ def run_replay(conversations: int = 1000, data_dir: Path = DATA_DIR, llm_delay_s
                                       logs_dir=logs_dir) as st:
         database = st.services.settings.resolved_database_url
         with RssSampler(st.server_pids, rss_every_s) as rss:
-            cpu0, host0 = st.server_cpu(), host_cpu()
+            cpu0, host0, load0 = st.server_cpu(), host_cpu(), os.getloadavg()
             people.start("replay", url=f"{st.base}/webhooks/whatsapp", conversations=convs, run_id=st.run_id,
                          database_url=database, ramp_s=ramp_s, reply_timeout_s=reply_timeout_s)
             result = people.result(reply_timeout_s * (1 + max(len(c["texts"]) for c in convs)) + 600)
-            cpu1, host1 = st.server_cpu(), host_cpu()
+            cpu1, host1, load1 = st.server_cpu(), host_cpu(), os.getloadavg()
         drained, drain_s, last_state = wait_drained(st.services, st.watch, drain_timeout_s)
         sent = people.sent()
         checked = check(st.services, result["rows"], sent)
@@ -78,8 +78,10 @@ def run_replay(conversations: int = 1000, data_dir: Path = DATA_DIR, llm_delay_s
         report = _report(convs, result, checked, sent, rss.figures(), reasons)
         wall = result["wall_end"] - result["wall_t0"]
         report.update(
-            llm={"calls": st.llm.calls, "max_concurrent": st.llm.max_in_flight},
-            cpu={"server_cores": round((cpu1 - cpu0) / max(wall, 1e-9), 2), "host_busy": busy(host0, host1)},
+            llm={"calls": st.llm.calls, "max_concurrent": st.llm.max_in_flight,
+                 "calls_per_answered_turn": round(st.llm.calls / max(report["answered_turns"], 1), 2)},
+            cpu={"server_cores": round((cpu1 - cpu0) / max(wall, 1e-9), 2), "host_busy": busy(host0, host1),
+                 "loadavg_1m": [round(load0[0], 2), round(load1[0], 2)]},
             drained=drained, drain_s=round(drain_s, 1), state_at_end=last_state)
         if not drained:
             report["violations"]["not_drained"] = 1
@@ -135,7 +137,7 @@ def _report(convs: list[dict], result: dict, checked, sent: list[dict], rss: dic
         "wall_s": round(wall, 1), "throughput_turns_per_s": round(len(turns) / max(wall, 1e-9), 2),
         "reply_latency_s": percentiles([x["reply"] - x["sent"] for x in turns], 2),
         "acks": ack_figures(rows),
-        "turns_in_db": len(t.turns), "turn_statuses": turn_statuses(t, t.turn_by_id),
+        "turns_in_db": len(t.turns), "turn_statuses": turn_statuses(t, t.turn_by_id), "turn_notes": turn_notes(t),
         "replies_sent_to_standin": len(sent),
         "handoffs": {"count": len(handoffs),
                      "by_reason": dict(collections.Counter(f"{h['actor']}: {h['reason']}" for h in handoffs)),
@@ -171,8 +173,10 @@ def print_report(report: dict) -> None:
         print(f"           - {e['text'][:110]!r} (turn {e['turn']} of {e['source']})")
     print(f"  turns    {report['turns_in_db']} in the database {report['turn_statuses']}; "
           f"{report['replies_sent_to_standin']} messages at the stand-in; LLM calls {report['llm']['calls']} "
-          f"(max {report['llm']['max_concurrent']} at once)")
-    print(f"  cpu      server {report['cpu']['server_cores']} cores; machine busy {report['cpu']['host_busy']}")
+          f"(max {report['llm']['max_concurrent']} at once, {report['llm']['calls_per_answered_turn']} per answered turn)")
+    print(f"  notes    the turns' logged notes: {report['turn_notes']}")
+    print(f"  cpu      server {report['cpu']['server_cores']} cores; machine busy {report['cpu']['host_busy']}, load average"
+          f" {report['cpu']['loadavg_1m']} at the start and the end (other processes included)")
     print(f"  drain    {'drained' if report['drained'] else 'NOT drained'} in {report['drain_s']} s "
           f"(state {report['state_at_end']})")
     print(f"  exactly-once violations: {report['violation_count']}"
