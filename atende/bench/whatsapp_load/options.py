@@ -73,4 +73,6 @@ def add_replay_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ramp", type=float, default=10.0, help="seconds over which the conversations start")
     p.add_argument("--reply-timeout", type=float, default=900.0, help="the longest a customer waits for a reply")
     p.add_argument("--rss-every", type=float, default=5.0, help="seconds between RSS samples of the server")
+    p.add_argument("--reply", default=None, help="what the scripted model answers (default: an English reply, the "
+                                                 "dialogues' language)")
     add_stack_arguments(p)

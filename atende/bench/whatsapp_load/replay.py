@@ -30,6 +30,10 @@ from atende.bench.whatsapp_load.stack import RssSampler, serve
 from atende.bench.whatsapp_load.verify import ack_figures, wait_drained
 
 DATA_DIR = Path(__file__).resolve().parents[4] / "shared" / "data" / "conversations"
+# the scripted model's reply: in the dialogues' language (English), as a working model would answer; the bench's
+# Portuguese REPLY would be rejected as written in another language than the customer's and asked for again
+# (two model calls a turn, and the reply sent anyway: a test of that path, not of a conversation)
+ENGLISH_REPLY = "Thanks for your message! We are looking into it. *Opening hours*: Mon to Fri, 9am to 6pm."
 
 
 def load_conversations(data_dir: Path, n: int) -> list[dict]:
@@ -56,14 +60,15 @@ def run_replay(conversations: int = 1000, data_dir: Path = DATA_DIR, llm_delay_s
                database_url: str | None = None, redis_url: str | None = None, *, profile: str = "embedded",
                api_processes: int = 2, worker_processes: int = 2, debounce_s: float | None = None,
                ramp_s: float = 10.0, reply_timeout_s: float = 900.0, rss_every_s: float = 5.0,
-               drain_timeout_s: float = 180.0, logs_dir: Path | None = None, quiet: bool = False) -> dict:
-    """Replay ``conversations`` dialogues at once, closed-loop; the report (printed unless ``quiet``).
-    ``report["violation_count"]`` must be 0."""
+               drain_timeout_s: float = 180.0, logs_dir: Path | None = None, reply: str = ENGLISH_REPLY,
+               quiet: bool = False) -> dict:
+    """Replay ``conversations`` dialogues at once, closed-loop, the scripted model answering ``reply``; the report
+    (printed unless ``quiet``). ``report["violation_count"]`` must be 0."""
     convs = load_conversations(data_dir, conversations)
     with Customers() as people, serve(profile, people.graph_url, database_url=database_url, redis_url=redis_url,
                                       workers=workers, llm_delay_s=llm_delay_s, debounce_s=debounce_s,
                                       api_processes=api_processes, worker_processes=worker_processes,
-                                      logs_dir=logs_dir) as st:
+                                      logs_dir=logs_dir, reply=reply) as st:
         database = st.services.settings.resolved_database_url
         with RssSampler(st.server_pids, rss_every_s) as rss:
             cpu0, host0, load0 = st.server_cpu(), host_cpu(), os.getloadavg()
@@ -154,8 +159,8 @@ def print_report(report: dict) -> None:
     print(f"\nreplay: {report['conversations']} conversations ({report['distinct_dialogues']} distinct dialogues), "
           f"{report['user_turns_in_dialogues']} user turns in them; {s['load']}")
     print(f"  profile  {s['profile']}   database {s['database']}   queue {s['queue']}   machine {s['machine']}")
-    print(f"  setup    LLM {s['llm_delay_s']:g} s/call (scripted), {s['workers']} customer workers, debounce "
-          f"{s['debounce_s']:g} s")
+    print(f"  setup    LLM {s['llm_delay_s']:g} s/call (scripted: {s['reply'][:40]!r}...), {s['workers']} customer "
+          f"workers, debounce {s['debounce_s']:g} s")
     print(f"  rate     {report['answered_turns']} turns answered of {report['posts']} posted in {report['wall_s']} s: "
           f"{report['throughput_turns_per_s']} turns/s; {report['conversations_completed']} conversations completed")
     print(f"  latency  reply (post sent -> last part at the stand-in) p50 {lat.get('p50')} s  p95 {lat.get('p95')} s"
@@ -192,6 +197,7 @@ def run_from_args(args) -> int:
                             database_url=database_url, redis_url=args.redis, profile=args.profile,
                             api_processes=args.api_processes, worker_processes=args.worker_processes,
                             debounce_s=args.debounce, ramp_s=args.ramp, reply_timeout_s=args.reply_timeout,
-                            rss_every_s=args.rss_every, drain_timeout_s=args.drain_timeout, logs_dir=args.logs)
+                            rss_every_s=args.rss_every, drain_timeout_s=args.drain_timeout, logs_dir=args.logs,
+                            reply=args.reply or ENGLISH_REPLY)
     write_json(args.json, report)
     return 1 if report["violation_count"] else 0

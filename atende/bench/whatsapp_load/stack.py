@@ -28,7 +28,7 @@ import httpx
 from atende.bench.whatsapp_load.harness import BackgroundServer, QueueWatch, SlowScriptedLLM
 from atende.bench.whatsapp_load.model_server import SlowModelServer
 from atende.bench.whatsapp_load.options import PROFILES
-from atende.bench.whatsapp_load.payloads import ADMIN_TOKEN, PHONE_ID, SECRET
+from atende.bench.whatsapp_load.payloads import ADMIN_TOKEN, PHONE_ID, REPLY, SECRET
 from atende.bench.whatsapp_load.processes import ScaleProcesses
 
 if TYPE_CHECKING:
@@ -110,8 +110,9 @@ class Stack:
 def serve(profile: str = "embedded", graph_url: str = "", *, database_url: str | None = None,
           redis_url: str | None = None, workers: int = 32, llm_delay_s: float = 2.0, debounce_s: float | None = None,
           api_processes: int = 2, worker_processes: int = 2, ingest_processes: int = 0, logs_dir: Path | None = None,
-          run_id: str | None = None) -> Iterator[Stack]:
-    """Serve the real app for a run (see the module's docstring); the WhatsApp sender posts to ``graph_url``.
+          run_id: str | None = None, reply: str = REPLY) -> Iterator[Stack]:
+    """Serve the real app for a run (see the module's docstring); the WhatsApp sender posts to ``graph_url``, the
+    scripted model answers ``reply`` to every call.
 
     ``profile="scale"`` needs ``database_url`` (PostgreSQL) and ``redis_url``; ``ingest_processes`` adds that
     many ``atende worker --queue ingest`` processes (the embedded profile consumes the ingest queue with its own
@@ -139,11 +140,11 @@ def serve(profile: str = "embedded", graph_url: str = "", *, database_url: str |
             with ExitStack() as stack:
                 procs = None
                 if profile == "embedded":
-                    base, llm, watch, server_cpu = _embedded(stack, services, llm_delay_s)
+                    base, llm, watch, server_cpu = _embedded(stack, services, llm_delay_s, reply)
                 else:
                     base, llm, watch, server_cpu, procs = _scale(
                         stack, services, Path(home), llm_delay_s, debounce_s, api_processes, worker_processes,
-                        workers, ingest_processes, logs_dir)
+                        workers, ingest_processes, logs_dir, reply)
                 stack.callback(watch.stop)
                 register_sender(base)
                 watch.start()
@@ -154,19 +155,19 @@ def serve(profile: str = "embedded", graph_url: str = "", *, database_url: str |
                     "database": "postgresql" if database_url and database_url.startswith("postgresql") else "sqlite",
                     "queue": "redis" if redis_url else "sqlite (huey SqliteHuey)",
                     "debounce_s": settings.whatsapp_debounce_s, "workers": workers, "llm_delay_s": llm_delay_s,
-                    "embedding_model": settings.embedding_model})
+                    "embedding_model": settings.embedding_model, "reply": reply})
         finally:
             services.engine.dispose()
             if redis_url:
                 flush_redis_queues(redis_url, settings.redis_prefix)
 
 
-def _embedded(stack: ExitStack, services, llm_delay_s: float):
+def _embedded(stack: ExitStack, services, llm_delay_s: float, reply: str = REPLY):
     """The app in a uvicorn thread here, its consumers embedded, the slow model in process."""
     from atende.app import create_app
     from runtime.llm_provider import FixedChatModelProvider
 
-    llm = LoggedScriptedLLM(llm_delay_s)
+    llm = LoggedScriptedLLM(llm_delay_s, reply)
     services.chat_models = FixedChatModelProvider(llm)
     services.embedders.get(services.settings.embedding_model).embed_query("aquecimento")  # before the clock runs
     app = create_app(services=services)  # its lifespan closes the services
@@ -176,13 +177,14 @@ def _embedded(stack: ExitStack, services, llm_delay_s: float):
 
 
 def _scale(stack: ExitStack, services, home: Path, llm_delay_s: float, debounce_s: float | None,
-           api_processes: int, worker_processes: int, workers: int, ingest_processes: int, logs_dir: Path | None):
+           api_processes: int, worker_processes: int, workers: int, ingest_processes: int, logs_dir: Path | None,
+           reply: str = REPLY):
     """The API and worker processes, the slow model an HTTP endpoint here; the queue watched from Redis."""
     from atende.jobs import HueyQueue
 
     s = services.settings
     stack.callback(services.close)
-    model = LoggedModelServer(llm_delay_s)
+    model = LoggedModelServer(llm_delay_s, reply)
     model_url = stack.enter_context(model)
     env = {"ATENDE_HOME": str(home), "ATENDE_DATABASE_URL": s.database_url or "", "ATENDE_REDIS_URL": s.redis_url or "",
            "ATENDE_REDIS_PREFIX": s.redis_prefix,
