@@ -206,7 +206,8 @@ def _queue(watch, ingest: dict) -> dict:
     return {"customer_queue_peak": {"at_s": round(peak[0], 1), "queued": peak[1], "scheduled": peak[2],
                                     "running": peak[3]},
             "executed": dict(watch.executed), "errors": dict(watch.errors),
-            "timeline": [(round(s), q, sc, r) for s, q, sc, r in samples[4::10]]}
+            # (s, queued, scheduled, running) about 20 times over the run
+            "timeline": [(round(s), q, sc, r) for s, q, sc, r in samples[4::max(10, len(samples) // 20)]]}
 
 
 def print_report(report: dict) -> None:
@@ -236,11 +237,13 @@ def print_report(report: dict) -> None:
     print(f"  ratio    during/without ingest: p50 {r['p50']}  p95 {r['p95']}  max {r['max']}"
           f"   (model calls not matched to a turn: {ph['model_calls_unmatched']})")
     q = report["queue"]
-    print(f"  queue    customer queue peak {q['customer_queue_peak']}; (s, queued, scheduled, running) every 10 s: "
+    print(f"  queue    customer queue peak {q['customer_queue_peak']}; (s, queued, scheduled, running) over the run: "
           f"{q['timeline']}")
     c = report["cpu"]
+    counted = ("this process: the parser's sandbox process is not counted" if s["profile"] == "embedded" else
+               "every API, worker and ingest process")
     print(f"  cpu      server {c['server_cores_without_ingest']} cores without ingest, {c['server_cores_during_ingest']}"
-          f" during (this process only in the embedded profile: the parser's sandbox process is not counted);"
+          f" during ({counted});"
           f" machine busy {c['host_busy_without_ingest']} / {c['host_busy_during_ingest']}, load average"
           f" {c['loadavg_1m']} (other processes included)")
     print(f"  stored   {report['messages_stored']} messages, {report['turns']} turns, {report['replies_sent_to_standin']}"
