@@ -184,6 +184,12 @@ def cmd_bench_whatsapp(args) -> int:
     return run_from_args(args)
 
 
+def cmd_bench_replay(args) -> int:
+    from atende.bench.whatsapp_load.replay import run_from_args
+
+    return run_from_args(args)
+
+
 def cmd_bench_ingest(args) -> int:
     from atende.bench.ingest import run_benchmark
 
@@ -344,6 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_whatsapp_bench_arguments(bw)
     bw.set_defaults(func=cmd_bench_whatsapp)
+    brp = b.add_parser("replay", help="replay real dialogues as concurrent WhatsApp conversations, closed-loop: "
+                                      "throughput, reply latency, server RSS, handoffs")
+    from atende.bench.whatsapp_load.options import add_replay_arguments
+
+    add_replay_arguments(brp)
+    brp.set_defaults(func=cmd_bench_replay)
     be = b.add_parser("export", help="stream an export of N messages and watch peak memory")
     be.add_argument("--messages", type=int, default=100_000)
     be.set_defaults(func=cmd_bench_export)

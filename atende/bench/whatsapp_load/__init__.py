@@ -30,9 +30,17 @@ creates and drops a throw-away database; ``--redis redis://127.0.0.1:6379/14``; 
 own throw-away database) and prints them side by side. ``BENCH_PROGRESS=1`` prints the generator's
 progress every 5 s; ``kill -USR1 <pid>`` dumps every thread's stack (where a stalled run waits).
 
+Two more modes serve the same app (``stack.serve``): ``ingest_load`` (``atende bench whatsapp --during-ingest
+PATH``: the load without, then during, a large document's ingest through the admin API, in one run: reply
+latency excluding the model per phase, the ingest's duration) and ``replay`` (``atende bench replay``: 1,000
+real dialogues as concurrent closed-loop conversations: throughput, reply latency, the server's RSS, handoffs).
+Their customers run in a process of their own with the Graph API stand-in (``customers``), and their checks
+accept every turn outcome (``checks``).
+
 The modules: ``payloads`` (what is posted), ``load`` (the open-loop generator and its process),
-``harness`` (the app under test: server thread, slow model, queue watch, databases), ``processes`` (the
+``harness`` (the app under test: server thread, slow model, queue watch, databases), ``stack`` (the app's
+start-up for every mode: settings, profiles, the sender, the model's call log, RSS sampling), ``processes`` (the
 scale profile's API and worker processes), ``model_server`` (the slow model over HTTP), ``verify`` (the drain
-and the checks), ``report`` (the printed figures), ``run`` (``run_benchmark``, ``compare``), ``options`` and
-``__main__`` (the command line).
+and the checks), ``report`` (the printed figures), ``run`` (``run_benchmark``, ``compare``), ``customers``,
+``checks``, ``ingest_load`` and ``replay`` (the two other modes), ``options`` and ``__main__`` (the command line).
 """

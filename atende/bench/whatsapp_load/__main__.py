@@ -26,6 +26,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Run what the options ask for; the exit code (1 if any invariant was violated)."""
+    if args.rate is None:
+        args.rate = 10.0 if args.during_ingest else 200.0
+    if args.during_ingest:
+        from atende.bench.whatsapp_load.ingest_load import run_from_args as run_during_ingest
+
+        return run_during_ingest(args)
     profiles = PROFILES if args.compare else (args.profile,)
     reports = {name: _run(args, name) for name in profiles}
     if args.compare:

@@ -23,6 +23,7 @@ STARTED = "Application startup complete"  # uvicorn's line, once per API process
 
 
 PG_CONNECTIONS = 90  # of PostgreSQL's default max_connections (100), left for the processes; the rest for psql & co
+INGEST_CONNECTIONS = 4  # of an ingest worker process (one thread)
 
 
 def free_port() -> int:
@@ -42,27 +43,32 @@ def child_env(env: dict[str, str]) -> dict[str, str]:
 
 class ScaleProcesses:
     """``api_processes`` uvicorn workers and ``worker_processes`` customer-queue workers (``workers`` threads in
-    all, split between them); ``with`` starts them, waits until every API process has started, and gives the
-    API's URL; leaving stops them (SIGTERM, then SIGKILL after 20 s) by their process ids."""
+    all, split between them), and ``ingest_processes`` ingest-queue workers (one thread each); ``with`` starts them,
+    waits until every API process has started, and gives the API's URL; leaving stops them (SIGTERM, then SIGKILL
+    after 20 s) by their process ids."""
 
     def __init__(self, env: dict[str, str], log_dir: Path, api_processes: int = 2, worker_processes: int = 2,
-                 workers: int = 32, start_timeout_s: float = 180.0) -> None:
-        # PostgreSQL allows 100 connections in all by default: each process gets its share (the bench's own too)
-        share = max(4, PG_CONNECTIONS // (api_processes + worker_processes + 1))
+                 workers: int = 32, start_timeout_s: float = 180.0, ingest_processes: int = 0) -> None:
+        # PostgreSQL allows 100 connections in all by default: each process gets its share (the bench's own too);
+        # an ingest worker (one thread) gets INGEST_CONNECTIONS only, as a customer worker whose threads outnumber
+        # its connections stalls (a thread holds one connection while it waits for another: "QueuePool limit
+        # reached, connection timed out" after 60 s, seen with 16 threads and 15 connections)
+        share = max(4, (PG_CONNECTIONS - INGEST_CONNECTIONS * ingest_processes) // (api_processes + worker_processes + 1))
         self.env = child_env({"ATENDE_DB_POOL_SIZE": str(share // 2), "ATENDE_DB_MAX_OVERFLOW": str(share - share // 2),
                               **env})
         self.log_dir = log_dir
         self.api_processes, self.worker_processes = api_processes, worker_processes
+        self.ingest_processes = ingest_processes
         self.threads = [workers // worker_processes + (i < workers % worker_processes) for i in range(worker_processes)]
         self.start_timeout_s = start_timeout_s
         self.port = free_port()
         self.procs: dict[str, subprocess.Popen] = {}  # by name (its log is <name>.log)
         self._logs: list = []
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 (closed in __exit__)
         self._logs.append(log)
-        proc = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(argv, env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.procs[name] = proc
         return proc
 
@@ -71,6 +77,11 @@ class ScaleProcesses:
             for i, threads in enumerate(self.threads):
                 self._spawn(f"worker-{i}", [sys.executable, "-m", "atende.cli", "worker", "--queue", "customer",
                                             "--workers", str(max(threads, 1))])
+            for i in range(self.ingest_processes):
+                self._spawn(f"ingest-{i}", [sys.executable, "-m", "atende.cli", "worker", "--queue", "ingest",
+                                            "--ingest-workers", "1"],
+                            {"ATENDE_DB_POOL_SIZE": str(INGEST_CONNECTIONS // 2),
+                             "ATENDE_DB_MAX_OVERFLOW": str(INGEST_CONNECTIONS - INGEST_CONNECTIONS // 2)})
             self._spawn("api", [sys.executable, "-m", "uvicorn", "atende.app:create_app", "--factory",
                                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.api_processes),
                                 "--log-level", "info", "--no-access-log", "--no-proxy-headers",
