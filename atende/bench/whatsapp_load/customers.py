@@ -26,7 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
-from atende.bench.whatsapp_load.load import Ack, _post
+from atende.bench.whatsapp_load.load import Ack, post_status
 from atende.bench.whatsapp_load.payloads import SECRET, customer_id, text_body
 from runtime.whatsapp.standin import GraphStandIn
 from runtime.whatsapp.webhook import sign
@@ -93,12 +93,7 @@ async def open_loop(url: str, customers: int, rate: float, run_id: str, stop, ti
         wamid = f"wamid.bench.{run_id}.{i}"
         raw, headers = signed(wamid, customer_id(i % customers), marked(QUESTIONS[i % len(QUESTIONS)], i))
         sent = loop.time()
-        try:
-            status = await asyncio.wait_for(_post(host, port, path, raw, headers), timeout_s)
-        except TimeoutError:
-            status = -1
-        except (OSError, ValueError, IndexError):
-            status = -2
+        status = await post_status(host, port, path, raw, headers, timeout_s)
         done = loop.time()
         rows.append(Ack(i, wamid, i % customers, status, (done - due) * 1000, (done - sent) * 1000,
                         (sent - due) * 1000, sent - t0, done - t0))
@@ -179,12 +174,7 @@ async def replay(phones: Phones, url: str, conversations: list[dict], run_id: st
             wamid = f"wamid.replay.{run_id}.{k}.{j}"
             raw, headers = signed(wamid, customer, text)
             sent = time.time()
-            try:
-                status = await asyncio.wait_for(_post(host, port, path, raw, headers), timeout_s)
-            except TimeoutError:
-                status = -1
-            except (OSError, ValueError, IndexError):
-                status = -2
+            status = await post_status(host, port, path, raw, headers, timeout_s)
             acked = time.time()
             rows.append(Ack(i, wamid, k, status, (acked - sent) * 1000, (acked - sent) * 1000, 0.0,
                             sent - wall_t0, acked - wall_t0))

@@ -58,6 +58,15 @@ async def _post(host: str, port: int, path: str, raw: bytes, headers: dict[str, 
     finally:
         writer.close()
 
+async def post_status(host: str, port: int, path: str, raw: bytes, headers: dict[str, str], timeout_s: float) -> int:
+    """:func:`_post` bounded by ``timeout_s``: the status code, -1 on a timeout, -2 when the connection failed."""
+    try:
+        return await asyncio.wait_for(_post(host, port, path, raw, headers), timeout_s)
+    except TimeoutError:
+        return -1
+    except (OSError, ValueError, IndexError):
+        return -2
+
 
 async def _load(url: str, customers: int, rate: float, seconds: float, run_id: str, timeout_s: float) -> dict:
     """Post ``rate * seconds`` webhooks to ``url``; returns the sorted ``Ack`` rows and the run's wall clock."""
@@ -71,12 +80,7 @@ async def _load(url: str, customers: int, rate: float, seconds: float, run_id: s
     async def one(i: int, due: float) -> None:
         wamid, raw, headers = numbered_post(i, customers, run_id)
         sent = loop.time()
-        try:
-            status = await asyncio.wait_for(_post(host, port, path, raw, headers), timeout_s)
-        except TimeoutError:
-            status = -1
-        except (OSError, ValueError, IndexError):
-            status = -2
+        status = await post_status(host, port, path, raw, headers, timeout_s)
         done = loop.time()
         rows.append(Ack(i, wamid, i % customers, status, (done - due) * 1000, (done - sent) * 1000,
                         (sent - due) * 1000, sent - t0, done - t0))

@@ -15,25 +15,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="target webhook posts per second (default 200; 10 with --during-ingest)")
     p.add_argument("--seconds", type=float, default=30.0, help="the load's length (with --during-ingest: the first "
                                                                "phase's, without ingest)")
-    p.add_argument("--llm-delay", type=float, default=2.0, help="seconds each LLM reply takes")
-    p.add_argument("--workers", type=int, default=32,
-                   help="customer-queue consumer threads (embedded; in the scale profile, in all worker processes)")
-    p.add_argument("--profile", choices=PROFILES, default="embedded",
-                   help="embedded: the app and its consumers in this process; scale: API and worker processes "
-                        "(needs --postgres or --database-url, and --redis)")
-    p.add_argument("--api-processes", type=int, default=2, help="scale profile: uvicorn worker processes")
-    p.add_argument("--worker-processes", type=int, default=2, help="scale profile: `atende worker` processes")
-    p.add_argument("--logs", metavar="DIR", type=Path, default=None,
-                   help="scale profile: keep the API and worker processes' output in DIR (api.log, worker-N.log)")
+    add_stack_arguments(p)
     p.add_argument("--compare", action="store_true", help="run the embedded profile, then the scale one; print both")
-    p.add_argument("--debounce", type=float, default=None, help="whatsapp_debounce_s (default: the setting, 2 s)")
-    p.add_argument("--drain-timeout", type=float, default=120.0)
-    p.add_argument("--database-url", default=None, help="use this database as is (default: SQLite in a temp dir)")
-    p.add_argument("--postgres", metavar="ADMIN_URL", default=None,
-                   help="create a throw-away database on this server (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/postgres)")
-    p.add_argument("--redis", metavar="URL", default=None, help="huey on this Redis database (under a prefix of the run's own)")
     p.add_argument("--in-process-load", action="store_true", help="run the load generator in the server's process")
-    p.add_argument("--json", metavar="FILE", default=None, help="also write the report as JSON")
     p.add_argument("--during-ingest", metavar="PATH", type=Path, default=None,
                    help="ingest under load: --seconds of load, then the same load while PATH is uploaded through "
                         "the admin API and ingests, until it is ready (atende.bench.whatsapp_load.ingest_load)")
