@@ -191,13 +191,42 @@ def start_embedded_consumer(huey: Huey, workers: int, max_delay: float = _MAX_PO
     return consumer
 
 
+def connections_needed(settings: Settings, workers: int, ingest_workers: int) -> int:
+    """The database connections ``workers`` customer-queue threads and ``ingest_workers`` ingest threads may hold
+    at once: on PostgreSQL a turn holds its conversation's advisory lock on one connection while its session
+    uses another, so two per customer thread; one per ingest thread; one for the periodic sweeps."""
+    per_turn = 2 if settings.resolved_database_url.startswith("postgresql") else 1
+    return per_turn * workers + ingest_workers + 1
+
+
+def pool_shortfall(settings: Settings, workers: int, ingest_workers: int) -> str | None:
+    """Why this process's connection pool (``db_pool_size`` + ``db_max_overflow``) is too small for its consumer
+    threads, or None: threads that each hold one connection while waiting for another stall on a full pool
+    ("QueuePool limit reached" after a minute, the queue no longer draining), so this is said at start-up."""
+    have = settings.db_pool_size + settings.db_max_overflow
+    need = connections_needed(settings, workers, ingest_workers)
+    if have >= need:
+        return None
+    return (f"{workers} customer and {ingest_workers} ingest worker threads may hold {need} database connections at "
+            f"once, but ATENDE_DB_POOL_SIZE + ATENDE_DB_MAX_OVERFLOW allow {have}: turns would stall waiting for "
+            f"a connection; raise the pool (within the server's max_connections) or run fewer threads")
+
+
+def warn_pool_shortfall(settings: Settings, workers: int, ingest_workers: int) -> None:
+    """Log :func:`pool_shortfall`'s warning, if any."""
+    problem = pool_shortfall(settings, workers, ingest_workers)
+    if problem:
+        log.warning("%s", problem)
+
+
 def start_embedded_consumers(queue: HueyQueue, settings: Settings) -> list[EmbeddedConsumer]:
     """The API process's consumers: ``settings.workers`` threads on the customer queue (with its periodic
     sweeps, every ``settings.recovery_interval_s``) and ``settings.ingest_workers`` on the ingest queue; none at
-    all when ``workers`` is 0, none on a queue whose count is 0."""
+    all when ``workers`` is 0, none on a queue whose count is 0. A pool too small for them is warned of."""
     if settings.workers <= 0:
         return []
     counts = {CUSTOMER: settings.workers, INGEST: settings.ingest_workers}
+    warn_pool_shortfall(settings, settings.workers, settings.ingest_workers)
     return [start_embedded_consumer(queue.hueys[name], n, _MAX_POLL_S[name], periodic=name == CUSTOMER,
                                     periodic_s=settings.recovery_interval_s)
             for name, n in counts.items() if n > 0]

@@ -359,7 +359,13 @@ class AssistantConfig(BaseModel):
 
     def language(self, texts: list[str]) -> str | None:
         """The customer's language (en, pt, es) told by ``texts`` (newest first), else the system prompt's."""
-        return next(filter(None, map(message_language, [*texts, self.system_prompt])), None)
+        return self.customer_language(texts) or message_language(self.system_prompt)
+
+    @staticmethod
+    def customer_language(texts: list[str]) -> str | None:
+        """The language (en, pt, es) the customer's own ``texts`` (newest first) tell, or None when none does
+        ("Refund status?", "Ok"): a reply is held to it only then."""
+        return next(filter(None, map(message_language, texts)), None)
 
     @field_validator("http_tools")
     @classmethod

@@ -128,7 +128,10 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
         result = TurnResult(conv.id, small_talk_reply(kind, language), "smalltalk", ai_enabled=conv.ai_enabled)
         return _finish(services, session, conv, pending, result, timings, t0, started_at, model_name="",
                        tool_results=[], queries=[], rounds=0, error=None, events=[], notice=notice)
-    language = config.language(customer_texts)
+    # replies are held to the language the customer's own messages tell; the system prompt's is only the default
+    # of what the runtime writes itself (quotes, canned replies): "Refund status?" tells none
+    told = config.customer_language(customer_texts)
+    language = told or config.language([])
 
     found = None
     if config.approved_answers.mode != "off":
@@ -184,7 +187,7 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
             t = time.perf_counter()
             focused = extractive.focus(services.embedders.get(embedding_model), user_text, budget.sources)
             reply, look_usage = _focused_look(model, config, conv.variables or {}, focused, budget.sources,
-                                              user_text, language, deadline)
+                                              user_text, language, told, deadline)
             timings["llm_ms"] += _ms(t)
             usage, rounds = usage + look_usage, rounds + 1
         answered = bool(reply)  # by the focused look: the whole prompt is not needed
@@ -206,14 +209,14 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
                     reply, no_answer = "", True
                 reply = without_echo(reply, user_text)
                 problem = None if no_answer else rejection(
-                    reply, instructions=messages[0]["content"], customer_text=user_text, language=language)
+                    reply, instructions=messages[0]["content"], customer_text=user_text, language=told)
                 if not (problem or no_answer or tool_results) and budget.sources:  # it had facts to tell
                     problem = restatement(reply, user_text)
                 if problem and not rejected and not _handed_off(tool_results):  # once more, as text, told why
                     rejected.append(problem)
                     kept = reply if still_sendable(problem) else ""
                     force_text = True
-                    messages.append(ChatMessage(role="system", content=retry_instruction(problem, language)))
+                    messages.append(ChatMessage(role="system", content=retry_instruction(problem, told)))
                     continue
                 if problem:
                     rejected.append(problem)
@@ -307,14 +310,15 @@ def _plain_question(config: AssistantConfig, embedding_model: str, found: approv
 
 
 def _focused_look(model, config: AssistantConfig, variables: dict, focused: extractive.Focus, sources: list[Source],
-                  user_text: str, language: str | None, deadline: float) -> tuple[str, Usage]:
+                  user_text: str, language: str | None, told: str | None, deadline: float) -> tuple[str, Usage]:
     """Ask the model to answer from the ``focused`` sentences of the shown ``sources`` alone
     (:func:`runtime.extractive.focus`), without tools (:func:`runtime.prompt.focused_messages`); its reply, or "" when
     it gives none, or one that may not be sent (:func:`runtime.replies.rejection`) or that the sources do not support
     (:func:`runtime.replies.supported`): the turn then goes on with the whole prompt and the tools. A bare answer
     that only restates the question ("Sim, você pode parcelar o pagamento.") says the model found the answer among
     the sentences without telling it: the closest sentence is quoted instead (:func:`runtime.extractive.quote`).
-    A failure of the model here leaves the turn to the whole prompt too."""
+    A failure of the model here leaves the turn to the whole prompt too. ``told``: the language the customer's
+    messages tell (the reply is held to it), ``language``: that or the default, for a quote."""
     messages = focused_messages(fill_variables(config.system_prompt, variables), focused.sources, user_text)
     try:
         resp = model.complete(messages, None, temperature=config.temperature, max_tokens=config.max_tokens,
@@ -325,7 +329,7 @@ def _focused_look(model, config: AssistantConfig, variables: dict, focused: extr
     reply, no_answer = _clean(resp.content, set())
     reply = without_echo(reply, user_text)
     if no_answer or says_not_found(reply) or rejection(
-            reply, instructions=messages[0]["content"], customer_text=user_text, language=language) is not None:
+            reply, instructions=messages[0]["content"], customer_text=user_text, language=told) is not None:
         return "", resp.usage
     if supported(reply, [s.text for s in sources], user_text):
         return reply, resp.usage

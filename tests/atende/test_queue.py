@@ -182,3 +182,23 @@ def test_the_inline_queue_ingests_before_it_returns(sqlite_services):
     with services.session() as session:
         assert session.get(IngestJob, job_id).status == "ready"
         assert session.get(Document, doc_id).status == "ready"
+
+
+@pytest.mark.parametrize(("url", "pool", "overflow", "workers", "ingest", "short"), [
+    ("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", 8, 7, 16, 0, True),  # the stalled bench worker
+    ("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", 16, 17, 16, 0, False),  # 2 per turn thread + sweeps
+    ("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", 16, 17, 16, 1, True),
+    (None, 8, 8, 16, 0, True),  # SQLite: one per thread (no advisory lock) + sweeps
+    (None, 8, 9, 16, 0, False),
+])
+def test_a_pool_too_small_for_the_worker_threads_is_said_at_start_up(tmp_path, caplog, url, pool, overflow, workers,
+                                                                       ingest, short):
+    from atende.jobs import pool_shortfall, warn_pool_shortfall
+    from core.settings import Settings
+
+    settings = Settings(home=tmp_path, database_url=url, db_pool_size=pool, db_max_overflow=overflow)
+    problem = pool_shortfall(settings, workers, ingest)
+    assert (problem is not None) is short
+    with caplog.at_level("WARNING", logger="atende.jobs"):
+        warn_pool_shortfall(settings, workers, ingest)
+    assert ("ATENDE_DB_POOL_SIZE" in caplog.text) is short

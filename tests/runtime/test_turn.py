@@ -547,3 +547,13 @@ def test_an_approved_answer_is_flagged_and_not_sent_once_its_source_document_cha
         assert row.needs_review and "entregas.txt changed" in row.review_reason
     model.enqueue("Entregamos em Campinas e Valinhos.")
     assert chat(services, aid, "vcs entregam em Campinas?").reply == "Entregamos em Campinas e Valinhos."
+
+
+def test_a_message_that_tells_no_language_holds_the_reply_to_none(shop):
+    # "Saturday opening?" has no stopword nor letter of any language: the system prompt's (Portuguese) is only
+    # the default, and the model's English reply to it is not asked again in Portuguese (115 of 4,375 replayed
+    # turns were)
+    services, model, aid = shop
+    model.enqueue("We open on Saturdays from 9 am to 1 pm.")
+    r = chat(services, aid, "Saturday opening?")
+    assert (r.status, r.reply) == ("answered", "We open on Saturdays from 9 am to 1 pm.") and len(model.requests) == 1
