@@ -9,8 +9,10 @@ import json
 import pytest
 
 from atende.bench.whatsapp_load.customers import marked
+from atende.bench.whatsapp_load.ingest_load import BASELINE, DURING, run_ingest_load
 from atende.bench.whatsapp_load.replay import DATA_DIR, load_conversations, run_replay
 from atende.bench.whatsapp_load.stack import CallLog
+from tests.conftest import requires_shared, shared_doc
 
 requires_dialogues = pytest.mark.skipif(not DATA_DIR.is_dir(), reason=f"dialogues not found at {DATA_DIR}")
 
@@ -37,6 +39,36 @@ def test_load_conversations_cycles_with_user_turns_only(tmp_path):
     assert [c["source"] for c in convs] == ["c1", "c3", "c1", "c3", "c1"]
     assert convs[0]["texts"] == ["hi", "more"]
     assert len(load_conversations(DATA_DIR, 3)) == 3
+
+
+@requires_shared
+def test_ingest_under_load_tiny():
+    """5 customers write, then a small PDF ingests through the admin API while they go on: the document is
+    ready, both phases have answered turns with every model call tied to its turn, and nothing was lost or
+    sent twice. The phase without ingest lasts until 3 replies came (a loaded machine's first turns are slow)."""
+    report = run_ingest_load(shared_doc("pdf/fake-memo.pdf"), customers=5, rate=5.0, baseline_s=5.0, llm_delay_s=0.1,
+                             workers=4, debounce_s=0.5, drain_timeout_s=120.0, ingest_timeout_s=300.0, warmup_s=1.0,
+                             baseline_replies=3, quiet=True)
+    assert report["drained"], report["state_at_end"]
+    assert report["violation_count"] == 0, (report["violations"], report["violation_examples"])
+    ingest = report["ingest"]
+    assert ingest["finished"] and ingest["status"] == "ready" and ingest["chunks"] >= 1
+    assert ingest["duration_s"] > 0 and ingest["upload_started"] < ingest["finished_at"]
+    assert report["acks"]["ok"] == report["acks"]["posts"] == report["messages_stored"]
+    assert report["replies_sent_to_standin"] == report["turns"]  # one short reply per turn
+    phases = report["phases"]
+    assert phases["model_calls_unmatched"] == 0
+    assert phases[BASELINE]["turns"] >= 3
+    for name in (BASELINE, DURING):
+        p = phases[name]
+        lat = p["reply_latency_excl_model_s"]
+        assert p["turns"] >= 1 and lat["n"] == p["turns"]
+        assert 0 < lat["p50"] <= lat["p95"] <= lat["max"]
+        assert sum(p["turn_statuses"].values()) == p["turns"]
+        assert sum(p["model_calls_per_turn"].values()) == p["turns"]
+    assert set(phases["ratio_during_without"]) == {"p50", "p95", "max"}
+    in_phases = sum(n * k for name in (BASELINE, DURING) for n, k in phases[name]["model_calls_per_turn"].items())
+    assert report["llm"]["calls"] >= in_phases  # the turns at the edges of the phases are not counted
 
 
 @requires_dialogues

@@ -29,13 +29,18 @@ import os
 import platform
 import time
 from pathlib import Path
+from datetime import UTC, datetime
 from typing import Any
+
+from sqlalchemy import distinct, func, select
+from sqlalchemy.orm import aliased
 
 from atende.bench.whatsapp_load.checks import check, percentiles, turn_notes
 from atende.bench.whatsapp_load.customers import Customers
 from atende.bench.whatsapp_load.harness import busy, host_cpu
 from atende.bench.whatsapp_load.stack import serve
 from atende.bench.whatsapp_load.verify import ack_figures, wait_drained
+from runtime.models import Message
 
 BASELINE, DURING = "without_ingest", "during_ingest"
 
@@ -44,20 +49,25 @@ def run_ingest_load(document: Path, customers: int = 100, rate: float = 10.0, ba
                     llm_delay_s: float = 2.0, workers: int = 32, database_url: str | None = None,
                     redis_url: str | None = None, *, profile: str = "embedded", api_processes: int = 2,
                     worker_processes: int = 2, debounce_s: float | None = None, ingest_timeout_s: float = 1800.0,
-                    drain_timeout_s: float = 180.0, warmup_s: float = 15.0, logs_dir: Path | None = None,
-                    quiet: bool = False) -> dict:
+                    drain_timeout_s: float = 180.0, warmup_s: float = 15.0, baseline_replies: int = 0,
+                    logs_dir: Path | None = None, quiet: bool = False) -> dict:
     """One run: ``baseline_s`` seconds of load, then the same load while ``document`` ingests; the report (printed
     unless ``quiet``). ``report["violation_count"]`` must be 0 and ``report["ingest"]["status"]`` "ready". The
     turns of the load's first ``warmup_s`` seconds are not counted in the phase without ingest (the scale
-    profile's worker processes load their embedding model then)."""
+    profile's worker processes load their embedding model then). The phase without ingest goes on past
+    ``baseline_s`` until ``baseline_replies`` replies to messages of after the warm-up were sent (at most
+    ``drain_timeout_s`` more): on a loaded machine the first turns can take longer than the phase."""
     document = Path(document)
     with Customers() as people, serve(profile, people.graph_url, database_url=database_url, redis_url=redis_url,
                                       workers=workers, llm_delay_s=llm_delay_s, debounce_s=debounce_s,
                                       api_processes=api_processes, worker_processes=worker_processes,
                                       ingest_processes=1 if profile == "scale" else 0, logs_dir=logs_dir) as st:
         cpu0, host0, load0 = st.server_cpu(), host_cpu(), os.getloadavg()
+        started = time.time()
         people.start("open", url=f"{st.base}/webhooks/whatsapp", customers=customers, rate=rate, run_id=st.run_id)
         time.sleep(baseline_s)
+        _wait_for_replies(st.services, started + warmup_s + 1.0, baseline_replies, drain_timeout_s)
+        baseline_s = time.time() - started
         cpu1, host1, load1 = st.server_cpu(), host_cpu(), os.getloadavg()
         ingest = _ingest(st, document, ingest_timeout_s)
         cpu2, host2, load2 = st.server_cpu(), host_cpu(), os.getloadavg()
@@ -69,7 +79,7 @@ def run_ingest_load(document: Path, customers: int = 100, rate: float = 10.0, ba
         calls = list(st.llm.call_log)
         report: dict[str, Any] = {
             "document": {"path": str(document), "bytes": document.stat().st_size},
-            "customers": customers, "target_rate": rate, "baseline_s": baseline_s, "warmup_s": warmup_s,
+            "customers": customers, "target_rate": rate, "baseline_s": round(baseline_s, 1), "warmup_s": warmup_s,
             "acks": ack_figures(load["rows"]), "ingest": ingest,
             "phases": _phases(checked, load, calls, ingest, rate, warmup_s),
             "messages_stored": len(checked.tables.inbound), "turns": len(checked.tables.turns),
@@ -93,6 +103,22 @@ def run_ingest_load(document: Path, customers: int = 100, rate: float = 10.0, ba
     if not quiet:
         print_report(report)
     return report
+
+
+def _wait_for_replies(services, since: float, count: int, timeout_s: float) -> None:
+    """Wait until ``count`` turns that cover a message stored after ``since`` (epoch seconds) have a reply sent,
+    or ``timeout_s`` has passed."""
+    since_at = datetime.fromtimestamp(since, UTC)
+    inbound, outbound = aliased(Message), aliased(Message)
+    query = (select(func.count(distinct(outbound.turn_id)))
+             .join(inbound, (inbound.turn_id == outbound.turn_id) & (inbound.direction == "inbound"))
+             .where(outbound.direction == "outbound", outbound.sent_at.is_not(None), inbound.created_at >= since_at))
+    deadline = time.time() + timeout_s
+    while count > 0 and time.time() < deadline:
+        with services.session() as session:
+            if session.scalar(query) >= count:
+                return
+        time.sleep(0.5)
 
 
 def _ingest(st, document: Path, timeout_s: float) -> dict:
