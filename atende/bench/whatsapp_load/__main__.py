@@ -53,7 +53,7 @@ def _run(args, profile: str) -> dict:
                              debounce_s=args.debounce, drain_timeout_s=args.drain_timeout,
                              load_in_process=args.in_process_load, profile=profile,
                              api_processes=args.api_processes, worker_processes=args.worker_processes,
-                             logs_dir=args.logs)
+                             logs_dir=args.logs, worker_nice=args.worker_nice)
     finally:
         if drop is not None:
             drop()

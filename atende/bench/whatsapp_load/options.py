@@ -18,6 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_stack_arguments(p)
     p.add_argument("--compare", action="store_true", help="run the embedded profile, then the scale one; print both")
     p.add_argument("--in-process-load", action="store_true", help="run the load generator in the server's process")
+    p.add_argument("--worker-nice", type=int, default=0, metavar="N",
+                   help="scale profile, open loop: run the worker processes at nice N, as when the API has cores of "
+                        "its own (on one small machine the acknowledgements otherwise share the CPU with the turns)")
     p.add_argument("--during-ingest", metavar="PATH", type=Path, default=None,
                    help="ingest under load: --seconds of load, then the same load while PATH is uploaded through "
                         "the admin API and ingests, until it is ready (atende.bench.whatsapp_load.ingest_load)")

@@ -48,7 +48,8 @@ class ScaleProcesses:
     after 20 s) by their process ids."""
 
     def __init__(self, env: dict[str, str], log_dir: Path, api_processes: int = 2, worker_processes: int = 2,
-                 workers: int = 32, start_timeout_s: float = 180.0, ingest_processes: int = 0) -> None:
+                 workers: int = 32, start_timeout_s: float = 180.0, ingest_processes: int = 0,
+                 worker_nice: int = 0) -> None:
         # PostgreSQL allows 100 connections in all by default: each process gets its share (the bench's own too);
         # an ingest worker (one thread) gets INGEST_CONNECTIONS only, as a customer worker whose threads outnumber
         # its connections stalls (a thread holds one connection while it waits for another: "QueuePool limit
@@ -59,6 +60,8 @@ class ScaleProcesses:
         self.log_dir = log_dir
         self.api_processes, self.worker_processes = api_processes, worker_processes
         self.ingest_processes = ingest_processes
+        # the workers' CPU priority below the API's (nice runs the worker in its own process: its pid is the worker's)
+        self.nice = ["nice", "-n", str(worker_nice)] if worker_nice else []
         self.threads = [workers // worker_processes + (i < workers % worker_processes) for i in range(worker_processes)]
         self.start_timeout_s = start_timeout_s
         self.port = free_port()
@@ -75,8 +78,8 @@ class ScaleProcesses:
     def __enter__(self) -> str:
         try:
             for i, threads in enumerate(self.threads):
-                self._spawn(f"worker-{i}", [sys.executable, "-m", "atende.cli", "worker", "--queue", "customer",
-                                            "--workers", str(max(threads, 1))])
+                self._spawn(f"worker-{i}", [*self.nice, sys.executable, "-m", "atende.cli", "worker", "--queue",
+                                            "customer", "--workers", str(max(threads, 1))])
             for i in range(self.ingest_processes):
                 self._spawn(f"ingest-{i}", [sys.executable, "-m", "atende.cli", "worker", "--queue", "ingest",
                                             "--ingest-workers", "1"],

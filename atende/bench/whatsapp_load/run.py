@@ -18,7 +18,7 @@ def run_benchmark(customers: int = 100, rate: float = 200.0, seconds: float = 30
                   workers: int = 32, database_url: str | None = None, redis_url: str | None = None, *,
                   debounce_s: float | None = None, drain_timeout_s: float = 120.0, load_in_process: bool = False,
                   profile: str = "embedded", api_processes: int = 2, worker_processes: int = 2,
-                  logs_dir: Path | None = None, quiet: bool = False) -> dict:
+                  logs_dir: Path | None = None, worker_nice: int = 0, quiet: bool = False) -> dict:
     """Serve the real app, post ``rate`` signed webhooks/s for ``seconds`` s, wait for the drain, check the
     database; prints (unless ``quiet``) and returns the figures. ``report["violation_count"]`` must be 0.
 
@@ -26,14 +26,15 @@ def run_benchmark(customers: int = 100, rate: float = 200.0, seconds: float = 30
     model in process. ``profile="scale"`` (needs ``database_url`` on PostgreSQL and ``redis_url``):
     ``api_processes`` API processes without consumers and ``worker_processes`` ``atende worker`` processes
     (``workers`` threads in all), the slow model an HTTP endpoint here (``processes``, ``model_server``); their
-    output goes to ``logs_dir`` if given (kept), else to the temporary data directory (removed)."""
+    output goes to ``logs_dir`` if given (kept), else to the temporary data directory (removed); the workers run
+    at nice ``worker_nice``."""
     from runtime.whatsapp.standin import GraphStandIn
 
     run_id = uuid.uuid4().hex[:8]
     with GraphStandIn() as graph, serve(profile, graph.base_url, database_url=database_url, redis_url=redis_url,
                                         workers=workers, llm_delay_s=llm_delay_s, debounce_s=debounce_s,
                                         api_processes=api_processes, worker_processes=worker_processes,
-                                        logs_dir=logs_dir, run_id=run_id) as st:
+                                        logs_dir=logs_dir, run_id=run_id, worker_nice=worker_nice) as st:
         llm, watch, server_cpu, services = st.llm, st.watch, st.server_cpu, st.services
         cpu0, host0 = server_cpu(), host_cpu()
         load = run_load(f"{st.base}/webhooks/whatsapp", customers, rate, seconds, run_id, in_process=load_in_process)

@@ -110,13 +110,13 @@ class Stack:
 def serve(profile: str = "embedded", graph_url: str = "", *, database_url: str | None = None,
           redis_url: str | None = None, workers: int = 32, llm_delay_s: float = 2.0, debounce_s: float | None = None,
           api_processes: int = 2, worker_processes: int = 2, ingest_processes: int = 0, logs_dir: Path | None = None,
-          run_id: str | None = None, reply: str = REPLY) -> Iterator[Stack]:
+          run_id: str | None = None, reply: str = REPLY, worker_nice: int = 0) -> Iterator[Stack]:
     """Serve the real app for a run (see the module's docstring); the WhatsApp sender posts to ``graph_url``, the
     scripted model answers ``reply`` to every call.
 
     ``profile="scale"`` needs ``database_url`` (PostgreSQL) and ``redis_url``; ``ingest_processes`` adds that
     many ``atende worker --queue ingest`` processes (the embedded profile consumes the ingest queue with its own
-    thread, ``Settings.ingest_workers``)."""
+    thread, ``Settings.ingest_workers``); the scale profile's worker processes run at nice ``worker_nice``."""
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES}")
     if profile == "scale" and not (redis_url and database_url):
@@ -144,14 +144,15 @@ def serve(profile: str = "embedded", graph_url: str = "", *, database_url: str |
                 else:
                     base, llm, watch, server_cpu, procs = _scale(
                         stack, services, Path(home), llm_delay_s, debounce_s, api_processes, worker_processes,
-                        workers, ingest_processes, logs_dir, reply)
+                        workers, ingest_processes, logs_dir, reply, worker_nice)
                 stack.callback(watch.stop)
                 register_sender(base)
                 watch.start()
                 yield Stack(base, services, llm, watch, server_cpu, profile, run_id, Path(home), procs, setup={
                     "profile": profile if profile == "embedded" else
                     f"scale ({api_processes} API processes, {worker_processes} worker processes"
-                    + (f", {ingest_processes} ingest worker processes)" if ingest_processes else ")"),
+                    + (f", {ingest_processes} ingest worker processes" if ingest_processes else "")
+                    + (f", workers at nice {worker_nice})" if worker_nice else ")"),
                     "database": "postgresql" if database_url and database_url.startswith("postgresql") else "sqlite",
                     "queue": "redis" if redis_url else "sqlite (huey SqliteHuey)",
                     "debounce_s": settings.whatsapp_debounce_s, "workers": workers, "llm_delay_s": llm_delay_s,
@@ -178,7 +179,7 @@ def _embedded(stack: ExitStack, services, llm_delay_s: float, reply: str = REPLY
 
 def _scale(stack: ExitStack, services, home: Path, llm_delay_s: float, debounce_s: float | None,
            api_processes: int, worker_processes: int, workers: int, ingest_processes: int, logs_dir: Path | None,
-           reply: str = REPLY):
+           reply: str = REPLY, worker_nice: int = 0):
     """The API and worker processes, the slow model an HTTP endpoint here; the queue watched from Redis."""
     from atende.jobs import HueyQueue
 
@@ -195,7 +196,8 @@ def _scale(stack: ExitStack, services, home: Path, llm_delay_s: float, debounce_
         env["ATENDE_WHATSAPP_DEBOUNCE_S"] = str(debounce_s)
     logs_dir = logs_dir or home / "logs"
     logs_dir.mkdir(parents=True, exist_ok=True)
-    procs = ScaleProcesses(env, logs_dir, api_processes, worker_processes, workers, ingest_processes=ingest_processes)
+    procs = ScaleProcesses(env, logs_dir, api_processes, worker_processes, workers, ingest_processes=ingest_processes,
+                           worker_nice=worker_nice)
     base = stack.enter_context(procs)
     watch = QueueWatch(HueyQueue.from_settings(services).huey, signals=False)
     return base, model, watch, procs.cpu_s, procs
