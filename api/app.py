@@ -19,7 +19,7 @@ from api.routes import insights
 from api.routes import approved
 from api.routes import feedback
 from api.routes import regression
-from api.routes import followups
+from api.routes import followups, privacy
 from runtime.services import Services
 
 
@@ -47,6 +47,7 @@ def build_app(services: Services, version: str,
     app.include_router(dashboard.public)
     app.include_router(dashboard.router)
     app.include_router(followups.router)
+    app.include_router(privacy.router)
     app.include_router(followups.pages)
     dashboard.install_page_handlers(app)
     app.mount("/static", StaticFiles(directory=Path(__file__).resolve().parent / "static"), name="static")

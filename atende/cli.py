@@ -1,4 +1,4 @@
-"""The ``atende`` command line: serve, admin-token, worker, assistants, kb ingest/search, bench."""
+"""The ``atende`` command line: serve, admin-token, secrets, worker, assistants, kb ingest/search, bench."""
 from __future__ import annotations
 
 import argparse
@@ -42,6 +42,21 @@ def cmd_serve(args) -> int:
 def cmd_admin_token(args) -> int:
     """Print the admin token: ATENDE_ADMIN_TOKEN if set, else the one generated in the data directory."""
     print(Settings().admin_token)
+    return 0
+
+
+def cmd_secrets_rotate(args) -> int:
+    """Re-encrypt every credential stored in the database with ATENDE_DATA_KEY (those under a key of
+    ATENDE_DATA_KEYS_OLD, or stored before encryption); every process also does it when it starts."""
+    from atende.migrate import migrate
+    from atende.services import build_services
+    from core.crypto import reencrypt
+    from core.db import Base
+
+    services = build_services(Settings(), run_migrations=False)
+    migrate(services.engine)
+    count = reencrypt(services.engine, Base.metadata)
+    print(f"{count} stored secret(s) re-encrypted with the current data key; the old keys can be removed")
     return 0
 
 
@@ -295,6 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
                                            "ATENDE_ADMIN_TOKEN is set)")
     t.set_defaults(func=cmd_admin_token)
 
+    sec = sub.add_parser("secrets", help="the data key that encrypts the credentials stored in the database")
+    sec_sub = sec.add_subparsers(dest="secrets_command", required=True)
+    sec_sub.add_parser("rotate", help="re-encrypt every stored credential with ATENDE_DATA_KEY (old keys in "
+                                      "ATENDE_DATA_KEYS_OLD)").set_defaults(func=cmd_secrets_rotate)
+
     w = sub.add_parser("worker", help="run background-job workers (for a Redis queue)")
     w.add_argument("--queue", choices=("all", "customer", "ingest"), default="all",
                    help="the queue(s) to consume: customer (WhatsApp posts, turns, event delivery), ingest "
@@ -422,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
+    from core.crypto import SecretDecryptionError
     from core.errors import DomainError
     from core.secret_store import SecretStoreError
     from ingest.errors import IngestError
@@ -430,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DomainError, IngestError, ValidationError, SecretStoreError) as exc:
+    except (DomainError, IngestError, ValidationError, SecretStoreError, SecretDecryptionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

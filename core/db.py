@@ -64,6 +64,7 @@ def make_engine(url: str, pool_size: int = 20, max_overflow: int = 80) -> Engine
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA secure_delete=ON")  # deleted rows are overwritten, not left in free pages
             cur.close()
 
         return engine

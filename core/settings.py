@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from core.secret_store import load_or_create_secrets
 
 # unset secrets are generated into <home>/secrets.json (core/secret_store.py); explicit ones must look like secrets
-SECRET_FIELDS = ("admin_token", "session_secret", "secret_key", "webhook_secret")
+SECRET_FIELDS = ("admin_token", "session_secret", "secret_key", "webhook_secret", "data_key")
 MIN_SECRET_LENGTH = 16
 PLACEHOLDER_SECRET = re.compile(r"change.?me|replace.?me|^(.)\1*$", re.IGNORECASE)
 
@@ -112,6 +112,10 @@ class Settings(BaseSettings):
     secret_key: str | None = None
     # signs outbound webhooks (handoff): X-Atende-Signature, HMAC-SHA256; share it with the receiver
     webhook_secret: str | None = None
+    # encrypts the credentials stored in the database (core/crypto.py); ATENDE_DATA_KEYS_OLD: comma-separated keys
+    # being rotated out (they still decrypt until `atende secrets rotate` has re-encrypted everything)
+    data_key: str | None = None
+    data_keys_old: str = ""
 
     @field_validator("redis_prefix")
     @classmethod

@@ -6,6 +6,7 @@ import api.throttle  # noqa: F401
 import kb.models  # noqa: F401
 import runtime.approved  # noqa: F401
 import runtime.models  # noqa: F401
+import runtime.privacy  # noqa: F401
 import runtime.regression  # noqa: F401
 import runtime.whatsapp.models  # noqa: F401
 from core.db import Base

@@ -6,6 +6,7 @@ from datetime import datetime
 from sqlalchemy import JSON, Boolean, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
+from core.crypto import EncryptedText
 from core.db import Base, UTCDateTime, new_id, utcnow
 
 
@@ -20,9 +21,10 @@ class WhatsAppSender(Base):
     display_phone_number: Mapped[str] = mapped_column(String(32), default="")
     waba_id: Mapped[str] = mapped_column(String(64), default="")
     graph_version: Mapped[str] = mapped_column(String(16), default="v21.0")
-    access_token: Mapped[str] = mapped_column(Text)
-    app_secret: Mapped[str] = mapped_column(Text)
-    verify_token: Mapped[str] = mapped_column(Text)
+    # encrypted at rest (core.crypto); read decrypted
+    access_token: Mapped[str] = mapped_column(EncryptedText)
+    app_secret: Mapped[str] = mapped_column(EncryptedText)
+    verify_token: Mapped[str] = mapped_column(EncryptedText)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
