@@ -180,7 +180,7 @@ def cmd_conversations_export(args) -> int:
     # a file (never stdout) is closed in the finally below
     out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout  # noqa: SIM115
     try:
-        rows = export_conversations(_services(args), out, args.format, filters)
+        rows = export_conversations(_services(args), out, args.format, filters, masked=not args.unmasked)
     finally:
         if args.output:
             out.close()
@@ -359,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--output", "-o", help="file to write (default: standard output)")
     for flag in ("--channel", "--assistant-id", "--since", "--until", "--customer"):
         ex.add_argument(flag)
+    ex.add_argument("--unmasked", action="store_true",
+                    help="CPF/CNPJ, e-mails, phone numbers and customer ids in clear (masked by default)")
     ex.set_defaults(func=cmd_conversations_export)
 
     b = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="sub", required=True)
@@ -448,6 +450,10 @@ def main(argv: list[str] | None = None) -> int:
     from ingest.errors import IngestError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from runtime.masking import MaskingFilter
+
+    for handler in logging.getLogger().handlers:  # CPF, e-mails and phone numbers never reach the log in clear
+        handler.addFilter(MaskingFilter())
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

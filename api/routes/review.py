@@ -163,11 +163,14 @@ def list_conversations(filters: FiltersDep, session: SessionDep, limit: Annotate
 @router.get("/api/conversations/export", response_class=StreamingResponse,
             responses={200: {"content": {"text/csv": {}, "application/x-ndjson": {}}}})
 def export_conversations(filters: FiltersDep, services: ServicesDep,
-                         fmt: Annotated[Literal["csv", "jsonl"], Query(alias="format")] = "csv"):
-    """One row per message, with its conversation, sources, function calls and feedback, streamed."""
+                         fmt: Annotated[Literal["csv", "jsonl"], Query(alias="format")] = "csv",
+                         unmasked: Annotated[bool, Query(description="CPF/CNPJ, e-mails, phone numbers and customer "
+                                                                     "ids in clear (masked by default)")] = False):
+    """One row per message, with its conversation, sources, function calls and feedback, streamed; personal data
+    masked unless ``unmasked``."""
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     return StreamingResponse(
-        stream_export(services, fmt, filters), media_type=MEDIA_TYPES[fmt],
+        stream_export(services, fmt, filters, masked=not unmasked), media_type=MEDIA_TYPES[fmt],
         headers={"Content-Disposition": f'attachment; filename="conversations-{stamp}.{fmt}"'},
     )
 

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from core.errors import InvalidRequest
 from kb.models import Assistant
 from runtime import handoff
+from runtime.masking import mask_id, mask_json
 from runtime.models import Conversation, Message, MessageFeedback, MessageSource, ToolCallRecord
 from runtime.review.conversations import handoff_reason
 from runtime.review.filters import ConversationFilters
@@ -33,27 +34,41 @@ EXPORT_COLUMNS = (
 
 
 def stream_export(services: Services, fmt: str, filters: ConversationFilters, *,
-                  page_size: int = EXPORT_PAGE_SIZE) -> Iterator[str]:
-    """The export as text chunks (one per page), for a streaming HTTP response; checks ``fmt`` at once."""
-    return (text for _, text in _encoded(services, fmt, filters, page_size))
+                  page_size: int = EXPORT_PAGE_SIZE, masked: bool = True) -> Iterator[str]:
+    """The export as text chunks (one per page), for a streaming HTTP response; checks ``fmt`` at once. Personal
+    data is masked (:func:`masked_row`) unless ``masked`` is False."""
+    return (text for _, text in _encoded(services, fmt, filters, page_size, masked))
 
 
 def export_conversations(services: Services, out: IO[str], fmt: str, filters: ConversationFilters, *,
-                         page_size: int = EXPORT_PAGE_SIZE) -> int:
-    """Write the export to ``out``; returns the number of message rows written."""
+                         page_size: int = EXPORT_PAGE_SIZE, masked: bool = True) -> int:
+    """Write the export to ``out`` (personal data masked unless ``masked`` is False); the message rows written."""
     count = 0
-    for rows, text in _encoded(services, fmt, filters, page_size):
+    for rows, text in _encoded(services, fmt, filters, page_size, masked):
         out.write(text)
         count += rows
     return count
 
 
-def _encoded(services: Services, fmt: str, filters: ConversationFilters, page_size: int) -> Iterator[tuple[int, str]]:
+def _encoded(services: Services, fmt: str, filters: ConversationFilters, page_size: int,
+             masked: bool) -> Iterator[tuple[int, str]]:
     """(rows, text) per page of the export; ``fmt`` is checked here, before any page is read, so that an
     unknown one fails the request instead of a response already streaming."""
     if fmt not in EXPORT_FORMATS:
         raise InvalidRequest(f"unknown export format {fmt!r}; one of {EXPORT_FORMATS}")
-    return _encode(fmt, export_pages(services, filters, page_size=page_size))
+    pages = export_pages(services, filters, page_size=page_size)
+    return _encode(fmt, ([masked_row(r) for r in page] for page in pages) if masked else pages)
+
+
+# the fields of a row that may hold personal data: what the customer wrote or was told, tool arguments and results,
+# reasons and comments (ids, statuses, the business's own sources are left alone)
+_FREE_TEXT = ("text", "handoff_reason", "handoff_changes", "function_calls", "feedback", "error_title")
+
+
+def masked_row(row: dict) -> dict:
+    """An export row with CPF/CNPJ numbers, e-mail addresses and phone numbers masked (``runtime.masking``) in its
+    free text, and the customer's id masked."""
+    return {**row, "customer_id": mask_id(row["customer_id"]), **{k: mask_json(row[k]) for k in _FREE_TEXT}}
 
 
 def export_pages(services: Services, filters: ConversationFilters, *, page_size: int = EXPORT_PAGE_SIZE) -> Iterator[list[dict]]:

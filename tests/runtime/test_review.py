@@ -318,7 +318,11 @@ def test_export_jsonl_has_every_message_with_sources_and_calls(api):
     assert (first["tokens_in"], first["tokens_out"], first["latency_ms"]) == (300, 20, 900)
     assert first["cost"] == pytest.approx(0.002) and first["channel_cost"] == pytest.approx(0.01)
     assert first["created_at"].startswith("2024-03-01T10:00:02") and first["model"] == "gpt-test"
-    assert (first["channel"], first["assistant_name"], first["customer_id"]) == ("whatsapp", "clinica", "5511999990001")
+    # personal data is masked by default: the WhatsApp number but its last four digits; ?unmasked=true, in clear
+    assert (first["channel"], first["assistant_name"], first["customer_id"]) == ("whatsapp", "clinica", "*********0001")
+    clear = [json.loads(x) for x in client.get("/api/conversations/export", params={"format": "jsonl",
+                                                                                     "unmasked": "true"}).text.splitlines()]
+    assert {x["customer_id"] for x in clear if x["conversation_id"] == ids["c1"]} == {"5511999990001"}
     assert [(s["filename"], s["page"], s["section"], s["score"]) for s in first["sources"]] == \
         [("horarios.pdf", 1, "Horário", pytest.approx(0.91)), ("precos.csv", None, "", pytest.approx(0.52))]
     assert first["sources"][0]["text"] == "Abrimos de segunda a sexta, das 8h às 18h."
