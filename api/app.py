@@ -19,6 +19,8 @@ from api.routes import insights
 from api.routes import approved
 from api.routes import feedback
 from api.routes import regression
+from api.audit import AuditMiddleware
+from api.audit import router as audit_router
 from api.routes import followups, privacy
 from runtime.services import Services
 
@@ -32,6 +34,7 @@ def build_app(services: Services, version: str,
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=services.settings.trusted_proxies)
     install_error_handlers(app)
     install_body_limits(app, services.settings)
+    app.add_middleware(AuditMiddleware, services=services)
     app.include_router(assistants.router)
     app.include_router(documents.router)
     app.include_router(review.router)  # before conversations: /api/conversations/export is not an id
@@ -48,6 +51,7 @@ def build_app(services: Services, version: str,
     app.include_router(dashboard.router)
     app.include_router(followups.router)
     app.include_router(privacy.router)
+    app.include_router(audit_router)
     app.include_router(followups.pages)
     dashboard.install_page_handlers(app)
     app.mount("/static", StaticFiles(directory=Path(__file__).resolve().parent / "static"), name="static")

@@ -10,6 +10,7 @@ present, has to name this host (CSRF).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 from collections.abc import Iterator
@@ -32,6 +33,18 @@ _bearer = HTTPBearer(auto_error=False)
 
 SESSION_COOKIE = "atende_session"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+AUDIT_ACTOR = "audit_actor"  # the request state's name of who makes it (api.audit)
+
+
+def set_actor(request: Request, actor: str) -> None:
+    """Name who makes this request, for its audit entry (``api.audit``)."""
+    setattr(request.state, AUDIT_ACTOR, actor)
+
+
+def session_actor(request: Request) -> str:
+    """A dashboard session as the audit names it: a digest of its cookie, never the cookie."""
+    digest = hashlib.sha256(request.cookies.get(SESSION_COOKIE, "").encode()).hexdigest()[:12]
+    return f"dashboard session {digest}"
 
 
 def get_services(request: Request) -> Services:
@@ -114,7 +127,9 @@ def require_admin(
     """The bearer token, or the session cookie (plus a same-origin check for changes)."""
     if creds is not None:
         try:
-            return authenticate(request, services, creds.credentials)
+            authenticate(request, services, creds.credentials)
+            set_actor(request, "admin token")
+            return
         except AuthFailed as exc:
             if exc.retry_after:
                 raise HTTPException(status_code=429, detail=f"too many wrong tokens; try again in {exc.retry_after} s",
@@ -122,6 +137,7 @@ def require_admin(
     elif has_session(request, services):
         if request.method not in SAFE_METHODS and not same_origin(request):
             raise HTTPException(status_code=403, detail="cross-site request refused")
+        set_actor(request, session_actor(request))
         return
     raise HTTPException(status_code=401, detail="missing or wrong admin token", headers={"WWW-Authenticate": "Bearer"})
 

@@ -21,7 +21,9 @@ from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import select
 
-from api.deps import SESSION_COOKIE, AuthFailed, ServicesDep, SessionDep, authenticate, has_session, same_origin
+from api.deps import (
+    SESSION_COOKIE, AuthFailed, ServicesDep, SessionDep, authenticate, has_session, same_origin, session_actor, set_actor,
+)
 from api.routes import conversations as conversation_routes
 from api.routes import documents as document_routes
 from api.routes import regression as regression_routes
@@ -98,6 +100,7 @@ def require_page_session(request: Request, services: ServicesDep) -> None:
     if not has_session(request, services):
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         raise LoginRequired(path)
+    set_actor(request, session_actor(request))
 
 
 def install_page_handlers(app) -> None:

@@ -186,6 +186,7 @@ def test_parts_left_claimed_by_a_dead_sender_get_an_expired_send_lease(database_
     ({"followups"}, "0015", {"followups": {"ix_followups_conversation_id", "ix_followups_due_at",
                                            "ix_followups_status"}}),
     ({"erasures"}, "0017", {"erasures": {"ix_erasures_customer_ref"}}),
+    ({"audit_log"}, "0018", {"audit_log": {"ix_audit_log_at"}}),
 ])
 def test_round_two_tables_go_up_and_down_and_match_the_models(database_url, tables, previous, indexes):
     """Each migration of round two: its tables and indexes exist at head, match the models, are
