@@ -9,6 +9,7 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
@@ -55,6 +56,11 @@ def build_app(services: Services, version: str,
     app.include_router(followups.pages)
     dashboard.install_page_handlers(app)
     app.mount("/static", StaticFiles(directory=Path(__file__).resolve().parent / "static"), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        # a newcomer opening the server lands on the dashboard (its login page when signed out)
+        return RedirectResponse("/dashboard", status_code=303)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict:

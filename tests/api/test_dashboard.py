@@ -436,3 +436,10 @@ def test_day_chart_scales_bars_to_the_busiest_day_and_thins_labels():
     assert first["mh"] == pytest.approx(busiest["mh"] / 30, abs=0.1) and first["rh"] == 0
     assert all(a["x"] < b["x"] for a, b in zip(bars, bars[1:], strict=False)) and bars[-1]["x"] + bars[-1]["w"] <= 736
     assert day_chart([])["days"] == []
+
+
+def test_the_root_url_leads_to_the_dashboard(app_client):
+    r = app_client.get("/", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/dashboard"
+    r = app_client.get("/", follow_redirects=True)  # signed out: the login page
+    assert r.status_code == 200 and r.url.path == "/dashboard/login"
