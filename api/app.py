@@ -20,6 +20,7 @@ from api.routes import approved
 from api.routes import feedback
 from api.routes import regression
 from api.routes import followups
+from api.routes import media
 from runtime.services import Services
 
 
@@ -38,6 +39,7 @@ def build_app(services: Services, version: str,
     app.include_router(insights.router)
     app.include_router(approved.router)
     app.include_router(conversations.router)
+    app.include_router(media.router)
     app.include_router(feedback.router)
     app.include_router(regression.router)
     app.include_router(widget.router)

@@ -37,6 +37,7 @@ from runtime.models import Conversation
 from runtime.recovery import owed_turns, recover
 from runtime.services import Services
 from runtime.whatsapp.inbound import process_post
+from runtime.whatsapp.media import process_media, queue_media
 from runtime.whatsapp.models import WebhookPost
 from runtime.whatsapp.outbound import due_conversations, send_due
 from runtime.whatsapp.turns import LEASE_OWNER, run_whatsapp_turn, start_turns
@@ -77,11 +78,11 @@ def flush_redis_queues(url: str, prefix: str) -> None:
 
 class HueyQueue:
     """The ``runtime.queue.WorkQueue`` on two hueys: ingestion jobs ("ingest.run_job") on ``ingest``; WhatsApp posts
-    ("whatsapp.process"), turns ("whatsapp.turn"), send retries ("whatsapp.send") and event delivery
-    ("events.deliver") on ``huey``, the customer queue, with the outbox sweep ("whatsapp.send_due", every minute)
-    and the recovery sweep ("recovery.sweep", every minute: ``runtime.recovery.recover``), both run by the customer
-    queue's consumers. Their consumers (the embedded ones, or ``atende worker`` processes)
-    run them. Embedded (SQLite) and Redis differ only in the hueys' storage.
+    ("whatsapp.process"), customers' media downloads and transcriptions ("media.process"), turns ("whatsapp.turn"),
+    send retries ("whatsapp.send") and event delivery ("events.deliver") on ``huey``, the customer queue, with the
+    outbox sweep ("whatsapp.send_due", every minute) and the recovery sweep ("recovery.sweep", every minute:
+    ``runtime.recovery.recover``), both run by the customer queue's consumers. Their consumers (the embedded ones,
+    or ``atende worker`` processes) run them. Embedded (SQLite) and Redis differ only in the hueys' storage.
 
     The tasks run on ``services``; make this queue ``services.queue``, since the tasks queue their
     follow-up work (a post's turns, a turn put off by the debounce) there.
@@ -107,7 +108,13 @@ class HueyQueue:
 
         @huey.task(name="whatsapp.process", retries=3, retry_delay=2)
         def process_webhook(post_id: str) -> None:
-            start_turns(services.queue, process_post(services, post_id), services.settings.whatsapp_debounce_s)
+            conversations = process_post(services, post_id)
+            queue_media(services, conversations)
+            start_turns(services.queue, conversations, services.settings.whatsapp_debounce_s)
+
+        @huey.task(name="media.process")
+        def media_process(media_id: str) -> None:
+            process_media(services, media_id)
 
         @huey.task(name="whatsapp.turn", retries=2, retry_delay=2)
         def whatsapp_turn(conversation_id: str, scheduled_at: str) -> None:
@@ -133,6 +140,7 @@ class HueyQueue:
         self.recovery_sweep = recovery_sweep
         self._process_webhook, self._whatsapp_turn = process_webhook, whatsapp_turn
         self._whatsapp_send, self.whatsapp_send_due = whatsapp_send, whatsapp_send_due
+        self._media_process = media_process
 
     @classmethod
     def from_settings(cls, services: Services) -> HueyQueue:
@@ -152,6 +160,13 @@ class HueyQueue:
 
     def deliver_events(self, event_ids: list[str]) -> None:
         self._deliver_events(event_ids)
+
+    def enqueue_media(self, media_id: str, delay_s: float) -> None:
+        """"media.process" on the customer queue (a customer waits for it), in ``delay_s`` seconds."""
+        if delay_s > 0:
+            self._media_process.schedule((media_id,), delay=delay_s)
+        else:
+            self._media_process(media_id)
 
     def schedule_send(self, conversation_id: str, delay_s: float) -> None:
         """"whatsapp.send" on the customer queue in ``delay_s`` seconds (huey keeps the schedule in its storage)."""
