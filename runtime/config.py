@@ -71,6 +71,7 @@ TOOL_NAMES = ("search_knowledge_base", "transfer_to_human", "collect_data", "lis
 DEFAULT_TOOLS = ("search_knowledge_base", "transfer_to_human", "collect_data")
 FieldType = Literal["email", "phone", "date", "number", "enum", "regex", "cpf", "cnpj", "text"]
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+_NOTE = re.compile(r"\[The customer [^\[\]]*\]")  # runtime.whatsapp.webhook's notes on what was sent
 
 
 class RetrievalConfig(BaseModel):
@@ -276,6 +277,10 @@ class HandoffConfig(BaseModel):
     close_message: str | None = Field(
         default=None, max_length=4096, description="told to the customer when an operator closes the conversation; "
                                                    "none (the default): nothing is sent")
+    on_image: bool = Field(
+        default=False, description="hand the conversation to a person when the customer sends an image (no local "
+                                   "model reads images; its caption is still the text): e.g. photos of damage, "
+                                   "receipts")
 
 
 def merge_config(stored: dict, changes: dict) -> dict:
@@ -359,7 +364,9 @@ class AssistantConfig(BaseModel):
 
     def language(self, texts: list[str]) -> str | None:
         """The customer's language (en, pt, es) told by ``texts`` (newest first), else the system prompt's."""
-        return next(filter(None, map(message_language, [*texts, self.system_prompt])), None)
+        # our bracketed notes ("[The customer sent a voice message]") say nothing of the customer's language
+        notes_out = [_NOTE.sub(" ", text) for text in texts]
+        return next(filter(None, map(message_language, [*notes_out, self.system_prompt])), None)
 
     @field_validator("http_tools")
     @classmethod

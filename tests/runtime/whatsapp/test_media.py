@@ -21,7 +21,7 @@ from runtime.whatsapp.inbound import accept_post
 from runtime.whatsapp.media import awaited, cap_text, process_media
 from runtime.whatsapp.models import MessageMedia, WhatsAppSender
 from runtime.whatsapp.standin import GraphStandIn, sign
-from tests.conftest import make_services
+from tests.conftest import make_services, requires_shared, shared_doc
 from tests.factories import add_assistant, use_scripted_model
 from tests.transcription_standin import TranscriptionStandIn
 
@@ -255,15 +255,16 @@ def test_migration_0018_goes_up_and_down(database_url):
 
 
 @pytest.fixture
-def app_wa(tmp_path, embedders):
-    """The real app on its huey queue (SQLite), with the Graph and transcription stand-ins."""
+def app_wa(tmp_path, embedders, database_url):
+    """The real app on its huey queue (SQLite file; the database SQLite or PostgreSQL), with the Graph and
+    transcription stand-ins."""
     from fastapi.testclient import TestClient
 
     from atende.app import create_app
     from tests.conftest import ADMIN_TOKEN
 
     with GraphStandIn() as graph, TranscriptionStandIn() as speech:
-        services = make_services(tmp_path / "home", embedders, whatsapp_graph_url=graph.base_url,
+        services = make_services(tmp_path / "home", embedders, database_url, whatsapp_graph_url=graph.base_url,
                                  whatsapp_debounce_s=0.4, media_poll_s=0.2, media_wait_max_s=3.0, workers=2,
                                  media_retry_delay_s=0, transcription_url=speech.base_url)
         model = use_scripted_model(services)
@@ -381,3 +382,45 @@ def test_the_media_route_serves_safely_and_only_to_admins(media_wa):
     exported = [json.loads(line) for line in out.getvalue().splitlines()]
     voice = [r for r in exported if r["kind"] == "voice"][0]
     assert voice["media"]["transcript"] == "Bom dia, quero saber o preço" and voice["media"]["sha256"]
+
+
+@requires_shared
+def test_a_customers_pdf_is_parsed_in_the_sandbox_and_given_to_the_turn_capped(media_wa):
+    services, graph, speech, model = media_wa
+    services.settings.media_document_chars = 600
+    pdf = shared_doc("pdf/layout-parser-paper-with-table.pdf").read_bytes()
+    graph.media.add("m-pdf", pdf, "application/pdf")
+    model.enqueue("Recebi o seu documento.")
+    deliver(services, media_body("wamid.pdf1", "document", "m-pdf", mime="application/pdf",
+                                 filename="paper.pdf", caption="o que acham?"))
+    [row] = media_rows(services)
+    assert row.status == "stored" and row.transcript_engine == "ingest.parse" and row.transcript_error is None
+    text = row.transcript_text
+    assert text.startswith('[The customer\'s document "paper.pdf", cut short:]') and "LayoutParser" in text
+    body = text.split("\n", 1)[1].rsplit("\n", 1)[0]
+    from ingest.sandbox import ParseLimits, parse_isolated
+    full = "\n\n".join(e.text.strip() for e in parse_isolated(pdf, "pdf", ParseLimits.from_settings(services.settings))
+                       if e.text.strip())
+    assert 300 <= len(body) <= 600 and full.startswith(body)
+    assert full[len(body):].startswith("\n\n")  # cut where a paragraph ends
+    asked = last_user_text(model)
+    assert "o que acham?" in asked and "LayoutParser" in asked
+
+
+def test_an_image_hands_off_when_the_assistant_says_so(media_wa):
+    from kb.models import Assistant
+    from runtime.config import DEFAULT_HANDOFF, merge_config
+    from runtime.models import Conversation
+
+    services, graph, speech, model = media_wa
+    with services.session() as session:
+        assistant = session.scalars(select(Assistant)).one()
+        assistant.config = merge_config(assistant.config or {}, {"handoff": {"on_image": True}})
+        session.commit()
+    graph.media.add("m-dmg", PNG, "image/png")
+    deliver(services, media_body("wamid.h1", "image", "m-dmg", mime="image/png", caption="o produto chegou quebrado, o que eu faço?"))
+    assert model.requests == [] and graph.sent[0]["json"]["text"]["body"] == DEFAULT_HANDOFF["pt"]
+    with services.session() as session:
+        conv = session.scalars(select(Conversation)).one()
+        assert conv.handoff_state == "waiting_for_human" and conv.handoff["reason"] == "the customer sent an image"
+    assert media_rows(services)[0].status == "stored"
