@@ -265,7 +265,7 @@ def app_wa(tmp_path, embedders, database_url):
 
     with GraphStandIn() as graph, TranscriptionStandIn() as speech:
         services = make_services(tmp_path / "home", embedders, database_url, whatsapp_graph_url=graph.base_url,
-                                 whatsapp_debounce_s=0.4, media_poll_s=0.2, media_wait_max_s=3.0, workers=2,
+                                 whatsapp_debounce_s=0.4, media_poll_s=0.2, media_wait_max_s=60.0, workers=2,
                                  media_retry_delay_s=0, transcription_url=speech.base_url)
         model = use_scripted_model(services)
         with TestClient(create_app(services=services)) as client:
@@ -317,6 +317,7 @@ def test_a_stuck_transcription_does_not_leave_the_customer_unanswered(app_wa):
     from tests.factories import wait_until
 
     client, services, graph, speech, model = app_wa
+    services.settings.media_wait_max_s = 2.0
     graph.media.add("m-stuck", VOICE, "audio/ogg")
     speech.add(VOICE, "Olá")
     speech.hold()
@@ -424,3 +425,18 @@ def test_an_image_hands_off_when_the_assistant_says_so(media_wa):
         conv = session.scalars(select(Conversation)).one()
         assert conv.handoff_state == "waiting_for_human" and conv.handoff["reason"] == "the customer sent an image"
     assert media_rows(services)[0].status == "stored"
+
+
+def test_on_the_huey_queue_a_failing_download_is_retried_later_and_the_turn_waits_for_it(app_wa):
+    from tests.factories import wait_until
+
+    client, services, graph, speech, model = app_wa
+    services.settings.media_retry_delay_s = 0.3  # scheduled retries: 0.3 s, then 0.6 s
+    graph.media.add("m-late", VOICE, "audio/ogg", fail_info=[503, 500])
+    speech.add(VOICE, "Posso pagar com Pix?")
+    model.enqueue("Sim, aceitamos Pix.")
+    post_webhook(client, media_body("wamid.l1", "audio", "m-late", mime="audio/ogg", voice=True))
+    wait_until(lambda: graph.sent, what="the reply")
+    row = media_rows(services)[0]
+    assert (row.status, row.attempts, row.transcript_text) == ("stored", 3, "Posso pagar com Pix?")
+    assert "Posso pagar com Pix?" in last_user_text(model) and len(model.requests) == 1
