@@ -37,7 +37,7 @@ from runtime.models import Conversation
 from runtime.recovery import owed_turns, recover
 from runtime.services import Services
 from runtime.whatsapp.inbound import process_post
-from runtime.whatsapp.media import process_media, queue_media
+from runtime.whatsapp.media import owed_media, process_media, queue_media, release_claims
 from runtime.whatsapp.models import WebhookPost
 from runtime.whatsapp.outbound import due_conversations, send_due
 from runtime.whatsapp.turns import LEASE_OWNER, run_whatsapp_turn, start_turns
@@ -252,7 +252,8 @@ def run_workers(consumers: Sequence[Consumer]) -> None:
 def requeue_interrupted(services: Services, jobs: bool = True, posts: bool = True, sends: bool = True) -> int:
     """Re-enqueue jobs left queued or processing by a stopped process (chunk ids are deterministic,
     so re-running a half-written version simply overwrites it), unprocessed webhook posts and, with ``sends``,
-    the sends the outbox has due (``runtime.whatsapp.outbound.send_due`` per conversation, at once), and the turns
+    the sends the outbox has due (``runtime.whatsapp.outbound.send_due`` per conversation, at once), the customers'
+    media files left unfetched or unread (their claims cleared first), and the turns
     owed (``runtime.recovery.owed_turns``, every turn lease of another process cleared first); through
     ``services.queue``, so on a ``HueyQueue`` the jobs go to the ingest queue and the rest to the customer one.
     Returns how many were queued. Call it only where nothing else runs that work: ``jobs=False`` leaves the jobs
@@ -280,7 +281,11 @@ def requeue_interrupted(services: Services, jobs: bool = True, posts: bool = Tru
         session.execute(update(Conversation).where(Conversation.turn_lease_owner != LEASE_OWNER)
                         .values(turn_lease_until=None, turn_lease_owner=None))
         session.commit()
+    release_claims(services)  # the files a stopped process was fetching or reading: theirs to take again
+    files = owed_media(services, services.clock(), margin_s=0)
+    for media_id in files:
+        services.queue.enqueue_media(media_id, 0)
     turns = owed_turns(services, services.clock())
     for conversation_id in turns:
         services.queue.schedule_turn(conversation_id, 0)
-    return len(job_ids) + len(post_ids) + len(conversation_ids) + len(turns)
+    return len(job_ids) + len(post_ids) + len(conversation_ids) + len(files) + len(turns)

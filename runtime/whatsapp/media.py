@@ -106,16 +106,27 @@ def awaited(session: Session, message_ids: list[str]) -> list[MessageMedia]:
     return [r for r in records if r.status == "pending" or _unread(r)]
 
 
-def owed_media(services: Services, now: datetime) -> list[str]:
+def owed_media(services: Services, now: datetime, *, margin_s: float | None = None) -> list[str]:
     """Files left pending or unread by a dead worker or a lost queue entry: no live claim, no retry scheduled
-    later, and older than ``recovery_margin_s``."""
-    margin = timedelta(seconds=services.settings.recovery_margin_s)
+    later, and older than ``margin_s`` (default ``recovery_margin_s``; 0 at a lone worker's start, once the
+    claims of the dead process are cleared, ``release_claims``)."""
+    margin = timedelta(seconds=services.settings.recovery_margin_s if margin_s is None else margin_s)
     free = and_(or_(MessageMedia.claimed_until.is_(None), MessageMedia.claimed_until <= now),
                 or_(MessageMedia.next_attempt_at.is_(None), MessageMedia.next_attempt_at <= now - margin))
     with services.session() as session:
         records = session.scalars(select(MessageMedia).where(
             MessageMedia.status.in_(("pending", "stored")), MessageMedia.created_at <= now - margin, free))
         return [r.id for r in records if r.status == "pending" or _unread(r)]
+
+
+def release_claims(services: Services) -> int:
+    """Clear every file's claim (at the start of the only worker: a claim left is a dead process's); returns how
+    many there were."""
+    with services.session() as session:
+        count = session.execute(update(MessageMedia).where(MessageMedia.claimed_until.is_not(None))
+                                .values(claimed_until=None)).rowcount
+        session.commit()
+    return count
 
 
 def transcriber(services: Services) -> Transcriber:

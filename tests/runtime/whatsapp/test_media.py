@@ -440,3 +440,21 @@ def test_on_the_huey_queue_a_failing_download_is_retried_later_and_the_turn_wait
     row = media_rows(services)[0]
     assert (row.status, row.attempts, row.transcript_text) == ("stored", 3, "Posso pagar com Pix?")
     assert "Posso pagar com Pix?" in last_user_text(model) and len(model.requests) == 1
+
+
+def test_a_lone_worker_starting_takes_back_the_files_a_stopped_process_held(media_wa):
+    from atende.jobs import requeue_interrupted
+
+    services, graph, speech, model = media_wa
+    graph.media.add("m-start", VOICE, "audio/ogg")
+    speech.add(VOICE, "Oi, tudo bem?")
+    model.enqueue("Tudo bem!")
+    deliver(services, media_body("wamid.st1", "audio", "m-start", mime="audio/ogg", voice=True))
+    with services.session() as session:  # stopped mid-transcription: stored, its claim still on, no transcript
+        row = session.scalars(select(MessageMedia)).one()
+        row.transcribed_at = row.transcript_text = None
+        row.claimed_until = datetime.now(UTC) + timedelta(minutes=5)
+        session.commit()
+    assert requeue_interrupted(services, jobs=False, posts=False, sends=False) >= 1
+    row = media_rows(services)[0]
+    assert row.transcript_text == "Oi, tudo bem?" and row.claimed_until is None and len(speech.requests) == 2
