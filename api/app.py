@@ -22,7 +22,7 @@ from api.routes import feedback
 from api.routes import regression
 from api.audit import AuditMiddleware
 from api.audit import router as audit_router
-from api.routes import followups, privacy
+from api.routes import followups, media, privacy
 from runtime.services import Services
 
 
@@ -42,6 +42,7 @@ def build_app(services: Services, version: str,
     app.include_router(insights.router)
     app.include_router(approved.router)
     app.include_router(conversations.router)
+    app.include_router(media.router)
     app.include_router(feedback.router)
     app.include_router(regression.router)
     app.include_router(widget.router)

@@ -37,6 +37,7 @@ from runtime.models import Conversation
 from runtime.recovery import owed_turns, recover
 from runtime.services import Services
 from runtime.whatsapp.inbound import process_post
+from runtime.whatsapp.media import owed_media, process_media, queue_media, release_claims
 from runtime.whatsapp.models import WebhookPost
 from runtime.whatsapp.outbound import due_conversations, send_due
 from runtime.whatsapp.turns import LEASE_OWNER, run_whatsapp_turn, start_turns
@@ -77,11 +78,11 @@ def flush_redis_queues(url: str, prefix: str) -> None:
 
 class HueyQueue:
     """The ``runtime.queue.WorkQueue`` on two hueys: ingestion jobs ("ingest.run_job") on ``ingest``; WhatsApp posts
-    ("whatsapp.process"), turns ("whatsapp.turn"), send retries ("whatsapp.send") and event delivery
-    ("events.deliver") on ``huey``, the customer queue, with the outbox sweep ("whatsapp.send_due", every minute)
-    and the recovery sweep ("recovery.sweep", every minute: ``runtime.recovery.recover``), both run by the customer
-    queue's consumers. Their consumers (the embedded ones, or ``atende worker`` processes)
-    run them. Embedded (SQLite) and Redis differ only in the hueys' storage.
+    ("whatsapp.process"), customers' media downloads and transcriptions ("media.process"), turns ("whatsapp.turn"),
+    send retries ("whatsapp.send") and event delivery ("events.deliver") on ``huey``, the customer queue, with the
+    outbox sweep ("whatsapp.send_due", every minute) and the recovery sweep ("recovery.sweep", every minute:
+    ``runtime.recovery.recover``), both run by the customer queue's consumers. Their consumers (the embedded ones,
+    or ``atende worker`` processes) run them. Embedded (SQLite) and Redis differ only in the hueys' storage.
 
     The tasks run on ``services``; make this queue ``services.queue``, since the tasks queue their
     follow-up work (a post's turns, a turn put off by the debounce) there.
@@ -107,7 +108,13 @@ class HueyQueue:
 
         @huey.task(name="whatsapp.process", retries=3, retry_delay=2)
         def process_webhook(post_id: str) -> None:
-            start_turns(services.queue, process_post(services, post_id), services.settings.whatsapp_debounce_s)
+            conversations = process_post(services, post_id)
+            queue_media(services, conversations)
+            start_turns(services.queue, conversations, services.settings.whatsapp_debounce_s)
+
+        @huey.task(name="media.process")
+        def media_process(media_id: str) -> None:
+            process_media(services, media_id)
 
         @huey.task(name="whatsapp.turn", retries=2, retry_delay=2)
         def whatsapp_turn(conversation_id: str, scheduled_at: str) -> None:
@@ -133,6 +140,7 @@ class HueyQueue:
         self.recovery_sweep = recovery_sweep
         self._process_webhook, self._whatsapp_turn = process_webhook, whatsapp_turn
         self._whatsapp_send, self.whatsapp_send_due = whatsapp_send, whatsapp_send_due
+        self._media_process = media_process
 
     @classmethod
     def from_settings(cls, services: Services) -> HueyQueue:
@@ -152,6 +160,13 @@ class HueyQueue:
 
     def deliver_events(self, event_ids: list[str]) -> None:
         self._deliver_events(event_ids)
+
+    def enqueue_media(self, media_id: str, delay_s: float) -> None:
+        """"media.process" on the customer queue (a customer waits for it), in ``delay_s`` seconds."""
+        if delay_s > 0:
+            self._media_process.schedule((media_id,), delay=delay_s)
+        else:
+            self._media_process(media_id)
 
     def schedule_send(self, conversation_id: str, delay_s: float) -> None:
         """"whatsapp.send" on the customer queue in ``delay_s`` seconds (huey keeps the schedule in its storage)."""
@@ -266,7 +281,8 @@ def run_workers(consumers: Sequence[Consumer]) -> None:
 def requeue_interrupted(services: Services, jobs: bool = True, posts: bool = True, sends: bool = True) -> int:
     """Re-enqueue jobs left queued or processing by a stopped process (chunk ids are deterministic,
     so re-running a half-written version simply overwrites it), unprocessed webhook posts and, with ``sends``,
-    the sends the outbox has due (``runtime.whatsapp.outbound.send_due`` per conversation, at once), and the turns
+    the sends the outbox has due (``runtime.whatsapp.outbound.send_due`` per conversation, at once), the customers'
+    media files left unfetched or unread (their claims cleared first), and the turns
     owed (``runtime.recovery.owed_turns``, every turn lease of another process cleared first); through
     ``services.queue``, so on a ``HueyQueue`` the jobs go to the ingest queue and the rest to the customer one.
     Returns how many were queued. Call it only where nothing else runs that work: ``jobs=False`` leaves the jobs
@@ -294,7 +310,11 @@ def requeue_interrupted(services: Services, jobs: bool = True, posts: bool = Tru
         session.execute(update(Conversation).where(Conversation.turn_lease_owner != LEASE_OWNER)
                         .values(turn_lease_until=None, turn_lease_owner=None))
         session.commit()
+    release_claims(services)  # the files a stopped process was fetching or reading: theirs to take again
+    files = owed_media(services, services.clock(), margin_s=0)
+    for media_id in files:
+        services.queue.enqueue_media(media_id, 0)
     turns = owed_turns(services, services.clock())
     for conversation_id in turns:
         services.queue.schedule_turn(conversation_id, 0)
-    return len(job_ids) + len(post_ids) + len(conversation_ids) + len(turns)
+    return len(job_ids) + len(post_ids) + len(conversation_ids) + len(files) + len(turns)

@@ -104,6 +104,25 @@ class Settings(BaseSettings):
     whatsapp_status_wait_s: float = Field(default=300.0, gt=0)
     # Meta's charge per billable message by pricing category (USD), e.g. {"marketing": 0.0625, "utility": 0.008}
     whatsapp_prices: dict[str, float] = Field(default_factory=dict)
+    # media customers send on WhatsApp (runtime.whatsapp.media): fetched through the Graph API's media endpoints,
+    # capped per kind while streaming (Meta's own limits as defaults; never over max_upload_mb), stored by hash
+    media_max_mb: dict[str, float] = Field(default_factory=lambda: {
+        "audio": 16.0, "voice": 16.0, "image": 5.0, "video": 16.0, "document": 100.0, "sticker": 0.5})
+    media_attempts: int = Field(default=4, ge=1, le=20)  # downloads (and transcriptions) tried at most this often
+    media_retry_delay_s: float = Field(default=2.0, ge=0)  # first retry delay, doubled at each attempt
+    media_timeout_s: float = Field(default=60.0, gt=0)  # one download, connection to last byte
+    # a burst with a voice note waits for its transcript at most this long after the burst's first message
+    # before its turn answers with what is known; the turn looks again every media_poll_s meanwhile
+    media_wait_max_s: float = Field(default=60.0, gt=0)
+    media_poll_s: float = Field(default=1.0, gt=0)
+    # a document a customer sends: its parsed text given to the turn, cut to this many characters
+    media_document_chars: int = Field(default=4000, ge=200, le=100_000)
+    # speech to text (runtime.transcription): an OpenAI-compatible /audio/transcriptions endpoint when set,
+    # else the local Whisper engine (runtime.whisper)
+    transcription_url: str | None = None
+    transcription_api_key: str = "local"
+    transcription_model: str = "whisper-1"
+    transcription_timeout_s: float = Field(default=120.0, gt=0)
     # web-widget turns run on their own threads (never a request thread the webhook needs), at most
     # widget_max_turns queued or running per server process; more get 503 with Retry-After
     widget_turn_workers: int = Field(default=4, ge=1, le=256)

@@ -71,6 +71,7 @@ TOOL_NAMES = ("search_knowledge_base", "transfer_to_human", "collect_data", "lis
 DEFAULT_TOOLS = ("search_knowledge_base", "transfer_to_human", "collect_data")
 FieldType = Literal["email", "phone", "date", "number", "enum", "regex", "cpf", "cnpj", "text"]
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+_NOTE = re.compile(r"\[The customer [^\[\]]*\]")  # runtime.whatsapp.webhook's notes on what was sent
 
 
 class RetrievalConfig(BaseModel):
@@ -276,6 +277,10 @@ class HandoffConfig(BaseModel):
     close_message: str | None = Field(
         default=None, max_length=4096, description="told to the customer when an operator closes the conversation; "
                                                    "none (the default): nothing is sent")
+    on_image: bool = Field(
+        default=False, description="hand the conversation to a person when the customer sends an image (no local "
+                                   "model reads images; its caption is still the text): e.g. photos of damage, "
+                                   "receipts")
 
 
 def merge_config(stored: dict, changes: dict) -> dict:
@@ -364,8 +369,9 @@ class AssistantConfig(BaseModel):
     @staticmethod
     def customer_language(texts: list[str]) -> str | None:
         """The language (en, pt, es) the customer's own ``texts`` (newest first) tell, or None when none does
-        ("Refund status?", "Ok"): a reply is held to it only then."""
-        return next(filter(None, map(message_language, texts)), None)
+        ("Refund status?", "Ok"): a reply is held to it only then. Our bracketed notes ("[The customer sent a
+        voice message]") say nothing of the customer's language."""
+        return next(filter(None, (message_language(_NOTE.sub(" ", text)) for text in texts)), None)
 
     @field_validator("http_tools")
     @classmethod

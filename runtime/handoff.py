@@ -19,7 +19,7 @@ assistant has a ``handoff_url``, adds a signed ``handoff`` event for the team's 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -40,6 +40,7 @@ State = Literal["ai", "waiting_for_human", "with_human"]
 
 # the reasons logged by the changes this module makes itself (reason_category reads them back)
 CUSTOMER_REQUEST = "the customer asked for a person"
+IMAGE_SENT = "the customer sent an image"
 OPERATOR_REPLY = "an operator replied"
 BUSINESS_APP_REPLY = "an operator replied from the WhatsApp Business app"
 CLOSED = "an operator closed the conversation"
@@ -196,7 +197,7 @@ class Gate:
 
 
 def before_turn(session: Session, conversation: Conversation, assistant_id: str, config: AssistantConfig,
-                texts: list[str], now: datetime | None = None) -> Gate:
+                texts: list[str], now: datetime | None = None, kinds: Sequence[str] = ()) -> Gate:
     """The one rule on whether the AI answers the customer's new ``texts`` (their pending messages, newest last).
 
     A conversation away from the AI past its idle time goes back to it (the customer is told); one handed off
@@ -213,9 +214,10 @@ def before_turn(session: Session, conversation: Conversation, assistant_id: str,
         return Gate("callback")
     if conversation.handoff_state != "ai":
         return Gate("paused")
-    if asks_for_person(config, texts):
-        flagged = {"reason": CUSTOMER_REQUEST, "callback_phone": None, "callback_time": None,
-                   "at": now.isoformat()}
+    image = config.handoff.on_image and "image" in kinds  # ``kinds``: the pending messages' (handoff.on_image)
+    if image or asks_for_person(config, texts):
+        flagged = {"reason": IMAGE_SENT if image else CUSTOMER_REQUEST, "callback_phone": None,
+                   "callback_time": None, "at": now.isoformat()}
         return Gate("handoff", event_id=flag_for_human(session, conversation, assistant_id, config, flagged,
                                                        pause=True, actor="customer"))
     return Gate("answer", notice=notice)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from ingest.pipeline import run_job
 from runtime.events import deliver_event
 from runtime.whatsapp.inbound import process_post
+from runtime.whatsapp.media import process_media, queue_media
 from runtime.whatsapp.turns import answer_conversation, start_turns
 
 if TYPE_CHECKING:
@@ -40,6 +41,10 @@ class WorkQueue(Protocol):
 
     def deliver_events(self, event_ids: list[str]) -> None:
         """Deliver outbound events (handoff notifications) to their webhook URLs."""
+
+    def enqueue_media(self, media_id: str, delay_s: float) -> None:
+        """After ``delay_s`` seconds, take the next step of a customer's media file (``message_media`` id
+        ``media_id``): download it, or read it (``runtime.whatsapp.media.process_media``)."""
 
     def schedule_send(self, conversation_id: str, delay_s: float) -> None:
         """After ``delay_s`` seconds, send the conversation's outbound WhatsApp messages then due (a retry,
@@ -67,6 +72,7 @@ class InlineQueue:
         except Exception:  # the post keeps its error and stays unprocessed
             log.exception("whatsapp webhook post %s failed to process", post_id)
             return
+        queue_media(self._services, conversations)  # done at once, before the turns
         start_turns(self._services.queue, conversations, self._services.settings.whatsapp_debounce_s)
 
     def schedule_turn(self, conversation_id: str, delay_s: float) -> None:
@@ -81,6 +87,13 @@ class InlineQueue:
                 deliver_event(self._services, event_id)
             except Exception:
                 log.exception("delivery of event %s failed", event_id)
+
+    def enqueue_media(self, media_id: str, delay_s: float) -> None:
+        """The file's step now (a retry at once: the attempts are few and bounded)."""
+        try:
+            process_media(self._services, media_id)
+        except Exception:
+            log.exception("whatsapp media %s failed to process", media_id)
 
     def schedule_send(self, conversation_id: str, delay_s: float) -> None:
         """Nothing: the sends stay due in the outbox, for the next ``runtime.whatsapp.outbound.send_due``."""

@@ -15,6 +15,8 @@ What is owed (``owed_work``), each compared with ``services.clock()``:
   is left to the worker running it.
 - **webhook posts** stored but not processed, without an error (a failed one is retried by its job), older
   than the margin (``WorkQueue.enqueue_webhook``).
+- **media files** of customers left ``pending`` or stored-but-unread with no live claim
+  (``runtime.whatsapp.media.owed_media``), queued again (``WorkQueue.enqueue_media``).
 - **sends** the outbox has due (``runtime.whatsapp.outbound.due_conversations``), when asked: the periodic
   "whatsapp.send_due" task already sweeps them. That sweep also settles the parts whose sender died mid-send
   (their send lease ``message_parts.claimed_until`` expired: ``runtime.whatsapp.outbound.settle_dead_claims``).
@@ -35,6 +37,7 @@ from sqlalchemy import and_, func, or_, select, update
 from kb.models import IngestJob
 from runtime.models import Conversation, Message
 from runtime.services import Services
+from runtime.whatsapp.media import owed_media
 from runtime.whatsapp.models import WebhookPost
 from runtime.whatsapp.outbound import due_conversations
 from runtime.whatsapp.turns import unsent_replies
@@ -51,9 +54,10 @@ class OwedWork:
     jobs: list[str] = field(default_factory=list)
     posts: list[str] = field(default_factory=list)
     sends: list[str] = field(default_factory=list)
+    media: list[str] = field(default_factory=list)  # customers' media files to fetch or read
 
     def __len__(self) -> int:
-        return len(self.turns) + len(self.jobs) + len(self.posts) + len(self.sends)
+        return len(self.turns) + len(self.jobs) + len(self.posts) + len(self.sends) + len(self.media)
 
 
 def owed_turns(services: Services, now: datetime) -> list[str]:
@@ -118,7 +122,8 @@ def owed_work(services: Services, *, sends: bool = False) -> OwedWork:
     """Find what is owed now (``services.clock()``), taking back the stuck jobs (``stuck_jobs``); queues nothing."""
     now = services.clock()
     return OwedWork(turns=owed_turns(services, now), jobs=stuck_jobs(services, now),
-                    posts=unprocessed_posts(services, now), sends=due_conversations(services) if sends else [])
+                    posts=unprocessed_posts(services, now), sends=due_conversations(services) if sends else [],
+                    media=owed_media(services, now))
 
 
 def recover(services: Services, *, sends: bool = False) -> OwedWork:
@@ -133,7 +138,10 @@ def recover(services: Services, *, sends: bool = False) -> OwedWork:
         services.queue.enqueue_job(job_id)
     for conversation_id in owed.sends:
         services.queue.schedule_send(conversation_id, 0)
+    for media_id in owed.media:
+        services.queue.enqueue_media(media_id, 0)
     if owed:
-        log.warning("recovery: queued %d turn(s), %d ingestion job(s), %d webhook post(s), %d send(s)",
-                    len(owed.turns), len(owed.jobs), len(owed.posts), len(owed.sends))
+        log.warning("recovery: queued %d turn(s), %d ingestion job(s), %d webhook post(s), %d send(s), "
+                    "%d media file(s)", len(owed.turns), len(owed.jobs), len(owed.posts), len(owed.sends),
+                    len(owed.media))
     return owed

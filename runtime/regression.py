@@ -362,6 +362,9 @@ class _EventsKept:
     def schedule_send(self, conversation_id: str, delay_s: float) -> None:
         self._queue.schedule_send(conversation_id, delay_s)
 
+    def enqueue_media(self, media_id: str, delay_s: float) -> None:
+        self._queue.enqueue_media(media_id, delay_s)
+
 
 def _run_case(services: Services, case: RegressionCase, run_id: str) -> CaseResult:
     t = time.perf_counter()

@@ -17,6 +17,7 @@ from kb.keyword import KeywordIndexCache
 from kb.vectorstore import ChromaVectorStore
 from runtime.approved import flag_for_review
 from runtime.approved_index import ApprovedIndexCache
+from runtime.transcription import Transcriber
 
 if TYPE_CHECKING:
     from runtime.queue import WorkQueue
@@ -34,6 +35,9 @@ class Services:
     chat_models: object | None = None
     # the Graph API client every WhatsApp send shares, built at the first (runtime.whatsapp.outbound.graph_client)
     whatsapp_graph: object | None = None
+    # runtime.transcription.Transcriber: the speech-to-text engine of voice notes, built at first use
+    # (runtime.whatsapp.media.transcriber)
+    transcriber: Transcriber | None = None
     # the time, replaceable in tests (24-hour window)
     clock: Callable[[], datetime] = utcnow
     # BM25 indexes of the knowledge bases, rebuilt when their current versions change

@@ -93,7 +93,8 @@ def run_turn(services: Services, conversation_id: str) -> TurnResult | None:
         started_at, t0 = utcnow(), time.perf_counter()
         assistant = session.get(Assistant, conv.assistant_id)
         config = AssistantConfig.model_validate(assistant.config or {})
-        gate = handoff.before_turn(session, conv, assistant.id, config, [m.text for m in pending], services.clock())
+        gate = handoff.before_turn(session, conv, assistant.id, config, [m.text for m in pending], services.clock(),
+                                   kinds=[m.kind for m in pending])
         if gate.action == "paused":  # a person has the conversation: stored, nothing sent
             result = TurnResult(conv.id, None, "paused", ai_enabled=False, timings={"total_ms": 0})
             store.log_turn(session, conv, pending, result, tool_results=[], retrieval_query=None, rounds=0,

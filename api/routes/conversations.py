@@ -13,6 +13,7 @@ from api.schemas import (AIToggle, ChatRequest, ChatResult, ConversationPublic, 
 from runtime import feedback, handoff, store
 from runtime.models import Message
 from runtime.turn import handle_message
+from runtime.whatsapp.media import media_of_messages, media_summary
 from runtime.whatsapp.outbound import send_operator_message
 
 router = APIRouter(tags=["conversations"], dependencies=[AdminDep])
@@ -20,6 +21,9 @@ router = APIRouter(tags=["conversations"], dependencies=[AdminDep])
 
 class MessageDetail(MessagePublic):
     feedback: list[FeedbackPublic] = Field(default_factory=list, description="ratings of an AI reply, oldest first")
+    media: dict | None = Field(default=None, description="a file the customer sent: kind, mime_type, file_name, size, "
+                               "sha256, status (pending | stored | failed | rejected | too_large), error, transcript "
+                               "and its language, engine and error; the file at /api/messages/{id}/media")
 
 
 class ConversationDetail(ConversationPublic):
@@ -50,8 +54,10 @@ def get_conversation(conversation_id: str, session: SessionDep):
     ratings = feedback.feedback_by_message(session, [m.id for m in messages if feedback.is_ai_reply(m)])
     out = ConversationDetail.model_validate(conv)
     out.messages = [MessageDetail.from_message(m) for m in messages]
+    files = media_of_messages(session, [m.id for m in messages if m.direction == "inbound"])
     for m in out.messages:
         m.feedback = [FeedbackPublic.model_validate(f) for f in ratings.get(m.id, [])]
+        m.media = media_summary(files[m.id]) if m.id in files else None
     out.handoff_changes = [HandoffChangePublic.model_validate(c) for c in handoff.changes(session, [conv.id])[conv.id]]
     return out
 

@@ -21,6 +21,7 @@ from runtime.models import Conversation, Message, MessageFeedback, MessageSource
 from runtime.review.conversations import handoff_reason
 from runtime.review.filters import ConversationFilters
 from runtime.services import Services
+from runtime.whatsapp.media import media_of_messages, media_summary
 
 EXPORT_FORMATS = ("csv", "jsonl")
 EXPORT_PAGE_SIZE = 1000
@@ -29,7 +30,7 @@ EXPORT_COLUMNS = (
     "handoff_reason", "handoff_changes",
     "message_id", "direction", "kind", "text", "status", "created_at", "received_at", "sent_at", "turn_id", "model",
     "tokens_in", "tokens_out", "cost", "channel_cost", "latency_ms", "error_code", "error_title",
-    "sources", "function_calls", "feedback",
+    "sources", "function_calls", "feedback", "media",
 )
 
 
@@ -161,12 +162,14 @@ _MESSAGE_KEYS = tuple(c.key for c in _MESSAGE_COLUMNS)
 def _message_rows(session: Session, conds: list, order: tuple, limit: int | None = None) -> list[tuple]:
     """(message row, its sources, its function calls, its feedback) for the messages matching ``conds``."""
     msgs = session.execute(select(*_MESSAGE_COLUMNS).where(*conds).order_by(*order).limit(limit)).all()
+    media = {mid: media_summary(r) for mid, r in media_of_messages(
+        session, [m.message_id for m in msgs if m.direction == "inbound"]).items()}
     ids = [m.message_id for m in msgs if m.direction == "outbound"]
     if not ids:  # no replies among them: no sources, calls or ratings to read
-        return [(m, [], [], []) for m in msgs]
+        return [(m, [], [], [], media.get(m.message_id)) for m in msgs]
     sources, calls, feedback = _sources(session, ids), _calls(session, ids), _feedback(session, ids)
-    return [(m, sources.get(m.message_id, []), calls.get(m.message_id, []), feedback.get(m.message_id, []))
-            for m in msgs]
+    return [(m, sources.get(m.message_id, []), calls.get(m.message_id, []), feedback.get(m.message_id, []),
+             media.get(m.message_id)) for m in msgs]
 
 
 def _sources(session: Session, ids: list[str]) -> dict[str, list[dict]]:
@@ -207,12 +210,14 @@ def _feedback(session: Session, ids: list[str]) -> dict[str, list[dict]]:
     return feedback
 
 
-def _export_row(conv: dict, m, sources: list[dict], calls: list[dict], feedback: list[dict]) -> dict:
+def _export_row(conv: dict, m, sources: list[dict], calls: list[dict], feedback: list[dict],
+                media: dict | None) -> dict:
     row = {**conv, **dict(zip(_MESSAGE_KEYS, m, strict=True))}
     for key in ("created_at", "received_at", "sent_at"):
         if row[key] is not None:
             row[key] = row[key].isoformat()
     row["sources"], row["function_calls"], row["feedback"] = sources, calls, feedback
+    row["media"] = media  # an inbound file: its state and transcript (runtime.whatsapp.media.media_summary)
     return row
 
 
@@ -238,6 +243,8 @@ def _encode(fmt: str, pages: Iterable[list[dict]]) -> Iterator[tuple[int, str]]:
 def _csv_cell(key: str, value):
     if key in ("sources", "function_calls", "feedback", "handoff_changes"):
         return json.dumps(value, ensure_ascii=False)
+    if key == "media":
+        return "" if value is None else json.dumps(value, ensure_ascii=False)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):

@@ -167,6 +167,108 @@ class GraphClient:
         return _interpret(response, attempt)
 
 
+    # ------------------------------------------------------------------ media customers send (downloads)
+
+    def media_info(self, sender: GraphSender, media_id: str) -> MediaInfo:
+        """Ask ``GET /{version}/{media_id}`` where the file is: a download URL valid a few minutes (ask again
+        on every attempt), its MIME type, sha256 and size as Meta declares them. Raises ``MediaFetchError``."""
+        url = f"{self.base_url}/{sender.graph_version}/{media_id}"
+        response = self._get(sender, url, stream=False)
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict) or not isinstance(answer.get("url"), str) or not _URL.match(answer["url"]):
+            raise MediaFetchError(f"media {media_id}: no download URL in the Graph API's answer", retryable=True)
+        size = answer.get("file_size")
+        return MediaInfo(url=answer["url"], mime_type=_optional_str(answer.get("mime_type")),
+                         sha256=_optional_str(answer.get("sha256")),
+                         file_size=int(size) if isinstance(size, (int, str)) and str(size).isdigit() else None)
+
+    def download_media(self, sender: GraphSender, url: str, max_bytes: int, timeout_s: float) -> bytes:
+        """The bytes at ``url`` (from ``media_info``), with the sender's token; never more than ``max_bytes`` read
+        whatever the answer's Content-Length says (``MediaTooLarge``). Raises ``MediaFetchError``."""
+        deadline = time.monotonic() + timeout_s
+        response = self._get(sender, url, stream=True)
+        try:
+            declared = response.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > max_bytes:
+                raise MediaTooLarge(f"the file is {int(declared):,} bytes, over the limit of {max_bytes:,}")
+            chunks: list[bytes] = []
+            total = 0
+            for chunk in response.iter_bytes():
+                total += len(chunk)
+                if total > max_bytes:
+                    raise MediaTooLarge(f"the file is over the limit of {max_bytes:,} bytes")
+                if time.monotonic() > deadline:
+                    raise MediaFetchError(f"the download took over {timeout_s:g}s", retryable=True)
+                chunks.append(chunk)
+        except httpx.TransportError as exc:
+            raise MediaFetchError(f"the download broke off: {_describe(exc)}", retryable=True) from None
+        finally:
+            response.close()
+        return b"".join(chunks)
+
+    def _get(self, sender: GraphSender, url: str, *, stream: bool) -> httpx.Response:
+        """One GET with the sender's token: a response of status 2xx (to close when ``stream``), else
+        ``MediaFetchError`` (retryable as a send's failure would be, or on a read timeout: a GET may be repeated)."""
+        headers = {"Authorization": f"Bearer {sender.access_token}"}
+        try:
+            response = self._http.send(self._http.build_request("GET", url, headers=headers), stream=stream)
+        except httpx.LocalProtocolError:
+            raise MediaFetchError("the request could not be built (is the access token valid?)") from None
+        except httpx.UnsupportedProtocol as exc:
+            raise MediaFetchError(f"invalid media URL: {exc}") from None
+        except httpx.TransportError as exc:
+            raise MediaFetchError(_scrubbed(f"no answer from {url.split('?')[0]}: {_describe(exc)}",
+                                            sender.access_token), retryable=True) from None
+        if 200 <= response.status_code < 300:
+            return response
+        if stream:
+            response.read()
+            response.close()
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        code, title = _meta_error(answer, response)
+        status = response.status_code
+        raise MediaFetchError(_scrubbed(f"HTTP {status}: {title}", sender.access_token), code=code, http_status=status,
+                              retryable=status == 429 or status >= 500 or code in TEMPORARY_CODES)
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """Where a media file is and what Meta says it is (``GET /{version}/{media_id}``)."""
+
+    url: str
+    mime_type: str | None
+    sha256: str | None
+    file_size: int | None
+
+
+class MediaFetchError(Exception):
+    """A media file could not be fetched; ``retryable`` when a later attempt may succeed. The text never holds
+    the access token."""
+
+    def __init__(self, message: str, *, retryable: bool = False, code: int | None = None,
+                 http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.retryable, self.code, self.http_status = retryable, code, http_status
+
+
+class MediaTooLarge(MediaFetchError):
+    """The file is over the size limit of its kind (stopped while reading: never retried)."""
+
+
+def _optional_str(value) -> str | None:
+    return str(value) if isinstance(value, (str, int)) and str(value) else None
+
+
+def _scrubbed(text: str, token: str) -> str:
+    return text.replace(token, "[token]") if token else text
+
+
 def recipient_fields(to: str) -> dict:
     """Addressing of a one-to-one send: a phone number goes in ``to``, a business-scoped user id
     (BSUID, for users who hide their number behind a username) in ``recipient``."""

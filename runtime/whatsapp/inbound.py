@@ -8,7 +8,9 @@ Decisions:
 - The signing app must own every number (``metadata.phone_number_id``) and, for template status changes,
   the business account (entry id, ``waba_id`` of one of its senders) a post names; otherwise 403.
 - A template status moves only with an event at least as recent (Meta's entry time) as the one that set it.
-- Redelivered messages are skipped by ``(conversation, wamid)``; the unique constraint settles races.
+- Redelivered messages are skipped by ``(conversation, wamid)``; the unique constraint settles races. A message
+  with a media file gets its ``MessageMedia`` record beside it (``runtime.whatsapp.media.record_media``), so a
+  redelivery never fetches the file twice.
 - The 24-hour window (``last_inbound_at``) moves on every message the customer sent, reactions and
   unsupported types included (Meta counts any user-initiated message); not on system notices, edits,
   deletions or marketing-preference changes.
@@ -43,6 +45,7 @@ from runtime.models import Conversation, Message, MessagePart
 from runtime.services import Services
 from runtime.store import find_or_create_conversation
 from runtime.whatsapp.delivery import advances, settle
+from runtime.whatsapp.media import record_media
 from runtime.whatsapp.models import WebhookPost, WhatsAppSender, WhatsAppTemplate
 from runtime.whatsapp.webhook import (
     BusinessEcho, InboundMessage, MalformedBody, StatusUpdate, TemplateStatusUpdate, Unhandled, decode_body,
@@ -189,6 +192,7 @@ def _store_inbound(run: _Run, event: InboundMessage) -> None:
     except IntegrityError:  # another worker stored the same redelivery first
         log.info("whatsapp webhook: message %s stored concurrently", event.wamid)
         return
+    record_media(session, msg, event)  # its file is fetched once the post is committed (runtime.whatsapp.media)
     if event.reaction is not None:  # once per reaction: a redelivery returned above
         record_reaction(session, conv.id, event.reaction.message_id, event.reaction.emoji, at=event.timestamp)
     if event.opens_window:

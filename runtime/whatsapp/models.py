@@ -1,9 +1,10 @@
-"""Tables of the WhatsApp channel: senders (business numbers), templates and received webhook posts."""
+"""Tables of the WhatsApp channel: senders (business numbers), templates, received webhook posts and the media
+customers send."""
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.crypto import EncryptedText
@@ -60,3 +61,36 @@ class WebhookPost(Base):
     body_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)  # of the raw bytes Meta signed
     processed: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class MessageMedia(Base):
+    """The media file of an inbound message (image, audio, voice note, video, document, sticker): Meta's media id,
+    what the download found (``status``: pending -> stored | failed | rejected | too_large), the file in the blob
+    store by its sha256, and for audio the transcript (``runtime.whatsapp.media``). One per message."""
+
+    __tablename__ = "message_media"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    message_id: Mapped[str] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), unique=True)
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # image | audio | voice | video | document | sticker
+    media_id: Mapped[str] = mapped_column(String(200))  # Meta's; its download URL expires, so it is asked anew
+    mime_type: Mapped[str | None] = mapped_column(String(200), nullable=True)  # as Meta declared it
+    file_name: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # bytes stored
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the blob store's key
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # a worker downloading it holds it until then; past it (the worker died) the recovery sweep queues it again
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    stored_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # the text read from it: a voice note's transcript, a document's parsed text (capped)
+    transcript_text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    transcript_language: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    transcript_engine: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    transcribed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    transcript_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    transcript_attempts: Mapped[int] = mapped_column(Integer, default=0)

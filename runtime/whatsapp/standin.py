@@ -9,6 +9,7 @@ The server is the standard library's, so the real ``GraphClient`` is what gets t
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 import socket
@@ -67,6 +68,7 @@ class GraphStandIn:
         self._server: ThreadingHTTPServer | None = None
         self._connections: set[socket.socket] = set()  # open client connections (kept alive between requests)
         self._thread: threading.Thread | None = None
+        self.media = _MediaShelf()  # the media endpoints' files (add_media) and the GETs that reached them
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -203,7 +205,30 @@ def _handler_for(standin: GraphStandIn) -> type[BaseHTTPRequestHandler]:
             self._send_json(status, answer)
 
         def do_GET(self) -> None:  # noqa: N802
-            self._send_json(*_error(404, 100, "Unsupported get request"))
+            headers = {name.title(): value for name, value in self.headers.items()}
+            answer = standin.media.answer(self.path, headers, standin.base_url)
+            if isinstance(answer, _Bytes):
+                self._send_bytes(answer)
+            else:
+                self._send_json(*answer)
+
+        def _send_bytes(self, answer: _Bytes) -> None:
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", answer.mime_type)
+                if answer.chunked:  # no Content-Length: the client learns the size only by reading
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    for start in range(0, len(answer.data), 65536):
+                        piece = answer.data[start:start + 65536]
+                        self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                    self.wfile.write(b"0\r\n\r\n")
+                else:
+                    self.send_header("Content-Length", str(len(answer.data)))
+                    self.end_headers()
+                    self.wfile.write(answer.data)
+            except (BrokenPipeError, ConnectionResetError):  # the client stopped reading (a size cap)
+                self.close_connection = True
 
         def _send_json(self, status: int, answer: dict) -> None:
             data = json.dumps(answer).encode()
@@ -220,6 +245,84 @@ def _handler_for(standin: GraphStandIn) -> type[BaseHTTPRequestHandler]:
             pass
 
     return Handler
+
+
+# --------------------------------------------------------------------------- media endpoints
+
+_MEDIA_INFO_PATH = re.compile(r"^/v\d+(?:\.\d+)?/(?P<media_id>[^/?]+)/?(?:\?.*)?$")
+_MEDIA_DOWNLOAD_PATH = re.compile(r"^/media-download/(?P<ticket>[0-9a-f]{32})$")
+
+
+@dataclass
+class _Media:
+    data: bytes
+    mime_type: str
+    declared_size: int | None
+    sha256: str | None
+    info_failures: list[int]
+    download_failures: list[int]
+    chunked: bool
+
+
+@dataclass(frozen=True)
+class _Bytes:
+    data: bytes
+    mime_type: str
+    chunked: bool
+
+
+class _MediaShelf:
+    """The files the stand-in's media endpoints serve, as Meta's do: ``GET /{version}/{media_id}`` gives a download
+    URL (good for one download: a retry must ask again, as Meta's expire), the declared MIME type, sha256 and size;
+    ``GET`` on that URL, with a bearer token, gives the bytes. ``.requests`` lists the GETs: ``(path, headers)``."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, _Media] = {}
+        self._tickets: dict[str, str] = {}  # download ticket -> media id
+        self._lock = threading.Lock()
+        self.requests: list[tuple[str, dict]] = []
+
+    def add(self, media_id: str, data: bytes, mime_type: str, *, declared_size: int | None = None,
+            sha256: str | None = None, omit_sha256: bool = False, fail_info: list[int] | None = None,
+            fail_download: list[int] | None = None, chunked: bool = False) -> None:
+        """Serve ``data`` as ``media_id``. ``declared_size``/``sha256``: what the info says (default: the truth; a
+        lie to test the checks); ``fail_info``/``fail_download``: HTTP statuses the next requests get instead;
+        ``chunked``: no Content-Length on the download."""
+        digest = None if omit_sha256 else (sha256 or hashlib.sha256(data).hexdigest())
+        with self._lock:
+            self._files[media_id] = _Media(data, mime_type, len(data) if declared_size is None else declared_size,
+                                           digest, list(fail_info or []), list(fail_download or []), chunked)
+
+    def answer(self, path: str, headers: dict, base_url: str) -> tuple[int, dict] | _Bytes:
+        with self._lock:
+            self.requests.append((path, headers))
+            if not headers.get("Authorization", "").startswith("Bearer ") or len(headers["Authorization"]) <= 7:
+                return _error(401, 190, "Invalid OAuth access token")
+            if (match := _MEDIA_DOWNLOAD_PATH.match(path)) is not None:
+                media_id = self._tickets.pop(match["ticket"], None)
+                media = self._files.get(media_id) if media_id else None
+                if media is None:
+                    return _error(404, 100, "URL expired or unknown")
+                if media.download_failures:
+                    status = media.download_failures.pop(0)
+                    return _error(status, *_DEFAULT_ERRORS.get(status, (1, "An unknown error occurred")))
+                return _Bytes(media.data, media.mime_type, media.chunked)
+            if (match := _MEDIA_INFO_PATH.match(path)) is None:
+                return _error(404, 100, "Unsupported get request")
+            media_id = match["media_id"]
+            media = self._files.get(media_id)
+            if media is None:
+                return _error(400, 100, "Invalid parameter", f"media {media_id} not found")
+            if media.info_failures:
+                status = media.info_failures.pop(0)
+                return _error(status, *_DEFAULT_ERRORS.get(status, (1, "An unknown error occurred")))
+            ticket = uuid.uuid4().hex
+            self._tickets[ticket] = media_id
+            info: dict = {"messaging_product": "whatsapp", "url": f"{base_url}/media-download/{ticket}",
+                          "mime_type": media.mime_type, "file_size": media.declared_size, "id": media_id}
+            if media.sha256 is not None:
+                info["sha256"] = media.sha256
+            return 200, info
 
 
 # --------------------------------------------------------------------------- webhooks

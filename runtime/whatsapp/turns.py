@@ -20,6 +20,7 @@ from runtime.models import Conversation, Message, MessagePart
 from runtime.services import Services
 from runtime.turn import run_turn
 from runtime.types import TurnResult
+from runtime.whatsapp.media import awaited
 from runtime.whatsapp.outbound import send_reply
 
 if TYPE_CHECKING:
@@ -39,7 +40,10 @@ def run_whatsapp_turn(services: Services, conversation_id: str, scheduled_at: da
     Every stored message schedules this job after the debounce, marked with the time it was scheduled.
     A job that finds a message newer than its mark steps aside (that message's job follows); the job of
     the newest message waits out the rest of the debounce. A burst is answered at the latest
-    ``whatsapp_debounce_max_s`` after its first message, however long the customer keeps typing.
+    ``whatsapp_debounce_max_s`` after its first message, however long the customer keeps typing -- unless a
+    voice note or document of the burst is still being fetched or read (``runtime.whatsapp.media.awaited``):
+    then the turn looks again every ``media_poll_s`` until it is, at most ``media_wait_max_s`` after the first
+    message, so a question split between a voice note and a text is answered once and whole.
     """
     s = services.settings
     with services.session() as session:
@@ -51,6 +55,7 @@ def run_whatsapp_turn(services: Services, conversation_id: str, scheduled_at: da
             return None
         newest = max(m.created_at for m in pending)
         oldest = min(m.created_at for m in pending)
+        unread = awaited(session, [m.id for m in pending])
     now = utcnow()
     overdue = (now - oldest).total_seconds() >= s.whatsapp_debounce_max_s
     if not overdue:
@@ -60,6 +65,15 @@ def run_whatsapp_turn(services: Services, conversation_id: str, scheduled_at: da
         if wait > 0:
             services.queue.schedule_turn(conversation_id, wait)
             return None
+    if unread and (now - oldest).total_seconds() < s.media_wait_max_s:
+        # a voice note (or document) of the burst is still being fetched or read: answer it whole, not in two
+        if newest > scheduled_at:
+            return None
+        services.queue.schedule_turn(conversation_id, s.media_poll_s)
+        return None
+    if unread:
+        log.warning("conversation %s: %d media file(s) still unread after %.0fs; answering with their descriptions",
+                    conversation_id, len(unread), s.media_wait_max_s)
     return answer_conversation(services, conversation_id)
 
 

@@ -325,12 +325,14 @@ def _describe_media(kind: str, body: dict) -> tuple[str, str, str, str | None]:
     details = []
     if body.get("filename"):
         details.append(f'file name: {body["filename"]}')
-    if body.get("caption"):
-        details.append(f'caption: {body["caption"]}')
     if kind == "sticker" and body.get("animated"):
         details.append("animated")
+    caption = str(body.get("caption") or "").strip()
+    if caption:
+        details.append("with the caption above")
     suffix = f" ({'; '.join(details)})" if details else ""
-    text = f"[The customer sent {_MEDIA_NOUN[kind]}{suffix}]"
+    # the caption is the customer's own words (their language), the bracketed note ours
+    text = f"{caption}\n[The customer sent {_MEDIA_NOUN[kind]}{suffix}]".lstrip("\n")
     return (kind, text, text, str(body["id"]) if body.get("id") is not None else None)
 
 

@@ -103,6 +103,9 @@ class TurnsRecorded:
     def deliver_events(self, event_ids: list[str]) -> None:
         self.queue.deliver_events(event_ids)
 
+    def enqueue_media(self, media_id: str, delay_s: float) -> None:
+        self.queue.enqueue_media(media_id, delay_s)
+
 
 @pytest.fixture
 def wa(client):
