@@ -6,8 +6,9 @@ user id, a widget visitor, an API caller's id), across the business's assistants
 
 - their conversations and everything under them: messages (texts, raw channel payloads, the parts sent), the
   passages and tool calls logged with the replies, turns, collected data (CPF, phone...), follow-ups, handoff
-  changes, feedback, outbound events; appointments booked in those conversations; regression cases a reviewer made
-  from their messages;
+  changes, feedback, outbound events, the files they sent (``MessageMedia``, with their transcripts; a stored file
+  is deleted from the file store once nothing else refers to its content); appointments booked in those
+  conversations; regression cases a reviewer made from their messages;
 - the raw WhatsApp webhook bodies kept as received (``WhatsAppWebhookPost``): every object in them that names the
   customer (their messages, contact card, statuses of our messages to them, business-app echoes to them) is
   removed; a body that would still name them after that is deleted. The body's hash stays, so Meta redelivering the
@@ -36,7 +37,8 @@ from runtime.models import (
 )
 from runtime.regression import RegressionCase
 from runtime.services import Services
-from runtime.whatsapp.models import WebhookPost
+from kb.models import DocumentVersion
+from runtime.whatsapp.models import MessageMedia, WebhookPost
 
 _DROPPED = object()  # a JSON object naming the customer, taken out of its list
 
@@ -96,7 +98,7 @@ def export_customer(session: Session, customer_id: str, assistant_id: str | None
             **{name: [_record(r) for r in session.scalars(select(model).where(model.conversation_id == cid))]
                for name, model in (("turns", Turn), ("collected_data", CollectedData), ("followups", FollowUp),
                                    ("handoff_changes", HandoffChange), ("feedback", MessageFeedback),
-                                   ("appointments", Appointment))},
+                                   ("appointments", Appointment), ("media", MessageMedia))},
         })
     return {"customer_id": customer_id, "assistant_id": assistant_id, "exported_at": utcnow().isoformat(),
             "conversations": conversations,
@@ -161,9 +163,12 @@ def erase_customer(services: Services, customer_id: str, *, requested_by: str, a
             counts[name] = _count(session, select(model).where(model.message_id.in_(message_ids)))
         per_conversation = (("messages", Message), ("turns", Turn), ("collected_data", CollectedData),
                             ("followups", FollowUp), ("handoff_changes", HandoffChange),
-                            ("message_feedback", MessageFeedback), ("outbound_events", OutboundEvent))
+                            ("message_feedback", MessageFeedback), ("outbound_events", OutboundEvent),
+                            ("message_media", MessageMedia))
         for name, model in per_conversation:
             counts[name] = _count(session, select(model).where(model.conversation_id.in_(ids)))
+        files = set(session.scalars(select(MessageMedia.sha256).where(
+            MessageMedia.conversation_id.in_(ids), MessageMedia.sha256.is_not(None))))
         # kept by their own tables (SET NULL on the conversation or message): removed first
         counts["regression_cases"] = session.execute(delete(RegressionCase).where(
             RegressionCase.created_from_message_id.in_(message_ids))).rowcount  # type: ignore[attr-defined]
@@ -185,7 +190,13 @@ def erase_customer(services: Services, customer_id: str, *, requested_by: str, a
         erasure = Erasure(customer_ref=customer_ref(secret, customer_id), assistant_id=assistant_id,
                           requested_by=requested_by[:200], reason=reason, counts=counts)
         session.add(erasure)
+        session.flush()
+        shared = set(session.scalars(select(MessageMedia.sha256).where(MessageMedia.sha256.in_(files)))) | set(
+            session.scalars(select(DocumentVersion.content_hash).where(DocumentVersion.content_hash.in_(files))))
+        erasure.counts = {**counts, "files": len(files - shared)}
         session.commit()
+    for digest in files - shared:  # after the commit: a file is never gone while a row still names it
+        services.blobs.delete(digest)
     if services.engine.dialect.name == "sqlite":  # the log's copies of the erased pages go too
         with services.engine.connect() as conn:
             conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))

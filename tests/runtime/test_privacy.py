@@ -14,12 +14,13 @@ from sqlalchemy import func, inspect, select, text
 from atende.app import create_app
 from runtime.models import Appointment, CollectedData, Conversation, Message
 from runtime.regression import RegressionCase
-from runtime.whatsapp.models import WebhookPost
+from runtime.whatsapp.models import MessageMedia, WebhookPost
 from runtime.whatsapp.standin import GraphStandIn, sign
 from tests.conftest import ADMIN_TOKEN, make_services
 from tests.factories import use_scripted_model, wait_until
 
 SECRET, PHONE_ID = "app-secret-privacy", "106540352242922"
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(200)
 ANA = {"phone": "5511987654321", "name": "Joana Prado", "cpf": "123.456.789-09"}
 BEN = {"phone": "5521912345678", "name": "Carlos Lima", "cpf": "987.654.321-00"}
 
@@ -28,7 +29,8 @@ BEN = {"phone": "5521912345678", "name": "Carlos Lima", "cpf": "987.654.321-00"}
 def app(tmp_path, embedders, database_url):
     with GraphStandIn() as graph:
         services = make_services(tmp_path / "home", embedders, database_url, whatsapp_graph_url=graph.base_url,
-                                 whatsapp_debounce_s=0.3)
+                                 whatsapp_debounce_s=0.3, media_retry_delay_s=0)
+        graph.media.add("m-ana-doc", PNG, "image/png")
         model = use_scripted_model(services)
         with TestClient(create_app(services=services)) as client:
             client.headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
@@ -36,7 +38,7 @@ def app(tmp_path, embedders, database_url):
             client.post("/api/whatsapp/senders", json={
                 "assistant_id": "clinica", "phone_number_id": PHONE_ID, "display_phone_number": "15550001111",
                 "access_token": "token-xyz", "app_secret": SECRET, "verify_token": "verify-me"}).raise_for_status()
-            yield client, services, model
+            yield client, services, model, graph
         services.engine.dispose()
 
 
@@ -44,6 +46,13 @@ def _message(person: dict, wamid: str, body: str, at: datetime) -> tuple[dict, d
     contact = {"profile": {"name": person["name"]}, "wa_id": person["phone"]}
     message = {"from": person["phone"], "id": wamid, "timestamp": str(int(at.timestamp())), "type": "text",
                "text": {"body": body}}
+    return contact, message
+
+
+def _image(person: dict, wamid: str, media_id: str, at: datetime) -> tuple[dict, dict]:
+    contact = {"profile": {"name": person["name"]}, "wa_id": person["phone"]}
+    message = {"from": person["phone"], "id": wamid, "timestamp": str(int(at.timestamp())), "type": "image",
+               "image": {"id": media_id, "mime_type": "image/png", "caption": "meu documento"}}
     return contact, message
 
 
@@ -81,8 +90,8 @@ def _dump(services) -> str:
 
 
 def test_a_customer_is_exported_then_erased_and_nothing_names_them(app):
-    client, services, model = app
-    model.enqueue("Claro, Joana. Podemos remarcar.", "Olá Carlos, confirmado.", "Sim, às 10h.")
+    client, services, model, graph = app
+    model.enqueue("Claro, Joana. Podemos remarcar.", "Olá Carlos, confirmado.", "Sim, às 10h.", "Recebi a foto.")
     now = datetime.now(UTC)
     _post(client, _message(ANA, "wamid.a1", f"Sou {ANA['name']}, CPF {ANA['cpf']}, quero remarcar", now))
     wait_until(lambda: _replies(services) >= 1, what="the first reply")
@@ -90,6 +99,11 @@ def test_a_customer_is_exported_then_erased_and_nothing_names_them(app):
     _post(client, _message(BEN, "wamid.b1", f"Sou {BEN['name']}, CPF {BEN['cpf']}", now + timedelta(seconds=1)),
           _message(ANA, "wamid.a2", "Pode ser amanhã?", now + timedelta(seconds=1)))
     wait_until(lambda: _replies(services) >= 3, what="the replies to both")
+    _post(client, _image(ANA, "wamid.a3", "m-ana-doc", now + timedelta(seconds=2)))  # a photo of her document
+    wait_until(lambda: _replies(services) >= 4, what="the reply to the photo")
+    with services.session() as session:
+        [photo] = session.scalars(select(MessageMedia)).all()
+    assert photo.status == "stored" and services.blobs.get(photo.sha256) == PNG
     with services.session() as session:
         ana = session.scalar(select(Conversation).where(Conversation.customer_id == ANA["phone"]))
         first = session.scalar(select(Message).where(Message.channel_message_id == "wamid.a1"))
@@ -107,16 +121,21 @@ def test_a_customer_is_exported_then_erased_and_nothing_names_them(app):
     texts = [m["text"] for m in conv["messages"]]
     assert any(ANA["cpf"] in t for t in texts) and "Pode ser amanhã?" in texts and not any(BEN["name"] in t for t in texts)
     assert [d["value"] for d in conv["collected_data"]] == [ANA["cpf"]] and conv["appointments"][0]["name"] == ANA["name"]
-    assert {o.get("id") or o.get("wa_id") for o in exported["webhook_objects"]} == {"wamid.a1", "wamid.a2", ANA["phone"]}
+    assert {o.get("id") or o.get("wa_id") for o in exported["webhook_objects"]} == \
+        {"wamid.a1", "wamid.a2", "wamid.a3", ANA["phone"]}
+    assert [m["sha256"] for m in conv["media"]] == [photo.sha256]
 
     r = client.post(f"/api/customers/{ANA['phone']}/erase", json={"requested_by": "dpo@clinica.example",
                                                                    "reason": "pedido do titular, 2026-12-01"})
     assert r.status_code == 200, r.text
     record = r.json()
     counts = record["counts"]
-    assert counts["conversations"] == 1 and counts["messages"] == 4 and counts["collected_data"] == 1
+    assert counts["conversations"] == 1 and counts["messages"] == 6 and counts["collected_data"] == 1
+    assert counts["message_media"] == 1 and counts["files"] == 1
+    with pytest.raises(FileNotFoundError):  # the photo is gone from the file store too
+        services.blobs.get(photo.sha256)
     assert counts["appointments"] == 1 and counts["regression_cases"] == 1
-    assert counts["webhook_posts_redacted"] + counts["webhook_posts_deleted"] == 2
+    assert counts["webhook_posts_redacted"] + counts["webhook_posts_deleted"] == 3
     assert ANA["phone"] not in json.dumps(record) and record["requested_by"] == "dpo@clinica.example"
 
     after = _dump(services)
@@ -133,7 +152,7 @@ def test_a_customer_is_exported_then_erased_and_nothing_names_them(app):
 
 
 def test_erasure_needs_the_admin_and_says_who_asked(app):
-    client, _, _ = app
+    client = app[0]
     assert client.post("/api/customers/5511/erase", json={"requested_by": "x"},
                        headers={"Authorization": "Bearer wrong-token-of-someone"}).status_code == 401
     assert client.post("/api/customers/5511/erase", json={}).status_code == 422
