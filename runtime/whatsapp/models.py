@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, String, Text, UniqueConstraint, true
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.db import Base, UTCDateTime, new_id, utcnow
@@ -23,6 +23,9 @@ class WhatsAppSender(Base):
     access_token: Mapped[str] = mapped_column(Text)
     app_secret: Mapped[str] = mapped_column(Text)
     verify_token: Mapped[str] = mapped_column(Text)
+    # read receipts and the typing indicator (runtime.whatsapp.presence); Meta shows typing only with a read receipt
+    mark_read: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    show_typing: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
