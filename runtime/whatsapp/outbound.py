@@ -65,6 +65,7 @@ from runtime.models import Conversation, Message, MessagePart
 from runtime.services import Services
 from runtime.whatsapp.delivery import settle
 from runtime.whatsapp.graph import GraphClient, SendResult
+from runtime.whatsapp.pricing import estimate
 from runtime.whatsapp.models import WhatsAppSender, WhatsAppTemplate
 
 log = logging.getLogger(__name__)
@@ -412,6 +413,9 @@ def _record(services: Services, session: Session, conv: Conversation, msg: Messa
             part.error_code, part.error_title = None, None
         else:
             part.status, part.error_code, part.error_title = "unknown", result.error_code, result.error_title
+        if part.billable is None and not part.pricing_category:  # priced as Meta takes it; its status confirms
+            part.pricing_category, part.channel_cost = estimate(
+                services.settings.whatsapp_prices, msg, conv.customer_id, window_open(conv, now))
         _make_next_part_due(msg, part, now)
         conv.cost += settle(msg)
         session.commit()
@@ -469,6 +473,8 @@ def _fail(services: Services, session: Session, conv: Conversation, msg: Message
     """The part failed for good: record the reason, flag the conversation for a person (and its handoff event)."""
     part.status, part.next_attempt_at, part.error_code, part.error_title = "failed", None, code, reason
     part.claimed_until = None
+    if part.billable is None:  # never taken (or so Meta said): not charged
+        part.channel_cost = 0.0
     conv.cost += settle(msg)
     log.error("WhatsApp message %s (part %d of conversation %s) failed after %d attempt(s): %s", msg.id,
               part.position, conv.id, part.attempts, reason)
@@ -533,7 +539,8 @@ def send_template(services: Services, *, sender_id: str, customer_id: str, name:
         conv = find_or_create_conversation(session, assistant_id=sender.assistant_id, channel="whatsapp",
                                            sender=sender.phone_number_id, customer_id=customer_id)
         msg = Message(id=new_id(), conversation_id=conv.id, direction="outbound", text=text, kind="template",
-                      status="pending", payload={"template": name, "language": language, "parameters": parameters},
+                      status="pending", payload={"template": name, "language": language, "parameters": parameters,
+                                                 "category": template.category.lower()},
                       created_at=utcnow())
         _add_parts(msg, [text], services.clock())
         session.add(msg)
@@ -551,7 +558,8 @@ def schedule_template(services: Services, session: Session, conv: Conversation, 
     text = fill_template(template.body, parameters)
     msg = Message(id=new_id(), conversation_id=conv.id, direction="outbound", text=text, kind="template",
                   status=SCHEDULED, created_at=utcnow(),
-                  payload={"template": template.name, "language": template.language, "parameters": parameters})
+                  payload={"template": template.name, "language": template.language, "parameters": parameters,
+                           "category": template.category.lower()})
     msg.parts = [MessagePart(id=new_id(), position=0, text=text, status=SCHEDULED, channel_cost=0.0, created_at=at,
                              attempts=0, next_attempt_at=at)]
     session.add(msg)
