@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 # receipts go out on a few threads of their own: never on the request's, never behind the queue's turns; a receipt
 # takes one round trip to Meta (at most whatsapp_presence_timeout_s), so 8 threads carry hundreds per second
 RECEIPT_THREADS = 8
+STALE_AFTER_S = 5.0  # a receipt still queued after this long is dropped, not sent late
 _pool: ThreadPoolExecutor | None = None
 _inflight: dict[tuple[str, str], Future] = {}  # (number, customer) -> the receipt under way in this process
 _inflight_guard = threading.Lock()
@@ -102,7 +104,7 @@ def acknowledge_post(services: Services, body: dict) -> int:
         log.exception("read receipts of a webhook post not prepared")
         return 0
     for key, receipt in receipts.items():
-        future = _executor().submit(send_receipt, services, receipt)
+        future = _executor().submit(_send_fresh, services, receipt, time.monotonic())
         with _inflight_guard:
             _inflight[key] = future
         future.add_done_callback(lambda f, key=key: _forget(key, f))
@@ -135,6 +137,15 @@ def _receipts_of_post(services: Services, body: dict) -> dict[tuple[str, str], R
             receipts[(number, customer)] = Receipt(number, sender.access_token, sender.graph_version, message.wamid,
                                                    bool(sender.show_typing and (state or "ai") == "ai"))
     return receipts
+
+
+def _send_fresh(services: Services, receipt: Receipt, queued_at: float) -> bool:
+    """Send a queued receipt unless it waited past ``STALE_AFTER_S`` (Meta down, a flood of posts): a late "typing"
+    could show after the reply, and a backlog would only grow."""
+    if time.monotonic() - queued_at > STALE_AFTER_S:
+        log.warning("WhatsApp read receipt for %s dropped: queued for over %.0f s", receipt.wamid, STALE_AFTER_S)
+        return False
+    return send_receipt(services, receipt)
 
 
 def wait_for_receipt(phone_number_id: str, customer_id: str, timeout_s: float) -> None:

@@ -252,6 +252,9 @@ def test_a_menu_is_offered_at_the_start_and_on_request(wa):
     post(client, text("wamid.m3", "Menu"))
     menu = wait_until(lambda: len(graph.sent) == 3 and graph.sent[2])["json"]
     assert menu["interactive"]["body"]["text"] == "Como posso ajudar?"
-    with services.session() as session:
-        parts = session.scalars(select(Message).where(Message.direction == "outbound")).all()
-        assert all(m.status == "sent" for m in parts)
+
+    def all_sent() -> bool:
+        with services.session() as session:
+            statuses = session.scalars(select(Message.status).where(Message.direction == "outbound")).all()
+            return len(statuses) == 3 and set(statuses) == {"sent"}
+    wait_until(all_sent, what="the three replies recorded as sent")

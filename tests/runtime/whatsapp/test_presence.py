@@ -151,3 +151,29 @@ def test_mark_read_against_the_stand_in_reports_refusals_and_never_logs_the_toke
     with GraphClient("http://127.0.0.1:9") as client:  # nothing listens: refused, at once
         assert client.mark_read(sender, "wamid.y", timeout_s=0.5) is False
     assert "secret-token" not in caplog.text
+
+
+def test_a_redelivered_answered_message_and_a_stale_receipt_get_no_receipt(wa):
+    from runtime.whatsapp.presence import Receipt, _send_fresh
+
+    client, services, model, graph, _ = wa
+    model.enqueue("Abrimos às 9h.")
+    body = messages_body(("wamid.r1", "text", "Que horas vocês abrem amanhã?"))
+    post(client, body)
+    wait_until(lambda: graph.sent, what="the reply")
+    wait_until(lambda: _answered(services, "wamid.r1"), what="the message answered")
+    receipts = len(graph.receipts)
+    post(client, body)  # Meta redelivers it after the reply: a typing indicator now would follow the reply
+    time.sleep(0.8)
+    assert len(graph.receipts) == receipts and len(graph.sent) == 1
+    stale = Receipt(PHONE_ID, "token-presence", "v21.0", "wamid.r1", True)
+    assert _send_fresh(services, stale, time.monotonic() - 60) is False  # queued a minute ago: dropped
+    assert len(graph.receipts) == receipts
+
+
+def _answered(services, wamid: str) -> bool:
+    from sqlalchemy import select
+
+    from runtime.models import Message
+    with services.session() as session:
+        return session.scalar(select(Message.status).where(Message.channel_message_id == wamid)) == "answered"
