@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from kb.types import Source
 from runtime.config import AssistantConfig
+from runtime.options import numbered
 from runtime.types import TurnResult
 
 
@@ -113,6 +114,16 @@ class ChatRequest(BaseModel):
     variables: dict[str, str] = Field(default_factory=dict, description="fill {{placeholders}} in the prompt")
 
 
+class OptionPublic(BaseModel):
+    """A choice offered with a reply (``runtime.options``)."""
+
+    id: str
+    position: int
+    title: str
+    value: str | None = None
+    description: str | None = None
+
+
 class ChatResult(BaseModel):
     conversation_id: str
     reply: str | None
@@ -124,13 +135,19 @@ class ChatResult(BaseModel):
     cost: float
     timings: dict
     error: str | None = None  # why the model failed (status ``error``)
+    options: list[OptionPublic] = Field(default_factory=list, description="choices offered with the reply: show "
+                                        "them as buttons, or send the number or the text of one as the next message")
+    reply_text: str | None = Field(default=None, description="the reply with its options as a numbered list, for "
+                                                              "a plain-text channel")
 
     @classmethod
     def from_turn(cls, r: TurnResult) -> ChatResult:
+        options = [OptionPublic(**o) for o in r.options if isinstance(o, dict)]
         return cls(
             conversation_id=r.conversation_id, reply=r.reply, status=r.status, sources=[s.to_dict() for s in r.sources],
             function_calls=r.function_calls, ai_enabled=r.ai_enabled, cost=r.cost, timings=r.timings, error=r.error,
             usage={"prompt_tokens": r.usage.prompt_tokens, "completion_tokens": r.usage.completion_tokens},
+            options=options, reply_text=numbered(r.reply, options) if r.reply is not None else None,
         )
 
 

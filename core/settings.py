@@ -102,7 +102,13 @@ class Settings(BaseSettings):
     # a part whose sender died mid-send (its send lease expired, runtime.whatsapp.outbound) is ``unknown`` this
     # long, waiting for Meta's status webhook to say it was taken; with no status by then it is sent again
     whatsapp_status_wait_s: float = Field(default=300.0, gt=0)
-    # Meta's charge per billable message by pricing category (USD), e.g. {"marketing": 0.0625, "utility": 0.008}
+    # read receipts and typing (runtime.whatsapp.presence): one attempt of at most this long, never retried; the
+    # typing indicator (Meta's lasts 25 s) is sent again this often while a turn runs (0: never renewed)
+    whatsapp_presence_timeout_s: float = Field(default=2.0, gt=0, le=30)
+    whatsapp_typing_renew_s: float = Field(default=20.0, ge=0, le=24)
+    # Meta's charge per billable message (USD) by pricing category, optionally per recipient country-code prefix
+    # ("category:prefix", the longest prefix wins; runtime.whatsapp.pricing), e.g. {"marketing": 0.05,
+    # "marketing:55": 0.0625, "utility:55": 0.0068}; service replies inside the 24-hour window are free
     whatsapp_prices: dict[str, float] = Field(default_factory=dict)
     # media customers send on WhatsApp (runtime.whatsapp.media): fetched through the Graph API's media endpoints,
     # capped per kind while streaming (Meta's own limits as defaults; never over max_upload_mb), stored by hash

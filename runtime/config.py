@@ -66,7 +66,8 @@ DEFAULT_CALLBACK = {
              "pt": "Obrigado! Uma pessoa vai retornar o contato {opening}.",
              "es": "¡Gracias! Una persona se pondrá en contacto contigo {opening}."},
 }
-TOOL_NAMES = ("search_knowledge_base", "transfer_to_human", "collect_data", "list_available_slots", "schedule_appointment")
+TOOL_NAMES = ("search_knowledge_base", "transfer_to_human", "collect_data", "list_available_slots", "schedule_appointment",
+              "offer_options")
 # booking writes to the business's calendar: an assistant enables the scheduling tools explicitly
 DEFAULT_TOOLS = ("search_knowledge_base", "transfer_to_human", "collect_data")
 FieldType = Literal["email", "phone", "date", "number", "enum", "regex", "cpf", "cnpj", "text"]
@@ -316,6 +317,29 @@ class WidgetConfig(BaseModel):
     greeting: str = ""
 
 
+class MenuOption(BaseModel):
+    """One entry of an assistant's menu: what the customer reads, and what it stands for (told to the turn)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = Field(min_length=1, max_length=500)
+    value: str | None = Field(default=None, max_length=500)
+    description: str | None = Field(default=None, max_length=500)
+
+
+class MenuConfig(BaseModel):
+    """Choices the assistant offers at the start of a conversation (``at_start``) and whenever the customer sends
+    one of ``keywords`` alone (runtime.options: buttons or a list on WhatsApp, buttons in the widget)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(default="", max_length=1024, description="the menu's text; default: 'Choose an option:' in "
+                                                                 "the customer's language")
+    options: list[MenuOption] = Field(min_length=1, max_length=30)
+    at_start: bool = True
+    keywords: list[str] = Field(default_factory=lambda: ["menu", "menú", "opções", "opciones", "options"])
+
+
 class AssistantConfig(BaseModel):
     """Everything that shapes an assistant's replies; stored as JSON on the assistant."""
 
@@ -352,6 +376,7 @@ class AssistantConfig(BaseModel):
     http_tools: list[HttpTool] = Field(default_factory=list)
     scheduling: Scheduling = Field(default_factory=Scheduling)
     widget: WidgetConfig = Field(default_factory=WidgetConfig)
+    menu: MenuConfig | None = None
 
     def canned_reply(self, kind: Literal["fallback", "handoff", "unavailable", "ai_back"], texts: list[str]) -> str:
         """The configured fallback/handoff/unavailable/AI-is-back message, or the built-in one in the language of

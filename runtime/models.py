@@ -135,6 +135,9 @@ class MessagePart(Base):
     message_id: Mapped[str] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), index=True)
     position: Mapped[int] = mapped_column(Integer)
     text: Mapped[str] = mapped_column(Text)  # as sent: rendered for the channel
+    # WhatsApp reply buttons or list (Meta's ``interactive`` object, runtime.whatsapp.interactive): sent instead of
+    # a text message, ``text`` being its body; None for a text part
+    interactive: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     # pending | retrying | unknown | sent | delivered | read | played | failed (runtime.whatsapp.outbound: the outbox);
     # scheduled (waits for next_attempt_at to become pending) | cancelled (a scheduled one that was not sent)
     status: Mapped[str] = mapped_column(String(20))
@@ -157,8 +160,8 @@ class MessagePart(Base):
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     def as_dict(self) -> dict:
-        keys = ("position", "text", "status", "channel_message_id", "error_code", "error_title", "sent_at",
-                "attempts", "next_attempt_at")
+        keys = ("position", "text", "interactive", "status", "channel_message_id", "error_code", "error_title",
+                "sent_at", "attempts", "next_attempt_at")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -299,4 +302,24 @@ class MessageFeedback(Base):
     comment: Mapped[str | None] = mapped_column(Text, nullable=True)
     emoji: Mapped[str | None] = mapped_column(String(64), nullable=True)  # customer reactions, as sent
     author: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ReplyOption(Base):
+    """A choice offered to the customer with an outbound message (``runtime.options``): rendered as a WhatsApp reply
+    button or list row (``option_id`` is the button's or row's id, unique in the conversation), as a widget button,
+    or as a numbered line. A tap (or the number, or the text, typed back) maps back to it; ``chosen_at`` is when."""
+
+    __tablename__ = "reply_options"
+    __table_args__ = (UniqueConstraint("conversation_id", "option_id", name="uq_reply_options_conversation_option"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    message_id: Mapped[str] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), index=True)
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)  # 1-based: the number a plain-text channel shows
+    option_id: Mapped[str] = mapped_column(String(200))
+    title: Mapped[str] = mapped_column(Text)  # the option in full (a button or row shows it cut to Meta's limits)
+    value: Mapped[str | None] = mapped_column(Text, nullable=True)  # what it stands for, e.g. a slot's start time
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)  # a second line, where a channel has one
+    chosen_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

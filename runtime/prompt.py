@@ -101,8 +101,8 @@ def excerpt(text: str, query: str, limit: int = SOURCE_CHARS) -> str:
 
 def format_sources(sources: list[Source]) -> str:
     if not sources:
-        return (f"Sources: none matched this message. Unless it is a greeting, thanks, a request for a human or "
-                f"personal data, reply exactly {NO_ANSWER}.")
+        return (f"Sources: none matched this message. Unless it is a greeting, thanks, a request for a human, "
+                f"personal data or a choice the customer made, reply exactly {NO_ANSWER}.")
     blocks = []
     for s in sources:
         where = ", ".join(x for x in (s.filename, f"p. {s.page}" if s.page else "", s.section) if x)

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from core.db import new_id, utcnow
 from core.errors import InvalidRequest, NotFound
 from runtime.models import CHANNELS, Conversation, Message, MessageSource, ToolCallRecord, Turn
+from runtime.options import store_options
 from runtime.types import ToolRun, TurnResult
 
 
@@ -120,8 +121,13 @@ def log_turn(
         )
         reply.sources = [MessageSource(id=new_id(), **s.logged()) for s in result.sources]
         reply.tool_calls = [ToolCallRecord(id=new_id(), position=i, **run.logged()) for i, run in enumerate(tool_results)]
+        if result.options and result.options_prompt:
+            reply.payload = {"options_prompt": result.options_prompt}
         session.add(reply)
         result.message_id = reply.id
+        if result.options:  # the choices offered with it, each with its id in the conversation
+            session.flush()
+            result.options = [o.to_dict() for o in store_options(session, reply, result.options)]
     conv.tokens_in += result.usage.prompt_tokens
     conv.tokens_out += result.usage.completion_tokens
     conv.cost += result.cost

@@ -22,9 +22,9 @@ from kb.keyword import fold
 from kb.models import Assistant
 from kb.search import search
 from kb.types import Source
-from runtime import approved, extractive, followups, handoff, store
+from runtime import approved, extractive, followups, handoff, options, store
 from runtime.capture import capture_calls
-from runtime.config import AssistantConfig
+from runtime.config import AssistantConfig, MenuConfig
 from runtime.context_budget import ContextBudget, token_counter
 from runtime.cost import usage_cost
 from runtime.intent import HANDOFF_TOOL, SCHEDULING_TOOLS, wants_booking, wants_human
@@ -122,11 +122,17 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
     timings = {"retrieval_ms": 0.0, "prompt_ms": 0.0, "llm_ms": 0.0, "tools_ms": 0.0}
     history: list[tuple[Role, str]] = [("user" if m.direction == "inbound" else "assistant", m.text)
                                        for m in store.recent_history(session, conv.id, config.history_messages)]
-    user_text = "\n".join(m.text for m in pending)
+    user_text = "\n".join(options.interpret(session, m) for m in pending)  # a tap: "The customer chose: ..."
     customer_texts = [user_text] + [text for role, text in reversed(history) if role == "user"]
+    if menu := _menu_asked(config, user_text):  # the assistant's menu, on request: no model
+        result = TurnResult(conv.id, menu.prompt or options.PROMPTS[config.language(customer_texts) or "en"], "answered",
+                            ai_enabled=conv.ai_enabled, options=_menu_choices(menu))
+        return _finish(services, session, conv, pending, result, timings, t0, started_at, model_name="",
+                       tool_results=[], queries=[], rounds=0, error=None, events=[], notice=notice)
     if talk := small_talk(user_text):  # a greeting or thanks needs no sources and no model
         kind, language = talk
-        result = TurnResult(conv.id, small_talk_reply(kind, language), "smalltalk", ai_enabled=conv.ai_enabled)
+        result = TurnResult(conv.id, small_talk_reply(kind, language), "smalltalk", ai_enabled=conv.ai_enabled,
+                            options=_menu_choices(config.menu) if _menu_at_start(config, history) else [])
         return _finish(services, session, conv, pending, result, timings, t0, started_at, model_name="",
                        tool_results=[], queries=[], rounds=0, error=None, events=[], notice=notice)
     # replies are held to the language the customer's own messages tell; the system prompt's is only the default
@@ -292,11 +298,32 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
         ai_enabled=conv.ai_enabled, usage=usage, cost=usage_cost(services.settings.llm_prices, model_name, usage),
         error=error if status == "error" else None,
     )
+    if status == "answered" and ctx.options:  # offered by a tool (offer_options, list_available_slots)
+        result.options, result.options_prompt = ctx.options, ctx.options_prompt
+    elif status in ("answered", "fallback") and _menu_at_start(config, history):
+        result.options = _menu_choices(config.menu)
     note = "; ".join(filter(None, (error or ("reply rejected: " + "; ".join(rejected) if rejected else None),
                                    budget.note))) or None
     return _finish(services, session, conv, pending, result, timings, t0, started_at, model_name=model_name,
                    tool_results=tool_results, queries=queries, rounds=rounds, error=note, events=ctx.events,
                    notice=notice)
+
+
+def _menu_asked(config: AssistantConfig, user_text: str) -> MenuConfig | None:
+    """The assistant's menu when the customer sent one of its keywords alone."""
+    menu = config.menu
+    if menu is None or not user_text.strip():
+        return None
+    return menu if options.fold(user_text) in {options.fold(k) for k in menu.keywords} else None
+
+
+def _menu_at_start(config: AssistantConfig, history: list) -> bool:
+    """Whether the menu goes with this reply: the conversation's first, for a menu offered at the start."""
+    return config.menu is not None and config.menu.at_start and not history
+
+
+def _menu_choices(menu: MenuConfig | None) -> list[options.Choice]:
+    return [options.Choice(o.title, o.value, o.description) for o in menu.options] if menu else []
 
 
 def _plain_question(config: AssistantConfig, embedding_model: str, found: approved.ApprovedMatch | None,
@@ -444,6 +471,7 @@ def result_for_message(session, message_id: str) -> TurnResult:
         sources=[s.as_source() for s in reply.sources],
         function_calls=[c.as_dict() for c in reply.tool_calls],
         usage=Usage(reply.tokens_in, reply.tokens_out), cost=reply.cost, timings=turn.timings, message_id=reply.id,
+        options=[o.to_dict() for o in options.options_of(session, reply.id)],
     )
 
 

@@ -123,6 +123,9 @@ class TurnResult:
     timings: dict = field(default_factory=dict)
     message_id: str | None = None
     error: str | None = None  # why an ``error`` turn failed, for operators (never shown to customers)
+    # choices offered with the reply (runtime.options): ``Choice``s until logged, then ``Offered.to_dict()``s
+    options: list = field(default_factory=list)
+    options_prompt: str | None = None
 
     def to_dict(self) -> dict:
         return {**asdict(self), "sources": [s.to_dict() for s in self.sources]}

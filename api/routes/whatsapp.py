@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictBool, ValidationError, field_validator
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -23,6 +23,7 @@ from runtime.models import Message
 from runtime.whatsapp.inbound import WebhookError, accept_post
 from runtime.whatsapp.models import WhatsAppSender, WhatsAppTemplate
 from runtime.whatsapp.outbound import send_template
+from runtime.whatsapp.presence import acknowledge_post
 
 log = logging.getLogger(__name__)
 _PARAM = re.compile(r"\{\{\s*(\d+)\s*\}\}")
@@ -44,6 +45,8 @@ class SenderCreate(BaseModel):
     app_secret: SecretStr = Field(min_length=1, description="signs the webhooks of the app")
     verify_token: SecretStr = Field(min_length=1, description="answers Meta's webhook verification")
     graph_version: str = Field(default="v21.0", pattern=r"^v\d+\.\d+$")
+    mark_read: bool = Field(default=True, description="mark the customer's messages read on receipt")
+    show_typing: bool = Field(default=True, description="show 'typing...' while the assistant answers (needs mark_read)")
 
     @field_validator("phone_number_id", "display_phone_number", "waba_id")
     @classmethod
@@ -64,6 +67,8 @@ class SenderPublic(BaseModel):
     has_access_token: bool
     has_app_secret: bool
     has_verify_token: bool
+    mark_read: bool = True
+    show_typing: bool = True
 
     @classmethod
     def from_sender(cls, s: WhatsAppSender) -> SenderPublic:
@@ -71,8 +76,17 @@ class SenderPublic(BaseModel):
             id=s.id, assistant_id=s.assistant_id, phone_number_id=s.phone_number_id,
             display_phone_number=s.display_phone_number, waba_id=s.waba_id, graph_version=s.graph_version,
             created_at=s.created_at, has_access_token=bool(s.access_token), has_app_secret=bool(s.app_secret),
-            has_verify_token=bool(s.verify_token),
+            has_verify_token=bool(s.verify_token), mark_read=s.mark_read, show_typing=s.show_typing,
         )
+
+
+class SenderUpdate(BaseModel):
+    """The options of a sender that can change in place (the others: delete and create it again)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mark_read: StrictBool | None = None
+    show_typing: StrictBool | None = None
 
 
 class TemplateCreate(BaseModel):
@@ -159,6 +173,7 @@ def receive_webhook(
     except WebhookError as exc:
         log.warning("whatsapp webhook refused (%s): %s", exc.status_code, exc)
         return JSONResponse(status_code=exc.status_code, content={"detail": str(exc)})
+    acknowledge_post(services, post.body)  # read and typing at once, in the background (runtime.whatsapp.presence)
     services.queue.enqueue_webhook(post.id)
     return {"status": "ok"}
 
@@ -191,7 +206,7 @@ def create_sender(session: SessionDep, payload: Annotated[Any, Body()] = None):
         id=new_id(), assistant_id=assistant.id, phone_number_id=body.phone_number_id,
         display_phone_number=body.display_phone_number, waba_id=body.waba_id, graph_version=body.graph_version,
         access_token=body.access_token.get_secret_value(), app_secret=body.app_secret.get_secret_value(),
-        verify_token=body.verify_token.get_secret_value(),
+        verify_token=body.verify_token.get_secret_value(), mark_read=body.mark_read, show_typing=body.show_typing,
     )
     session.add(sender)
     try:
@@ -208,6 +223,18 @@ def list_senders(session: SessionDep, assistant_id: str | None = None):
     if assistant_id:
         query = query.where(WhatsAppSender.assistant_id == registry.get_assistant(session, assistant_id).id)
     return [SenderPublic.from_sender(s) for s in session.scalars(query)]
+
+
+@router.patch("/senders/{sender_id}", response_model=SenderPublic, responses={404: {"description": "unknown sender"}})
+def update_sender(sender_id: str, body: SenderUpdate, session: SessionDep):
+    """Turn a sender's read receipts (``mark_read``) or typing indicator (``show_typing``) on or off."""
+    sender = session.get(WhatsAppSender, sender_id)
+    if sender is None:
+        raise NotFound(f"WhatsApp sender {sender_id!r} not found")
+    for name, value in body.model_dump(exclude_none=True).items():
+        setattr(sender, name, value)
+    session.commit()
+    return SenderPublic.from_sender(sender)
 
 
 @router.delete("/senders/{sender_id}", status_code=204)

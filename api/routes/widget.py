@@ -104,6 +104,11 @@ class WidgetSource(BaseModel):  # where a reply came from, as a visitor sees it:
     section: str = ""
 
 
+class WidgetOption(BaseModel):
+    position: int
+    title: str
+
+
 class WidgetReply(BaseModel):
     status: str = Field(description="pending (poll again), answered, smalltalk, fallback, handoff, paused "
                                     "(a human agent took over) or error (the assistant could not answer)")
@@ -111,6 +116,8 @@ class WidgetReply(BaseModel):
     sources: list[WidgetSource]
     ai_enabled: bool
     message_id: str | None = Field(default=None, description="the reply's id, to rate it")
+    options: list[WidgetOption] = Field(default_factory=list, description="choices offered with the reply: shown "
+                                        "as buttons, a click sends the option's text")
 
 
 class WidgetMessagePublic(BaseModel):
@@ -335,7 +342,8 @@ def message_reply(message_id: str, body: WidgetTokenIn, widget: WidgetDep, servi
     if result.status == "pending" and not widget.turns.busy(conversation_id) and widget.turns.admit():
         widget.turns.submit(conversation_id)
     return WidgetReply(status=result.status, reply=result.reply, sources=public_sources(result.sources),
-                       ai_enabled=result.ai_enabled, message_id=result.message_id)
+                       ai_enabled=result.ai_enabled, message_id=result.message_id,
+                       options=[WidgetOption(position=o["position"], title=o["title"]) for o in result.options])
 
 
 @router.post("/api/widget/{assistant}/messages/{message_id}/feedback", response_model=WidgetFeedbackPublic,

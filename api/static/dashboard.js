@@ -478,10 +478,21 @@
         el("header", {}, el("span", { class: "who" }, "AI"), el("span", { class: "status" }, data.status)),
         el("div", { class: "text" }, data.reply === null ? "(no reply: the AI is paused for this conversation)" : data.reply),
         el("footer", { class: "meta" }, meta),
+        (data.options || []).length ? el("div", { class: "choices" }, data.options.map(choiceButton)) : "",
         data.sources.length ? el("div", { class: "sources" }, el("h3", {}, "Sources"), data.sources.map(sourceNode)) : "",
         data.function_calls.map(callNode)));
       link.hidden = false;
       link.querySelector("a").href = `/dashboard/conversations/${encodeURIComponent(data.conversation_id)}`;
+    }
+
+    // an option offered with a reply: its button sends the option's text as the customer's next message, as a tap would
+    function choiceButton(option) {
+      const button = el("button", { type: "button", class: "secondary" }, `${option.position}. ${option.title}`);
+      button.addEventListener("click", () => {
+        form.elements.message.value = option.title;
+        form.requestSubmit();
+      });
+      return button;
     }
 
     form.addEventListener("submit", async (ev) => {

@@ -140,7 +140,9 @@
     ".rate{margin-top:4px;display:flex;gap:4px;align-items:center;font-size:11px;color:#667}" +
     ".thumb{background:none;border:1px solid #ccc;border-radius:6px;padding:1px 6px;font-size:13px;cursor:pointer}" +
     ".thumb[aria-pressed=true]{background:#d9fdd3;border-color:#128c7e}.thumb:disabled{cursor:default}" +
-    ".thumb:disabled:not([aria-pressed=true]){opacity:.4}";
+    ".thumb:disabled:not([aria-pressed=true]){opacity:.4}" +
+    ".choices{display:flex;flex-wrap:wrap;gap:4px;margin-top:6px}.choice{background:#fff;border:1px solid #128c7e;" +
+    "color:#128c7e;border-radius:14px;padding:3px 10px;font-size:13px;cursor:pointer}.choice:disabled{opacity:.5;cursor:default}";
 
   function el(tag, cls, text) {
     var e = document.createElement(tag);
@@ -226,6 +228,21 @@
     return row;
   }
 
+  /** The options offered with a reply, as buttons: a click sends the option's text (once; all are then disabled). */
+  function choices(options) {
+    var row = el("div", "choices");
+    options.forEach(function (o) {
+      var b = el("button", "choice", o.title);
+      b.type = "button";
+      b.addEventListener("click", function () {
+        Array.prototype.forEach.call(row.children, function (c) { c.disabled = true; });
+        send(o.title);
+      });
+      row.appendChild(b);
+    });
+    return row;
+  }
+
   function note(text) { log.appendChild(el("div", "note", text)); scrollDown(); }
 
   function setBusy(busy, showTyping) {
@@ -264,7 +281,10 @@
       return session(true).then(post); // the token is no longer valid (e.g. a new secret): start over
     }).then(function (accepted) { return reply(accepted.message_id); }).then(function (res) {
       setBusy(false);
-      if (res.reply) add("outbound", res.reply, res.sources, res.message_id ? { id: res.message_id, rating: null } : null);
+      if (res.reply) {
+        var m = add("outbound", res.reply, res.sources, res.message_id ? { id: res.message_id, rating: null } : null);
+        if (res.options && res.options.length) m.appendChild(choices(res.options));
+      }
       else if (res.status === "pending" || res.status === "error") note(T.error);
       else if (!res.ai_enabled) note(T.human);
     }, function (err) {

@@ -21,13 +21,15 @@ from kb.search import search
 from kb.types import Source
 from runtime.config import DataField
 from runtime.handoff import flag_for_human
-from runtime.models import CollectedData, Conversation, Message, Turn
+from runtime.models import CollectedData, Conversation, Message, ReplyOption, Turn
+from runtime.options import Choice, clean_choices
 from runtime.scheduling import SlotTaken, available_slots, book, ensure_bookable, opening_hours
 from runtime.tools.context import ToolContext, ToolError
 from runtime.validators import InvalidValue, parse_date, validate_value
 
 PROPOSAL = "Not booked yet."  # how schedule_appointment's proposals begin (and are found in the log)
 MAX_LISTED_SLOTS = 24
+MAX_OFFERED_SLOTS = 10  # a WhatsApp list message's rows
 NEXT_FREE_SEARCH_DAYS = 14
 
 
@@ -120,8 +122,12 @@ def list_available_slots(ctx: ToolContext, date: Annotated[str, "YYYY-MM-DD"]) -
     scheduling = ctx.config.scheduling
     with ctx.services.session() as session:
         slots = available_slots(session, ctx.assistant.id, scheduling, day, ctx.now)
-        if slots:
-            return f"Free times on {day.isoformat()} ({day.strftime('%A')}, {scheduling.timezone}): {_times(slots)}"
+        if slots:  # the customer gets them to tap (runtime.options): a WhatsApp list shows 10 rows
+            ctx.offer([Choice(s.strftime("%H:%M"), value=s.strftime("%Y-%m-%d %H:%M"),
+                              description=f"{day.strftime('%a')} {day.isoformat()}") for s in slots[:MAX_OFFERED_SLOTS]])
+            return (f"Free times on {day.isoformat()} ({day.strftime('%A')}, {scheduling.timezone}): {_times(slots)}. "
+                    f"The first {min(len(slots), MAX_OFFERED_SLOTS)} are shown to the customer as choices under your "
+                    "reply: ask which one suits them.")
         following = _next_free(session, ctx, day)
     why = "no free times" if opening_hours(scheduling, day) != "closed" else "closed"
     today = ctx.now.astimezone(ZoneInfo(scheduling.timezone)).date()
@@ -131,6 +137,21 @@ def list_available_slots(ctx: ToolContext, date: Annotated[str, "YYYY-MM-DD"]) -
         why = f"bookings are only open {scheduling.horizon_days} days ahead"
     nxt = f" Next free time: {following.strftime('%Y-%m-%d %H:%M')}." if following else ""
     return f"{day.isoformat()} ({day.strftime('%A')}): {why}.{nxt}"
+
+
+def offer_options(
+    ctx: ToolContext,
+    options: Annotated[list[str], "the choices, short, 2 to 10"],
+    prompt: Annotated[str, "the question they answer"] = "",
+) -> str:
+    """Show the customer choices to tap (buttons or a list) under your reply; their answer comes back as
+    "The customer chose: ..."."""
+    choices = clean_choices(options)
+    if not choices:
+        raise ToolError("options must hold at least one non-empty choice")
+    ctx.offer(choices, prompt.strip()[:1024] or None)
+    shown = "; ".join(c.title for c in choices)
+    return f"The customer will see these choices under your reply: {shown}. Now write your reply (the question)."
 
 
 def schedule_appointment(
@@ -190,6 +211,8 @@ def _customer_confirmed(ctx: ToolContext, when: datetime, name: str, kind: str) 
         answered = session.scalar(select(func.count()).select_from(Message).where(
             Message.conversation_id == ctx.conversation_id, Message.direction == "inbound",
             Message.created_at > reply.created_at))
+    if answered and _chose_slot(ctx, reply.id, when):  # a tap on this very time offered by the last reply
+        return True
     if isinstance(proposal, str):  # logged as the model sent it
         proposal = json.loads(proposal)
     if not isinstance(proposal, dict) or not answered:
@@ -200,6 +223,15 @@ def _customer_confirmed(ctx: ToolContext, when: datetime, name: str, kind: str) 
         return False
     return (proposed, str(proposal.get("name", "")).strip()[:200].casefold(), proposal.get("kind") or "appointment") == (
         when, name.casefold(), kind)
+
+
+def _chose_slot(ctx: ToolContext, reply_id: str, when: datetime) -> bool:
+    """Whether the customer picked (tapped, or typed back) the option of time ``when`` that ``reply_id`` offered
+    (``list_available_slots``' rows): as plain a yes to that exact time as answering a proposal."""
+    with ctx.services.session() as session:
+        return session.scalar(select(func.count()).select_from(ReplyOption).where(
+            ReplyOption.message_id == reply_id, ReplyOption.chosen_at.is_not(None),
+            ReplyOption.value == when.strftime("%Y-%m-%d %H:%M"))) > 0
 
 
 def _parse_day(text: str) -> date:
@@ -230,5 +262,5 @@ def _next_free(session, ctx: ToolContext, day: date) -> datetime | None:
 BUILTIN_TOOLS = {
     "search_knowledge_base": search_knowledge_base, "transfer_to_human": transfer_to_human,
     "collect_data": collect_data, "list_available_slots": list_available_slots,
-    "schedule_appointment": schedule_appointment,
+    "schedule_appointment": schedule_appointment, "offer_options": offer_options,
 }

@@ -27,6 +27,12 @@ class ToolContext:
     now: datetime = field(default_factory=utcnow)
     events: list[str] = field(default_factory=list)
     deadline: float | None = None
+    options: list = field(default_factory=list)  # runtime.options.Choice: offered with the reply (the last offer)
+    options_prompt: str | None = None
+
+    def offer(self, choices: list, prompt: str | None = None) -> None:
+        """Offer ``choices`` (``runtime.options.Choice``) with the turn's reply, in place of any earlier offer."""
+        self.options, self.options_prompt = list(choices), (prompt or None)
 
     def __post_init__(self) -> None:
         if self.deadline is None:

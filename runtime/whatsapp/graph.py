@@ -113,6 +113,15 @@ class GraphClient:
             payload["biz_opaque_callback_data"] = callback_data
         return self.send(sender, payload)
 
+    def send_interactive(self, sender: GraphSender, to: str, interactive: dict,
+                         callback_data: str | None = None) -> SendResult:
+        """Send reply buttons or a list message: ``interactive`` is Meta's ``interactive`` object (built within
+        Meta's limits by ``runtime.whatsapp.interactive``)."""
+        payload = {**recipient_fields(to), "type": "interactive", "interactive": interactive}
+        if callback_data:
+            payload["biz_opaque_callback_data"] = callback_data
+        return self.send(sender, payload)
+
     def send_template(self, sender: GraphSender, to: str, name: str, language: str,
                       parameters: list[str], callback_data: str | None = None) -> SendResult:
         """Send an approved template, filling its body's ``{{1}}``, ``{{2}}`` ... with ``parameters``."""
@@ -123,6 +132,34 @@ class GraphClient:
             ]
         extra = {"biz_opaque_callback_data": callback_data} if callback_data else {}
         return self.send(sender, {**recipient_fields(to), "type": "template", "template": template, **extra})
+
+    def mark_read(self, sender: GraphSender, message_id: str, *, typing: bool = False,
+                  timeout_s: float = 2.0) -> bool:
+        """Mark the customer's message ``message_id`` read and, if ``typing``, show the typing indicator (Meta
+        shows it until we reply or for 25 s; it exists only with a read receipt). One attempt within
+        ``timeout_s``, never retried: a receipt is a courtesy, late is as good as never. Whether Meta took it;
+        a failure is logged."""
+        url = f"{self.base_url}/{sender.graph_version}/{sender.phone_number_id}/messages"
+        body: dict = {"messaging_product": "whatsapp", "status": "read", "message_id": message_id}
+        if typing:
+            body["typing_indicator"] = {"type": "text"}
+        headers = {"Authorization": f"Bearer {sender.access_token}"}
+        try:
+            response = self._http.post(url, json=body, headers=headers, timeout=timeout_s)
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            log.warning("WhatsApp read receipt for number %s not sent: %s", sender.phone_number_id,
+                        _scrubbed(_describe(exc), sender.access_token))
+            return False
+        if 200 <= response.status_code < 300:
+            return True
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        code, title = _meta_error(answer, response)
+        log.warning("WhatsApp read receipt for number %s refused: %s (code %s)", sender.phone_number_id,
+                    _scrubbed(title, sender.access_token), code)
+        return False
 
     # ------------------------------------------------------------------ the request
 
@@ -330,6 +367,10 @@ def _scrub(result: SendResult, token: str) -> SendResult:
     if token and result.error_title and token in result.error_title:
         return replace(result, error_title=result.error_title.replace(token, "[token]"))
     return result
+
+
+def _scrubbed(text: str, token: str) -> str:
+    return text.replace(token, "[token]") if token else text
 
 
 def _describe(exc: Exception) -> str:

@@ -44,6 +44,7 @@ from runtime.handoff import BUSINESS_APP_REPLY, take_over
 from runtime.models import Conversation, Message, MessagePart
 from runtime.services import Services
 from runtime.store import find_or_create_conversation
+from runtime.whatsapp import pricing
 from runtime.whatsapp.delivery import advances, settle
 from runtime.whatsapp.media import record_media
 from runtime.whatsapp.models import WebhookPost, WhatsAppSender, WhatsAppTemplate
@@ -260,7 +261,10 @@ def _apply_status(run: _Run, event: StatusUpdate) -> None:
         part.billable = event.billable
     if event.pricing_category:
         part.pricing_category = event.pricing_category
-    part.channel_cost = run.prices.get(part.pricing_category or "", 0.0) if part.billable else 0.0
+    if event.billable is not None or event.pricing_category:  # Meta's word replaces the estimate made at the send
+        part.channel_cost = pricing.confirmed(run.prices, part.billable, part.pricing_category, conv.customer_id)
+    elif part.status == "failed" and part.billable is None:  # not delivered: not charged
+        part.channel_cost = 0.0
     conv.cost += settle(msg)  # Meta's pricing feeds the message's and the conversation's cost
     if event.error_code == OUTSIDE_WINDOW:
         conv.window_closed_at = max(conv.window_closed_at or event.timestamp, event.timestamp)

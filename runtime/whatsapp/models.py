@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, true
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.crypto import EncryptedText
@@ -26,6 +26,9 @@ class WhatsAppSender(Base):
     access_token: Mapped[str] = mapped_column(EncryptedText)
     app_secret: Mapped[str] = mapped_column(EncryptedText)
     verify_token: Mapped[str] = mapped_column(EncryptedText)
+    # read receipts and the typing indicator (runtime.whatsapp.presence); Meta shows typing only with a read receipt
+    mark_read: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    show_typing: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

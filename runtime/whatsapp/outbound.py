@@ -65,6 +65,7 @@ from runtime.models import Conversation, Message, MessagePart
 from runtime.services import Services
 from runtime.whatsapp.delivery import settle
 from runtime.whatsapp.graph import GraphClient, SendResult
+from runtime.whatsapp.pricing import estimate
 from runtime.whatsapp.models import WhatsAppSender, WhatsAppTemplate
 
 log = logging.getLogger(__name__)
@@ -131,12 +132,12 @@ def send_reply(services: Services, reply_message_id: str) -> Message:
             reply.status, reply.error_title = "not_sent", "outside the 24-hour window: only templates may be sent"
             session.commit()
             return reply
-        texts = split_message(render_for_whatsapp(reply.text))
-        if not texts:
+        texts, interactive = _with_options(session, reply, render_for_whatsapp, split_message)
+        if not texts and interactive is None:
             reply.status, reply.error_title = "not_sent", "the reply is empty once rendered for WhatsApp"
             session.commit()
             return reply
-        _add_parts(reply, texts, now)
+        _add_parts(reply, texts, now, interactive)
         session.commit()  # stored before anything goes out
     _send_conversation(services, reply.conversation_id, force=True)
     return _reloaded(services, reply_message_id)
@@ -269,12 +270,29 @@ def _lock_message(session: Session, message_id: str) -> None:
         raise NotFound(f"message {message_id!r} not found")
 
 
-def _add_parts(message: Message, texts: list[str], now: datetime) -> None:
-    """The message's parts, stored ``pending``; the first is due ``now``, each next one once the one before is sent."""
-    message.parts = [MessagePart(id=new_id(), position=i, text=text, status="pending", channel_cost=0.0, created_at=now,
-                                 attempts=0, next_attempt_at=now if i == 0 else None)
-                     for i, text in enumerate(texts)]
+def _add_parts(message: Message, texts: list[str], now: datetime, interactive: dict | None = None) -> None:
+    """The message's parts, stored ``pending``; the first is due ``now``, each next one once the one before is sent.
+    ``interactive`` (buttons or a list) is the last part, its body its text."""
+    bodies: list[tuple[str, dict | None]] = [(text, None) for text in texts]
+    if interactive is not None:
+        bodies.append((interactive["body"]["text"], interactive))
+    message.parts = [MessagePart(id=new_id(), position=i, text=text, interactive=payload, status="pending",
+                                 channel_cost=0.0, created_at=now, attempts=0, next_attempt_at=now if i == 0 else None)
+                     for i, (text, payload) in enumerate(bodies)]
     settle(message)
+
+
+def _with_options(session: Session, reply: Message, render, split) -> tuple[list[str], dict | None]:
+    """The reply's text messages and its interactive one, if it offers options (``runtime.whatsapp.interactive``)."""
+    from runtime.options import options_of
+    from runtime.whatsapp.interactive import render_choices
+
+    options = options_of(session, reply.id)
+    if not options:
+        return split(render(reply.text)), None
+    prompt = (reply.payload or {}).get("options_prompt") if isinstance(reply.payload, dict) else None
+    rendered = render_choices(render(reply.text), options, prompt=render(prompt) if prompt else None)
+    return [piece for text in rendered.texts for piece in split(text)], rendered.interactive
 
 
 def _next_open_part(session: Session, conversation_id: str) -> MessagePart | None:
@@ -337,6 +355,8 @@ def _attempt(services: Services, part_id: str, *, force: bool = False) -> _Outco
             template = msg.payload or {}
             result = client.send_template(sender, conv.customer_id, template["template"], template["language"],
                                           list(template.get("parameters") or []), callback_data=part.id)
+        elif part.interactive:
+            result = client.send_interactive(sender, conv.customer_id, part.interactive, callback_data=part.id)
         else:
             result = client.send_text(sender, conv.customer_id, part.text, callback_data=part.id)
         return _Outcome(_record(services, session, conv, msg, part, result, services.clock()), True)
@@ -393,6 +413,9 @@ def _record(services: Services, session: Session, conv: Conversation, msg: Messa
             part.error_code, part.error_title = None, None
         else:
             part.status, part.error_code, part.error_title = "unknown", result.error_code, result.error_title
+        if part.billable is None and not part.pricing_category:  # priced as Meta takes it; its status confirms
+            part.pricing_category, part.channel_cost = estimate(
+                services.settings.whatsapp_prices, msg, conv.customer_id, window_open(conv, now))
         _make_next_part_due(msg, part, now)
         conv.cost += settle(msg)
         session.commit()
@@ -450,6 +473,8 @@ def _fail(services: Services, session: Session, conv: Conversation, msg: Message
     """The part failed for good: record the reason, flag the conversation for a person (and its handoff event)."""
     part.status, part.next_attempt_at, part.error_code, part.error_title = "failed", None, code, reason
     part.claimed_until = None
+    if part.billable is None:  # never taken (or so Meta said): not charged
+        part.channel_cost = 0.0
     conv.cost += settle(msg)
     log.error("WhatsApp message %s (part %d of conversation %s) failed after %d attempt(s): %s", msg.id,
               part.position, conv.id, part.attempts, reason)
@@ -514,7 +539,8 @@ def send_template(services: Services, *, sender_id: str, customer_id: str, name:
         conv = find_or_create_conversation(session, assistant_id=sender.assistant_id, channel="whatsapp",
                                            sender=sender.phone_number_id, customer_id=customer_id)
         msg = Message(id=new_id(), conversation_id=conv.id, direction="outbound", text=text, kind="template",
-                      status="pending", payload={"template": name, "language": language, "parameters": parameters},
+                      status="pending", payload={"template": name, "language": language, "parameters": parameters,
+                                                 "category": template.category.lower()},
                       created_at=utcnow())
         _add_parts(msg, [text], services.clock())
         session.add(msg)
@@ -532,7 +558,8 @@ def schedule_template(services: Services, session: Session, conv: Conversation, 
     text = fill_template(template.body, parameters)
     msg = Message(id=new_id(), conversation_id=conv.id, direction="outbound", text=text, kind="template",
                   status=SCHEDULED, created_at=utcnow(),
-                  payload={"template": template.name, "language": template.language, "parameters": parameters})
+                  payload={"template": template.name, "language": template.language, "parameters": parameters,
+                           "category": template.category.lower()})
     msg.parts = [MessagePart(id=new_id(), position=0, text=text, status=SCHEDULED, channel_cost=0.0, created_at=at,
                              attempts=0, next_attempt_at=at)]
     session.add(msg)

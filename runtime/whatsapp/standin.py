@@ -55,12 +55,17 @@ class GraphStandIn:
     """The Graph API's ``/messages`` endpoint on 127.0.0.1; use as a context manager.
 
     ``.sent`` lists every request that reached it (also those failed, delayed or dropped on
-    purpose), each ``{"method", "path", "headers", "json", "body", "peer", "at"}`` (``peer``: the client's
-    address and port, which tells the connections apart; ``at``: ``time.monotonic()`` when it arrived).
+    purpose), each ``{"method", "path", "headers", "json", "body", "peer", "at", "wall"}`` (``peer``: the client's
+    address and port, which tells the connections apart; ``at``: ``time.monotonic()`` when it arrived, ``wall``:
+    ``time.time()``), except read receipts and typing indicators (a body with ``"status": "read"``): those go to
+    ``.receipts``, in the same form, and only ``fail_next_receipt`` disturbs them, so that tests of sends are
+    not thrown off by them.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.sent: list[dict] = []
+        self.receipts: list[dict] = []
+        self._receipt_plans: deque[_Plan] = deque()
         self._address = (host, port)
         self._plans: deque[_Plan] = deque()
         self._lock = threading.Lock()
@@ -120,6 +125,12 @@ class GraphStandIn:
         with self._lock:
             self._plans.extend([plan] * times)
 
+    def fail_next_receipt(self, status: int = 500, *, times: int = 1, delay_s: float = 0.0) -> None:
+        """Answer the next ``times`` read receipts / typing indicators with ``status`` (after ``delay_s``)."""
+        code, text = _DEFAULT_ERRORS.get(status, (1, "An unknown error occurred"))
+        with self._lock:
+            self._receipt_plans.extend([_Plan(status=status, error_code=code, message=text, delay_s=delay_s)] * times)
+
     def delay_next(self, seconds: float) -> None:
         """Hold the next request ``seconds`` before answering it (it is still accepted, like Meta would)."""
         with self._lock:
@@ -132,19 +143,23 @@ class GraphStandIn:
 
     # ------------------------------------------------------------------ handling
 
-    def _next_plan(self) -> _Plan | None:
+    def _next_plan(self, receipt: bool = False) -> _Plan | None:
         with self._lock:
-            return self._plans.popleft() if self._plans else None
+            plans = self._receipt_plans if receipt else self._plans
+            return plans.popleft() if plans else None
 
-    def _record(self, method: str, path: str, headers: dict, body: bytes, peer: tuple) -> dict | None:
+    def _record(self, method: str, path: str, headers: dict, body: bytes, peer: tuple) -> tuple[dict | None, bool]:
+        """Record the request; returns its JSON and whether it is a read receipt (``.receipts``)."""
         try:
             payload = json.loads(body) if body else None
         except ValueError:
             payload = None
+        receipt = isinstance(payload, dict) and payload.get("status") == "read"
         with self._lock:
-            self.sent.append({"method": method, "path": path, "headers": headers, "json": payload, "body": body,
-                              "peer": peer, "at": time.monotonic()})
-        return payload
+            (self.receipts if receipt else self.sent).append({
+                "method": method, "path": path, "headers": headers, "json": payload, "body": body, "peer": peer,
+                "at": time.monotonic(), "wall": time.time()})
+        return payload, receipt
 
     def _answer(self, path: str, headers: dict, payload) -> tuple[int, dict]:
         """Meta's answer to an undisturbed request."""
@@ -154,15 +169,68 @@ class GraphStandIn:
             return _error(401, 190, "Invalid OAuth access token")
         if not isinstance(payload, dict) or payload.get("messaging_product") != "whatsapp":
             return _error(400, 100, "Invalid parameter", "messaging_product must be 'whatsapp'")
+        if payload.get("status") == "read":
+            if not str(payload.get("message_id") or "").startswith("wamid."):
+                return _error(400, 100, "Invalid parameter", "message_id must be a received message's wamid")
+            typing = payload.get("typing_indicator")
+            if typing is not None and typing != {"type": "text"}:
+                return _error(400, 100, "Invalid parameter", "typing_indicator.type must be 'text'")
+            return 200, {"success": True}
         target = payload.get("to") or payload.get("recipient")
         if not target:
             return _error(400, 100, "Invalid parameter", "to or recipient is required")
+        if payload.get("type") == "interactive":
+            problem = interactive_problem(payload.get("interactive"))
+            if problem:
+                return _error(400, 131009, "Parameter value is not valid", problem)
         contact = {"input": target, "user_id" if _BSUID.match(target) and not payload.get("to") else "wa_id": target}
         return 200, {
             "messaging_product": "whatsapp",
             "contacts": [contact],
             "messages": [{"id": f"wamid.{uuid.uuid4().hex.upper()}"}],
         }
+
+
+def interactive_problem(interactive) -> str | None:
+    """What breaks Meta's rules for reply buttons and list messages in ``interactive`` (the limits of
+    ``runtime.whatsapp.interactive``, checked independently here), or None."""
+    from runtime.whatsapp import interactive as limits
+
+    if not isinstance(interactive, dict) or interactive.get("type") not in ("button", "list"):
+        return "interactive.type must be button or list"
+    body = (interactive.get("body") or {}).get("text")
+    if not isinstance(body, str) or not body.strip() or len(body) > limits.BODY:
+        return f"interactive.body.text is required, at most {limits.BODY} characters"
+    for part, most in (("header", limits.HEADER), ("footer", limits.FOOTER)):
+        if part in interactive and len(str((interactive[part] or {}).get("text") or "")) > most:
+            return f"interactive.{part}.text: at most {most} characters"
+    action = interactive.get("action") or {}
+    if interactive["type"] == "button":
+        buttons = action.get("buttons") or []
+        if not 1 <= len(buttons) <= limits.MAX_BUTTONS:
+            return "action.buttons: 1 to 3 buttons"
+        items = [(b["reply"]["id"], b["reply"]["title"], None, limits.BUTTON_ID, limits.BUTTON_TITLE) for b in buttons]
+    else:
+        label = action.get("button")
+        if not isinstance(label, str) or not label or len(label) > limits.LIST_BUTTON:
+            return f"action.button: 1 to {limits.LIST_BUTTON} characters"
+        sections = action.get("sections") or []
+        if not 1 <= len(sections) <= 10 or (len(sections) > 1 and not all(s.get("title") for s in sections)):
+            return "action.sections: 1 to 10, each titled when there are several"
+        if any(len(s.get("title") or "") > limits.SECTION_TITLE for s in sections):
+            return f"section title: at most {limits.SECTION_TITLE} characters"
+        rows = [r for s in sections for r in s.get("rows") or []]
+        if not 1 <= len(rows) <= limits.MAX_ROWS:
+            return "rows: 1 to 10 in all"
+        items = [(r["id"], r["title"], r.get("description"), limits.ROW_ID, limits.ROW_TITLE) for r in rows]
+    for option_id, title, description, id_most, title_most in items:
+        if not option_id or len(option_id) > id_most or not title or len(title) > title_most:
+            return f"an option's id (at most {id_most}) or title (at most {title_most}) is empty or too long"
+        if description is not None and len(description) > limits.ROW_DESCRIPTION:
+            return f"row description: at most {limits.ROW_DESCRIPTION} characters"
+    if len({i[0] for i in items}) < len(items) or len({i[1] for i in items}) < len(items):
+        return "option ids and titles must be unique"
+    return None
 
 
 def _error(status: int, code: int, message: str, details: str | None = None) -> tuple[int, dict]:
@@ -190,8 +258,8 @@ def _handler_for(standin: GraphStandIn) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:  # noqa: N802 (stdlib name)
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             headers = {name.title(): value for name, value in self.headers.items()}
-            payload = standin._record("POST", self.path, headers, body, self.client_address)
-            plan = standin._next_plan() or _Plan()
+            payload, receipt = standin._record("POST", self.path, headers, body, self.client_address)
+            plan = standin._next_plan(receipt) or _Plan()
             if plan.drop:
                 self.close_connection = True
                 return
@@ -369,6 +437,25 @@ def echo_body(phone_number_id: str, to: str, wamid: str, text: str, *, timestamp
              "message_echoes": [echo]}
     return {"object": "whatsapp_business_account",
             "entry": [{"id": waba_id, "changes": [{"value": value, "field": "smb_message_echoes"}]}]}
+
+
+def tap_body(phone_number_id: str, customer: str, wamid: str, option_id: str, title: str, *, kind: str = "list_reply",
+             description: str | None = None, context_id: str | None = None, timestamp: int | None = None,
+             display_phone_number: str = "15550000000", waba_id: str = "0") -> dict:
+    """A Meta ``messages`` webhook body: the customer tapped a reply button (``kind="button_reply"``) or a list row
+    (``"list_reply"``) of our message ``context_id`` (the shape of Meta's interactive reply webhook)."""
+    reply = {"id": option_id, "title": title}
+    if description is not None:
+        reply["description"] = description
+    message = {"from": customer, "id": wamid, "timestamp": str(int(time.time()) if timestamp is None else timestamp),
+               "type": "interactive", "interactive": {"type": kind, kind: reply}}
+    if context_id:
+        message["context"] = {"from": display_phone_number, "id": context_id}
+    value = {"messaging_product": "whatsapp",
+             "metadata": {"display_phone_number": display_phone_number, "phone_number_id": phone_number_id},
+             "contacts": [{"profile": {"name": "Cliente"}, "wa_id": customer}], "messages": [message]}
+    return {"object": "whatsapp_business_account",
+            "entry": [{"id": waba_id, "changes": [{"value": value, "field": "messages"}]}]}
 
 
 def sign(app_secret: str, raw_body: bytes) -> str:

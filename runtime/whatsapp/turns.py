@@ -22,6 +22,7 @@ from runtime.turn import run_turn
 from runtime.types import TurnResult
 from runtime.whatsapp.media import awaited
 from runtime.whatsapp.outbound import send_reply
+from runtime.whatsapp.presence import TypingRenewer
 
 if TYPE_CHECKING:
     from runtime.queue import WorkQueue
@@ -91,7 +92,8 @@ def answer_conversation(services: Services, conversation_id: str) -> TurnResult 
     try:
         for message_id in unsent_replies(services, conversation_id):
             send_reply(services, message_id)
-        result = run_turn(services, conversation_id)
+        with TypingRenewer(services, conversation_id):  # ends before the reply is sent
+            result = run_turn(services, conversation_id)
         if result is not None and result.message_id is not None:
             send_reply(services, result.message_id)
         return result

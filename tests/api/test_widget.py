@@ -146,7 +146,7 @@ def test_paused_ai_and_model_failure(shop):
         session.execute(update(Conversation).values(handoff_state="with_human"))
         session.commit()
     assert ask(client, "loja", token, "alô?").json() == {"status": "paused", "reply": None, "sources": [],
-                                                        "ai_enabled": False, "message_id": None}
+                                                        "ai_enabled": False, "message_id": None, "options": []}
     assert client.post("/api/widget/loja/history", json={"token": token}).json()["ai_enabled"] is False
 
 

@@ -187,6 +187,8 @@ def test_parts_left_claimed_by_a_dead_sender_get_an_expired_send_lease(database_
                                            "ix_followups_status"}}),
     ({"erasures"}, "0017", {"erasures": {"ix_erasures_customer_ref"}}),
     ({"audit_log"}, "0018", {"audit_log": {"ix_audit_log_at"}}),
+    ({"reply_options"}, "0020_message_media", {"reply_options": {"ix_reply_options_message_id",
+                                                              "ix_reply_options_conversation_id"}}),
 ])
 def test_round_two_tables_go_up_and_down_and_match_the_models(database_url, tables, previous, indexes):
     """Each migration of round two: its tables and indexes exist at head, match the models, are
@@ -248,3 +250,36 @@ def test_processes_starting_together_on_a_new_postgresql_database_migrate_one_af
         for engine in engines:
             engine.dispose()
         database.close()
+
+
+def test_reply_options_columns_are_added_in_place_and_removed_on_the_way_down(database_url):
+    """Revision 0021: ``message_parts.interactive`` and the senders' ``mark_read``/``show_typing`` (on for the
+    senders already configured) added without rebuilding a table: the rows stay; and back down."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from core.db import Base
+
+    engine = make_engine(database_url)
+    upgrade_to(engine, "0020_message_media")
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO assistants (id, name, description, created_at, updated_at, config) "
+                             "VALUES ('a', 'a', '', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, '{}')"))
+        conn.execute(sa.text("INSERT INTO whatsapp_senders (id, assistant_id, phone_number_id, display_phone_number, "
+                             "waba_id, graph_version, access_token, app_secret, verify_token, created_at) VALUES "
+                             "('s', 'a', '1', '', '', 'v21.0', 't', 's', 'v', CURRENT_TIMESTAMP)"))
+    migrate(engine)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT mark_read, show_typing FROM whatsapp_senders")).one() == (True, True)
+        diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert [d for d in diffs if any(n in str(d) for n in ("interactive", "mark_read", "show_typing"))] == []
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0020_message_media")
+    assert "interactive" not in {c["name"] for c in sa.inspect(engine).get_columns("message_parts")}
+    assert "mark_read" not in {c["name"] for c in sa.inspect(engine).get_columns("whatsapp_senders")}
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM whatsapp_senders")).scalar() == 1
+    engine.dispose()

@@ -201,7 +201,8 @@ def test_builtin_schemas_are_compact():
     config = AssistantConfig(data_fields=[DataField(name="cpf", type="cpf"), DataField(name="plan", type="enum", options=["Basic", "Pro"])],
                              retrieval=RetrievalConfig(mode="as_tool"), tools=list(TOOL_NAMES))
     toolset = build_toolset(config)
-    assert toolset.names == ["search_knowledge_base", "transfer_to_human", "collect_data", "list_available_slots", "schedule_appointment"]
+    assert toolset.names == ["search_knowledge_base", "transfer_to_human", "collect_data", "list_available_slots",
+                             "schedule_appointment", "offer_options"]
     every_turn = build_toolset(config.model_copy(update={"retrieval": RetrievalConfig()}))
     assert "search_knowledge_base" not in every_turn  # the engine already searched this turn
     schemas = {s["function"]["name"]: s["function"] for s in toolset.schemas()}
@@ -209,7 +210,9 @@ def test_builtin_schemas_are_compact():
     assert "plan (one of Basic/Pro)" in schemas["collect_data"]["description"]
     assert schemas["schedule_appointment"]["parameters"]["required"] == ["start", "name"]
     assert schemas["transfer_to_human"]["parameters"]["required"] == ["reason"]
-    assert len(json.dumps(toolset.schemas())) < 2200  # every token costs prompt time on the local model
+    assert schemas["offer_options"]["parameters"]["properties"]["options"]["type"] == "array"
+    assert len(json.dumps(toolset.without({"offer_options"}).schemas())) < 2200  # every token costs prompt time
+    assert len(json.dumps(schemas["offer_options"])) < 450
 
 
 def test_toolset_follows_config():
