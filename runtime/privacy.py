@@ -33,7 +33,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from core.db import Base, UTCDateTime, new_id, utcnow
 from runtime.models import (
     Appointment, CollectedData, Conversation, FollowUp, HandoffChange, Message, MessageFeedback, MessagePart,
-    MessageSource, OutboundEvent, ToolCallRecord, Turn,
+    MessageSource, OutboundEvent, ReplyOption, ToolCallRecord, Turn,
 )
 from runtime.regression import RegressionCase
 from runtime.services import Services
@@ -164,7 +164,7 @@ def erase_customer(services: Services, customer_id: str, *, requested_by: str, a
         per_conversation = (("messages", Message), ("turns", Turn), ("collected_data", CollectedData),
                             ("followups", FollowUp), ("handoff_changes", HandoffChange),
                             ("message_feedback", MessageFeedback), ("outbound_events", OutboundEvent),
-                            ("message_media", MessageMedia))
+                            ("message_media", MessageMedia), ("reply_options", ReplyOption))
         for name, model in per_conversation:
             counts[name] = _count(session, select(model).where(model.conversation_id.in_(ids)))
         files = set(session.scalars(select(MessageMedia.sha256).where(
