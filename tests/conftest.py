@@ -77,6 +77,8 @@ def database_url(request, tmp_path):
 def make_services(home: Path, embedders: EmbedderRegistry, database_url: str | None = None, **overrides) -> Services:
     """Services for a test; assistants default to the fast English MiniLM unless a test picks a model."""
     overrides.setdefault("embedding_model", "all-minilm-l6-v2")
+    # no test reaches Meta: a test that sends or fetches media names its Graph stand-in, the others a closed port
+    overrides.setdefault("whatsapp_graph_url", "http://127.0.0.1:9")
     settings = Settings(home=home, database_url=database_url, **{**TEST_SECRETS, **overrides})
     services = build_services(settings)
     services.embedders = embedders
