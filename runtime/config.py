@@ -67,7 +67,7 @@ DEFAULT_CALLBACK = {
              "es": "¡Gracias! Una persona se pondrá en contacto contigo {opening}."},
 }
 TOOL_NAMES = ("search_knowledge_base", "transfer_to_human", "collect_data", "list_available_slots", "schedule_appointment",
-              "offer_options")
+              "offer_options", "send_file")
 # booking writes to the business's calendar: an assistant enables the scheduling tools explicitly
 DEFAULT_TOOLS = ("search_knowledge_base", "transfer_to_human", "collect_data")
 FieldType = Literal["email", "phone", "date", "number", "enum", "regex", "cpf", "cnpj", "text"]

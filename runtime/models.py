@@ -138,6 +138,9 @@ class MessagePart(Base):
     # WhatsApp reply buttons or list (Meta's ``interactive`` object, runtime.whatsapp.interactive): sent instead of
     # a text message, ``text`` being its body; None for a text part
     interactive: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # a file from the knowledge base sent as a document or image (runtime.tools.builtin.send_file): {"kind",
+    # "sha256", "mime_type", "filename", "caption"}; uploaded to Meta at each send (``text`` is its caption or name)
+    media: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     # pending | retrying | unknown | sent | delivered | read | played | failed (runtime.whatsapp.outbound: the outbox);
     # scheduled (waits for next_attempt_at to become pending) | cancelled (a scheduled one that was not sent)
     status: Mapped[str] = mapped_column(String(20))

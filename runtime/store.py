@@ -121,8 +121,10 @@ def log_turn(
         )
         reply.sources = [MessageSource(id=new_id(), **s.logged()) for s in result.sources]
         reply.tool_calls = [ToolCallRecord(id=new_id(), position=i, **run.logged()) for i, run in enumerate(tool_results)]
-        if result.options and result.options_prompt:
-            reply.payload = {"options_prompt": result.options_prompt}
+        payload = {"options_prompt": result.options_prompt} if result.options and result.options_prompt else {}
+        if result.files:
+            payload["files"] = result.files
+        reply.payload = payload or None
         session.add(reply)
         result.message_id = reply.id
         if result.options:  # the choices offered with it, each with its id in the conversation

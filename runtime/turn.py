@@ -298,6 +298,8 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
         ai_enabled=conv.ai_enabled, usage=usage, cost=usage_cost(services.settings.llm_prices, model_name, usage),
         error=error if status == "error" else None,
     )
+    if status == "answered":
+        result.files = list(ctx.files)
     if status == "answered" and ctx.options:  # offered by a tool (offer_options, list_available_slots)
         result.options, result.options_prompt = ctx.options, ctx.options_prompt
     elif status in ("answered", "fallback") and _menu_at_start(config, history):

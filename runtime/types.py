@@ -126,6 +126,9 @@ class TurnResult:
     # choices offered with the reply (runtime.options): ``Choice``s until logged, then ``Offered.to_dict()``s
     options: list = field(default_factory=list)
     options_prompt: str | None = None
+    # files from the knowledge base sent with the reply (runtime.tools.builtin.send_file), each {"kind", "sha256",
+    # "mime_type", "filename", "caption"}
+    files: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "sources": [s.to_dict() for s in self.sources]}

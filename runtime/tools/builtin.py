@@ -154,6 +154,55 @@ def offer_options(
     return f"The customer will see these choices under your reply: {shown}. Now write your reply (the question)."
 
 
+# what WhatsApp takes as a document (Meta: PDF, Word, Excel, PowerPoint, plain text) or an image (JPEG, PNG), by the
+# knowledge base's file type, and the most each may weigh
+SENDABLE = {"pdf": ("document", "application/pdf"),
+            "docx": ("document", "application/vnd.openxmlformats-officedocument.wordprocessingml.document"),
+            "xlsx": ("document", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
+            "pptx": ("document", "application/vnd.openxmlformats-officedocument.presentationml.presentation"),
+            "txt": ("document", "text/plain"), "jpg": ("image", "image/jpeg"), "jpeg": ("image", "image/jpeg"),
+            "png": ("image", "image/png")}
+SEND_LIMIT_MB = {"document": 100.0, "image": 5.0}
+MAX_FILES = 3  # per reply
+
+
+def send_file(
+    ctx: ToolContext,
+    filename: Annotated[str, "the knowledge-base file, as the sources name it (e.g. precos.pdf)"],
+    caption: Annotated[str, "a line shown with the file"] = "",
+) -> str:
+    """Send the customer a file of the knowledge base (a price table, a form) with your reply, on WhatsApp."""
+    from kb.models import Document, DocumentVersion
+
+    with ctx.services.session() as session:
+        conv = session.get(Conversation, ctx.conversation_id)
+        if conv is None or conv.channel != "whatsapp":
+            raise ToolError("files can only be sent on WhatsApp; tell the customer where to find it instead")
+        kb = session.scalar(select(KnowledgeBase).where(KnowledgeBase.assistant_id == ctx.assistant.id))
+        name = filename.strip().rsplit("/", 1)[-1]
+        doc = session.scalar(select(Document).where(Document.knowledge_base_id == kb.id, Document.filename == name)) \
+            if kb is not None and name else None
+        version = session.scalar(select(DocumentVersion).where(
+            DocumentVersion.document_id == doc.id, DocumentVersion.version == doc.current_version)) \
+            if doc is not None and doc.current_version is not None else None
+    if version is None:
+        raise ToolError(f"no file named {filename!r} in the knowledge base; use a filename the sources show")
+    sendable = SENDABLE.get(version.file_type)
+    if sendable is None:
+        raise ToolError(f"{name} ({version.file_type}) cannot be sent on WhatsApp: only PDF, Word, Excel, PowerPoint, "
+                        "text files and JPEG/PNG images")
+    kind, mime = sendable
+    if version.size_bytes > SEND_LIMIT_MB[kind] * 1024 * 1024:
+        raise ToolError(f"{name} is too large to send on WhatsApp (at most {SEND_LIMIT_MB[kind]:g} MB)")
+    if any(f["sha256"] == version.content_hash for f in ctx.files):
+        return f"{name} is already going with your reply."
+    if len(ctx.files) >= MAX_FILES:
+        raise ToolError(f"at most {MAX_FILES} files go with one reply")
+    ctx.files.append({"kind": kind, "sha256": version.content_hash, "mime_type": mime, "filename": name,
+                      "caption": caption.strip()[:1024] or None})
+    return f"{name} will be sent with your reply. Now write your reply (mention the file)."
+
+
 def schedule_appointment(
     ctx: ToolContext,
     start: Annotated[str, "local time YYYY-MM-DD HH:MM"],
@@ -262,5 +311,5 @@ def _next_free(session, ctx: ToolContext, day: date) -> datetime | None:
 BUILTIN_TOOLS = {
     "search_knowledge_base": search_knowledge_base, "transfer_to_human": transfer_to_human,
     "collect_data": collect_data, "list_available_slots": list_available_slots,
-    "schedule_appointment": schedule_appointment, "offer_options": offer_options,
+    "schedule_appointment": schedule_appointment, "offer_options": offer_options, "send_file": send_file,
 }

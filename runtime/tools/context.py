@@ -29,6 +29,7 @@ class ToolContext:
     deadline: float | None = None
     options: list = field(default_factory=list)  # runtime.options.Choice: offered with the reply (the last offer)
     options_prompt: str | None = None
+    files: list[dict] = field(default_factory=list)  # knowledge-base files to send with the reply (send_file)
 
     def offer(self, choices: list, prompt: str | None = None) -> None:
         """Offer ``choices`` (``runtime.options.Choice``) with the turn's reply, in place of any earlier offer."""

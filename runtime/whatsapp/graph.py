@@ -122,6 +122,40 @@ class GraphClient:
             payload["biz_opaque_callback_data"] = callback_data
         return self.send(sender, payload)
 
+    def send_file(self, sender: GraphSender, to: str, kind: str, data: bytes, mime_type: str, filename: str,
+                  caption: str | None = None, callback_data: str | None = None) -> SendResult:
+        """Upload ``data`` (``POST /{phone number id}/media``) and send it as a ``kind`` message ("document" or
+        "image") with its ``caption`` (a document also with its ``filename``). An upload that fails is a failed
+        send that nothing reached the customer by (retryable as the failure is: no connection, 429, 5xx); uploading
+        again on a later attempt is harmless (an unused media id expires at Meta)."""
+        url = f"{self.base_url}/{sender.graph_version}/{sender.phone_number_id}/media"
+        headers = {"Authorization": f"Bearer {sender.access_token}"}
+        try:
+            response = self._http.post(url, headers=headers, data={"messaging_product": "whatsapp", "type": mime_type},
+                                       files={"file": (filename, data, mime_type)})
+        except httpx.TransportError as exc:  # an upload reaches nobody: whatever happened, it may be tried again
+            return _scrub(_result("failed", 1, title=f"media upload failed: {_describe(exc)}", retryable=True),
+                          sender.access_token)
+        try:
+            media_id = response.json().get("id") if response.status_code < 300 else None
+        except (ValueError, AttributeError):
+            media_id = None
+        if not media_id:
+            try:
+                failed = _interpret(response, 1)
+            except _Retry as retry:  # 429, 5xx, Meta's temporary codes
+                failed = retry.result
+            result = replace(failed, status="failed", retryable=failed.retryable or failed.status == "unknown",
+                             error_title=f"media upload: {failed.error_title}")
+            return _scrub(result, sender.access_token)
+        body: dict = {"id": str(media_id)}
+        if caption:
+            body["caption"] = caption[:1024]
+        if kind == "document":
+            body["filename"] = filename[:240]
+        extra = {"biz_opaque_callback_data": callback_data} if callback_data else {}
+        return self.send(sender, {**recipient_fields(to), "type": kind, kind: body, **extra})
+
     def send_template(self, sender: GraphSender, to: str, name: str, language: str,
                       parameters: list[str], callback_data: str | None = None) -> SendResult:
         """Send an approved template, filling its body's ``{{1}}``, ``{{2}}`` ... with ``parameters``."""

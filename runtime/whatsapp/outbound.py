@@ -137,7 +137,7 @@ def send_reply(services: Services, reply_message_id: str) -> Message:
             reply.status, reply.error_title = "not_sent", "the reply is empty once rendered for WhatsApp"
             session.commit()
             return reply
-        _add_parts(reply, texts, now, interactive)
+        _add_parts(reply, texts, now, interactive, files=list((reply.payload or {}).get("files") or []))
         session.commit()  # stored before anything goes out
     _send_conversation(services, reply.conversation_id, force=True)
     return _reloaded(services, reply_message_id)
@@ -270,15 +270,19 @@ def _lock_message(session: Session, message_id: str) -> None:
         raise NotFound(f"message {message_id!r} not found")
 
 
-def _add_parts(message: Message, texts: list[str], now: datetime, interactive: dict | None = None) -> None:
+def _add_parts(message: Message, texts: list[str], now: datetime, interactive: dict | None = None, *,
+               files: list[dict] = ()) -> None:
     """The message's parts, stored ``pending``; the first is due ``now``, each next one once the one before is sent.
-    ``interactive`` (buttons or a list) is the last part, its body its text."""
-    bodies: list[tuple[str, dict | None]] = [(text, None) for text in texts]
+    ``files`` (from the knowledge base, ``send_file``) follow the text, each a part whose text is its caption or
+    name; ``interactive`` (buttons or a list) is the last part, its body its text."""
+    bodies: list[tuple[str, dict | None, dict | None]] = [(text, None, None) for text in texts]
+    bodies += [(f.get("caption") or f["filename"], None, f) for f in files]
     if interactive is not None:
-        bodies.append((interactive["body"]["text"], interactive))
-    message.parts = [MessagePart(id=new_id(), position=i, text=text, interactive=payload, status="pending",
-                                 channel_cost=0.0, created_at=now, attempts=0, next_attempt_at=now if i == 0 else None)
-                     for i, (text, payload) in enumerate(bodies)]
+        bodies.append((interactive["body"]["text"], interactive, None))
+    message.parts = [MessagePart(id=new_id(), position=i, text=text, interactive=payload, media=media,
+                                 status="pending", channel_cost=0.0, created_at=now, attempts=0,
+                                 next_attempt_at=now if i == 0 else None)
+                     for i, (text, payload, media) in enumerate(bodies)]
     settle(message)
 
 
@@ -357,9 +361,22 @@ def _attempt(services: Services, part_id: str, *, force: bool = False) -> _Outco
                                           list(template.get("parameters") or []), callback_data=part.id)
         elif part.interactive:
             result = client.send_interactive(sender, conv.customer_id, part.interactive, callback_data=part.id)
+        elif part.media:
+            result = _send_file(services, client, sender, conv.customer_id, part)
         else:
             result = client.send_text(sender, conv.customer_id, part.text, callback_data=part.id)
         return _Outcome(_record(services, session, conv, msg, part, result, services.clock()), True)
+
+
+def _send_file(services: Services, client, sender, to: str, part: MessagePart) -> SendResult:
+    """Upload and send a knowledge-base file part; a file gone from the store fails for good."""
+    media = part.media or {}
+    try:
+        data = services.blobs.get(media["sha256"])
+    except (FileNotFoundError, KeyError):
+        return SendResult("failed", None, None, f"the file {media.get('filename')!r} is no longer stored", 0, None)
+    return client.send_file(sender, to, media["kind"], data, media["mime_type"], media["filename"],
+                            caption=media.get("caption"), callback_data=part.id)
 
 
 def _claim(session: Session, part: MessagePart, now: datetime, *, lease_s: float, force: bool,

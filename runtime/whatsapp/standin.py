@@ -18,6 +18,8 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
+from email.parser import BytesParser
+from email.policy import default as email_policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -25,6 +27,7 @@ import httpx
 from runtime.whatsapp import webhook
 
 _MESSAGES_PATH = re.compile(r"^/v\d+(?:\.\d+)?/[^/]+/messages$")
+_UPLOAD_PATH = re.compile(r"^/v\d+(?:\.\d+)?/[^/]+/media$")
 _BSUID = re.compile(r"^[A-Z]{2}\.[A-Za-z0-9.]+$")
 
 # Meta's error code and message for a status, when a test does not pick one.
@@ -59,12 +62,15 @@ class GraphStandIn:
     address and port, which tells the connections apart; ``at``: ``time.monotonic()`` when it arrived, ``wall``:
     ``time.time()``), except read receipts and typing indicators (a body with ``"status": "read"``): those go to
     ``.receipts``, in the same form, and only ``fail_next_receipt`` disturbs them, so that tests of sends are
-    not thrown off by them.
+    not thrown off by them. Media uploads (``POST /{version}/{phone_number_id}/media``, multipart) are answered
+    with a media id and kept in ``.uploads`` (``{"id", "data", "mime_type", "filename"}``); a document or image
+    message must name one of them.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.sent: list[dict] = []
         self.receipts: list[dict] = []
+        self.uploads: list[dict] = []
         self._receipt_plans: deque[_Plan] = deque()
         self._address = (host, port)
         self._plans: deque[_Plan] = deque()
@@ -161,8 +167,24 @@ class GraphStandIn:
                 "at": time.monotonic(), "wall": time.time()})
         return payload, receipt
 
-    def _answer(self, path: str, headers: dict, payload) -> tuple[int, dict]:
+    def _upload(self, headers: dict, body: bytes) -> tuple[int, dict]:
+        """Meta's answer to a media upload: the multipart form's ``file`` kept, its media id."""
+        form = BytesParser(policy=email_policy).parsebytes(
+            b"Content-Type: " + headers.get("Content-Type", "").encode() + b"\r\n\r\n" + body)
+        fields = {part.get_param("name", header="content-disposition"): part for part in form.iter_parts()}
+        file = fields.get("file")
+        if fields.get("messaging_product") is None or file is None or not file.get_payload(decode=True):
+            return _error(400, 100, "Invalid parameter", "messaging_product and a file are required")
+        media_id = f"{len(self.uploads) + 1}{uuid.uuid4().int % 10**12:012d}"
+        with self._lock:
+            self.uploads.append({"id": media_id, "data": file.get_payload(decode=True),
+                                 "mime_type": file.get_content_type(), "filename": file.get_filename()})
+        return 200, {"id": media_id}
+
+    def _answer(self, path: str, headers: dict, payload, body: bytes = b"") -> tuple[int, dict]:
         """Meta's answer to an undisturbed request."""
+        if _UPLOAD_PATH.match(path) and headers.get("Authorization", "").startswith("Bearer "):
+            return self._upload(headers, body)
         if not _MESSAGES_PATH.match(path):
             return _error(404, 100, "Unsupported post request")
         if not headers.get("Authorization", "").startswith("Bearer ") or len(headers["Authorization"]) <= 7:
@@ -183,6 +205,10 @@ class GraphStandIn:
             problem = interactive_problem(payload.get("interactive"))
             if problem:
                 return _error(400, 131009, "Parameter value is not valid", problem)
+        if payload.get("type") in ("document", "image"):
+            media_id = (payload.get(payload["type"]) or {}).get("id")
+            if media_id not in {u["id"] for u in self.uploads}:
+                return _error(400, 131053, "Media upload error", f"unknown media id {media_id!r}")
         contact = {"input": target, "user_id" if _BSUID.match(target) and not payload.get("to") else "wa_id": target}
         return 200, {
             "messaging_product": "whatsapp",
@@ -269,7 +295,7 @@ def _handler_for(standin: GraphStandIn) -> type[BaseHTTPRequestHandler]:
             if plan.status is not None:
                 status, answer = _error(plan.status, plan.error_code, plan.message, plan.details)
             else:
-                status, answer = standin._answer(self.path, headers, payload)
+                status, answer = standin._answer(self.path, headers, payload, body)
             self._send_json(status, answer)
 
         def do_GET(self) -> None:  # noqa: N802
