@@ -283,3 +283,27 @@ def test_reply_options_columns_are_added_in_place_and_removed_on_the_way_down(da
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM whatsapp_senders")).scalar() == 1
     engine.dispose()
+
+
+def test_part_media_column_is_added_in_place_and_removed_on_the_way_down(database_url):
+    """Revision 0022: ``message_parts.media`` (a knowledge-base file sent with a reply) matches the model, goes on the
+    way down and comes back."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from core.db import Base
+
+    engine = make_engine(database_url)
+    migrate(engine)
+    with engine.connect() as conn:
+        diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert [d for d in diffs if "media" in str(d) and "message_parts" in str(d)] == []
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0021_reply_options")
+    assert "media" not in {c["name"] for c in sa.inspect(engine).get_columns("message_parts")}
+    migrate(engine)
+    assert "media" in {c["name"] for c in sa.inspect(engine).get_columns("message_parts")}
+    engine.dispose()
