@@ -117,46 +117,47 @@ CONFIGS = [Config("default (int8, beam 5)"), Config("+ VAD", vad_filter=True), C
 
 
 def run(per_language: int, threads: int, configs: list[Config], log=print) -> list[dict]:
-    """Synthesize the notes into a temp dir, transcribe them with every config; one result row per
-    (config, language)."""
+    """Synthesize the notes into a temp dir and transcribe each with every config in turn (note by note, so a
+    change in the machine's load falls on all configs alike); one result row per (config, language)."""
     sentences = load_sentences(per_language)
-    rows = []
     with tempfile.TemporaryDirectory(prefix="voice-notes-") as tmp:
-        notes: dict[str, list[tuple[str, Path]]] = {}
+        notes: list[tuple[str, str, Path]] = []
         for lang, texts in sentences.items():
-            notes[lang] = []
             for i, text in enumerate(texts):
                 path = Path(tmp) / f"{lang}-{i:02d}.ogg"
                 path.write_bytes(synthesize_voice_note(text, VOICES[lang]))
-                notes[lang].append((text, path))
-        log(f"{sum(len(v) for v in notes.values())} voice notes: "
-            + ", ".join(f"{k} {len(v)}" for k, v in notes.items()))
+                notes.append((lang, text, path))
+        log(f"{len(notes)} voice notes: " + ", ".join(f"{k} {len(v)}" for k, v in sentences.items()))
+        engines, load_s = [], []
         for config in configs:
             engine = WhisperTranscriber(threads=threads, compute_type=config.compute_type,
                                         beam_size=config.beam_size, vad_filter=config.vad_filter,
                                         temperature_fallback=config.temperature_fallback)
             start = time.perf_counter()
             engine.load()
-            load_s = time.perf_counter() - start
-            for lang, items in notes.items():
-                errors = words = detected = 0
-                audio_s = busy_s = 0.0
-                for text, path in items:
-                    start = time.perf_counter()
-                    result = engine.transcribe(path.read_bytes(), mime_type="audio/ogg",
-                                               language=lang if config.hint else None)
-                    busy_s += time.perf_counter() - start
-                    audio_s += result.duration_s
-                    e, n = word_errors(text, result.text)
-                    errors, words = errors + e, words + n
-                    detected += result.language == lang
-                    log(f"  [{config.name}] {lang} {e}/{n} {result.language}: {text!r} -> {result.text!r}")
-                row = {"config": config.name, "lang": lang, "notes": len(items), "wer": errors / words,
-                       "lang_acc": None if config.hint else detected / len(items), "rtf": busy_s / audio_s,
-                       "audio_s": audio_s, "load_s": load_s}
-                rows.append(row)
-                log(format_row(row))
-    return rows
+            load_s.append(time.perf_counter() - start)
+            engines.append(engine)
+        totals = {(c.name, lang): {"errors": 0, "words": 0, "detected": 0, "notes": 0, "audio_s": 0.0, "busy_s": 0.0}
+                  for c in configs for lang in sentences}
+        for lang, text, path in notes:
+            data = path.read_bytes()
+            for config, engine in zip(configs, engines, strict=True):
+                start = time.perf_counter()
+                result = engine.transcribe(data, mime_type="audio/ogg", language=lang if config.hint else None)
+                total = totals[(config.name, lang)]
+                total["busy_s"] += time.perf_counter() - start
+                total["audio_s"] += result.duration_s
+                e, n = word_errors(text, result.text)
+                total["errors"] += e
+                total["words"] += n
+                total["detected"] += result.language == lang
+                total["notes"] += 1
+                log(f"  [{config.name}] {lang} {e}/{n} {result.language}: {text!r} -> {result.text!r}")
+    return [{"config": c.name, "lang": lang, "notes": t["notes"], "wer": t["errors"] / t["words"],
+             "lang_acc": None if c.hint else t["detected"] / t["notes"], "rtf": t["busy_s"] / t["audio_s"],
+             "audio_s": t["audio_s"], "load_s": load}
+            for c, load in zip(configs, load_s, strict=True) for lang in sentences
+            if (t := totals[(c.name, lang)])["notes"]]
 
 
 def format_row(row: dict) -> str:

@@ -137,3 +137,12 @@ def test_factory_takes_the_settings(tmp_path) -> None:
     assert (engine.model_dir, engine.threads, engine.max_audio_s, engine.compute_type) == (
         tmp_path / "m", 1, 42, "float32")
     assert make_local_transcriber(Settings(home=tmp_path, **TEST_SECRETS)).model_dir == MODEL_DIR
+
+
+def test_word_errors_count_edits_over_normalised_words() -> None:
+    """The benchmark's WER: case, accents and punctuation do not count; a substitution, a deletion and an
+    insertion each count one."""
+    assert word_errors("Qual é o prazo da matrícula?", "qual e o PRAZO da matricula") == (0, 6)
+    assert word_errors("a b c d", "a x c") == (2, 4)
+    assert word_errors("a b", "a b c d") == (2, 2)
+    assert normalize_words("¿Dónde estáis?") == ["donde", "estais"]
