@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     whisper_model_dir: Path | None = Field(default=None, description="Whisper model dir (default: scripts/setup_whisper.sh's)")
     whisper_compute_type: str = Field(default="int8", pattern=r"^(int8|int8_float32|float32)$")  # CTranslate2's, CPU
     whisper_beam_size: int = Field(default=5, ge=1, le=10)
-    whisper_vad_filter: bool = False  # Silero VAD before decoding (skips silences)
+    whisper_vad_filter: bool = False  # Silero VAD before decoding: no better and no faster on the benchmark's notes
     whisper_temperature_fallback: bool = False  # re-decode doubtful segments at higher temperatures (slow)
     transcription_threads: int = Field(default=2, ge=1, le=64)  # CPU threads of one transcription
     # longer voice notes are refused (a transcription error), before decoding when the file declares its length

@@ -5,7 +5,12 @@ home in the project.
 The model is loaded once per process, at the first voice note (about 2 s; ~150 MB of memory), and shared by every
 thread: CTranslate2 queues concurrent calls on its own workers. Audio is decoded in memory (runtime.audio) and
 refused before decoding when it declares a length over the limit. Measured figures (word error rate per language,
-real-time factor on 2 cores, the VAD and beam-size choices): ``python -m benchmarks.voice_notes``.
+real-time factor on 2 cores, the VAD and beam-size choices): ``python -m benchmarks.voice_notes``. Measured
+2026-12-01 on espeak-ng notes (53, pt/es/en), each config in turn on the same note: int8 beam 5 takes ~0.7-0.9 s
+per second of audio on 2 shared cores (short notes pay a whole 30-s window); float32 is 1.2-1.4x slower for the
+same WER; greedy decoding doubles the English WER (0.34 -> 0.58); Silero VAD changes neither WER nor time on these
+notes (off by default); a language hint halves the time (no detection pass) and lowers the Spanish WER 0.52 ->
+0.38; faster-whisper's temperature fallback gives the same WER for more time (off by default).
 """
 from __future__ import annotations
 
