@@ -19,12 +19,15 @@ either queue or both as separate processes (``run_workers``).
 from __future__ import annotations
 
 import logging
+import struct
+import time
 from collections.abc import Sequence
 from datetime import datetime
 
-from huey import RedisHuey, SqliteHuey, crontab
+from huey import PriorityRedisHuey, RedisHuey, SqliteHuey, crontab
 from huey.api import Huey
 from huey.consumer import Consumer, Scheduler
+from redis import exceptions as redis_errors
 from sqlalchemy import select, update
 
 from core.db import utcnow
@@ -40,6 +43,7 @@ from runtime.whatsapp.inbound import process_post
 from runtime.whatsapp.media import owed_media, process_media, queue_media, release_claims
 from runtime.whatsapp.models import WebhookPost
 from runtime.whatsapp.outbound import due_conversations, send_due
+from runtime.whatsapp.presence import acknowledge_stored_post
 from runtime.whatsapp.turns import LEASE_OWNER, run_whatsapp_turn, start_turns
 
 log = logging.getLogger(__name__)
@@ -51,6 +55,10 @@ _SQLITE_FILES = {CUSTOMER: "queue.db", INGEST: "ingest-queue.db"}
 # the longest wait between polls of an idle queue (huey backs off up to it; Redis blocks instead of polling):
 # a customer's message is picked up within half a second, not huey's default 10 s
 _MAX_POLL_S = {CUSTOMER: 0.5, INGEST: 10.0}
+# the customer queue's order when work waits (higher first, first in first out within a priority): a post is stored
+# and its customer marked read before any turn runs, a reply goes out before the next turn starts, a file is fetched
+# before the turn that waits for it; event delivery last
+PRIORITY = {"whatsapp.process": 30, "whatsapp.send": 20, "media.process": 20, "whatsapp.turn": 10}
 
 
 def redis_queue_names(prefix: str) -> dict[str, str]:
@@ -63,8 +71,33 @@ def make_huey(settings: Settings, queue: str = CUSTOMER) -> Huey:
     """The huey of one of the deployment's queues (``CUSTOMER`` or ``INGEST``): on Redis when ``REDIS_URL`` is set
     (one Redis queue per name, under ``Settings.redis_prefix``), else on its own SQLite file in the data dir."""
     if settings.redis_url:
-        return RedisHuey(redis_queue_names(settings.redis_prefix)[queue], url=settings.redis_url)
+        huey = PriorityRedisHuey(redis_queue_names(settings.redis_prefix)[queue], url=settings.redis_url)
+        _adopt_fifo_queue(huey)
+        return huey
     return SqliteHuey(_HUEY_NAMES[queue], filename=str(settings.home / _SQLITE_FILES[queue]))
+
+
+def _adopt_fifo_queue(huey: PriorityRedisHuey) -> None:
+    """Move the jobs a version without priorities left in its Redis list (the same key, now a sorted set) into the
+    priority queue, oldest first, in one transaction; nothing to do once it is a sorted set or empty."""
+    conn, key = huey.storage.conn, huey.storage.queue_key
+    with conn.pipeline() as pipe:
+        try:
+            pipe.watch(key)
+            if pipe.type(key) not in (b"list", "list"):
+                return
+            jobs = list(reversed(pipe.lrange(key, 0, -1)))  # LPUSHed: the oldest is last
+            # as huey's priority storage writes them: score -priority (0), member = 8-byte microsecond stamp + job,
+            # so the oldest sorts first
+            base = int(time.time() * 1e6)
+            pipe.multi()
+            pipe.delete(key)
+            if jobs:
+                pipe.zadd(key, {struct.pack(">Q", base + i) + job: 0 for i, job in enumerate(jobs)})
+            pipe.execute()
+        except redis_errors.WatchError:  # another process moved them first
+            return
+    log.info("moved %d queued jobs of %s into its priority queue", len(jobs), key)
 
 
 def flush_redis_queues(url: str, prefix: str) -> None:
@@ -106,21 +139,22 @@ class HueyQueue:
             for event_id in event_ids:
                 deliver_event(services, event_id)
 
-        @huey.task(name="whatsapp.process", retries=3, retry_delay=2)
+        @huey.task(name="whatsapp.process", retries=3, retry_delay=2, priority=PRIORITY["whatsapp.process"])
         def process_webhook(post_id: str) -> None:
+            acknowledge_stored_post(services, post_id)  # read and typing first, on threads of their own
             conversations = process_post(services, post_id)
             queue_media(services, conversations)
             start_turns(services.queue, conversations, services.settings.whatsapp_debounce_s)
 
-        @huey.task(name="media.process")
+        @huey.task(name="media.process", priority=PRIORITY["media.process"])
         def media_process(media_id: str) -> None:
             process_media(services, media_id)
 
-        @huey.task(name="whatsapp.turn", retries=2, retry_delay=2)
+        @huey.task(name="whatsapp.turn", retries=2, retry_delay=2, priority=PRIORITY["whatsapp.turn"])
         def whatsapp_turn(conversation_id: str, scheduled_at: str) -> None:
             run_whatsapp_turn(services, conversation_id, datetime.fromisoformat(scheduled_at))
 
-        @huey.task(name="whatsapp.send")
+        @huey.task(name="whatsapp.send", priority=PRIORITY["whatsapp.send"])
         def whatsapp_send(conversation_id: str) -> None:
             send_due(services, conversation_id)
 

@@ -17,6 +17,7 @@ from ingest.pipeline import run_job
 from runtime.events import deliver_event
 from runtime.whatsapp.inbound import process_post
 from runtime.whatsapp.media import process_media, queue_media
+from runtime.whatsapp.presence import acknowledge_stored_post
 from runtime.whatsapp.turns import answer_conversation, start_turns
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ class InlineQueue:
             log.exception("ingestion job %s failed", job_id)
 
     def enqueue_webhook(self, post_id: str) -> None:
+        acknowledge_stored_post(self._services, post_id)
         try:
             conversations = process_post(self._services, post_id)
         except Exception:  # the post keeps its error and stays unprocessed

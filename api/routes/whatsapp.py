@@ -23,7 +23,6 @@ from runtime.models import Message
 from runtime.whatsapp.inbound import WebhookError, accept_post
 from runtime.whatsapp.models import WhatsAppSender, WhatsAppTemplate
 from runtime.whatsapp.outbound import send_template
-from runtime.whatsapp.presence import acknowledge_post
 
 log = logging.getLogger(__name__)
 _PARAM = re.compile(r"\{\{\s*(\d+)\s*\}\}")
@@ -173,7 +172,6 @@ def receive_webhook(
     except WebhookError as exc:
         log.warning("whatsapp webhook refused (%s): %s", exc.status_code, exc)
         return JSONResponse(status_code=exc.status_code, content={"detail": str(exc)})
-    acknowledge_post(services, post.body)  # read and typing at once, in the background (runtime.whatsapp.presence)
     services.queue.enqueue_webhook(post.id)
     return {"status": "ok"}
 

@@ -6,11 +6,13 @@ id}/messages`` with ``{"messaging_product": "whatsapp", "status": "read", "messa
 until we reply or for 25 s, whichever comes first. There is no typing indicator without a read receipt.
 
 Decisions:
-- ``acknowledge_post`` runs in the webhook's request as soon as the post is stored (``api.routes.whatsapp``), and
-  sends on threads of its own: processing the post and the turns wait in the queue behind other customers' turns
-  (measured: p50 1.9 s after the webhook with 10 customers at 10 posts/s, 8 consumer threads, a 2 s model), the
-  receipt does not. One per customer of the post: its newest message the customer wrote (reactions, system
-  notices, echoes and statuses never get one) and not answered yet. Per sender: ``mark_read`` and ``show_typing``
+- ``acknowledge_stored_post`` runs first when a worker takes a stored post (``whatsapp.process``, which the
+  customer queue runs before turns and sends: ``atende.jobs`` priorities), and sends on threads of its own. Not in
+  the webhook's request: there, a session and a Graph call per post took the API process's CPU from the
+  acknowledgements (200 posts/s acknowledged at 40/s); and not behind the queue's turns (p50 1.9 s after the
+  webhook with 10 customers at 10 posts/s, 8 consumer threads, a 2 s model, when the queue was first in first
+  out). One per customer of the post: its newest message the customer wrote (reactions, system notices, echoes
+  and statuses never get one) and not answered yet. Per sender: ``mark_read`` and ``show_typing``
   (typing only with ``mark_read``, as Meta has it), and typing only while the AI answers the conversation (a
   conversation a person has gets the receipt alone).
 - ``TypingRenewer`` sends the indicator again every ``Settings.whatsapp_typing_renew_s`` (20 s: before Meta's 25 s
@@ -32,7 +34,7 @@ from sqlalchemy import select
 
 from runtime.models import Conversation, Message
 from runtime.services import Services
-from runtime.whatsapp.models import WhatsAppSender
+from runtime.whatsapp.models import WebhookPost, WhatsAppSender
 from runtime.whatsapp.outbound import graph_client
 from runtime.whatsapp.webhook import NOT_FROM_CUSTOMER, InboundMessage, parse_payload
 
@@ -92,12 +94,24 @@ def send_receipt(services: Services, receipt: Receipt) -> bool:
         return False
 
 
+def acknowledge_stored_post(services: Services, post_id: str) -> int:
+    """:func:`acknowledge_post` for a stored post a worker is about to process (none for one already processed:
+    a redelivery); how many receipts were queued. Never raises."""
+    try:
+        with services.session() as session:
+            post = session.get(WebhookPost, post_id)
+            body = post.body if post is not None and not post.processed else None
+    except Exception:
+        log.exception("read receipts of webhook post %s not prepared", post_id)
+        return 0
+    return acknowledge_post(services, body) if isinstance(body, dict) else 0
+
+
 def acknowledge_post(services: Services, body: dict) -> int:
     """Send, in the background (``_pool``), the read receipts a stored webhook post calls for: per customer of the
     post, its newest message the customer wrote (``text_for_assistant``, not a system notice) and we have not
-    answered yet (a redelivery of an answered message gets none: typing would follow the reply). Called in the
-    webhook's request, right after the post is stored, so the receipt never waits behind the queue's turns;
-    returns how many were queued. Never raises."""
+    answered yet (a redelivery of an answered message gets none: typing would follow the reply); returns how many
+    were queued. Never raises."""
     try:
         receipts = _receipts_of_post(services, body)
     except Exception:

@@ -50,7 +50,7 @@ def test_redis_queue_ingests_an_upload(redis_services):
     services = redis_services
     services.queue = queue = HueyQueue.from_settings(services)
     huey = queue.ingest_huey
-    assert type(huey.storage).__name__ == "RedisStorage"
+    assert type(huey.storage).__name__ == "PriorityRedisStorage"
     doc_id, job_id = _upload(services, "hours.txt", TEXT.encode())
     services.queue.enqueue_job(job_id)
     assert huey.pending_count() == 1  # the job sits in Redis until a consumer takes it
@@ -159,7 +159,7 @@ def huey_services(request, tmp_path, embedders):
 def test_the_huey_queue_enqueues_each_kind_of_work(huey_services):
     services = huey_services
     services.queue = queue = HueyQueue.from_settings(services)
-    expected = "RedisStorage" if services.settings.redis_url else "SqliteStorage"
+    expected = "PriorityRedisStorage" if services.settings.redis_url else "SqliteStorage"
     assert {type(h.storage).__name__ for h in (queue.huey, queue.ingest_huey)} == {expected}
     before = datetime.now(UTC).replace(tzinfo=None)  # huey's eta is naive UTC
     queue.enqueue_job("job-1")
@@ -203,3 +203,44 @@ def test_a_pool_too_small_for_the_worker_threads_is_said_at_start_up(tmp_path, c
     with caplog.at_level("WARNING", logger="atende.jobs"):
         warn_pool_shortfall(settings, workers, ingest)
     assert ("ATENDE_DB_POOL_SIZE" in caplog.text) is short
+
+
+def test_customer_work_waiting_in_the_queue_goes_by_priority(huey_services):
+    """Queued behind turns, a webhook post is taken first (its customer is marked read, its messages stored), then
+    a send; turns after them, event delivery last; first in first out within a priority (SQLite and Redis)."""
+    services = huey_services
+    services.queue = queue = HueyQueue.from_settings(services)
+    queue.deliver_events(["event-1"])
+    queue._whatsapp_turn("conversation-1", "2026-01-01T00:00:00")
+    queue._whatsapp_turn("conversation-2", "2026-01-01T00:00:00")
+    queue.schedule_send("conversation-3", 0)
+    queue.enqueue_webhook("post-1")
+    taken = [queue.huey.dequeue() for _ in range(5)]
+    assert [(t.name, t.args[0]) for t in taken] == [
+        ("whatsapp.process", "post-1"), ("whatsapp.send", "conversation-3"), ("whatsapp.turn", "conversation-1"),
+        ("whatsapp.turn", "conversation-2"), ("events.deliver", ["event-1"])]
+
+
+def test_jobs_a_version_without_priorities_left_on_redis_are_taken_over_in_order(redis_services):
+    """The queue was a Redis list before priorities (the same key, now a sorted set): its jobs move over, oldest
+    first, when a process opens the queue."""
+    from huey import RedisHuey
+
+    from atende.jobs import CUSTOMER, make_huey, redis_queue_names
+
+    settings = redis_services.settings
+    old = RedisHuey(redis_queue_names(settings.redis_prefix)[CUSTOMER], url=settings.redis_url)
+
+    @old.task(name="whatsapp.process")
+    def process(post_id: str) -> None: ...
+
+    for post_id in ("post-1", "post-2", "post-3"):
+        process(post_id)
+    conn, key = old.storage.conn, old.storage.queue_key
+    assert conn.type(key) == b"list"
+    oldest_first = list(reversed(conn.lrange(key, 0, -1)))
+    assert [old.deserialize_task(m).args[0] for m in oldest_first] == ["post-1", "post-2", "post-3"]
+    huey = make_huey(settings, CUSTOMER)
+    assert conn.type(key) == b"zset"
+    assert [huey.storage.dequeue() for _ in range(3)] == oldest_first and huey.storage.dequeue() is None
+    old.storage.pool.disconnect()

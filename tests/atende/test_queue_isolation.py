@@ -121,7 +121,7 @@ def profile(request, tmp_path, embedders):
                 client.post("/api/whatsapp/senders", json={
                     "assistant_id": "loja", "phone_number_id": PHONE_ID, "display_phone_number": "15550001111",
                     "access_token": "token-xyz", "app_secret": SECRET, "verify_token": "verify-me"}).raise_for_status()
-                expected = "RedisStorage" if extra else "SqliteStorage"
+                expected = "PriorityRedisStorage" if extra else "SqliteStorage"
                 assert {type(h.storage).__name__ for h in services.queue.hueys.values()} == {expected}
                 yield client, services, model, graph, gate
                 gate.release.set()  # never leave a worker at the gate
