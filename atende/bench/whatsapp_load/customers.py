@@ -55,24 +55,27 @@ def signed(wamid: str, customer: str, text: str) -> tuple[bytes, dict[str, str]]
 
 class Phones(GraphStandIn):
     """The Graph API stand-in, recording each request's wall-clock arrival (``wall``) and telling
-    ``on_message(payload, wall)`` (called in the stand-in's thread) about each one."""
+    ``on_message(payload, wall)`` (called in the stand-in's thread) about each one but read receipts (kept apart in
+    ``.receipts``, as the base stand-in does)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.on_message: Callable[[dict, float], None] | None = None
 
-    def _record(self, method: str, path: str, headers: dict, body: bytes, peer: tuple) -> dict | None:
+    def _record(self, method: str, path: str, headers: dict, body: bytes, peer: tuple) -> tuple[dict | None, bool]:
         try:
             payload = json.loads(body) if body else None
         except ValueError:
             payload = None
+        receipt = isinstance(payload, dict) and payload.get("status") == "read"  # read and typing: not a reply
         wall = time.time()
         with self._lock:
-            self.sent.append({"method": method, "path": path, "json": payload, "wall": wall, "at": time.monotonic()})
+            (self.receipts if receipt else self.sent).append(
+                {"method": method, "path": path, "json": payload, "wall": wall, "at": time.monotonic()})
         callback = self.on_message
-        if callback is not None and isinstance(payload, dict):
+        if callback is not None and isinstance(payload, dict) and not receipt:
             callback(payload, wall)
-        return payload
+        return payload, receipt
 
     def records(self) -> list[dict]:
         with self._lock:
