@@ -371,6 +371,6 @@ def test_export_has_each_messages_feedback(services, rated):
     assert all(r["feedback"] == [] for r in rows if r["direction"] == "inbound")
 
     table = list(csv.DictReader(io.StringIO(client.get("/api/conversations/export").text, newline="")))
-    assert list(table[0])[-1] == "feedback" and len(table) == 18
+    assert list(table[0])[-2:] == ["feedback", "media"] and len(table) == 18
     reply = next(r for r in table if r["message_id"] == replies["c2"][0])
     assert json.loads(reply["feedback"])[0]["source"] == "widget"
