@@ -43,10 +43,10 @@ def test_load_conversations_cycles_with_user_turns_only(tmp_path):
 
 @requires_shared
 def test_ingest_under_load_tiny():
-    """4 customers write, then a small PDF ingests through the admin API while they go on: the document is
+    """4 customers write, then a paper PDF with a table ingests through the admin API while they go on: the document is
     ready, both phases have answered turns with every model call tied to its turn, and nothing was lost or
     sent twice. The phase without ingest lasts until 3 replies came (a loaded machine's first turns are slow)."""
-    report = run_ingest_load(shared_doc("pdf/fake-memo.pdf"), customers=4, rate=2.0, baseline_s=5.0, llm_delay_s=0.1,
+    report = run_ingest_load(shared_doc("pdf/layout-parser-paper-with-table.pdf"), customers=4, rate=2.0, baseline_s=5.0, llm_delay_s=0.1,
                              workers=4, debounce_s=0.5, drain_timeout_s=180.0, ingest_timeout_s=300.0, warmup_s=1.0,
                              baseline_replies=3, quiet=True)
     assert report["drained"], report["state_at_end"]
