@@ -50,14 +50,17 @@ def default_model_path(cache_dir: Path | None = None) -> Path:
     ``cache_dir`` is the models directory; without it, ``$ATENDE_MODEL_DIR`` or
     ``$XDG_CACHE_HOME/atende/models`` (default ``~/.cache/atende/models``).
     """
-    if cache_dir is None:
-        env_dir = os.environ.get("ATENDE_MODEL_DIR")
-        if env_dir:
-            cache_dir = Path(env_dir)
-        else:
-            xdg = os.environ.get("XDG_CACHE_HOME")
-            cache_dir = (Path(xdg) if xdg else Path.home() / ".cache") / "atende" / "models"
-    return cache_dir / MODEL_FILENAME
+    return (cache_dir or models_dir()) / MODEL_FILENAME
+
+
+def models_dir() -> Path:
+    """The models directory the set-up scripts fill: ``$ATENDE_MODEL_DIR``, else ``$XDG_CACHE_HOME/atende/models``
+    (default ``~/.cache/atende/models``)."""
+    env_dir = os.environ.get("ATENDE_MODEL_DIR")
+    if env_dir:
+        return Path(env_dir)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "atende" / "models"
 
 
 def _free_port(host: str) -> int:

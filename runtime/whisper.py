@@ -15,7 +15,6 @@ notes (off by default); a language hint halves the time (no detection pass) and 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,14 +42,9 @@ def default_whisper_model_dir(cache_dir: Path | None = None) -> Path:
     """Where ``scripts/setup_whisper.sh`` puts the model: ``<models dir>/whisper-base``, the models dir being
     ``cache_dir``, else ``$ATENDE_MODEL_DIR``, else ``$XDG_CACHE_HOME/atende/models`` (``~/.cache/atende/models``),
     as for the chat model (runtime.local_llm.default_model_path)."""
-    if cache_dir is None:
-        env_dir = os.environ.get("ATENDE_MODEL_DIR")
-        if env_dir:
-            cache_dir = Path(env_dir)
-        else:
-            xdg = os.environ.get("XDG_CACHE_HOME")
-            cache_dir = (Path(xdg) if xdg else Path.home() / ".cache") / "atende" / "models"
-    return cache_dir / MODEL_NAME
+    from runtime.local_llm import models_dir
+
+    return (cache_dir or models_dir()) / MODEL_NAME
 
 
 class WhisperTranscriber:
