@@ -36,6 +36,7 @@ def build_app(services: Services, version: str,
     install_error_handlers(app)
     install_body_limits(app, services.settings)
     app.add_middleware(AuditMiddleware, services=services)
+    app.include_router(whatsapp.webhook_router)  # first: Meta's posts, the hottest route, match at once
     app.include_router(assistants.router)
     app.include_router(documents.router)
     app.include_router(review.router)  # before conversations: /api/conversations/export is not an id
@@ -47,7 +48,6 @@ def build_app(services: Services, version: str,
     app.include_router(regression.router)
     app.include_router(widget.router)
     app.include_router(whatsapp.router)
-    app.include_router(whatsapp.webhook_router)
     app.include_router(dashboard_api.router)
     app.include_router(dashboard.public)
     app.include_router(dashboard.router)

@@ -47,14 +47,15 @@ def session_actor(request: Request) -> str:
     return f"dashboard session {digest}"
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    """The app's services (async: no worker thread for an attribute read)."""
     return request.app.state.services
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_queue(services: ServicesDep) -> WorkQueue:
+async def get_queue(services: ServicesDep) -> WorkQueue:
     return services.queue
 
 

@@ -8,7 +8,8 @@ import secrets
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictBool, ValidationError, field_validator
 from sqlalchemy import select
@@ -20,6 +21,7 @@ from core.db import new_id
 from core.errors import Conflict, NotFound
 from kb import registry
 from runtime.models import Message
+from runtime.services import Services
 from runtime.whatsapp.inbound import WebhookError, accept_post
 from runtime.whatsapp.models import WhatsAppSender, WhatsAppTemplate
 from runtime.whatsapp.outbound import send_template
@@ -132,10 +134,6 @@ class TemplatePublic(BaseModel):
 # ------------------------------------------------------------------------------------------- webhook
 
 
-async def _raw_body(request: Request) -> bytes:
-    return await request.body()
-
-
 @webhook_router.get(WEBHOOK_PATH, response_class=PlainTextResponse)
 def verify_webhook(
     session: SessionDep,
@@ -158,22 +156,28 @@ def _known_verify_token(session, token: str) -> bool:
     400: {"description": "body is not a JSON object, or nested too deep"}, 401: {"description": "no signature"},
     403: {"description": "wrong signature, or a number or business account the signing app does not own"},
     413: {"description": "body over ATENDE_MAX_WEBHOOK_KB"}})
-def receive_webhook(
+async def receive_webhook(
+    request: Request,
     services: ServicesDep,
-    raw_body: Annotated[bytes, Depends(_raw_body)],
     x_hub_signature_256: Annotated[str | None, Header()] = None,
 ):
     """Store a signed post (once per body: the same bytes again get no second row), queue it and acknowledge
     it. With the huey queue it is processed in the background; with the inline queue (an app from
     ``api.app.build_app`` alone) it is processed, and its turns answered, before the answer. Whatever fails
-    there is stored with the post or the turn: Meta must not retry what we already hold."""
+    there is stored with the post or the turn: Meta must not retry what we already hold.
+
+    Meta waits for this answer: the body is read on the event loop, then one worker thread stores and queues it."""
+    raw_body = await request.body()
     try:
-        post = accept_post(services, raw_body, x_hub_signature_256)
+        await run_in_threadpool(_store_and_queue, services, raw_body, x_hub_signature_256)
     except WebhookError as exc:
         log.warning("whatsapp webhook refused (%s): %s", exc.status_code, exc)
         return JSONResponse(status_code=exc.status_code, content={"detail": str(exc)})
-    services.queue.enqueue_webhook(post.id)
     return {"status": "ok"}
+
+
+def _store_and_queue(services: Services, raw_body: bytes, signature: str | None) -> None:
+    services.queue.enqueue_webhook(accept_post(services, raw_body, signature).id)
 
 
 # ------------------------------------------------------------------------------------------- senders
@@ -191,7 +195,7 @@ _SENDER_SCHEMA = {"requestBody": {"required": True, "content": {"application/jso
 
 @router.post("/senders", status_code=201, response_model=SenderPublic, openapi_extra=_SENDER_SCHEMA,
              responses={404: {"description": "unknown assistant"}, 409: {"description": "number already configured"}})
-def create_sender(session: SessionDep, payload: Annotated[Any, Body()] = None):
+def create_sender(session: SessionDep, services: ServicesDep, payload: Annotated[Any, Body()] = None):
     """Bind a business number of a Meta app to an assistant."""
     try:
         body = SenderCreate.model_validate(payload)
@@ -212,6 +216,7 @@ def create_sender(session: SessionDep, payload: Annotated[Any, Body()] = None):
     except IntegrityError:
         session.rollback()
         raise Conflict(f"phone number id {body.phone_number_id!r} is already configured") from None
+    services.whatsapp_apps.forget()
     return SenderPublic.from_sender(sender)
 
 
@@ -236,12 +241,13 @@ def update_sender(sender_id: str, body: SenderUpdate, session: SessionDep):
 
 
 @router.delete("/senders/{sender_id}", status_code=204)
-def delete_sender(sender_id: str, session: SessionDep):
+def delete_sender(sender_id: str, session: SessionDep, services: ServicesDep):
     sender = session.get(WhatsAppSender, sender_id)
     if sender is None:
         raise NotFound(f"WhatsApp sender {sender_id!r} not found")
     session.delete(sender)
     session.commit()
+    services.whatsapp_apps.forget()
     return Response(status_code=204)
 
 
