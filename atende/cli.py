@@ -60,6 +60,20 @@ def cmd_secrets_rotate(args) -> int:
     return 0
 
 
+def cmd_retention_run(args) -> int:
+    """Apply the retention rules now, until nothing is due (the queue's scheduler does it a batch a minute)."""
+    from atende.services import build_services
+    from runtime.retention import run_until_done
+
+    services = build_services(Settings())
+    runs = run_until_done(services)
+    for run in runs:
+        print(f"{run.rule:<15} assistant {run.assistant_id or '-':<32} {run.items:>6} before {run.cutoff:%Y-%m-%d %H:%M}"
+              f"  {run.counts}")
+    print(f"{len(runs)} retention run(s)")
+    return 0
+
+
 def cmd_worker(args) -> int:
     """Consume the queue(s) ``--queue`` names (default: both) until stopped by a signal."""
     from atende.jobs import CUSTOMER, INGEST, HueyQueue, run_workers, warn_pool_shortfall, worker_consumers
@@ -314,6 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
     sec_sub = sec.add_subparsers(dest="secrets_command", required=True)
     sec_sub.add_parser("rotate", help="re-encrypt every stored credential with ATENDE_DATA_KEY (old keys in "
                                       "ATENDE_DATA_KEYS_OLD)").set_defaults(func=cmd_secrets_rotate)
+
+    ret = sub.add_parser("retention", help="retention rules: conversations and raw webhook bodies kept no longer "
+                                           "than each assistant's retention says")
+    ret.add_subparsers(dest="retention_command", required=True).add_parser(
+        "run", help="apply them now, until nothing is due").set_defaults(func=cmd_retention_run)
 
     w = sub.add_parser("worker", help="run background-job workers (for a Redis queue)")
     w.add_argument("--queue", choices=("all", "customer", "ingest"), default="all",

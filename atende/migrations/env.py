@@ -9,6 +9,7 @@ import runtime.audit  # noqa: F401
 import runtime.models  # noqa: F401
 import runtime.privacy  # noqa: F401
 import runtime.regression  # noqa: F401
+import runtime.retention  # noqa: F401
 import runtime.whatsapp.models  # noqa: F401
 from core.db import Base
 
