@@ -396,6 +396,10 @@ class AssistantConfig(BaseModel):
     widget: WidgetConfig = Field(default_factory=WidgetConfig)
     menu: MenuConfig | None = None
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    mask_personal_data: bool = Field(
+        default=False, description="the chat model is shown placeholders ([CPF_1], [EMAIL_1], [PHONE_1]...) instead of "
+                                   "the customer's CPF, CNPJ, e-mail addresses and phone numbers; its reply and tool "
+                                   "arguments get the real values back (runtime.pseudonyms)")
 
     def canned_reply(self, kind: Literal["fallback", "handoff", "unavailable", "ai_back"], texts: list[str]) -> str:
         """The configured fallback/handoff/unavailable/AI-is-back message, or the built-in one in the language of
