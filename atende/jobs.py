@@ -35,6 +35,9 @@ from core.settings import Settings
 from ingest.pipeline import run_job
 from kb.models import IngestJob
 from runtime.events import deliver_event
+from runtime.events import queue_due as queue_due_events
+from runtime.followups import queue_due as queue_due_followups
+from runtime.followups import run_due
 from runtime.handoff import return_idle
 from runtime.models import Conversation
 from runtime.recovery import owed_turns, recover
@@ -58,7 +61,8 @@ _MAX_POLL_S = {CUSTOMER: 0.5, INGEST: 10.0}
 # the customer queue's order when work waits (higher first, first in first out within a priority): a post is stored
 # and its customer marked read before any turn runs, a reply goes out before the next turn starts, a file is fetched
 # before the turn that waits for it; event delivery last
-PRIORITY = {"whatsapp.process": 30, "whatsapp.send": 20, "media.process": 20, "whatsapp.turn": 10}
+PRIORITY = {"whatsapp.process": 30, "whatsapp.send": 20, "media.process": 20, "followups.run": 20,
+            "whatsapp.turn": 10}
 
 
 def redis_queue_names(prefix: str) -> dict[str, str]:
@@ -139,6 +143,10 @@ class HueyQueue:
             for event_id in event_ids:
                 deliver_event(services, event_id)
 
+        @huey.task(name="followups.run", priority=PRIORITY["followups.run"])
+        def run_followup(followup_id: str) -> None:
+            run_due(services, followup_id)
+
         @huey.task(name="whatsapp.process", retries=3, retry_delay=2, priority=PRIORITY["whatsapp.process"])
         def process_webhook(post_id: str) -> None:
             acknowledge_stored_post(services, post_id)  # read and typing first, on threads of their own
@@ -169,12 +177,15 @@ class HueyQueue:
             # conversations a person left idle past the assistant's time go back to the AI
             recover(services)
             return_idle(services)
+            queue_due_events(services)  # events whose retry job was lost, or made where no queue was told
+            queue_due_followups(services)
 
         self._run_ingest_job, self._deliver_events = run_ingest_job, deliver_events
         self.recovery_sweep = recovery_sweep
         self._process_webhook, self._whatsapp_turn = process_webhook, whatsapp_turn
         self._whatsapp_send, self.whatsapp_send_due = whatsapp_send, whatsapp_send_due
         self._media_process = media_process
+        self._run_followup = run_followup
 
     @classmethod
     def from_settings(cls, services: Services) -> HueyQueue:
@@ -192,8 +203,15 @@ class HueyQueue:
         # the turn carries the time it was scheduled: a newer message's turn makes it step aside
         self._whatsapp_turn.schedule((conversation_id, utcnow().isoformat()), delay=delay_s)
 
-    def deliver_events(self, event_ids: list[str]) -> None:
-        self._deliver_events(event_ids)
+    def deliver_events(self, event_ids: list[str], delay_s: float = 0.0) -> None:
+        if delay_s > 0:
+            self._deliver_events.schedule((event_ids,), delay=delay_s)
+        else:
+            self._deliver_events(event_ids)
+
+    def schedule_followup(self, followup_id: str, delay_s: float) -> None:
+        """"followups.run" on the customer queue in ``delay_s`` seconds (huey keeps the schedule in its storage)."""
+        self._run_followup.schedule((followup_id,), delay=max(delay_s, 0.0))
 
     def enqueue_media(self, media_id: str, delay_s: float) -> None:
         """"media.process" on the customer queue (a customer waits for it), in ``delay_s`` seconds."""

@@ -67,7 +67,7 @@ DEFAULT_CALLBACK = {
              "es": "¡Gracias! Una persona se pondrá en contacto contigo {opening}."},
 }
 TOOL_NAMES = ("search_knowledge_base", "transfer_to_human", "collect_data", "list_available_slots", "schedule_appointment",
-              "offer_options", "send_file")
+              "offer_options", "send_file", "schedule_followup")
 # booking writes to the business's calendar: an assistant enables the scheduling tools explicitly
 DEFAULT_TOOLS = ("search_knowledge_base", "transfer_to_human", "collect_data")
 FieldType = Literal["email", "phone", "date", "number", "enum", "regex", "cpf", "cnpj", "text"]
@@ -259,6 +259,19 @@ class BusinessHours(BaseModel):
         return v
 
 
+class FollowUpTemplate(BaseModel):
+    """The approved WhatsApp template a follow-up message is sent as when the customer's 24-hour window is closed at
+    its time (runtime.followups)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=512)
+    language: str = Field(min_length=2, max_length=16)
+    parameters: list[str] = Field(default_factory=list, max_length=20,
+                                  description="the template's {{1}}, {{2}} ...; may use {text} (the follow-up's "
+                                              "message) and {{variable}} (the conversation's variables)")
+
+
 class HandoffConfig(BaseModel):
     """When a conversation goes to a person and when it comes back to the AI (see runtime.handoff)."""
 
@@ -377,6 +390,9 @@ class AssistantConfig(BaseModel):
     scheduling: Scheduling = Field(default_factory=Scheduling)
     widget: WidgetConfig = Field(default_factory=WidgetConfig)
     menu: MenuConfig | None = None
+    followup_template: FollowUpTemplate | None = Field(
+        default=None, description="sends a follow-up message (schedule_followup) when the window is closed at its "
+                                  "time; none: such a follow-up fails, said on it")
 
     def canned_reply(self, kind: Literal["fallback", "handoff", "unavailable", "ai_back"], texts: list[str]) -> str:
         """The configured fallback/handoff/unavailable/AI-is-back message, or the built-in one in the language of

@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session
 
 from core.db import new_id, utcnow
 from runtime.config import Scheduling
-from runtime.models import Appointment
+from runtime.events import emit
+from runtime.models import Appointment, Conversation
 from runtime.services import Services
 
 
@@ -181,6 +182,11 @@ def book(
             starts_at=start, ends_at=end, name=name, notes=notes, status="booked",
         )
         session.add(appointment)
+        conversation = session.get(Conversation, conversation_id) if conversation_id else None
+        if conversation is not None:
+            emit(session, conversation, "appointment.booked", {
+                "appointment_id": appointment.id, "kind": kind, "starts_at": start.isoformat(),
+                "ends_at": end.isoformat(), "local_start": local.isoformat(), "name": name, "notes": notes})
         try:
             session.commit()
         except IntegrityError:

@@ -1,5 +1,6 @@
-"""Follow-ups: the operator tasks left by handoffs outside business hours (``runtime.followups``): listed and
-marked done through the admin API, and on their own dashboard page."""
+"""Follow-ups (``runtime.followups``): the operator tasks left by handoffs outside business hours, and the messages
+and calls scheduled for later (by the model's ``schedule_followup`` or an operator): scheduled, listed, cancelled
+and marked done through the admin API, and on their own dashboard page."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -7,7 +8,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import RedirectResponse
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from api.deps import AdminDep, ServicesDep, SessionDep, same_origin
 from api.routes.dashboard import render, require_page_session
@@ -31,7 +32,13 @@ class FollowUpPublic(BaseModel):
     due_at: datetime | None = Field(description="the next opening after the handoff; null: none within a year")
     details: dict = Field(description="name, best_time, phone as collected; notes: later messages")
     asking: str | None = Field(description="the detail the customer is being asked for; null: collection over")
-    status: Literal["open", "done"]
+    status: Literal["open", "done", "cancelled", "failed"]
+    kind: Literal["callback", "message", "call"] = Field(description="callback: left by a handoff out of hours; "
+                                                                     "message: send text at due_at; call: call then")
+    text: str | None = Field(description="the message to send, or the note for a call")
+    template: dict | None = Field(description="the template for a closed window (else the assistant's)")
+    message_id: str | None = Field(description="what a message follow-up sent")
+    result: str | None = Field(description="what became of it")
     created_at: datetime
     created_by: str = Field(description="who handed off: customer, assistant or system")
     closed_at: datetime | None
@@ -46,7 +53,8 @@ class FollowUpPublic(BaseModel):
         reminder = session.get(Message, followup.reminder_message_id) if followup.reminder_message_id else None
         fields = {k: getattr(followup, k) for k in ("id", "conversation_id", "reason", "due_at", "details", "asking",
                                                    "status", "created_at", "created_by", "closed_at", "closed_by",
-                                                   "reminder_message_id", "reminder_note")}
+                                                   "reminder_message_id", "reminder_note", "kind", "text",
+                                                   "template", "message_id", "result")}
         return cls(**fields, assistant_id=conv.assistant_id, channel=conv.channel, customer_id=conv.customer_id,
                    reminder_status=reminder.status if reminder else None)
 
@@ -55,11 +63,49 @@ class FollowUpDone(BaseModel):
     by: str = Field(default="operator", min_length=1, max_length=100, description="who did it")
 
 
+class FollowUpTemplateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=512)
+    language: str = Field(min_length=2, max_length=16)
+    parameters: list[Annotated[str, Field(max_length=1000)]] = Field(default_factory=list, max_length=20,
+                                                                     description="may use {text} and {{variable}}")
+
+
+class FollowUpCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    due_at: AwareDatetime = Field(description="when, with its time zone (e.g. 2026-05-04T15:00:00-03:00)")
+    kind: Literal["message", "call"] = "message"
+    text: str = Field(default="", max_length=4096, description="the message; for a call, a note for the caller")
+    template: FollowUpTemplateIn | None = Field(default=None, description="sent instead when the window is closed")
+    by: str = Field(default="operator", min_length=1, max_length=100)
+
+
 @router.get("/api/followups", response_model=list[FollowUpPublic])
-def list_followups(session: SessionDep, status: Literal["open", "done"] | None = None, assistant_id: str | None = None):
-    """Follow-ups, soonest due first; by ``status`` and assistant (id or name) when given."""
+def list_followups(session: SessionDep, status: Literal["open", "done", "cancelled", "failed"] | None = None,
+                   assistant_id: str | None = None, conversation_id: str | None = None):
+    """Follow-ups, soonest due first; by ``status``, assistant (id or name) and conversation when given."""
     assistant = registry.get_assistant(session, assistant_id).id if assistant_id else None
-    return [FollowUpPublic.of(session, f) for f in followups.list_followups(session, status=status, assistant_id=assistant)]
+    return [FollowUpPublic.of(session, f) for f in followups.list_followups(
+        session, status=status, assistant_id=assistant, conversation_id=conversation_id)]
+
+
+@router.post("/api/conversations/{conversation_id}/followups", status_code=201, response_model=FollowUpPublic,
+             responses={404: {"description": "no such conversation"}, 422: {"description": "a time in the past..."}})
+def schedule_followup(conversation_id: str, body: FollowUpCreate, services: ServicesDep, session: SessionDep):
+    """Schedule a follow-up: send ``text`` at ``due_at`` (a template if the window is closed then), or a call."""
+    followup = followups.schedule(services, conversation_id, due_at=body.due_at, kind=body.kind, text=body.text,
+                                  created_by=body.by, template=body.template.model_dump() if body.template else None)
+    return FollowUpPublic.of(session, session.get(FollowUp, followup.id))
+
+
+@router.post("/api/followups/{followup_id}/cancel", response_model=FollowUpPublic,
+             responses={404: {"description": "no such follow-up"}, 409: {"description": "not open any more"}})
+def cancel_followup(followup_id: str, services: ServicesDep, session: SessionDep, body: FollowUpDone | None = None):
+    """Cancel an open follow-up (nothing is sent)."""
+    followups.cancel(services, followup_id, actor=(body or FollowUpDone()).by)
+    return FollowUpPublic.of(session, session.get(FollowUp, followup_id))
 
 
 @router.post("/api/followups/{followup_id}/done", response_model=FollowUpPublic,
@@ -71,7 +117,8 @@ def mark_done(followup_id: str, services: ServicesDep, session: SessionDep, body
 
 
 @pages.get("/followups")
-def followups_page(request: Request, session: SessionDep, status: Literal["open", "done", "all"] = "open"):
+def followups_page(request: Request, session: SessionDep,
+                   status: Literal["open", "done", "cancelled", "failed", "all"] = "open"):
     """The follow-ups to make, soonest due first (``status``: open, done or all)."""
     rows = [FollowUpPublic.of(session, f)
             for f in followups.list_followups(session, status=None if status == "all" else status)]
@@ -86,3 +133,15 @@ def followup_done_form(request: Request, followup_id: str, services: ServicesDep
         raise HTTPException(status_code=403, detail="cross-site request refused")
     followups.close(services, followup_id, actor=by.strip() or "operator")
     return RedirectResponse("/dashboard/followups", status_code=303)
+
+
+@pages.post("/followups/{followup_id}/cancel")
+def followup_cancel_form(request: Request, followup_id: str, services: ServicesDep,
+                         by: Annotated[str, Form(max_length=100)] = "operator",
+                         back: Annotated[str, Form(max_length=200)] = "/dashboard/followups"):
+    """The "Cancel" button of the follow-ups page and of a conversation's page."""
+    if not same_origin(request):
+        raise HTTPException(status_code=403, detail="cross-site request refused")
+    followups.cancel(services, followup_id, actor=by.strip() or "operator")
+    target = back if back.startswith("/dashboard/") and not back.startswith("/dashboard//") else "/dashboard/followups"
+    return RedirectResponse(target, status_code=303)

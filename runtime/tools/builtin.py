@@ -20,6 +20,7 @@ from kb.models import KnowledgeBase
 from kb.search import search
 from kb.types import Source
 from runtime.config import DataField
+from runtime.events import emit
 from runtime.handoff import flag_for_human
 from runtime.models import CollectedData, Conversation, Message, ReplyOption, Turn
 from runtime.options import Choice, clean_choices
@@ -107,6 +108,9 @@ def collect_data(
                 session.add(CollectedData(id=new_id(), conversation_id=ctx.conversation_id, field=field, value=normalized, source="ai"))
             else:
                 row.value, row.source = normalized, "ai"
+            conversation = session.get(Conversation, ctx.conversation_id)
+            if conversation is not None:
+                emit(session, conversation, "data.collected", {"field": field, "value": normalized})
             try:
                 session.commit()
                 break
@@ -236,6 +240,24 @@ def schedule_appointment(
     )
 
 
+def schedule_followup(
+    ctx: ToolContext,
+    at: Annotated[str, "local time YYYY-MM-DD HH:MM"],
+    message: Annotated[str, "what to send the customer then; for a call, a note for the person who calls"],
+    kind: Literal["message", "call"] = "message",
+) -> str:
+    """Follow up later: send the customer a message at a time, or have a person call them then."""
+    from runtime.followups import schedule
+
+    zone = ZoneInfo(ctx.config.scheduling.timezone)
+    local = _parse_start(at).replace(tzinfo=zone)
+    followup = schedule(ctx.services, ctx.conversation_id, due_at=local.astimezone(ZoneInfo("UTC")), kind=kind,
+                        text=message, created_by="assistant")
+    what = "the message will be sent" if kind == "message" else "a person will call the customer"
+    return (f"Follow-up scheduled: {what} on {local:%Y-%m-%d} at {local:%H:%M} ({zone.key}). Reference: "
+            f"{followup.id[:8]}. Tell the customer.")
+
+
 def _parse_start(text: str) -> datetime:
     m = re.fullmatch(r"\s*(\S+)[ T]+(\d{1,2})[:h](\d{2})(?::00)?\s*", text)
     if not m or int(m.group(2)) > 23 or int(m.group(3)) > 59:
@@ -312,4 +334,5 @@ BUILTIN_TOOLS = {
     "search_knowledge_base": search_knowledge_base, "transfer_to_human": transfer_to_human,
     "collect_data": collect_data, "list_available_slots": list_available_slots,
     "schedule_appointment": schedule_appointment, "offer_options": offer_options, "send_file": send_file,
+    "schedule_followup": schedule_followup,
 }
