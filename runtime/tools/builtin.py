@@ -250,7 +250,11 @@ def schedule_followup(
     from runtime.followups import schedule
 
     zone = ZoneInfo(ctx.config.scheduling.timezone)
-    local = _parse_start(at).replace(tzinfo=zone)
+    try:  # seconds and an explicit offset are taken too
+        when = datetime.fromisoformat(at.strip())
+    except ValueError:
+        raise ToolError("at must be a local time like 2025-05-20 14:30") from None
+    local = when if when.tzinfo else when.replace(tzinfo=zone)
     followup = schedule(ctx.services, ctx.conversation_id, due_at=local.astimezone(ZoneInfo("UTC")), kind=kind,
                         text=message, created_by="assistant")
     what = "the message will be sent" if kind == "message" else "a person will call the customer"
