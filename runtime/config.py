@@ -153,6 +153,36 @@ class HttpTool(BaseModel):
         return v
 
 
+class McpServer(BaseModel):
+    """An MCP server whose tools the assistant may use (runtime.mcp_tools): streamable HTTP at ``url``, only the
+    tools named in ``tools``, each call within ``timeout_s`` and the turn's deadline, through the address guard of
+    HTTP tools."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-zA-Z][a-zA-Z0-9_-]{0,49}$", description="a name for the logs")
+    url: str = Field(max_length=2000, description="the server's streamable HTTP endpoint, e.g. https://crm.example/mcp")
+    tools: list[str] = Field(min_length=1, max_length=50, description="the tools the assistant may use (allow-list)")
+    timeout_s: float = Field(default=10.0, gt=0, le=60)
+    credential: str | None = Field(default=None, description="name of an entry in ATENDE_HTTP_TOOL_CREDENTIALS "
+                                                             "(a header sent with every request)")
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError("an http:// or https:// URL with a host")
+        return v
+
+    @field_validator("tools")
+    @classmethod
+    def _tool_names(cls, v: list[str]) -> list[str]:
+        bad = [n for n in v if not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9_-]{0,63}", n)]
+        if bad:
+            raise ValueError(f"not tool names: {bad}")
+        return v
+
+
 class Scheduling(BaseModel):
     timezone: str = "America/Sao_Paulo"
     slot_minutes: int = Field(default=30, ge=5, le=480)
@@ -387,6 +417,7 @@ class AssistantConfig(BaseModel):
     handoff: HandoffConfig = Field(default_factory=HandoffConfig)
     data_fields: list[DataField] = Field(default_factory=list)
     http_tools: list[HttpTool] = Field(default_factory=list)
+    mcp_servers: list[McpServer] = Field(default_factory=list)
     scheduling: Scheduling = Field(default_factory=Scheduling)
     widget: WidgetConfig = Field(default_factory=WidgetConfig)
     menu: MenuConfig | None = None
@@ -422,6 +453,15 @@ class AssistantConfig(BaseModel):
         if clashes:
             raise ValueError(f"HTTP tool names must be unique and differ from the built-in tools: {clashes}")
         return v
+
+    @model_validator(mode="after")
+    def _unique_mcp_tools(self) -> AssistantConfig:
+        names = [n for server in self.mcp_servers for n in server.tools]
+        taken = {*TOOL_NAMES, *(t.name for t in self.http_tools)}
+        clashes = sorted({n for n in names if names.count(n) > 1 or n in taken})
+        if clashes:
+            raise ValueError(f"MCP tool names must be unique and differ from the built-in and HTTP tools: {clashes}")
+        return self
 
     @model_validator(mode="after")
     def _bound_data_fields(self) -> AssistantConfig:

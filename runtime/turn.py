@@ -166,7 +166,7 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
 
     t = time.perf_counter()
     sources = seen_sources(([found.as_source()] if found else []) + hits, user_text)
-    toolset = build_toolset(config).without(_unasked_tools(config, history, customer_texts))
+    toolset = build_toolset(config, services.settings).without(_unasked_tools(config, history, customer_texts))
     messages = build_messages(config, conv.variables or {}, history, user_text, sources)
     budget = ContextBudget(messages, history=len(history), sources=sources, user_text=user_text)
     ctx = ToolContext(services=services, assistant=assistant, config=config, conversation_id=conv.id,

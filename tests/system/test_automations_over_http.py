@@ -6,8 +6,8 @@ scripted model: tests/rule_model_standin.py), with a local event receiver that v
 - a CRM triggers an automation with variables, by its own token: outside the 24-hour window it opens the
   conversation with the approved template, parameters from the variables; a repeated idempotency key does nothing;
   bad input gets a 4xx saying what is wrong; the customer's replies are answered by the AI with the variables in its
-  prompt; a booking and a handoff (the customer asks for a person) reach the receiver, signed; the receiver goes down, events pile up, it comes back:
-  every event is delivered once, in order per conversation;
+  prompt; a booking and a handoff (the customer asks for a person) reach the receiver, signed; the receiver goes
+  down, events pile up, it comes back: every event is delivered once, in order per conversation;
 - a follow-up scheduled by the model is sent once, at its time, although the server restarted before it was due.
 
 Prints the figures (deliveries, attempts, time to drain; follow-up lateness)."""
@@ -264,10 +264,10 @@ def test_an_automation_opens_the_conversation_and_every_event_reaches_the_receiv
             assert stamps == sorted(stamps), f"conversation {cid}: out of order"
         kinds = {e["type"] for e in receiver.events(conversation_of(server.engine, second))}
         assert {"conversation.started", "automation.run_finished", "reply.sent", "message.received"} <= kinds
-        print(f"\nautomation over HTTP: template to the stand-in, 3 AI answers and a handoff, booking and handoff events at the receiver in "
-              f"{flow_s:.2f} s; receiver down {down_s:.1f} s with {waiting} events pending; all {len(made)} events "
-              f"delivered once and in order {drain_s:.2f} s after it came back ({failed_attempts} failed attempts "
-              f"logged)")
+        print(f"\nautomation over HTTP: template to the stand-in, 3 AI answers and a handoff, booking and handoff "
+              f"events at the receiver in {flow_s:.2f} s; receiver down {down_s:.1f} s with {waiting} events "
+              f"pending; all {len(made)} events delivered once and in order {drain_s:.2f} s after it came back "
+              f"({failed_attempts} failed attempts logged)")
     finally:
         receiver.stop()
 
