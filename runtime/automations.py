@@ -62,15 +62,19 @@ def _new_token() -> str:
 
 def create(session: Session, *, sender_id: str, name: str, **fields) -> tuple[Automation, str]:
     """A new automation of the WhatsApp number ``sender_id`` (and so of its assistant) and its token, shown this once.
-    ``fields``: those of :data:`EDITABLE`. Raises NotFound or InvalidRequest. The caller commits."""
+    ``fields``: those of :data:`EDITABLE` (``inside_window`` by default: the message if given, else the template,
+    else the AI). Raises NotFound or InvalidRequest. The caller commits."""
     sender = session.get(WhatsAppSender, sender_id)
     if sender is None:
         raise NotFound(f"WhatsApp sender {sender_id!r} not found")
     token = _new_token()
+    fields = {k: v for k, v in fields.items() if v is not None}
+    # inside the window, by default: the message if there is one, else the template, else the AI
+    default = "message" if fields.get("message") else "template" if fields.get("template_name") else "ai"
     automation = Automation(id=new_id(), assistant_id=sender.assistant_id, sender_id=sender.id, name=name,
-                            token_hash=token_hash(token), template_parameters=[], inside_window="message",
+                            token_hash=token_hash(token), template_parameters=[], inside_window=default,
                             enabled=True, created_at=utcnow(), updated_at=utcnow())
-    change(automation, {k: v for k, v in fields.items() if v is not None})
+    change(automation, fields)
     session.add(automation)
     return automation, token
 
