@@ -58,8 +58,6 @@ class SubscriptionUpdate(SubscriptionFields):
 
 
 class SubscriptionPublic(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
     id: str
     assistant_id: str
     url: str
@@ -98,6 +96,12 @@ class EventPublic(BaseModel):
     attempt_log: list[AttemptPublic] = Field(default_factory=list)
 
 
+def _public(subscription: EventSubscription, secret: str | None = None) -> SubscriptionPublic:
+    """The subscription as the API shows it: its secret only when just made (``secret``), never read back."""
+    fields = {k: getattr(subscription, k) for k in SubscriptionPublic.model_fields if k != "secret"}
+    return SubscriptionPublic(**fields, secret=secret)
+
+
 def _subscription(session, subscription_id: str) -> EventSubscription:
     subscription = session.get(EventSubscription, subscription_id)
     if subscription is None:
@@ -115,14 +119,14 @@ def create_subscription(assistant_id: str, body: SubscriptionCreate, session: Se
                                      enabled=True if body.enabled is None else body.enabled, created_at=utcnow())
     session.add(subscription)
     session.commit()
-    return SubscriptionPublic.model_validate(subscription).model_copy(update={"secret": secret})
+    return _public(subscription, secret)
 
 
 @router.get("/api/assistants/{assistant_id}/event-subscriptions", response_model=list[SubscriptionPublic])
 def list_subscriptions(assistant_id: str, session: SessionDep):
     assistant = registry.get_assistant(session, assistant_id)
-    return list(session.scalars(select(EventSubscription).where(EventSubscription.assistant_id == assistant.id)
-                                .order_by(EventSubscription.created_at)))
+    return [_public(s) for s in session.scalars(select(EventSubscription).where(
+        EventSubscription.assistant_id == assistant.id).order_by(EventSubscription.created_at))]
 
 
 @router.patch("/api/event-subscriptions/{subscription_id}", response_model=SubscriptionPublic)
@@ -136,7 +140,7 @@ def update_subscription(subscription_id: str, body: SubscriptionUpdate, session:
     if secret:
         subscription.secret = secret
     session.commit()
-    return SubscriptionPublic.model_validate(subscription).model_copy(update={"secret": secret})
+    return _public(subscription, secret)
 
 
 @router.delete("/api/event-subscriptions/{subscription_id}", status_code=204)

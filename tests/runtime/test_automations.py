@@ -131,8 +131,8 @@ def test_inside_the_window_the_ai_can_open_the_conversation(world):
 
 @pytest.mark.parametrize("fields, run, error, message", [
     ({"message": "Hi"}, {}, Conflict, "window is closed and this automation has no template"),
-    (TEMPLATE, {"variables": {"first_name": "Ana"}}, InvalidRequest, "template parameter {{2}} needs the variable(s) "
-                                                                     "order_id"),
+    (TEMPLATE, {"variables": {"first_name": "Ana"}}, InvalidRequest, ("template parameter {{2}} needs the variable(s) "
+                                                                     "order_id")),
     (TEMPLATE, {"to": "12"}, InvalidRequest, "unknown number format '12'"),
     (TEMPLATE, {"variables": {"bad name": "x"}}, InvalidRequest, "is not a variable name"),
     ({**TEMPLATE, "template_name": "nope"}, {}, Conflict, "'nope' (en) is not found"),

@@ -141,7 +141,7 @@ def test_a_failing_receiver_holds_the_conversation_back_then_gets_everything_onc
 def test_the_sweep_hands_the_due_events_to_the_queue_and_a_resend_delivers_again(env):
     services, receiver, clock, kept, aid = env
     receiver.start()
-    cid = _conversation(services, aid)
+    _conversation(services, aid)
     clock.now = datetime.now(UTC)
     kept.handed.clear()
     assert events.queue_due(services) == 1 and kept.handed == [(due_events(services), 0.0)]

@@ -99,8 +99,8 @@ def test_a_message_is_sent_once_at_its_time_inside_the_window(env):
     assert followups.queue_due(services) == 1  # the sweep: the inline queue runs it at once
     assert [s["text"]["body"] for s in _sent(graph)] == ["Hi Ana, your cart is waiting."]
     done = followups.run_due(services, followup.id)
-    assert (done.status, done.closed_by, done.result) == ("done", "system", "sent as a message (the 24-hour window "
-                                                                            "was open)")
+    assert (done.status, done.closed_by, done.result) == ("done", "system", ("sent as a message (the 24-hour window "
+                                                                            "was open)"))
     assert followups.queue_due(services) == 0 and len(_sent(graph)) == 1  # once
     with services.session() as session:
         assert session.get(Message, done.message_id).kind == "followup"
