@@ -29,8 +29,8 @@ import time
 from datetime import datetime, timedelta
 
 from sqlalchemy import event as sa_event
-from sqlalchemy import or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import exists, or_, select, update
+from sqlalchemy.orm import Session, aliased
 
 from core.db import new_id, utcnow
 from core.errors import NotFound
@@ -235,13 +235,21 @@ def _record(services: Services, event_id: str, status_code: int | None, error: s
 
 
 def due_events(services: Services) -> list[str]:
-    """The pending events due now and held by no attempt, oldest first (at most ``SWEEP_LIMIT``): what the sweep
-    queues (an event whose retry job was lost, or made where no queue was told)."""
+    """The pending events due now, held by no attempt and first in their conversation's line (those behind go
+    once it is settled), oldest first (at most ``SWEEP_LIMIT``): what the sweep queues (an event whose retry job
+    was lost, or made where no queue was told)."""
     now = services.clock()
+    earlier = aliased(OutboundEvent)
+    same_place = or_(earlier.subscription_id == OutboundEvent.subscription_id,
+                     earlier.subscription_id.is_(None) & OutboundEvent.subscription_id.is_(None)
+                     & (earlier.url == OutboundEvent.url))
+    ahead = exists().where(earlier.conversation_id == OutboundEvent.conversation_id, earlier.status == "pending",
+                           same_place, or_(earlier.created_at < OutboundEvent.created_at,
+                                           (earlier.created_at == OutboundEvent.created_at) & (earlier.id < OutboundEvent.id)))
     with services.session() as session:
         return list(session.scalars(select(OutboundEvent.id).where(
             OutboundEvent.status == "pending", OutboundEvent.next_attempt_at <= now,
-            or_(OutboundEvent.claimed_until.is_(None), OutboundEvent.claimed_until <= now))
+            or_(OutboundEvent.claimed_until.is_(None), OutboundEvent.claimed_until <= now), ~ahead)
             .order_by(OutboundEvent.created_at, OutboundEvent.id).limit(SWEEP_LIMIT)))
 
 

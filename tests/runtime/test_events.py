@@ -118,13 +118,14 @@ def test_a_failing_receiver_holds_the_conversation_back_then_gets_everything_onc
         assert (head.status, head.attempts, waiting.attempts) == ("pending", 1, 0)
         assert head.next_attempt_at == clock.now + timedelta(seconds=5)
     assert kept.handed[-1] == ([first], 5.0)  # the retry, queued for its time
-    assert due_events(services) == ids  # the head is not due yet; the others are (and wait behind it)
+    assert due_events(services) == []  # the head is not due yet; the others wait behind it
     clock.now += timedelta(seconds=5)
     assert deliver_event(services, first) is False
     with services.session() as session:
         assert session.get(OutboundEvent, first).next_attempt_at == clock.now + timedelta(seconds=10)  # doubled
     receiver.start()
     clock.now += timedelta(seconds=10)
+    assert due_events(services) == [first]  # the head of the line only
     assert deliver_event(services, first) is True  # and the rest behind it, in order
     assert [e["id"] for e in receiver.events(cid)] == [first, *ids]
     assert [e["data"].get("n") for e in receiver.events(cid)] == [None, 0, 1, 2]
