@@ -64,9 +64,10 @@ def emit(session: Session, conversation: Conversation, event_type: str, data: di
     that wants it; queued for delivery once the caller commits. The new events' ids."""
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown event type {event_type!r}")
-    subscriptions = [s for s in session.scalars(select(EventSubscription).where(
-        EventSubscription.assistant_id == conversation.assistant_id, EventSubscription.enabled.is_(True)))
-        if event_type in (s.events or []) or "*" in (s.events or [])]
+    with session.no_autoflush:  # the caller's pending rows are flushed by its own commit, where it expects a clash
+        subscriptions = [s for s in session.scalars(select(EventSubscription).where(
+            EventSubscription.assistant_id == conversation.assistant_id, EventSubscription.enabled.is_(True)))
+            if event_type in (s.events or []) or "*" in (s.events or [])]
     ids = []
     for subscription in subscriptions:
         event_id, at = new_id(), stamp()

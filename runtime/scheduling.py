@@ -181,8 +181,8 @@ def book(
             id=new_id(), assistant_id=assistant_id, conversation_id=conversation_id, kind=kind,
             starts_at=start, ends_at=end, name=name, notes=notes, status="booked",
         )
-        session.add(appointment)
         conversation = session.get(Conversation, conversation_id) if conversation_id else None
+        session.add(appointment)
         if conversation is not None:
             emit(session, conversation, "appointment.booked", {
                 "appointment_id": appointment.id, "kind": kind, "starts_at": start.isoformat(),

@@ -104,11 +104,11 @@ def collect_data(
             row = session.scalar(
                 select(CollectedData).where(CollectedData.conversation_id == ctx.conversation_id, CollectedData.field == field)
             )
+            conversation = session.get(Conversation, ctx.conversation_id)  # before the insert: no autoflush of it
             if row is None:
                 session.add(CollectedData(id=new_id(), conversation_id=ctx.conversation_id, field=field, value=normalized, source="ai"))
             else:
                 row.value, row.source = normalized, "ai"
-            conversation = session.get(Conversation, ctx.conversation_id)
             if conversation is not None:
                 emit(session, conversation, "data.collected", {"field": field, "value": normalized})
             try:

@@ -202,7 +202,7 @@ def test_builtin_schemas_are_compact():
                              retrieval=RetrievalConfig(mode="as_tool"), tools=list(TOOL_NAMES))
     toolset = build_toolset(config)
     assert toolset.names == ["search_knowledge_base", "transfer_to_human", "collect_data", "list_available_slots",
-                             "schedule_appointment", "offer_options", "send_file"]
+                             "schedule_appointment", "offer_options", "send_file", "schedule_followup"]
     every_turn = build_toolset(config.model_copy(update={"retrieval": RetrievalConfig()}))
     assert "search_knowledge_base" not in every_turn  # the engine already searched this turn
     schemas = {s["function"]["name"]: s["function"] for s in toolset.schemas()}
@@ -212,7 +212,9 @@ def test_builtin_schemas_are_compact():
     assert schemas["transfer_to_human"]["parameters"]["required"] == ["reason"]
     assert schemas["offer_options"]["parameters"]["properties"]["options"]["type"] == "array"
     assert schemas["send_file"]["parameters"]["required"] == ["filename"]
-    assert len(json.dumps(toolset.without({"offer_options", "send_file"}).schemas())) < 2200  # every token costs prompt time
+    assert schemas["schedule_followup"]["parameters"]["required"] == ["at", "message"]
+    assert len(json.dumps(toolset.without({"offer_options", "send_file", "schedule_followup"}).schemas())) < 2200  # every token costs prompt time
+    assert len(json.dumps(schemas["schedule_followup"])) < 500
     assert len(json.dumps(schemas["offer_options"])) < 450
 
 
