@@ -116,9 +116,11 @@ def flush_redis_queues(url: str, prefix: str) -> None:
 class HueyQueue:
     """The ``runtime.queue.WorkQueue`` on two hueys: ingestion jobs ("ingest.run_job") on ``ingest``; WhatsApp posts
     ("whatsapp.process"), customers' media downloads and transcriptions ("media.process"), turns ("whatsapp.turn"),
-    send retries ("whatsapp.send") and event delivery ("events.deliver") on ``huey``, the customer queue, with the
+    send retries ("whatsapp.send"), follow-ups at their time ("followups.run") and event delivery and its retries
+    ("events.deliver") on ``huey``, the customer queue, with the
     outbox sweep ("whatsapp.send_due", every minute) and the recovery sweep ("recovery.sweep", every minute:
-    ``runtime.recovery.recover``), both run by the customer queue's consumers. Their consumers (the embedded ones,
+    ``runtime.recovery.recover``, the idle hand-back, the due events and follow-ups), both run by the customer
+    queue's consumers. Their consumers (the embedded ones,
     or ``atende worker`` processes) run them. Embedded (SQLite) and Redis differ only in the hueys' storage.
 
     The tasks run on ``services``; make this queue ``services.queue``, since the tasks queue their

@@ -77,7 +77,8 @@ def store_inbound(
 
 def received_data(msg: Message) -> dict:
     """The ``message.received`` event's data (``runtime.events``)."""
-    return {"message_id": msg.id, "kind": msg.kind, "text": msg.text, "channel_message_id": msg.channel_message_id}
+    return {"message_id": msg.id, "kind": msg.kind or "text", "text": msg.text,
+            "channel_message_id": msg.channel_message_id}
 
 
 def pending_inbound(session: Session, conversation_id: str) -> list[Message]:
@@ -143,8 +144,8 @@ def log_turn(
             session.flush()
             result.options = [o.to_dict() for o in store_options(session, reply, result.options)]
         if conv.channel != "whatsapp":  # returned to the caller now; WhatsApp's once Meta takes it (outbound)
-            emit(session, conv, "reply.sent", {"message_id": reply.id, "kind": reply.kind, "text": reply.text,
-                                               "turn_status": result.status})
+            emit(session, conv, "reply.sent", {"message_id": reply.id, "kind": reply.kind or "text",
+                                               "text": reply.text, "turn_status": result.status})
     conv.tokens_in += result.usage.prompt_tokens
     conv.tokens_out += result.usage.completion_tokens
     conv.cost += result.cost

@@ -1,5 +1,5 @@
 """The built-in tools an assistant can enable: knowledge-base search, hand-off to a human, data
-collection and appointment booking. Each is a typed function ``tool(ctx, ...)``: its annotated
+collection, appointment booking and follow-ups. Each is a typed function ``tool(ctx, ...)``: its annotated
 parameters (``Annotated[str, "what it is"]``) and docstring are the schema the model sees."""
 from __future__ import annotations
 
@@ -254,7 +254,7 @@ def schedule_followup(
         when = datetime.fromisoformat(at.strip())
     except ValueError:
         raise ToolError("at must be a local time like 2025-05-20 14:30") from None
-    local = when if when.tzinfo else when.replace(tzinfo=zone)
+    local = (when if when.tzinfo else when.replace(tzinfo=zone)).astimezone(zone)
     followup = schedule(ctx.services, ctx.conversation_id, due_at=local.astimezone(ZoneInfo("UTC")), kind=kind,
                         text=message, created_by="assistant")
     what = "the message will be sent" if kind == "message" else "a person will call the customer"
