@@ -49,6 +49,7 @@ MAX_VARIABLES, MAX_VALUE_CHARS = 50, 1000
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 EDITABLE = ("name", "template_name", "template_language", "template_parameters", "inside_window", "message",
             "ai_instruction", "enabled")
+REQUIRED = ("name", "template_parameters", "inside_window", "enabled")  # the others may be cleared with null
 
 
 def token_hash(token: str) -> str:
@@ -84,6 +85,9 @@ def change(automation: Automation, changes: dict) -> Automation:
     unknown = sorted(set(changes) - set(EDITABLE))
     if unknown:
         raise InvalidRequest(f"unknown fields {unknown}; editable: {list(EDITABLE)}")
+    cleared = sorted(k for k, v in changes.items() if v is None and k in REQUIRED)
+    if cleared:
+        raise InvalidRequest(f"{', '.join(cleared)} cannot be null")
     for key, value in changes.items():
         setattr(automation, key, value)
     _check(automation)
