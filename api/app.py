@@ -24,6 +24,7 @@ from api.audit import AuditMiddleware
 from api.audit import router as audit_router
 from api.routes import followups, media, privacy
 from api.routes import account_pages, accounts
+from api.routes import automations, events
 from runtime.services import Services
 
 
@@ -58,6 +59,10 @@ def build_app(services: Services, version: str,
     app.include_router(followups.pages)
     app.include_router(accounts.router)
     app.include_router(account_pages.pages)
+    app.include_router(automations.trigger_router)
+    app.include_router(automations.router)
+    app.include_router(events.router)
+    app.include_router(events.pages)
     dashboard.install_page_handlers(app)
     app.mount("/static", StaticFiles(directory=Path(__file__).resolve().parent / "static"), name="static")
 

@@ -35,6 +35,9 @@ from core.settings import Settings
 from ingest.pipeline import run_job
 from kb.models import IngestJob
 from runtime.events import deliver_event
+from runtime.events import queue_due as queue_due_events
+from runtime.followups import queue_due as queue_due_followups
+from runtime.followups import run_due
 from runtime.handoff import return_idle
 from runtime.models import Conversation
 from runtime.recovery import owed_turns, recover
@@ -59,7 +62,8 @@ _MAX_POLL_S = {CUSTOMER: 0.5, INGEST: 10.0}
 # the customer queue's order when work waits (higher first, first in first out within a priority): a post is stored
 # and its customer marked read before any turn runs, a reply goes out before the next turn starts, a file is fetched
 # before the turn that waits for it; event delivery last
-PRIORITY = {"whatsapp.process": 30, "whatsapp.send": 20, "media.process": 20, "whatsapp.turn": 10}
+PRIORITY = {"whatsapp.process": 30, "whatsapp.send": 20, "media.process": 20, "followups.run": 20,
+            "whatsapp.turn": 10}
 
 
 def redis_queue_names(prefix: str) -> dict[str, str]:
@@ -113,9 +117,11 @@ def flush_redis_queues(url: str, prefix: str) -> None:
 class HueyQueue:
     """The ``runtime.queue.WorkQueue`` on two hueys: ingestion jobs ("ingest.run_job") on ``ingest``; WhatsApp posts
     ("whatsapp.process"), customers' media downloads and transcriptions ("media.process"), turns ("whatsapp.turn"),
-    send retries ("whatsapp.send") and event delivery ("events.deliver") on ``huey``, the customer queue, with the
+    send retries ("whatsapp.send"), follow-ups at their time ("followups.run") and event delivery and its retries
+    ("events.deliver") on ``huey``, the customer queue, with the
     outbox sweep ("whatsapp.send_due", every minute) and the recovery sweep ("recovery.sweep", every minute:
-    ``runtime.recovery.recover``), both run by the customer queue's consumers. Their consumers (the embedded ones,
+    ``runtime.recovery.recover``, the idle hand-back, the due events and follow-ups), both run by the customer
+    queue's consumers. Their consumers (the embedded ones,
     or ``atende worker`` processes) run them. Embedded (SQLite) and Redis differ only in the hueys' storage.
 
     The tasks run on ``services``; make this queue ``services.queue``, since the tasks queue their
@@ -139,6 +145,10 @@ class HueyQueue:
         def deliver_events(event_ids: list[str]) -> None:
             for event_id in event_ids:
                 deliver_event(services, event_id)
+
+        @huey.task(name="followups.run", priority=PRIORITY["followups.run"])
+        def run_followup(followup_id: str) -> None:
+            run_due(services, followup_id)
 
         @huey.task(name="whatsapp.process", retries=3, retry_delay=2, priority=PRIORITY["whatsapp.process"])
         def process_webhook(post_id: str) -> None:
@@ -170,6 +180,8 @@ class HueyQueue:
             # conversations a person left idle past the assistant's time go back to the AI
             recover(services)
             return_idle(services)
+            queue_due_events(services)  # events whose retry job was lost, or made where no queue was told
+            queue_due_followups(services)
 
         @huey.periodic_task(crontab(minute="*"), name="retention.sweep")
         def retention_sweep() -> None:
@@ -181,6 +193,7 @@ class HueyQueue:
         self._process_webhook, self._whatsapp_turn = process_webhook, whatsapp_turn
         self._whatsapp_send, self.whatsapp_send_due = whatsapp_send, whatsapp_send_due
         self._media_process = media_process
+        self._run_followup = run_followup
 
     @classmethod
     def from_settings(cls, services: Services) -> HueyQueue:
@@ -198,8 +211,15 @@ class HueyQueue:
         # the turn carries the time it was scheduled: a newer message's turn makes it step aside
         self._whatsapp_turn.schedule((conversation_id, utcnow().isoformat()), delay=delay_s)
 
-    def deliver_events(self, event_ids: list[str]) -> None:
-        self._deliver_events(event_ids)
+    def deliver_events(self, event_ids: list[str], delay_s: float = 0.0) -> None:
+        if delay_s > 0:
+            self._deliver_events.schedule((event_ids,), delay=delay_s)
+        else:
+            self._deliver_events(event_ids)
+
+    def schedule_followup(self, followup_id: str, delay_s: float) -> None:
+        """"followups.run" on the customer queue in ``delay_s`` seconds (huey keeps the schedule in its storage)."""
+        self._run_followup.schedule((followup_id,), delay=max(delay_s, 0.0))
 
     def enqueue_media(self, media_id: str, delay_s: float) -> None:
         """"media.process" on the customer queue (a customer waits for it), in ``delay_s`` seconds."""

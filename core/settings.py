@@ -113,6 +113,13 @@ class Settings(BaseSettings):
     whatsapp_retry_for_s: float = Field(default=6 * 3600.0, ge=0)
     whatsapp_retry_first_delay_s: float = Field(default=10.0, gt=0)
     whatsapp_retry_max_delay_s: float = Field(default=600.0, gt=0)
+    # outbound events (runtime.events): a delivery that failed is tried again after exponentially growing delays
+    # (from events_retry_first_delay_s, none over events_retry_max_delay_s) for events_retry_for_s after the event
+    # was made, each attempt within events_timeout_s; a receiver down for an hour gets every event once it is back
+    events_retry_first_delay_s: float = Field(default=5.0, gt=0)
+    events_retry_max_delay_s: float = Field(default=600.0, gt=0)
+    events_retry_for_s: float = Field(default=72 * 3600.0, gt=0)
+    events_timeout_s: float = Field(default=10.0, gt=0, le=60)
     # a part whose sender died mid-send (its send lease expired, runtime.whatsapp.outbound) is ``unknown`` this
     # long, waiting for Meta's status webhook to say it was taken; with no status by then it is sent again
     whatsapp_status_wait_s: float = Field(default=300.0, gt=0)

@@ -67,7 +67,7 @@ DEFAULT_CALLBACK = {
              "es": "¡Gracias! Una persona se pondrá en contacto contigo {opening}."},
 }
 TOOL_NAMES = ("search_knowledge_base", "transfer_to_human", "collect_data", "list_available_slots", "schedule_appointment",
-              "offer_options", "send_file")
+              "offer_options", "send_file", "schedule_followup")
 # booking writes to the business's calendar: an assistant enables the scheduling tools explicitly
 DEFAULT_TOOLS = ("search_knowledge_base", "transfer_to_human", "collect_data")
 FieldType = Literal["email", "phone", "date", "number", "enum", "regex", "cpf", "cnpj", "text"]
@@ -150,6 +150,36 @@ class HttpTool(BaseModel):
             if not param and not BOUND_NAME.match(bound):
                 raise ValueError(f"unknown placeholder {{{{{bound}}}}}: use {{{{customer.id}}}}, {{{{customer.phone}}}}, "
                                  "{{variables.NAME}} or {{data.FIELD}}")
+        return v
+
+
+class McpServer(BaseModel):
+    """An MCP server whose tools the assistant may use (runtime.mcp_tools): streamable HTTP at ``url``, only the
+    tools named in ``tools``, each call within ``timeout_s`` and the turn's deadline, through the address guard of
+    HTTP tools."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-zA-Z][a-zA-Z0-9_-]{0,49}$", description="a name for the logs")
+    url: str = Field(max_length=2000, description="the server's streamable HTTP endpoint, e.g. https://crm.example/mcp")
+    tools: list[str] = Field(min_length=1, max_length=50, description="the tools the assistant may use (allow-list)")
+    timeout_s: float = Field(default=10.0, gt=0, le=60)
+    credential: str | None = Field(default=None, description="name of an entry in ATENDE_HTTP_TOOL_CREDENTIALS "
+                                                             "(a header sent with every request)")
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError("an http:// or https:// URL with a host")
+        return v
+
+    @field_validator("tools")
+    @classmethod
+    def _tool_names(cls, v: list[str]) -> list[str]:
+        bad = [n for n in v if not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9_-]{0,63}", n)]
+        if bad:
+            raise ValueError(f"not tool names: {bad}")
         return v
 
 
@@ -257,6 +287,19 @@ class BusinessHours(BaseModel):
         if unknown:
             raise ValueError(f"unknown messages {unknown}; known: {list(CALLBACK_MESSAGES)}")
         return v
+
+
+class FollowUpTemplate(BaseModel):
+    """The approved WhatsApp template a follow-up message is sent as when the customer's 24-hour window is closed at
+    its time (runtime.followups)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=512)
+    language: str = Field(min_length=2, max_length=16)
+    parameters: list[str] = Field(default_factory=list, max_length=20,
+                                  description="the template's {{1}}, {{2}} ...; may use {text} (the follow-up's "
+                                              "message) and {{variable}} (the conversation's variables)")
 
 
 class HandoffConfig(BaseModel):
@@ -392,6 +435,7 @@ class AssistantConfig(BaseModel):
     handoff: HandoffConfig = Field(default_factory=HandoffConfig)
     data_fields: list[DataField] = Field(default_factory=list)
     http_tools: list[HttpTool] = Field(default_factory=list)
+    mcp_servers: list[McpServer] = Field(default_factory=list)
     scheduling: Scheduling = Field(default_factory=Scheduling)
     widget: WidgetConfig = Field(default_factory=WidgetConfig)
     menu: MenuConfig | None = None
@@ -400,6 +444,9 @@ class AssistantConfig(BaseModel):
         default=False, description="the chat model is shown placeholders ([CPF_1], [EMAIL_1], [PHONE_1]...) instead of "
                                    "the customer's CPF, CNPJ, e-mail addresses and phone numbers; its reply and tool "
                                    "arguments get the real values back (runtime.pseudonyms)")
+    followup_template: FollowUpTemplate | None = Field(
+        default=None, description="sends a follow-up message (schedule_followup) when the window is closed at its "
+                                  "time; none: such a follow-up fails, said on it")
 
     def canned_reply(self, kind: Literal["fallback", "handoff", "unavailable", "ai_back"], texts: list[str]) -> str:
         """The configured fallback/handoff/unavailable/AI-is-back message, or the built-in one in the language of
@@ -429,6 +476,15 @@ class AssistantConfig(BaseModel):
         if clashes:
             raise ValueError(f"HTTP tool names must be unique and differ from the built-in tools: {clashes}")
         return v
+
+    @model_validator(mode="after")
+    def _unique_mcp_tools(self) -> AssistantConfig:
+        names = [n for server in self.mcp_servers for n in server.tools]
+        taken = {*TOOL_NAMES, *(t.name for t in self.http_tools)}
+        clashes = sorted({n for n in names if names.count(n) > 1 or n in taken})
+        if clashes:
+            raise ValueError(f"MCP tool names must be unique and differ from the built-in and HTTP tools: {clashes}")
+        return self
 
     @model_validator(mode="after")
     def _bound_data_fields(self) -> AssistantConfig:

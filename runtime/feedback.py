@@ -25,7 +25,8 @@ from sqlalchemy.orm import Session
 
 from core.db import new_id, utcnow
 from core.errors import InvalidRequest, NotFound
-from runtime.models import Message, MessageFeedback, MessagePart
+from runtime.events import emit
+from runtime.models import Conversation, Message, MessageFeedback, MessagePart
 
 Source = Literal["reviewer", "customer_reaction", "widget"]
 Rating = Literal["good", "bad", "neutral"]
@@ -78,11 +79,20 @@ def rate_reply(
     values = dict(rating=rating, reason=reason, comment=(comment or "").strip() or None,
                   author=(author or "").strip() or None, emoji=None)
     if source != "reviewer":
-        return _replace(session, message, source, values, utcnow())
+        return _told(session, message, _replace(session, message, source, values, utcnow()))
     row = MessageFeedback(id=new_id(), message_id=message.id, conversation_id=message.conversation_id, source=source,
                           created_at=utcnow(), **values)
     session.add(row)
     session.flush()
+    return _told(session, message, row)
+
+
+def _told(session: Session, message: Message, row: MessageFeedback) -> MessageFeedback:
+    """Emit the ``feedback.given`` event of ``row`` (``runtime.events``); returns it."""
+    conversation = session.get(Conversation, message.conversation_id)
+    emit(session, conversation, "feedback.given", {
+        "message_id": message.id, "source": row.source, "rating": row.rating, "reason": row.reason,
+        "comment": row.comment, "emoji": row.emoji})
     return row
 
 
@@ -115,7 +125,7 @@ def record_reaction(session: Session, conversation_id: str, reacted_to: str, emo
     emoji = emoji.strip()[:EMOJI_MAX]
     if emoji:
         values = dict(rating=rating_for_emoji(emoji), reason=None, comment=None, author=None, emoji=emoji)
-        return _replace(session, message, "customer_reaction", values, at)
+        return _told(session, message, _replace(session, message, "customer_reaction", values, at))
     row = _current(session, message.id, "customer_reaction")
     if row is None or at < row.created_at:  # removing a newer reaction than this one says nothing
         return row

@@ -20,9 +20,9 @@ collected, and an operator task (a :class:`runtime.models.FollowUp`) is left for
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from core.db import new_id, utcnow
@@ -33,6 +33,7 @@ from runtime.capture import find_values
 from runtime.config import AssistantConfig, BusinessHours, DataField
 from runtime.handoff import open_followup
 from runtime.models import Conversation, FollowUp, Message
+from runtime.prompt import fill_variables
 from runtime.services import Services
 from runtime.tools.builtin import collect_data
 from runtime.tools.context import ToolContext
@@ -40,7 +41,8 @@ from runtime.tools.schema import function_tool
 from runtime.tools.toolset import Toolset
 from runtime.types import ToolCall, ToolRun
 from runtime.whatsapp.models import WhatsAppTemplate
-from runtime.whatsapp.outbound import WINDOW, cancel_scheduled, schedule_template, sender_of
+from runtime.whatsapp.outbound import (WINDOW, cancel_scheduled, schedule_template, send_due, send_reply, sender_of,
+                                       window_open)
 
 ASKED = ("name", "best_time", "phone")  # the callback details, in the order they are asked
 FIELDS = {"name": DataField(name="callback_name", type="text", description="name to ask for on the call back"),
@@ -201,13 +203,17 @@ def _plan_reminder(services: Services, session: Session, conv: Conversation, con
     followup.reminder_note = f"template {template.name!r} ({template.language}) scheduled for the opening"
 
 
-def list_followups(session: Session, *, status: str | None = None, assistant_id: str | None = None) -> list[FollowUp]:
-    """Follow-ups, soonest due first (those without an opening last), optionally by status and assistant."""
+def list_followups(session: Session, *, status: str | None = None, assistant_id: str | None = None,
+                   conversation_id: str | None = None) -> list[FollowUp]:
+    """Follow-ups, soonest due first (those without an opening last), optionally by status, assistant and
+    conversation."""
     query = select(FollowUp).join(Conversation, Conversation.id == FollowUp.conversation_id)
     if status:
         query = query.where(FollowUp.status == status)
     if assistant_id:
         query = query.where(Conversation.assistant_id == assistant_id)
+    if conversation_id:
+        query = query.where(FollowUp.conversation_id == conversation_id)
     return list(session.scalars(query.order_by(FollowUp.due_at.is_(None), FollowUp.due_at, FollowUp.created_at)))
 
 
@@ -228,3 +234,165 @@ def close(services: Services, followup_id: str, *, actor: str) -> FollowUp:
         session.commit()
         session.refresh(followup)
         return followup
+
+
+# --------------------------------------------------------------------------- scheduled follow-ups
+#
+# Besides the callbacks above, a follow-up can be scheduled (the model's ``schedule_followup`` tool, an operator
+# through the API): ``message`` sends its text at ``due_at`` -- as a message when the customer's 24-hour window is
+# open then, else as the follow-up's template (or the assistant's ``followup_template``), else it fails, said on it;
+# ``call`` is an operator task to call the customer then. A message follow-up is run by the job the queue keeps for
+# its time (``WorkQueue.schedule_followup``) or, failing that, by the sweep (:func:`queue_due`); it is claimed by
+# one conditional UPDATE in the transaction that stores its message, so a restart loses none and runs none twice;
+# the message then goes through the outbox (a message stored but not handed to it is handed again by the sweep).
+
+KINDS = ("message", "call")
+MAX_AHEAD = timedelta(days=90)
+MAX_TEXT = 4096
+
+
+def schedule(services: Services, conversation_id: str, *, due_at: datetime, kind: str, text: str | None,
+             created_by: str, template: dict | None = None) -> FollowUp:
+    """Schedule a follow-up of the conversation at ``due_at`` (``kind``: message or call; ``text``: the message,
+    or the operator's note for a call); queued for its time. Raises NotFound or InvalidRequest (saying why)."""
+    now = services.clock()
+    text = (text or "").strip()
+    if kind not in KINDS:
+        raise InvalidRequest(f"kind must be one of {list(KINDS)}, not {kind!r}")
+    if due_at.tzinfo is None:
+        raise InvalidRequest("the time needs a time zone (e.g. 2026-05-04T15:00:00-03:00)")
+    if due_at <= now:
+        raise InvalidRequest(f"{due_at.isoformat()} is in the past: a follow-up must be later than now "
+                             f"({now.isoformat(timespec='minutes')})")
+    if due_at > now + MAX_AHEAD:
+        raise InvalidRequest(f"a follow-up can be at most {MAX_AHEAD.days} days ahead")
+    if kind == "message" and not text:
+        raise InvalidRequest("a message follow-up needs the text to send")
+    if len(text) > MAX_TEXT:
+        raise InvalidRequest(f"the text is longer than {MAX_TEXT} characters")
+    with services.session() as session:
+        if session.get(Conversation, conversation_id) is None:
+            raise NotFound(f"conversation {conversation_id!r} not found")
+        followup = FollowUp(id=new_id(), conversation_id=conversation_id, reason=text[:500], details={},
+                            status="open", kind=kind, text=text or None, template=template, due_at=due_at,
+                            created_at=now, created_by=created_by[:100])
+        session.add(followup)
+        session.commit()
+        session.refresh(followup)
+    if kind == "message":
+        services.queue.schedule_followup(followup.id, (due_at - now).total_seconds())
+    return followup
+
+
+def cancel(services: Services, followup_id: str, *, actor: str) -> FollowUp:
+    """Cancel an open follow-up (a callback's template reminder not sent yet with it). Raises NotFound, or Conflict
+    when it is no longer open (sent, done, cancelled)."""
+    with services.session() as session:
+        followup = session.get(FollowUp, followup_id)
+        if followup is None:
+            raise NotFound(f"follow-up {followup_id!r} not found")
+        claimed = session.execute(update(FollowUp).where(FollowUp.id == followup_id, FollowUp.status == "open").values(
+            status="cancelled", closed_at=utcnow(), closed_by=actor[:100], asking=None,
+            result=f"cancelled by {actor}"[:500]).execution_options(synchronize_session=False)).rowcount  # type: ignore[attr-defined]
+        if not claimed:
+            session.rollback()
+            raise Conflict(f"follow-up {followup_id!r} is {followup.status}, not open: it cannot be cancelled")
+        if followup.reminder_message_id:
+            cancel_scheduled(session, followup.reminder_message_id, f"cancelled: the follow-up was cancelled by {actor}")
+        session.commit()
+        session.refresh(followup)
+        return followup
+
+
+def run_due(services: Services, followup_id: str) -> FollowUp | None:
+    """Send the message follow-up if its time has come and nobody sent it yet (see above); hand a message it stored
+    before to the outbox if that did not happen. The follow-up, or None when it does not exist."""
+    now = services.clock()
+    with services.session() as session:
+        followup = session.get(FollowUp, followup_id)
+        if followup is None:
+            return None
+        if followup.status == "open" and followup.kind == "message" and followup.due_at and followup.due_at <= now:
+            claimed = session.execute(update(FollowUp).where(
+                FollowUp.id == followup_id, FollowUp.status == "open", FollowUp.due_at <= now).values(
+                status="done", closed_at=now, closed_by="system").execution_options(
+                synchronize_session=False)).rowcount  # type: ignore[attr-defined]
+            if claimed:
+                session.refresh(followup)
+                _send(services, session, followup, now)
+            session.commit()
+        message_id = followup.message_id
+    if message_id:
+        _hand_to_outbox(services, message_id)
+    return followup
+
+
+def _send(services: Services, session: Session, followup: FollowUp, now: datetime) -> None:
+    """Store what the claimed follow-up sends: its text inside the window (or on a channel without one), else its
+    template; else mark it failed. The caller commits."""
+    conv = session.get(Conversation, followup.conversation_id)
+    variables = conv.variables or {}
+    text = fill_variables(followup.text or "", variables)
+    if conv.channel != "whatsapp" or window_open(conv, now):
+        msg = Message(id=new_id(), conversation_id=conv.id, direction="outbound", text=text, kind="followup",
+                      status="answered", created_at=now)
+        session.add(msg)
+        followup.message_id = msg.id
+        followup.result = "sent as a message" + (" (the 24-hour window was open)" if conv.channel == "whatsapp" else "")
+        return
+    assistant = session.get(Assistant, conv.assistant_id)
+    config = AssistantConfig.model_validate((assistant.config if assistant else None) or {})
+    chosen = followup.template or (config.followup_template.model_dump() if config.followup_template else None)
+    if not chosen:
+        followup.status = "failed"
+        followup.result = ("not sent: the customer's 24-hour window was closed and no template was given (set the "
+                           "assistant's followup_template)")
+        return
+    try:
+        template = _approved_template(session, conv, chosen["name"], chosen["language"])
+        parameters = [fill_variables(p.replace("{text}", text), variables) for p in chosen.get("parameters") or []]
+        msg = schedule_template(services, session, conv, template, parameters, now)
+    except (InvalidRequest, NotFound) as exc:
+        followup.status, followup.result = "failed", f"not sent: template {chosen['name']!r}: {exc}"
+        return
+    followup.message_id = msg.id
+    followup.result = f"sent as template {template.name!r} ({template.language}): the 24-hour window was closed"
+
+
+def _approved_template(session: Session, conv: Conversation, name: str, language: str) -> WhatsAppTemplate:
+    sender = sender_of(session, conv)
+    template = session.scalar(select(WhatsAppTemplate).where(
+        WhatsAppTemplate.sender_id == sender.id, WhatsAppTemplate.name == name, WhatsAppTemplate.language == language))
+    if template is None or template.status != "APPROVED":
+        raise InvalidRequest(f"no approved template {name!r} ({language}) for this number")
+    return template
+
+
+def _hand_to_outbox(services: Services, message_id: str) -> None:
+    """A follow-up's WhatsApp message into the outbox and sent (``send_reply``, once: a message with parts is not
+    stored again; a template's scheduled part is released by ``send_due``)."""
+    with services.session() as session:
+        msg = session.get(Message, message_id)
+        conv = session.get(Conversation, msg.conversation_id) if msg else None
+        if msg is None or conv is None or conv.channel != "whatsapp":
+            return
+        kind, has_parts = msg.kind, bool(msg.parts)
+    if kind == "template":
+        send_due(services, conv.id)
+    elif not has_parts:
+        send_reply(services, message_id)
+
+
+def queue_due(services: Services) -> int:
+    """The sweep: queue the message follow-ups whose time has come (their job lost, or run where the queue could not
+    wait) and those whose stored message never reached the outbox; how many."""
+    now = services.clock()
+    with services.session() as session:
+        due = list(session.scalars(select(FollowUp.id).where(
+            FollowUp.kind == "message", FollowUp.status == "open", FollowUp.due_at <= now)))
+        unsent = list(session.scalars(select(FollowUp.id).join(Message, Message.id == FollowUp.message_id).where(
+            FollowUp.kind == "message", FollowUp.status == "done", Message.kind == "followup",
+            Message.status == "answered", ~Message.parts.any())))
+    for followup_id in [*due, *unsent]:
+        services.queue.schedule_followup(followup_id, 0)
+    return len(due) + len(unsent)

@@ -13,8 +13,9 @@ Every change is a :class:`runtime.models.HandoffChange`; :func:`reason_category`
 Outside the assistant's business hours a handoff also leaves a follow-up for the next opening, and the customer's
 messages until then are callback details, not questions for the AI (``runtime.followups``).
 
-Flagging also records the reason on the conversation (the dashboard's handoff column and filters) and, when the
-assistant has a ``handoff_url``, adds a signed ``handoff`` event for the team's own system.
+Flagging also records the reason on the conversation (the dashboard's handoff column and filters), emits the
+``handoff.requested`` event to the assistant's subscribers and, when the assistant has a ``handoff_url``, adds a
+signed ``handoff`` event for the team's own system (``runtime.events``).
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ from kb.keyword import fold
 from kb.models import Assistant
 from runtime.config import AssistantConfig
 from runtime.intent import wants_human
-from runtime.models import Conversation, FollowUp, HandoffChange, Message, OutboundEvent, Turn
+from runtime.events import add_handoff_event, emit
+from runtime.models import Conversation, FollowUp, HandoffChange, Message, Turn
 from runtime.services import Services
 
 STATES = ("ai", "waiting_for_human", "with_human")
@@ -86,14 +88,12 @@ def flag_for_human(session: Session, conversation: Conversation, assistant_id: s
     conversation.handoff = handoff
     if pause and conversation.handoff_state == "ai":
         set_state(session, conversation, "waiting_for_human", actor=actor, reason=str(handoff.get("reason") or ""))
+    emit(session, conversation, "handoff.requested", {**handoff, "paused": pause, "actor": actor})
     if not config.handoff_url:
         return None
-    event_id = new_id()
     payload = {"event": "handoff", "conversation_id": conversation.id, "assistant_id": assistant_id,
                "channel": conversation.channel, "customer_id": conversation.customer_id, **handoff}
-    session.add(OutboundEvent(id=event_id, conversation_id=conversation.id, kind="handoff", url=config.handoff_url,
-                              payload=payload))
-    return event_id
+    return add_handoff_event(session, conversation, config.handoff_url, payload)
 
 
 def take_over(session: Session, conversation: Conversation, *, reason: str = OPERATOR_REPLY,
@@ -139,13 +139,14 @@ def last_human_activity(session: Session, conversation: Conversation) -> datetim
     wrote = session.scalar(select(func.max(Message.created_at)).where(
         Message.conversation_id == conversation.id, Message.kind == "operator"))
     due = session.scalar(select(func.max(FollowUp.due_at)).where(
-        FollowUp.conversation_id == conversation.id, FollowUp.status == "open"))
+        FollowUp.conversation_id == conversation.id, FollowUp.status == "open", FollowUp.kind == "callback"))
     return max(filter(None, (changed, wrote, due)), default=None)
 
 
 def open_followup(session: Session, conversation_id: str) -> FollowUp | None:
-    """The conversation's open follow-up (``runtime.followups``), if any."""
-    return session.scalar(select(FollowUp).where(FollowUp.conversation_id == conversation_id, FollowUp.status == "open")
+    """The conversation's open callback follow-up (``runtime.followups``), if any."""
+    return session.scalar(select(FollowUp).where(FollowUp.conversation_id == conversation_id, FollowUp.status == "open",
+                                                 FollowUp.kind == "callback")
                           .order_by(FollowUp.created_at.desc()).limit(1))
 
 

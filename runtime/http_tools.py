@@ -38,7 +38,16 @@ TIMESTAMP_HEADER = "X-Atende-Timestamp"  # Unix seconds when the request was sig
 
 
 class HttpToolError(Exception):
-    """An HTTP tool or webhook call failed; the message says why, without secrets."""
+    """An HTTP tool or webhook call failed; the message says why, without secrets. ``status_code``: the
+    service's HTTP status, when it answered."""
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class RefusedAddress(HttpToolError):
+    """The URL is not one the guard lets us reach (not http(s), or not a public address): trying again is useless."""
 
 
 def call_http_tool(tool: HttpTool, arguments: dict, settings: Settings, *, bound: dict[str, str] | None = None,
@@ -74,13 +83,16 @@ def call_http_tool(tool: HttpTool, arguments: dict, settings: Settings, *, bound
     return text
 
 
-def post_json(url: str, payload: dict, settings: Settings, timeout_s: float = 10.0) -> int:
-    """POST ``payload`` as signed JSON (``sign``); returns the status code of a 2xx answer, else raises
-    ``HttpToolError``. The URL gets the address guard of HTTP tools: the payload carries customer data."""
+def post_json(url: str, payload: dict, settings: Settings, timeout_s: float = 10.0, *, secret: str | None = None,
+              headers: dict[str, str] | None = None) -> int:
+    """POST ``payload`` as JSON signed with ``secret`` (default ``settings.webhook_secret``; ``sign``), with extra
+    ``headers``; returns the status code of a 2xx answer, else raises ``HttpToolError``. The URL gets the address
+    guard of HTTP tools: the payload carries customer data."""
     body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
     timestamp = int(time.time())
-    headers = {"User-Agent": USER_AGENT, "Content-Type": "application/json", TIMESTAMP_HEADER: str(timestamp),
-               SIGNATURE_HEADER: sign(settings.webhook_secret, timestamp, body)}
+    headers = {**(headers or {}), "User-Agent": USER_AGENT, "Content-Type": "application/json",
+               TIMESTAMP_HEADER: str(timestamp),
+               SIGNATURE_HEADER: sign(secret or settings.webhook_secret or "", timestamp, body)}
     try:
         status, _, text, _ = send("POST", url, headers, timeout_s, settings.http_tools_allow_private, ERROR_SNIPPET,
                                   content=body)
@@ -89,7 +101,7 @@ def post_json(url: str, payload: dict, settings: Settings, timeout_s: float = 10
     except httpx.HTTPError as exc:
         raise HttpToolError(f"{type(exc).__name__}: {exc}") from None
     if not 200 <= status < 300:
-        raise HttpToolError(f"HTTP {status}: {text[:ERROR_SNIPPET]}")
+        raise HttpToolError(f"HTTP {status}: {text[:ERROR_SNIPPET]}", status)
     return status
 
 
@@ -196,7 +208,7 @@ async def resolve_public(host: str, port: int) -> str:
     for address in addresses:
         reason = forbidden_reason(ipaddress.ip_address(address.split("%", 1)[0]))
         if reason:
-            raise HttpToolError(f"refused: {host} is a {reason} address ({address}); only public addresses are allowed")
+            raise RefusedAddress(f"refused: {host} is a {reason} address ({address}); only public addresses are allowed")
     return addresses[0]
 
 
@@ -206,9 +218,9 @@ async def _target(url: str, headers: dict, allow_private: bool) -> tuple[httpx.U
     try:
         target = httpx.URL(url)
     except httpx.InvalidURL as exc:
-        raise HttpToolError(f"invalid URL: {exc}") from None
+        raise RefusedAddress(f"invalid URL: {exc}") from None
     if target.scheme not in ("http", "https") or not target.host:
-        raise HttpToolError("only http:// and https:// URLs with a host are allowed")
+        raise RefusedAddress("only http:// and https:// URLs with a host are allowed")
     if allow_private:
         return target, headers, {}
     address = await resolve_public(target.host, target.port or (443 if target.scheme == "https" else 80))

@@ -8,6 +8,7 @@ from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String,
 from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from core.crypto import EncryptedText
 from core.db import Base, UTCDateTime, new_id, utcnow
 from kb.types import Source
 
@@ -244,7 +245,9 @@ class Appointment(Base):
 
 
 class OutboundEvent(Base):
-    """An event POSTed to a configured URL (e.g. handoff), with its delivery attempts."""
+    """An event POSTed to a URL: a subscription's (``subscription_id``, ``runtime.events``) or the assistant's
+    ``handoff_url`` (no subscription), with its delivery state; each attempt is an :class:`EventAttempt`.
+    A conversation's events reach one URL in the order they were made (``created_at``, then ``id``)."""
 
     __tablename__ = "outbound_events"
 
@@ -258,6 +261,42 @@ class OutboundEvent(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # the subscription it goes to (an EventSubscription id; None: the assistant's handoff_url); no foreign key, so
+    # the log of a deleted subscription's deliveries stays
+    subscription_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    assistant_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    # when a pending event is tried next; while an attempt runs, until when it holds the event
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class EventSubscription(Base):
+    """Where an assistant's events go (``runtime.events``): a URL, the event types it wants, and the secret its
+    deliveries are signed with (encrypted at rest, shown once)."""
+
+    __tablename__ = "event_subscriptions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    assistant_id: Mapped[str] = mapped_column(ForeignKey("assistants.id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    events: Mapped[list] = mapped_column(JSON, default=list)  # event types (runtime.events.EVENT_TYPES)
+    secret: Mapped[str] = mapped_column(EncryptedText)
+    description: Mapped[str] = mapped_column(String(200), default="")
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class EventAttempt(Base):
+    """One delivery attempt of an outbound event: when, the receiver's HTTP status or the error, how long."""
+
+    __tablename__ = "event_attempts"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    event_id: Mapped[str] = mapped_column(ForeignKey("outbound_events.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    duration_ms: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class FollowUp(Base):
@@ -274,13 +313,22 @@ class FollowUp(Base):
     due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)  # None: no opening found
     details: Mapped[dict] = mapped_column(JSON, default=dict)
     asking: Mapped[str | None] = mapped_column(String(20), nullable=True)
-    status: Mapped[str] = mapped_column(String(10), default="open", index=True)  # open | done
+    status: Mapped[str] = mapped_column(String(10), default="open", index=True)  # open | done | cancelled | failed
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    created_by: Mapped[str] = mapped_column(String(100))  # who handed off: customer, assistant or system
+    created_by: Mapped[str] = mapped_column(String(100))  # who handed off or scheduled: customer, assistant, operator...
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     closed_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
     reminder_message_id: Mapped[str | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"), nullable=True)
     reminder_note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # callback: a call back after a handoff out of hours (above); message: send ``text`` at ``due_at`` (a template
+    # when the window is closed then); call: an operator task to call the customer at ``due_at``
+    kind: Mapped[str] = mapped_column(String(20), default="callback", server_default="callback")
+    text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # a message follow-up's template for a closed window: {"name", "language", "parameters"}
+    template: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # what a message follow-up sent (a Message id; no foreign key, added in place) and what became of it
+    message_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    result: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class MessageFeedback(Base):
@@ -326,3 +374,50 @@ class ReplyOption(Base):
     description: Mapped[str | None] = mapped_column(Text, nullable=True)  # a second line, where a channel has one
     chosen_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Automation(Base):
+    """A named trigger of an assistant's WhatsApp number (``runtime.automations``): another system (a CRM) posts a
+    customer's number and variables with the automation's token (stored as its SHA-256) and the conversation is
+    opened or continued: inside the 24-hour window by ``inside_window`` (message, ai or template), outside it by
+    the template."""
+
+    __tablename__ = "automations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    assistant_id: Mapped[str] = mapped_column(ForeignKey("assistants.id", ondelete="CASCADE"), index=True)
+    sender_id: Mapped[str] = mapped_column(ForeignKey("whatsapp_senders.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    template_name: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    template_language: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    template_parameters: Mapped[list] = mapped_column(JSON, default=list)  # with {{variable}} placeholders
+    inside_window: Mapped[str] = mapped_column(String(10), default="message")  # message | ai | template
+    message: Mapped[str | None] = mapped_column(Text, nullable=True)  # with {{variable}} placeholders
+    ai_instruction: Mapped[str | None] = mapped_column(Text, nullable=True)  # what the AI opens with
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class AutomationRun(Base):
+    """One trigger of an automation: who and with what (number, variables, idempotency key), what was done
+    (``action``, the message sent) and how it ended (``status``: sent | failed | queued, ``error``)."""
+
+    __tablename__ = "automation_runs"
+    __table_args__ = (UniqueConstraint("automation_id", "idempotency_key"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    automation_id: Mapped[str] = mapped_column(ForeignKey("automations.id", ondelete="CASCADE"), index=True)
+    idempotency_key: Mapped[str] = mapped_column(String(200))
+    request_hash: Mapped[str] = mapped_column(String(64))  # of the number and variables: a key reused differently
+    customer_id: Mapped[str] = mapped_column(String(200))
+    variables: Mapped[dict] = mapped_column(JSON, default=dict)
+    triggered_by: Mapped[str] = mapped_column(String(200))
+    conversation_id: Mapped[str | None] = mapped_column(ForeignKey("conversations.id", ondelete="SET NULL"), nullable=True, index=True)
+    action: Mapped[str] = mapped_column(String(20))  # template | message | ai
+    message_id: Mapped[str | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"), nullable=True)
+    status: Mapped[str] = mapped_column(String(20), default="queued")  # queued | sent | failed
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -6,7 +6,8 @@ user id, a widget visitor, an API caller's id), across the business's assistants
 
 - their conversations and everything under them: messages (texts, raw channel payloads, the parts sent), the
   passages and tool calls logged with the replies, turns, collected data (CPF, phone...), follow-ups, handoff
-  changes, feedback, outbound events, the files they sent (``MessageMedia``, with their transcripts; a stored file
+  changes, feedback, outbound events (with their delivery attempts), the runs of automations that wrote to them
+  (the number and variables a CRM passed in), the files they sent (``MessageMedia``, with their transcripts; a stored file
   is deleted from the file store once nothing else refers to its content); appointments booked in those
   conversations; regression cases a reviewer made from their messages;
 - the raw WhatsApp webhook bodies kept as received (``WhatsAppWebhookPost``): every object in them that names the
@@ -32,7 +33,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from core.db import Base, UTCDateTime, new_id, utcnow
 from runtime.models import (
-    Appointment, CollectedData, Conversation, FollowUp, HandoffChange, Message, MessageFeedback, MessagePart,
+    Appointment, AutomationRun, CollectedData, Conversation, FollowUp, HandoffChange, Message, MessageFeedback, MessagePart,
     MessageSource, OutboundEvent, ReplyOption, ToolCallRecord, Turn,
 )
 from runtime.regression import RegressionCase
@@ -99,7 +100,8 @@ def export_customer(session: Session, customer_id: str, assistant_id: str | None
             **{name: [_record(r) for r in session.scalars(select(model).where(model.conversation_id == cid))]
                for name, model in (("turns", Turn), ("collected_data", CollectedData), ("followups", FollowUp),
                                    ("handoff_changes", HandoffChange), ("feedback", MessageFeedback),
-                                   ("appointments", Appointment), ("media", MessageMedia))},
+                                   ("appointments", Appointment), ("media", MessageMedia),
+                                   ("automation_runs", AutomationRun))},
         })
     return {"customer_id": customer_id, "assistant_id": assistant_id, "exported_at": utcnow().isoformat(),
             "conversations": conversations,
@@ -201,6 +203,8 @@ def remove_conversations(session: Session, ids: list[str]) -> tuple[dict[str, in
         RegressionCase.created_from_message_id.in_(message_ids))).rowcount  # type: ignore[attr-defined]
     counts["appointments"] = session.execute(delete(Appointment).where(
         Appointment.conversation_id.in_(ids))).rowcount  # type: ignore[attr-defined]
+    counts["automation_runs"] = session.execute(delete(AutomationRun).where(  # the number and variables given
+        AutomationRun.conversation_id.in_(ids))).rowcount  # type: ignore[attr-defined]
     counts["conversations"] = session.execute(delete(Conversation).where(
         Conversation.id.in_(ids))).rowcount  # type: ignore[attr-defined]  # the rest by ON DELETE CASCADE
     return counts, files
@@ -230,7 +234,7 @@ def anonymise_conversations(session: Session, ids: list[str], secret: str) -> tu
     for model, where, values in edits:
         counts[model.__tablename__] = session.execute(  # type: ignore[attr-defined]
             update(model).where(where).values(**values).execution_options(synchronize_session=False)).rowcount
-    for model in (CollectedData, FollowUp, OutboundEvent, MessageMedia, ReplyOption):
+    for model in (CollectedData, FollowUp, OutboundEvent, MessageMedia, ReplyOption, AutomationRun):
         counts[model.__tablename__] = session.execute(  # type: ignore[attr-defined]
             delete(model).where(model.conversation_id.in_(ids))).rowcount
     counts["regression_cases"] = session.execute(delete(RegressionCase).where(

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ingest.pipeline import run_job
 from runtime.events import deliver_event
+from runtime.followups import run_due
 from runtime.whatsapp.inbound import process_post
 from runtime.whatsapp.media import process_media, queue_media
 from runtime.whatsapp.presence import acknowledge_stored_post
@@ -40,8 +41,13 @@ class WorkQueue(Protocol):
     def schedule_turn(self, conversation_id: str, delay_s: float) -> None:
         """Answer the conversation's pending WhatsApp messages after ``delay_s`` seconds (the debounce)."""
 
-    def deliver_events(self, event_ids: list[str]) -> None:
-        """Deliver outbound events (handoff notifications) to their webhook URLs."""
+    def deliver_events(self, event_ids: list[str], delay_s: float = 0.0) -> None:
+        """After ``delay_s`` seconds, deliver outbound events to their URLs (``runtime.events.deliver_event``). The
+        events keep their due time, so a lost job only waits for the next sweep."""
+
+    def schedule_followup(self, followup_id: str, delay_s: float) -> None:
+        """After ``delay_s`` seconds, run the follow-up whose time has come (``runtime.followups.run_due``). The
+        follow-up keeps its due time, so a lost job only waits for the next sweep."""
 
     def enqueue_media(self, media_id: str, delay_s: float) -> None:
         """After ``delay_s`` seconds, take the next step of a customer's media file (``message_media`` id
@@ -83,12 +89,24 @@ class InlineQueue:
         except Exception:
             log.exception("whatsapp turn of conversation %s failed", conversation_id)
 
-    def deliver_events(self, event_ids: list[str]) -> None:
+    def deliver_events(self, event_ids: list[str], delay_s: float = 0.0) -> None:
+        """The events now; a retry for later is left due on its event, for the next sweep."""
+        if delay_s > 0:
+            return
         for event_id in event_ids:
             try:
                 deliver_event(self._services, event_id)
             except Exception:
                 log.exception("delivery of event %s failed", event_id)
+
+    def schedule_followup(self, followup_id: str, delay_s: float) -> None:
+        """The follow-up now if it is due; one for later is left to the next sweep (``run_due``)."""
+        if delay_s > 0:
+            return
+        try:
+            run_due(self._services, followup_id)
+        except Exception:
+            log.exception("follow-up %s failed", followup_id)
 
     def enqueue_media(self, media_id: str, delay_s: float) -> None:
         """The file's step now (a retry at once: the attempts are few and bounded)."""

@@ -356,8 +356,11 @@ class _EventsKept:
     def schedule_turn(self, conversation_id: str, delay_s: float) -> None:
         self._queue.schedule_turn(conversation_id, delay_s)
 
-    def deliver_events(self, event_ids: list[str]) -> None:
+    def deliver_events(self, event_ids: list[str], delay_s: float = 0.0) -> None:
         pass
+
+    def schedule_followup(self, followup_id: str, delay_s: float) -> None:
+        pass  # a replay schedules nothing for the customer
 
     def schedule_send(self, conversation_id: str, delay_s: float) -> None:
         self._queue.schedule_send(conversation_id, delay_s)

@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session
 
 from core.db import new_id, utcnow
 from runtime.config import Scheduling
-from runtime.models import Appointment
+from runtime.events import emit
+from runtime.models import Appointment, Conversation
 from runtime.services import Services
 
 
@@ -180,7 +181,12 @@ def book(
             id=new_id(), assistant_id=assistant_id, conversation_id=conversation_id, kind=kind,
             starts_at=start, ends_at=end, name=name, notes=notes, status="booked",
         )
+        conversation = session.get(Conversation, conversation_id) if conversation_id else None
         session.add(appointment)
+        if conversation is not None:
+            emit(session, conversation, "appointment.booked", {
+                "appointment_id": appointment.id, "kind": kind, "starts_at": start.isoformat(),
+                "ends_at": end.isoformat(), "local_start": local.isoformat(), "name": name, "notes": notes})
         try:
             session.commit()
         except IntegrityError:

@@ -23,6 +23,8 @@ from runtime.whatsapp.app_keys import AppKeys
 if TYPE_CHECKING:
     from runtime.queue import WorkQueue
 
+SESSION_SERVICES = "atende.services"  # a session's info key of the services that made it
+
 
 @dataclass
 class Services:
@@ -61,7 +63,10 @@ class Services:
         self.queue = InlineQueue(self)
 
     def session(self) -> Session:
-        return self.sessions()
+        """A new session; the outbound events made in it go to this queue once it commits (``runtime.events``)."""
+        session = self.sessions()
+        session.info[SESSION_SERVICES] = self
+        return session
 
     def close(self) -> None:
         """Close what the services opened: the chat models and the Graph API client (a later send opens another)."""

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from core.db import new_id, utcnow
 from core.errors import InvalidRequest, NotFound
+from runtime.events import emit
 from runtime.models import CHANNELS, Conversation, Message, MessageSource, ToolCallRecord, Turn
 from runtime.options import store_options
 from runtime.types import ToolRun, TurnResult
@@ -30,6 +31,7 @@ def find_or_create_conversation(
         raise InvalidRequest("customer_id must not be empty")
     key = dict(assistant_id=assistant_id, channel=channel, sender=sender, customer_id=customer_id)
     conv = session.scalar(select(Conversation).filter_by(**key))
+    started = False
     if conv is None:
         try:
             with session.begin_nested():
@@ -37,8 +39,12 @@ def find_or_create_conversation(
                 session.add(conv)
         except IntegrityError:
             conv = session.scalar(select(Conversation).filter_by(**key))
+        else:
+            started = True
     if variables:
         conv.variables = {**(conv.variables or {}), **{str(k): str(v) for k, v in variables.items()}}
+    if started:  # after the variables: the event carries them
+        emit(session, conv, "conversation.started", {})
     return conv
 
 
@@ -64,8 +70,15 @@ def store_inbound(
     )
     session.add(msg)
     conv.last_inbound_at = max(conv.last_inbound_at or now, now)
+    emit(session, conv, "message.received", received_data(msg))
     session.commit()
     return msg
+
+
+def received_data(msg: Message) -> dict:
+    """The ``message.received`` event's data (``runtime.events``)."""
+    return {"message_id": msg.id, "kind": msg.kind or "text", "text": msg.text,
+            "channel_message_id": msg.channel_message_id}
 
 
 def pending_inbound(session: Session, conversation_id: str) -> list[Message]:
@@ -130,6 +143,9 @@ def log_turn(
         if result.options:  # the choices offered with it, each with its id in the conversation
             session.flush()
             result.options = [o.to_dict() for o in store_options(session, reply, result.options)]
+        if conv.channel != "whatsapp":  # returned to the caller now; WhatsApp's once Meta takes it (outbound)
+            emit(session, conv, "reply.sent", {"message_id": reply.id, "kind": reply.kind or "text",
+                                               "text": reply.text, "turn_status": result.status})
     conv.tokens_in += result.usage.prompt_tokens
     conv.tokens_out += result.usage.completion_tokens
     conv.cost += result.cost

@@ -106,15 +106,14 @@ def run_turn(services: Services, conversation_id: str) -> TurnResult | None:
                                            services.clock())
             result = TurnResult(conv.id, reply, "callback", function_calls=[r.logged() for r in runs], ai_enabled=False)
             return _finish(services, session, conv, pending, result, {}, t0, started_at, model_name="",
-                           tool_results=runs, queries=[], rounds=0, error=None, events=[])
+                           tool_results=runs, queries=[], rounds=0, error=None)
         if gate.action == "handoff":  # the customer asked for a person: no model
             texts = [m.text for m in reversed(pending)]
             reply = followups.on_handoff(services, session, conv, config, reason="the customer asked for a person",
                                          actor="customer", texts=texts, now=services.clock())
             result = TurnResult(conv.id, reply or config.canned_reply("handoff", texts), "handoff", ai_enabled=False)
             return _finish(services, session, conv, pending, result, {}, t0, started_at, model_name="",
-                           tool_results=[], queries=[], rounds=0, error=None,
-                           events=[gate.event_id] if gate.event_id else [])
+                           tool_results=[], queries=[], rounds=0, error=None)
         return _answer(services, session, conv, assistant, pending, started_at, t0, config, gate.notice)
 
 
@@ -129,13 +128,13 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
         result = TurnResult(conv.id, menu.prompt or options.PROMPTS[config.language(customer_texts) or "en"], "answered",
                             ai_enabled=conv.ai_enabled, options=_menu_choices(menu))
         return _finish(services, session, conv, pending, result, timings, t0, started_at, model_name="",
-                       tool_results=[], queries=[], rounds=0, error=None, events=[], notice=notice)
+                       tool_results=[], queries=[], rounds=0, error=None, notice=notice)
     if talk := small_talk(user_text):  # a greeting or thanks needs no sources and no model
         kind, language = talk
         result = TurnResult(conv.id, small_talk_reply(kind, language), "smalltalk", ai_enabled=conv.ai_enabled,
                             options=_menu_choices(config.menu) if _menu_at_start(config, history) else [])
         return _finish(services, session, conv, pending, result, timings, t0, started_at, model_name="",
-                       tool_results=[], queries=[], rounds=0, error=None, events=[], notice=notice)
+                       tool_results=[], queries=[], rounds=0, error=None, notice=notice)
     # replies are held to the language the customer's own messages tell; the system prompt's is only the default
     # of what the runtime writes itself (quotes, canned replies): "Refund status?" tells none
     told = config.customer_language(customer_texts)
@@ -151,7 +150,7 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
     if found is not None and config.approved_answers.mode == "reply":  # a reviewer's answer, as they approved it
         result = TurnResult(conv.id, found.answer, "answered", sources=[found.as_source()], ai_enabled=conv.ai_enabled)
         return _finish(services, session, conv, pending, result, timings, t0, started_at, model_name="",
-                       tool_results=[], queries=[], rounds=0, error=None, events=[], notice=notice)
+                       tool_results=[], queries=[], rounds=0, error=None, notice=notice)
 
     t = time.perf_counter()
     hits: list[Source] = []
@@ -168,7 +167,7 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
 
     t = time.perf_counter()
     sources = seen_sources(([found.as_source()] if found else []) + hits, user_text)
-    toolset = build_toolset(config).without(_unasked_tools(config, history, customer_texts))
+    toolset = build_toolset(config, services.settings).without(_unasked_tools(config, history, customer_texts))
     messages = build_messages(config, conv.variables or {}, history, user_text, sources)
     budget = ContextBudget(messages, history=len(history), sources=sources, user_text=user_text)
     ctx = ToolContext(services=services, assistant=assistant, config=config, conversation_id=conv.id,
@@ -251,7 +250,7 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
         result = TurnResult(conv.id, None, "paused", ai_enabled=False, usage=usage,
                             cost=usage_cost(services.settings.llm_prices, model_name, usage))
         return _finish(services, session, conv, pending, result, timings, t0, started_at, model_name=model_name,
-                       tool_results=tool_results, queries=queries, rounds=rounds, events=ctx.events,
+                       tool_results=tool_results, queries=queries, rounds=rounds,
                        error=f"an operator replied during the turn; not sent: {reply[:200]!r}")
     handed_off = _handed_off(tool_results)
     if kept and (no_answer or not reply or says_not_found(reply)):  # asking again brought nothing better
@@ -310,7 +309,7 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
     note = "; ".join(filter(None, (error or ("reply rejected: " + "; ".join(rejected) if rejected else None),
                                    budget.note))) or None
     return _finish(services, session, conv, pending, result, timings, t0, started_at, model_name=model_name,
-                   tool_results=tool_results, queries=queries, rounds=rounds, error=note, events=ctx.events,
+                   tool_results=tool_results, queries=queries, rounds=rounds, error=note,
                    notice=notice)
 
 
@@ -426,8 +425,9 @@ def _clean(content: str, tool_names: set[str]) -> tuple[str, bool]:
 
 def _finish(services, session, conv, pending, result: TurnResult, timings: dict, t0: float, started_at, *,
             model_name: str, tool_results: list[ToolRun], queries: list[str], rounds: int, error: str | None,
-            events: list, notice: str | None = None) -> TurnResult:
-    """Log the turn (``error``: why it failed or what was rejected on the way) and deliver its events;
+            notice: str | None = None) -> TurnResult:
+    """Log the turn (``error``: why it failed or what was rejected on the way; its events are queued for delivery
+    as the log commits, ``runtime.events``);
     ``notice`` (the AI is back after a person had the conversation) goes before the reply."""
     if notice:
         result.reply = f"{notice}\n\n{result.reply}" if result.reply else notice
@@ -438,8 +438,6 @@ def _finish(services, session, conv, pending, result: TurnResult, timings: dict,
     store.log_turn(session, conv, pending, result, tool_results=tool_results, retrieval_query=" || ".join(queries) or None,
                    rounds=rounds, model=model_name, started_at=started_at, error=error)
     result.timings["log_ms"] = round(_ms(t), 1)
-    if events:
-        services.queue.deliver_events(events)
     return result
 
 

@@ -36,7 +36,7 @@ from api.routes import whatsapp as whatsapp_routes
 from api.sessions import SESSION_TTL_S, close_session, open_session
 from core.errors import Forbidden, InvalidRequest, NotFound
 from kb import registry
-from runtime import approved, regression, store
+from runtime import approved, followups, regression, store
 from runtime.accounts import users
 from runtime.accounts.roles import SUPERVISOR, VIEWER, Principal
 from runtime.approved_index import APPROVED_PREFIX
@@ -292,7 +292,7 @@ def conversation_page(request: Request, conversation_id: str, services: Services
     return render(request, "conversation.html", conv=conv, assistant=assistant,
                   collected=collected_data(session, conversation_id), window_open=window,
                   sender_id=sender_id, wa_templates=templates_offered, reviews=reply_reviews(session, conv, assistant),
-                  reasons=REASONS)
+                  reasons=REASONS, followups=followups.list_followups(session, conversation_id=conversation_id))
 
 
 @router.get("/queue", dependencies=[allow(VIEWER)])

@@ -1,6 +1,7 @@
-"""Follow-ups: the operator tasks left by handoffs outside business hours (``runtime.followups``): listed and
-marked done through the API, and on their own dashboard page: read by whoever sees the assistant, done by an
-operator of it."""
+"""Follow-ups (``runtime.followups``): the operator tasks left by handoffs outside business hours, and the messages
+and calls scheduled for later (by the model's ``schedule_followup`` or an operator): scheduled, listed, cancelled
+and marked done through the API, and on their own dashboard page: read by whoever sees the assistant, scheduled,
+cancelled and done by an operator of it."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -8,7 +9,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from api import scopes
 from api.deps import CurrentUser, ServicesDep, SessionDep, SignedIn, allow
@@ -34,7 +35,13 @@ class FollowUpPublic(BaseModel):
     due_at: datetime | None = Field(description="the next opening after the handoff; null: none within a year")
     details: dict = Field(description="name, best_time, phone as collected; notes: later messages")
     asking: str | None = Field(description="the detail the customer is being asked for; null: collection over")
-    status: Literal["open", "done"]
+    status: Literal["open", "done", "cancelled", "failed"]
+    kind: Literal["callback", "message", "call"] = Field(description="callback: left by a handoff out of hours; "
+                                                                     "message: send text at due_at; call: call then")
+    text: str | None = Field(description="the message to send, or the note for a call")
+    template: dict | None = Field(description="the template for a closed window (else the assistant's)")
+    message_id: str | None = Field(description="what a message follow-up sent")
+    result: str | None = Field(description="what became of it")
     created_at: datetime
     created_by: str = Field(description="who handed off: customer, assistant or system")
     closed_at: datetime | None
@@ -49,7 +56,8 @@ class FollowUpPublic(BaseModel):
         reminder = session.get(Message, followup.reminder_message_id) if followup.reminder_message_id else None
         fields = {k: getattr(followup, k) for k in ("id", "conversation_id", "reason", "due_at", "details", "asking",
                                                    "status", "created_at", "created_by", "closed_at", "closed_by",
-                                                   "reminder_message_id", "reminder_note")}
+                                                   "reminder_message_id", "reminder_note", "kind", "text",
+                                                   "template", "message_id", "result")}
         return cls(**fields, assistant_id=conv.assistant_id, channel=conv.channel, customer_id=conv.customer_id,
                    reminder_status=reminder.status if reminder else None)
 
@@ -58,16 +66,55 @@ class FollowUpDone(BaseModel):
     by: str = Field(default="operator", min_length=1, max_length=100, description="who did it")
 
 
+class FollowUpTemplateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=512)
+    language: str = Field(min_length=2, max_length=16)
+    parameters: list[Annotated[str, Field(max_length=1000)]] = Field(default_factory=list, max_length=20,
+                                                                     description="may use {text} and {{variable}}")
+
+
+class FollowUpCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    due_at: AwareDatetime = Field(description="when, with its time zone (e.g. 2026-05-04T15:00:00-03:00)")
+    kind: Literal["message", "call"] = "message"
+    text: str = Field(default="", max_length=4096, description="the message; for a call, a note for the caller")
+    template: FollowUpTemplateIn | None = Field(default=None, description="sent instead when the window is closed")
+    by: str = Field(default="operator", min_length=1, max_length=100)
+
+
 @router.get("/api/followups", response_model=list[FollowUpPublic], dependencies=[allow(VIEWER)])
-def list_followups(session: SessionDep, principal: CurrentUser, status: Literal["open", "done"] | None = None,
-                   assistant_id: str | None = None):
-    """Follow-ups of the assistants the user sees, soonest due first; by ``status`` and assistant (id or name) when
-    given."""
+def list_followups(session: SessionDep, principal: CurrentUser,
+                   status: Literal["open", "done", "cancelled", "failed"] | None = None,
+                   assistant_id: str | None = None, conversation_id: str | None = None):
+    """Follow-ups of the assistants the user sees, soonest due first; by ``status``, assistant (id or name) and
+    conversation when given."""
     assistant = registry.get_assistant(session, assistant_id).id if assistant_id else None
     if assistant:
         principal.require_assistant(assistant)
-    return principal.visible(FollowUpPublic.of(session, f)
-                             for f in followups.list_followups(session, status=status, assistant_id=assistant))
+    return principal.visible(FollowUpPublic.of(session, f) for f in followups.list_followups(
+        session, status=status, assistant_id=assistant, conversation_id=conversation_id))
+
+
+@router.post("/api/conversations/{conversation_id}/followups", status_code=201, response_model=FollowUpPublic,
+             responses={404: {"description": "no such conversation"}, 422: {"description": "a time in the past..."}},
+             dependencies=[allow(OPERATOR, scopes.conversation)])
+def schedule_followup(conversation_id: str, body: FollowUpCreate, services: ServicesDep, session: SessionDep):
+    """Schedule a follow-up: send ``text`` at ``due_at`` (a template if the window is closed then), or a call."""
+    followup = followups.schedule(services, conversation_id, due_at=body.due_at, kind=body.kind, text=body.text,
+                                  created_by=body.by, template=body.template.model_dump() if body.template else None)
+    return FollowUpPublic.of(session, session.get(FollowUp, followup.id))
+
+
+@router.post("/api/followups/{followup_id}/cancel", response_model=FollowUpPublic,
+             responses={404: {"description": "no such follow-up"}, 409: {"description": "not open any more"}},
+             dependencies=[allow(OPERATOR, scopes.followup)])
+def cancel_followup(followup_id: str, services: ServicesDep, session: SessionDep, body: FollowUpDone | None = None):
+    """Cancel an open follow-up (nothing is sent)."""
+    followups.cancel(services, followup_id, actor=(body or FollowUpDone()).by)
+    return FollowUpPublic.of(session, session.get(FollowUp, followup_id))
 
 
 @router.post("/api/followups/{followup_id}/done", response_model=FollowUpPublic,
@@ -81,7 +128,7 @@ def mark_done(followup_id: str, services: ServicesDep, session: SessionDep, body
 
 @pages.get("/followups", dependencies=[allow(VIEWER)])
 def followups_page(request: Request, session: SessionDep, principal: CurrentUser,
-                   status: Literal["open", "done", "all"] = "open"):
+                   status: Literal["open", "done", "cancelled", "failed", "all"] = "open"):
     """The follow-ups to make, soonest due first (``status``: open, done or all)."""
     rows = principal.visible(FollowUpPublic.of(session, f)
                              for f in followups.list_followups(session, status=None if status == "all" else status))
@@ -94,3 +141,14 @@ def followup_done_form(request: Request, followup_id: str, services: ServicesDep
     """The page's "Done" button (``require_page_session`` refuses a form from another site)."""
     followups.close(services, followup_id, actor=by.strip() or "operator")
     return RedirectResponse("/dashboard/followups", status_code=303)
+
+
+@pages.post("/followups/{followup_id}/cancel", dependencies=[allow(OPERATOR, scopes.followup)])
+def followup_cancel_form(request: Request, followup_id: str, services: ServicesDep,
+                         by: Annotated[str, Form(max_length=100)] = "operator",
+                         back: Annotated[str, Form(max_length=200)] = "/dashboard/followups"):
+    """The "Cancel" button of the follow-ups page and of a conversation's page (``require_page_session`` refuses a
+    form from another site)."""
+    followups.cancel(services, followup_id, actor=by.strip() or "operator")
+    target = back if back.startswith("/dashboard/") and not back.startswith("/dashboard//") else "/dashboard/followups"
+    return RedirectResponse(target, status_code=303)

@@ -1,5 +1,5 @@
 """The built-in tools an assistant can enable: knowledge-base search, hand-off to a human, data
-collection and appointment booking. Each is a typed function ``tool(ctx, ...)``: its annotated
+collection, appointment booking and follow-ups. Each is a typed function ``tool(ctx, ...)``: its annotated
 parameters (``Annotated[str, "what it is"]``) and docstring are the schema the model sees."""
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from kb.models import KnowledgeBase
 from kb.search import search
 from kb.types import Source
 from runtime.config import DataField
+from runtime.events import emit
 from runtime.handoff import flag_for_human
 from runtime.models import CollectedData, Conversation, Message, ReplyOption, Turn
 from runtime.options import Choice, clean_choices
@@ -103,10 +104,13 @@ def collect_data(
             row = session.scalar(
                 select(CollectedData).where(CollectedData.conversation_id == ctx.conversation_id, CollectedData.field == field)
             )
+            conversation = session.get(Conversation, ctx.conversation_id)  # before the insert: no autoflush of it
             if row is None:
                 session.add(CollectedData(id=new_id(), conversation_id=ctx.conversation_id, field=field, value=normalized, source="ai"))
             else:
                 row.value, row.source = normalized, "ai"
+            if conversation is not None:
+                emit(session, conversation, "data.collected", {"field": field, "value": normalized})
             try:
                 session.commit()
                 break
@@ -236,6 +240,28 @@ def schedule_appointment(
     )
 
 
+def schedule_followup(
+    ctx: ToolContext,
+    at: Annotated[str, "local time YYYY-MM-DD HH:MM"],
+    message: Annotated[str, "what to send the customer then; for a call, a note for the person who calls"],
+    kind: Literal["message", "call"] = "message",
+) -> str:
+    """Follow up later: send the customer a message at a time, or have a person call them then."""
+    from runtime.followups import schedule
+
+    zone = ZoneInfo(ctx.config.scheduling.timezone)
+    try:  # seconds and an explicit offset are taken too
+        when = datetime.fromisoformat(at.strip())
+    except ValueError:
+        raise ToolError("at must be a local time like 2025-05-20 14:30") from None
+    local = (when if when.tzinfo else when.replace(tzinfo=zone)).astimezone(zone)
+    followup = schedule(ctx.services, ctx.conversation_id, due_at=local.astimezone(ZoneInfo("UTC")), kind=kind,
+                        text=message, created_by="assistant")
+    what = "the message will be sent" if kind == "message" else "a person will call the customer"
+    return (f"Follow-up scheduled: {what} on {local:%Y-%m-%d} at {local:%H:%M} ({zone.key}). Reference: "
+            f"{followup.id[:8]}. Tell the customer.")
+
+
 def _parse_start(text: str) -> datetime:
     m = re.fullmatch(r"\s*(\S+)[ T]+(\d{1,2})[:h](\d{2})(?::00)?\s*", text)
     if not m or int(m.group(2)) > 23 or int(m.group(3)) > 59:
@@ -312,4 +338,5 @@ BUILTIN_TOOLS = {
     "search_knowledge_base": search_knowledge_base, "transfer_to_human": transfer_to_human,
     "collect_data": collect_data, "list_available_slots": list_available_slots,
     "schedule_appointment": schedule_appointment, "offer_options": offer_options, "send_file": send_file,
+    "schedule_followup": schedule_followup,
 }

@@ -9,18 +9,22 @@ import time
 from dataclasses import replace
 
 from core.errors import DomainError
+from core.settings import Settings
 from runtime.config import TOOL_NAMES, AssistantConfig
 from runtime.http_tools import HttpToolError
+from runtime.mcp_tools import list_tools
 from runtime.scheduling import SchedulingError
 from runtime.tools.builtin import BUILTIN_TOOLS, collect_data
 from runtime.tools.context import ToolContext, ToolError
 from runtime.tools.http_tool import http_tool
+from runtime.tools.mcp_tool import mcp_tool
 from runtime.tools.schema import Tool, function_tool
 from runtime.types import ToolCall, ToolResult, ToolSchema
 from runtime.validators import InvalidValue
 
 log = logging.getLogger(__name__)
 MAX_ERROR_CHARS = 500
+MCP_LISTING_TIMEOUT_S = 5.0  # a turn waits at most this long for a server's tool list (then listed for minutes)
 # errors whose message is already meant for the model
 READABLE_ERRORS = (ToolError, InvalidValue, SchedulingError, HttpToolError, DomainError)
 
@@ -78,8 +82,9 @@ class Toolset:
         return str(tool.call(ctx, **tool.check(arguments)))
 
 
-def build_toolset(config: AssistantConfig) -> Toolset:
-    """The assistant's enabled built-in tools (in ``TOOL_NAMES`` order), then its HTTP tools.
+def build_toolset(config: AssistantConfig, settings: Settings | None = None) -> Toolset:
+    """The assistant's enabled built-in tools (in ``TOOL_NAMES`` order), then its HTTP tools, then (given the
+    ``settings`` to reach them with) the allowed tools of its MCP servers.
 
     The search tool is offered only when retrieval runs as a tool: with ``every_turn`` the engine has
     already searched, and small models would spend rounds searching again.
@@ -94,7 +99,22 @@ def build_toolset(config: AssistantConfig) -> Toolset:
             continue
         tools.append(function_tool(BUILTIN_TOOLS[name]))
     tools += [http_tool(tool) for tool in config.http_tools]  # names are unique (AssistantConfig checks)
+    if settings is not None:
+        tools += _mcp_tools(config, settings)
     return Toolset(tools)
+
+
+def _mcp_tools(config: AssistantConfig, settings: Settings) -> list[Tool]:
+    """The allowed tools of the assistant's MCP servers; a server that cannot be listed is left out, logged."""
+    tools = []
+    for server in config.mcp_servers:
+        try:
+            listed = list_tools(server, settings, min(server.timeout_s, MCP_LISTING_TIMEOUT_S))
+        except HttpToolError as exc:
+            log.warning("MCP server %s left out of this turn: %s", server.name, exc)
+            continue
+        tools += [mcp_tool(server, tool) for tool in listed]
+    return tools
 
 
 def _collect_data_tool(config: AssistantConfig) -> Tool:

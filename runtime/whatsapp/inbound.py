@@ -44,7 +44,8 @@ from runtime.feedback import record_reaction
 from runtime.handoff import BUSINESS_APP_REPLY, take_over
 from runtime.models import Conversation, Message, MessagePart
 from runtime.services import Services
-from runtime.store import find_or_create_conversation
+from runtime.events import emit
+from runtime.store import find_or_create_conversation, received_data
 from runtime.whatsapp import pricing
 from runtime.whatsapp.app_keys import AppKey
 from runtime.whatsapp.delivery import advances, settle
@@ -222,6 +223,7 @@ def _store_inbound(run: _Run, event: InboundMessage) -> None:
         log.info("whatsapp webhook: message %s stored concurrently", event.wamid)
         return
     record_media(session, msg, event)  # its file is fetched once the post is committed (runtime.whatsapp.media)
+    emit(session, conv, "message.received", received_data(msg))
     if event.reaction is not None:  # once per reaction: a redelivery returned above
         record_reaction(session, conv.id, event.reaction.message_id, event.reaction.emoji, at=event.timestamp)
     if event.opens_window:

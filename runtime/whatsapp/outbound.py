@@ -59,6 +59,7 @@ from core.db import new_id, utcnow
 from core.errors import Conflict, InvalidRequest, NotFound
 from core.settings import Settings
 from runtime.config import AssistantConfig
+from runtime.events import emit
 from runtime.handoff import flag_for_human, take_over
 from kb.models import Assistant
 from runtime.models import Conversation, Message, MessagePart
@@ -428,6 +429,9 @@ def _record(services: Services, session: Session, conv: Conversation, msg: Messa
         if result.status == "accepted":
             part.status, part.channel_message_id, part.sent_at = "sent", result.wamid, now
             part.error_code, part.error_title = None, None
+            if part.position == max(p.position for p in msg.parts):  # the whole message is out
+                emit(session, conv, "reply.sent", {"message_id": msg.id, "kind": msg.kind, "text": msg.text,
+                                                   "parts": len(msg.parts)})
         else:
             part.status, part.error_code, part.error_title = "unknown", result.error_code, result.error_title
         if part.billable is None and not part.pricing_category:  # priced as Meta takes it; its status confirms
@@ -499,10 +503,10 @@ def _fail(services: Services, session: Session, conv: Conversation, msg: Message
     config = AssistantConfig.model_validate((assistant.config if assistant else None) or {})
     flagged = {"reason": f"a message could not be sent to the customer: {reason}"[:500], "callback_phone": None,
                "callback_time": None, "at": now.isoformat()}
-    event_id = flag_for_human(session, conv, conv.assistant_id, config, flagged, pause=False)
-    session.commit()
-    if event_id:
-        services.queue.deliver_events([event_id])
+    flag_for_human(session, conv, conv.assistant_id, config, flagged, pause=False)
+    emit(session, conv, "delivery.failed", {"message_id": msg.id, "part": part.position, "error_code": code,
+                                            "error": reason, "kind": msg.kind})
+    session.commit()  # the events go out once committed (runtime.events)
 
 
 def send_operator_message(services: Services, conversation_id: str, text: str) -> Message:

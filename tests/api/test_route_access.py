@@ -44,6 +44,7 @@ class Rule:
 
 
 SENDER = {"assistant_id": "{assistant_id}", "phone_number_id": "phone-new", "access_token": "t", "app_secret": "s", "verify_token": "v"}
+SUBSCRIPTION = {"url": "https://receiver.invalid/events", "events": ["feedback.given"]}
 TEMPLATE = {"name": "retorno", "language": "pt_BR", "category": "UTILITY", "body": "Olá {{1}}", "status": "APPROVED"}
 
 RULES: dict[tuple[str, str], Rule] = {
@@ -119,6 +120,28 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/api/customers/{customer_id}/erase"): Rule(ADMIN, json={"requested_by": "dpo"}),
     ("GET", "/api/customers/{customer_id}/erasures"): Rule(ADMIN),
     ("GET", "/api/retention/runs"): Rule(ADMIN),
+    # automations and outbound events: admins (an automation's run is public, authed by the automation's own token)
+    ("POST", "/api/automations"): Rule(ADMIN, json={"sender_id": "{sender_id}", "name": "nova", "message": "Oi"}),
+    ("GET", "/api/automations"): Rule(ADMIN),
+    ("GET", "/api/automations/{automation_id}"): Rule(ADMIN),
+    ("PATCH", "/api/automations/{automation_id}"): Rule(ADMIN, json={"message": "Olá de novo"}),
+    ("POST", "/api/automations/{automation_id}/token"): Rule(ADMIN),
+    ("DELETE", "/api/automations/{automation_id}"): Rule(ADMIN),
+    ("GET", "/api/automations/{automation_id}/runs"): Rule(ADMIN),
+    ("POST", "/api/assistants/{assistant_id}/event-subscriptions"): Rule(ADMIN, "path", json=SUBSCRIPTION),
+    ("GET", "/api/assistants/{assistant_id}/event-subscriptions"): Rule(ADMIN, "path"),
+    ("PATCH", "/api/event-subscriptions/{subscription_id}"): Rule(ADMIN, json={"description": "CRM"}),
+    ("DELETE", "/api/event-subscriptions/{subscription_id}"): Rule(ADMIN),
+    ("GET", "/api/events"): Rule(ADMIN),
+    ("GET", "/api/events/{event_id}"): Rule(ADMIN),
+    ("POST", "/api/events/{event_id}/resend"): Rule(ADMIN),
+    ("GET", "/dashboard/events"): Rule(ADMIN),
+    ("POST", "/dashboard/events/{event_id}/resend"): Rule(ADMIN),
+    # follow-ups scheduled by operators
+    ("POST", "/api/conversations/{conversation_id}/followups"): Rule(
+        OPERATOR, "path", json={"due_at": "2027-01-10T12:00:00+00:00", "kind": "call", "text": "ligar"}),
+    ("POST", "/api/followups/{followup_id}/cancel"): Rule(OPERATOR, "path", json={"by": "ana"}),
+    ("POST", "/dashboard/followups/{followup_id}/cancel"): Rule(OPERATOR, "path", data={"by": "ana"}),
     ("GET", "/api/audit"): Rule(ADMIN),
     ("GET", "/api/audit/export"): Rule(ADMIN),
     ("GET", "/api/users"): Rule(ADMIN),
@@ -163,7 +186,7 @@ RULES: dict[tuple[str, str], Rule] = {
         ("POST", "/api/widget/{assistant}/messages/{message_id}/feedback"), ("POST", "/api/widget/{assistant}/history"),
         ("GET", "/webhooks/whatsapp"), ("POST", "/webhooks/whatsapp"), ("GET", "/dashboard/login"),
         ("POST", "/dashboard/login"), ("POST", "/dashboard/logout"), ("GET", "/dashboard/"), ("GET", "/dashboard"),
-        ("GET", "/"), ("GET", "/healthz"), ("MOUNT", "/static")]},
+        ("GET", "/"), ("GET", "/healthz"), ("MOUNT", "/static"), ("POST", "/api/automations/{automation_id}/runs")]},
 }
 # routes whose path ids name a resource made to be deleted (or changed) by this walk
 VICTIMS = {
@@ -177,6 +200,10 @@ VICTIMS = {
     ("POST", "/dashboard/accounts/{user_id}"): {"user_id": "victim_user"},
     ("POST", "/dashboard/account/sessions/{session_id}/end"): {"session_id": "page_session_id"},
     ("POST", "/dashboard/followups/{followup_id}/done"): {"followup_id": "page_followup"},
+    ("DELETE", "/api/automations/{automation_id}"): {"automation_id": "victim_automation"},
+    ("DELETE", "/api/event-subscriptions/{subscription_id}"): {"subscription_id": "victim_subscription"},
+    ("POST", "/api/followups/{followup_id}/cancel"): {"followup_id": "cancel_followup"},
+    ("POST", "/dashboard/followups/{followup_id}/cancel"): {"followup_id": "page_cancel_followup"},
 }
 
 
@@ -248,10 +275,18 @@ def world(tmp_path_factory, embedders):
         cases = [make("POST", f"/api/assistants/{a}/regression-cases",
                       json={"question": q, "expected_status": "answered"})["id"] for q in ("Abrem?", "Fecham?")]
         run = make("POST", f"/api/assistants/{a}/regression-runs")["id"]
+        subscriptions = [make("POST", f"/api/assistants/{a}/event-subscriptions", json=SUBSCRIPTION)["id"]
+                         for _ in range(2)]
         feedback = make("POST", f"/api/messages/{reply}/feedback", json={"rating": "bad", "reason": "wrong"})["id"]
         senders = [make("POST", "/api/whatsapp/senders", json={**SENDER, "assistant_id": a, "phone_number_id": p})["id"]
                    for p in ("phone-1", "phone-2")]
         make("POST", "/api/whatsapp/templates", json={**TEMPLATE, "sender_id": senders[0]})
+        automations = [make("POST", "/api/automations", json={
+            "sender_id": senders[0], "name": name, "template_name": TEMPLATE["name"],
+            "template_language": TEMPLATE["language"], "message": "Olá {{nome}}"})["id"] for name in ("crm", "apagar")]
+        event = make("GET", "/api/events", params={"assistant_id": a})[0]["id"]  # the feedback's
+        scheduled = [make("POST", f"/api/conversations/{conv}/followups", json={
+            "due_at": "2027-01-10T12:00:00+00:00", "kind": "message", "text": "Oi"})["id"] for _ in range(2)]
         with services.session() as db:
             grants = [a, victim]
             people = {role: users.create_user(db, email=f"{role}@example.com", role=role, password=PASSWORD,
@@ -265,7 +300,10 @@ def world(tmp_path_factory, embedders):
                 "job_id": doc["job"]["id"], "conversation_id": conv, "message_id": reply, "feedback_id": feedback,
                 "followup_id": followups[0], "page_followup": followups[1], "approved_id": answers[0],
                 "victim_approved": answers[1], "case_id": cases[0], "victim_case": cases[1], "run_id": run,
-                "sender_id": senders[0], "victim_sender": senders[1],
+                "sender_id": senders[0], "victim_sender": senders[1], "automation_id": automations[0],
+                "victim_automation": automations[1], "subscription_id": subscriptions[0],
+                "victim_subscription": subscriptions[1], "event_id": event, "cancel_followup": scheduled[0],
+                "page_cancel_followup": scheduled[1],
                 "customer_id": "5511000000000", "user_id": victim_user.id, "victim_user": victim_user.id})
             for role, user in people.items():
                 w.tokens[role] = tokens.issue_token(db, user, "walk")[1]

@@ -193,6 +193,9 @@ def test_parts_left_claimed_by_a_dead_sender_get_an_expired_send_lease(database_
     ({"users", "user_assistants", "api_tokens"}, "0023_retention",
      {"api_tokens": {"ix_api_tokens_user_id"}, "admin_sessions": {"ix_admin_sessions_user_id"},
       "audit_log": {"ix_audit_log_user_id"}}),
+    ({"automations", "automation_runs", "event_subscriptions", "event_attempts"}, "0024_accounts",
+     {"automation_runs": {"ix_automation_runs_automation_id", "ix_automation_runs_conversation_id"},
+      "event_attempts": {"ix_event_attempts_event_id"}, "outbound_events": {"ix_outbound_events_next_attempt_at"}}),
 ])
 def test_round_two_tables_go_up_and_down_and_match_the_models(database_url, tables, previous, indexes):
     """Each migration of round two: its tables and indexes exist at head, match the models, are
@@ -310,4 +313,45 @@ def test_part_media_column_is_added_in_place_and_removed_on_the_way_down(databas
     assert "media" not in {c["name"] for c in sa.inspect(engine).get_columns("message_parts")}
     migrate(engine)
     assert "media" in {c["name"] for c in sa.inspect(engine).get_columns("message_parts")}
+    engine.dispose()
+
+
+def test_event_and_followup_columns_are_added_in_place_and_removed_on_the_way_down(database_url):
+    """Revision 0023: ``outbound_events`` gets its subscription, assistant, next attempt and lease (a handoff event
+    left pending by an older version is due at once), ``followups`` its kind (``callback`` for the rows there),
+    text, template, message and result; the rows stay, and back down."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from core.db import Base
+
+    engine = make_engine(database_url)
+    upgrade_to(engine, "0022_part_media")
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO assistants (id, name, description, created_at, updated_at, config) "
+                             "VALUES ('a', 'a', '', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, '{}')"))
+        conn.execute(sa.text("INSERT INTO conversations (id, assistant_id, channel, sender, customer_id, handoff_state, "
+                             "variables, created_at, tokens_in, tokens_out, cost) VALUES ('c', 'a', 'api', 'api', 'x', "
+                             "'ai', '{}', CURRENT_TIMESTAMP, 0, 0, 0)"))
+        conn.execute(sa.text("INSERT INTO outbound_events (id, conversation_id, kind, url, payload, status, attempts, "
+                             "created_at) VALUES ('e', 'c', 'handoff', 'https://x.example', '{}', 'pending', 1, "
+                             "CURRENT_TIMESTAMP)"))
+        conn.execute(sa.text("INSERT INTO followups (id, conversation_id, reason, details, status, created_at, "
+                             "created_by) VALUES ('f', 'c', 'r', '{}', 'open', CURRENT_TIMESTAMP, 'customer')"))
+    migrate(engine)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT next_attempt_at IS NOT NULL FROM outbound_events")).scalar()
+        assert conn.execute(sa.text("SELECT kind FROM followups")).scalar() == "callback"
+        diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert [d for d in diffs if any(t in str(d) for t in ("outbound_events", "followups"))] == []
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0022_part_media")
+    assert "kind" not in {c["name"] for c in sa.inspect(engine).get_columns("followups")}
+    assert "next_attempt_at" not in {c["name"] for c in sa.inspect(engine).get_columns("outbound_events")}
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM outbound_events")).scalar() == 1
+    migrate(engine)
     engine.dispose()

@@ -3,7 +3,8 @@ no answer may be a 5xx, and every answer with a documented status must match its
 
 The app runs on a real SQLite data directory seeded through the API itself: an assistant with a one-document
 knowledge base and an open widget, a WhatsApp sender (its Graph API a local stand-in), a template, an API and a
-WhatsApp conversation, a rating, an approved answer, a regression case and run. Most generated ids, names and
+WhatsApp conversation, a rating, an approved answer, a regression case and run, an automation, an event
+subscription and one of its events, a follow-up. Most generated ids, names and
 tokens are swapped for these real ones, so requests get past the 404 to the code behind it; DELETE operations get
 a throw-away set (and a throw-away assistant), so the rest still finds its objects. The chat model is a scripted
 one, so routes that call the model answer at once.
@@ -19,6 +20,7 @@ import random
 import tempfile
 import time
 from collections import Counter, defaultdict
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -82,12 +84,22 @@ def _seed(client: TestClient, name: str, phone_number_id: str) -> dict[str, list
     widget_message = _check(client.post(f"/api/widget/{a['id']}/messages",
                                         json={"token": token, "message": "Vocês abrem sábado?"}), 202)["message_id"]
     widget_reply = _widget_reply(client, a["id"], widget_message, token)
+    automation = _check(client.post("/api/automations", json={
+        "sender_id": sender["id"], "name": f"{name}-automation", "template_name": template["name"],
+        "template_language": template["language"], "message": "Olá {{nome}}"}), 201)
+    subscription = _check(client.post(f"/api/assistants/{a['id']}/event-subscriptions", json={
+        "url": "https://receiver.invalid/events", "events": ["feedback.given"]}), 201)
+    _check(client.post(f"/api/messages/{reply}/feedback", json={"rating": "good"}), 201)  # an event for it
+    event = _check(client.get("/api/events", params={"assistant_id": a["id"]}))[0]
+    followup = _check(client.post(f"/api/conversations/{chat['conversation_id']}/followups", json={
+        "due_at": (datetime.now(UTC) + timedelta(days=30)).isoformat(), "kind": "call", "text": "ligar"}), 201)
     return {
         "assistant_id": [a["id"], name], "assistant": [name, a["id"]], "document_id": [doc["id"]],
         "job_id": [doc["job"]["id"]], "conversation_id": [chat["conversation_id"], whatsapp_conv],
         "message_id": [reply, inbound, widget_message, widget_reply], "feedback_id": [rating["id"]], "approved_id": [approved["id"]],
         "case_id": [case["id"]], "run_id": [run["id"]], "sender_id": [sender["id"]], "token": [token],
-        "name": [template["name"]], "language": [template["language"]],
+        "name": [template["name"]], "language": [template["language"]], "automation_id": [automation["id"]],
+        "subscription_id": [subscription["id"]], "event_id": [event["id"]], "followup_id": [followup["id"]],
     }
 
 

@@ -25,7 +25,7 @@ from runtime import store
 from runtime.config import TOOL_NAMES, AssistantConfig, DataField, HttpTool, RetrievalConfig, Scheduling
 from runtime.events import deliver_event
 from runtime.http_tools import HttpToolError, call_http_tool
-from runtime.models import Appointment, CollectedData, Conversation, OutboundEvent, ToolCallRecord
+from runtime.models import Appointment, CollectedData, Conversation, EventAttempt, OutboundEvent, ToolCallRecord
 from runtime.tools.context import ToolContext, ToolError
 from runtime.tools.http_tool import http_tool
 from runtime.tools.schema import function_tool
@@ -202,7 +202,7 @@ def test_builtin_schemas_are_compact():
                              retrieval=RetrievalConfig(mode="as_tool"), tools=list(TOOL_NAMES))
     toolset = build_toolset(config)
     assert toolset.names == ["search_knowledge_base", "transfer_to_human", "collect_data", "list_available_slots",
-                             "schedule_appointment", "offer_options", "send_file"]
+                             "schedule_appointment", "offer_options", "send_file", "schedule_followup"]
     every_turn = build_toolset(config.model_copy(update={"retrieval": RetrievalConfig()}))
     assert "search_knowledge_base" not in every_turn  # the engine already searched this turn
     schemas = {s["function"]["name"]: s["function"] for s in toolset.schemas()}
@@ -212,7 +212,10 @@ def test_builtin_schemas_are_compact():
     assert schemas["transfer_to_human"]["parameters"]["required"] == ["reason"]
     assert schemas["offer_options"]["parameters"]["properties"]["options"]["type"] == "array"
     assert schemas["send_file"]["parameters"]["required"] == ["filename"]
-    assert len(json.dumps(toolset.without({"offer_options", "send_file"}).schemas())) < 2200  # every token costs prompt time
+    assert schemas["schedule_followup"]["parameters"]["required"] == ["at", "message"]
+    compact = toolset.without({"offer_options", "send_file", "schedule_followup"})
+    assert len(json.dumps(compact.schemas())) < 2200  # every token costs prompt time
+    assert len(json.dumps(schemas["schedule_followup"])) < 500
     assert len(json.dumps(schemas["offer_options"])) < 450
 
 
@@ -344,7 +347,9 @@ def test_transfer_to_human_pauses_ai_and_creates_event(env):
                                 "callback_time": "tomorrow morning", "at": NOW.isoformat()}
         (event,) = s.scalars(select(OutboundEvent)).all()
     assert ctx.events == [event.id]
-    assert (event.kind, event.url, event.status, event.attempts) == ("handoff", config.handoff_url, "pending", 0)
+    # handed to the (inline) queue as the tool committed: the address guard refused loopback at once
+    assert (event.kind, event.url, event.status, event.attempts) == ("handoff", config.handoff_url, "failed", 1)
+    assert "loopback" in event.last_error
     assert event.payload == {
         "event": "handoff", "conversation_id": env.conversation_id, "assistant_id": env.assistant_id,
         "channel": "test", "customer_id": "5511987654321", "reason": "wants a refund",
@@ -415,37 +420,52 @@ def test_list_and_schedule(env):
 
 
 def test_deliver_event_retries_until_delivered(sqlite_env):
+    """Each delivery is one attempt, logged; a failure leaves the event pending with its next attempt after a
+    growing delay (and a job for then); the third attempt goes through and nothing is sent after."""
     env = sqlite_env
     env.services.settings.http_tools_allow_private = True  # the receiver runs on loopback
     with local_server(lambda n, req: (500, {}, b"busy") if n <= 2 else (204, {}, b"")) as (url, requests):
         config = AssistantConfig(handoff_url=f"{url}/hooks/handoff")
         ctx = env.ctx(config)
-        env.run(config, "transfer_to_human", ctx, reason="wants a human")
-        started = time.perf_counter()
-        assert deliver_event(env.services, ctx.events[0], attempts=3, backoff_s=0.01) is True
-        assert time.perf_counter() - started < 5
+        env.run(config, "transfer_to_human", ctx, reason="wants a human")  # attempt 1, as the tool committed
+        delays = []
+        with env.services.session() as s:
+            event = s.get(OutboundEvent, ctx.events[0])
+            delays.append((event.next_attempt_at - event.created_at).total_seconds())
+        assert deliver_event(env.services, ctx.events[0]) is False  # attempt 2: 500 again
+        with env.services.session() as s:
+            event = s.get(OutboundEvent, ctx.events[0])
+            delays.append((event.next_attempt_at - event.created_at).total_seconds())
+        assert (event.status, event.attempts) == ("pending", 2) and delays[1] > delays[0] + 5  # 5 s, then 10 s
+        assert deliver_event(env.services, ctx.events[0]) is True
     assert len(requests) == 3
     assert requests[-1]["path"] == "/hooks/handoff" and requests[-1]["headers"]["Content-Type"] == "application/json"
+    assert requests[-1]["headers"]["X-Atende-Event-Id"] == ctx.events[0]
     assert json.loads(requests[-1]["body"])["reason"] == "wants a human"
     with env.services.session() as s:
         event = s.get(OutboundEvent, ctx.events[0])
-    assert (event.status, event.attempts) == ("delivered", 3)
+        attempts = s.scalars(select(EventAttempt).where(EventAttempt.event_id == event.id).order_by(EventAttempt.at))
+        assert [a.status_code for a in attempts] == [500, 500, 204]
+    assert (event.status, event.attempts, event.next_attempt_at) == ("delivered", 3, None)
     assert event.delivered_at is not None and "HTTP 500" in event.last_error
     assert deliver_event(env.services, ctx.events[0]) is True  # already delivered: nothing sent
     assert len(requests) == 3
 
 
-def test_deliver_event_gives_up(env):
+def test_deliver_event_gives_up_after_its_retry_period(env):
     env.services.settings.http_tools_allow_private = True
+    env.services.settings.events_retry_for_s = 12  # the delays: 5 s, 10 s, then 20 s would pass it
     with local_server(lambda n, req: (503, {}, b"down")) as (url, requests):
         config = AssistantConfig(handoff_url=f"{url}/hook")
         ctx = env.ctx(config)
         env.run(config, "transfer_to_human", ctx, reason="x")
-        assert deliver_event(env.services, ctx.events[0], attempts=3, backoff_s=0.01) is False
+        assert deliver_event(env.services, ctx.events[0]) is False
+        assert deliver_event(env.services, ctx.events[0]) is False
+        assert deliver_event(env.services, ctx.events[0]) is False  # failed: not tried again
     assert len(requests) == 3
     with env.services.session() as s:
         event = s.get(OutboundEvent, ctx.events[0])
-    assert (event.status, event.attempts, event.delivered_at) == ("failed", 3, None)
+    assert (event.status, event.attempts, event.delivered_at, event.next_attempt_at) == ("failed", 3, None, None)
     assert event.last_error == "HTTP 503: down"
 
 
@@ -458,9 +478,10 @@ def test_deliver_event_to_nowhere(sqlite_env):
     config = AssistantConfig(handoff_url=f"http://127.0.0.1:{port}/hook")
     ctx = env.ctx(config)
     env.run(config, "transfer_to_human", ctx, reason="x")
-    assert deliver_event(env.services, ctx.events[0], attempts=2, backoff_s=0.01) is False
+    assert deliver_event(env.services, ctx.events[0]) is False
     with env.services.session() as s:
-        assert "ConnectError" in s.get(OutboundEvent, ctx.events[0]).last_error
+        event = s.get(OutboundEvent, ctx.events[0])
+    assert event.status == "pending" and "ConnectError" in event.last_error  # retried later
 
 
 # --------------------------------------------------------------------------- HTTP tools

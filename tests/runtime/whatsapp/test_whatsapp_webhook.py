@@ -100,8 +100,11 @@ class TurnsRecorded:
     def schedule_turn(self, conversation_id: str, delay_s: float) -> None:
         self.scheduled.append((conversation_id, delay_s))
 
-    def deliver_events(self, event_ids: list[str]) -> None:
-        self.queue.deliver_events(event_ids)
+    def deliver_events(self, event_ids: list[str], delay_s: float = 0.0) -> None:
+        self.queue.deliver_events(event_ids, delay_s)
+
+    def schedule_followup(self, followup_id: str, delay_s: float) -> None:
+        self.queue.schedule_followup(followup_id, delay_s)
 
     def enqueue_media(self, media_id: str, delay_s: float) -> None:
         self.queue.enqueue_media(media_id, delay_s)
