@@ -18,6 +18,7 @@ import ipaddress
 import socket
 import ssl
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -48,8 +49,8 @@ class Fetched:
         return decoder.decode(self.body, final=not self.truncated)
 
 
-def fetch(method: str, url: str, headers: dict, seconds: float, allow_private: bool, limit: int,
-          **kwargs) -> Fetched:
+def fetch(method: str, url: str, headers: dict[str, str], seconds: float, allow_private: bool, limit: int,
+          **kwargs: Any) -> Fetched:
     """One request under a wall-clock deadline of ``seconds``: resolution, connect, headers and body (at most
     ``limit`` bytes read). ``allow_private`` lets loopback and private addresses through (tests, on-premises
     services). Raises ``TimeoutError``, ``httpx.HTTPError`` or ``OutboundRefused``."""
@@ -100,7 +101,7 @@ async def resolve_public(host: str, port: int) -> str:
             lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM), abandon_on_cancel=True)
     except (OSError, UnicodeError):
         raise OutboundRefused(f"could not resolve the host name '{host}'") from None
-    addresses = [info[4][0] for info in infos]
+    addresses = [str(info[4][0]) for info in infos]
     for address in addresses:
         reason = forbidden_reason(ipaddress.ip_address(address.split("%", 1)[0]))
         if reason:
@@ -108,7 +109,8 @@ async def resolve_public(host: str, port: int) -> str:
     return addresses[0]
 
 
-async def _target(url: str, headers: dict, allow_private: bool) -> tuple[httpx.URL, dict, dict]:
+async def _target(url: str, headers: dict[str, str], allow_private: bool
+                  ) -> tuple[httpx.URL, dict[str, str], dict[str, Any]]:
     """The URL to connect to (pinned to a checked public address unless ``allow_private``), its headers
     and transport extensions."""
     try:
