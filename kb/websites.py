@@ -58,9 +58,11 @@ def _check_patterns(name: str, patterns: list[str]) -> list[str]:
 
 def create_source(session: Session, kb: KnowledgeBase, settings: SourceSettings, now: datetime | None = None
                   ) -> WebsiteSource:
-    """Add a source to ``kb`` (settings already checked by the caller, e.g. ``ingest.website_sync.check_source``)."""
+    """Add a source to ``kb`` (settings already checked by the caller, e.g. ``ingest.website_sync.check_source``);
+    ``Conflict`` when the knowledge base already follows that URL."""
     source = WebsiteSource(id=new_id(), knowledge_base_id=kb.id)
     _apply(source, settings, now or utcnow())
+    _check_unique(session, source)
     session.add(source)
     session.flush()
     return source
@@ -69,8 +71,18 @@ def create_source(session: Session, kb: KnowledgeBase, settings: SourceSettings,
 def update_source(session: Session, source: WebsiteSource, settings: SourceSettings) -> WebsiteSource:
     """Replace the source's settings; a changed interval moves its next scheduled sync."""
     _apply(source, settings, utcnow())
+    _check_unique(session, source)
     session.flush()
     return source
+
+
+def _check_unique(session: Session, source: WebsiteSource) -> None:
+    with session.no_autoflush:
+        clash = session.scalar(select(WebsiteSource.id).where(
+            WebsiteSource.knowledge_base_id == source.knowledge_base_id, WebsiteSource.url == source.url,
+            WebsiteSource.id != source.id).limit(1))
+    if clash:
+        raise Conflict(f"this knowledge base already follows {source.url}")
 
 
 def _apply(source: WebsiteSource, settings: SourceSettings, now: datetime) -> None:
