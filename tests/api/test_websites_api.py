@@ -9,7 +9,7 @@ import pytest
 
 from benchmarks.website_sync import local_site
 from kb import websites
-from tests.conftest import requires_shared
+from tests.conftest import ADMIN_TOKEN, requires_shared
 from tests.ingest.test_website_sync import build_site
 
 pytestmark = requires_shared
@@ -67,6 +67,12 @@ def test_create_list_update_sync_runs_delete(api, site, sqlite_services):
     assert (second["id"], second["pages_added"], second["pages_unchanged"]) == (r.json()["id"], 1, 3)
     runs = client.get(f"/api/websites/{source['id']}/runs").json()
     assert [x["id"] for x in runs] == [second["id"], first["id"]]
+    r = client.post("/dashboard/login", data={"token": ADMIN_TOKEN}, follow_redirects=False)
+    assert r.status_code == 303
+    page = client.get(f"/dashboard/knowledge?assistant_id={aid}").text  # the knowledge-base page shows the run
+    assert f"{site.url}/sitemap.xml" in page and "st-succeeded" in page and "manual only" in page
+    assert "4 seen · 1 added · 0 changed · 3 unchanged · 0 removed · 0 failed" in page
+    assert f"{site.url}/cp1252.html" in page  # now a document of the knowledge base
 
     with sqlite_services.session() as session:  # a run waiting in the queue: no second one, no delete
         websites.start_run(session, websites.get_source(session, source["id"]))
