@@ -459,10 +459,10 @@
       if (polling) return;
       polling = true;
       try {
-        let card = await refreshFragment("websites");
-        while (card && card.dataset.busy === "true") {
+        let table = await refreshFragment("websites");
+        while (table && table.dataset.busy === "true") {
           await sleep(1000);
-          card = await refreshFragment("websites");
+          table = await refreshFragment("websites");
         }
         await refreshFragment("documents");
       } finally {
@@ -470,9 +470,8 @@
       }
     }
 
-    document.addEventListener("submit", async (ev) => {
-      const form = ev.target.closest("#add-website");
-      if (!form) return;
+    const form = document.getElementById("add-website");
+    form.addEventListener("submit", async (ev) => {
       ev.preventDefault();
       messages.replaceChildren();
       const button = form.querySelector("button");
@@ -512,8 +511,7 @@
       await poll();
     });
 
-    const card = document.getElementById("websites");
-    if (card && card.dataset.busy === "true") poll();
+    if (document.getElementById("websites").dataset.busy === "true") poll();
   }
 
   // ------------------------------------------------------------------ test console
