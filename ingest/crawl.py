@@ -117,7 +117,6 @@ class Site:
         self.interval_s = interval_s
         self._clock, self._sleep, self._next_at = clock, sleep, 0.0
         self.robots = urllib.robotparser.RobotFileParser()
-        self.requests = 0
 
     def read_robots(self) -> None:
         """Fetch and read /robots.txt: a 4xx (none) allows everything; a 5xx or no answer is a ``SiteError`` (RFC
@@ -139,6 +138,7 @@ class Site:
         delay = self.robots.crawl_delay(ROBOTS_TOKEN)
         if delay:
             self.interval_s = max(self.interval_s, min(float(delay), MAX_CRAWL_DELAY_S))
+            self._next_at = self._clock() + self.interval_s  # the robots.txt request itself was the first
 
     def allowed(self, url: str) -> bool:
         """Whether robots.txt lets atende fetch ``url``."""
@@ -229,7 +229,6 @@ class Site:
         except httpx.HTTPError as exc:
             raise SiteError(f"could not connect: {type(exc).__name__}: {exc}") from None
         finally:
-            self.requests += 1
             self._next_at = self._clock() + self.interval_s
 
 
