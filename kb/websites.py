@@ -24,6 +24,8 @@ from kb.vectorstore import ChromaVectorStore
 KINDS = ("crawl", "sitemap")
 ACTIVE = ("queued", "running")
 MAX_PATTERNS, MAX_PATTERN_CHARS = 50, 200
+# a run still queued after this long lost its job (a flushed Redis, a deleted queue file): the scheduler fails it
+QUEUED_FOR_AT_MOST = timedelta(hours=6)
 
 
 @dataclass
@@ -134,11 +136,15 @@ def list_runs(session: Session, source: WebsiteSource, limit: int = 50) -> list[
 def due_runs(session: Session, now: datetime) -> list[WebsiteSyncRun]:
     """Start the scheduled runs due at ``now`` (committed; their ids go to the queue): each source past its
     ``next_sync_at`` is claimed by moving that time on by its interval, so schedulers of several processes start
-    one run. A run left ``running`` past its lease (a dead worker) is first marked failed."""
+    one run. A run left ``running`` past its lease (a dead worker), or ``queued`` for longer than
+    ``QUEUED_FOR_AT_MOST`` (its job lost with the queue), is first marked failed: it no longer holds its source."""
     session.execute(update(WebsiteSyncRun)
                     .where(WebsiteSyncRun.status == "running", WebsiteSyncRun.lease_until < now)
                     .values(status="failed", finished_at=now,
                             error="interrupted: the worker running it stopped; what it had swapped in stays"))
+    session.execute(update(WebsiteSyncRun)
+                    .where(WebsiteSyncRun.status == "queued", WebsiteSyncRun.created_at < now - QUEUED_FOR_AT_MOST)
+                    .values(status="failed", finished_at=now, error="never started: its job was lost from the queue"))
     session.commit()
     runs = []
     due = session.scalars(select(WebsiteSource).where(WebsiteSource.next_sync_at.is_not(None),

@@ -41,6 +41,15 @@ def test_due_sources_get_one_run_each_and_move_on_by_their_interval(services):
         session.refresh(run)
         assert run.status == "failed" and run.error.startswith("interrupted")
 
+        lost = websites.start_run(session, websites.get_source(session, daily))  # its job never reaches a worker
+        session.commit()
+        assert websites.due_runs(session, lost.created_at + timedelta(hours=1)) == []
+        assert websites.active_run(session, websites.get_source(session, daily)) is not None
+        websites.due_runs(session, lost.created_at + websites.QUEUED_FOR_AT_MOST + timedelta(seconds=1))
+        session.refresh(lost)
+        assert lost.status == "failed" and lost.error.startswith("never started")
+        assert websites.active_run(session, websites.get_source(session, daily)) is None
+
 
 def test_the_ingest_queue_schedules_and_runs_syncs(sqlite_services):
     services = sqlite_services
