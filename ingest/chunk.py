@@ -10,6 +10,7 @@ silently truncated by the model.
 """
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -82,8 +83,6 @@ def _table_rows(grid: list[list[str]]) -> list[str]:
 
 def _qa_columns(grid: list[list[str]]) -> tuple[int, int] | None:
     """(question column, answer column) when the table's first row names them, else None."""
-    import unicodedata
-
     if len(grid) < 2:
         return None
 
@@ -164,9 +163,10 @@ class Chunker:
             header = f"{SECTION_SEP.join(block.section[:-1] if not block.is_table else block.section)}\n\n"
             header = header if header.strip() else ""
             grid = _table_grid(block.items[0][0].html or "") if block.is_table else []
-            if _qa_columns(grid) is not None:
+            columns = _qa_columns(grid)
+            if columns is not None:
                 el, offset = block.items[0]
-                for question, text in self._qa_pieces(grid, header):
+                for question, text in self._qa_pieces(grid, columns, header):
                     title = SECTION_SEP.join([*block.section, question[:MAX_TITLE_CHARS]])
                     chunks.append(self._chunk(text, header, len(chunks), title, block.items, offset,
                                               offset + len(el.text)))
@@ -230,11 +230,10 @@ class Chunker:
         if group:
             yield "\n".join([head, *group]), block.items, *span
 
-    def _qa_pieces(self, grid: list[list[str]], header: str) -> list[tuple[str, str]]:
-        """(question, text) per question-answer row: the text is the question, the answer, then the row's other
-        cells as "header: value" lines; an answer longer than a chunk is split, each piece under its question."""
-        columns = _qa_columns(grid)
-        assert columns is not None
+    def _qa_pieces(self, grid: list[list[str]], columns: tuple[int, int], header: str) -> list[tuple[str, str]]:
+        """(question, text) per question-answer row of ``grid`` (``columns``: the question's and the answer's): the
+        text is the question, the answer, then the row's other cells as "header: value" lines; an answer longer than
+        a chunk is split, each piece under its question."""
         q, a = columns
         names = grid[0]
         pieces = []

@@ -30,7 +30,7 @@ from ingest.errors import IngestError
 from ingest.pipeline import IngestServices, run_job
 from ingest.webpage import extract_page
 from kb import websites
-from kb.models import Document, KnowledgeBase, WebsitePage, WebsiteSource, WebsiteSyncRun
+from kb.models import KnowledgeBase, WebsitePage, WebsiteSource, WebsiteSyncRun
 from kb.registry import register_page
 
 log = logging.getLogger(__name__)
@@ -161,9 +161,9 @@ class _Walk:
         urls, _ = self.site.sitemap_urls(self.start)
         todo = [u for u in urls if same_site(u, self.start) and wanted(u, self.source.include, self.source.exclude)]
         self._plan(len(todo))
-        for i, url in enumerate(todo):
+        for url in todo:
             if self._full():
-                self.capped = i < len(todo)
+                self.capped = True
                 return
             outcome = self._fetch(url)
             if outcome is not None:
@@ -233,10 +233,4 @@ def _take(services: IngestServices, session: Session, kb: KnowledgeBase, source:
         recorder.count("failed", outcome.url, job.error or job.status)
         return
     recorder.count("changed" if existed else "added")
-
-
-def page_document(session: Session, source: WebsiteSource, url: str) -> Document | None:
-    """The document a source's page feeds (tests, the dashboard)."""
-    page = session.scalar(select(WebsitePage).where(WebsitePage.source_id == source.id, WebsitePage.url == url))
-    return session.get(Document, page.document_id) if page is not None and page.document_id else None
 

@@ -41,6 +41,7 @@ class SourceSettings:
     request_interval_s: float = 1.0
     sync_interval_hours: float = 24.0
 
+
 def _check_url(url: str) -> str:
     url = (url or "").strip()
     parts = urlsplit(url)
@@ -58,12 +59,11 @@ def _check_patterns(name: str, patterns: list[str]) -> list[str]:
     return cleaned
 
 
-def create_source(session: Session, kb: KnowledgeBase, settings: SourceSettings, now: datetime | None = None
-                  ) -> WebsiteSource:
+def create_source(session: Session, kb: KnowledgeBase, settings: SourceSettings) -> WebsiteSource:
     """Add a source to ``kb`` (settings already checked by the caller, e.g. ``ingest.website_sync.check_source``);
     ``Conflict`` when the knowledge base already follows that URL."""
     source = WebsiteSource(id=new_id(), knowledge_base_id=kb.id)
-    _apply(source, settings, now or utcnow())
+    _apply(source, settings, utcnow())
     _check_unique(session, source)
     session.add(source)
     session.flush()
@@ -98,10 +98,9 @@ def _apply(source: WebsiteSource, settings: SourceSettings, now: datetime) -> No
     source.next_sync_at = (now + timedelta(hours=settings.sync_interval_hours)) if settings.sync_interval_hours else None
 
 
-def get_source(session: Session, source_id: str, kb: KnowledgeBase | None = None) -> WebsiteSource:
-    """The source ``source_id`` (of ``kb``, when given)."""
+def get_source(session: Session, source_id: str) -> WebsiteSource:
     source = session.get(WebsiteSource, source_id)
-    if source is None or (kb is not None and source.knowledge_base_id != kb.id):
+    if source is None:
         raise NotFound(f"website source {source_id!r} not found")
     return source
 
