@@ -23,6 +23,7 @@ from api.routes import regression
 from api.audit import AuditMiddleware
 from api.audit import router as audit_router
 from api.routes import followups, media, privacy
+from api.routes import account_pages, accounts
 from api.routes import websites
 from runtime.services import Services
 
@@ -37,6 +38,7 @@ def build_app(services: Services, version: str,
     install_error_handlers(app)
     install_body_limits(app, services.settings)
     app.add_middleware(AuditMiddleware, services=services)
+    app.include_router(whatsapp.webhook_router)  # first: Meta's posts, the hottest route, match at once
     app.include_router(assistants.router)
     app.include_router(documents.router)
     app.include_router(review.router)  # before conversations: /api/conversations/export is not an id
@@ -48,7 +50,6 @@ def build_app(services: Services, version: str,
     app.include_router(regression.router)
     app.include_router(widget.router)
     app.include_router(whatsapp.router)
-    app.include_router(whatsapp.webhook_router)
     app.include_router(dashboard_api.router)
     app.include_router(dashboard.public)
     app.include_router(dashboard.router)
@@ -57,6 +58,8 @@ def build_app(services: Services, version: str,
     app.include_router(audit_router)
     app.include_router(websites.router)
     app.include_router(followups.pages)
+    app.include_router(accounts.router)
+    app.include_router(account_pages.pages)
     dashboard.install_page_handlers(app)
     app.mount("/static", StaticFiles(directory=Path(__file__).resolve().parent / "static"), name="static")
 

@@ -1,4 +1,4 @@
-"""The ``atende`` command line: serve, admin-token, secrets, worker, assistants, kb ingest/search, bench."""
+"""The ``atende`` command line: serve, admin-token, secrets, worker, users, assistants, kb ingest/search, bench."""
 from __future__ import annotations
 
 import argparse
@@ -57,6 +57,20 @@ def cmd_secrets_rotate(args) -> int:
     migrate(services.engine)
     count = reencrypt(services.engine, Base.metadata)
     print(f"{count} stored secret(s) re-encrypted with the current data key; the old keys can be removed")
+    return 0
+
+
+def cmd_retention_run(args) -> int:
+    """Apply the retention rules now, until nothing is due (the queue's scheduler does it a batch a minute)."""
+    from atende.services import build_services
+    from runtime.retention import run_until_done
+
+    services = build_services(Settings())
+    runs = run_until_done(services)
+    for run in runs:
+        print(f"{run.rule:<15} assistant {run.assistant_id or '-':<32} {run.items:>6} before {run.cutoff:%Y-%m-%d %H:%M}"
+              f"  {run.counts}")
+    print(f"{len(runs)} retention run(s)")
     return 0
 
 
@@ -315,6 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
     sec_sub.add_parser("rotate", help="re-encrypt every stored credential with ATENDE_DATA_KEY (old keys in "
                                       "ATENDE_DATA_KEYS_OLD)").set_defaults(func=cmd_secrets_rotate)
 
+    ret = sub.add_parser("retention", help="retention rules: conversations and raw webhook bodies kept no longer "
+                                           "than each assistant's retention says")
+    ret.add_subparsers(dest="retention_command", required=True).add_parser(
+        "run", help="apply them now, until nothing is due").set_defaults(func=cmd_retention_run)
+
     w = sub.add_parser("worker", help="run background-job workers (for a Redis queue)")
     w.add_argument("--queue", choices=("all", "customer", "ingest"), default="all",
                    help="the queue(s) to consume: customer (WhatsApp posts, turns, event delivery), ingest "
@@ -322,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--workers", type=int, default=1, help="worker threads on the customer queue")
     w.add_argument("--ingest-workers", type=int, default=1, help="worker threads on the ingest queue")
     w.set_defaults(func=cmd_worker)
+
+    from atende.users_cli import add_arguments as add_users_arguments
+
+    add_users_arguments(sub)
 
     a = sub.add_parser("assistants", help="manage assistants").add_subparsers(dest="sub", required=True)
     c = a.add_parser("create")

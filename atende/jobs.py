@@ -40,6 +40,7 @@ from runtime.events import deliver_event
 from runtime.handoff import return_idle
 from runtime.models import Conversation
 from runtime.recovery import owed_turns, recover
+from runtime.retention import sweep
 from runtime.services import Services
 from runtime.whatsapp.inbound import process_post
 from runtime.whatsapp.media import owed_media, process_media, queue_media, release_claims
@@ -183,6 +184,11 @@ class HueyQueue:
             # conversations a person left idle past the assistant's time go back to the AI
             recover(services)
             return_idle(services)
+
+        @huey.periodic_task(crontab(minute="*"), name="retention.sweep")
+        def retention_sweep() -> None:
+            # retention rules (runtime.retention): a bounded batch per run; what is left waits for the next
+            sweep(services)
 
         self._run_ingest_job, self._deliver_events = run_ingest_job, deliver_events
         self.recovery_sweep = recovery_sweep

@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     # how often every customer-queue consumer runs the recovery sweep and the outbox sweep (atende.jobs), besides
     # at its start: what a dead process left owed is picked up within this much after its lease or margin
     recovery_interval_s: int = Field(default=60, ge=1, le=3600)
+    # retention (runtime.retention): raw WhatsApp webhook bodies are emptied once processed and this many days old,
+    # unless an assistant whose number they name keeps them a shorter time (AssistantConfig.retention); 0: kept
+    webhook_body_retention_days: int = Field(default=30, ge=0, le=36_500)
     # the outbox (runtime.whatsapp.outbound): a send that failed for a reason that may pass (Graph API down,
     # HTTP 429/5xx, rate limits) is tried again, after exponentially growing delays with jitter (the first about
     # whatsapp_retry_first_delay_s, none over whatsapp_retry_max_delay_s), for whatsapp_retry_for_s after the

@@ -340,6 +340,24 @@ class MenuConfig(BaseModel):
     keywords: list[str] = Field(default_factory=lambda: ["menu", "menú", "opções", "opciones", "options"])
 
 
+class RetentionConfig(BaseModel):
+    """How long an assistant's conversations and the raw WhatsApp webhook bodies naming its numbers are kept
+    (``runtime.retention``, run by the queue's scheduler)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    conversations_days: int | None = Field(
+        default=None, ge=1, le=36_500, description="a conversation with no message for this many days is deleted or "
+                                                   "anonymised (``action``); none: kept")
+    action: Literal["anonymise", "delete"] = Field(
+        default="anonymise", description="anonymise: the conversation stays as figures (kinds, times, tokens, costs, "
+                                         "ratings, sources) without a word of it or the customer's id; delete: gone")
+    webhook_bodies_days: int | None = Field(
+        default=None, ge=1, le=36_500, description="raw webhook bodies naming the assistant's numbers are emptied "
+                                                   "after this many days; default: ATENDE_WEBHOOK_BODY_RETENTION_DAYS "
+                                                   "(and never later than conversations_days)")
+
+
 class AssistantConfig(BaseModel):
     """Everything that shapes an assistant's replies; stored as JSON on the assistant."""
 
@@ -377,6 +395,11 @@ class AssistantConfig(BaseModel):
     scheduling: Scheduling = Field(default_factory=Scheduling)
     widget: WidgetConfig = Field(default_factory=WidgetConfig)
     menu: MenuConfig | None = None
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    mask_personal_data: bool = Field(
+        default=False, description="the chat model is shown placeholders ([CPF_1], [EMAIL_1], [PHONE_1]...) instead of "
+                                   "the customer's CPF, CNPJ, e-mail addresses and phone numbers; its reply and tool "
+                                   "arguments get the real values back (runtime.pseudonyms)")
 
     def canned_reply(self, kind: Literal["fallback", "handoff", "unavailable", "ai_back"], texts: list[str]) -> str:
         """The configured fallback/handoff/unavailable/AI-is-back message, or the built-in one in the language of

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 
 import phonenumbers
 
@@ -37,13 +38,6 @@ def _star_all_but_last(text: str, keep: int) -> str:
     return "".join(out)
 
 
-def _mask_phones(text: str) -> str:
-    spans = [(m.start, m.end) for m in phonenumbers.PhoneNumberMatcher(text, REGION)]
-    for start, end in reversed(spans):
-        text = text[:start] + _star_all_but_last(text[start:end], _DIGITS_TO_KEEP) + text[end:]
-    return text
-
-
 _CHECKED = {"cpf": DataField(name="cpf", type="cpf"), "cnpj": DataField(name="cnpj", type="cnpj")}
 
 
@@ -62,14 +56,48 @@ def _is(kind: str, match: re.Match) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class Found:
+    """Personal data found in a text: ``text[start:end]`` is a ``kind`` (cpf, cnpj, email or phone)."""
+
+    start: int
+    end: int
+    kind: str
+
+
+def find_personal(text: str) -> list[Found]:
+    """Every CPF, CNPJ, e-mail address and phone number in ``text``, in order, none overlapping (a CNPJ or CPF is
+    not also a phone number)."""
+    if not text:
+        return []
+    found = [Found(m.start(), m.end(), "cnpj") for m in _CNPJ.finditer(text) if _is("cnpj", m)]
+    found += [Found(m.start(), m.end(), "cpf") for m in _CPF.finditer(text) if _is("cpf", m)]
+    found += [Found(m.start(), m.end(), "email") for m in _EMAIL.finditer(text)]
+    found += [Found(m.start, m.end, "phone") for m in phonenumbers.PhoneNumberMatcher(text, REGION)]
+    kept: list[Found] = []
+    for f in found:  # in the order above: the first kind that claims characters keeps them
+        if not any(f.start < k.end and k.start < f.end for k in kept):
+            kept.append(f)
+    return sorted(kept, key=lambda f: f.start)
+
+
+def replace_personal(text: str, replacement) -> str:
+    """``text`` with each piece of personal data (:func:`find_personal`) replaced by ``replacement(found, value)``."""
+    for f in reversed(find_personal(text)):
+        text = text[:f.start] + replacement(f, text[f.start:f.end]) + text[f.end:]
+    return text
+
+
+def _masked(found: Found, value: str) -> str:
+    if found.kind == "email":
+        match = _EMAIL.fullmatch(value)
+        return f"{match.group(1)}***@{match.group(2)}" if match else "***"
+    return _star_all_but_last(value, 2 if found.kind in ("cpf", "cnpj") else _DIGITS_TO_KEEP)
+
+
 def mask_text(text: str) -> str:
     """``text`` with its CPF/CNPJ numbers, e-mail addresses and phone numbers masked."""
-    if not text:
-        return text
-    text = _CNPJ.sub(lambda m: _star_all_but_last(m.group(0), 2) if _is("cnpj", m) else m.group(0), text)
-    text = _CPF.sub(lambda m: _star_all_but_last(m.group(0), 2) if _is("cpf", m) else m.group(0), text)
-    text = _EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
-    return _mask_phones(text)
+    return replace_personal(text, _masked) if text else text
 
 
 _NUMBER_ID = re.compile(r"\+?\d{8,15}")

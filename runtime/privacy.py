@@ -27,7 +27,7 @@ import hmac
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, String, Text, delete, func, select, text
+from sqlalchemy import JSON, ForeignKey, String, Text, delete, func, select, text, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from core.db import Base, UTCDateTime, new_id, utcnow
@@ -41,6 +41,7 @@ from kb.models import DocumentVersion
 from runtime.whatsapp.models import MessageMedia, WebhookPost
 
 _DROPPED = object()  # a JSON object naming the customer, taken out of its list
+ANONYMOUS = "anon-"  # an anonymised conversation's customer id starts so (runtime.retention)
 
 
 class Erasure(Base):
@@ -154,28 +155,8 @@ def erase_customer(services: Services, customer_id: str, *, requested_by: str, a
     the record, with the rows removed per table. An id nobody holds is recorded too (with no rows)."""
     if not customer_id.strip():
         raise ValueError("a customer id is needed")
-    counts: dict[str, int] = {}
     with services.session() as session:
-        ids = _conversation_ids(session, customer_id, assistant_id)
-        message_ids = select(Message.id).where(Message.conversation_id.in_(ids))
-        per_message = (("message_parts", MessagePart), ("message_sources", MessageSource), ("tool_calls", ToolCallRecord))
-        for name, model in per_message:
-            counts[name] = _count(session, select(model).where(model.message_id.in_(message_ids)))
-        per_conversation = (("messages", Message), ("turns", Turn), ("collected_data", CollectedData),
-                            ("followups", FollowUp), ("handoff_changes", HandoffChange),
-                            ("message_feedback", MessageFeedback), ("outbound_events", OutboundEvent),
-                            ("message_media", MessageMedia), ("reply_options", ReplyOption))
-        for name, model in per_conversation:
-            counts[name] = _count(session, select(model).where(model.conversation_id.in_(ids)))
-        files = set(session.scalars(select(MessageMedia.sha256).where(
-            MessageMedia.conversation_id.in_(ids), MessageMedia.sha256.is_not(None))))
-        # kept by their own tables (SET NULL on the conversation or message): removed first
-        counts["regression_cases"] = session.execute(delete(RegressionCase).where(
-            RegressionCase.created_from_message_id.in_(message_ids))).rowcount  # type: ignore[attr-defined]
-        counts["appointments"] = session.execute(delete(Appointment).where(
-            Appointment.conversation_id.in_(ids))).rowcount  # type: ignore[attr-defined]
-        counts["conversations"] = session.execute(delete(Conversation).where(
-            Conversation.id.in_(ids))).rowcount  # type: ignore[attr-defined]  # the rest by ON DELETE CASCADE
+        counts, files = remove_conversations(session, _conversation_ids(session, customer_id, assistant_id))
         redacted = deleted = 0
         for post in _posts_naming(session, customer_id):
             body = _redacted(post.body, customer_id)
@@ -191,16 +172,92 @@ def erase_customer(services: Services, customer_id: str, *, requested_by: str, a
                           requested_by=requested_by[:200], reason=reason, counts=counts)
         session.add(erasure)
         session.flush()
-        shared = set(session.scalars(select(MessageMedia.sha256).where(MessageMedia.sha256.in_(files)))) | set(
-            session.scalars(select(DocumentVersion.content_hash).where(DocumentVersion.content_hash.in_(files))))
-        erasure.counts = {**counts, "files": len(files - shared)}
+        files = unshared_files(session, files)
+        erasure.counts = {**counts, "files": len(files)}
         session.commit()
-    for digest in files - shared:  # after the commit: a file is never gone while a row still names it
+    forget(services, files)
+    return erasure
+
+
+_PER_MESSAGE = (("message_parts", MessagePart), ("message_sources", MessageSource), ("tool_calls", ToolCallRecord))
+_PER_CONVERSATION = (("messages", Message), ("turns", Turn), ("collected_data", CollectedData), ("followups", FollowUp),
+                     ("handoff_changes", HandoffChange), ("message_feedback", MessageFeedback),
+                     ("outbound_events", OutboundEvent), ("message_media", MessageMedia), ("reply_options", ReplyOption))
+
+
+def remove_conversations(session: Session, ids: list[str]) -> tuple[dict[str, int], set[str]]:
+    """Delete the conversations ``ids`` and everything under them or made from them (appointments booked in them,
+    regression cases made from their messages), in ``session`` (not committed); the rows per table, and the files
+    their media held (for :func:`unshared_files`)."""
+    counts: dict[str, int] = {}
+    message_ids = select(Message.id).where(Message.conversation_id.in_(ids))
+    for name, model in _PER_MESSAGE:
+        counts[name] = _count(session, select(model).where(model.message_id.in_(message_ids)))
+    for name, model in _PER_CONVERSATION:
+        counts[name] = _count(session, select(model).where(model.conversation_id.in_(ids)))
+    files = _files_of(session, ids)
+    # kept by their own tables (SET NULL on the conversation or message): removed first
+    counts["regression_cases"] = session.execute(delete(RegressionCase).where(
+        RegressionCase.created_from_message_id.in_(message_ids))).rowcount  # type: ignore[attr-defined]
+    counts["appointments"] = session.execute(delete(Appointment).where(
+        Appointment.conversation_id.in_(ids))).rowcount  # type: ignore[attr-defined]
+    counts["conversations"] = session.execute(delete(Conversation).where(
+        Conversation.id.in_(ids))).rowcount  # type: ignore[attr-defined]  # the rest by ON DELETE CASCADE
+    return counts, files
+
+
+def anonymise_conversations(session: Session, ids: list[str], secret: str) -> tuple[dict[str, int], set[str]]:
+    """Keep the conversations ``ids`` as figures and take out every word of them, in ``session`` (not committed):
+    the customer's id becomes ``anon-`` and the first 16 characters of :func:`customer_ref`; the texts and raw
+    payloads of messages and parts, tool calls' arguments and results, retrieval queries, variables, feedback
+    comments and appointment names and notes are emptied; collected data, follow-ups, outbound events, media
+    (their files too), option lists and regression cases made from them are deleted. Kinds, times, statuses,
+    tokens, costs, latencies, ratings and the knowledge-base passages cited stay, so metrics still count them.
+    The rows touched per table, and the files the media held (for :func:`unshared_files`)."""
+    counts: dict[str, int] = {}
+    message_ids = select(Message.id).where(Message.conversation_id.in_(ids))
+    files = _files_of(session, ids)
+    for conv in session.scalars(select(Conversation).where(Conversation.id.in_(ids))):
+        conv.customer_id = ANONYMOUS + customer_ref(secret, f"{conv.channel}:{conv.customer_id}")[:16]
+        conv.variables, conv.handoff = {}, None
+    counts["conversations"] = len(ids)
+    edits = ((Message, Message.conversation_id.in_(ids), {"text": "", "payload": None}),
+             (MessagePart, MessagePart.message_id.in_(message_ids), {"text": "", "interactive": None, "media": None}),
+             (ToolCallRecord, ToolCallRecord.message_id.in_(message_ids), {"arguments": {}, "result": None, "error": None}),
+             (Turn, Turn.conversation_id.in_(ids), {"retrieval_query": None}),
+             (MessageFeedback, MessageFeedback.conversation_id.in_(ids), {"comment": None}),
+             (Appointment, Appointment.conversation_id.in_(ids), {"name": "", "notes": ""}))
+    for model, where, values in edits:
+        counts[model.__tablename__] = session.execute(  # type: ignore[attr-defined]
+            update(model).where(where).values(**values).execution_options(synchronize_session=False)).rowcount
+    for model in (CollectedData, FollowUp, OutboundEvent, MessageMedia, ReplyOption):
+        counts[model.__tablename__] = session.execute(  # type: ignore[attr-defined]
+            delete(model).where(model.conversation_id.in_(ids))).rowcount
+    counts["regression_cases"] = session.execute(delete(RegressionCase).where(
+        RegressionCase.created_from_message_id.in_(message_ids))).rowcount  # type: ignore[attr-defined]
+    return counts, files
+
+
+def _files_of(session: Session, ids: list[str]) -> set[str]:
+    return set(session.scalars(select(MessageMedia.sha256).where(
+        MessageMedia.conversation_id.in_(ids), MessageMedia.sha256.is_not(None))))
+
+
+def unshared_files(session: Session, files: set[str]) -> set[str]:
+    """Of ``files`` (blob hashes), those no media row and no document version holds any more (after a flush)."""
+    shared = set(session.scalars(select(MessageMedia.sha256).where(MessageMedia.sha256.in_(files)))) | set(
+        session.scalars(select(DocumentVersion.content_hash).where(DocumentVersion.content_hash.in_(files))))
+    return files - shared
+
+
+def forget(services: Services, files: set[str]) -> None:
+    """After the commit that removed what named them: delete ``files`` from the file store (a file is never gone
+    while a row still names it) and, on SQLite, checkpoint the write-ahead log so it keeps no copy of the pages."""
+    for digest in files:
         services.blobs.delete(digest)
-    if services.engine.dialect.name == "sqlite":  # the log's copies of the erased pages go too
+    if services.engine.dialect.name == "sqlite":
         with services.engine.connect() as conn:
             conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
-    return erasure
 
 
 def _count(session: Session, query) -> int:

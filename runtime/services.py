@@ -18,6 +18,7 @@ from kb.vectorstore import ChromaVectorStore
 from runtime.approved import flag_for_review
 from runtime.approved_index import ApprovedIndexCache
 from runtime.transcription import Transcriber
+from runtime.whatsapp.app_keys import AppKeys
 
 if TYPE_CHECKING:
     from runtime.queue import WorkQueue
@@ -38,6 +39,8 @@ class Services:
     # runtime.transcription.Transcriber: the speech-to-text engine of voice notes, built at first use
     # (runtime.whatsapp.media.transcriber)
     transcriber: Transcriber | None = None
+    # the WhatsApp apps' secrets and what they own, as the webhook checks posts against them (read every 30 s)
+    whatsapp_apps: AppKeys = field(default_factory=AppKeys)
     # the time, replaceable in tests (24-hour window)
     clock: Callable[[], datetime] = utcnow
     # BM25 indexes of the knowledge bases, rebuilt when their current versions change

@@ -30,6 +30,7 @@ from runtime.cost import usage_cost
 from runtime.intent import HANDOFF_TOOL, SCHEDULING_TOOLS, wants_booking, wants_human
 from runtime.llm import ChatModelError, text_tool_calls
 from runtime.models import Conversation, Message, Turn
+from runtime.pseudonyms import PseudonymousModel
 from runtime.prompt import (ANSWER_NOW, build_messages, fill_variables, focused_messages, retry_instruction,
                             seen_sources)
 from runtime.replies import (RESTATEMENT, data_reply, rejection, restatement, says_not_found, small_talk, small_talk_reply,
@@ -189,6 +190,8 @@ def _answer(services, session, conv: Conversation, assistant: Assistant, pending
     try:
         model = services.chat_models.get(config.model)  # the embedded server may fail to start: an error turn
         model_name = model.name
+        if config.mask_personal_data:  # the model sees placeholders; its reply and tool arguments the real values
+            model = PseudonymousModel(model)
         counter = token_counter(model, services.settings.llm_context)
         if not captured and _plain_question(config, embedding_model, found, hits, customer_texts):
             t = time.perf_counter()

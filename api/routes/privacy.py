@@ -1,5 +1,5 @@
 """A customer's personal data (LGPD art. 18, ``runtime.privacy``): everything held about them exported, or erased
-with a record that names nobody; admin API only."""
+with a record that names nobody; the retention rules' runs (``runtime.retention``); admins only (``AdminDep``)."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from api.deps import AdminDep, ServicesDep, SessionDep
 from kb import registry
-from runtime import privacy
+from runtime import privacy, retention
 
 router = APIRouter(tags=["privacy"], dependencies=[AdminDep])
 CustomerId = Annotated[str, Path(min_length=1, max_length=200, description="the channel's id for the person: a "
@@ -33,6 +33,21 @@ class ErasurePublic(BaseModel):
     reason: str
     counts: dict[str, int]
     at: datetime
+
+    model_config = {"from_attributes": True}
+
+
+class RetentionRunPublic(BaseModel):
+    """A run of a retention rule (``runtime.retention``) that changed something: the rule (anonymise, delete or
+    webhook_bodies), the assistant, what was older than ``cutoff`` went, the rows per table."""
+
+    id: str
+    at: datetime
+    assistant_id: str | None
+    rule: str
+    cutoff: datetime
+    items: int
+    counts: dict[str, int]
 
     model_config = {"from_attributes": True}
 
@@ -62,3 +77,9 @@ def erase_customer(services: ServicesDep, session: SessionDep, customer_id: Cust
 def list_erasures(services: ServicesDep, customer_id: CustomerId) -> list[privacy.Erasure]:
     """The erasure records of this customer id, newest first (found by its HMAC: the records name nobody)."""
     return privacy.erasures_of(services, customer_id)
+
+
+@router.get("/api/retention/runs", response_model=list[RetentionRunPublic])
+def list_retention_runs(session: SessionDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list:
+    """The retention rules' runs, newest first (the rules are each assistant's ``config.retention``)."""
+    return retention.recent_runs(session, limit)

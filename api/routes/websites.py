@@ -1,4 +1,5 @@
-"""Admin routes for website sources: create (checked against the site first), list, change, delete, sync, runs."""
+"""Routes for website sources: create (checked against the site first), list, change, delete, sync, runs. Reading
+needs the assistant; changing needs a supervisor of it."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -9,13 +10,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.deps import AdminDep, ServicesDep, SessionDep
+from api import scopes
+from api.deps import ServicesDep, SessionDep, SignedIn, allow
 from core.errors import Conflict
 from ingest.website_sync import check_source
 from kb import registry, websites
 from kb.models import KnowledgeBase, WebsitePage, WebsiteSource
+from runtime.accounts.roles import SUPERVISOR, VIEWER
 
-router = APIRouter(tags=["websites"], dependencies=[AdminDep])
+router = APIRouter(tags=["websites"], dependencies=[SignedIn])
 Pattern = Annotated[str, Field(min_length=1, max_length=websites.MAX_PATTERN_CHARS)]
 
 
@@ -98,7 +101,8 @@ def _kb(session: Session, assistant_id: str) -> KnowledgeBase:
     return registry.get_assistant(session, assistant_id).knowledge_base
 
 
-@router.post("/api/assistants/{assistant_id}/websites", status_code=201, response_model=WebsiteSourcePublic)
+@router.post("/api/assistants/{assistant_id}/websites", status_code=201, response_model=WebsiteSourcePublic,
+             dependencies=[allow(SUPERVISOR, scopes.assistant)])
 def create_website(assistant_id: str, body: WebsiteSourceCreate, session: SessionDep, services: ServicesDep):
     """Add a website source and queue its first sync. The site is asked first (robots.txt, the start page or the
     sitemap): a source that cannot work is refused with 422 and the reason."""
@@ -112,17 +116,20 @@ def create_website(assistant_id: str, body: WebsiteSourceCreate, session: Sessio
     return source_public(session, source)
 
 
-@router.get("/api/assistants/{assistant_id}/websites", response_model=list[WebsiteSourcePublic])
+@router.get("/api/assistants/{assistant_id}/websites", response_model=list[WebsiteSourcePublic],
+            dependencies=[allow(VIEWER, scopes.assistant)])
 def list_websites(assistant_id: str, session: SessionDep):
     return [source_public(session, s) for s in websites.list_sources(session, _kb(session, assistant_id))]
 
 
-@router.get("/api/websites/{source_id}", response_model=WebsiteSourcePublic)
+@router.get("/api/websites/{source_id}", response_model=WebsiteSourcePublic,
+            dependencies=[allow(VIEWER, scopes.website_source)])
 def get_website(source_id: str, session: SessionDep):
     return source_public(session, websites.get_source(session, source_id))
 
 
-@router.patch("/api/websites/{source_id}", response_model=WebsiteSourcePublic)
+@router.patch("/api/websites/{source_id}", response_model=WebsiteSourcePublic,
+              dependencies=[allow(SUPERVISOR, scopes.website_source)])
 def update_website(source_id: str, body: WebsiteSourceUpdate, session: SessionDep, services: ServicesDep):
     """Change a source's settings; a new URL or kind is checked against the site as at creation."""
     source = websites.get_source(session, source_id)
@@ -136,7 +143,7 @@ def update_website(source_id: str, body: WebsiteSourceUpdate, session: SessionDe
     return source_public(session, source)
 
 
-@router.delete("/api/websites/{source_id}", status_code=204)
+@router.delete("/api/websites/{source_id}", status_code=204, dependencies=[allow(SUPERVISOR, scopes.website_source)])
 def delete_website(source_id: str, session: SessionDep, services: ServicesDep):
     """Delete a source and the documents of its pages (gone from search at once); 409 while it syncs."""
     source = websites.get_source(session, source_id)
@@ -146,7 +153,8 @@ def delete_website(source_id: str, session: SessionDep, services: ServicesDep):
     return Response(status_code=204)
 
 
-@router.post("/api/websites/{source_id}/sync", status_code=202, response_model=WebsiteSyncRunPublic)
+@router.post("/api/websites/{source_id}/sync", status_code=202, response_model=WebsiteSyncRunPublic,
+             dependencies=[allow(SUPERVISOR, scopes.website_source)])
 def sync_website(source_id: str, session: SessionDep, services: ServicesDep):
     """Queue a sync run now (409 when one is already queued or running); follow it in the source's runs."""
     run = websites.start_run(session, websites.get_source(session, source_id))
@@ -156,7 +164,8 @@ def sync_website(source_id: str, session: SessionDep, services: ServicesDep):
     return run
 
 
-@router.get("/api/websites/{source_id}/runs", response_model=list[WebsiteSyncRunPublic])
+@router.get("/api/websites/{source_id}/runs", response_model=list[WebsiteSyncRunPublic],
+            dependencies=[allow(VIEWER, scopes.website_source)])
 def list_website_runs(source_id: str, session: SessionDep):
     """The source's sync runs, newest first (the last 50), with their counts and failures."""
     return websites.list_runs(session, websites.get_source(session, source_id))

@@ -1,5 +1,7 @@
-"""WhatsApp: the public webhook Meta calls (``webhook_router``) and the admin API for senders and
-templates (``router``). Secrets go in, never out: responses say ``has_app_secret`` and the like."""
+"""WhatsApp: the public webhook Meta calls (``webhook_router``) and the API for senders and templates (``router``).
+Secrets go in, never out: responses say ``has_app_secret`` and the like. Senders (Meta credentials) are set by
+admins; templates are recorded by supervisors and sent by operators of the sender's assistant; a user lists those
+of the assistants they see."""
 from __future__ import annotations
 
 import logging
@@ -8,18 +10,22 @@ import secrets
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictBool, ValidationError, field_validator
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from api.deps import AdminDep, ServicesDep, SessionDep
+from api import scopes
+from api.deps import CurrentUser, ServicesDep, SessionDep, SignedIn, allow
 from api.schemas import MessagePublic
 from core.db import new_id
 from core.errors import Conflict, NotFound
 from kb import registry
+from runtime.accounts.roles import ADMIN, OPERATOR, SUPERVISOR, VIEWER, Principal
 from runtime.models import Message
+from runtime.services import Services
 from runtime.whatsapp.inbound import WebhookError, accept_post
 from runtime.whatsapp.models import WhatsAppSender, WhatsAppTemplate
 from runtime.whatsapp.outbound import send_template
@@ -29,7 +35,7 @@ _PARAM = re.compile(r"\{\{\s*(\d+)\s*\}\}")
 
 WEBHOOK_PATH = "/webhooks/whatsapp"
 webhook_router = APIRouter(tags=["whatsapp webhook"])
-router = APIRouter(prefix="/api/whatsapp", tags=["whatsapp"], dependencies=[AdminDep])
+router = APIRouter(prefix="/api/whatsapp", tags=["whatsapp"], dependencies=[SignedIn])
 
 
 # ------------------------------------------------------------------------------------------- schemas
@@ -132,10 +138,6 @@ class TemplatePublic(BaseModel):
 # ------------------------------------------------------------------------------------------- webhook
 
 
-async def _raw_body(request: Request) -> bytes:
-    return await request.body()
-
-
 @webhook_router.get(WEBHOOK_PATH, response_class=PlainTextResponse)
 def verify_webhook(
     session: SessionDep,
@@ -158,22 +160,28 @@ def _known_verify_token(session, token: str) -> bool:
     400: {"description": "body is not a JSON object, or nested too deep"}, 401: {"description": "no signature"},
     403: {"description": "wrong signature, or a number or business account the signing app does not own"},
     413: {"description": "body over ATENDE_MAX_WEBHOOK_KB"}})
-def receive_webhook(
+async def receive_webhook(
+    request: Request,
     services: ServicesDep,
-    raw_body: Annotated[bytes, Depends(_raw_body)],
     x_hub_signature_256: Annotated[str | None, Header()] = None,
 ):
     """Store a signed post (once per body: the same bytes again get no second row), queue it and acknowledge
     it. With the huey queue it is processed in the background; with the inline queue (an app from
     ``api.app.build_app`` alone) it is processed, and its turns answered, before the answer. Whatever fails
-    there is stored with the post or the turn: Meta must not retry what we already hold."""
+    there is stored with the post or the turn: Meta must not retry what we already hold.
+
+    Meta waits for this answer: the body is read on the event loop, then one worker thread stores and queues it."""
+    raw_body = await request.body()
     try:
-        post = accept_post(services, raw_body, x_hub_signature_256)
+        await run_in_threadpool(_store_and_queue, services, raw_body, x_hub_signature_256)
     except WebhookError as exc:
         log.warning("whatsapp webhook refused (%s): %s", exc.status_code, exc)
         return JSONResponse(status_code=exc.status_code, content={"detail": str(exc)})
-    services.queue.enqueue_webhook(post.id)
     return {"status": "ok"}
+
+
+def _store_and_queue(services: Services, raw_body: bytes, signature: str | None) -> None:
+    services.queue.enqueue_webhook(accept_post(services, raw_body, signature).id)
 
 
 # ------------------------------------------------------------------------------------------- senders
@@ -190,8 +198,9 @@ _SENDER_SCHEMA = {"requestBody": {"required": True, "content": {"application/jso
 
 
 @router.post("/senders", status_code=201, response_model=SenderPublic, openapi_extra=_SENDER_SCHEMA,
-             responses={404: {"description": "unknown assistant"}, 409: {"description": "number already configured"}})
-def create_sender(session: SessionDep, payload: Annotated[Any, Body()] = None):
+             responses={404: {"description": "unknown assistant"}, 409: {"description": "number already configured"}},
+             dependencies=[allow(ADMIN)])
+def create_sender(session: SessionDep, services: ServicesDep, payload: Annotated[Any, Body()] = None):
     """Bind a business number of a Meta app to an assistant."""
     try:
         body = SenderCreate.model_validate(payload)
@@ -212,18 +221,21 @@ def create_sender(session: SessionDep, payload: Annotated[Any, Body()] = None):
     except IntegrityError:
         session.rollback()
         raise Conflict(f"phone number id {body.phone_number_id!r} is already configured") from None
+    services.whatsapp_apps.forget()
     return SenderPublic.from_sender(sender)
 
 
-@router.get("/senders", response_model=list[SenderPublic])
-def list_senders(session: SessionDep, assistant_id: str | None = None):
+@router.get("/senders", response_model=list[SenderPublic], dependencies=[allow(VIEWER)])
+def list_senders(session: SessionDep, principal: CurrentUser, assistant_id: str | None = None):
+    """The business numbers of the assistants the user sees."""
     query = select(WhatsAppSender).order_by(WhatsAppSender.created_at, WhatsAppSender.id)
     if assistant_id:
         query = query.where(WhatsAppSender.assistant_id == registry.get_assistant(session, assistant_id).id)
-    return [SenderPublic.from_sender(s) for s in session.scalars(query)]
+    return [SenderPublic.from_sender(s) for s in principal.visible(session.scalars(query))]
 
 
-@router.patch("/senders/{sender_id}", response_model=SenderPublic, responses={404: {"description": "unknown sender"}})
+@router.patch("/senders/{sender_id}", response_model=SenderPublic, responses={404: {"description": "unknown sender"}},
+              dependencies=[allow(ADMIN, scopes.sender)])
 def update_sender(sender_id: str, body: SenderUpdate, session: SessionDep):
     """Turn a sender's read receipts (``mark_read``) or typing indicator (``show_typing``) on or off."""
     sender = session.get(WhatsAppSender, sender_id)
@@ -235,13 +247,14 @@ def update_sender(sender_id: str, body: SenderUpdate, session: SessionDep):
     return SenderPublic.from_sender(sender)
 
 
-@router.delete("/senders/{sender_id}", status_code=204)
-def delete_sender(sender_id: str, session: SessionDep):
+@router.delete("/senders/{sender_id}", status_code=204, dependencies=[allow(ADMIN, scopes.sender)])
+def delete_sender(sender_id: str, session: SessionDep, services: ServicesDep):
     sender = session.get(WhatsAppSender, sender_id)
     if sender is None:
         raise NotFound(f"WhatsApp sender {sender_id!r} not found")
     session.delete(sender)
     session.commit()
+    services.whatsapp_apps.forget()
     return Response(status_code=204)
 
 
@@ -249,11 +262,11 @@ def delete_sender(sender_id: str, session: SessionDep):
 
 
 @router.post("/templates", status_code=201, response_model=TemplatePublic,
-             responses={404: {"description": "unknown sender"}, 409: {"description": "name and language taken"}})
-def create_template(body: TemplateCreate, session: SessionDep):
+             responses={404: {"description": "unknown sender"}, 409: {"description": "name and language taken"}},
+             dependencies=[allow(SUPERVISOR)])
+def create_template(body: TemplateCreate, session: SessionDep, principal: CurrentUser):
     """Record a template of a sender (as created in Meta's manager); only APPROVED ones are sent."""
-    if session.get(WhatsAppSender, body.sender_id) is None:
-        raise NotFound(f"WhatsApp sender {body.sender_id!r} not found")
+    _require_sender(session, principal, body.sender_id)
     template = WhatsAppTemplate(id=new_id(), **body.model_dump())
     session.add(template)
     try:
@@ -264,12 +277,29 @@ def create_template(body: TemplateCreate, session: SessionDep):
     return TemplatePublic.from_template(template)
 
 
-@router.get("/templates", response_model=list[TemplatePublic])
-def list_templates(session: SessionDep, sender_id: str | None = None):
-    query = select(WhatsAppTemplate).order_by(WhatsAppTemplate.sender_id, WhatsAppTemplate.name, WhatsAppTemplate.language)
+def _require_sender(session, principal: Principal, sender_id: str) -> None:
+    """404 for an unknown sender, 403 for one of an assistant the user does not see."""
+    assistant_id = scopes.sender_assistant(session, sender_id)
+    if assistant_id is None:
+        raise NotFound(f"WhatsApp sender {sender_id!r} not found")
+    principal.require_assistant(assistant_id)
+
+
+def templates_of(session, sender_id: str | None = None, assistant_ids: frozenset[str] | None = None) -> list[TemplatePublic]:
+    """Templates, of one sender or all, of the assistants ``assistant_ids`` (None: every assistant)."""
+    query = (select(WhatsAppTemplate).join(WhatsAppSender, WhatsAppSender.id == WhatsAppTemplate.sender_id)
+             .order_by(WhatsAppTemplate.sender_id, WhatsAppTemplate.name, WhatsAppTemplate.language))
     if sender_id:
         query = query.where(WhatsAppTemplate.sender_id == sender_id)
+    if assistant_ids is not None:
+        query = query.where(WhatsAppSender.assistant_id.in_(sorted(assistant_ids)))
     return [TemplatePublic.from_template(t) for t in session.scalars(query)]
+
+
+@router.get("/templates", response_model=list[TemplatePublic], dependencies=[allow(VIEWER)])
+def list_templates(session: SessionDep, principal: CurrentUser, sender_id: str | None = None):
+    """The templates of the assistants the user sees."""
+    return templates_of(session, sender_id, principal.assistant_ids)
 
 
 class TemplateSend(BaseModel):
@@ -280,9 +310,10 @@ class TemplateSend(BaseModel):
     parameters: list[str] = Field(default_factory=list, description="values for {{1}}, {{2}}, ...")
 
 
-@router.post("/messages/template", status_code=201, response_model=MessagePublic)
-def send_template_message(body: TemplateSend, services: ServicesDep, session: SessionDep):
+@router.post("/messages/template", status_code=201, response_model=MessagePublic, dependencies=[allow(OPERATOR)])
+def send_template_message(body: TemplateSend, services: ServicesDep, session: SessionDep, principal: CurrentUser):
     """Send an approved template to a customer (e.g. to re-open a conversation after 24 h)."""
+    _require_sender(session, principal, body.sender_id)
     msg = send_template(services, sender_id=body.sender_id, customer_id=body.customer_id, name=body.name,
                         language=body.language, parameters=body.parameters)
     return MessagePublic.from_message(session.get(Message, msg.id))

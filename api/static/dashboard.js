@@ -141,7 +141,7 @@
     const close = document.getElementById("close-conversation");
     if (close) close.addEventListener("click", () => run(null, () => api("POST", `/api/conversations/${id}/close`)));
     const reply = document.getElementById("operator-reply");
-    reply.addEventListener("submit", (ev) => {
+    if (reply) reply.addEventListener("submit", (ev) => {
       ev.preventDefault();
       run(reply, () => api("POST", `/api/conversations/${id}/messages`, { text: reply.elements.text.value }));
     });
@@ -245,7 +245,7 @@
 
     const upload = document.getElementById("import");
     const report = document.getElementById("import-report");
-    upload.addEventListener("submit", async (ev) => {
+    if (upload) upload.addEventListener("submit", async (ev) => {
       ev.preventDefault();
       report.replaceChildren();
       keepReviewer(upload.elements.approved_by.value);
@@ -294,6 +294,7 @@
   // A "Write the answer" button that opens answerForm in ``slot``; ``shown`` (slot or an element around it)
   // is visible while the form or its outcome is.
   function writeAnswerButton(item, slot, shown) {
+    if (document.getElementById("insights").dataset.write !== "true") return "";  // the user's role may not
     const button = el("button", { type: "button", class: "small write" }, "Write the answer");
     button.addEventListener("click", () => {
       button.hidden = true;
@@ -319,7 +320,7 @@
     const runButton = document.getElementById("run-checks");
 
     async function follow(runId) {
-      runButton.disabled = true;
+      if (runButton) runButton.disabled = true;
       for (;;) {
         const run = await api("GET", `/api/regression-runs/${encodeURIComponent(runId)}`);
         if (run.status !== "running") break;
@@ -329,7 +330,7 @@
       location.href = `/dashboard/regression?assistant_id=${assistant}&run_id=${encodeURIComponent(runId)}`;
     }
 
-    runButton.addEventListener("click", () => act(errorBox, runButton, async () => {
+    if (runButton) runButton.addEventListener("click", () => act(errorBox, runButton, async () => {
       state.textContent = "starting…";
       try {
         const run = await api("POST", `/api/assistants/${assistant}/regression-runs`);
@@ -388,7 +389,7 @@
     }
 
     const upload = document.getElementById("upload");
-    upload.addEventListener("submit", async (ev) => {
+    if (upload) upload.addEventListener("submit", async (ev) => {
       ev.preventDefault();
       const button = upload.querySelector("button");
       button.disabled = true;
@@ -471,7 +472,7 @@
     }
 
     const form = document.getElementById("add-website");
-    form.addEventListener("submit", async (ev) => {
+    if (form) form.addEventListener("submit", async (ev) => {
       ev.preventDefault();
       messages.replaceChildren();
       const button = form.querySelector("button");

@@ -35,6 +35,7 @@ import logging
 from dataclasses import dataclass, field
 
 from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -45,6 +46,7 @@ from runtime.models import Conversation, Message, MessagePart
 from runtime.services import Services
 from runtime.store import find_or_create_conversation
 from runtime.whatsapp import pricing
+from runtime.whatsapp.app_keys import AppKey
 from runtime.whatsapp.delivery import advances, settle
 from runtime.whatsapp.media import record_media
 from runtime.whatsapp.models import WebhookPost, WhatsAppSender, WhatsAppTemplate
@@ -76,45 +78,71 @@ class SignatureError(WebhookError):
         self.status_code = status_code
 
 
-def accept_post(services: Services, raw_body: bytes, signature: str | None) -> WebhookPost:
-    """Check a webhook body against every sender's app secret and store it, once: a body already stored
-    returns the stored post. Raises WebhookError (nothing stored)."""
+@dataclass(frozen=True)
+class StoredPost:
+    """A post as ``accept_post`` left it: its id, and whether this body was stored before."""
+
+    id: str
+    again: bool = False
+
+
+def accept_post(services: Services, raw_body: bytes, signature: str | None) -> StoredPost:
+    """Check a webhook body against every app's secret and store it, once: a body already stored returns the
+    stored post. Raises WebhookError (nothing stored).
+
+    The acknowledgement's cost is what Meta waits for: the apps' keys are the process's (``services.whatsapp_apps``,
+    read again before a refusal), and the body is stored by one statement in a transaction of its own
+    (``INSERT ... ON CONFLICT DO NOTHING RETURNING``), durable when it returns."""
     if not signature:
         raise SignatureError("missing X-Hub-Signature-256 header", status_code=401)
-    with services.session() as session:
-        senders = list(session.scalars(select(WhatsAppSender)))
-        secret = verify_signature(raw_body, signature, sorted({s.app_secret for s in senders}))
-        if secret is None:
-            raise SignatureError("signature does not match any configured app")
-        try:
-            body = decode_body(raw_body)
-        except MalformedBody as exc:
-            raise InvalidPayload(str(exc)) from None
-        _check_ownership(body, [s for s in senders if s.app_secret == secret])
-        digest = hashlib.sha256(raw_body).hexdigest()
-        stored = session.scalar(select(WebhookPost).where(WebhookPost.body_sha256 == digest))
-        if stored is not None:
-            log.info("whatsapp webhook: post %s received again", stored.id)
-            return stored
-        post = WebhookPost(id=new_id(), received_at=utcnow(), body=body, body_sha256=digest, processed=False)
-        session.add(post)
-        try:
-            session.commit()
-        except IntegrityError:  # the same body, stored by a concurrent request
-            session.rollback()
-            return session.scalars(select(WebhookPost).where(WebhookPost.body_sha256 == digest)).one()
-        return post
+    keys, fresh = services.whatsapp_apps.kept(services.session)
+    key = _signing_app(keys, raw_body, signature)
+    if key is None and not fresh:
+        keys, fresh = services.whatsapp_apps.fresh(services.session), True
+        key = _signing_app(keys, raw_body, signature)
+    if key is None:
+        raise SignatureError("signature does not match any configured app")
+    try:
+        body = decode_body(raw_body)
+    except MalformedBody as exc:
+        raise InvalidPayload(str(exc)) from None
+    if not fresh and _foreign(body, key):  # a sender added since the keys were read?
+        key = _signing_app(services.whatsapp_apps.fresh(services.session), raw_body, signature) or key
+    foreign = _foreign(body, key)
+    if foreign:
+        raise SignatureError(foreign)
+    return _store(services, body, hashlib.sha256(raw_body).hexdigest())
 
 
-def _check_ownership(body: dict, app_senders: list[WhatsAppSender]) -> None:
-    """Refuse a post naming a number, or a template's business account, that the signing app has no sender for."""
-    foreign = phone_number_ids(body) - {s.phone_number_id for s in app_senders}
-    if foreign:
-        raise SignatureError(f"the signing app does not own phone number id(s) {sorted(foreign)}")
-    foreign = template_waba_ids(body) - {s.waba_id for s in app_senders if s.waba_id}
-    if foreign:
-        raise SignatureError(f"the signing app has no sender in WhatsApp Business Account(s) {sorted(foreign)} "
-                             "(set waba_id on its senders to receive template status updates)")
+def _signing_app(keys: tuple[AppKey, ...], raw_body: bytes, signature: str) -> AppKey | None:
+    secret = verify_signature(raw_body, signature, [k.secret for k in keys])
+    return next((k for k in keys if k.secret == secret), None)
+
+
+def _foreign(body: dict, key: AppKey) -> str | None:
+    """Why a post names a number, or a template's business account, that the signing app has no sender for."""
+    numbers = phone_number_ids(body) - key.phone_number_ids
+    if numbers:
+        return f"the signing app does not own phone number id(s) {sorted(numbers)}"
+    accounts = template_waba_ids(body) - key.waba_ids
+    if accounts:
+        return (f"the signing app has no sender in WhatsApp Business Account(s) {sorted(accounts)} "
+                "(set waba_id on its senders to receive template status updates)")
+    return None
+
+
+def _store(services: Services, body: dict, digest: str) -> StoredPost:
+    posts = WebhookPost.__table__
+    insert = postgresql.insert if services.engine.dialect.name == "postgresql" else sqlite.insert
+    statement = (insert(posts).values(id=new_id(), received_at=utcnow(), body=body, body_sha256=digest, processed=False)
+                 .on_conflict_do_nothing(index_elements=[posts.c.body_sha256]).returning(posts.c.id))
+    with services.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        post_id = connection.execute(statement).scalar()
+        if post_id is not None:
+            return StoredPost(post_id)
+        post_id = connection.execute(select(posts.c.id).where(posts.c.body_sha256 == digest)).scalar_one()
+    log.info("whatsapp webhook: post %s received again", post_id)
+    return StoredPost(post_id, again=True)
 
 
 @dataclass

@@ -64,6 +64,8 @@ class WebhookPost(Base):
     body_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)  # of the raw bytes Meta signed
     processed: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # when a retention rule emptied the body (runtime.retention); the hash stays, so a redelivery is still known
+    purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class MessageMedia(Base):

@@ -108,12 +108,15 @@ class ScaleProcesses:
             time.sleep(0.2)
         raise RuntimeError(f"the API processes did not start in {self.start_timeout_s:g} s; logs in {self.log_dir}")
 
-    def cpu_s(self) -> float:
-        """CPU seconds (user + system) used so far by the children and their own children (uvicorn's workers)."""
+    def cpu_s(self, names: tuple[str, ...] | None = None) -> float:
+        """CPU seconds (user + system) used so far by the children (those named, e.g. ``("api",)``, if given) and
+        their own children (uvicorn's workers)."""
         import psutil
 
         total = 0.0
-        for p in self.procs.values():
+        for name, p in self.procs.items():
+            if names is not None and name not in names:
+                continue
             try:
                 parent = psutil.Process(p.pid)
                 for proc in (parent, *parent.children(recursive=True)):

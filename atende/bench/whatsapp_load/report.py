@@ -43,5 +43,8 @@ def print_report(report: dict) -> None:
     print(f"  cpu      server process {c.get('server_cores_during_load')} cores during the load, "
           f"{c.get('server_cores_during_drain')} during the drain, {c.get('server_cpu_ms_per_post')} ms per post; "
           f"whole machine busy {c.get('host_busy_during_load')} / {c.get('host_busy_during_drain')} (other processes included)")
+    if "api_cpu_ms_per_post" in c:
+        print(f"  api      the API processes {c['api_cores_during_load']} cores during the load, "
+              f"{c['api_cpu_ms_per_post']} ms CPU per post acknowledged")
     print(f"  invariant violations: {report['violation_count']}"
           + (f"  {report['violations']}  e.g. {report['violation_examples']}" if report["violation_count"] else ""))

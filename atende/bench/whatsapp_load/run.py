@@ -36,9 +36,13 @@ def run_benchmark(customers: int = 100, rate: float = 200.0, seconds: float = 30
                                         api_processes=api_processes, worker_processes=worker_processes,
                                         logs_dir=logs_dir, run_id=run_id, worker_nice=worker_nice) as st:
         llm, watch, server_cpu, services = st.llm, st.watch, st.server_cpu, st.services
-        cpu0, host0 = server_cpu(), host_cpu()
+
+        def api_cpu() -> float:  # what acknowledging costs: the API processes' CPU (scale profile)
+            return st.procs.cpu_s(("api",)) if st.procs else 0.0
+
+        cpu0, host0, api0 = server_cpu(), host_cpu(), api_cpu()
         load = run_load(f"{st.base}/webhooks/whatsapp", customers, rate, seconds, run_id, in_process=load_in_process)
-        cpu1, host1 = server_cpu(), host_cpu()
+        cpu1, host1, api1 = server_cpu(), host_cpu(), api_cpu()
         drained, drain_s, last_state = wait_drained(services, watch, drain_timeout_s)
         cpu2, host2 = server_cpu(), host_cpu()
         report = verify(services, graph, llm, watch, load, rate, seconds, customers)
@@ -55,6 +59,9 @@ def run_benchmark(customers: int = 100, rate: float = 200.0, seconds: float = 30
             "server_cpu_ms_per_post": round((cpu2 - cpu0) * 1000 / max(len(load["rows"]), 1), 2),
             "host_busy_during_load": busy(host0, host1), "host_busy_during_drain": busy(host1, host2),
         }
+        if st.procs:
+            report["cpu"]["api_cpu_ms_per_post"] = round((api1 - api0) * 1000 / max(len(load["rows"]), 1), 2)
+            report["cpu"]["api_cores_during_load"] = round((api1 - api0) / max(load_s, 1e-9), 2)
         setup = st.setup
     report["setup"] = {
         "profile": setup["profile"], "database": setup["database"], "queue": setup["queue"],

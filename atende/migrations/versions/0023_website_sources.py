@@ -6,14 +6,14 @@ the re-sync interval and the next scheduled sync), ``website_pages`` (a page see
 page's document is an ordinary one, filename = URL).
 
 Revision ID: 0023_website_sources
-Revises: 0022_part_media
+Revises: 0024_accounts
 """
 from alembic import op
 import sqlalchemy as sa
 
 
 revision = '0023_website_sources'
-down_revision = '0022_part_media'
+down_revision = '0024_accounts'
 branch_labels = None
 depends_on = None
 

@@ -573,6 +573,37 @@ def test_accept_post_errors(services):
     assert counts(services) == (0, 0, 0)
 
 
+def test_apps_added_elsewhere_are_known_at_their_first_post(services):
+    """The acknowledgement checks posts against the keys this process keeps; a sender added by another process
+    (straight into the database here) is read before its first post is refused: a new app, and a new number of a
+    known app. A sender deleted elsewhere is forgotten once the keys are older than their time to live."""
+    assistant = _assistant(services)
+    _sender(services, assistant, "111")
+    raw = json.dumps(text_payload("111", wamid="wamid.K1")).encode()
+    accept_post(services, raw, sign(raw, SECRET_A))  # the keys are kept from here
+    _sender(services, assistant, "222", app_secret=SECRET_B)
+    _sender(services, assistant, "333")
+    for number, secret in (("222", SECRET_B), ("333", SECRET_A)):
+        raw = json.dumps(text_payload(number, wamid=f"wamid.K{number}")).encode()
+        assert not accept_post(services, raw, sign(raw, secret)).again
+    with services.session() as s:
+        s.delete(s.scalars(select(WhatsAppSender).where(WhatsAppSender.phone_number_id == "222")).one())
+        s.commit()
+    raw = json.dumps(text_payload("222", wamid="wamid.K4")).encode()
+    accept_post(services, raw, sign(raw, SECRET_B))  # within the keys' time to live
+    services.whatsapp_apps.ttl_s = 0
+    raw = json.dumps(text_payload("222", wamid="wamid.K5")).encode()
+    with pytest.raises(SignatureError):
+        accept_post(services, raw, sign(raw, SECRET_B))
+
+
+def test_a_sender_deleted_through_the_api_is_refused_at_once(wa, public):
+    sender = add_sender(wa, new_assistant(wa), "444", SECRET_B)
+    assert post_signed(public, text_payload("444", wamid="wamid.D1"), SECRET_B).status_code == 200
+    assert wa.delete(f"/api/whatsapp/senders/{sender['id']}").status_code == 204
+    assert post_signed(public, text_payload("444", wamid="wamid.D2"), SECRET_B).status_code == 403
+
+
 # ------------------------------------------------------------------------------- statuses and window
 
 
