@@ -25,6 +25,7 @@ from api.audit import router as audit_router
 from api.routes import followups, media, privacy
 from api.routes import account_pages, accounts
 from api.routes import automations, events
+from api.routes import websites
 from runtime.services import Services
 
 
@@ -56,6 +57,7 @@ def build_app(services: Services, version: str,
     app.include_router(followups.router)
     app.include_router(privacy.router)
     app.include_router(audit_router)
+    app.include_router(websites.router)
     app.include_router(followups.pages)
     app.include_router(accounts.router)
     app.include_router(account_pages.pages)

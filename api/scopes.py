@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from kb.models import Assistant, Document, IngestJob, KnowledgeBase
+from kb.models import Assistant, Document, IngestJob, KnowledgeBase, WebsiteSource
 from runtime.approved import ApprovedAnswer
 from runtime.models import Conversation, FollowUp, Message, MessageFeedback
 from runtime.regression import RegressionCase, RegressionRun
@@ -31,6 +31,10 @@ def document(db: Session, path: dict[str, Any]) -> str | None:
 
 def job(db: Session, path: dict[str, Any]) -> str | None:
     return _of_knowledge_base(db, IngestJob, path["job_id"])
+
+
+def website_source(db: Session, path: dict[str, Any]) -> str | None:
+    return _of_knowledge_base(db, WebsiteSource, path["source_id"])
 
 
 def conversation(db: Session, path: dict[str, Any]) -> str | None:

@@ -33,6 +33,8 @@ from sqlalchemy import select, update
 from core.db import utcnow
 from core.settings import Settings
 from ingest.pipeline import run_job
+from ingest.website_sync import run_sync
+from kb.websites import due_runs
 from kb.models import IngestJob
 from runtime.events import deliver_event
 from runtime.events import queue_due as queue_due_events
@@ -141,6 +143,18 @@ class HueyQueue:
             # a job queued on the customer queue by a version that had one queue: off to the ingest queue
             run_ingest_job(job_id)
 
+        @ingest.task(name="website.sync")
+        def website_sync(run_id: str) -> None:
+            run_sync(services, run_id)
+
+        @ingest.periodic_task(crontab(minute="*"), name="website.schedule")
+        def website_schedule() -> None:
+            # the website sources due for their scheduled sync (each claimed once across processes)
+            with services.session() as session:
+                run_ids = [run.id for run in due_runs(session, utcnow())]
+            for run_id in run_ids:
+                website_sync(run_id)
+
         @huey.task(name="events.deliver")
         def deliver_events(event_ids: list[str]) -> None:
             for event_id in event_ids:
@@ -194,6 +208,7 @@ class HueyQueue:
         self._whatsapp_send, self.whatsapp_send_due = whatsapp_send, whatsapp_send_due
         self._media_process = media_process
         self._run_followup = run_followup
+        self._website_sync, self.website_schedule = website_sync, website_schedule
 
     @classmethod
     def from_settings(cls, services: Services) -> HueyQueue:
@@ -231,6 +246,10 @@ class HueyQueue:
     def schedule_send(self, conversation_id: str, delay_s: float) -> None:
         """"whatsapp.send" on the customer queue in ``delay_s`` seconds (huey keeps the schedule in its storage)."""
         self._whatsapp_send.schedule((conversation_id,), delay=delay_s)
+
+    def enqueue_sync(self, run_id: str) -> None:
+        """"website.sync" on the ingest queue."""
+        self._website_sync(run_id)
 
 
 class WorkerConsumer(Consumer):
@@ -302,7 +321,7 @@ def start_embedded_consumers(queue: HueyQueue, settings: Settings) -> list[Embed
         return []
     counts = {CUSTOMER: settings.workers, INGEST: settings.ingest_workers}
     warn_pool_shortfall(settings, settings.workers, settings.ingest_workers)
-    return [start_embedded_consumer(queue.hueys[name], n, _MAX_POLL_S[name], periodic=name == CUSTOMER,
+    return [start_embedded_consumer(queue.hueys[name], n, _MAX_POLL_S[name], periodic=True,
                                     periodic_s=settings.recovery_interval_s)
             for name, n in counts.items() if n > 0]
 

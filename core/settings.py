@@ -78,6 +78,13 @@ class Settings(BaseSettings):
     # custom HTTP tools: credential name -> {"header": "Authorization", "value": "Bearer ..."}
     http_tool_credentials: dict[str, dict[str, str]] = Field(default_factory=dict)
     http_tools_allow_private: bool = False  # allow HTTP tools to reach loopback/private addresses
+    # website sources (ingest.website_sync): pages fetched through the address guard (core.outbound) unless
+    # website_allow_private (tests on loopback, an intranet site), each request within website_timeout_s, a page or
+    # sitemap over website_max_page_mb refused; the user agent names atende (robots.txt rules for "atende" apply)
+    website_allow_private: bool = False
+    website_timeout_s: float = Field(default=20.0, gt=0, le=300)
+    website_max_page_mb: float = Field(default=5.0, gt=0, le=100)
+    website_user_agent: str = "atende/1 (website sync of a knowledge base; robots.txt token: atende)"
 
     # voice notes transcribed on this machine (runtime/whisper.py: Whisper base on faster-whisper, CPU; the model
     # assembled by scripts/setup_whisper.sh; figures: python -m benchmarks.voice_notes)

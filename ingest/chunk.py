@@ -2,12 +2,15 @@
 
 Elements are grouped into blocks under their section path (titles open sections); text blocks
 are split by llama-index's ``SentenceSplitter`` measured with the embedding model's own
-tokenizer; tables stay whole or are split by rows with their header repeated. Every chunk's
+tokenizer; tables stay whole or are split by rows with their header repeated, except a question-answer table
+(an FAQ sheet whose header names its question and answer columns in pt/en/es), which gives one chunk per row titled
+by its question, so each answer retrieves on its own. Every chunk's
 ``embed_text`` is checked against the model's maximum sequence length, so nothing is ever
 silently truncated by the model.
 """
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -16,6 +19,9 @@ from kb.embedders import Embedder
 from kb.types import Chunk
 
 SECTION_SEP = " > "
+# headers naming the question and the answer columns of an FAQ sheet (pt, en, es; compared without accents and case)
+QUESTION_HEADERS = {"pergunta", "perguntas", "questao", "question", "questions", "pregunta", "preguntas"}
+ANSWER_HEADERS = {"resposta", "respostas", "answer", "answers", "respuesta", "respuestas"}
 MAX_SECTION_DEPTH = 6
 MAX_TITLE_CHARS = 120
 MIN_BUDGET = 24
@@ -57,7 +63,8 @@ def _blocks(elements: list[Element]) -> list[_Block]:
     return blocks
 
 
-def _table_rows(html: str) -> list[str]:
+def _table_grid(html: str) -> list[list[str]]:
+    """The table's non-empty rows, each a list of its cells' text."""
     import lxml.html
 
     grid = []
@@ -65,9 +72,27 @@ def _table_rows(html: str) -> list[str]:
         cells = [" ".join(td.text_content().split()) for td in tr if td.tag in ("td", "th")]
         if any(cells):
             grid.append(cells)
+    return grid
+
+
+def _table_rows(grid: list[list[str]]) -> list[str]:
     width = max((len(r) for r in grid), default=0)
     used = [i for i in range(width) if any(i < len(r) and r[i] for r in grid)]  # drop all-empty columns
     return ["| " + " | ".join(r[i] if i < len(r) else "" for i in used) + " |" for r in grid]
+
+
+def _qa_columns(grid: list[list[str]]) -> tuple[int, int] | None:
+    """(question column, answer column) when the table's first row names them, else None."""
+    if len(grid) < 2:
+        return None
+
+    def plain(text: str) -> str:
+        return "".join(c for c in unicodedata.normalize("NFKD", text.lower()) if not unicodedata.combining(c)).strip()
+
+    heads = [plain(h) for h in grid[0]]
+    q = next((i for i, h in enumerate(heads) if h in QUESTION_HEADERS), None)
+    a = next((i for i, h in enumerate(heads) if h in ANSWER_HEADERS), None)
+    return (q, a) if q is not None and a is not None else None
 
 
 class Chunker:
@@ -129,30 +154,43 @@ class Chunker:
 
     def chunk(self, elements: list[Element], check: Callable[[], None] = lambda: None) -> list[Chunk]:
         """The chunks of a parsed document, in reading order; ``check`` is called before each block (titles and
-        the text under them, or a table) and may raise to stop (the ingestion deadline)."""
+        the text under them, or a table) and may raise to stop (the ingestion deadline). A question-answer table
+        (``_qa_columns``) gives one chunk per row, titled by its question."""
         chunks: list[Chunk] = []
         for block in _blocks(elements):
             check()
             section = SECTION_SEP.join(block.section)
             header = f"{SECTION_SEP.join(block.section[:-1] if not block.is_table else block.section)}\n\n"
             header = header if header.strip() else ""
-            pieces = self._table_pieces(block, header) if block.is_table else self._text_pieces(block, header)
+            grid = _table_grid(block.items[0][0].html or "") if block.is_table else []
+            columns = _qa_columns(grid)
+            if columns is not None:
+                el, offset = block.items[0]
+                for question, text in self._qa_pieces(grid, columns, header):
+                    title = SECTION_SEP.join([*block.section, question[:MAX_TITLE_CHARS]])
+                    chunks.append(self._chunk(text, header, len(chunks), title, block.items, offset,
+                                              offset + len(el.text)))
+                continue
+            pieces = self._table_pieces(block, grid, header) if block.is_table else self._text_pieces(block, header)
             for text, items, char_start, char_end in pieces:
-                pages = [el.page for el, _ in items if el.page is not None]
-                chunks.append(
-                    Chunk(
-                        text=text,
-                        embed_text=header + text,
-                        position=len(chunks),
-                        section=section,
-                        page=min(pages) if pages else None,
-                        page_end=max(pages) if pages else None,
-                        element_types=tuple(dict.fromkeys(el.category for el, _ in items)),
-                        char_start=char_start,
-                        char_end=char_end,
-                    )
-                )
+                chunks.append(self._chunk(text, header, len(chunks), section, items, char_start, char_end))
         return chunks
+
+    @staticmethod
+    def _chunk(text: str, header: str, position: int, section: str, items: list[tuple[Element, int]],
+               char_start: int, char_end: int) -> Chunk:
+        pages = [el.page for el, _ in items if el.page is not None]
+        return Chunk(
+            text=text,
+            embed_text=header + text,
+            position=position,
+            section=section,
+            page=min(pages) if pages else None,
+            page_end=max(pages) if pages else None,
+            element_types=tuple(dict.fromkeys(el.category for el, _ in items)),
+            char_start=char_start,
+            char_end=char_end,
+        )
 
     def _text_pieces(self, block: _Block, header: str):
         text = "\n\n".join(el.text for el, _ in block.items)
@@ -167,10 +205,10 @@ class Chunker:
             char_end = hit[-1][3] + min(hit[-1][1], end) - hit[-1][0]
             yield piece, [(el, off) for _, _, el, off in hit], char_start, char_end
 
-    def _table_pieces(self, block: _Block, header: str):
+    def _table_pieces(self, block: _Block, grid: list[list[str]], header: str):
         el, offset = block.items[0]
         span = (offset, offset + len(el.text))
-        rows = _table_rows(el.html)
+        rows = _table_rows(grid)
         if not rows:
             yield from ((p, block.items, *span) for p, _ in self._fit(el.text, header))
             return
@@ -191,6 +229,23 @@ class Chunker:
             group.append(row)
         if group:
             yield "\n".join([head, *group]), block.items, *span
+
+    def _qa_pieces(self, grid: list[list[str]], columns: tuple[int, int], header: str) -> list[tuple[str, str]]:
+        """(question, text) per question-answer row of ``grid`` (``columns``: the question's and the answer's): the
+        text is the question, the answer, then the row's other cells as "header: value" lines; an answer longer than
+        a chunk is split, each piece under its question."""
+        q, a = columns
+        names = grid[0]
+        pieces = []
+        for row in grid[1:]:
+            cell = dict(enumerate(row))
+            question, answer = cell.get(q, ""), cell.get(a, "")
+            if not question or not answer:
+                continue
+            extra = [f"{names[i]}: {v}" for i, v in cell.items() if i not in (q, a) and v and i < len(names)]
+            body = "\n".join([answer, *extra])
+            pieces += [(question, f"{question}\n{p}") for p, _ in self._fit(body, f"{header}{question}\n")]
+        return pieces
 
     def _fits(self, header: str, text: str) -> bool:
         return self._tokens(text) <= self._budget(header) and self._count(header + text) <= self._max

@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from core.db import Base, UTCDateTime, new_id, utcnow
@@ -115,4 +115,67 @@ class IngestJob(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # while ``processing``: until when the worker answers for it (claimed, renewed as it progresses); a job past
     # it was left by a dead worker, and the recovery sweep (runtime.recovery) queues it again
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class WebsiteSource(Base):
+    """A website a knowledge base follows: its pages are documents (filename = URL), re-synced on a schedule
+    (``ingest.website_sync``). ``kind`` says what ``url`` is: a start page to crawl links from, or a sitemap."""
+
+    __tablename__ = "website_sources"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    knowledge_base_id: Mapped[str] = mapped_column(ForeignKey("knowledge_bases.id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    kind: Mapped[str] = mapped_column(String(20), default="crawl")  # crawl | sitemap
+    # glob patterns (fnmatch) on the URL's path and query; empty include = every page of the site
+    include: Mapped[list[str]] = mapped_column(JSON, default=list)
+    exclude: Mapped[list[str]] = mapped_column(JSON, default=list)
+    max_pages: Mapped[int] = mapped_column(Integer, default=200)
+    max_depth: Mapped[int] = mapped_column(Integer, default=3)  # links followed from the start page (crawl)
+    request_interval_s: Mapped[float] = mapped_column(Float, default=1.0)  # between two requests to the site
+    sync_interval_hours: Mapped[float] = mapped_column(Float, default=24.0)  # 0: manual syncs only
+    next_sync_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class WebsitePage(Base):
+    """A page a website source has seen, and the document it feeds (None while it never had content)."""
+
+    __tablename__ = "website_pages"
+    __table_args__ = (UniqueConstraint("source_id", "url"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    source_id: Mapped[str] = mapped_column(ForeignKey("website_sources.id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    document_id: Mapped[str | None] = mapped_column(ForeignKey("documents.id", ondelete="SET NULL"), nullable=True,
+                                                    index=True)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WebsiteSyncRun(Base):
+    """One sync of a website source: what it saw and did, page by page counted, with the reasons of failures."""
+
+    __tablename__ = "website_sync_runs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    source_id: Mapped[str] = mapped_column(ForeignKey("website_sources.id", ondelete="CASCADE"), index=True)
+    trigger: Mapped[str] = mapped_column(String(20), default="manual")  # manual | scheduled
+    # queued | running | succeeded | partial (some pages failed) | failed (the site itself)
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    pages_planned: Mapped[int] = mapped_column(Integer, default=0)  # known so far (sitemap entries, links queued)
+    pages_seen: Mapped[int] = mapped_column(Integer, default=0)
+    pages_added: Mapped[int] = mapped_column(Integer, default=0)
+    pages_changed: Mapped[int] = mapped_column(Integer, default=0)
+    pages_unchanged: Mapped[int] = mapped_column(Integer, default=0)
+    pages_removed: Mapped[int] = mapped_column(Integer, default=0)
+    pages_failed: Mapped[int] = mapped_column(Integer, default=0)
+    failures: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)  # [{"url", "reason"}], capped
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # while ``running``: until when the worker answers for it (renewed page by page); past it, the run was left by
+    # a dead worker and the scheduler marks it failed
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -18,6 +18,7 @@ from kb.vectorstore import ChromaVectorStore
 
 MIN_CHUNK_TOKENS, MAX_CHUNK_TOKENS = 32, 2048
 INTERNAL_ERROR = "internal error"  # prefix of job errors that are not the file's fault
+MAX_FILENAME = 500  # documents.filename: an upload's name, or a website page's URL
 
 
 def _check_chunking(size: int, overlap: int) -> None:
@@ -110,7 +111,19 @@ def register_upload(
     or mislabelled files.
     """
     filename = _clean_filename(filename)
-    file_type = detect_file_type(filename, data, max_bytes)
+    return _register(session, blobs, kb, filename, data, detect_file_type(filename, data, max_bytes))
+
+
+def register_page(session: Session, blobs: BlobStore, kb: KnowledgeBase, url: str, markdown: bytes) -> Upload:
+    """Queue a new version of a website page's document (filename = its URL, the extracted Markdown as its file),
+    or do nothing when the extracted content is unchanged (``ingest.website_sync``)."""
+    if len(url) > MAX_FILENAME:
+        raise InvalidRequest(f"the URL is longer than {MAX_FILENAME} characters")
+    return _register(session, blobs, kb, url, markdown, "md")
+
+
+def _register(session: Session, blobs: BlobStore, kb: KnowledgeBase, filename: str, data: bytes,
+              file_type: str) -> Upload:
     digest = content_hash(data)
     doc = session.scalar(
         select(Document).where(Document.knowledge_base_id == kb.id, Document.filename == filename)
@@ -161,7 +174,7 @@ def _clean_filename(filename: str | None) -> str:
     name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
     if not name or name in (".", ".."):
         raise InvalidRequest("the upload has no filename")
-    return name[:500]
+    return name[:MAX_FILENAME]
 
 
 def get_document(session: Session, document_id: str) -> Document:

@@ -1,33 +1,22 @@
 """Outbound HTTP: lookups in the customer's own systems (HTTP tools) and event webhooks.
 
-Uses ``httpx`` (as does the WhatsApp Graph client). An HTTP tool's URL is admin-configured but filled with model-chosen
-arguments, so every call is guarded against server-side request forgery: the host is resolved
-first, every address must be public, and the connection is pinned to the checked address (a DNS
-answer cannot change between the check and the connect). Redirects are refused, responses are
-read as a stream and cut at ``max_response_bytes``. A model's value fills one path segment, encoded;
-one that would change the path (``/``, ``.``, ``..``) is refused, since the HTTP client resolves dot
-segments and ``/api/customers/../orders`` would reach ``/api/orders`` with the server's credential.
-
-httpx's timeouts bound each read, and a server dripping its headers a byte at a time resets them
-forever; each request therefore runs under one wall-clock deadline (``anyio.fail_after``) covering
-name resolution, connect, headers and body.
+An HTTP tool's URL is admin-configured but filled with model-chosen arguments, so every call goes through the
+address guard of ``core.outbound`` (public addresses only, the connection pinned to the checked one, one wall-clock
+deadline). Redirects are refused, responses are read as a stream and cut at ``max_response_bytes``. A model's value
+fills one path segment, encoded; one that would change the path (``/``, ``.``, ``..``) is refused, since the HTTP
+client resolves dot segments and ``/api/customers/../orders`` would reach ``/api/orders`` with the server's
+credential.
 """
 from __future__ import annotations
 
-import codecs
-import functools
-import ipaddress
 import json
-import socket
-import ssl
 import time
 from urllib.parse import quote
 
-import anyio
-import anyio.to_thread
 import httpx
 
 from core import signing
+from core.outbound import OutboundRefused, Unresolvable, fetch
 from core.settings import Settings
 from runtime.config import PLACEHOLDER, HttpTool
 
@@ -151,97 +140,13 @@ def _as_text(value) -> str:
 
 def send(method: str, url: str, headers: dict, seconds: float, allow_private: bool, limit: int,
          **kwargs) -> tuple[int, httpx.Headers, str, bool]:
-    """One request under a wall-clock deadline of ``seconds``: resolution, connect, headers and body.
-    Returns (status, headers, text cut at ``limit`` bytes, truncated); raises ``TimeoutError``,
-    ``httpx.HTTPError`` or ``HttpToolError``."""
-
-    async def run():
-        with anyio.fail_after(seconds):
-            async with httpx.AsyncClient(timeout=seconds, follow_redirects=False, trust_env=False,
-                                         verify=_ssl_context()) as client:
-                target, headers_, extensions = await _target(url, headers, allow_private)
-                request = client.build_request(method, target, headers=headers_, extensions=extensions, **kwargs)
-                response = await client.send(request, stream=True)
-                try:
-                    text, truncated = await _read_limited(response, limit)
-                finally:
-                    await response.aclose()
-                return response.status_code, response.headers, text, truncated
-
-    return anyio.run(run)
-
-
-@functools.cache
-def _ssl_context() -> ssl.SSLContext:
-    """httpx's default verifying context, built once: loading the CA bundle takes ~38 ms a client here."""
-    return httpx.create_ssl_context()
-
-
-# --------------------------------------------------------------------------- SSRF guard
-
-
-def forbidden_reason(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
-    """Why an address must not be reached from here (None for a public address)."""
-    if isinstance(ip, ipaddress.IPv6Address):
-        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
-        if embedded is not None:
-            return forbidden_reason(embedded)
-    for label, bad in (
-        ("loopback", ip.is_loopback), ("link-local", ip.is_link_local), ("multicast", ip.is_multicast),
-        ("unspecified", ip.is_unspecified), ("reserved", ip.is_reserved), ("private", ip.is_private),
-        ("non-public", not ip.is_global),
-    ):
-        if bad:
-            return label
-    return None
-
-
-async def resolve_public(host: str, port: int) -> str:
-    """Resolve ``host``; return an address to connect to, or raise if any address is not public."""
+    """One guarded request (``core.outbound.fetch``). Returns (status, headers, text cut at ``limit`` bytes,
+    truncated); raises ``TimeoutError``, ``httpx.HTTPError``, ``RefusedAddress`` (a URL the guard refuses) or
+    ``HttpToolError`` (a host name that does not resolve now: it may later)."""
     try:
-        # in a worker thread the deadline can abandon (a resolver can take its own time to give up)
-        infos = await anyio.to_thread.run_sync(
-            lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM), abandon_on_cancel=True)
-    except (OSError, UnicodeError):
-        raise HttpToolError(f"could not resolve the host name '{host}'") from None
-    addresses = [info[4][0] for info in infos]
-    for address in addresses:
-        reason = forbidden_reason(ipaddress.ip_address(address.split("%", 1)[0]))
-        if reason:
-            raise RefusedAddress(f"refused: {host} is a {reason} address ({address}); only public addresses are allowed")
-    return addresses[0]
-
-
-async def _target(url: str, headers: dict, allow_private: bool) -> tuple[httpx.URL, dict, dict]:
-    """The URL to connect to (pinned to a checked public address unless ``allow_private``), its headers
-    and transport extensions."""
-    try:
-        target = httpx.URL(url)
-    except httpx.InvalidURL as exc:
-        raise RefusedAddress(f"invalid URL: {exc}") from None
-    if target.scheme not in ("http", "https") or not target.host:
-        raise RefusedAddress("only http:// and https:// URLs with a host are allowed")
-    if allow_private:
-        return target, headers, {}
-    address = await resolve_public(target.host, target.port or (443 if target.scheme == "https" else 80))
-    # connect to the checked address; Host header and TLS name (SNI, certificate) stay the host's
-    headers = {**headers, "Host": target.netloc.decode("ascii")}
-    return target.copy_with(host=address), headers, {"sni_hostname": target.host}
-
-
-async def _read_limited(response: httpx.Response, limit: int) -> tuple[str, bool]:
-    """Read at most ``limit`` bytes of the (decoded) body; returns (text, truncated)."""
-    chunks, size, truncated = [], 0, False
-    async for chunk in response.aiter_bytes():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            truncated = True
-            break
-    data = b"".join(chunks)[:limit]
-    try:
-        decoder = codecs.getincrementaldecoder(response.encoding or "utf-8")(errors="replace")
-    except LookupError:
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    # final=False drops a multi-byte character cut in half by the limit
-    return decoder.decode(data, final=not truncated), truncated
+        response = fetch(method, url, headers, seconds, allow_private, limit, **kwargs)
+    except Unresolvable as exc:
+        raise HttpToolError(str(exc)) from None
+    except OutboundRefused as exc:
+        raise RefusedAddress(str(exc)) from None
+    return response.status, response.headers, response.text(), response.truncated

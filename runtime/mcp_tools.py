@@ -24,9 +24,10 @@ import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from core.outbound import OutboundRefused, Unresolvable, resolve_public
 from core.settings import Settings
 from runtime.config import McpServer
-from runtime.http_tools import HttpToolError, RefusedAddress, resolve_public
+from runtime.http_tools import HttpToolError, RefusedAddress
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,12 @@ class _GuardedTransport(httpx2.AsyncBaseTransport):
         if url.scheme not in ("http", "https") or not url.host:
             raise RefusedAddress("only http:// and https:// URLs with a host are allowed")
         if not self._allow_private:
-            address = await resolve_public(url.host, url.port or (443 if url.scheme == "https" else 80))
+            try:
+                address = await resolve_public(url.host, url.port or (443 if url.scheme == "https" else 80))
+            except Unresolvable as exc:
+                raise HttpToolError(str(exc)) from None
+            except OutboundRefused as exc:
+                raise RefusedAddress(str(exc)) from None
             request.headers["Host"] = url.netloc.decode("ascii")
             request.extensions = {**request.extensions, "sni_hostname": url.host}
             request.url = url.copy_with(host=address)

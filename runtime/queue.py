@@ -14,6 +14,7 @@ import logging
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ingest.pipeline import run_job
+from ingest.website_sync import run_sync
 from runtime.events import deliver_event
 from runtime.followups import run_due
 from runtime.whatsapp.inbound import process_post
@@ -57,6 +58,9 @@ class WorkQueue(Protocol):
         """After ``delay_s`` seconds, send the conversation's outbound WhatsApp messages then due (a retry,
         ``runtime.whatsapp.outbound.send_due``). The outbox keeps the due time, so a lost schedule only waits
         for the next sweep."""
+
+    def enqueue_sync(self, run_id: str) -> None:
+        """Run website sync run ``run_id`` (``ingest.website_sync.run_sync``)."""
 
 
 class InlineQueue:
@@ -118,3 +122,9 @@ class InlineQueue:
     def schedule_send(self, conversation_id: str, delay_s: float) -> None:
         """Nothing: the sends stay due in the outbox, for the next ``runtime.whatsapp.outbound.send_due``."""
         log.debug("send retry of conversation %s in %.0fs left to the outbox sweep", conversation_id, delay_s)
+
+    def enqueue_sync(self, run_id: str) -> None:
+        try:
+            run_sync(self._services, run_id)
+        except Exception:
+            log.exception("website sync run %s failed", run_id)

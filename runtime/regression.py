@@ -368,6 +368,9 @@ class _EventsKept:
     def enqueue_media(self, media_id: str, delay_s: float) -> None:
         self._queue.enqueue_media(media_id, delay_s)
 
+    def enqueue_sync(self, run_id: str) -> None:
+        self._queue.enqueue_sync(run_id)
+
 
 def _run_case(services: Services, case: RegressionCase, run_id: str) -> CaseResult:
     t = time.perf_counter()

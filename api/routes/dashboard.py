@@ -32,6 +32,7 @@ from api.routes import conversations as conversation_routes
 from api.routes import documents as document_routes
 from api.routes import regression as regression_routes
 from api.routes import review as review_routes
+from api.routes import websites as website_routes
 from api.routes import whatsapp as whatsapp_routes
 from api.sessions import SESSION_TTL_S, close_session, open_session
 from core.errors import Forbidden, InvalidRequest, NotFound
@@ -394,8 +395,10 @@ def knowledge_page(request: Request, session: SessionDep, principal: CurrentUser
     except NotFound as exc:
         return render(request, "error.html", status_code=404, title="Assistant not found", message=str(exc))
     docs = document_routes.list_documents(assistant.id, session) if assistant else []
+    sites = website_routes.list_websites(assistant.id, session) if assistant else []
     return render(request, "knowledge.html", assistants=assistants, assistant=assistant, documents=docs,
-                  busy=any(d.status in ("queued", "processing") for d in docs))
+                  busy=any(d.status in ("queued", "processing") for d in docs), websites=sites,
+                  websites_busy=any(s.last_run and s.last_run.status in ("queued", "running") for s in sites))
 
 
 @router.get("/console", dependencies=[allow(SUPERVISOR)])

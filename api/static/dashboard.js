@@ -449,6 +449,70 @@
     });
 
     if (document.getElementById("documents").dataset.busy === "true") poll();
+    initWebsites(assistant);
+  }
+
+  function initWebsites(assistant) {
+    const messages = document.getElementById("website-messages");
+    let polling = false;
+
+    async function poll() {  // the sync's progress, until it is done; then the documents it changed
+      if (polling) return;
+      polling = true;
+      try {
+        let table = await refreshFragment("websites");
+        while (table && table.dataset.busy === "true") {
+          await sleep(1000);
+          table = await refreshFragment("websites");
+        }
+        await refreshFragment("documents");
+      } finally {
+        polling = false;
+      }
+    }
+
+    const form = document.getElementById("add-website");
+    if (form) form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      messages.replaceChildren();
+      const button = form.querySelector("button");
+      button.disabled = true;
+      try {
+        await api("POST", `/api/assistants/${assistant}/websites`, {
+          url: form.elements.url.value, kind: form.elements.kind.value,
+          sync_interval_hours: Number(form.elements.sync_interval_hours.value),
+        });
+        messages.append(el("li", { class: "ok" }, `${form.elements.url.value}: added, first sync queued`));
+        form.reset();
+      } catch (e) {
+        messages.append(el("li", { class: "error" }, e.message));
+      }
+      button.disabled = false;
+      await poll();
+    });
+
+    document.addEventListener("click", async (ev) => {
+      const button = ev.target.closest("#websites button[data-action]");
+      if (!button) return;
+      const row = button.closest("tr");
+      const id = encodeURIComponent(row.dataset.id);
+      messages.replaceChildren();
+      try {
+        if (button.dataset.action === "delete") {
+          if (!confirm(`Delete ${row.dataset.url}? Its pages leave the knowledge base at once.`)) return;
+          button.disabled = true;
+          await api("DELETE", `/api/websites/${id}`);
+        } else {
+          button.disabled = true;
+          await api("POST", `/api/websites/${id}/sync`);
+        }
+      } catch (e) {
+        messages.append(el("li", { class: "error" }, `${row.dataset.url}: ${e.message}`));
+      }
+      await poll();
+    });
+
+    if (document.getElementById("websites").dataset.busy === "true") poll();
   }
 
   // ------------------------------------------------------------------ test console

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from api.sessions import find_session
 from atende.app import create_app
+from benchmarks.website_sync import LocalSite
 from runtime.accounts import tokens, users
 from runtime.accounts.roles import ADMIN, OPERATOR, ROLES, SUPERVISOR, VIEWER
 from tests.api.test_dashboard import add_conversation
@@ -62,6 +63,14 @@ RULES: dict[tuple[str, str], Rule] = {
     ("DELETE", "/api/documents/{document_id}"): Rule(SUPERVISOR, "path"),  # the victim document
     ("POST", "/api/documents/{document_id}/reindex"): Rule(SUPERVISOR, "path"),
     ("GET", "/api/jobs/{job_id}"): Rule(VIEWER, "path"),
+    ("POST", "/api/assistants/{assistant_id}/websites"): Rule(
+        SUPERVISOR, "path", json={"url": "{new_site_page}", "max_depth": 0, "request_interval_s": 0}),
+    ("GET", "/api/assistants/{assistant_id}/websites"): Rule(VIEWER, "path"),
+    ("GET", "/api/websites/{source_id}"): Rule(VIEWER, "path"),
+    ("PATCH", "/api/websites/{source_id}"): Rule(SUPERVISOR, "path", json={"sync_interval_hours": 0}),
+    ("DELETE", "/api/websites/{source_id}"): Rule(SUPERVISOR, "path"),  # the victim source
+    ("POST", "/api/websites/{source_id}/sync"): Rule(SUPERVISOR, "path", ok=(202,)),
+    ("GET", "/api/websites/{source_id}/runs"): Rule(VIEWER, "path"),
     ("POST", "/api/console/chat"): Rule(SUPERVISOR, "body", json={"assistant_id": "{assistant_id}", "customer_id": "console",
                                                                   "message": "Abrem sábado?"}),
     # conversations and review
@@ -192,6 +201,7 @@ RULES: dict[tuple[str, str], Rule] = {
 VICTIMS = {
     ("DELETE", "/api/assistants/{assistant_id}"): {"assistant_id": "victim_assistant"},
     ("DELETE", "/api/documents/{document_id}"): {"document_id": "victim_document"},
+    ("DELETE", "/api/websites/{source_id}"): {"source_id": "victim_source"},
     ("DELETE", "/api/approved-answers/{approved_id}"): {"approved_id": "victim_approved"},
     ("DELETE", "/api/regression-cases/{case_id}"): {"case_id": "victim_case"},
     ("DELETE", "/api/whatsapp/senders/{sender_id}"): {"sender_id": "victim_sender"},
@@ -263,6 +273,15 @@ def world(tmp_path_factory, embedders):
         victim_doc = make("POST", f"/api/assistants/{a}/documents", files={"file": ("apagar.txt", b"Apagar.", "text/plain")})
         for d in (doc, victim_doc):  # ingested before the walk re-indexes one
             wait_until(lambda d=d: make("GET", f"/api/documents/{d['id']}")["status"] == "ready", what="ingestion")
+        site = LocalSite(tmp_path_factory.mktemp("site")).start()  # a website on loopback, let through for the walk
+        services.settings.website_allow_private = True
+        for page in ("horarios", "entrega", "nova"):
+            site.write(f"/{page}.html", f"<h1>{page}</h1><p>Página {page} da loja, aberta aos sábados.</p>")
+        sources = [make("POST", f"/api/assistants/{a}/websites", json={
+            "url": f"{site.url}/{page}.html", "max_depth": 0, "request_interval_s": 0})["id"] for page in ("horarios", "entrega")]
+        for source in sources:  # their first syncs done: the victim can be deleted, the other synced again
+            wait_until(lambda source=source: make("GET", f"/api/websites/{source}")["last_run"]["status"] == "succeeded",
+                       what="website sync")
         conv = add_conversation(services, a, "api", "cliente-42", "Vocês abrem sábado?", "Sim, das 9h às 13h.")
         detail = make("GET", f"/api/conversations/{conv}")
         reply = next(m["id"] for m in detail["messages"] if m["direction"] == "outbound")
@@ -304,6 +323,7 @@ def world(tmp_path_factory, embedders):
                 "victim_automation": automations[1], "subscription_id": subscriptions[0],
                 "victim_subscription": subscriptions[1], "event_id": event, "cancel_followup": scheduled[0],
                 "page_cancel_followup": scheduled[1],
+                "source_id": sources[0], "victim_source": sources[1], "new_site_page": f"{site.url}/nova.html",
                 "customer_id": "5511000000000", "user_id": victim_user.id, "victim_user": victim_user.id})
             for role, user in people.items():
                 w.tokens[role] = tokens.issue_token(db, user, "walk")[1]
@@ -315,6 +335,7 @@ def world(tmp_path_factory, embedders):
                 with services.session() as db:
                     w.own[role][name] = find_session(db, services.settings, spare).ref
         yield w
+    site.stop()
     services.engine.dispose()
 
 

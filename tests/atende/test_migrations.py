@@ -196,6 +196,7 @@ def test_parts_left_claimed_by_a_dead_sender_get_an_expired_send_lease(database_
     ({"automations", "automation_runs", "event_subscriptions", "event_attempts"}, "0024_accounts",
      {"automation_runs": {"ix_automation_runs_automation_id", "ix_automation_runs_conversation_id"},
       "event_attempts": {"ix_event_attempts_event_id"}, "outbound_events": {"ix_outbound_events_next_attempt_at"}}),
+    ({"website_sources", "website_pages", "website_sync_runs"}, "0025_automations", {}),
 ])
 def test_round_two_tables_go_up_and_down_and_match_the_models(database_url, tables, previous, indexes):
     """Each migration of round two: its tables and indexes exist at head, match the models, are

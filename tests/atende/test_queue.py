@@ -132,7 +132,8 @@ def _methods(cls) -> dict[str, inspect.Signature]:
 def test_each_queue_has_the_work_queue_methods_with_their_signatures(implementation):
     wanted = _methods(WorkQueue)
     assert set(wanted) == {"enqueue_job", "enqueue_webhook", "schedule_turn", "deliver_events", "schedule_send",
-                           "enqueue_media", "schedule_followup"}
+                           "enqueue_media", "schedule_followup",
+                           "enqueue_sync"}
     have = _methods(implementation)
     assert {name: have.get(name) for name in wanted} == wanted
 

@@ -133,6 +133,17 @@ def _whatsapp_conversation(client: TestClient, phone_number_id: str, customer: s
     raise AssertionError(f"the webhook post of {customer} was not processed")
 
 
+def _website_source(services, assistant_id: str) -> str:
+    from kb import registry, websites
+
+    with services.session() as session:
+        kb = registry.get_assistant(session, assistant_id).knowledge_base
+        source = websites.create_source(session, kb, websites.SourceSettings(url="https://loja.example/",
+                                                                             sync_interval_hours=0))
+        session.commit()
+        return source.id
+
+
 def _use_seeded_ids(case, ids: dict[str, list], rng: random.Random) -> None:
     """Swap most generated ids, names and tokens of ``case`` (path, query, body) for seeded ones."""
     for container in (case.path_parameters, case.query, case.body):
@@ -155,6 +166,8 @@ def fuzz_app(tmp_path_factory, embedders):
         with TestClient(app) as client:
             client.headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
             ids = {"kept": _seed(client, "loja", "100000001"), "doomed": _seed(client, "descarte", "100000002")}
+            for seeded in ids.values():  # a website source each (created directly: the API would ask the site)
+                seeded["source_id"] = [_website_source(services, seeded["assistant_id"][0])]
             # deleting "descarte" itself would take its objects along before their own DELETE comes
             ids["doomed"]["assistant_id"] = [_seed(client, "vazia", "100000003")["assistant_id"][0]]
         yield app, ids
