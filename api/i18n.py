@@ -63,11 +63,11 @@ def parse_accept_language(header: str) -> list[str]:
     """The language tags of an ``Accept-Language`` header, most wanted first (``q=0`` left out)."""
     wanted = []
     for i, part in enumerate(header.split(",")[:20]):
-        tag, _, params = part.strip().partition(";")
-        match = re.fullmatch(r"\s*q=([01](?:\.\d{0,3})?)\s*", params) if params else None
-        q = float(match.group(1)) if match else (0.0 if params else 1.0)
+        tag, *params = (p.strip() for p in part.split(";"))
+        weights = [p[2:] for p in params if p.startswith("q=")]
+        q = float(weights[0]) if weights and re.fullmatch(r"[01](\.\d{0,3})?", weights[0]) else 0.0 if weights else 1.0
         if tag and q > 0:
-            wanted.append((-q, i, tag.strip()))
+            wanted.append((-q, i, tag))
     return [tag for _, _, tag in sorted(wanted)]
 
 

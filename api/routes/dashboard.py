@@ -204,7 +204,8 @@ def read_filters(request: Request) -> tuple[dict[str, str], ConversationFilters 
             customer=raw["customer"], waiting_for_human={"true": True, "false": False}.get(waiting),
             feedback=raw["feedback"])
     except InvalidRequest as exc:  # the reason names the parameter, as the API's 400 does
-        return raw, None, i18n.translator(request)("These filters cannot be applied: %(reason)s", reason=exc)
+        _ = i18n.translator(request)
+        return raw, None, _("These filters cannot be applied: %(reason)s", reason=exc)
     return raw, filters, None
 
 
