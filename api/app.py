@@ -23,6 +23,7 @@ from api.routes import regression
 from api.audit import AuditMiddleware
 from api.audit import router as audit_router
 from api.routes import followups, media, privacy
+from api.routes import account_pages, accounts
 from runtime.services import Services
 
 
@@ -55,6 +56,8 @@ def build_app(services: Services, version: str,
     app.include_router(privacy.router)
     app.include_router(audit_router)
     app.include_router(followups.pages)
+    app.include_router(accounts.router)
+    app.include_router(account_pages.pages)
     dashboard.install_page_handlers(app)
     app.mount("/static", StaticFiles(directory=Path(__file__).resolve().parent / "static"), name="static")
 

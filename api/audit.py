@@ -2,8 +2,8 @@
 it if it changed something (any method but GET/HEAD/OPTIONS) or read personal data (:data:`PERSONAL_READS`), and the
 admin routes that list and export the trail.
 
-Who the admin is comes from the authentication (``api.deps.require_admin``, the dashboard's page session): they
-leave the actor on the request's state (``api.deps.set_actor``); a request without one (public routes, refused ones) is
+Who asks comes from the authentication (``api.deps.current_user``, the dashboard's page session): they leave the
+user's e-mail and id on the request's state (``api.deps.set_actor``); a request without one (public routes, refused ones) is
 not recorded here (wrong tokens are counted by ``api.throttle``). The entry is written after the answer, off the
 event loop.
 """
@@ -19,7 +19,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.deps import AUDIT_ACTOR, AdminDep, SessionDep
+from api.deps import AUDIT_ACTOR, AUDIT_USER, AdminDep, SessionDep
 from runtime import audit
 from runtime.services import Services
 
@@ -54,13 +54,14 @@ class AuditMiddleware:
         try:
             await self.app(scope, receive, sending)
         finally:
-            actor = (scope.get("state") or {}).get(AUDIT_ACTOR)
+            state = scope.get("state") or {}
+            actor = state.get(AUDIT_ACTOR)
             route = getattr(scope.get("route"), "path", None) or scope["path"]
             if actor and (audit.kind_of(scope["method"]) == "change" or route in PERSONAL_READS):
                 client = scope.get("client") or ("", 0)
                 entry = audit.Request(
-                    actor=actor, client=str(client[0]), method=scope["method"], route=route, path=scope["path"],
-                    path_params={k: str(v) for k, v in (scope.get("path_params") or {}).items()},
+                    actor=actor, user_id=state.get(AUDIT_USER), client=str(client[0]), method=scope["method"], route=route,
+                    path=scope["path"], path_params={k: str(v) for k, v in (scope.get("path_params") or {}).items()},
                     query=_query(scope), status=status)
                 try:
                     await anyio.to_thread.run_sync(audit.record, self.services, entry)
@@ -75,22 +76,23 @@ def _query(scope: Scope) -> list[tuple[str, str]]:
 
 
 @router.get("/api/audit")
-def list_audit(session: SessionDep, actor: str | None = None, kind: Literal["change", "read"] | None = None,
+def list_audit(session: SessionDep, actor: str | None = None, user_id: str | None = None, kind: Literal["change", "read"] | None = None,
                since: datetime | None = None, until: datetime | None = None,
                route: Annotated[str | None, Query(max_length=300, description="a part of the route template")] = None,
                limit: Annotated[int, Query(ge=1, le=1000)] = 100, offset: Annotated[int, Query(ge=0)] = 0) -> list[dict]:
-    """Audit entries, newest first, by actor, kind (change/read), time and route."""
-    rows = audit.entries(session, actor=actor, kind=kind, since=since, until=until, route=route, limit=limit,
+    """Audit entries, newest first, by actor (an e-mail) or user id, kind (change/read), time and route."""
+    rows = audit.entries(session, actor=actor, user_id=user_id, kind=kind, since=since, until=until, route=route, limit=limit,
                          offset=offset)
     return [audit.as_dict(e) for e in rows]
 
 
 @router.get("/api/audit/export", response_class=StreamingResponse, responses={200: {"content": {"text/csv": {}}}})
-def export_audit(session: SessionDep, actor: str | None = None, kind: Literal["change", "read"] | None = None,
+def export_audit(session: SessionDep, actor: str | None = None, user_id: str | None = None, kind: Literal["change", "read"] | None = None,
                  since: datetime | None = None, until: datetime | None = None,
                  route: Annotated[str | None, Query(max_length=300)] = None,
                  limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000) -> StreamingResponse:
     """The filtered entries as CSV (newest first)."""
-    rows = audit.entries(session, actor=actor, kind=kind, since=since, until=until, route=route, limit=limit)
+    rows = audit.entries(session, actor=actor, user_id=user_id, kind=kind, since=since, until=until, route=route,
+                         limit=limit)
     return StreamingResponse(audit.export_csv(rows), media_type="text/csv",
                              headers={"Content-Disposition": 'attachment; filename="audit.csv"'})

@@ -5,10 +5,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
-from core.errors import Conflict, InvalidRequest, NotFound
+from core.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from kb.errors import InvalidUpload
 
-STATUS = {NotFound: 404, Conflict: 409, InvalidRequest: 422}
+STATUS = {NotFound: 404, Conflict: 409, InvalidRequest: 422, Forbidden: 403}
 # nginx's "client closed request": the client left before its body was read, no one reads the answer
 CLIENT_CLOSED = 499
 # the ``detail`` of a domain error (and of an HTTPException): one sentence instead of FastAPI's field list

@@ -27,6 +27,8 @@ STATUSES = {
     # handoff states (runtime.handoff) and who changed them
     "ai": N_("AI"), "waiting_for_human": N_("waiting for a human"), "with_human": N_("with a person"),
     "customer": N_("customer"), "assistant": N_("assistant"), "operator": N_("operator"), "system": N_("system"),
+    # roles (runtime.accounts.roles)
+    "viewer": N_("viewer"), "supervisor": N_("supervisor"), "admin": N_("admin"),
     # ratings
     "good": N_("good"), "bad": N_("bad"), "neutral": N_("neutral"),
 }

@@ -1,4 +1,4 @@
-"""The ``atende`` command line: serve, admin-token, secrets, worker, assistants, kb ingest/search, bench."""
+"""The ``atende`` command line: serve, admin-token, secrets, worker, users, assistants, kb ingest/search, bench."""
 from __future__ import annotations
 
 import argparse
@@ -341,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--workers", type=int, default=1, help="worker threads on the customer queue")
     w.add_argument("--ingest-workers", type=int, default=1, help="worker threads on the ingest queue")
     w.set_defaults(func=cmd_worker)
+
+    from atende.users_cli import add_arguments as add_users_arguments
+
+    add_users_arguments(sub)
 
     a = sub.add_parser("assistants", help="manage assistants").add_subparsers(dest="sub", required=True)
     c = a.add_parser("create")

@@ -15,3 +15,7 @@ class Conflict(DomainError):
 
 class InvalidRequest(DomainError):
     """A value in the request is out of range or malformed."""
+
+
+class Forbidden(DomainError):
+    """The user's role, or the assistants they may see, do not allow the request."""

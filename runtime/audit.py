@@ -24,12 +24,12 @@ from runtime.privacy import customer_ref
 from runtime.services import Services
 
 KINDS = ("change", "read")
-EXPORT_COLUMNS = ("at", "actor", "client", "kind", "method", "route", "path", "query", "status")
+EXPORT_COLUMNS = ("at", "actor", "user_id", "client", "kind", "method", "route", "path", "query", "status")
 _CUSTOMER_PARAMS = ("customer_id",)
 
 
 class AuditEntry(Base):
-    """One audited request: ``actor`` (who: the admin token, or a dashboard session), ``client`` (the address it
+    """One audited request: ``actor`` (who: the user's e-mail, ``user_id`` their id), ``client`` (the address it
     came from), ``kind`` (change or read), the route's template and the path as requested (customer ids as their
     reference), the query (masked) and the answer's status."""
 
@@ -38,6 +38,7 @@ class AuditEntry(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     actor: Mapped[str] = mapped_column(String(100))
+    user_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     client: Mapped[str] = mapped_column(String(64), default="")
     kind: Mapped[str] = mapped_column(String(10))
     method: Mapped[str] = mapped_column(String(10))
@@ -52,6 +53,7 @@ class Request:
     """What the audit keeps of a request (see :func:`record`)."""
 
     actor: str
+    user_id: str | None
     client: str
     method: str
     route: str
@@ -77,7 +79,7 @@ def record(services: Services, request: Request) -> AuditEntry:
     query: dict[str, list[str]] = {}
     for key, value in request.query:
         query.setdefault(key[:100], []).append(mask_text(value)[:500])
-    entry = AuditEntry(actor=request.actor[:100], client=request.client[:64], kind=kind_of(request.method),
+    entry = AuditEntry(actor=request.actor[:100], user_id=request.user_id, client=request.client[:64], kind=kind_of(request.method),
                        method=request.method[:10], route=request.route[:300], path=path[:1000], query=query,
                        status=request.status)
     with services.session() as session:
@@ -86,13 +88,15 @@ def record(services: Services, request: Request) -> AuditEntry:
     return entry
 
 
-def entries(session: Session, *, actor: str | None = None, kind: str | None = None, since: datetime | None = None,
-            until: datetime | None = None, route: str | None = None, limit: int = 100,
+def entries(session: Session, *, actor: str | None = None, user_id: str | None = None, kind: str | None = None,
+            since: datetime | None = None, until: datetime | None = None, route: str | None = None, limit: int = 100,
             offset: int = 0) -> list[AuditEntry]:
     """The entries matching the filters (``route``: a part of the route template), newest first."""
     query = select(AuditEntry)
     if actor:
         query = query.where(AuditEntry.actor == actor)
+    if user_id:
+        query = query.where(AuditEntry.user_id == user_id)
     if kind:
         query = query.where(AuditEntry.kind == kind)
     if since:
@@ -106,7 +110,7 @@ def entries(session: Session, *, actor: str | None = None, kind: str | None = No
 
 def as_dict(entry: AuditEntry) -> dict:
     """An entry as JSON-ready values."""
-    return {"id": entry.id, "at": entry.at.isoformat(), "actor": entry.actor, "client": entry.client,
+    return {"id": entry.id, "at": entry.at.isoformat(), "actor": entry.actor, "user_id": entry.user_id, "client": entry.client,
             "kind": entry.kind, "method": entry.method, "route": entry.route, "path": entry.path,
             "query": entry.query, "status": entry.status}
 

@@ -1,22 +1,25 @@
 """The API channel (generate a reply), conversation inspection, operator replies and who answers: the AI or
-a person (runtime.handoff)."""
+a person (runtime.handoff). Reading needs the conversation's assistant; acting on it, an operator of it."""
 from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
-from api.deps import AdminDep, ServicesDep, SessionDep
+from api import scopes
+from api.deps import CurrentUser, ServicesDep, SessionDep, SignedIn, allow
 from api.routes.feedback import FeedbackPublic
 from api.schemas import (AIToggle, ChatRequest, ChatResult, ConversationPublic, Handback, HandoffChangePublic,
                          MessagePublic, OperatorMessage)
+from kb import registry
 from runtime import feedback, handoff, store
+from runtime.accounts.roles import OPERATOR, VIEWER
 from runtime.models import Message
 from runtime.turn import handle_message
 from runtime.whatsapp.media import media_of_messages, media_summary
 from runtime.whatsapp.outbound import send_operator_message
 
-router = APIRouter(tags=["conversations"], dependencies=[AdminDep])
+router = APIRouter(tags=["conversations"], dependencies=[SignedIn])
 
 
 class MessageDetail(MessagePublic):
@@ -32,9 +35,11 @@ class ConversationDetail(ConversationPublic):
                                                        "handoff_state, oldest first")
 
 
-@router.post("/api/chat", response_model=ChatResult, responses={502: {"description": "the language model failed"}})
-def chat(body: ChatRequest, services: ServicesDep):
+@router.post("/api/chat", response_model=ChatResult, responses={502: {"description": "the language model failed"}},
+             dependencies=[allow(OPERATOR)])
+def chat(body: ChatRequest, services: ServicesDep, session: SessionDep, principal: CurrentUser):
     """Generate the assistant's reply to a customer message (API channel), grounded and logged."""
+    principal.require_assistant(registry.get_assistant(session, body.assistant_id).id)
     result = handle_message(
         services, assistant_ref=body.assistant_id, channel="api", sender="api", customer_id=body.customer_id,
         text=body.message, variables=body.variables,
@@ -46,7 +51,8 @@ def chat(body: ChatRequest, services: ServicesDep):
     return out
 
 
-@router.get("/api/conversations/{conversation_id}", response_model=ConversationDetail)
+@router.get("/api/conversations/{conversation_id}", response_model=ConversationDetail,
+            dependencies=[allow(VIEWER, scopes.conversation)])
 def get_conversation(conversation_id: str, session: SessionDep):
     """The conversation with every message; AI replies with their sources, tool calls and ratings."""
     conv = store.get_conversation(session, conversation_id)
@@ -62,7 +68,8 @@ def get_conversation(conversation_id: str, session: SessionDep):
     return out
 
 
-@router.post("/api/conversations/{conversation_id}/messages", status_code=201, response_model=MessagePublic)
+@router.post("/api/conversations/{conversation_id}/messages", status_code=201, response_model=MessagePublic,
+             dependencies=[allow(OPERATOR, scopes.conversation)])
 def operator_message(conversation_id: str, body: OperatorMessage, services: ServicesDep, session: SessionDep):
     """A human agent writes to the customer (WhatsApp: only inside the 24-hour window, else 409); the
     conversation becomes ``with_human`` and the AI stops answering until it is handed back."""
@@ -70,7 +77,8 @@ def operator_message(conversation_id: str, body: OperatorMessage, services: Serv
     return MessagePublic.from_message(session.get(Message, msg.id))
 
 
-@router.post("/api/conversations/{conversation_id}/handback", response_model=ConversationPublic)
+@router.post("/api/conversations/{conversation_id}/handback", response_model=ConversationPublic,
+             dependencies=[allow(OPERATOR, scopes.conversation)])
 def hand_back(conversation_id: str, services: ServicesDep, body: Handback | None = None):
     """Give the conversation back to the AI (``handoff_state`` ai); the customer is told, in their language."""
     conv = handoff.hand_back(services, conversation_id, actor="operator",
@@ -78,14 +86,16 @@ def hand_back(conversation_id: str, services: ServicesDep, body: Handback | None
     return ConversationPublic.model_validate(conv)
 
 
-@router.post("/api/conversations/{conversation_id}/close", response_model=ConversationPublic)
+@router.post("/api/conversations/{conversation_id}/close", response_model=ConversationPublic,
+             dependencies=[allow(OPERATOR, scopes.conversation)])
 def close_conversation(conversation_id: str, services: ServicesDep):
     """An operator is done: the conversation goes back to the AI (``handoff_state`` ai), logged; the customer is
     told the assistant's ``handoff.close_message`` only when it has one."""
     return ConversationPublic.model_validate(handoff.close(services, conversation_id))
 
 
-@router.post("/api/conversations/{conversation_id}/ai", response_model=ConversationPublic)
+@router.post("/api/conversations/{conversation_id}/ai", response_model=ConversationPublic,
+             dependencies=[allow(OPERATOR, scopes.conversation)])
 def set_ai(conversation_id: str, body: AIToggle, services: ServicesDep, session: SessionDep):
     """Resume the AI (as ``/handback``) or pause it by hand: an operator takes the conversation (``with_human``)."""
     if body.enabled:

@@ -3,9 +3,11 @@ untrusted) with a little vanilla JS (``api/static/dashboard.js``) that calls the
 session cookie.
 
 Pages need the session cookie handed out by the login page (``api.deps``); without it they redirect
-to ``/dashboard/login``. The list, metrics and improve pages share the review filters, kept in the URL
-(``channel``, ``assistant_id``, ``since``, ``until``, ``customer``, ``waiting_for_human``, ``feedback``) so a
-view can be bookmarked and the export links carry the same selection.
+to ``/dashboard/login``. Each page names the least role it needs (``api.deps.allow``) and shows only the assistants
+the user sees; controls the user's role may not use are left out (templates ask ``can(role)``). The list,
+metrics and improve pages share the review filters, kept in the URL (``channel``, ``assistant_id``, ``since``,
+``until``, ``customer``, ``waiting_for_human``, ``feedback``) so a view can be bookmarked and the export links
+carry the same selection.
 """
 from __future__ import annotations
 
@@ -15,23 +17,27 @@ from typing import Annotated
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import select
 
-from api import i18n, labels
+from api import i18n, labels, scopes
 from api.deps import (
-    SESSION_COOKIE, AuthFailed, ServicesDep, SessionDep, authenticate, has_session, same_origin, session_actor, set_actor,
+    PRINCIPAL, SESSION_COOKIE, AuthFailed, CurrentUser, ServicesDep, SessionDep, allow, bearer_principal, same_origin,
+    session_principal, set_actor, throttled,
 )
 from api.routes import conversations as conversation_routes
 from api.routes import documents as document_routes
 from api.routes import regression as regression_routes
+from api.routes import review as review_routes
 from api.routes import whatsapp as whatsapp_routes
 from api.sessions import SESSION_TTL_S, close_session, open_session
-from core.errors import InvalidRequest, NotFound
+from core.errors import Forbidden, InvalidRequest, NotFound
 from kb import registry
 from runtime import approved, regression, store
+from runtime.accounts import users
+from runtime.accounts.roles import SUPERVISOR, VIEWER, Principal
 from runtime.approved_index import APPROVED_PREFIX
 from runtime.feedback import REASONS
 from runtime.models import CHANNELS, Message
@@ -86,19 +92,32 @@ class LoginRequired(Exception):
 
 
 def require_page_session(request: Request, services: ServicesDep) -> None:
-    """Pages need the session cookie; otherwise the browser is sent to the login page."""
-    if not has_session(request, services):
+    """Pages need the session cookie of an active user; otherwise the browser is sent to the login page. A form
+    posted from another site is refused."""
+    principal = session_principal(request, services)
+    if principal is None:
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         raise LoginRequired(path)
-    set_actor(request, session_actor(request))
+    if request.method != "GET" and not same_origin(request):
+        raise HTTPException(status_code=403, detail="cross-site request refused")
+    set_actor(request, principal)
 
 
 def install_page_handlers(app) -> None:
-    """Redirect ``LoginRequired`` to the login page, remembering where the admin was going."""
+    """Redirect ``LoginRequired`` to the login page, remembering where the user was going; a page the user may not
+    see answers 403 with the error page (the API's 403 stays JSON)."""
     async def to_login(request: Request, exc: LoginRequired) -> RedirectResponse:
         return RedirectResponse(f"/dashboard/login?next={quote(exc.next_path, safe='')}", status_code=303)
 
+    async def forbidden(request: Request, exc: Forbidden) -> Response:
+        if request.url.path.startswith("/dashboard"):
+            _ = i18n.translator(request)
+            return render(request, "error.html", status_code=403, title=_("Not allowed"),
+                          message=_("Your account may not do this: %(reason)s", reason=exc))
+        return JSONResponse(status_code=403, content={"detail": str(exc)})
+
     app.add_exception_handler(LoginRequired, to_login)
+    app.add_exception_handler(Forbidden, forbidden)
 
 
 public = APIRouter(prefix="/dashboard", include_in_schema=False)
@@ -106,7 +125,10 @@ router = APIRouter(prefix="/dashboard", include_in_schema=False, dependencies=[D
 
 
 def render(request: Request, name: str, status_code: int = 200, **context) -> HTMLResponse:
-    """Render a template with the request (for the navigation's active link), in the reader's language."""
+    """Render a template with the request (for the navigation's active link), the signed-in user (``me``) and
+    ``can(role)``, which the templates ask before showing a control, in the reader's language."""
+    me: Principal | None = getattr(request.state, PRINCIPAL, None)
+    context.update(me=me, can=lambda role: me is not None and me.can(role))
     with i18n.using(i18n.request_locale(request)):
         response = templates.TemplateResponse(request, name, context, status_code=status_code)
         response.headers["Content-Language"] = i18n.html_lang()
@@ -126,31 +148,48 @@ def _safe_next(value: str | None) -> str:
 
 @public.get("/login")
 def login_page(request: Request, services: ServicesDep, next: str | None = None):
-    """The login form (already signed in: straight to where the admin was going)."""
-    if has_session(request, services):
+    """The login form (already signed in: straight to where the user was going)."""
+    if session_principal(request, services) is not None:
         return RedirectResponse(_safe_next(next), status_code=303)
     return render(request, "login.html", next=_safe_next(next))
 
 
+def _sign_in(db, services, email: str, password: str) -> Principal | None:
+    """The user of an e-mail and password; the admin token as the password (no e-mail, or the bootstrap admin's)
+    signs in the bootstrap admin."""
+    if not email or email.strip().lower() == users.bootstrap_admin(db).email:
+        principal = bearer_principal(db, services.settings, password)
+        if principal is not None and principal.via == "admin token":
+            return principal
+    user = users.check_password(db, email, password) if email else None
+    if user is None:
+        return None
+    db.commit()  # a hash made with older parameters was replaced
+    return users.principal_of(user, "session")
+
+
 @public.post("/login")
-def login(request: Request, services: ServicesDep, token: Annotated[str, Form()] = "",
+def login(request: Request, services: ServicesDep, email: Annotated[str, Form(max_length=254)] = "",
+          password: Annotated[str, Form(max_length=1024)] = "", token: Annotated[str, Form(max_length=1024)] = "",
           next: Annotated[str | None, Form()] = None):
-    """Exchange the admin token for a session cookie; wrong tokens get 401, then 429 with growing waits."""
+    """Exchange an e-mail and password (or the admin token: ``password``, or ``token`` for scripts) for a session
+    cookie; wrong ones get 401, then 429 with growing waits."""
     if not same_origin(request):
         raise HTTPException(status_code=403, detail="cross-site request refused")
     _ = i18n.translator(request)
     try:
-        authenticate(request, services, token)
+        principal = throttled(request, services, lambda db: _sign_in(db, services, email, password or token))
     except AuthFailed as exc:
         if exc.retry_after:
-            page = render(request, "login.html", status_code=429, next=_safe_next(next),
-                          error=_("Too many wrong tokens. Try again in %(seconds)s s.", seconds=exc.retry_after))
+            page = render(request, "login.html", status_code=429, next=_safe_next(next), email=email,
+                          error=_("Too many failed attempts. Try again in %(seconds)s s.", seconds=exc.retry_after))
             page.headers["Retry-After"] = str(exc.retry_after)
             return page
-        return render(request, "login.html", status_code=401, next=_safe_next(next),
-                      error=_("Wrong admin token (the command atende admin-token prints it)."))
+        return render(request, "login.html", status_code=401, next=_safe_next(next), email=email,
+                      error=_("Wrong e-mail or password."))
     with services.session() as db:
-        value = open_session(db, services.settings)
+        value = open_session(db, services.settings, principal.user_id, client=request.client.host if request.client else "",
+                             user_agent=request.headers.get("user-agent", ""))
     response = RedirectResponse(_safe_next(next), status_code=303)
     response.set_cookie(SESSION_COOKIE, value, max_age=SESSION_TTL_S,
                         httponly=True, samesite="strict", secure=request.url.scheme == "https", path="/")
@@ -193,7 +232,8 @@ def home() -> Response:
 
 
 def read_filters(request: Request) -> tuple[dict[str, str], ConversationFilters | None, str | None]:
-    """(raw filter values for the form and links, parsed filters or None, error message or None)."""
+    """(raw filter values for the form and links, parsed filters or None, error message or None); the filters
+    kept to the assistants the user sees."""
     raw = {k: request.query_params.get(k, "").strip() for k in FILTER_KEYS}
     waiting = raw["waiting_for_human"].lower()
     try:
@@ -206,7 +246,7 @@ def read_filters(request: Request) -> tuple[dict[str, str], ConversationFilters 
     except InvalidRequest as exc:  # the reason names the parameter, as the API's 400 does
         _ = i18n.translator(request)
         return raw, None, _("These filters cannot be applied: %(reason)s", reason=exc)
-    return raw, filters, None
+    return raw, review_routes.visible_to(getattr(request.state, PRINCIPAL), filters), None
 
 
 def query_string(raw: dict[str, str], **changes) -> str:
@@ -215,16 +255,21 @@ def query_string(raw: dict[str, str], **changes) -> str:
     return urlencode({k: v for k, v in values.items() if v})
 
 
+def visible_assistants(session, principal: Principal) -> list:
+    """The assistants the user sees, oldest first."""
+    return principal.visible(registry.list_assistants(session), key="id")
+
+
 def _filter_page(request: Request, session, name: str, status_code: int = 200, **context) -> HTMLResponse:
     raw = context.pop("raw")
     return render(request, name, status_code=status_code, raw=raw, qs=query_string(raw),
-                  assistants=registry.list_assistants(session), **context)
+                  assistants=visible_assistants(session, getattr(request.state, PRINCIPAL)), **context)
 
 
 # --------------------------------------------------------------------------- conversations
 
 
-@router.get("/conversations")
+@router.get("/conversations", dependencies=[allow(VIEWER)])
 def conversations_page(request: Request, session: SessionDep, page: int = 1):
     """The conversation list with filters, pagination and export links."""
     raw, filters, error = read_filters(request)
@@ -239,7 +284,7 @@ def conversations_page(request: Request, session: SessionDep, page: int = 1):
                         next_qs=query_string(raw, page=page + 1) if page < pages else None)
 
 
-@router.get("/conversations/{conversation_id}")
+@router.get("/conversations/{conversation_id}", dependencies=[allow(VIEWER, scopes.conversation)])
 def conversation_page(request: Request, conversation_id: str, services: ServicesDep, session: SessionDep):
     """One conversation: the thread with sources and function calls, its variables and the actions."""
     try:
@@ -255,7 +300,7 @@ def conversation_page(request: Request, conversation_id: str, services: Services
         sender = session.query(WhatsAppSender).filter_by(phone_number_id=conv.sender).one_or_none()
         if sender is not None:
             sender_id = sender.id
-            templates_offered = [t for t in whatsapp_routes.list_templates(session, sender.id) if t.status == "APPROVED"]
+            templates_offered = [t for t in whatsapp_routes.templates_of(session, sender.id) if t.status == "APPROVED"]
     assistant = registry.get_assistant(session, conv.assistant_id)
     return render(request, "conversation.html", conv=conv, assistant=assistant,
                   collected=collected_data(session, conversation_id), window_open=window,
@@ -263,17 +308,19 @@ def conversation_page(request: Request, conversation_id: str, services: Services
                   reasons=REASONS)
 
 
-@router.get("/queue")
-def queue_page(request: Request, services: ServicesDep, session: SessionDep, assistant_id: str = "", channel: str = ""):
+@router.get("/queue", dependencies=[allow(VIEWER)])
+def queue_page(request: Request, services: ServicesDep, session: SessionDep, principal: CurrentUser,
+               assistant_id: str = "", channel: str = ""):
     """The "waiting for a human" queue (``runtime.review.queue``): who waits, for how long and why, with the
     hand-back and close actions."""
     if channel and channel not in CHANNELS:
         _ = i18n.translator(request)
         return render(request, "error.html", status_code=400, title=_("Unknown type"),
                       message=_("There is no conversation type %(channel)s.", channel=repr(channel)))
-    q = handoff_queue(session, services.clock(), assistant_id=assistant_id or None, channel=channel or None)
-    return render(request, "queue.html", q=q, assistants=registry.list_assistants(session), assistant_id=assistant_id,
-                  channel=channel)
+    q = review_routes.visible_queue(principal, handoff_queue(session, services.clock(), assistant_id=assistant_id or None,
+                                                             channel=channel or None), assistant_id)
+    return render(request, "queue.html", q=q, assistants=visible_assistants(session, principal),
+                  assistant_id=assistant_id, channel=channel)
 
 
 def reply_reviews(session, conv, assistant) -> dict[str, dict]:
@@ -303,7 +350,7 @@ def reply_reviews(session, conv, assistant) -> dict[str, dict]:
 # --------------------------------------------------------------------------- metrics and insights
 
 
-@router.get("/metrics")
+@router.get("/metrics", dependencies=[allow(VIEWER)])
 def metrics_page(request: Request, session: SessionDep):
     """The review figures and a per-day chart, under the list's filters."""
     raw, filters, error = read_filters(request)
@@ -333,7 +380,7 @@ def day_chart(per_day: list[dict], width: int = 720, height: int = 200) -> dict:
             "base_y": pad_top + inner_h, "top_y": pad_top, "pad_left": pad_left}
 
 
-@router.get("/improve")
+@router.get("/improve", dependencies=[allow(VIEWER)])
 def improve_page(request: Request, session: SessionDep):
     """Question clusters and knowledge gaps, fetched by the browser from ``/api/insights``."""
     raw, filters, error = read_filters(request)
@@ -350,18 +397,21 @@ def assistant_not_found(request: Request, assistant_id: str | None) -> HTMLRespo
                   message=_("No assistant has the id or name %(id)s.", id=assistant_id))
 
 
-def _pick_assistant(session, assistant_id: str | None):
-    assistants = registry.list_assistants(session)
+def _pick_assistant(session, principal: Principal, assistant_id: str | None):
+    """(the assistants the user sees, the one ``assistant_id`` names or else the first); 403 for one not seen."""
+    assistants = visible_assistants(session, principal)
     if assistant_id:
-        return assistants, registry.get_assistant(session, assistant_id)
+        assistant = registry.get_assistant(session, assistant_id)
+        principal.require_assistant(assistant.id)
+        return assistants, assistant
     return assistants, assistants[0] if assistants else None
 
 
-@router.get("/knowledge")
-def knowledge_page(request: Request, session: SessionDep, assistant_id: str | None = None):
+@router.get("/knowledge", dependencies=[allow(VIEWER)])
+def knowledge_page(request: Request, session: SessionDep, principal: CurrentUser, assistant_id: str | None = None):
     """Documents of one assistant's knowledge base, upload, delete, re-index and a search playground."""
     try:
-        assistants, assistant = _pick_assistant(session, assistant_id)
+        assistants, assistant = _pick_assistant(session, principal, assistant_id)
     except NotFound:
         return assistant_not_found(request, assistant_id)
     docs = document_routes.list_documents(assistant.id, session) if assistant else []
@@ -369,11 +419,11 @@ def knowledge_page(request: Request, session: SessionDep, assistant_id: str | No
                   busy=any(d.status in ("queued", "processing") for d in docs))
 
 
-@router.get("/console")
-def console_page(request: Request, session: SessionDep, assistant_id: str | None = None):
+@router.get("/console", dependencies=[allow(SUPERVISOR)])
+def console_page(request: Request, session: SessionDep, principal: CurrentUser, assistant_id: str | None = None):
     """Chat with an assistant as a ``test`` conversation, with sources and function calls shown live."""
     try:
-        assistants, assistant = _pick_assistant(session, assistant_id)
+        assistants, assistant = _pick_assistant(session, principal, assistant_id)
     except NotFound:
         return assistant_not_found(request, assistant_id)
     return render(request, "console.html", assistants=assistants, assistant=assistant)
@@ -382,11 +432,12 @@ def console_page(request: Request, session: SessionDep, assistant_id: str | None
 # --------------------------------------------------------------------------- approved answers and regression checks
 
 
-@router.get("/approved")
-def approved_page(request: Request, session: SessionDep, assistant_id: str | None = None, needs_review: bool = False):
+@router.get("/approved", dependencies=[allow(VIEWER)])
+def approved_page(request: Request, session: SessionDep, principal: CurrentUser, assistant_id: str | None = None,
+                  needs_review: bool = False):
     """An assistant's approved answers: edit, delete, clear review flags, add one, import a spreadsheet."""
     try:
-        assistants, assistant = _pick_assistant(session, assistant_id)
+        assistants, assistant = _pick_assistant(session, principal, assistant_id)
     except NotFound:
         return assistant_not_found(request, assistant_id)
     answers = approved.list_answers(session, assistant) if assistant else []
@@ -397,13 +448,14 @@ def approved_page(request: Request, session: SessionDep, assistant_id: str | Non
                   flagged=flagged, only_flagged=needs_review)
 
 
-@router.get("/regression")
-def regression_page(request: Request, session: SessionDep, assistant_id: str | None = None, run_id: str | None = None):
+@router.get("/regression", dependencies=[allow(VIEWER)])
+def regression_page(request: Request, session: SessionDep, principal: CurrentUser, assistant_id: str | None = None,
+                    run_id: str | None = None):
     """An assistant's regression cases, a button that runs them, and a run's results (the latest unless
     ``run_id`` picks one) as what each case expected against what it got, with the history of runs."""
     try:
         run = regression_routes.get_run(run_id, session) if run_id else None
-        assistants, assistant = _pick_assistant(session, run.assistant_id if run else assistant_id)
+        assistants, assistant = _pick_assistant(session, principal, run.assistant_id if run else assistant_id)
     except NotFound:
         _ = i18n.translator(request)
         return render(request, "error.html", status_code=404, title=_("Not found"),

@@ -1,4 +1,5 @@
-"""Admin routes for knowledge-base documents: upload, list, inspect, delete; and jobs."""
+"""Routes for knowledge-base documents: upload, list, inspect, delete; and jobs. Reading needs the assistant;
+changing needs a supervisor of it."""
 from __future__ import annotations
 
 from typing import Annotated
@@ -6,15 +7,17 @@ from typing import Annotated
 from fastapi import APIRouter, File, Response, UploadFile
 from fastapi.responses import JSONResponse
 
-from api.deps import AdminDep, ServicesDep, SessionDep
+from api import scopes
+from api.deps import ServicesDep, SessionDep, SignedIn, allow
 from api.schemas import DocumentPublic, JobPublic
 from core.errors import NotFound
 from kb import registry
 from kb.errors import FileTooLarge
 from kb.models import Document, IngestJob
+from runtime.accounts.roles import SUPERVISOR, VIEWER
 from runtime.approved import flag_for_review
 
-router = APIRouter(tags=["documents"], dependencies=[AdminDep])
+router = APIRouter(tags=["documents"], dependencies=[SignedIn])
 
 
 def document_public(session, doc: Document, unchanged: bool = False) -> DocumentPublic:
@@ -31,7 +34,8 @@ def document_public(session, doc: Document, unchanged: bool = False) -> Document
 
 
 @router.post("/api/assistants/{assistant_id}/documents", status_code=202, response_model=DocumentPublic,
-             responses={200: {"description": "identical content was already stored; nothing to do"}})
+             responses={200: {"description": "identical content was already stored; nothing to do"}},
+             dependencies=[allow(SUPERVISOR, scopes.assistant)])
 async def upload_document(assistant_id: str, session: SessionDep, services: ServicesDep,
                           file: Annotated[UploadFile, File()]):
     kb = registry.get_assistant(session, assistant_id).knowledge_base
@@ -49,18 +53,19 @@ async def upload_document(assistant_id: str, session: SessionDep, services: Serv
     return JSONResponse(status_code=200 if upload.unchanged else 202, content=body.model_dump(mode="json"))
 
 
-@router.get("/api/assistants/{assistant_id}/documents", response_model=list[DocumentPublic])
+@router.get("/api/assistants/{assistant_id}/documents", response_model=list[DocumentPublic],
+            dependencies=[allow(VIEWER, scopes.assistant)])
 def list_documents(assistant_id: str, session: SessionDep):
     kb = registry.get_assistant(session, assistant_id).knowledge_base
     return [document_public(session, d) for d in registry.list_documents(session, kb)]
 
 
-@router.get("/api/documents/{document_id}", response_model=DocumentPublic)
+@router.get("/api/documents/{document_id}", response_model=DocumentPublic, dependencies=[allow(VIEWER, scopes.document)])
 def get_document(document_id: str, session: SessionDep):
     return document_public(session, registry.get_document(session, document_id))
 
 
-@router.delete("/api/documents/{document_id}", status_code=204)
+@router.delete("/api/documents/{document_id}", status_code=204, dependencies=[allow(SUPERVISOR, scopes.document)])
 def delete_document(document_id: str, session: SessionDep, services: ServicesDep):
     doc = registry.get_document(session, document_id)
     flag_for_review(session, doc.id, f"{doc.filename} was deleted")  # committed with the deletion's first step
@@ -68,7 +73,7 @@ def delete_document(document_id: str, session: SessionDep, services: ServicesDep
     return Response(status_code=204)
 
 
-@router.get("/api/jobs/{job_id}", response_model=JobPublic)
+@router.get("/api/jobs/{job_id}", response_model=JobPublic, dependencies=[allow(VIEWER, scopes.job)])
 def get_job(job_id: str, session: SessionDep):
     job = session.get(IngestJob, job_id)
     if job is None:

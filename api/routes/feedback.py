@@ -1,6 +1,6 @@
 """Ratings of AI replies for reviewers (the dashboard's conversation page): rate a reply, read a message's
 ratings (customers' WhatsApp reactions and widget thumbs included), withdraw one, and the reasons a bad
-rating can give. The rules live in ``runtime.feedback``."""
+rating can give. The rules live in ``runtime.feedback``. Rating and withdrawing are a supervisor's (the review)."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -9,11 +9,13 @@ from typing import Literal
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import AdminDep, SessionDep
+from api import scopes
+from api.deps import SessionDep, SignedIn, allow
 from runtime import feedback
+from runtime.accounts.roles import SUPERVISOR, VIEWER
 from runtime.feedback import COMMENT_MAX, REASONS, Reason
 
-router = APIRouter(tags=["feedback"], dependencies=[AdminDep])
+router = APIRouter(tags=["feedback"], dependencies=[SignedIn])
 
 
 class FeedbackCreate(BaseModel):
@@ -43,7 +45,7 @@ class FeedbackReason(BaseModel):
     description: str
 
 
-@router.get("/api/feedback/reasons", response_model=list[FeedbackReason])
+@router.get("/api/feedback/reasons", response_model=list[FeedbackReason], dependencies=[allow(VIEWER)])
 def feedback_reasons():
     """The reasons a bad rating can give, in the order to offer them."""
     return [FeedbackReason(code=code, description=text) for code, text in REASONS.items()]
@@ -51,7 +53,8 @@ def feedback_reasons():
 
 @router.post("/api/messages/{message_id}/feedback", status_code=201, response_model=FeedbackPublic,
              responses={404: {"description": "no such message"},
-                        422: {"description": "not an AI reply, or a bad rating without a reason"}})
+                        422: {"description": "not an AI reply, or a bad rating without a reason"}},
+             dependencies=[allow(SUPERVISOR, scopes.message)])
 def rate_message(message_id: str, body: FeedbackCreate, session: SessionDep):
     """A reviewer rates an AI reply: good, or bad with a reason; each rating is kept."""
     row = feedback.rate_reply(session, message_id, source="reviewer", rating=body.rating, reason=body.reason,
@@ -61,13 +64,14 @@ def rate_message(message_id: str, body: FeedbackCreate, session: SessionDep):
 
 
 @router.get("/api/messages/{message_id}/feedback", response_model=list[FeedbackPublic],
-            responses={404: {"description": "no such message"}})
+            responses={404: {"description": "no such message"}}, dependencies=[allow(VIEWER, scopes.message)])
 def message_feedback(message_id: str, session: SessionDep):
     """Every rating of a message, oldest first: reviewers', the customer's reaction, the widget's thumbs."""
     return feedback.list_feedback(session, message_id)
 
 
-@router.delete("/api/feedback/{feedback_id}", status_code=204, responses={404: {"description": "no such rating"}})
+@router.delete("/api/feedback/{feedback_id}", status_code=204, responses={404: {"description": "no such rating"}},
+               dependencies=[allow(SUPERVISOR, scopes.feedback)])
 def delete_feedback(feedback_id: str, session: SessionDep) -> Response:
     """Withdraw one rating."""
     feedback.delete_feedback(session, feedback_id)

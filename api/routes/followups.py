@@ -1,21 +1,24 @@
 """Follow-ups: the operator tasks left by handoffs outside business hours (``runtime.followups``): listed and
-marked done through the admin API, and on their own dashboard page."""
+marked done through the API, and on their own dashboard page: read by whoever sees the assistant, done by an
+operator of it."""
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, Field
 
-from api.deps import AdminDep, ServicesDep, SessionDep, same_origin
+from api import scopes
+from api.deps import CurrentUser, ServicesDep, SessionDep, SignedIn, allow
 from api.routes.dashboard import render, require_page_session
 from kb import registry
 from runtime import followups
+from runtime.accounts.roles import OPERATOR, VIEWER
 from runtime.models import Conversation, FollowUp, Message
 
-router = APIRouter(tags=["followups"], dependencies=[AdminDep])
+router = APIRouter(tags=["followups"], dependencies=[SignedIn])
 pages = APIRouter(prefix="/dashboard", include_in_schema=False, dependencies=[Depends(require_page_session)])
 
 
@@ -55,34 +58,39 @@ class FollowUpDone(BaseModel):
     by: str = Field(default="operator", min_length=1, max_length=100, description="who did it")
 
 
-@router.get("/api/followups", response_model=list[FollowUpPublic])
-def list_followups(session: SessionDep, status: Literal["open", "done"] | None = None, assistant_id: str | None = None):
-    """Follow-ups, soonest due first; by ``status`` and assistant (id or name) when given."""
+@router.get("/api/followups", response_model=list[FollowUpPublic], dependencies=[allow(VIEWER)])
+def list_followups(session: SessionDep, principal: CurrentUser, status: Literal["open", "done"] | None = None,
+                   assistant_id: str | None = None):
+    """Follow-ups of the assistants the user sees, soonest due first; by ``status`` and assistant (id or name) when
+    given."""
     assistant = registry.get_assistant(session, assistant_id).id if assistant_id else None
-    return [FollowUpPublic.of(session, f) for f in followups.list_followups(session, status=status, assistant_id=assistant)]
+    if assistant:
+        principal.require_assistant(assistant)
+    return principal.visible(FollowUpPublic.of(session, f)
+                             for f in followups.list_followups(session, status=status, assistant_id=assistant))
 
 
 @router.post("/api/followups/{followup_id}/done", response_model=FollowUpPublic,
-             responses={404: {"description": "no such follow-up"}, 409: {"description": "done already"}})
+             responses={404: {"description": "no such follow-up"}, 409: {"description": "done already"}},
+             dependencies=[allow(OPERATOR, scopes.followup)])
 def mark_done(followup_id: str, services: ServicesDep, session: SessionDep, body: FollowUpDone | None = None):
     """Mark the follow-up done; a template reminder not sent yet is cancelled."""
     followups.close(services, followup_id, actor=(body or FollowUpDone()).by)
     return FollowUpPublic.of(session, session.get(FollowUp, followup_id))
 
 
-@pages.get("/followups")
-def followups_page(request: Request, session: SessionDep, status: Literal["open", "done", "all"] = "open"):
+@pages.get("/followups", dependencies=[allow(VIEWER)])
+def followups_page(request: Request, session: SessionDep, principal: CurrentUser,
+                   status: Literal["open", "done", "all"] = "open"):
     """The follow-ups to make, soonest due first (``status``: open, done or all)."""
-    rows = [FollowUpPublic.of(session, f)
-            for f in followups.list_followups(session, status=None if status == "all" else status)]
+    rows = principal.visible(FollowUpPublic.of(session, f)
+                             for f in followups.list_followups(session, status=None if status == "all" else status))
     return render(request, "followups.html", followups=rows, status=status)
 
 
-@pages.post("/followups/{followup_id}/done")
+@pages.post("/followups/{followup_id}/done", dependencies=[allow(OPERATOR, scopes.followup)])
 def followup_done_form(request: Request, followup_id: str, services: ServicesDep,
                        by: Annotated[str, Form(max_length=100)] = "operator"):
-    """The page's "Done" button."""
-    if not same_origin(request):
-        raise HTTPException(status_code=403, detail="cross-site request refused")
+    """The page's "Done" button (``require_page_session`` refuses a form from another site)."""
     followups.close(services, followup_id, actor=by.strip() or "operator")
     return RedirectResponse("/dashboard/followups", status_code=303)

@@ -8,11 +8,12 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from api.deps import AdminDep, ServicesDep, SessionDep
+from api.deps import ServicesDep, SessionDep, SignedIn, allow
 from api.routes.review import FiltersDep
 from runtime import insights as insights_service
+from runtime.accounts.roles import VIEWER
 
-router = APIRouter(tags=["insights"], dependencies=[AdminDep])
+router = APIRouter(tags=["insights"], dependencies=[SignedIn])
 
 
 class QuestionCluster(BaseModel):
@@ -38,7 +39,7 @@ class Insights(BaseModel):
     questions_considered: int
 
 
-@router.get("/api/insights", response_model=Insights)
+@router.get("/api/insights", response_model=Insights, dependencies=[allow(VIEWER)])
 def get_insights(filters: FiltersDep, services: ServicesDep, session: SessionDep,
                  limit: Annotated[int, Query(ge=1, le=100, description="clusters and gaps listed, each")] = 20,
                  min_count: Annotated[int, Query(ge=1, description="questions a frequent-question cluster needs")] = 2):

@@ -12,12 +12,14 @@ import re
 
 from fastapi import APIRouter, Response
 
-from api.deps import AdminDep, ServicesDep, SessionDep
+from api import scopes
+from api.deps import ServicesDep, SessionDep, SignedIn, allow
 from core.errors import NotFound
+from runtime.accounts.roles import VIEWER
 from runtime.whatsapp.media_check import INLINE_TYPES
 from runtime.whatsapp.models import MessageMedia
 
-router = APIRouter(tags=["conversations"], dependencies=[AdminDep])
+router = APIRouter(tags=["conversations"], dependencies=[SignedIn])
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
 _EXTENSIONS = {"image/jpeg": ".jpg", "image/png": ".png", "image/webp": ".webp", "audio/ogg": ".ogg",
                "audio/mpeg": ".mp3", "audio/mp4": ".m4a", "audio/aac": ".aac", "audio/amr": ".amr",
@@ -25,7 +27,8 @@ _EXTENSIONS = {"image/jpeg": ".jpg", "image/png": ".png", "image/webp": ".webp",
 
 
 @router.get("/api/messages/{message_id}/media", responses={200: {"content": {"application/octet-stream": {}}},
-                                                            404: {"description": "no stored file for the message"}})
+                                                            404: {"description": "no stored file for the message"}},
+            dependencies=[allow(VIEWER, scopes.message)])
 def get_message_media(message_id: str, services: ServicesDep, session: SessionDep) -> Response:
     """The file a customer sent with message ``message_id``, once stored: audio and checked images inline,
     everything else as an attachment."""

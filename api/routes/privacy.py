@@ -1,5 +1,5 @@
 """A customer's personal data (LGPD art. 18, ``runtime.privacy``): everything held about them exported, or erased
-with a record that names nobody; the retention rules' runs (``runtime.retention``); admin API only."""
+with a record that names nobody; the retention rules' runs (``runtime.retention``); admins only (``AdminDep``)."""
 from __future__ import annotations
 
 from datetime import datetime

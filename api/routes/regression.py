@@ -1,4 +1,5 @@
-"""Admin routes for regression checks: promote an AI reply to a case, edit cases, start and read runs.
+"""Routes for regression checks: promote an AI reply to a case, edit cases, start and read runs (reading needs the
+assistant, the rest a supervisor of it).
 
 A run executes in a thread of its own, not on the job queue: the queue's worker (one by default) also
 carries ingestion and WhatsApp turns, which must not wait behind a run of many cases. A run cut short
@@ -15,11 +16,13 @@ from typing import Literal
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import AdminDep, ServicesDep, SessionDep
+from api import scopes
+from api.deps import ServicesDep, SessionDep, SignedIn, allow
 from kb import registry
 from runtime import regression
+from runtime.accounts.roles import SUPERVISOR, VIEWER
 
-router = APIRouter(tags=["regression checks"], dependencies=[AdminDep])
+router = APIRouter(tags=["regression checks"], dependencies=[SignedIn])
 log = logging.getLogger(__name__)
 
 
@@ -121,7 +124,8 @@ def _result(stored: dict) -> CaseResultPublic:
     return CaseResultPublic.model_validate({**stored, "changes": changes, "diff": diff})
 
 
-@router.post("/api/messages/{message_id}/regression-case", status_code=201, response_model=CasePublic)
+@router.post("/api/messages/{message_id}/regression-case", status_code=201, response_model=CasePublic,
+             dependencies=[allow(SUPERVISOR, scopes.message)])
 def promote_message(message_id: str, body: CasePromote, session: SessionDep):
     """Make a regression case of an AI reply: its question, status and cited files, plus the facts given."""
     case = regression.promote(session, message_id, facts=body.facts, note=body.note)
@@ -129,38 +133,44 @@ def promote_message(message_id: str, body: CasePromote, session: SessionDep):
     return case
 
 
-@router.get("/api/assistants/{assistant_id}/regression-cases", response_model=list[CasePublic])
+@router.get("/api/assistants/{assistant_id}/regression-cases", response_model=list[CasePublic],
+            dependencies=[allow(VIEWER, scopes.assistant)])
 def list_cases(assistant_id: str, session: SessionDep):
     return regression.list_cases(session, registry.get_assistant(session, assistant_id))
 
 
-@router.post("/api/assistants/{assistant_id}/regression-cases", status_code=201, response_model=CasePublic)
+@router.post("/api/assistants/{assistant_id}/regression-cases", status_code=201, response_model=CasePublic,
+             dependencies=[allow(SUPERVISOR, scopes.assistant)])
 def create_case(assistant_id: str, body: CaseCreate, session: SessionDep):
     case = regression.create_case(session, registry.get_assistant(session, assistant_id), **body.model_dump())
     session.commit()
     return case
 
 
-@router.get("/api/regression-cases/{case_id}", response_model=CasePublic)
+@router.get("/api/regression-cases/{case_id}", response_model=CasePublic,
+            dependencies=[allow(VIEWER, scopes.regression_case)])
 def get_case(case_id: str, session: SessionDep):
     return regression.get_case(session, case_id)
 
 
-@router.patch("/api/regression-cases/{case_id}", response_model=CasePublic)
+@router.patch("/api/regression-cases/{case_id}", response_model=CasePublic,
+              dependencies=[allow(SUPERVISOR, scopes.regression_case)])
 def update_case(case_id: str, body: CaseUpdate, session: SessionDep):
     case = regression.update_case(session, regression.get_case(session, case_id), body.model_dump(exclude_unset=True))
     session.commit()
     return case
 
 
-@router.delete("/api/regression-cases/{case_id}", status_code=204)
+@router.delete("/api/regression-cases/{case_id}", status_code=204,
+               dependencies=[allow(SUPERVISOR, scopes.regression_case)])
 def delete_case(case_id: str, session: SessionDep):
     regression.delete_case(session, regression.get_case(session, case_id))
     session.commit()
     return Response(status_code=204)
 
 
-@router.post("/api/assistants/{assistant_id}/regression-runs", status_code=202, response_model=RunStarted)
+@router.post("/api/assistants/{assistant_id}/regression-runs", status_code=202, response_model=RunStarted,
+             dependencies=[allow(SUPERVISOR, scopes.assistant)])
 def start_run(assistant_id: str, session: SessionDep, services: ServicesDep):
     """Replay every case of the assistant in the background; 409 while one of its runs is running."""
     run = regression.start_run(session, registry.get_assistant(session, assistant_id))
@@ -170,7 +180,8 @@ def start_run(assistant_id: str, session: SessionDep, services: ServicesDep):
     return RunStarted(id=run.id, status=run.status)
 
 
-@router.get("/api/assistants/{assistant_id}/regression-runs", response_model=list[RunSummaryPublic])
+@router.get("/api/assistants/{assistant_id}/regression-runs", response_model=list[RunSummaryPublic],
+            dependencies=[allow(VIEWER, scopes.assistant)])
 def list_runs(assistant_id: str, session: SessionDep, limit: int = Query(50, ge=1, le=500)):
     """The assistant's runs, newest first, without per-case results."""
     runs = regression.list_runs(session, registry.get_assistant(session, assistant_id), limit)
@@ -178,7 +189,8 @@ def list_runs(assistant_id: str, session: SessionDep, limit: int = Query(50, ge=
     return runs
 
 
-@router.get("/api/regression-runs/{run_id}", response_model=RunPublic)
+@router.get("/api/regression-runs/{run_id}", response_model=RunPublic,
+            dependencies=[allow(VIEWER, scopes.regression_run)])
 def get_run(run_id: str, session: SessionDep):
     """A run with every case done so far and, for each failed case, the word diff of its reply."""
     run = regression.get_run(session, run_id)

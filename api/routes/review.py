@@ -7,6 +7,7 @@ be taken for ``GET /api/conversations/{conversation_id}``.
 """
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, date, datetime
 from typing import Annotated, Literal
 
@@ -14,13 +15,14 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from api.deps import AdminDep, ServicesDep, SessionDep
+from api.deps import CurrentUser, ServicesDep, SessionDep, SignedIn, allow
+from runtime.accounts.roles import ADMIN, SUPERVISOR, VIEWER, Principal
 from runtime.review import conversations, queue
 from runtime.review.export import stream_export
 from runtime.review.filters import ConversationFilters
 from runtime.review.metrics import compute_metrics
 
-router = APIRouter(tags=["review"], dependencies=[AdminDep])
+router = APIRouter(tags=["review"], dependencies=[SignedIn])
 
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
 
@@ -135,7 +137,15 @@ class Metrics(BaseModel):
     feedback: FeedbackSummary
 
 
+def visible_to(principal: Principal, filters: ConversationFilters) -> ConversationFilters:
+    """``filters`` kept to the assistants the user sees (naming another one is refused: 403)."""
+    if filters.assistant_id:
+        principal.require_assistant(filters.assistant_id)
+    return dataclasses.replace(filters, assistant_ids=principal.assistant_ids)
+
+
 def conversation_filters(
+    principal: CurrentUser,
     channel: Literal["whatsapp", "widget", "test", "api"] | None = None,
     assistant_id: str | None = None,
     since: Annotated[str | None, Query(description="ISO date or datetime (UTC if no offset), on last activity")] = None,
@@ -145,14 +155,15 @@ def conversation_filters(
     feedback: Annotated[Literal["good", "bad", "any"] | None,
                         Query(description="a reply of the conversation was rated so (any: rated at all)")] = None,
 ) -> ConversationFilters:
-    return ConversationFilters.parse(channel=channel, assistant_id=assistant_id, since=since, until=until,
-                                     customer=customer, waiting_for_human=waiting_for_human, feedback=feedback)
+    return visible_to(principal, ConversationFilters.parse(
+        channel=channel, assistant_id=assistant_id, since=since, until=until, customer=customer,
+        waiting_for_human=waiting_for_human, feedback=feedback))
 
 
 FiltersDep = Annotated[ConversationFilters, Depends(conversation_filters)]
 
 
-@router.get("/api/conversations", response_model=ConversationsPage)
+@router.get("/api/conversations", response_model=ConversationsPage, dependencies=[allow(VIEWER)])
 def list_conversations(filters: FiltersDep, session: SessionDep, limit: Annotated[int, Query(ge=1, le=500)] = 50,
                        offset: Annotated[int, Query(ge=0)] = 0):
     """Conversations, most recently active first, with message count, cost and handoff state."""
@@ -161,13 +172,16 @@ def list_conversations(filters: FiltersDep, session: SessionDep, limit: Annotate
 
 
 @router.get("/api/conversations/export", response_class=StreamingResponse,
-            responses={200: {"content": {"text/csv": {}, "application/x-ndjson": {}}}})
-def export_conversations(filters: FiltersDep, services: ServicesDep,
+            responses={200: {"content": {"text/csv": {}, "application/x-ndjson": {}}}},
+            dependencies=[allow(SUPERVISOR)])
+def export_conversations(filters: FiltersDep, services: ServicesDep, principal: CurrentUser,
                          fmt: Annotated[Literal["csv", "jsonl"], Query(alias="format")] = "csv",
                          unmasked: Annotated[bool, Query(description="CPF/CNPJ, e-mails, phone numbers and customer "
                                                                      "ids in clear (masked by default)")] = False):
     """One row per message, with its conversation, sources, function calls and feedback, streamed; personal data
-    masked unless ``unmasked``."""
+    masked unless ``unmasked`` (admins only)."""
+    if unmasked:
+        principal.require(ADMIN)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     return StreamingResponse(
         stream_export(services, fmt, filters, masked=not unmasked), media_type=MEDIA_TYPES[fmt],
@@ -198,14 +212,22 @@ class HandoffQueue(BaseModel):
                                                     "the longest with a person")
 
 
-@router.get("/api/handoff-queue", response_model=HandoffQueue)
-def handoff_queue(services: ServicesDep, session: SessionDep, assistant_id: str | None = None,
+@router.get("/api/handoff-queue", response_model=HandoffQueue, dependencies=[allow(VIEWER)])
+def handoff_queue(services: ServicesDep, session: SessionDep, principal: CurrentUser, assistant_id: str | None = None,
                   channel: Literal["whatsapp", "widget", "test", "api"] | None = None):
-    """The conversations a person has or is awaited on (``runtime.review.queue``)."""
-    return queue.handoff_queue(session, services.clock(), assistant_id=assistant_id, channel=channel)
+    """The conversations a person has or is awaited on (``runtime.review.queue``), of the assistants the user sees."""
+    return visible_queue(principal, queue.handoff_queue(session, services.clock(), assistant_id=assistant_id,
+                                                        channel=channel), assistant_id)
 
 
-@router.get("/api/metrics", response_model=Metrics)
+def visible_queue(principal: Principal, found: dict[str, list[dict]], assistant_id: str | None) -> dict[str, list[dict]]:
+    """The queue kept to the assistants the user sees (naming another one is refused: 403)."""
+    if assistant_id:
+        principal.require_assistant(assistant_id)
+    return {state: principal.visible(items) for state, items in found.items()}
+
+
+@router.get("/api/metrics", response_model=Metrics, dependencies=[allow(VIEWER)])
 def metrics(filters: FiltersDep, session: SessionDep):
     """Volume, response rate and time, cost, delivery problems, handoffs (by reason, time to the first human reply,
     abandoned) and fallbacks, per day; ratings of the replies (satisfaction rate, bad-reply reasons)."""

@@ -1,5 +1,7 @@
-"""WhatsApp: the public webhook Meta calls (``webhook_router``) and the admin API for senders and
-templates (``router``). Secrets go in, never out: responses say ``has_app_secret`` and the like."""
+"""WhatsApp: the public webhook Meta calls (``webhook_router``) and the API for senders and templates (``router``).
+Secrets go in, never out: responses say ``has_app_secret`` and the like. Senders (Meta credentials) are set by
+admins; templates are recorded by supervisors and sent by operators of the sender's assistant; a user lists those
+of the assistants they see."""
 from __future__ import annotations
 
 import logging
@@ -15,11 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictBool, Valida
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from api.deps import AdminDep, ServicesDep, SessionDep
+from api import scopes
+from api.deps import CurrentUser, ServicesDep, SessionDep, SignedIn, allow
 from api.schemas import MessagePublic
 from core.db import new_id
 from core.errors import Conflict, NotFound
 from kb import registry
+from runtime.accounts.roles import ADMIN, OPERATOR, SUPERVISOR, VIEWER, Principal
 from runtime.models import Message
 from runtime.services import Services
 from runtime.whatsapp.inbound import WebhookError, accept_post
@@ -31,7 +35,7 @@ _PARAM = re.compile(r"\{\{\s*(\d+)\s*\}\}")
 
 WEBHOOK_PATH = "/webhooks/whatsapp"
 webhook_router = APIRouter(tags=["whatsapp webhook"])
-router = APIRouter(prefix="/api/whatsapp", tags=["whatsapp"], dependencies=[AdminDep])
+router = APIRouter(prefix="/api/whatsapp", tags=["whatsapp"], dependencies=[SignedIn])
 
 
 # ------------------------------------------------------------------------------------------- schemas
@@ -194,7 +198,8 @@ _SENDER_SCHEMA = {"requestBody": {"required": True, "content": {"application/jso
 
 
 @router.post("/senders", status_code=201, response_model=SenderPublic, openapi_extra=_SENDER_SCHEMA,
-             responses={404: {"description": "unknown assistant"}, 409: {"description": "number already configured"}})
+             responses={404: {"description": "unknown assistant"}, 409: {"description": "number already configured"}},
+             dependencies=[allow(ADMIN)])
 def create_sender(session: SessionDep, services: ServicesDep, payload: Annotated[Any, Body()] = None):
     """Bind a business number of a Meta app to an assistant."""
     try:
@@ -220,15 +225,17 @@ def create_sender(session: SessionDep, services: ServicesDep, payload: Annotated
     return SenderPublic.from_sender(sender)
 
 
-@router.get("/senders", response_model=list[SenderPublic])
-def list_senders(session: SessionDep, assistant_id: str | None = None):
+@router.get("/senders", response_model=list[SenderPublic], dependencies=[allow(VIEWER)])
+def list_senders(session: SessionDep, principal: CurrentUser, assistant_id: str | None = None):
+    """The business numbers of the assistants the user sees."""
     query = select(WhatsAppSender).order_by(WhatsAppSender.created_at, WhatsAppSender.id)
     if assistant_id:
         query = query.where(WhatsAppSender.assistant_id == registry.get_assistant(session, assistant_id).id)
-    return [SenderPublic.from_sender(s) for s in session.scalars(query)]
+    return [SenderPublic.from_sender(s) for s in principal.visible(session.scalars(query))]
 
 
-@router.patch("/senders/{sender_id}", response_model=SenderPublic, responses={404: {"description": "unknown sender"}})
+@router.patch("/senders/{sender_id}", response_model=SenderPublic, responses={404: {"description": "unknown sender"}},
+              dependencies=[allow(ADMIN, scopes.sender)])
 def update_sender(sender_id: str, body: SenderUpdate, session: SessionDep):
     """Turn a sender's read receipts (``mark_read``) or typing indicator (``show_typing``) on or off."""
     sender = session.get(WhatsAppSender, sender_id)
@@ -240,7 +247,7 @@ def update_sender(sender_id: str, body: SenderUpdate, session: SessionDep):
     return SenderPublic.from_sender(sender)
 
 
-@router.delete("/senders/{sender_id}", status_code=204)
+@router.delete("/senders/{sender_id}", status_code=204, dependencies=[allow(ADMIN, scopes.sender)])
 def delete_sender(sender_id: str, session: SessionDep, services: ServicesDep):
     sender = session.get(WhatsAppSender, sender_id)
     if sender is None:
@@ -255,11 +262,11 @@ def delete_sender(sender_id: str, session: SessionDep, services: ServicesDep):
 
 
 @router.post("/templates", status_code=201, response_model=TemplatePublic,
-             responses={404: {"description": "unknown sender"}, 409: {"description": "name and language taken"}})
-def create_template(body: TemplateCreate, session: SessionDep):
+             responses={404: {"description": "unknown sender"}, 409: {"description": "name and language taken"}},
+             dependencies=[allow(SUPERVISOR)])
+def create_template(body: TemplateCreate, session: SessionDep, principal: CurrentUser):
     """Record a template of a sender (as created in Meta's manager); only APPROVED ones are sent."""
-    if session.get(WhatsAppSender, body.sender_id) is None:
-        raise NotFound(f"WhatsApp sender {body.sender_id!r} not found")
+    _require_sender(session, principal, body.sender_id)
     template = WhatsAppTemplate(id=new_id(), **body.model_dump())
     session.add(template)
     try:
@@ -270,12 +277,29 @@ def create_template(body: TemplateCreate, session: SessionDep):
     return TemplatePublic.from_template(template)
 
 
-@router.get("/templates", response_model=list[TemplatePublic])
-def list_templates(session: SessionDep, sender_id: str | None = None):
-    query = select(WhatsAppTemplate).order_by(WhatsAppTemplate.sender_id, WhatsAppTemplate.name, WhatsAppTemplate.language)
+def _require_sender(session, principal: Principal, sender_id: str) -> None:
+    """404 for an unknown sender, 403 for one of an assistant the user does not see."""
+    assistant_id = scopes.sender_assistant(session, sender_id)
+    if assistant_id is None:
+        raise NotFound(f"WhatsApp sender {sender_id!r} not found")
+    principal.require_assistant(assistant_id)
+
+
+def templates_of(session, sender_id: str | None = None, assistant_ids: frozenset[str] | None = None) -> list[TemplatePublic]:
+    """Templates, of one sender or all, of the assistants ``assistant_ids`` (None: every assistant)."""
+    query = (select(WhatsAppTemplate).join(WhatsAppSender, WhatsAppSender.id == WhatsAppTemplate.sender_id)
+             .order_by(WhatsAppTemplate.sender_id, WhatsAppTemplate.name, WhatsAppTemplate.language))
     if sender_id:
         query = query.where(WhatsAppTemplate.sender_id == sender_id)
+    if assistant_ids is not None:
+        query = query.where(WhatsAppSender.assistant_id.in_(sorted(assistant_ids)))
     return [TemplatePublic.from_template(t) for t in session.scalars(query)]
+
+
+@router.get("/templates", response_model=list[TemplatePublic], dependencies=[allow(VIEWER)])
+def list_templates(session: SessionDep, principal: CurrentUser, sender_id: str | None = None):
+    """The templates of the assistants the user sees."""
+    return templates_of(session, sender_id, principal.assistant_ids)
 
 
 class TemplateSend(BaseModel):
@@ -286,9 +310,10 @@ class TemplateSend(BaseModel):
     parameters: list[str] = Field(default_factory=list, description="values for {{1}}, {{2}}, ...")
 
 
-@router.post("/messages/template", status_code=201, response_model=MessagePublic)
-def send_template_message(body: TemplateSend, services: ServicesDep, session: SessionDep):
+@router.post("/messages/template", status_code=201, response_model=MessagePublic, dependencies=[allow(OPERATOR)])
+def send_template_message(body: TemplateSend, services: ServicesDep, session: SessionDep, principal: CurrentUser):
     """Send an approved template to a customer (e.g. to re-open a conversation after 24 h)."""
+    _require_sender(session, principal, body.sender_id)
     msg = send_template(services, sender_id=body.sender_id, customer_id=body.customer_id, name=body.name,
                         language=body.language, parameters=body.parameters)
     return MessagePublic.from_message(session.get(Message, msg.id))

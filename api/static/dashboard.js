@@ -163,7 +163,7 @@
     const close = document.getElementById("close-conversation");
     if (close) close.addEventListener("click", () => run(null, () => api("POST", `/api/conversations/${id}/close`)));
     const reply = document.getElementById("operator-reply");
-    reply.addEventListener("submit", (ev) => {
+    if (reply) reply.addEventListener("submit", (ev) => {
       ev.preventDefault();
       run(reply, () => api("POST", `/api/conversations/${id}/messages`, { text: reply.elements.text.value }));
     });
@@ -267,7 +267,7 @@
 
     const upload = document.getElementById("import");
     const report = document.getElementById("import-report");
-    upload.addEventListener("submit", async (ev) => {
+    if (upload) upload.addEventListener("submit", async (ev) => {
       ev.preventDefault();
       report.replaceChildren();
       keepReviewer(upload.elements.approved_by.value);
@@ -317,6 +317,7 @@
   // A "Write the answer" button that opens answerForm in ``slot``; ``shown`` (slot or an element around it)
   // is visible while the form or its outcome is.
   function writeAnswerButton(item, slot, shown) {
+    if (document.getElementById("insights").dataset.write !== "true") return "";  // the user's role may not
     const button = el("button", { type: "button", class: "small write" }, _("Write the answer"));
     button.addEventListener("click", () => {
       button.hidden = true;
@@ -342,7 +343,7 @@
     const runButton = document.getElementById("run-checks");
 
     async function follow(runId) {
-      runButton.disabled = true;
+      if (runButton) runButton.disabled = true;
       for (;;) {
         const run = await api("GET", `/api/regression-runs/${encodeURIComponent(runId)}`);
         if (run.status !== "running") break;
@@ -352,7 +353,7 @@
       location.href = `/dashboard/regression?assistant_id=${assistant}&run_id=${encodeURIComponent(runId)}`;
     }
 
-    runButton.addEventListener("click", () => act(errorBox, runButton, async () => {
+    if (runButton) runButton.addEventListener("click", () => act(errorBox, runButton, async () => {
       state.textContent = _("starting…");
       try {
         const run = await api("POST", `/api/assistants/${assistant}/regression-runs`);
@@ -411,7 +412,7 @@
     }
 
     const upload = document.getElementById("upload");
-    upload.addEventListener("submit", async (ev) => {
+    if (upload) upload.addEventListener("submit", async (ev) => {
       ev.preventDefault();
       const button = upload.querySelector("button");
       button.disabled = true;

@@ -4,6 +4,7 @@ from alembic import context
 import api.sessions  # noqa: F401  (register tables on the metadata)
 import api.throttle  # noqa: F401
 import kb.models  # noqa: F401
+import runtime.accounts.models  # noqa: F401
 import runtime.approved  # noqa: F401
 import runtime.audit  # noqa: F401
 import runtime.models  # noqa: F401

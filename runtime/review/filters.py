@@ -32,6 +32,7 @@ class ConversationFilters:
     customer: str | None = None  # case-insensitive substring of customer_id
     waiting_for_human: bool | None = None  # True: a person has it or is awaited (handoff_state is not ai)
     feedback: str | None = None  # good | bad | any: a reply of the conversation was rated so
+    assistant_ids: frozenset[str] | None = None  # only these assistants' (the user's, runtime.accounts); None: all
 
     @classmethod
     def parse(cls, *, channel: str | None = None, assistant_id: str | None = None, since: str | None = None,
@@ -54,6 +55,8 @@ class ConversationFilters:
             conds.append(Conversation.channel == self.channel)
         if self.assistant_id:
             conds.append(Conversation.assistant_id == self.assistant_id)
+        if self.assistant_ids is not None:
+            conds.append(Conversation.assistant_id.in_(sorted(self.assistant_ids)))
         if self.customer:
             conds.append(func.lower(Conversation.customer_id).contains(self.customer.lower(), autoescape=True))
         if self.waiting_for_human is not None:

@@ -170,7 +170,7 @@ def test_wrong_bearer_tokens_lock_the_client_out_with_growing_waits(services, ca
         with services.session() as db:  # a sign-in clears the count
             assert db.get(throttle.AuthFailure, "ip:testclient") is None
         assert wrong(client).status_code == 401
-    assert "wrong admin token from ip:testclient (1 in a row)" in caplog.text
+    assert "wrong credentials from ip:testclient (1 in a row)" in caplog.text
     assert f"({throttle.FREE_FAILURES} in a row; locked out for 1 s)" in caplog.text
 
 
@@ -193,7 +193,7 @@ def test_wrong_tokens_on_the_login_form_are_throttled(sqlite_services):
         for _ in range(throttle.FREE_FAILURES - 1):
             assert client.post("/dashboard/login", data={"token": "guess-guess-guess"}).status_code == 401
         r = client.post("/dashboard/login", data={"token": "guess-guess-guess"})
-        assert r.status_code == 429 and r.headers["retry-after"] == "1" and "Too many wrong tokens" in r.text
+        assert r.status_code == 429 and r.headers["retry-after"] == "1" and "Too many failed attempts" in r.text
         age_failures(sqlite_services, "ip:testclient", -60)  # still locked out, however slow this machine is
         r = client.post("/dashboard/login", data={"token": ADMIN_TOKEN}, follow_redirects=False)
         assert r.status_code == 429 and SESSION_COOKIE not in client.cookies

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from api.deps import SESSION_COOKIE
 from api.sessions import AdminSession, open_session, session_is_open
+from runtime.accounts.users import bootstrap_admin
 from atende.app import create_app
 from core.db import new_id, utcnow
 from kb import registry
@@ -119,7 +120,7 @@ def test_pages_redirect_to_login_and_back(app_client):
 
 def test_wrong_token_is_a_401_with_a_message_and_no_cookie(app_client):
     r = app_client.post("/dashboard/login", data={"token": "guess"}, follow_redirects=False)
-    assert r.status_code == 401 and "Wrong admin token" in r.text
+    assert r.status_code == 401 and "Wrong e-mail or password" in r.text
     assert "set-cookie" not in r.headers and SESSION_COOKIE not in app_client.cookies
     assert app_client.post("/dashboard/login", data={}, follow_redirects=False).status_code == 401
     assert app_client.get("/dashboard/conversations", follow_redirects=False).status_code == 303
@@ -412,7 +413,7 @@ def test_reindex_makes_a_new_version_of_the_same_file(scripted_kb):
 
 def test_session_opened_by_helper_is_accepted(app_client, sqlite_services):
     with sqlite_services.session() as db:
-        app_client.cookies.set(SESSION_COOKIE, open_session(db, sqlite_services.settings))
+        app_client.cookies.set(SESSION_COOKIE, open_session(db, sqlite_services.settings, bootstrap_admin(db).id))
     assert app_client.get("/dashboard/metrics").status_code == 200
 
 

@@ -255,9 +255,9 @@ def test_dates_money_and_messages_in_portuguese(dash, seeded):  # noqa: F811
     assert unknown.status_code == 404 and "Nenhum assistente tem o id ou nome nobody." in unknown.text
 
 
-def test_wrong_token_message_in_portuguese(app_client):
-    r = app_client.post("/dashboard/login", data={"token": "wrong"}, headers=PT)
-    assert r.status_code == 401 and "Token de administrador incorreto" in r.text
+def test_wrong_password_message_in_portuguese(app_client):
+    r = app_client.post("/dashboard/login", data={"email": "ana@example.com", "password": "wrong"}, headers=PT)
+    assert r.status_code == 401 and "E-mail ou senha incorretos." in r.text and ">Senha <input" in r.text
 
 
 def test_dashboard_js_gets_its_strings_in_the_page(dash, seeded):  # noqa: F811

@@ -189,6 +189,10 @@ def test_parts_left_claimed_by_a_dead_sender_get_an_expired_send_lease(database_
     ({"audit_log"}, "0018", {"audit_log": {"ix_audit_log_at"}}),
     ({"reply_options"}, "0020_message_media", {"reply_options": {"ix_reply_options_message_id",
                                                               "ix_reply_options_conversation_id"}}),
+    ({"retention_runs"}, "0022_part_media", {"retention_runs": {"ix_retention_runs_at"}}),
+    ({"users", "user_assistants", "api_tokens"}, "0023_retention",
+     {"api_tokens": {"ix_api_tokens_user_id"}, "admin_sessions": {"ix_admin_sessions_user_id"},
+      "audit_log": {"ix_audit_log_user_id"}}),
 ])
 def test_round_two_tables_go_up_and_down_and_match_the_models(database_url, tables, previous, indexes):
     """Each migration of round two: its tables and indexes exist at head, match the models, are

@@ -149,7 +149,7 @@ def page(site):
     page.set_default_timeout(20_000)
     watch = Watch(page)
     page.goto(site.url("/dashboard/login"))
-    page.fill("input[name=token]", ADMIN_TOKEN)
+    page.fill("input[name=password]", ADMIN_TOKEN)
     page.click("button[type=submit]")
     page.wait_for_url("**/dashboard/conversations")
     yield page
@@ -170,14 +170,14 @@ def test_login_refuses_a_wrong_token_then_signs_in(site):
     watch = Watch(page)
     page.goto(site.url("/dashboard/metrics?channel=test"))
     assert "/dashboard/login?next=" in page.url
-    page.fill("input[name=token]", "not-the-token")
+    page.fill("input[name=password]", "not-the-token")
     with page.expect_response(lambda r: r.url.endswith("/dashboard/login") and r.request.method == "POST") as resp:
         page.click("button[type=submit]")
     assert resp.value.status == 401
-    expect(page.locator("p.error")).to_have_text(re.compile("Wrong admin token"))
+    expect(page.locator("p.error")).to_have_text(re.compile("Wrong e-mail or password"))
     assert context.cookies() == []
     shot(page, "01-login-wrong-token")
-    page.fill("input[name=token]", ADMIN_TOKEN)
+    page.fill("input[name=password]", ADMIN_TOKEN)
     page.click("button[type=submit]")
     page.wait_for_url("**/dashboard/metrics?channel=test")
     (cookie,) = context.cookies()
@@ -331,7 +331,7 @@ def test_list_on_a_phone(site):
     page = context.new_page()
     watch = Watch(page)
     page.goto(site.url("/dashboard/login"))
-    page.fill("input[name=token]", ADMIN_TOKEN)
+    page.fill("input[name=password]", ADMIN_TOKEN)
     page.click("button[type=submit]")
     page.wait_for_url("**/dashboard/conversations")
     expect(page.locator("#conversations")).to_be_visible()
