@@ -14,13 +14,13 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from functools import cache
 from io import BytesIO
 from pathlib import Path
 
 from babel.core import Locale
-from babel.dates import format_date, format_datetime
+from babel.dates import format_date, format_datetime, format_skeleton
 from babel.messages.extract import extract_from_file
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
@@ -114,11 +114,6 @@ def gettext(message: str, **variables) -> str:
     return text % variables if variables else text
 
 
-def ngettext(singular: str, plural: str, n: int, **variables) -> str:
-    """The singular or plural form of a message for ``n``, in the current locale, ``%(num)s`` filled with ``n``."""
-    return translations(current_locale()).ngettext(singular, plural, n) % {"num": n, **variables}
-
-
 def translator(request: Request):
     """``gettext`` in ``request``'s locale, for messages a route writes into a page (call it ``_``)."""
     locale = request_locale(request)
@@ -145,15 +140,18 @@ def js_messages(locale: str) -> dict[str, str]:
 def datetime_text(value: datetime | None) -> str:
     """A moment in UTC (the pages say so), in the reader's way: ``Nov 29, 2026, 2:03:05 PM`` or
     ``29 de nov. de 2026 14:03:05``."""
-    return format_datetime(value, "medium", tzinfo=timezone.utc, locale=current_locale()) if value else ""
+    return format_datetime(value, "medium", tzinfo=UTC, locale=current_locale()) if value else ""
 
 
 def date_text(value: date | str | None, form: str = "medium") -> str:
-    """A day (``date`` or ISO text) in the reader's way."""
+    """A day (``date`` or ISO text) in the reader's way: a standard length (``short``, ``medium``...) or a CLDR
+    skeleton (``Md``: ``12/1`` or ``01/12``, the chart's ticks)."""
     if not value:
         return ""
     day = date.fromisoformat(value[:10]) if isinstance(value, str) else value
-    return format_date(day, form, locale=current_locale())
+    if form in ("short", "medium", "long", "full"):
+        return format_date(day, form, locale=current_locale())
+    return format_skeleton(form, day, locale=current_locale())
 
 
 def money(value: float | None) -> str:

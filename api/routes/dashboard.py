@@ -79,7 +79,7 @@ def _pretty(value) -> str:
 
 
 i18n.install(_env)
-_env.filters.update(ms=_millis, pretty=_pretty, duration=_duration, t=lambda message: i18n.gettext(message),
+_env.filters.update(ms=_millis, pretty=_pretty, duration=_duration, t=i18n.gettext,
                     label=labels.label, reason_text=labels.feedback_reason_text)
 _env.globals.update(channel_labels=CHANNEL_LABELS, channels=CHANNELS)
 
@@ -374,7 +374,7 @@ def day_chart(per_day: list[dict], width: int = 720, height: int = 200) -> dict:
         days.append({**d, "x": round(center - bar / 2, 1), "w": round(bar, 1), "mh": round(mh, 1),
                      "my": round(pad_top + inner_h - mh, 1), "rx": round(center - bar / 4, 1),
                      "rw": round(bar / 2, 1), "rh": round(rh, 1), "ry": round(pad_top + inner_h - rh, 1),
-                     "label_x": round(center, 1), "label": str(d["day"])[5:]})
+                     "label_x": round(center, 1)})
     label_every = max(len(days) // 12, 1)
     return {"width": width, "height": height, "top": top, "days": days, "label_every": label_every,
             "base_y": pad_top + inner_h, "top_y": pad_top, "pad_left": pad_left}

@@ -277,9 +277,11 @@
       report.append(errorBox);
       await act(errorBox, upload, async () => {
         const r = await api("POST", `/api/assistants/${assistant}/approved-answers/import`, data);
+        const counts = { imported: r.imported, updated: r.updated, errors: r.errors.length };
         report.append(el("p", { class: r.errors.length ? "" : "ok" },
-          `${name}: ` + _("%(imported)s imported, %(updated)s updated, %(errors)s row(s) with errors",
-            { imported: r.imported, updated: r.updated, errors: r.errors.length })),
+          `${name}: ` + (r.errors.length === 1
+            ? _("%(imported)s imported, %(updated)s updated, %(errors)s row with errors", counts)
+            : _("%(imported)s imported, %(updated)s updated, %(errors)s rows with errors", counts))),
         r.errors.length ? el("ul", { class: "messages", id: "import-errors" },
           r.errors.map((e) => el("li", { class: "error" }, _("row %(row)s: %(error)s", { row: e.row, error: e.error })))) : "");
         upload.reset();

@@ -186,7 +186,7 @@ def test_accept_language_negotiation(header, expected):
     assert i18n.negotiate(i18n.parse_accept_language(header)) == expected
 
 
-def test_pages_follow_the_browser_then_the_switch(app_client):
+def test_pages_follow_the_browser_then_the_switch(app_client):  # noqa: F811
     # signed out: the login page already speaks the browser's language
     r = app_client.get("/dashboard/login", headers=PT)
     assert r.status_code == 200 and '<html lang="pt-BR">' in r.text and ">Entrar</button>" in r.text
@@ -221,12 +221,12 @@ def test_pages_follow_the_browser_then_the_switch(app_client):
     ({"lang": "x" * 5000}, {}, 422),
     ({"lang": "pt_BR"}, {"Origin": "https://evil.example"}, 403),
 ])
-def test_the_switch_refuses_what_it_does_not_know(app_client, data, headers, status):
+def test_the_switch_refuses_what_it_does_not_know(app_client, data, headers, status):  # noqa: F811
     r = app_client.post("/dashboard/language", data=data, headers=headers, follow_redirects=False)
     assert r.status_code == status and "set-cookie" not in r.headers
 
 
-def test_the_switch_never_redirects_off_the_dashboard(app_client):
+def test_the_switch_never_redirects_off_the_dashboard(app_client):  # noqa: F811
     for target in ("https://evil.example/", "//evil.example/", "/dashboard//evil.example", "/api/x", None):
         r = app_client.post("/dashboard/language", data={"lang": "pt_BR", "next": target} if target else
                             {"lang": "pt_BR"}, follow_redirects=False)
@@ -255,7 +255,7 @@ def test_dates_money_and_messages_in_portuguese(dash, seeded):  # noqa: F811
     assert unknown.status_code == 404 and "Nenhum assistente tem o id ou nome nobody." in unknown.text
 
 
-def test_wrong_password_message_in_portuguese(app_client):
+def test_wrong_password_message_in_portuguese(app_client):  # noqa: F811
     r = app_client.post("/dashboard/login", data={"email": "ana@example.com", "password": "wrong"}, headers=PT)
     assert r.status_code == 401 and "E-mail ou senha incorretos." in r.text and ">Senha <input" in r.text
 
