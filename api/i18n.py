@@ -2,7 +2,7 @@
 and money in the reader's locale) and of Jinja2's i18n extension.
 
 English is the source language (the msgids); ``api/locale/<locale>/LC_MESSAGES/messages.po`` holds each
-translation as text, compiled in memory at first use (no ``.mo`` file in git or on disk). A reader's locale is
+translation as text, compiled in memory at start (no ``.mo`` file in git or on disk). A reader's locale is
 the ``atende_lang`` cookie the header's switch sets, else the best match of the browser's ``Accept-Language``,
 else English. Pages are rendered with :func:`using` around them; the templates' ``{% trans %}`` / ``_()`` and
 the filters below read that locale. ``dashboard.js`` gets its own strings (``_("...")`` calls in it, extracted
@@ -192,3 +192,5 @@ def install(env: Environment) -> None:
     env.filters.update(dt=datetime_text, day=date_text, money=money, number=number, pct=percent)
     env.globals.update(html_lang=html_lang, current_locale=current_locale, language_names=LANGUAGE_NAMES,
                        js_messages=lambda: js_messages(current_locale()))
+    for locale in LOCALES:  # compiled now: a broken catalogue stops the start, not a page
+        js_messages(locale)

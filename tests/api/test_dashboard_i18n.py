@@ -279,3 +279,11 @@ def test_catalogue_compiles_in_memory():
     assert catalog.ngettext("%(count)s conversation", "%(count)s conversations", 3) == "%(count)s conversas"
     assert i18n.translations("en").gettext("Knowledge base") == "Knowledge base"
     assert not list(Path(i18n.LOCALE_DIR).rglob("*.mo"))  # nothing compiled on disk
+
+
+def test_the_switch_answers_hostile_bodies_with_a_4xx(app_client):  # noqa: F811
+    for body, kind in (('{"lang": ["pt_BR"]}', "application/json"), ("lang=pt_BR&" * 20_000, "application/x-www-form-urlencoded"),
+                       ("\x00\xff" * 100, "multipart/form-data; boundary=x")):
+        r = app_client.post("/dashboard/language", content=body.encode("utf-8", "surrogateescape"),
+                            headers={"Content-Type": kind}, follow_redirects=False)
+        assert 400 <= r.status_code < 500, (kind, r.status_code)
