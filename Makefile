@@ -62,3 +62,9 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .atende
+
+# the dashboard's translations (README, "Dashboard languages"): new and changed strings into the .po files
+.PHONY: i18n-update
+i18n-update:
+	$(VENV)/bin/pybabel extract -F babel.cfg -k _ -k N_ --no-location --omit-header --sort-output -o $(VENV)/messages.pot .
+	$(VENV)/bin/pybabel update -i $(VENV)/messages.pot -d api/locale -D messages --no-fuzzy-matching --ignore-obsolete

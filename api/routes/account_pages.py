@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse
 from pydantic import SecretStr, ValidationError
 
+from api import i18n
 from api.deps import PRINCIPAL, SESSION_REF, CurrentUser, SessionDep, allow
 from api.routes import accounts
 from api.routes.dashboard import render, require_page_session, visible_assistants
@@ -55,7 +56,8 @@ def account_password(request: Request, session: SessionDep, principal: CurrentUs
         accounts.change_password(session, principal, request, body)
     except _REFUSED as exc:
         return _account_page(request, session, 400, error=_refusal(exc))
-    return _account_page(request, session, notice="Password changed; your other sessions were signed out.")
+    _ = i18n.translator(request)
+    return _account_page(request, session, notice=_("Password changed; your other sessions were signed out."))
 
 
 @pages.post("/account/sessions/{session_id}/end", dependencies=[allow(VIEWER)])
@@ -123,4 +125,5 @@ def accounts_change(request: Request, user_id: str, session: SessionDep,
     except _REFUSED as exc:
         session.rollback()
         return _accounts_page(request, session, 400, error=_refusal(exc))
-    return _accounts_page(request, session, notice=f"Saved {users.get_user(session, user_id).email}.")
+    _ = i18n.translator(request)
+    return _accounts_page(request, session, notice=_("Saved %(email)s.", email=users.get_user(session, user_id).email))

@@ -12,7 +12,6 @@ carry the same selection.
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import quote, urlencode
@@ -23,7 +22,7 @@ from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import select
 
-from api import scopes
+from api import i18n, labels, scopes
 from api.deps import (
     PRINCIPAL, SESSION_COOKIE, AuthFailed, CurrentUser, ServicesDep, SessionDep, allow, bearer_principal, same_origin,
     session_principal, set_actor, throttled,
@@ -52,27 +51,15 @@ from runtime.whatsapp.outbound import window_open
 
 PAGE_SIZE = 25
 FILTER_KEYS = ("channel", "assistant_id", "since", "until", "customer", "waiting_for_human", "feedback")
-CHANNEL_LABELS = {"whatsapp": "WhatsApp", "widget": "Widget", "test": "Test", "api": "API"}
+CHANNEL_LABELS = labels.CHANNELS
 
 _env = Environment(loader=FileSystemLoader(Path(__file__).resolve().parents[1] / "templates"),
                    autoescape=select_autoescape(default=True), trim_blocks=True, lstrip_blocks=True)
 templates = Jinja2Templates(env=_env)
 
 
-def _datetime(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
-
-
-def _money(value: float | None) -> str:
-    return "–" if value is None else f"${value:.4f}" if value < 1 else f"${value:,.2f}"
-
-
-def _percent(value: float | None) -> str:
-    return "–" if value is None else f"{value * 100:.1f}%"
-
-
 def _millis(value: float | None) -> str:
-    return "–" if value is None else f"{value:.0f} ms" if value < 1000 else f"{value / 1000:.1f} s"
+    return "–" if value is None else f"{value:.0f} ms" if value < 1000 else f"{i18n.number(value / 1000, 1)} s"
 
 
 def _duration(seconds: float | None) -> str:
@@ -92,7 +79,9 @@ def _pretty(value) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, default=str)
 
 
-_env.filters.update(dt=_datetime, money=_money, pct=_percent, ms=_millis, pretty=_pretty, duration=_duration)
+i18n.install(_env)
+_env.filters.update(ms=_millis, pretty=_pretty, duration=_duration, t=i18n.gettext,
+                    label=labels.label, reason_text=labels.feedback_reason_text)
 _env.globals.update(channel_labels=CHANNEL_LABELS, channels=CHANNELS)
 
 
@@ -123,7 +112,9 @@ def install_page_handlers(app) -> None:
 
     async def forbidden(request: Request, exc: Forbidden) -> Response:
         if request.url.path.startswith("/dashboard"):
-            return render(request, "error.html", status_code=403, title="Not allowed", message=str(exc))
+            _ = i18n.translator(request)
+            return render(request, "error.html", status_code=403, title=_("Not allowed"),
+                          message=_("Your account may not do this: %(reason)s", reason=exc))
         return JSONResponse(status_code=403, content={"detail": str(exc)})
 
     app.add_exception_handler(LoginRequired, to_login)
@@ -136,10 +127,14 @@ router = APIRouter(prefix="/dashboard", include_in_schema=False, dependencies=[D
 
 def render(request: Request, name: str, status_code: int = 200, **context) -> HTMLResponse:
     """Render a template with the request (for the navigation's active link), the signed-in user (``me``) and
-    ``can(role)``, which the templates ask before showing a control."""
+    ``can(role)``, which the templates ask before showing a control, in the reader's language."""
     me: Principal | None = getattr(request.state, PRINCIPAL, None)
     context.update(me=me, can=lambda role: me is not None and me.can(role))
-    return templates.TemplateResponse(request, name, context, status_code=status_code)
+    with i18n.using(i18n.request_locale(request)):
+        response = templates.TemplateResponse(request, name, context, status_code=status_code)
+        response.headers["Content-Language"] = i18n.html_lang()
+    response.headers["Vary"] = "Accept-Language, Cookie"
+    return response
 
 
 def _safe_next(value: str | None) -> str:
@@ -182,16 +177,17 @@ def login(request: Request, services: ServicesDep, email: Annotated[str, Form(ma
     cookie; wrong ones get 401, then 429 with growing waits."""
     if not same_origin(request):
         raise HTTPException(status_code=403, detail="cross-site request refused")
+    _ = i18n.translator(request)
     try:
         principal = throttled(request, services, lambda db: _sign_in(db, services, email, password or token))
     except AuthFailed as exc:
         if exc.retry_after:
             page = render(request, "login.html", status_code=429, next=_safe_next(next), email=email,
-                          error=f"Too many failed attempts. Try again in {exc.retry_after} s.")
+                          error=_("Too many failed attempts. Try again in %(seconds)s s.", seconds=exc.retry_after))
             page.headers["Retry-After"] = str(exc.retry_after)
             return page
         return render(request, "login.html", status_code=401, next=_safe_next(next), email=email,
-                      error="Wrong e-mail or password.")
+                      error=_("Wrong e-mail or password."))
     with services.session() as db:
         value = open_session(db, services.settings, principal.user_id, client=request.client.host if request.client else "",
                              user_agent=request.headers.get("user-agent", ""))
@@ -210,6 +206,20 @@ def logout(request: Request, services: ServicesDep):
         close_session(db, services.settings, request.cookies.get(SESSION_COOKIE))
     response = RedirectResponse("/dashboard/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    return response
+
+
+@public.post("/language")
+def choose_language(request: Request, lang: Annotated[str, Form(max_length=20)] = "",
+                    next: Annotated[str | None, Form(max_length=4000)] = None):
+    """The header's language switch: the choice kept in a cookie (a year), then back to the page."""
+    if not same_origin(request):
+        raise HTTPException(status_code=403, detail="cross-site request refused")
+    if lang not in i18n.LOCALES:
+        raise HTTPException(status_code=400, detail=f"unknown language; one of {', '.join(i18n.LOCALES)}")
+    response = RedirectResponse(_safe_next(next), status_code=303)
+    response.set_cookie(i18n.LANG_COOKIE, lang, max_age=i18n.LANG_COOKIE_MAX_AGE_S, httponly=True, samesite="lax",
+                        secure=request.url.scheme == "https", path="/")
     return response
 
 
@@ -234,8 +244,9 @@ def read_filters(request: Request) -> tuple[dict[str, str], ConversationFilters 
             channel=raw["channel"], assistant_id=raw["assistant_id"], since=raw["since"], until=raw["until"],
             customer=raw["customer"], waiting_for_human={"true": True, "false": False}.get(waiting),
             feedback=raw["feedback"])
-    except InvalidRequest as exc:
-        return raw, None, str(exc)
+    except InvalidRequest as exc:  # the reason names the parameter, as the API's 400 does
+        _ = i18n.translator(request)
+        return raw, None, _("These filters cannot be applied: %(reason)s", reason=exc)
     return raw, review_routes.visible_to(getattr(request.state, PRINCIPAL), filters), None
 
 
@@ -279,8 +290,10 @@ def conversation_page(request: Request, conversation_id: str, services: Services
     """One conversation: the thread with sources and function calls, its variables and the actions."""
     try:
         conv = conversation_routes.get_conversation(conversation_id, session)
-    except NotFound as exc:
-        return render(request, "error.html", status_code=404, title="Conversation not found", message=str(exc))
+    except NotFound:
+        _ = i18n.translator(request)
+        return render(request, "error.html", status_code=404, title=_("Conversation not found"),
+                      message=_("No conversation has the id %(id)s.", id=conversation_id))
     row = store.get_conversation(session, conversation_id)
     templates_offered, sender_id, window = [], None, None
     if conv.channel == "whatsapp":
@@ -302,8 +315,9 @@ def queue_page(request: Request, services: ServicesDep, session: SessionDep, pri
     """The "waiting for a human" queue (``runtime.review.queue``): who waits, for how long and why, with the
     hand-back and close actions."""
     if channel and channel not in CHANNELS:
-        return render(request, "error.html", status_code=400, title="Unknown type",
-                      message=f"unknown channel {channel!r}")
+        _ = i18n.translator(request)
+        return render(request, "error.html", status_code=400, title=_("Unknown type"),
+                      message=_("There is no conversation type %(channel)s.", channel=repr(channel)))
     q = review_routes.visible_queue(principal, handoff_queue(session, services.clock(), assistant_id=assistant_id or None,
                                                              channel=channel or None), assistant_id)
     return render(request, "queue.html", q=q, assistants=visible_assistants(session, principal),
@@ -361,7 +375,7 @@ def day_chart(per_day: list[dict], width: int = 720, height: int = 200) -> dict:
         days.append({**d, "x": round(center - bar / 2, 1), "w": round(bar, 1), "mh": round(mh, 1),
                      "my": round(pad_top + inner_h - mh, 1), "rx": round(center - bar / 4, 1),
                      "rw": round(bar / 2, 1), "rh": round(rh, 1), "ry": round(pad_top + inner_h - rh, 1),
-                     "label_x": round(center, 1), "label": str(d["day"])[5:]})
+                     "label_x": round(center, 1)})
     label_every = max(len(days) // 12, 1)
     return {"width": width, "height": height, "top": top, "days": days, "label_every": label_every,
             "base_y": pad_top + inner_h, "top_y": pad_top, "pad_left": pad_left}
@@ -375,6 +389,13 @@ def improve_page(request: Request, session: SessionDep):
 
 
 # --------------------------------------------------------------------------- knowledge base and console
+
+
+def assistant_not_found(request: Request, assistant_id: str | None) -> HTMLResponse:
+    """The 404 page of an assistant picker given an id or name that matches none."""
+    _ = i18n.translator(request)
+    return render(request, "error.html", status_code=404, title=_("Assistant not found"),
+                  message=_("No assistant has the id or name %(id)s.", id=assistant_id))
 
 
 def _pick_assistant(session, principal: Principal, assistant_id: str | None):
@@ -392,8 +413,8 @@ def knowledge_page(request: Request, session: SessionDep, principal: CurrentUser
     """Documents of one assistant's knowledge base, upload, delete, re-index and a search playground."""
     try:
         assistants, assistant = _pick_assistant(session, principal, assistant_id)
-    except NotFound as exc:
-        return render(request, "error.html", status_code=404, title="Assistant not found", message=str(exc))
+    except NotFound:
+        return assistant_not_found(request, assistant_id)
     docs = document_routes.list_documents(assistant.id, session) if assistant else []
     sites = website_routes.list_websites(assistant.id, session) if assistant else []
     return render(request, "knowledge.html", assistants=assistants, assistant=assistant, documents=docs,
@@ -406,8 +427,8 @@ def console_page(request: Request, session: SessionDep, principal: CurrentUser, 
     """Chat with an assistant as a ``test`` conversation, with sources and function calls shown live."""
     try:
         assistants, assistant = _pick_assistant(session, principal, assistant_id)
-    except NotFound as exc:
-        return render(request, "error.html", status_code=404, title="Assistant not found", message=str(exc))
+    except NotFound:
+        return assistant_not_found(request, assistant_id)
     return render(request, "console.html", assistants=assistants, assistant=assistant)
 
 
@@ -420,8 +441,8 @@ def approved_page(request: Request, session: SessionDep, principal: CurrentUser,
     """An assistant's approved answers: edit, delete, clear review flags, add one, import a spreadsheet."""
     try:
         assistants, assistant = _pick_assistant(session, principal, assistant_id)
-    except NotFound as exc:
-        return render(request, "error.html", status_code=404, title="Assistant not found", message=str(exc))
+    except NotFound:
+        return assistant_not_found(request, assistant_id)
     answers = approved.list_answers(session, assistant) if assistant else []
     flagged = sum(a.needs_review for a in answers)
     if needs_review:
@@ -438,8 +459,11 @@ def regression_page(request: Request, session: SessionDep, principal: CurrentUse
     try:
         run = regression_routes.get_run(run_id, session) if run_id else None
         assistants, assistant = _pick_assistant(session, principal, run.assistant_id if run else assistant_id)
-    except NotFound as exc:
-        return render(request, "error.html", status_code=404, title="Not found", message=str(exc))
+    except NotFound:
+        _ = i18n.translator(request)
+        return render(request, "error.html", status_code=404, title=_("Not found"),
+                      message=_("No regression run has the id %(id)s, or its assistant is gone.", id=run_id)
+                      if run_id else _("No assistant has the id or name %(id)s.", id=assistant_id))
     cases = regression.list_cases(session, assistant) if assistant else []
     runs = regression_routes.list_runs(assistant.id, session, limit=20) if assistant else []
     if run is None and runs:

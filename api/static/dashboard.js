@@ -2,6 +2,23 @@
 // rendering of their answers with textContent only -- customer text is never parsed as HTML.
 "use strict";
 (function () {
+  // The page's language: the translations of the strings marked with _() below (api/i18n.py puts them in the
+  // page) and its way of writing numbers. Placeholders are gettext's %(name)s, as in the templates.
+  const MESSAGES = JSON.parse((document.getElementById("i18n-messages") || {}).textContent || "{}");
+  const LANG = document.documentElement.lang || "en";
+
+  function _(message, values) {
+    const text = MESSAGES[message] || message;
+    return values ? text.replace(/%\((\w+)\)s/g, (m, key) => (key in values ? String(values[key]) : m)) : text;
+  }
+
+  const TURN_STATUSES = { answered: _("answered"), smalltalk: _("small talk"), fallback: _("fallback"),
+    handoff: _("handoff"), paused: _("paused"), error: _("error") };  // as api/labels.py words them
+
+  function decimal(v, digits) {
+    return new Intl.NumberFormat(LANG, { minimumFractionDigits: digits, maximumFractionDigits: digits }).format(v);
+  }
+
   function el(tag, attrs, ...children) {
     const node = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs || {})) {
@@ -63,22 +80,27 @@
     return document.getElementById(id);
   }
 
-  function money(v) { return "$" + Number(v || 0).toFixed(4); }
+  function money(v) {  // as the pages' money filter: USD, four decimals below a dollar
+    const n = Number(v || 0);
+    return new Intl.NumberFormat(LANG, { style: "currency", currency: "USD", minimumFractionDigits: n < 1 ? 4 : 2,
+      maximumFractionDigits: n < 1 ? 4 : 2 }).format(n);
+  }
 
   function sourceNode(s) {
     const meta = el("div", { class: "src-meta" }, `[${s.rank}] `, el("b", {}, s.filename),
-      s.page ? ` · page ${s.page}` : "", s.section ? ` · ${s.section}` : "",
-      ` · score ${Number(s.score).toFixed(3)}`);
+      s.page ? " · " + _("page %(page)s", { page: s.page }) : "", s.section ? ` · ${s.section}` : "",
+      " · " + _("score %(score)s", { score: decimal(Number(s.score), 3) }));
     return el("div", { class: "source" }, meta, el("blockquote", { class: "passage" }, s.text));
   }
 
   function callNode(f) {
     return el("details", { class: "call" },
-      el("summary", {}, "function ", el("code", {}, f.name), f.error ? el("span", { class: "error small" }, " error") : "",
-        ` · round ${f.round} · ${f.duration_ms} ms`),
-      el("div", { class: "kv" }, el("b", {}, "arguments"), el("pre", {}, JSON.stringify(f.arguments, null, 2))),
-      f.result !== null && f.result !== undefined ? el("div", { class: "kv" }, el("b", {}, "result"), el("pre", {}, f.result)) : "",
-      f.error ? el("div", { class: "kv" }, el("b", {}, "error"), el("pre", { class: "error" }, f.error)) : "");
+      el("summary", {}, _("function") + " ", el("code", {}, f.name),
+        f.error ? el("span", { class: "error small" }, " " + _("error")) : "",
+        " · " + _("round %(n)s", { n: f.round }) + ` · ${f.duration_ms} ms`),
+      el("div", { class: "kv" }, el("b", {}, _("arguments")), el("pre", {}, JSON.stringify(f.arguments, null, 2))),
+      f.result !== null && f.result !== undefined ? el("div", { class: "kv" }, el("b", {}, _("result")), el("pre", {}, f.result)) : "",
+      f.error ? el("div", { class: "kv" }, el("b", {}, _("error")), el("pre", { class: "error" }, f.error)) : "");
   }
 
   // ------------------------------------------------------------------ approved answers and review forms
@@ -153,7 +175,7 @@
         const [name, language] = template.elements.template.value.split("|");
         const parameters = template.elements.parameters.value.split("\n").map((p) => p.trim()).filter((p) => p);
         if (!template.dataset.sender) {
-          showError(errorBox, "This conversation's business number is not registered as a sender.");
+          showError(errorBox, _("This conversation's business number is not registered as a sender."));
           return;
         }
         run(template, () => api("POST", "/api/whatsapp/messages/template", {
@@ -235,7 +257,7 @@
       const errorBox = item.querySelector(".item-error");
       let done;
       if (button.dataset.action === "delete") {
-        if (!confirm(`Delete the approved answer to "${item.querySelector(".question").textContent}"?`)) return;
+        if (!confirm(_('Delete the approved answer to "%(question)s"?', { question: item.querySelector(".question").textContent }))) return;
         done = await act(errorBox, button, () => api("DELETE", url));
       } else {
         done = await act(errorBox, button, () => api("PATCH", url, { needs_review: false }));
@@ -255,10 +277,13 @@
       report.append(errorBox);
       await act(errorBox, upload, async () => {
         const r = await api("POST", `/api/assistants/${assistant}/approved-answers/import`, data);
+        const counts = { imported: r.imported, updated: r.updated, errors: r.errors.length };
         report.append(el("p", { class: r.errors.length ? "" : "ok" },
-          `${name}: ${r.imported} imported, ${r.updated} updated, ${r.errors.length} row${r.errors.length === 1 ? "" : "s"} with errors`),
+          `${name}: ` + (r.errors.length === 1
+            ? _("%(imported)s imported, %(updated)s updated, %(errors)s row with errors", counts)
+            : _("%(imported)s imported, %(updated)s updated, %(errors)s rows with errors", counts))),
         r.errors.length ? el("ul", { class: "messages", id: "import-errors" },
-          r.errors.map((e) => el("li", { class: "error" }, `row ${e.row}: ${e.error}`))) : "");
+          r.errors.map((e) => el("li", { class: "error" }, _("row %(row)s: %(error)s", { row: e.row, error: e.error })))) : "");
         upload.reset();
         fillReviewer(box);
         await refresh();
@@ -269,12 +294,12 @@
   // An inline form writing an approved answer for ``question`` (the Improve page's gaps and clusters).
   function answerForm(assistantId, question, examples, onClose) {
     const form = el("form", {},
-      el("label", {}, "Question", el("input", { name: "question", value: question, required: true, maxlength: "1000" })),
-      el("label", {}, "Other phrasings, one per line (optional)", el("textarea", { name: "variants", rows: "2" })),
-      el("label", {}, "Answer", el("textarea", { name: "answer", rows: "3", required: true, maxlength: "4096" })),
-      el("label", {}, "Approved by", el("input", { name: "approved_by", class: "reviewer", maxlength: "200" })),
-      el("div", { class: "inline" }, el("button", { type: "submit" }, "Save the approved answer"),
-        el("button", { type: "button", class: "small" }, "Cancel")),
+      el("label", {}, _("Question"), el("input", { name: "question", value: question, required: true, maxlength: "1000" })),
+      el("label", {}, _("Other phrasings, one per line (optional)"), el("textarea", { name: "variants", rows: "2" })),
+      el("label", {}, _("Answer"), el("textarea", { name: "answer", rows: "3", required: true, maxlength: "4096" })),
+      el("label", {}, _("Approved by"), el("input", { name: "approved_by", class: "reviewer", maxlength: "200" })),
+      el("div", { class: "inline" }, el("button", { type: "submit" }, _("Save the approved answer")),
+        el("button", { type: "button", class: "small" }, _("Cancel"))),
       el("p", { class: "error small", role: "alert", hidden: true }));
     form.elements.variants.value = examples.filter((q) => q !== question).join("\n");
     fillReviewer(form);
@@ -284,8 +309,8 @@
       const ok = await act(form.querySelector("p.error"), form, () =>
         api("POST", `/api/assistants/${encodeURIComponent(assistantId)}/approved-answers`, approvedBody(form)));
       if (ok) {
-        onClose(el("p", { class: "ok small" }, "Saved as an approved answer. ",
-          el("a", { href: `/dashboard/approved?assistant_id=${encodeURIComponent(assistantId)}` }, "Approved answers")));
+        onClose(el("p", { class: "ok small" }, _("Saved as an approved answer.") + " ",
+          el("a", { href: `/dashboard/approved?assistant_id=${encodeURIComponent(assistantId)}` }, _("Approved answers"))));
       }
     });
     return form;
@@ -295,7 +320,7 @@
   // is visible while the form or its outcome is.
   function writeAnswerButton(item, slot, shown) {
     if (document.getElementById("insights").dataset.write !== "true") return "";  // the user's role may not
-    const button = el("button", { type: "button", class: "small write" }, "Write the answer");
+    const button = el("button", { type: "button", class: "small write" }, _("Write the answer"));
     button.addEventListener("click", () => {
       button.hidden = true;
       shown.hidden = false;
@@ -324,14 +349,14 @@
       for (;;) {
         const run = await api("GET", `/api/regression-runs/${encodeURIComponent(runId)}`);
         if (run.status !== "running") break;
-        state.textContent = `running: ${run.summary.done || 0} of ${run.summary.total || 0} cases done…`;
+        state.textContent = _("running: %(done)s of %(total)s cases done…", { done: run.summary.done || 0, total: run.summary.total || 0 });
         await sleep(700);
       }
       location.href = `/dashboard/regression?assistant_id=${assistant}&run_id=${encodeURIComponent(runId)}`;
     }
 
     if (runButton) runButton.addEventListener("click", () => act(errorBox, runButton, async () => {
-      state.textContent = "starting…";
+      state.textContent = _("starting…");
       try {
         const run = await api("POST", `/api/assistants/${assistant}/regression-runs`);
         await follow(run.id);
@@ -349,7 +374,7 @@
       const button = ev.target.closest("#cases button[data-action=delete]");
       if (!button) return;
       const row = button.closest("tr");
-      if (!confirm(`Delete the case "${row.cells[0].textContent.trim()}"?`)) return;
+      if (!confirm(_('Delete the case "%(question)s"?', { question: row.cells[0].textContent.trim() }))) return;
       if (await act(errorBox, button, () => api("DELETE", `/api/regression-cases/${encodeURIComponent(row.dataset.id)}`))) {
         await refreshFragment("cases");
       }
@@ -399,7 +424,7 @@
         data.append("file", file, file.name);
         try {
           const doc = await api("POST", `/api/assistants/${assistant}/documents`, data);
-          messages.append(el("li", { class: "ok" }, `${file.name}: ${doc.unchanged ? "unchanged, nothing to do" : "queued"}`));
+          messages.append(el("li", { class: "ok" }, `${file.name}: ` + (doc.unchanged ? _("unchanged, nothing to do") : _("queued"))));
         } catch (e) {
           messages.append(el("li", { class: "error" }, e.message.includes(file.name) ? e.message : `${file.name}: ${e.message}`));
         }
@@ -417,7 +442,7 @@
       messages.replaceChildren();
       try {
         if (button.dataset.action === "delete") {
-          if (!confirm(`Delete ${row.dataset.filename}? Its passages leave the knowledge base at once.`)) return;
+          if (!confirm(_("Delete %(file)s? Its passages leave the knowledge base at once.", { file: row.dataset.filename }))) return;
           button.disabled = true;
           await api("DELETE", `/api/documents/${doc}`);
         } else {
@@ -441,7 +466,7 @@
         const data = await api("POST", `/api/assistants/${assistant}/search`, {
           query: search.elements.query.value, top_k: Number(search.elements.top_k.value) || 5,
         });
-        if (!data.results.length) results.append(el("li", { class: "muted" }, "No passages found."));
+        if (!data.results.length) results.append(el("li", { class: "muted" }, _("No passages found.")));
         for (const r of data.results) results.append(el("li", {}, sourceNode(r)));
       } catch (e) {
         showError(searchError, e.message);
@@ -522,7 +547,7 @@
     for (const line of text.split("\n")) {
       if (!line.trim()) continue;
       const at = line.indexOf("=");
-      if (at < 1) throw new Error(`variables: "${line}" is not key=value`);
+      if (at < 1) throw new Error(_('variables: "%(line)s" is not key=value', { line }));
       out[line.slice(0, at).trim()] = line.slice(at + 1).trim();
     }
     return out;
@@ -537,14 +562,15 @@
     const form = document.getElementById("chat");
 
     function showReply(data) {
-      const meta = `${data.status} · ${data.usage.prompt_tokens} in / ${data.usage.completion_tokens} out tokens · ` +
-        `${money(data.cost)}` + (data.timings.total_ms !== undefined ? ` · ${Math.round(data.timings.total_ms)} ms` : "");
+      const meta = `${TURN_STATUSES[data.status] || data.status} · ` +
+        _("%(tokens_in)s in / %(tokens_out)s out tokens", { tokens_in: data.usage.prompt_tokens, tokens_out: data.usage.completion_tokens }) +
+        ` · ${money(data.cost)}` + (data.timings.total_ms !== undefined ? ` · ${Math.round(data.timings.total_ms)} ms` : "");
       transcript.append(el("article", { class: "msg outbound" },
-        el("header", {}, el("span", { class: "who" }, "AI"), el("span", { class: "status" }, data.status)),
-        el("div", { class: "text" }, data.reply === null ? "(no reply: the AI is paused for this conversation)" : data.reply),
+        el("header", {}, el("span", { class: "who" }, _("AI")), el("span", { class: "status" }, TURN_STATUSES[data.status] || data.status)),
+        el("div", { class: "text" }, data.reply === null ? _("(no reply: the AI is paused for this conversation)") : data.reply),
         el("footer", { class: "meta" }, meta),
         (data.options || []).length ? el("div", { class: "choices" }, data.options.map(choiceButton)) : "",
-        data.sources.length ? el("div", { class: "sources" }, el("h3", {}, "Sources"), data.sources.map(sourceNode)) : "",
+        data.sources.length ? el("div", { class: "sources" }, el("h3", {}, _("Sources")), data.sources.map(sourceNode)) : "",
         data.function_calls.map(callNode)));
       link.hidden = false;
       link.querySelector("a").href = `/dashboard/conversations/${encodeURIComponent(data.conversation_id)}`;
@@ -601,20 +627,21 @@
     try {
       data = await api("GET", "/api/insights" + (box.dataset.query ? "?" + box.dataset.query : ""));
     } catch (e) {
-      state.textContent = e.status === 404 ? "Insights are not available on this server (no /api/insights)." : e.message;
+      state.textContent = e.status === 404 ? _("Insights are not available on this server (no /api/insights).") : e.message;
       state.className = e.status === 404 ? "muted" : "error";
       return;
     }
-    state.textContent = `${data.questions_considered} questions considered.`;
+    state.textContent = _("%(n)s questions considered.", { n: data.questions_considered });
     const clusters = document.getElementById("clusters");
     for (const c of data.clusters) {
       const slot = el("div", { class: "write-answer card", hidden: true });
       clusters.append(el("li", {},
-        el("b", {}, c.question), ` — asked ${c.count} times in ${c.conversations} conversation(s) · ${c.assistant_name} · `,
+        el("b", {}, c.question), " — " + _("asked %(count)s times in %(conversations)s conversation(s)",
+          { count: c.count, conversations: c.conversations }) + ` · ${c.assistant_name} · `,
         conversationLinks(c.conversation_ids), " ", writeAnswerButton(c, slot, slot),
         el("ul", { class: "small muted" }, c.examples.map((q) => el("li", {}, q))), slot));
     }
-    if (!data.clusters.length) clusters.append(el("li", { class: "muted" }, "No repeated questions in this selection."));
+    if (!data.clusters.length) clusters.append(el("li", { class: "muted" }, _("No repeated questions in this selection.")));
     document.getElementById("clusters-card").hidden = false;
     const gaps = document.querySelector("#gaps tbody");
     for (const g of data.gaps) {
@@ -622,12 +649,12 @@
       const slot = el("td", { colspan: "3", class: "write-answer" });
       const formRow = el("tr", { hidden: true }, slot);
       gaps.append(el("tr", { class: "gap" },
-        el("td", {}, g.question, g.count > 1 ? el("span", { class: "muted small" }, ` (${g.count} similar; ${reasons})`) : ""),
-        el("td", { class: "num" }, g.best_score === null ? "no sources" : Number(g.best_score).toFixed(3)),
+        el("td", {}, g.question, g.count > 1 ? el("span", { class: "muted small" }, " (" + _("%(count)s similar", { count: g.count }) + `; ${reasons})`) : ""),
+        el("td", { class: "num" }, g.best_score === null ? _("no sources") : decimal(Number(g.best_score), 3)),
         el("td", {}, conversationLinks(g.conversation_ids), " ", writeAnswerButton(g, slot, formRow))),
       formRow);
     }
-    if (!data.gaps.length) gaps.append(el("tr", {}, el("td", { colspan: "3", class: "muted" }, "No gaps found.")));
+    if (!data.gaps.length) gaps.append(el("tr", {}, el("td", { colspan: "3", class: "muted" }, _("No gaps found."))));
     document.getElementById("gaps-card").hidden = false;
   }
 

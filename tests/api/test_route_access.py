@@ -186,7 +186,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/dashboard/account/password"): Rule(VIEWER, data={"current_password": PASSWORD,
                                                                "new_password": PASSWORD + "!"}),
     ("POST", "/api/me/password"): Rule(VIEWER, json={"current_password": PASSWORD + "!", "new_password": PASSWORD}),
-    # public: the customer's channels, Meta's webhook, signing in, the API's own documents
+    # public: the customer's channels, Meta's webhook, signing in, the language switch, the API's own documents
     **{route: Rule(PUBLIC) for route in [
         ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc"),
         ("GET", "/widget.js"), ("OPTIONS", "/api/widget/{assistant}/{endpoint:path}"),
@@ -195,6 +195,7 @@ RULES: dict[tuple[str, str], Rule] = {
         ("POST", "/api/widget/{assistant}/messages/{message_id}/feedback"), ("POST", "/api/widget/{assistant}/history"),
         ("GET", "/webhooks/whatsapp"), ("POST", "/webhooks/whatsapp"), ("GET", "/dashboard/login"),
         ("POST", "/dashboard/login"), ("POST", "/dashboard/logout"), ("GET", "/dashboard/"), ("GET", "/dashboard"),
+        ("POST", "/dashboard/language"),  # the language switch: signed out too, on the login page
         ("GET", "/"), ("GET", "/healthz"), ("MOUNT", "/static"), ("POST", "/api/automations/{automation_id}/runs")]},
 }
 # routes whose path ids name a resource made to be deleted (or changed) by this walk

@@ -1,7 +1,12 @@
 """The dashboard in a real browser: Debian's Chromium driven by Playwright against a real uvicorn server
 (real database, job queue, ingestion and embedding model; the chat model is scripted so the reply cites
 source [1]). Every page is checked for JavaScript errors and photographed, full page, into
-``tests/artifacts/screenshots/``.
+``tests/artifacts/screenshots/`` (``<name>-pt-BR.png`` in Portuguese).
+
+The tests of this module and of the modules that import its ``site`` run twice: with a browser that asks for
+English and with one that asks for Brazilian Portuguese (``Accept-Language``, Chromium's ``locale``); what they
+read on the pages goes through the same catalogue (``site.t``). ``ATENDE_SCREENSHOTS=/some/dir`` also photographs
+every page in Portuguese into that folder (``test_every_page_in_portuguese``).
 
 Skipped (with the reason) only when Chromium or Playwright is missing and ``CI`` is not set.
 """
@@ -21,6 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from api import i18n
 from runtime.llm import ScriptedChatModel
 from runtime.models import Conversation
 from runtime.types import ToolCall
@@ -66,14 +72,34 @@ class Site:
     browser: object
     graph: GraphStandIn
     ids: dict = field(default_factory=dict)
+    locale: str = "en"  # the dashboard's language the browser asks for
 
     def url(self, path: str) -> str:
         return self.base + path
 
+    @property
+    def browser_locale(self) -> str:
+        """What Chromium is told to ask for (its Accept-Language): ``en-US`` or ``pt-BR``."""
+        return {"en": "en-US", "pt_BR": "pt-BR"}[self.locale]
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory, embedders):
-    """uvicorn serving the real app on a free port, one assistant, conversations on other channels, Chromium."""
+    def t(self, message: str, **values) -> str:
+        """``message`` as the page shows it in the site's language (the dashboard's own catalogue)."""
+        with i18n.using(self.locale):
+            return i18n.gettext(message, **values)
+
+    def tn(self, singular: str, plural: str, n: int) -> str:
+        """The form of a counted message for ``n`` the page shows, ``%(count)s`` filled."""
+        return i18n.translations(self.locale).ngettext(singular, plural, n) % {"count": n}
+
+    def new_context(self, **options):
+        """A browser context asking for the site's language."""
+        return self.browser.new_context(locale=self.browser_locale, **options)
+
+
+@pytest.fixture(scope="module", params=i18n.LOCALES)
+def site(request, tmp_path_factory, embedders):
+    """uvicorn serving the real app on a free port, one assistant, conversations on other channels, Chromium; once
+    for each language of the dashboard."""
     import uvicorn
 
     from atende.app import create_app
@@ -113,7 +139,7 @@ def site(tmp_path_factory, embedders):
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield Site(base, model, services, a["id"], browser, graph, ids)
+        yield Site(base, model, services, a["id"], browser, graph, ids, locale=request.param)
         browser.close()
     api.close()
     server.should_exit = True
@@ -134,7 +160,7 @@ class Watch:
         page.on("dialog", self._dialog)
 
     def _dialog(self, dialog) -> None:
-        if dialog.type == "confirm" and dialog.message.startswith("Delete "):  # the delete button asks first
+        if dialog.type == "confirm":  # the delete buttons ask first
             dialog.accept()
         else:  # e.g. an alert() some customer text managed to run
             self.errors.append(f"dialog: {dialog.type} {dialog.message}")
@@ -144,7 +170,7 @@ class Watch:
 @pytest.fixture
 def page(site):
     """A signed-in page; fails the test if it saw a JavaScript or server error."""
-    context = site.browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    context = site.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     page = context.new_page()
     page.set_default_timeout(20_000)
     watch = Watch(page)
@@ -158,14 +184,16 @@ def page(site):
 
 
 def shot(page: Page, name: str) -> None:
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+    """A full-page photograph, named for the page's language too when it is not English."""
+    lang = page.evaluate("document.documentElement.lang") or "en"
+    page.screenshot(path=str(SCREENSHOTS / (f"{name}.png" if lang == "en" else f"{name}-{lang}.png")), full_page=True)
 
 
 # --------------------------------------------------------------------------- tests
 
 
 def test_login_refuses_a_wrong_token_then_signs_in(site):
-    context = site.browser.new_context(viewport={"width": 1280, "height": 800})
+    context = site.new_context(viewport={"width": 1280, "height": 800})
     page = context.new_page()
     watch = Watch(page)
     page.goto(site.url("/dashboard/metrics?channel=test"))
@@ -174,7 +202,7 @@ def test_login_refuses_a_wrong_token_then_signs_in(site):
     with page.expect_response(lambda r: r.url.endswith("/dashboard/login") and r.request.method == "POST") as resp:
         page.click("button[type=submit]")
     assert resp.value.status == 401
-    expect(page.locator("p.error")).to_have_text(re.compile("Wrong e-mail or password"))
+    expect(page.locator("p.error")).to_have_text(site.t("Wrong e-mail or password."))
     assert context.cookies() == []
     shot(page, "01-login-wrong-token")
     page.fill("input[name=password]", ADMIN_TOKEN)
@@ -183,7 +211,7 @@ def test_login_refuses_a_wrong_token_then_signs_in(site):
     (cookie,) = context.cookies()
     assert cookie["name"] == "atende_session" and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     assert cookie["expires"] > time.time() + 3600
-    page.click("text=Log out")
+    page.click(f"text={site.t('Log out')}")
     page.wait_for_url("**/dashboard/login")
     assert context.cookies() == []
     context.close()
@@ -253,7 +281,7 @@ def test_review_flow_from_upload_to_export(site, page, tmp_path):
     page.wait_for_url(re.compile(r"channel=test.*customer=E2E"))
     rows = page.locator("#conversations tbody tr")
     expect(rows).to_have_count(1)
-    expect(rows.first.locator(".badge")).to_have_text("Test")
+    expect(rows.first.locator(".badge")).to_have_text(site.t("Test"))
     expect(rows.first).to_contain_text("console-e2e")
     shot(page, "05-conversations-filtered")
 
@@ -283,10 +311,12 @@ def test_review_flow_from_upload_to_export(site, page, tmp_path):
     ai.locator("details.call summary").click()
     shot(page, "06-conversation-detail")
     page.click("#toggle-ai")
-    expect(page.locator("#ai-state")).to_have_text("off (an operator has it)")
-    expect(page.locator("#handoff-log")).to_contain_text("ai → with_human by operator")
+    expect(page.locator("#ai-state")).to_have_text(site.t("off (an operator has it)"))
+    expect(page.locator("#handoff-log")).to_contain_text(
+        site.t("%(from_state)s &rarr; %(to_state)s by %(actor)s", from_state="ai", to_state="with_human",
+               actor=site.t("operator")).replace("&rarr;", "→"))
     page.click("#hand-back")
-    expect(page.locator("#ai-state")).to_have_text("on")
+    expect(page.locator("#ai-state")).to_have_text(site.t("on"))
 
     # metrics and improve
     page.goto(site.url("/dashboard/metrics"))
@@ -294,7 +324,7 @@ def test_review_flow_from_upload_to_export(site, page, tmp_path):
     expect(page.locator("#chart rect.bar-messages")).not_to_have_count(0)
     shot(page, "07-metrics")
     page.goto(site.url("/dashboard/improve"))
-    expect(page.locator("#insights-state")).not_to_have_text("Loading…")
+    expect(page.locator("#insights-state")).not_to_have_text(site.t("Loading…"))
     shot(page, "08-improve")
 
 
@@ -306,13 +336,13 @@ def test_customer_text_is_text_and_window_errors_are_shown(site, page):
 
     # WhatsApp, 2 days after the customer's last message: a free-form reply is refused, a template goes out
     page.goto(site.url(f"/dashboard/conversations/{site.ids['whatsapp']}"))
-    expect(page.locator("aside")).to_contain_text("closed: only templates")
+    expect(page.locator("aside")).to_contain_text(site.t("closed: only templates"))
     page.fill("#operator-reply textarea", "Olá, ainda precisa de ajuda?")
     page.click("#operator-reply button[type=submit]")
     expect(page.locator("#action-error")).to_have_text("the 24-hour window is closed: send an approved template instead")
     options = page.locator("#send-template select[name=template] option")
     expect(options).to_have_count(1)  # the pending template is not offered
-    expect(options.first).to_have_text("retorno (pt_BR, 1 parameter)")
+    expect(options.first).to_have_text(f"retorno (pt_BR, {site.tn('%(count)s parameter', '%(count)s parameters', 1)})")
     page.click("#send-template button[type=submit]")  # no parameter: the API's message is shown
     expect(page.locator("#action-error")).to_have_text("the template needs 1 parameter(s); 0 given")
     shot(page, "09-whatsapp-window-closed")
@@ -320,14 +350,14 @@ def test_customer_text_is_text_and_window_errors_are_shown(site, page):
     page.click("#send-template button[type=submit]")
     template = page.locator(".msg.kind-template")
     expect(template.locator(".text")).to_have_text("Olá Ana, podemos continuar o seu atendimento?")
-    expect(template.locator(".status")).to_have_text("sent")
+    expect(template.locator(".status")).to_have_text(site.t("sent"))
     sent = site.graph.sent[-1]["json"]
     assert sent["type"] == "template" and sent["to"] == "5511999990001" and sent["template"]["name"] == "retorno"
     shot(page, "10-whatsapp-template-sent")
 
 
 def test_list_on_a_phone(site):
-    context = site.browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    context = site.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     page = context.new_page()
     watch = Watch(page)
     page.goto(site.url("/dashboard/login"))
@@ -345,7 +375,9 @@ def test_list_on_a_phone(site):
 def test_widget_on_a_shop_page(site, tmp_path, embedders):
     """The widget script embedded on another website: a message is accepted, its reply polled and shown, rated
     with a thumb and shown again after a reload; with every widget turn slot taken, the visitor is told to wait
-    and keeps the text to send again."""
+    and keeps the text to send again. The widget speaks its visitor's language, not the dashboard's: it runs once."""
+    if site.locale != i18n.DEFAULT_LOCALE:
+        pytest.skip("the widget does not depend on the dashboard's language")
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from tests.api.test_widget import add_assistant, new_token, poll, send
@@ -410,3 +442,76 @@ def test_widget_on_a_shop_page(site, tmp_path, embedders):
     assert [e for e in watch.errors if not e.startswith("503 ")] == [], watch.errors  # the one 503 was expected
     assert len(watch.errors) == 1, watch.errors
     services.engine.dispose()
+
+
+# --------------------------------------------------------------------------- every page in Portuguese
+
+# (file name, path): every dashboard page, its data from this module's earlier tests
+PAGES = [("conversations", "/dashboard/conversations"), ("conversation", "/dashboard/conversations/{whatsapp}"),
+         ("conversation-widget", "/dashboard/conversations/{widget}"), ("queue", "/dashboard/queue"),
+         ("followups", "/dashboard/followups?status=all"), ("knowledge", "/dashboard/knowledge"),
+         ("console", "/dashboard/console"), ("metrics", "/dashboard/metrics"), ("improve", "/dashboard/improve"),
+         ("approved", "/dashboard/approved"), ("regression", "/dashboard/regression"),
+         ("account", "/dashboard/account"), ("accounts", "/dashboard/accounts"),
+         ("not-found", "/dashboard/conversations/no-such-conversation")]
+TEXTS = """() => {
+  const out = [], walk = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  while (walk.nextNode()) { const t = walk.currentNode.textContent.trim(); if (t) out.push(t); }
+  for (const e of document.querySelectorAll("[title], [placeholder], [aria-label]"))
+    for (const a of ["title", "placeholder", "aria-label"]) if (e.getAttribute(a)) out.push(e.getAttribute(a));
+  return out;
+}"""
+
+
+def english_left(page: Page, locale: str) -> list[str]:
+    """Texts of the page that are an English message of the catalogue with another translation (untranslated)."""
+    catalog = i18n.translations(locale)
+    english = {m for m in catalog._catalog if isinstance(m, str) and m and "%(" not in m and "<" not in m  # type: ignore[attr-defined]
+               and catalog.gettext(m) != m}
+    return sorted({text for text in page.evaluate(TEXTS) if text in english})
+
+
+def test_every_page_in_portuguese(site, page):
+    """Every page with a browser that asks for pt-BR: in Portuguese (``lang``, no English message of the catalogue
+    left on it, JavaScript-drawn parts included), photographed into ``$ATENDE_SCREENSHOTS`` (default
+    ``tests/artifacts/screenshots/pt-BR``); the header's switch turns a page to English and back, and the choice
+    outlives the browser's wish."""
+    if site.locale != "pt_BR":
+        pytest.skip("the Portuguese tour runs with the pt-BR browser")
+    folder = Path(os.environ.get("ATENDE_SCREENSHOTS") or SCREENSHOTS / "pt-BR")
+    folder.mkdir(parents=True, exist_ok=True)
+    taken = []
+
+    def photograph(name: str) -> None:
+        assert page.evaluate("document.documentElement.lang") == "pt-BR", name
+        assert english_left(page, site.locale) == [], name
+        page.screenshot(path=str(folder / f"{len(taken) + 1:02d}-{name}.png"), full_page=True)
+        taken.append(name)
+
+    site.model.enqueue("Abrimos aos sábados, das 9h às 13h.")
+    for name, path in PAGES:
+        page.goto(site.url(path.format(**site.ids)))
+        if name == "improve":
+            expect(page.locator("#insights-state")).not_to_have_text(site.t("Loading…"))
+        if name == "console":
+            page.fill("#chat input[name=message]", "Vocês abrem no sábado?")
+            page.click("#chat button[type=submit]")
+            expect(page.locator("#transcript .msg.outbound .text")).to_have_text("Abrimos aos sábados, das 9h às 13h.")
+        photograph(name)
+
+    # the switch: English for this browser from now on, then Portuguese again
+    page.goto(site.url("/dashboard/metrics"))
+    page.click("header form.language button[value=en]")
+    page.wait_for_url("**/dashboard/metrics")
+    expect(page.locator("h1")).to_have_text("Metrics")
+    page.goto(site.url("/dashboard/queue"))
+    expect(page.locator("h1")).to_have_text("Waiting for a human")
+    page.click("header form.language button[value=pt_BR]")
+    expect(page.locator("h1")).to_have_text("Aguardando atendente")
+
+    context = site.new_context(viewport={"width": 1280, "height": 800})  # signed out: the login page
+    page = context.new_page()
+    page.goto(site.url("/dashboard/login"))
+    photograph("login")
+    context.close()
+    assert len(taken) == len(PAGES) + 1

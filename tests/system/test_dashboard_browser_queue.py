@@ -35,18 +35,18 @@ def test_queue_hand_back_close_and_reply(site: Site, page: Page):  # noqa: F811
     wait_until(lambda: api.get(f"/api/conversations/{whatsapp}").json()["handoff_state"] == "with_human")
     sent_before = len(site.graph.sent)
 
-    page.click("nav >> text=Waiting for a human")
+    page.click(f"nav >> text={site.t('Waiting for a human')}")
     page.wait_for_url("**/dashboard/queue")
     waiting, with_human = page.locator("#waiting tbody tr"), page.locator("#with-human tbody tr")
     expect(waiting).to_have_count(2)
     assert [waiting.nth(i).get_attribute("data-id") for i in range(2)] == [first["conversation_id"],
                                                                            second["conversation_id"]]
-    expect(waiting.first.locator(".reason")).to_have_text(CUSTOMER_REQUEST)
+    expect(waiting.first.locator(".reason")).to_have_text(site.t(CUSTOMER_REQUEST))
     expect(waiting.first.locator(".last .text")).to_have_text("Quero falar com um atendente")
     expect(waiting.first.locator(".waited")).to_have_text(re.compile(r"^\d+ s$"))
     expect(with_human).to_have_count(1)
     expect(with_human.first).to_have_attribute("data-id", whatsapp)
-    expect(with_human.first.locator(".reason")).to_have_text(BUSINESS_APP_REPLY)
+    expect(with_human.first.locator(".reason")).to_have_text(site.t(BUSINESS_APP_REPLY))
     expect(page.locator("#waiting-count")).to_have_text("2")
     shot(page, "30-waiting-queue")
 
@@ -60,7 +60,7 @@ def test_queue_hand_back_close_and_reply(site: Site, page: Page):  # noqa: F811
 
     # close the business-app conversation: off the queue, nothing sent to the customer
     with_human.first.locator("button[data-action=close]").click()
-    expect(page.locator("#with-human tbody")).to_contain_text("No conversation is with a person.")
+    expect(page.locator("#with-human tbody")).to_contain_text(site.t("No conversation is with a person."))
     closed = api.get(f"/api/conversations/{whatsapp}").json()
     assert closed["handoff_state"] == "ai" and closed["handoff_changes"][-1]["reason"] == CLOSED
     assert len(site.graph.sent) == sent_before
@@ -70,9 +70,9 @@ def test_queue_hand_back_close_and_reply(site: Site, page: Page):  # noqa: F811
     page.wait_for_url(f"**/dashboard/conversations/{second['conversation_id']}")
     page.fill("#operator-reply textarea", "Hi Bob, Maria here.")
     page.click("#operator-reply button[type=submit]")
-    expect(page.locator("#ai-state")).to_have_text("off (an operator has it)")
+    expect(page.locator("#ai-state")).to_have_text(site.t("off (an operator has it)"))
     page.goto(site.url("/dashboard/queue"))
-    expect(page.locator("#waiting tbody")).to_contain_text("Nobody is waiting.")
+    expect(page.locator("#waiting tbody")).to_contain_text(site.t("Nobody is waiting."))
     expect(with_human).to_have_count(1)
     expect(with_human.first).to_have_attribute("data-id", second["conversation_id"])
     expect(with_human.first.locator(".waited")).to_have_text("–")  # the operator wrote last
@@ -81,7 +81,8 @@ def test_queue_hand_back_close_and_reply(site: Site, page: Page):  # noqa: F811
     page.goto(site.url("/dashboard/metrics"))
     expect(page.locator('#handoff-reasons tr[data-reason="customer_request"] td.num')).to_have_text("2")
     expect(page.locator('#handoff-reasons tr[data-reason="business_app"] td.num')).to_have_text("1")
-    expect(page.locator("#first-human-reply small")).to_contain_text("1 answered")
+    answered = site.t("p50 · p95 %(p95)s · %(n)s answered", p95="", n=1).rsplit("· ", 1)[-1]
+    expect(page.locator("#first-human-reply small")).to_contain_text(answered)
     expect(page.locator("#abandoned b")).to_have_text("1")  # Ana waited and went back to the AI unanswered
     shot(page, "32-metrics-handoffs")
     api.close()

@@ -67,41 +67,41 @@ def test_approve_rate_import_and_regression_checks(site: Site, page: Page, tmp_p
     saturday = page.locator(".msg.outbound").filter(has=page.locator(".text", has_text="On Saturdays we open"))
     cleaning = page.locator(".msg.outbound").filter(has=page.locator(".text", has_text="dental cleaning costs"))
     saturday.locator("button[data-action=approve]").click()
-    expect(saturday.locator(".review-bar")).to_contain_text("approved")
+    expect(saturday.locator(".review-bar")).to_contain_text(site.t("approved"))
     expect(saturday.locator("button[data-action=approve]")).to_have_count(0)
     (answer,) = api.get(f"/api/assistants/{aid}/approved-answers").json()
     assert answer["question"] == SATURDAY_Q and answer["answer"] == "On Saturdays we open from 9am to 1pm [1]."
     assert [s["filename"] for s in answer["sources"]] == ["clinic.md"]
 
     # (c) rate the other reply bad, with a reason, and see the rating under it
-    cleaning.locator("summary", has_text="Rate").click()
+    cleaning.locator("summary", has_text=site.t("Rate")).click()
     cleaning.locator(".rate-form select[name=reason]").select_option("incomplete")
     cleaning.locator(".rate-form input[name=comment]").fill("Should mention whitening too")
     cleaning.locator(".rate-form input[name=author]").fill("Rita")
     cleaning.locator(".rate-form button[value=bad]").click()
     rating = cleaning.locator("li.fb-bad")
-    expect(rating).to_contain_text("incomplete")
+    expect(rating).to_contain_text(site.t("incomplete"))
     expect(rating).to_contain_text("Rita")
     expect(rating).to_contain_text("Should mention whitening too")
 
     # (e, first half) make a regression case of it, with the fact its reply must keep
-    cleaning.locator("summary", has_text="Add to regression checks").click()
+    cleaning.locator("summary", has_text=site.t("Add to regression checks")).click()
     cleaning.locator(".case-form textarea[name=facts]").fill("$80")
     cleaning.locator(".case-form button[type=submit]").click()
-    expect(cleaning.locator(".review-bar")).to_contain_text("in regression checks")
+    expect(cleaning.locator(".review-bar")).to_contain_text(site.t("in regression checks"))
     shot(page, "20-review-conversation")
 
     # the approved answers page: edit the approved text (no citation marker) and add a phrasing
     page.goto(site.url(f"/dashboard/approved?assistant_id={aid}"))
     item = page.locator(f"#a-{answer['id']}")
-    item.locator("summary", has_text="Edit").click()
+    item.locator("summary", has_text=site.t("Edit")).click()
     item.locator("textarea[name=answer]").fill(APPROVED_TEXT)
     item.locator("textarea[name=variants]").fill("Do you open on Saturday?")
     item.locator("input[name=approved_by]").fill("Rita")
     item.locator("button[type=submit]").click()
     expect(item.locator(".answer")).to_have_text(APPROVED_TEXT)
     expect(item.locator(".variants")).to_have_text("Do you open on Saturday?")
-    expect(item.locator(".meta")).to_contain_text("approved by Rita")
+    expect(item.locator(".meta")).to_contain_text(site.t("approved by %(by)s", by="Rita"))
 
     # (b) the test console: a paraphrase gets the approved text, with no model call
     match = api.post(f"/api/assistants/{aid}/approved-answers/match", json={"text": PARAPHRASE}).json()
@@ -117,7 +117,8 @@ def test_approve_rate_import_and_regression_checks(site: Site, page: Page, tmp_p
     shot(page, "21-console-approved-answer")
     page.click("#console-link a")
     page.wait_for_url("**/dashboard/conversations/*")
-    expect(page.locator(".sent-from")).to_contain_text("Sent as the approved answer")
+    sent_from = site.t('Sent as the <a href="%(href)s">approved answer</a>, without the model.', href="")
+    expect(page.locator(".sent-from")).to_have_text(re.sub(r"<[^>]+>", "", sent_from))
 
     # (d) import a spreadsheet of questions and answers, one row without an answer
     sheet = tmp_path / "faq.csv"
@@ -126,11 +127,13 @@ def test_approve_rate_import_and_regression_checks(site: Site, page: Page, tmp_p
                      'Where is the clinic?,"Rua Augusta 100, São Paulo.",Where are you located?|What is your address?\n'
                      "Is there parking nearby?,,\n", encoding="utf-8")
     page.goto(site.url(f"/dashboard/approved?assistant_id={aid}"))
-    expect(page.locator(f"#a-{answer['id']} .hits")).to_have_text("1 hit")
+    expect(page.locator(f"#a-{answer['id']} .hits")).to_have_text(site.tn("%(count)s hit", "%(count)s hits", 1))
     page.set_input_files("#import input[type=file]", str(sheet))
     page.click("#import button[type=submit]")
-    expect(page.locator("#import-report")).to_contain_text("faq.csv: 2 imported, 0 updated, 1 row with errors")
-    expect(page.locator("#import-errors li")).to_have_text(["row 4: missing answer"])
+    expect(page.locator("#import-report")).to_contain_text("faq.csv: " + site.t(
+        "%(imported)s imported, %(updated)s updated, %(errors)s row with errors", imported=2, updated=0, errors=1))
+    expect(page.locator("#import-errors li")).to_have_text([site.t("row %(row)s: %(error)s", row=4,
+                                                                   error="missing answer")])  # the API's words
     expect(page.locator("#approved-list article.approved")).to_have_count(3)
     expect(page.locator("#approved-list")).to_contain_text("Rua Augusta 100, São Paulo.")
     expect(page.locator("#approved-list")).to_contain_text("What is your address?")
@@ -144,20 +147,20 @@ def test_approve_rate_import_and_regression_checks(site: Site, page: Page, tmp_p
     site.model.enqueue(from_sources)
     run_checks(page)
     expect(page.locator("#run")).to_have_attribute("data-status", "passed")
-    expect(page.locator("#run .counts")).to_contain_text("1 passed · 0 regressed")
+    expect(page.locator("#run .counts")).to_contain_text(f"{site.t('%(n)s passed', n=1)} · {site.t('%(n)s regressed', n=0)}")
     expect(page.locator("#results tr.passed")).to_contain_text("✓ $80")
     doc = upload(api, aid, "$95")
     assert doc["current_version"] == 2
     site.model.enqueue(from_sources)
     run_checks(page)
     expect(page.locator("#run")).to_have_attribute("data-status", "failed")
-    expect(page.locator("#run .counts")).to_contain_text("0 passed · 1 regressed")
+    expect(page.locator("#run .counts")).to_contain_text(f"{site.t('%(n)s passed', n=0)} · {site.t('%(n)s regressed', n=1)}")
     changed = page.locator("#results tr.changed")
     expect(changed).to_have_count(1)
     expect(changed.locator("td").nth(3).locator("del")).to_have_text("✗ $80")
     expect(changed.locator(".diff del")).to_have_text("$80")
     expect(changed.locator(".diff ins")).to_have_text("$95")
-    expect(changed.locator("td").nth(1)).to_have_text("answered")  # status and source unchanged
+    expect(changed.locator("td").nth(1)).to_have_text(site.t("answered"))  # status and source unchanged
     expect(changed.locator("td").nth(2).locator(".ok")).to_have_text("clinic.md")
     expect(page.locator("#runs tbody tr")).to_have_count(2)
     shot(page, "23-regression-diff")
@@ -185,7 +188,7 @@ def test_approve_rate_import_and_regression_checks(site: Site, page: Page, tmp_p
     expect(form.locator("input[name=question]")).to_have_value(GAP_Q)
     form.locator("textarea[name=answer]").fill("Yes: our orthodontist treats children from 7 years old.")
     form.locator("button[type=submit]").click()
-    expect(page.locator("#gaps .write-answer", has_text="Saved as an approved answer.")).to_have_count(1)
+    expect(page.locator("#gaps .write-answer", has_text=site.t("Saved as an approved answer."))).to_have_count(1)
     expect(gap.locator("button.write")).to_be_hidden()
     shot(page, "25-improve-write-answer")
     questions = [a["question"] for a in api.get(f"/api/assistants/{aid}/approved-answers").json()]
