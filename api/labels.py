@@ -1,5 +1,5 @@
 """What the dashboard shows for the codes stored in the database (statuses, handoff states and reasons, feedback
-reasons, channels): English words marked for translation with ``N_`` (``pybabel extract`` finds them; the pages
+reasons, channels, event, follow-up and website kinds): English words marked for translation with ``N_`` (``pybabel extract`` finds them; the pages
 translate them through the ``label`` filter). A code missing here is shown as it is stored."""
 from __future__ import annotations
 
@@ -21,9 +21,14 @@ STATUSES = {
     "logged": N_("logged"), "pending": N_("pending"), "retrying": N_("retrying"), "sent": N_("sent"),
     "delivered": N_("delivered"), "read": N_("read"), "played": N_("played"), "failed": N_("failed"),
     "not_sent": N_("not sent"), "unknown": N_("unknown"), "scheduled": N_("scheduled"), "cancelled": N_("cancelled"),
-    # documents and their jobs (kb), regression runs, follow-ups
+    # documents and their jobs (kb), regression runs, website syncs (kb.models.WebsiteSyncRun), follow-ups
     "queued": N_("queued"), "processing": N_("processing"), "ready": N_("ready"), "deleting": N_("deleting"),
     "running": N_("running"), "passed": N_("passed"), "open": N_("open"), "done": N_("done"), "all": N_("all"),
+    "succeeded": N_("succeeded"), "partial": N_("partial"),
+    # website sources' kinds (kb.websites.KINDS), as the knowledge page's form words them
+    "crawl": N_("start page"), "sitemap": N_("sitemap"),
+    # follow-up kinds (runtime.models.FollowUp.kind: the callback asked outside hours, runtime.followups.KINDS)
+    "callback": N_("call back"), "message": N_("message"), "call": N_("call"),
     # handoff states (runtime.handoff) and who changed them
     "ai": N_("AI"), "waiting_for_human": N_("waiting for a human"), "with_human": N_("with a person"),
     "customer": N_("customer"), "assistant": N_("assistant"), "operator": N_("operator"), "system": N_("system"),
@@ -42,6 +47,15 @@ HANDOFF_REASONS = {
     handoff.CLOSED: N_("an operator closed the conversation"),
     "an operator paused the AI": N_("an operator paused the AI"),  # api.routes.conversations
     "an operator handed it back": N_("an operator handed it back"),
+}
+
+# runtime.events.EVENT_TYPES (and the legacy handoff URL's "handoff", a status above): the events page's kinds
+EVENT_KINDS = {
+    "conversation.started": N_("conversation started"), "message.received": N_("message received"),
+    "reply.sent": N_("reply sent"), "delivery.failed": N_("delivery failed"),
+    "handoff.requested": N_("handoff requested"), "data.collected": N_("data collected"),
+    "appointment.booked": N_("appointment booked"), "feedback.given": N_("feedback given"),
+    "automation.run_finished": N_("automation run finished"),
 }
 
 # runtime.handoff.REASON_CATEGORIES: the metrics page's rows
@@ -63,7 +77,7 @@ FEEDBACK_REASONS = {
 }
 
 LABELS: dict[str, str] = {**REASON_CATEGORIES, **{code: words for code, (words, _) in FEEDBACK_REASONS.items()},
-                          **STATUSES, **HANDOFF_REASONS}
+                          **STATUSES, **HANDOFF_REASONS, **EVENT_KINDS}
 
 
 def label(code: object) -> str:

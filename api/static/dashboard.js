@@ -507,7 +507,7 @@
           url: form.elements.url.value, kind: form.elements.kind.value,
           sync_interval_hours: Number(form.elements.sync_interval_hours.value),
         });
-        messages.append(el("li", { class: "ok" }, `${form.elements.url.value}: added, first sync queued`));
+        messages.append(el("li", { class: "ok" }, `${form.elements.url.value}: ` + _("added, first sync queued")));
         form.reset();
       } catch (e) {
         messages.append(el("li", { class: "error" }, e.message));
@@ -524,7 +524,7 @@
       messages.replaceChildren();
       try {
         if (button.dataset.action === "delete") {
-          if (!confirm(`Delete ${row.dataset.url}? Its pages leave the knowledge base at once.`)) return;
+          if (!confirm(_("Delete %(url)s? Its pages leave the knowledge base at once.", { url: row.dataset.url }))) return;
           button.disabled = true;
           await api("DELETE", `/api/websites/${id}`);
         } else {

@@ -15,7 +15,8 @@ from babel.messages.pofile import read_po
 from jinja2 import Environment
 
 from api import i18n, labels
-from runtime import handoff
+from kb import websites
+from runtime import events, followups, handoff
 from runtime.feedback import REASONS
 from tests.api.test_dashboard import app_client, dash, login, seeded  # noqa: F401 (fixtures)
 from tests.conftest import REPO
@@ -161,6 +162,10 @@ def test_every_stored_code_shown_has_a_label():
             handoff.CLOSED} <= set(labels.HANDOFF_REASONS)
     assert set(REASONS) == set(labels.FEEDBACK_REASONS)
     assert set(handoff.REASON_CATEGORIES) == set(labels.REASON_CATEGORIES)
+    assert set(events.EVENT_TYPES) == set(labels.EVENT_KINDS)
+    # website sync runs (kb.models.WebsiteSyncRun.status), website and follow-up kinds, outbound events' states
+    assert {"queued", "running", "succeeded", "partial", "failed", *websites.KINDS, "callback", *followups.KINDS,
+            "pending", "delivered", "handoff"} <= set(labels.LABELS)
     with i18n.using("pt_BR"):
         assert labels.label("with_human") == "com um atendente"
         assert labels.label(handoff.CUSTOMER_REQUEST) == "o cliente pediu um atendente"
