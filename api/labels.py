@@ -1,6 +1,7 @@
 """What the dashboard shows for the codes stored in the database (statuses, handoff states and reasons, feedback
-reasons, channels, event, follow-up and website kinds): English words marked for translation with ``N_`` (``pybabel extract`` finds them; the pages
-translate them through the ``label`` filter). A code missing here is shown as it is stored."""
+reasons, channels, event, follow-up and website kinds): English words marked for translation with ``N_``
+(``pybabel extract`` finds them; the pages translate them through the ``label`` filter). A code missing here is
+shown as it is stored."""
 from __future__ import annotations
 
 from api import i18n

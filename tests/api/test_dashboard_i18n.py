@@ -15,9 +15,12 @@ from babel.messages.pofile import read_po
 from jinja2 import Environment
 
 from api import i18n, labels
-from kb import websites
+from core.db import utcnow
+from kb import registry, websites
+from kb.models import WebsiteSource, WebsiteSyncRun
 from runtime import events, followups, handoff
 from runtime.feedback import REASONS
+from runtime.models import OutboundEvent
 from tests.api.test_dashboard import app_client, dash, login, seeded  # noqa: F401 (fixtures)
 from tests.conftest import REPO
 
@@ -258,6 +261,33 @@ def test_dates_money_and_messages_in_portuguese(dash, seeded):  # noqa: F811
     assert missing.status_code == 404 and "Conversa não encontrada" in missing.text and "nope" in missing.text
     unknown = dash.get("/dashboard/knowledge?assistant_id=nobody", headers=PT)
     assert unknown.status_code == 404 and "Nenhum assistente tem o id ou nome nobody." in unknown.text
+
+
+def test_events_and_websites_in_portuguese(dash, seeded, sqlite_services):  # noqa: F811
+    """The events page and the knowledge page's websites: stored codes (event kinds and states, a sync's status, a
+    source's kind) in words, the sync's counts and the next attempt in the reader's language."""
+    with sqlite_services.session() as s:
+        s.add_all([OutboundEvent(kind="handoff.requested", url="https://crm.example/in", payload={}, status="pending",
+                                 attempts=2, next_attempt_at=utcnow(), conversation_id=seeded["whatsapp"]),
+                   OutboundEvent(kind="reply.sent", url="https://crm.example/in", payload={}, status="failed")])
+        kb_id = registry.get_assistant(s, seeded["clinica"]).knowledge_base.id
+        source = WebsiteSource(knowledge_base_id=kb_id, url="https://clinica.example/", kind="crawl",
+                               sync_interval_hours=0)
+        s.add(source)
+        s.flush()
+        s.add(WebsiteSyncRun(source_id=source.id, status="partial", pages_seen=5, pages_added=3, pages_failed=2,
+                             failures=[{"url": "https://clinica.example/x", "reason": "HTTP 404"}]))
+        s.commit()
+    page = dash.get("/dashboard/events?status=all", headers=PT).text
+    assert "<h1>Entregas de eventos</h1>" in page and ">pendente (1)</a>" in page and ">Reenviar</button>" in page
+    assert "transferência solicitada<div" in page and "<code>handoff.requested</code>" in page
+    assert "próxima tentativa " in page and ">falhou</span>" in page and "resposta enviada<div" in page
+    knowledge = dash.get(f"/dashboard/knowledge?assistant_id={seeded['clinica']}", headers=PT).text
+    assert "<h2>Sites</h2>" in knowledge and "(página inicial)" in knowledge and ">parcial</span>" in knowledge
+    assert "5 vistas · 3 novas · 0 alteradas · 0 sem mudança · 0 removidas · 2 com falha" in knowledge
+    assert "só manual" in knowledge and "<summary>falhas</summary>" in knowledge
+    english = dash.get(f"/dashboard/knowledge?assistant_id={seeded['clinica']}").text
+    assert "(start page)" in english and "5 seen · 3 added · 0 changed" in english
 
 
 def test_wrong_password_message_in_portuguese(app_client):  # noqa: F811
