@@ -27,8 +27,11 @@ import httpx
 import pytest
 
 from api import i18n
+from core.db import utcnow
+from kb import registry
+from kb.models import WebsiteSource, WebsiteSyncRun
 from runtime.llm import ScriptedChatModel
-from runtime.models import Conversation
+from runtime.models import Conversation, OutboundEvent
 from runtime.types import ToolCall
 from runtime.whatsapp.standin import GraphStandIn
 from tests.conftest import ADMIN_TOKEN, REPO, make_services, requires_shared, shared_doc
@@ -449,7 +452,8 @@ def test_widget_on_a_shop_page(site, tmp_path, embedders):
 # (file name, path): every dashboard page, its data from this module's earlier tests
 PAGES = [("conversations", "/dashboard/conversations"), ("conversation", "/dashboard/conversations/{whatsapp}"),
          ("conversation-widget", "/dashboard/conversations/{widget}"), ("queue", "/dashboard/queue"),
-         ("followups", "/dashboard/followups?status=all"), ("knowledge", "/dashboard/knowledge"),
+         ("followups", "/dashboard/followups?status=all"), ("events", "/dashboard/events?status=all"),
+         ("knowledge", "/dashboard/knowledge"),
          ("console", "/dashboard/console"), ("metrics", "/dashboard/metrics"), ("improve", "/dashboard/improve"),
          ("approved", "/dashboard/approved"), ("regression", "/dashboard/regression"),
          ("account", "/dashboard/account"), ("accounts", "/dashboard/accounts"),
@@ -471,6 +475,27 @@ def english_left(page: Page, locale: str) -> list[str]:
     return sorted({text for text in page.evaluate(TEXTS) if text in english})
 
 
+def add_events_and_a_website(site: Site) -> None:
+    """Rows for the events page and the knowledge page's websites (a delivery waiting for its next attempt, one
+    failed for good, a website whose last sync lost pages), written directly: the photographs need their words,
+    not a receiver or a site."""
+    with site.services.session() as s:
+        s.add_all([OutboundEvent(kind="handoff.requested", url="https://crm.example/atende", payload={},
+                                 status="pending", attempts=2, last_error="HTTP 503",
+                                 next_attempt_at=utcnow() + timedelta(minutes=4), conversation_id=site.ids["whatsapp"]),
+                   OutboundEvent(kind="reply.sent", url="https://crm.example/atende", payload={}, status="failed",
+                                 attempts=8, last_error="HTTP 500", conversation_id=site.ids["whatsapp"])])
+        source = WebsiteSource(knowledge_base_id=registry.get_assistant(s, site.assistant_id).knowledge_base.id,
+                               url="https://clinica.example/sitemap.xml", kind="sitemap",
+                               next_sync_at=utcnow() + timedelta(hours=20))
+        s.add(source)
+        s.flush()
+        s.add(WebsiteSyncRun(source_id=source.id, status="partial", pages_planned=6, pages_seen=6, pages_added=4,
+                             pages_unchanged=1, pages_failed=1, created_at=utcnow() - timedelta(hours=4),
+                             failures=[{"url": "https://clinica.example/precos.html", "reason": "HTTP 404"}]))
+        s.commit()
+
+
 def test_every_page_in_portuguese(site, page):
     """Every page with a browser that asks for pt-BR: in Portuguese (``lang``, no English message of the catalogue
     left on it, JavaScript-drawn parts included), photographed into ``$ATENDE_SCREENSHOTS`` (default
@@ -488,6 +513,7 @@ def test_every_page_in_portuguese(site, page):
         page.screenshot(path=str(folder / f"{len(taken) + 1:02d}-{name}.png"), full_page=True)
         taken.append(name)
 
+    add_events_and_a_website(site)
     site.model.enqueue("Abrimos aos sábados, das 9h às 13h.")
     for name, path in PAGES:
         page.goto(site.url(path.format(**site.ids)))

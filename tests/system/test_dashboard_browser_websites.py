@@ -13,6 +13,13 @@ from tests.system.test_dashboard_browser import Page, Site, expect, page, shot, 
 pytestmark = requires_shared
 
 
+def counts(site: Site, **pages: int) -> str:  # noqa: F811
+    """A sync's page counts as the websites table shows them in the site's language."""
+    return site.t("%(seen)s seen · %(added)s added · %(changed)s changed · %(unchanged)s unchanged · "
+                  "%(removed)s removed · %(failed)s failed",
+                  **{k: pages.get(k, 0) for k in ("seen", "added", "changed", "unchanged", "removed", "failed")})
+
+
 def test_add_sync_and_delete_a_website(site: Site, page: Page, tmp_path):  # noqa: F811
     site.services.settings.website_allow_private = True  # the site below is on loopback
     with local_site(tmp_path / "shop") as shop:
@@ -24,16 +31,15 @@ def test_add_sync_and_delete_a_website(site: Site, page: Page, tmp_path):  # noq
         form.locator("input[name=sync_interval_hours]").fill("0")
         form.locator("button").click()
         row = page.locator("#websites tbody tr", has_text=f"{shop.url}/sitemap.xml")
-        expect(row.locator(".status")).to_have_text("succeeded", timeout=120_000)
-        expect(row).to_contain_text("4 seen · 4 added · 0 changed · 0 unchanged · 0 removed · 0 failed")
-        expect(row).to_contain_text("manual only")
+        expect(row.locator(".status")).to_have_text(site.t("succeeded"), timeout=120_000)
+        expect(row).to_contain_text(counts(site, seen=4, added=4))
+        expect(row).to_contain_text(site.t("manual only"))
         expect(page.locator("#documents")).to_contain_text(f"{shop.url}/horarios.html")
         shot(page, "20-knowledge-base-websites")
 
         shop.write("/horarios.html", page_html("Horários", HOURS.format(open="8h"), []))
         row.locator("button[data-action=sync]").click()
-        expect(row).to_contain_text("4 seen · 0 added · 1 changed · 3 unchanged · 0 removed · 0 failed",
-                                    timeout=120_000)
+        expect(row).to_contain_text(counts(site, seen=4, changed=1, unchanged=3), timeout=120_000)
         expect(page.locator("#website-messages .error")).to_have_count(0)
 
         form = page.locator("#add-website")
@@ -44,5 +50,5 @@ def test_add_sync_and_delete_a_website(site: Site, page: Page, tmp_path):  # noq
 
         page.locator("#websites tbody tr", has_text=f"{shop.url}/sitemap.xml").locator(
             "button[data-action=delete]").click()
-        expect(page.locator("#websites")).to_contain_text("No websites yet.")
+        expect(page.locator("#websites")).to_contain_text(site.t("No websites yet."))
         expect(page.locator("#documents")).not_to_contain_text(f"{shop.url}/horarios.html")
