@@ -56,6 +56,11 @@ def set_actor(request: Request, principal: Principal) -> None:
     setattr(request.state, AUDIT_USER, principal.user_id)
 
 
+def set_audit_actor(request: Request, actor: str) -> None:
+    """Name who makes a request that no user makes (an automation's own token) for its audit entry."""
+    setattr(request.state, AUDIT_ACTOR, actor)
+
+
 async def get_services(request: Request) -> Services:
     """The app's services (async: no worker thread for an attribute read)."""
     return request.app.state.services

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from api import throttle
-from api.deps import AdminDep, ServicesDep, SessionDep, set_actor
+from api.deps import AdminDep, ServicesDep, SessionDep, set_audit_actor
 from core.db import utcnow
 from core.errors import NotFound
 from kb import registry
@@ -146,7 +146,7 @@ def run_automation(automation_id: str, body: RunRequest, request: Request, respo
     """Start or continue the customer's conversation (the automation's token as a bearer token; no admin token)."""
     automation = _token_of(request, services, session, automation_id, creds)
     who = f"automation token from {request.client.host if request.client else 'unknown'}"
-    set_actor(request, who)
+    set_audit_actor(request, who)
     key = body.idempotency_key or idempotency_key
     if not key:
         raise HTTPException(status_code=422, detail="idempotency_key (or the Idempotency-Key header) is required")

@@ -1,22 +1,25 @@
-"""Secrets at rest (core.crypto): the WhatsApp credentials are never in the database in clear, on SQLite (the raw
-file scanned) and PostgreSQL (every column as the server holds it); values stored before encryption are encrypted at
+"""Secrets at rest (core.crypto): the WhatsApp credentials and the event subscriptions' signing secrets are never in
+the database in clear, on SQLite (the raw file scanned) and PostgreSQL (every column of every table as the server
+holds it); values stored before encryption are encrypted at
 start-up; a key rotation re-encrypts everything; a wrong key is an error, never garbage."""
 from __future__ import annotations
 
 import pytest
 from cryptography.fernet import Fernet
-from sqlalchemy import select, text
+from sqlalchemy import inspect, select, text
 
 from atende.services import build_services
 from core import crypto
 from core.db import Base
 from core.settings import Settings
 from kb.models import Assistant
+from runtime.models import EventSubscription
 from runtime.whatsapp.models import WhatsAppSender
 from tests.conftest import TEST_SECRETS
 
 SECRETS = {"access_token": "EAAG-access-token-7f3a9c", "app_secret": "app-secret-5d1e88b2",
            "verify_token": "verify-token-c0ffee42"}
+EVENT_SECRET = "event-signing-secret-9a8b7c6d"
 
 
 def _add_sender(services, **secrets) -> None:
@@ -35,6 +38,11 @@ def _stored(services) -> dict[str, str]:
 
 def test_the_credentials_are_stored_encrypted_and_read_in_clear(services):
     _add_sender(services)
+    with services.session() as session:
+        session.add(EventSubscription(assistant_id="shop", url="https://crm.example/events", events=["*"],
+                                      secret=EVENT_SECRET))
+        session.commit()
+        assert session.scalar(select(EventSubscription.secret)) == EVENT_SECRET
     stored = _stored(services)
     assert all(v.startswith(crypto.PREFIX) for v in stored.values())
     assert not any(secret in value for secret in SECRETS.values() for value in stored.values())
@@ -43,12 +51,13 @@ def test_the_credentials_are_stored_encrypted_and_read_in_clear(services):
         assert {k: getattr(sender, k) for k in SECRETS} == SECRETS
     if services.engine.dialect.name == "postgresql":  # every column of every row, as the server keeps it
         with services.engine.connect() as conn:
-            dump = "\n".join(conn.execute(text("SELECT row_to_json(t)::text FROM whatsapp_senders t")).scalars())
+            dump = "\n".join(row for table in inspect(conn).get_table_names() for row in conn.execute(
+                text(f'SELECT row_to_json(t)::text FROM "{table}" t')).scalars())
     else:  # the raw database file and its write-ahead log
         services.engine.dispose()
         home = services.settings.home
         dump = b"".join(p.read_bytes() for p in home.glob("atende.db*")).decode("latin-1")
-    assert not any(secret in dump for secret in SECRETS.values())
+    assert not any(secret in dump for secret in (*SECRETS.values(), EVENT_SECRET))
 
 
 def test_each_encryption_of_a_value_differs_and_a_foreign_key_is_refused():
