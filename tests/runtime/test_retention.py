@@ -156,3 +156,26 @@ def test_a_backlog_is_worked_off_a_batch_per_sweep(services):
     first = sweep(services)
     assert first.more and first.runs[0].items == POSTS_PER_PAGE
     assert [r.items for r in run_until_done(services)] == [5]
+
+
+def test_bodies_kept_longer_by_their_own_rule_do_not_hold_back_the_due_ones(services):
+    """A full page of old bodies that their number's rule still keeps is paged past (by time and id), so the due
+    bodies after it are emptied in the same sweep."""
+    old = datetime.now(UTC) - timedelta(days=40)
+    with services.session() as session:
+        patient = registry.create_assistant(session, name="patient", embedding_model="all-minilm-l6-v2",
+                                            chunk_size=256, chunk_overlap=32)
+        patient.config = {"retention": {"webhook_bodies_days": 60}}
+        session.add(WhatsAppSender(id=new_id(), assistant_id=patient.id, phone_number_id="555", access_token="t",
+                                   app_secret="s", verify_token="v"))
+        body = {"entry": [{"changes": [{"value": {"metadata": {"phone_number_id": "555"}}}]}]}
+        session.add_all(WebhookPost(id=new_id(), received_at=old, body=body, body_sha256=new_id() * 2, processed=True)
+                        for _ in range(POSTS_PER_PAGE + 1))
+        due = [WebhookPost(id=new_id(), received_at=old + timedelta(minutes=1), body={"entry": []},
+                           body_sha256=new_id() * 2, processed=True) for _ in range(3)]
+        session.add_all(due)
+        session.commit()
+    [run] = sweep(services).runs
+    assert run.items == 3
+    with services.session() as session:
+        assert session.scalar(select(func.count()).select_from(WebhookPost).where(WebhookPost.purged_at.is_not(None))) == 3
