@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import JSON, ForeignKey, Integer, String, func, select, tuple_
+from sqlalchemy import JSON, ForeignKey, Integer, String, select, tuple_
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from core.db import Base, UTCDateTime, new_id, utcnow
@@ -84,12 +84,11 @@ def run_until_done(services: Services, now: datetime | None = None) -> list[Rete
 
 def _conversations(services: Services, assistant_id: str, action: str,
                    cutoff: datetime) -> tuple[RetentionRun | None, bool]:
-    last = (select(Message.conversation_id, func.max(Message.created_at).label("at"))
-            .group_by(Message.conversation_id).subquery())
-    due = (select(Conversation.id).outerjoin(last, last.c.conversation_id == Conversation.id)
-           .where(Conversation.assistant_id == assistant_id,
-                  func.coalesce(last.c.at, Conversation.created_at) < cutoff)
-           .order_by(Conversation.created_at).limit(CONVERSATIONS_PER_RUN))
+    newer = select(Message.id).where(Message.conversation_id == Conversation.id, Message.created_at >= cutoff)
+    due = (select(Conversation.id)
+           .where(Conversation.assistant_id == assistant_id, Conversation.created_at < cutoff, ~newer.exists())
+           .order_by(Conversation.created_at).limit(CONVERSATIONS_PER_RUN)
+           .with_for_update(skip_locked=True))  # PostgreSQL: two workers' sweeps take different conversations
     if action == "anonymise":
         due = due.where(Conversation.customer_id.not_like(f"{ANONYMOUS}%"))
     with services.session() as session:
@@ -128,7 +127,8 @@ def _webhook_bodies(services: Services, configs: dict[str, AssistantConfig],
                                              WebhookPost.received_at < oldest_cutoff)
             if after is not None:
                 page = page.where(tuple_(WebhookPost.received_at, WebhookPost.id) > after)
-            posts = list(session.scalars(page.order_by(WebhookPost.received_at, WebhookPost.id).limit(POSTS_PER_PAGE)))
+            posts = list(session.scalars(page.order_by(WebhookPost.received_at, WebhookPost.id).limit(POSTS_PER_PAGE)
+                                         .with_for_update(skip_locked=True)))
             for post in posts:
                 numbers = phone_number_ids(post.body)
                 days = _strictest(*(days_of.get(n, default) for n in numbers)) if numbers else default
