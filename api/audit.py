@@ -19,7 +19,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.deps import AUDIT_ACTOR, AUDIT_USER, AdminDep, SessionDep
+from api.deps import AUDIT_ACTOR, AUDIT_USER, MAX_OFFSET, AdminDep, SessionDep
 from runtime import audit
 from runtime.services import Services
 
@@ -79,7 +79,7 @@ def _query(scope: Scope) -> list[tuple[str, str]]:
 def list_audit(session: SessionDep, actor: str | None = None, user_id: str | None = None, kind: Literal["change", "read"] | None = None,
                since: datetime | None = None, until: datetime | None = None,
                route: Annotated[str | None, Query(max_length=300, description="a part of the route template")] = None,
-               limit: Annotated[int, Query(ge=1, le=1000)] = 100, offset: Annotated[int, Query(ge=0)] = 0) -> list[dict]:
+               limit: Annotated[int, Query(ge=1, le=1000)] = 100, offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> list[dict]:
     """Audit entries, newest first, by actor (an e-mail) or user id, kind (change/read), time and route."""
     rows = audit.entries(session, actor=actor, user_id=user_id, kind=kind, since=since, until=until, route=route, limit=limit,
                          offset=offset)

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 _bearer = HTTPBearer(auto_error=False)
 
 SESSION_COOKIE = "atende_session"
+MAX_OFFSET = 10**9  # a page's offset: past any table's rows, and within a database integer (SQLite: 2**63 - 1)
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 AUDIT_ACTOR = "audit_actor"  # the request state's name of who makes it (api.audit): the user's e-mail
 AUDIT_USER = "audit_user"  # ... and the user's id

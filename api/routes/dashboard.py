@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from api import i18n, labels, scopes
 from api.deps import (
-    PRINCIPAL, SESSION_COOKIE, AuthFailed, CurrentUser, ServicesDep, SessionDep, allow, bearer_principal, same_origin,
+    MAX_OFFSET, PRINCIPAL, SESSION_COOKIE, AuthFailed, CurrentUser, ServicesDep, SessionDep, allow, bearer_principal, same_origin,
     session_principal, set_actor, throttled,
 )
 from api.routes import conversations as conversation_routes
@@ -277,7 +277,7 @@ def conversations_page(request: Request, session: SessionDep, page: int = 1):
     if filters is None:
         return _filter_page(request, session, "conversations.html", 400, raw=raw, error=error, items=[], total=0,
                             page=1, pages=1)
-    page = max(page, 1)
+    page = min(max(page, 1), MAX_OFFSET // PAGE_SIZE)  # a page past the last is an empty page, never an overflow
     total, items = list_conversations(session, filters, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
     pages = max((total + PAGE_SIZE - 1) // PAGE_SIZE, 1)
     return _filter_page(request, session, "conversations.html", raw=raw, items=items, total=total, page=page,

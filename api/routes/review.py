@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from api.deps import CurrentUser, ServicesDep, SessionDep, SignedIn, allow
+from api.deps import MAX_OFFSET, CurrentUser, ServicesDep, SessionDep, SignedIn, allow
 from runtime.accounts.roles import ADMIN, SUPERVISOR, VIEWER, Principal
 from runtime.review import conversations, queue
 from runtime.review.export import stream_export
@@ -165,7 +165,7 @@ FiltersDep = Annotated[ConversationFilters, Depends(conversation_filters)]
 
 @router.get("/api/conversations", response_model=ConversationsPage, dependencies=[allow(VIEWER)])
 def list_conversations(filters: FiltersDep, session: SessionDep, limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                       offset: Annotated[int, Query(ge=0)] = 0):
+                       offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0):
     """Conversations, most recently active first, with message count, cost and handoff state."""
     total, items = conversations.list_conversations(session, filters, limit=limit, offset=offset)
     return ConversationsPage(items=items, total=total, limit=limit, offset=offset)
