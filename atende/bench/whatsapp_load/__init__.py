@@ -2,7 +2,7 @@
 
 Two profiles. ``embedded`` (the default): the real app (``create_app``) is served by uvicorn on 127.0.0.1 in a
 background thread, with the embedded huey consumer running ``workers`` threads. ``scale`` (PostgreSQL and
-Redis only): ``api_processes`` API processes with no consumer (``uvicorn atende.app:create_app --factory
+Redis only): ``api_processes`` API processes with no consumer (``uvicorn atende.app:create_server_app --factory
 --workers N``, one port) and ``worker_processes`` ``atende worker --queue customer`` processes (``workers``
 threads in all), each configured through ``ATENDE_*`` like a deployment (``processes``). The Graph API is
 the local ``GraphStandIn`` and the chat model a "slow scripted LLM" whose every reply sleeps ``llm_delay_s``:

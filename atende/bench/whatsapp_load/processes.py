@@ -1,6 +1,6 @@
 """The scale profile's app: API processes with no consumer and ``atende worker`` processes, each a child.
 
-The API is ``uvicorn atende.app:create_app --factory --workers N`` on one port: uvicorn's supervisor binds the
+The API is ``uvicorn atende.app:create_server_app --factory --workers N`` on one port: uvicorn's supervisor binds the
 socket and its N worker processes accept on it, as a production deployment behind one address does (the load
 generator does not pick a process; the kernel hands each connection to whichever accepts it). Every process
 reads its settings from the environment (``ATENDE_*``): ``ATENDE_WORKERS=0`` and ``ATENDE_INGEST_WORKERS=0`` so
@@ -85,7 +85,7 @@ class ScaleProcesses:
                                             "--ingest-workers", "1"],
                             {"ATENDE_DB_POOL_SIZE": str(INGEST_CONNECTIONS // 2),
                              "ATENDE_DB_MAX_OVERFLOW": str(INGEST_CONNECTIONS - INGEST_CONNECTIONS // 2)})
-            self._spawn("api", [sys.executable, "-m", "uvicorn", "atende.app:create_app", "--factory",
+            self._spawn("api", [sys.executable, "-m", "uvicorn", "atende.app:create_server_app", "--factory",
                                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.api_processes),
                                 "--log-level", "info", "--no-access-log", "--no-proxy-headers",
                                 "--timeout-graceful-shutdown", "5"])
