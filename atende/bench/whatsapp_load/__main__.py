@@ -11,7 +11,7 @@ from pathlib import Path
 import atende.bench.whatsapp_load as package
 from atende.bench.whatsapp_load.harness import throwaway_postgres
 from atende.bench.whatsapp_load.options import PROFILES, add_arguments
-from atende.bench.whatsapp_load.run import compare, run_benchmark
+from atende.bench.whatsapp_load.run import compare, holds, print_rates, run_benchmark
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,12 +33,31 @@ def run_from_args(args: argparse.Namespace) -> int:
 
         return run_during_ingest(args)
     profiles = PROFILES if args.compare else (args.profile,)
+    if args.rates:
+        return _sweep(args, profiles)
     reports = {name: _run(args, name) for name in profiles}
     if args.compare:
         compare(reports)
     if args.json:
         Path(args.json).write_text(json.dumps(reports if args.compare else reports[args.profile], indent=2, default=str))
     return 1 if any(r["violation_count"] for r in reports.values()) else 0
+
+
+def _sweep(args: argparse.Namespace, profiles: tuple[str, ...]) -> int:
+    """A run per rate of ``--rates`` and profile, rising until a rate does not hold; the table and the highest."""
+    runs: dict[str, list[dict]] = {}
+    for profile in profiles:
+        runs[profile] = []
+        for rate in args.rates:
+            args.rate = rate
+            report = _run(args, profile)
+            runs[profile].append(report)
+            if not holds(report, args.goal_p99_ms):
+                break
+    print_rates(runs, args.goal_p99_ms)
+    if args.json:
+        Path(args.json).write_text(json.dumps(runs, indent=2, default=str))
+    return 1 if any(r["violation_count"] for reports in runs.values() for r in reports) else 0
 
 
 def _run(args, profile: str) -> dict:

@@ -17,6 +17,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                                "phase's, without ingest)")
     add_stack_arguments(p)
     p.add_argument("--compare", action="store_true", help="run the embedded profile, then the scale one; print both")
+    p.add_argument("--rates", metavar="R1,R2,...", type=_rates, default=None,
+                   help="a run per rate, rising, until one does not hold (every post 200, at least 98%% of the target "
+                        "rate acknowledged, ack p99 within --goal-p99-ms); prints the highest that held (per profile "
+                        "with --compare)")
+    p.add_argument("--goal-p99-ms", type=float, default=50.0, help="with --rates: the acknowledgement p99 a rate must keep")
     p.add_argument("--in-process-load", action="store_true", help="run the load generator in the server's process")
     p.add_argument("--worker-nice", type=int, default=0, metavar="N",
                    help="scale profile, open loop: run the worker processes at nice N, as when the API has cores of "
@@ -28,6 +33,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                                         "for the document to be ready")
     p.add_argument("--warmup", type=float, default=15.0, help="with --during-ingest: the first seconds of load, not "
                                                               "counted in the phase without ingest")
+
+
+def _rates(text: str) -> list[float]:
+    try:
+        rates = sorted({float(r) for r in text.split(",") if r.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of rates: {text!r}") from None
+    if not rates or rates[0] <= 0:
+        raise argparse.ArgumentTypeError("rates must be positive numbers, e.g. 100,200,300")
+    return rates
 
 
 def add_stack_arguments(p: argparse.ArgumentParser) -> None:

@@ -93,3 +93,29 @@ def compare(profiles: dict[str, dict]) -> None:
     print("\n" + " " * width + "  " + "  ".join(f"{name:>24}" for name in profiles))
     for name, get in rows:
         print(f"{name:<{width}}  " + "  ".join(f"{str(get(r)):>24}" for r in profiles.values()))
+
+
+def holds(report: dict, goal_p99_ms: float) -> bool:
+    """Whether a run's rate held: every post answered 200, at least 98% of the target rate acknowledged, the
+    acknowledgement p99 (from each post's scheduled time) within ``goal_p99_ms``."""
+    acks = report["acks"]
+    p99 = acks["latency_from_schedule_ms"].get("p99")
+    return (acks["ok"] == acks["posts"] and acks["acked_per_s"] >= 0.98 * report["target_rate"]
+            and p99 is not None and p99 <= goal_p99_ms)
+
+
+def print_rates(runs: dict[str, list[dict]], goal_p99_ms: float) -> None:
+    """The runs of a rate sweep (profile -> reports, rising rates), a line each, and the highest rate that held."""
+    print(f"\nrate sweep (holds: every post 200, >= 98% of the target acknowledged, ack p99 <= {goal_p99_ms:g} ms)")
+    print(f"{'profile':<9} {'target/s':>8} {'offered/s':>9} {'acked/s':>8} {'200/posted':>11} {'p50 ms':>8} "
+          f"{'p99 ms':>8} {'max ms':>8} {'api ms/post':>11} {'violations':>10}  holds")
+    for profile, reports in runs.items():
+        for r in reports:
+            a, lat = r["acks"], r["acks"]["latency_from_schedule_ms"]
+            print(f"{profile:<9} {r['target_rate']:>8g} {a['offered_per_s']:>9} {a['acked_per_s']:>8} "
+                  f"{a['ok']:>5}/{a['posts']:<5} {lat.get('p50')!s:>8} {lat.get('p99')!s:>8} {lat.get('max')!s:>8} "
+                  f"{r['cpu'].get('api_cpu_ms_per_post', '-')!s:>11} {r['violation_count']:>10}  "
+                  f"{'yes' if holds(r, goal_p99_ms) else 'no'}")
+    for profile, reports in runs.items():
+        held = [r["target_rate"] for r in reports if holds(r, goal_p99_ms)]
+        print(f"highest rate that held, {profile}: {f'{max(held):g}/s' if held else 'none of those tried'}")
