@@ -47,10 +47,12 @@ class Base(DeclarativeBase):
     pass
 
 
-def make_engine(url: str, pool_size: int = 20, max_overflow: int = 80) -> Engine:
+def make_engine(url: str, pool_size: int = 20, max_overflow: int = 80, pre_ping: bool = True) -> Engine:
     """Create an engine holding at most ``pool_size`` + ``max_overflow`` connections (job worker threads, request
     threads and turns' advisory-lock connections all need room at once); SQLite gets WAL, foreign keys and a busy
-    timeout for concurrent writers."""
+    timeout for concurrent writers. A server's connections are pinged as they are taken from the pool (a restarted
+    server's are replaced) unless ``pre_ping`` is off: then whoever uses the engine must retry what a dead
+    connection fails (``DBAPIError.connection_invalidated``; the whole pool is replaced after one)."""
     pool = {"pool_size": pool_size, "max_overflow": max_overflow, "pool_timeout": POOL_TIMEOUT_S}
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
@@ -68,7 +70,7 @@ def make_engine(url: str, pool_size: int = 20, max_overflow: int = 80) -> Engine
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, **pool)
+    return create_engine(url, pool_pre_ping=pre_ping, **pool)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

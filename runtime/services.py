@@ -43,6 +43,9 @@ class Services:
     transcriber: Transcriber | None = None
     # the WhatsApp apps' secrets and what they own, as the webhook checks posts against them (read every 30 s)
     whatsapp_apps: AppKeys = field(default_factory=AppKeys)
+    # the webhook intake's connections (runtime.whatsapp.inbound.accept_post): on a database server, a small pool
+    # of its own that skips the pre-ping round trip (the intake retries a dead connection); None: ``engine``
+    intake_engine: Engine | None = None
     # the time, replaceable in tests (24-hour window)
     clock: Callable[[], datetime] = utcnow
     # BM25 indexes of the knowledge bases, rebuilt when their current versions change
@@ -68,8 +71,16 @@ class Services:
         session.info[SESSION_SERVICES] = self
         return session
 
+    @property
+    def intake(self) -> Engine:
+        """The engine the webhook intake stores posts with (``intake_engine``, else ``engine``)."""
+        return self.intake_engine or self.engine
+
     def close(self) -> None:
-        """Close what the services opened: the chat models and the Graph API client (a later send opens another)."""
+        """Close what the services opened: the chat models, the Graph API client (a later send opens another) and
+        the intake's connections."""
+        if self.intake_engine is not None:
+            self.intake_engine.dispose()
         if self.chat_models is not None:
             self.chat_models.close()
         graph, self.whatsapp_graph = self.whatsapp_graph, None

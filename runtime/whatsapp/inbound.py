@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from core.db import new_id, utcnow
@@ -133,11 +134,26 @@ def _foreign(body: dict, key: AppKey) -> str | None:
 
 
 def _store(services: Services, body: dict, digest: str) -> StoredPost:
+    """Store the body once (its digest unique), through the intake's connections: one taken from a pool that
+    does not ping it first (``Services.intake``), so a connection the server dropped (a restart) fails the
+    statement; the pool then replaces them all and the post is stored on a new one. Should the first attempt
+    have committed before its connection died, the second finds the body stored and returns that post."""
+    try:
+        return _insert(services.intake, body, digest)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        log.warning("whatsapp webhook: the database connection was lost (%s); storing the post again on a new one",
+                    type(exc.orig).__name__)
+        return _insert(services.intake, body, digest)
+
+
+def _insert(engine: Engine, body: dict, digest: str) -> StoredPost:
     posts = WebhookPost.__table__
-    insert = postgresql.insert if services.engine.dialect.name == "postgresql" else sqlite.insert
+    insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
     statement = (insert(posts).values(id=new_id(), received_at=utcnow(), body=body, body_sha256=digest, processed=False)
                  .on_conflict_do_nothing(index_elements=[posts.c.body_sha256]).returning(posts.c.id))
-    with services.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         post_id = connection.execute(statement).scalar()
         if post_id is not None:
             return StoredPost(post_id)

@@ -491,6 +491,32 @@ def test_process_post_returns_turn_conversations_once(services):
         assert [(m.kind, m.status) for m in rows] == [("text", "received"), ("reaction", "logged")]
 
 
+def test_a_post_is_stored_when_the_servers_connections_were_dropped(services, caplog):
+    """On PostgreSQL the intake takes connections without pinging them first (one round trip less per post): when
+    the server dropped them (a restart), the insert fails on a dead one, the pool is replaced and the post is
+    stored on a new connection, once; the sender of the post never sees the loss."""
+    import sqlalchemy as sa
+
+    if services.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no server to drop connections")
+    assert services.intake is not services.engine and not services.intake.pool._pre_ping
+    assistant = _assistant(services)
+    _sender(services, assistant, "111")
+    raw = json.dumps(text_payload("111", wamid="wamid.C1")).encode()
+    before = accept_post(services, raw, sign(raw, SECRET_A))  # a pooled intake connection now exists
+    with services.engine.connect() as conn:  # the server ends every other session of this database
+        dropped = conn.execute(sa.text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                       "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalar()
+    assert dropped >= 1
+    raw = json.dumps(text_payload("111", wamid="wamid.C2")).encode()
+    with caplog.at_level("WARNING", logger="runtime.whatsapp.inbound"):
+        after = accept_post(services, raw, sign(raw, SECRET_A))
+    assert "connection was lost" in caplog.text  # the retry, not a lucky fresh connection, stored it
+    assert not after.again and after.id != before.id
+    with services.session() as s:
+        assert s.scalar(select(func.count()).select_from(WebhookPost)) == 2
+
+
 def test_concurrent_duplicate_posts_store_one_message(services):
     """Two workers processing two deliveries of the same message at once: one row, one turn."""
     assistant = _assistant(services)
