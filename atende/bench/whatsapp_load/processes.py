@@ -19,6 +19,8 @@ from pathlib import Path
 
 import httpx
 
+from atende.services import INTAKE_CONNECTIONS
+
 STARTED = "Application startup complete"  # uvicorn's line, once per API process
 
 
@@ -54,7 +56,9 @@ class ScaleProcesses:
         # an ingest worker (one thread) gets INGEST_CONNECTIONS only, as a customer worker whose threads outnumber
         # its connections stalls (a thread holds one connection while it waits for another: "QueuePool limit
         # reached, connection timed out" after 60 s, seen with 16 threads and 15 connections)
-        share = max(4, (PG_CONNECTIONS - INGEST_CONNECTIONS * ingest_processes) // (api_processes + worker_processes + 1))
+        # (an API process also holds up to sum(INTAKE_CONNECTIONS) for the webhook intake)
+        share = max(4, (PG_CONNECTIONS - INGEST_CONNECTIONS * ingest_processes - sum(INTAKE_CONNECTIONS) * api_processes)
+                    // (api_processes + worker_processes + 1))
         self.env = child_env({"ATENDE_DB_POOL_SIZE": str(share // 2), "ATENDE_DB_MAX_OVERFLOW": str(share - share // 2),
                               **env})
         self.log_dir = log_dir
