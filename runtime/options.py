@@ -102,6 +102,16 @@ def options_of(session: Session, message_id: str) -> list[Offered]:
     return [Offered(r.option_id, r.position, r.title, r.value, r.description) for r in rows]
 
 
+def options_by_message(session: Session, conversation_id: str) -> dict[str, list[ReplyOption]]:
+    """Every option offered in a conversation, by the message it came with, each message's in order."""
+    rows = session.scalars(select(ReplyOption).where(ReplyOption.conversation_id == conversation_id)
+                           .order_by(ReplyOption.message_id, ReplyOption.position))
+    out: dict[str, list[ReplyOption]] = {}
+    for row in rows:
+        out.setdefault(row.message_id, []).append(row)
+    return out
+
+
 def numbered(text: str, options: list[Offered] | list[Choice]) -> str:
     """``text`` with the options as a numbered list under it: what a plain-text channel shows."""
     if not options:

@@ -2,6 +2,8 @@
 a person (runtime.handoff). Reading needs the conversation's assistant; acting on it, an operator of it."""
 from __future__ import annotations
 
+from datetime import datetime
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import Field
@@ -10,11 +12,12 @@ from api import scopes
 from api.deps import CurrentUser, ServicesDep, SessionDep, SignedIn, allow
 from api.routes.feedback import FeedbackPublic
 from api.schemas import (AIToggle, ChatRequest, ChatResult, ConversationPublic, Handback, HandoffChangePublic,
-                         MessagePublic, OperatorMessage)
+                         MessagePublic, OperatorMessage, OptionPublic)
 from kb import registry
 from runtime import feedback, handoff, store
 from runtime.accounts.roles import OPERATOR, VIEWER
 from runtime.models import Message
+from runtime.options import options_by_message
 from runtime.turn import handle_message
 from runtime.whatsapp.media import media_of_messages, media_summary
 from runtime.whatsapp.outbound import send_operator_message
@@ -22,11 +25,19 @@ from runtime.whatsapp.outbound import send_operator_message
 router = APIRouter(tags=["conversations"], dependencies=[SignedIn])
 
 
+class OfferedOption(OptionPublic):
+    """A choice offered with a reply, and whether the customer took it."""
+
+    chosen_at: datetime | None = Field(default=None, description="when the customer chose it (tap, number or text)")
+
+
 class MessageDetail(MessagePublic):
     feedback: list[FeedbackPublic] = Field(default_factory=list, description="ratings of an AI reply, oldest first")
     media: dict | None = Field(default=None, description="a file the customer sent: kind, mime_type, file_name, size, "
                                "sha256, status (pending | stored | failed | rejected | too_large), error, transcript "
                                "and its language, engine and error; the file at /api/messages/{id}/media")
+    options: list[OfferedOption] = Field(default_factory=list, description="choices offered with an AI reply (WhatsApp "
+                                         "buttons or list rows, widget buttons, a numbered list), in order")
 
 
 class ConversationDetail(ConversationPublic):
@@ -61,9 +72,12 @@ def get_conversation(conversation_id: str, session: SessionDep):
     out = ConversationDetail.model_validate(conv)
     out.messages = [MessageDetail.from_message(m) for m in messages]
     files = media_of_messages(session, [m.id for m in messages if m.direction == "inbound"])
+    offered = options_by_message(session, conv.id)
     for m in out.messages:
         m.feedback = [FeedbackPublic.model_validate(f) for f in ratings.get(m.id, [])]
         m.media = media_summary(files[m.id]) if m.id in files else None
+        m.options = [OfferedOption(id=o.option_id, position=o.position, title=o.title, value=o.value,
+                                   description=o.description, chosen_at=o.chosen_at) for o in offered.get(m.id, [])]
     out.handoff_changes = [HandoffChangePublic.model_validate(c) for c in handoff.changes(session, [conv.id])[conv.id]]
     return out
 

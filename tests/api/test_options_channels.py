@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from atende.app import create_app
 from runtime.types import ToolCall
 from tests import factories
+from tests.api.test_dashboard import login
 from tests.conftest import ADMIN_TOKEN, make_services
 from tests.factories import use_scripted_model
 
@@ -87,3 +88,22 @@ def test_the_widget_reply_carries_the_options(sqlite_services):
             time.sleep(0.05)
         assert r["reply"] == "Qual período?" and r["options"] == [{"position": 1, "title": "Manhã"},
                                                                   {"position": 2, "title": "Tarde"}]
+
+
+def test_the_conversation_shows_the_options_offered_and_the_one_chosen(api):
+    """The conversation's detail (API and dashboard page) lists each reply's options in order, the chosen one with
+    when; a reply without options has none."""
+    client, model, aid = api
+    model.enqueue([ToolCall("c1", "offer_options", {"options": ["Pix", "Cartão de crédito", "Boleto"]})],
+                  "Como prefere pagar?", "Certo, cartão.")
+    first = client.post("/api/chat", json={"assistant_id": aid, "customer_id": "c9", "message": "Quero pagar"}).json()
+    client.post("/api/chat", json={"assistant_id": aid, "customer_id": "c9", "message": "2"}).raise_for_status()
+    detail = client.get(f"/api/conversations/{first['conversation_id']}").json()
+    replies = [m for m in detail["messages"] if m["direction"] == "outbound"]
+    assert [(o["position"], o["title"], o["chosen_at"] is not None) for o in replies[0]["options"]] == [
+        (1, "Pix", False), (2, "Cartão de crédito", True), (3, "Boleto", False)]
+    assert replies[1]["options"] == []
+    login(client)
+    page = client.get(f"/dashboard/conversations/{first['conversation_id']}")
+    assert page.status_code == 200
+    assert '<li class="option">Pix</li>' in page.text and '<li class="option chosen">Cartão de crédito' in page.text
