@@ -54,8 +54,10 @@ def app(sqlite_services):
         yield client, sqlite_services, {"loja": shop, "outra": other, "ana": made.json()["id"]}
 
 
-def test_sign_in_by_email_and_password_with_throttling(app):
+def test_sign_in_by_email_and_password_with_throttling(app, monkeypatch):
     client, services, ids = app
+    # a lockout long enough that a loaded machine's slow password checks (argon2) cannot outlast it before the next try
+    monkeypatch.setattr("api.throttle.BASE_LOCKOUT_S", 60.0)
     assert client.get("/api/me", headers=cookie(login(client, "ANA@example.com"))).json() == {
         "id": ids["ana"], "email": "ana@example.com", "role": "operator", "assistant_ids": [ids["loja"]], "via": "session"}
     for email, password in (("ana@example.com", "wrong password!"), ("nobody@example.com", PASSWORD), ("", PASSWORD)):
