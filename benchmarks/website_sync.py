@@ -15,7 +15,7 @@ import http.server
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -65,6 +65,9 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     site: LocalSite
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        hook = self.site.hooks.get(self.path)
+        if hook is not None:
+            hook()
         override = self.site.overrides.get(self.path)
         if override is None:
             super().do_GET()
@@ -83,12 +86,14 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
 class LocalSite:
     """A website on loopback, served from a directory: ``write``/``remove`` pages, ``write_sitemap``,
-    ``overrides`` to answer a path with (status, headers, body) instead; ``requests`` lists the paths asked."""
+    ``overrides`` to answer a path with (status, headers, body) instead, ``hooks`` to call something before a path
+    is answered; ``requests`` lists the paths asked."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self.overrides: dict[str, tuple[int, dict[str, str], bytes]] = {}
+        self.hooks: dict[str, Callable[[], object]] = {}
         self.requests: list[str] = []
         handler = type("Handler", (_Handler,), {"site": self})
         self.server = http.server.ThreadingHTTPServer(

@@ -17,9 +17,12 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import exists, select, update
+from sqlalchemy.orm import aliased
+from sqlalchemy.orm.exc import ObjectDeletedError, StaleDataError
 from sqlalchemy.orm import Session
 
 from core.db import new_id, utcnow
@@ -78,18 +81,39 @@ class _Recorder:
         self.run.lease_until = utcnow() + timedelta(seconds=LEASE_S)
         self.session.commit()
 
+    def renew(self) -> None:
+        """Renew the run's lease (before each request: robots.txt's Crawl-delay and many sitemap files can keep a run
+        from its first page for longer than the lease)."""
+        self.run.lease_until = utcnow() + timedelta(seconds=LEASE_S)
+        self.session.commit()
+
 
 def run_sync(services: IngestServices, run_id: str) -> WebsiteSyncRun | None:
     """Run one queued sync run to its end; never raises for the site's or a page's failure (the run records it).
     Returns the run (None if it no longer exists)."""
     with services.session() as session:
+        run = session.get(WebsiteSyncRun, run_id)
+        if run is None or run.status != "queued":
+            return run
+        # the source's row locked (PostgreSQL) so that of two runs of one source claimed at once, one runs: two
+        # requests can each queue one (``kb.websites.start_run`` checks, then inserts)
+        if session.scalar(select(WebsiteSource.id).where(WebsiteSource.id == run.source_id).with_for_update()) is None:
+            session.commit()
+            return run
+        other = aliased(WebsiteSyncRun)
         claimed = session.execute(
-            update(WebsiteSyncRun).where(WebsiteSyncRun.id == run_id, WebsiteSyncRun.status == "queued")
+            update(WebsiteSyncRun).where(
+                WebsiteSyncRun.id == run_id, WebsiteSyncRun.status == "queued",
+                ~exists().where(other.source_id == WebsiteSyncRun.source_id, other.status == "running"))
             .values(status="running", started_at=utcnow(), lease_until=utcnow() + timedelta(seconds=LEASE_S))
         ).rowcount
+        if not claimed:  # another run of the source is running: this one is not needed
+            session.execute(update(WebsiteSyncRun).where(WebsiteSyncRun.id == run_id, WebsiteSyncRun.status == "queued")
+                            .values(status="failed", finished_at=utcnow(),
+                                    error="not started: another sync of this website was running"))
         session.commit()
-        run = session.get(WebsiteSyncRun, run_id)
-        if not claimed or run is None:
+        session.refresh(run)
+        if not claimed:
             return run
         source = session.get_one(WebsiteSource, run.source_id)
         recorder = _Recorder(session, run)
@@ -104,12 +128,20 @@ def run_sync(services: IngestServices, run_id: str) -> WebsiteSyncRun | None:
         except SiteError as exc:
             run.status, run.error = "failed", str(exc)
         except Exception as exc:  # a bug of ours, or the database/vector store gone: the run ends, failed
-            log.exception("website sync run %s failed", run_id)
             session.rollback()
+            if session.scalar(select(WebsiteSyncRun.id).where(WebsiteSyncRun.id == run_id)) is None:
+                # the source (or its knowledge base) was deleted mid-sync, its runs with it
+                log.info("website sync run %s ended: its source was deleted", run_id)
+                return None
+            log.exception("website sync run %s failed", run_id)
             run.status, run.error = "failed", f"internal error: {type(exc).__name__}: {exc}"
         run.finished_at, run.lease_until = utcnow(), None
-        session.commit()
-        session.refresh(run)
+        try:
+            session.commit()
+            session.refresh(run)
+        except (StaleDataError, ObjectDeletedError):  # the source was deleted as the run ended
+            session.rollback()
+            return None
         session.expunge(run)
         return run
 
@@ -122,7 +154,7 @@ def _walk(services: IngestServices, session: Session, source: WebsiteSource, rec
     start = normalize(source.url)
     if start is None:
         raise SiteError(f"the source's URL {source.url!r} is not a usable http(s) address")
-    site = Site(start, services.settings, source.request_interval_s)
+    site = Site(start, services.settings, source.request_interval_s, on_request=recorder.renew)
     site.read_robots()
     kb = session.get_one(KnowledgeBase, source.knowledge_base_id)
     walk = _Walk(site, source, start, recorder)
@@ -150,15 +182,21 @@ class _Walk:
         self.recorder.session.commit()
 
     def _fetch(self, url: str) -> Outcome | None:
-        """The page at ``url``, or None when it is one already taken (two URLs redirecting to one page)."""
+        """The page at ``url``, or None when it is one already taken (two URLs redirecting to one page, or naming
+        one canonical URL). A page whose ``<link rel="canonical">`` is another URL of the site (that robots.txt and
+        the patterns let in) is taken as that URL: the same content under two URLs is stored once."""
         outcome = self.site.page(url) if self.site.allowed(url) else PageFailed(url, "robots.txt disallows it")
+        if (isinstance(outcome, Page) and outcome.canonical and self.site.allowed(outcome.canonical)
+                and wanted(outcome.canonical, self.source.include, self.source.exclude)):
+            outcome = replace(outcome, url=outcome.canonical)
         if outcome.url in self.seen:
             return None
         self.seen.add(outcome.url)
         return outcome
 
     def sitemap(self) -> Iterator[Outcome]:
-        urls, _ = self.site.sitemap_urls(self.start)
+        urls, complete = self.site.sitemap_urls(self.start)
+        self.capped = not complete  # a page missing from a list cut short is not removed
         todo = [u for u in urls if same_site(u, self.start) and wanted(u, self.source.include, self.source.exclude)]
         self._plan(len(todo))
         for url in todo:
@@ -184,8 +222,12 @@ class _Walk:
             if isinstance(outcome, Page) and depth < self.source.max_depth:
                 for link in outcome.links:
                     # a link robots.txt disallows is left without a word (a listed page is recorded)
-                    if (link not in planned and wanted(link, self.source.include, self.source.exclude)
-                            and self.site.allowed(link)):
+                    if link in planned or not wanted(link, self.source.include, self.source.exclude):
+                        continue
+                    if len(planned) > self.source.max_pages:  # no more than the cap is ever fetched: an endless
+                        self.capped = True  # site's links are not kept (nor is the site complete)
+                        break
+                    if self.site.allowed(link):
                         planned.add(link)
                         queue.append((link, depth + 1))
             self._plan(len(planned))
@@ -209,7 +251,10 @@ def _take(services: IngestServices, session: Session, kb: KnowledgeBase, source:
     if isinstance(outcome, PageFailed):
         recorder.count("failed", outcome.url, outcome.reason)
         return
-    if outcome.noindex:
+    if outcome.noindex:  # no longer searchable if it was
+        if page is not None and websites.remove_page(session, services.vectors, services.blobs, page,
+                                                     services.document_changed):
+            recorder.count("removed")
         recorder.count("failed", outcome.url, "the page asks not to be indexed (robots meta noindex)")
         return
     try:
