@@ -10,6 +10,7 @@ Run: ``python -m benchmarks.website_sync [--pages 200] [--model all-minilm-l6-v2
 from __future__ import annotations
 
 import argparse
+import hashlib
 import html
 import http.server
 import tempfile
@@ -68,6 +69,15 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         hook = self.site.hooks.get(self.path)
         if hook is not None:
             hook()
+        self._etag = None
+        if self.site.etags and self.path not in self.site.overrides:
+            file = Path(self.translate_path(self.path))
+            if file.is_file():
+                self._etag = f'"{hashlib.sha256(file.read_bytes()).hexdigest()[:16]}"'
+                if self._etag in self.headers.get("If-None-Match", ""):
+                    self.send_response(304)
+                    self.end_headers()
+                    return
         override = self.site.overrides.get(self.path)
         if override is None:
             super().do_GET()
@@ -80,6 +90,16 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def end_headers(self) -> None:
+        if getattr(self, "_etag", None):
+            self.send_header("ETag", self._etag)
+        super().end_headers()
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        if isinstance(code, int):
+            self.site.answers.append((self.path, int(code)))
+        super().log_request(code, size)
+
     def log_message(self, format: str, *args) -> None:  # noqa: A002
         self.site.requests.append(self.path)
 
@@ -87,13 +107,16 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 class LocalSite:
     """A website on loopback, served from a directory: ``write``/``remove`` pages, ``write_sitemap``,
     ``overrides`` to answer a path with (status, headers, body) instead, ``hooks`` to call something before a path
-    is answered; ``requests`` lists the paths asked."""
+    is answered; ``requests`` lists the paths asked, ``answers`` (path, status) the answers; ``etags`` makes it
+    send ETags and answer If-None-Match (http.server answers If-Modified-Since itself)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self.overrides: dict[str, tuple[int, dict[str, str], bytes]] = {}
         self.hooks: dict[str, Callable[[], object]] = {}
+        self.answers: list[tuple[str, int]] = []
+        self.etags = False
         self.requests: list[str] = []
         handler = type("Handler", (_Handler,), {"site": self})
         self.server = http.server.ThreadingHTTPServer(

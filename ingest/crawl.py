@@ -19,6 +19,8 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from urllib.parse import quote, unquote, urldefrag, urljoin, urlsplit, urlunsplit
 
 import httpx
@@ -59,6 +61,16 @@ class Page:
     links: tuple[str, ...]  # same-site links, normalized, in order (none when the page says nofollow)
     noindex: bool  # <meta name="robots" content="noindex">
     canonical: str | None = None  # its <link rel="canonical">, normalized, when on the same site and not itself
+    etag: str | None = None  # the response's validators, to send back next time (``Site.page``)
+    last_modified: str | None = None  # only when strong: at least a minute before the response's Date
+
+
+@dataclass(frozen=True)
+class PageUnchanged:
+    """The page answered 304 Not Modified to the validators it was asked with: not downloaded again."""
+
+    url: str
+    links: tuple[str, ...] = ()  # its links as last seen (the caller's: a 304 has no body)
 
 
 @dataclass(frozen=True)
@@ -73,7 +85,7 @@ class PageFailed:
     reason: str
 
 
-Outcome = Page | PageGone | PageFailed
+Outcome = Page | PageUnchanged | PageGone | PageFailed
 
 
 def normalize(url: str, base: str | None = None) -> str | None:
@@ -215,14 +227,18 @@ class Site:
         """Whether robots.txt lets atende fetch ``url``."""
         return self.robots.allowed(url)
 
-    def page(self, url: str) -> Outcome:
-        """Fetch one page, following redirects within the site."""
+    def page(self, url: str, etag: str | None = None, last_modified: str | None = None) -> Outcome:
+        """Fetch one page, following redirects within the site. With the validators of the response last taken
+        from ``url`` (``Page.etag``, ``Page.last_modified``) the request is conditional: a 304 is ``PageUnchanged``."""
         current = url
+        conditional = {k: v for k, v in (("If-None-Match", etag), ("If-Modified-Since", last_modified)) if v}
         for _ in range(MAX_REDIRECTS + 1):
             try:
-                response = self._get(current)
+                response = self._get(current, conditional if current == url else {})
             except SiteError as exc:
                 return PageFailed(url, str(exc))
+            if response.status == 304 and conditional and current == url:
+                return PageUnchanged(url)
             if response.status in (301, 302, 303, 307, 308):
                 target = normalize(response.headers.get("location", ""), current)
                 if target is None:
@@ -247,8 +263,7 @@ class Site:
             current = todo.pop(0)
             done.add(current)
             try:
-                data = self._sitemap_bytes(current)
-                children, urls = parse_sitemap(data)
+                children, urls = self.sitemap_file(current)
             except SiteError as exc:
                 if current == url:
                     raise
@@ -262,6 +277,10 @@ class Site:
         if len(pages) > MAX_SITEMAP_URLS:
             return list(pages)[:MAX_SITEMAP_URLS], False
         return list(pages), True
+
+    def sitemap_file(self, url: str) -> tuple[list[str], list[str]]:
+        """(child sitemaps, page URLs) of the one sitemap file at ``url`` (``parse_sitemap``), fetched."""
+        return parse_sitemap(self._sitemap_bytes(url))
 
     def _sitemap_bytes(self, url: str) -> bytes:
         response = self._get(url)
@@ -290,15 +309,16 @@ class Site:
             return PageFailed(url, f"the page is over the size cap of {self.settings.website_max_page_mb:g} MB")
         html = decode_html(response.body, response.encoding)
         links, noindex, canonical = page_links(html, final, self.root)
-        return Page(final, html, links, noindex, canonical)
+        return Page(final, html, links, noindex, canonical, _header(response, "etag"), _strong_date(response))
 
-    def _get(self, url: str) -> Fetched:
+    def _get(self, url: str, extra: dict[str, str] | None = None) -> Fetched:
         """One GET after the site's interval; errors of the request itself become a ``SiteError``."""
         wait = self._next_at - self._clock()
         if wait > 0:
             self._sleep(wait)
         self._on_request()
-        headers = {"User-Agent": self.settings.website_user_agent, "Accept": "text/html,application/xhtml+xml,*/*;q=0.5"}
+        headers = {"User-Agent": self.settings.website_user_agent, "Accept": "text/html,application/xhtml+xml,*/*;q=0.5",
+                   **(extra or {})}
         timeout = self.settings.website_timeout_s
         try:
             return fetch("GET", url, headers, timeout, self.settings.website_allow_private, self.limit)
@@ -310,6 +330,26 @@ class Site:
             raise SiteError(f"could not connect: {type(exc).__name__}: {exc}") from None
         finally:
             self._next_at = self._clock() + self.interval_s
+
+
+def _header(response: Fetched, name: str, limit: int = 500) -> str | None:
+    value = response.headers.get(name, "").strip()
+    return value if value and len(value) <= limit and value.isascii() else None
+
+
+def _strong_date(response: Fetched) -> str | None:
+    """The response's Last-Modified, when it is a strong validator (RFC 9110 8.8.2.2: at least 60 s before its
+    Date): a page changed within the second it was fetched would otherwise answer 304 to its old copy's date."""
+    value = _header(response, "last-modified", 100)
+    try:
+        modified = parsedate_to_datetime(value) if value else None
+        date_header = _header(response, "date", 100)
+        date = parsedate_to_datetime(date_header) if date_header else datetime.now(UTC)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if modified is None or modified.tzinfo is None or date.tzinfo is None:
+        return None
+    return value if (date - modified).total_seconds() >= 60 else None
 
 
 def parse_sitemap(data: bytes) -> tuple[list[str], list[str]]:

@@ -5,7 +5,10 @@ start page within the depth cap -- up to the page cap, pages filtered by the sou
 robots.txt and the site's host. Each page's main content (``ingest.webpage``) is registered as a version of the
 document named by its URL (``kb.registry.register_page``): content unchanged after extraction is no new version
 and re-embeds nothing; a new or changed page is ingested at once by the ordinary job (``ingest.pipeline.run_job``:
-parse, chunk, embed, then swapped in atomically). A page answering 404/410 is removed from search. Pages of the
+parse, chunk, embed, then swapped in atomically). A page is asked for with the validators (ETag, Last-Modified) of
+the response its ready document was made from: a 304 is unchanged without a download (a crawl follows the links it
+had). A page whose ``<link rel="canonical">`` is another URL of the site is taken as that URL (stored once). A page
+answering 404/410, or now asking not to be indexed, is removed from search. Pages of the
 source the run did not see are removed at the end, but only when the run saw the whole site (no site error, the
 page cap not reached): a run that fails part-way has swapped in what it finished and removed nothing else.
 
@@ -28,12 +31,23 @@ from sqlalchemy.orm import Session
 from core.db import new_id, utcnow
 from core.errors import DomainError, InvalidRequest
 from core.settings import Settings
-from ingest.crawl import Outcome, Page, PageFailed, PageGone, Site, SiteError, normalize, same_site, wanted
+from ingest.crawl import (
+    Outcome,
+    Page,
+    PageFailed,
+    PageGone,
+    PageUnchanged,
+    Site,
+    SiteError,
+    normalize,
+    same_site,
+    wanted,
+)
 from ingest.errors import IngestError
 from ingest.pipeline import IngestServices, run_job
 from ingest.webpage import extract_page
 from kb import websites
-from kb.models import KnowledgeBase, WebsitePage, WebsiteSource, WebsiteSyncRun
+from kb.models import Document, KnowledgeBase, WebsitePage, WebsiteSource, WebsiteSyncRun
 from kb.registry import register_page
 
 log = logging.getLogger(__name__)
@@ -52,9 +66,9 @@ def check_source(settings: Settings, url: str, kind: str) -> None:
         site.read_robots()
         if not site.allowed(start):
             raise InvalidRequest(f"robots.txt of {start} forbids atende to fetch it")
-        if kind == "sitemap":
-            urls, _ = site.sitemap_urls(start)
-            if not urls:
+        if kind == "sitemap":  # its first file only: an index's children are the run's (a request is no crawl)
+            children, urls = site.sitemap_file(start)
+            if not urls and not children:
                 raise InvalidRequest(f"the sitemap {start} lists no pages")
             return
         outcome = site.page(start)
@@ -160,7 +174,7 @@ def _walk(services: IngestServices, session: Session, source: WebsiteSource, rec
     walk = _Walk(site, source, start, recorder)
     fetched = False
     for outcome in walk.sitemap() if source.kind == "sitemap" else walk.crawl():
-        fetched = fetched or isinstance(outcome, Page)
+        fetched = fetched or isinstance(outcome, Page | PageUnchanged)
         _take(services, session, kb, source, outcome, recorder)
     return fetched and not walk.capped, walk.seen
 
@@ -185,14 +199,29 @@ class _Walk:
         """The page at ``url``, or None when it is one already taken (two URLs redirecting to one page, or naming
         one canonical URL). A page whose ``<link rel="canonical">`` is another URL of the site (that robots.txt and
         the patterns let in) is taken as that URL: the same content under two URLs is stored once."""
-        outcome = self.site.page(url) if self.site.allowed(url) else PageFailed(url, "robots.txt disallows it")
+        if not self.site.allowed(url):
+            outcome: Outcome = PageFailed(url, "robots.txt disallows it")
+        else:
+            known = self._known(url)
+            outcome = self.site.page(url, known.etag, known.last_modified) if known else self.site.page(url)
+            if isinstance(outcome, PageUnchanged) and known:
+                outcome = replace(outcome, links=tuple(known.links or ()))
         if (isinstance(outcome, Page) and outcome.canonical and self.site.allowed(outcome.canonical)
                 and wanted(outcome.canonical, self.source.include, self.source.exclude)):
-            outcome = replace(outcome, url=outcome.canonical)
+            # the validators are the other URL's: not sent to the canonical one
+            outcome = replace(outcome, url=outcome.canonical, etag=None, last_modified=None)
         if outcome.url in self.seen:
             return None
         self.seen.add(outcome.url)
         return outcome
+
+    def _known(self, url: str) -> WebsitePage | None:
+        """The page taken from ``url`` before with validators, when its document is ready (a request conditional
+        on a copy that never became searchable would keep it so)."""
+        return self.recorder.session.scalar(
+            select(WebsitePage).join(Document, Document.id == WebsitePage.document_id).where(
+                WebsitePage.source_id == self.source.id, WebsitePage.url == url, Document.status == "ready",
+                (WebsitePage.etag.is_not(None)) | (WebsitePage.last_modified.is_not(None))))
 
     def sitemap(self) -> Iterator[Outcome]:
         urls, complete = self.site.sitemap_urls(self.start)
@@ -219,7 +248,7 @@ class _Walk:
             outcome = self._fetch(url)
             if outcome is None:
                 continue
-            if isinstance(outcome, Page) and depth < self.source.max_depth:
+            if isinstance(outcome, Page | PageUnchanged) and depth < self.source.max_depth:
                 for link in outcome.links:
                     # a link robots.txt disallows is left without a word (a listed page is recorded)
                     if link in planned or not wanted(link, self.source.include, self.source.exclude):
@@ -251,6 +280,11 @@ def _take(services: IngestServices, session: Session, kb: KnowledgeBase, source:
     if isinstance(outcome, PageFailed):
         recorder.count("failed", outcome.url, outcome.reason)
         return
+    if isinstance(outcome, PageUnchanged):  # 304 to the validators of its ready document
+        if page is not None:
+            page.last_seen_at = utcnow()
+        recorder.count("unchanged")
+        return
     if outcome.noindex:  # no longer searchable if it was
         if page is not None and websites.remove_page(session, services.vectors, services.blobs, page,
                                                      services.document_changed):
@@ -271,11 +305,18 @@ def _take(services: IngestServices, session: Session, kb: KnowledgeBase, source:
     page.document_id, page.last_seen_at = upload.document.id, utcnow()
     session.commit()
     if upload.job is None:
+        _validators(page, outcome)
         recorder.count("unchanged")
         return
     job = run_job(services, upload.job.id)
-    if job.status != "ready":
+    if job.status != "ready":  # the validators stay those of the version still current
         recorder.count("failed", outcome.url, job.error or job.status)
         return
+    _validators(page, outcome)
     recorder.count("changed" if existed else "added")
+
+
+def _validators(page: WebsitePage, outcome: Page) -> None:
+    """The response the page's current document was made from: its validators and links (committed by the count)."""
+    page.etag, page.last_modified, page.links = outcome.etag, outcome.last_modified, list(outcome.links)
 

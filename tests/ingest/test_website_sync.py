@@ -3,6 +3,8 @@ guard by the explicit ``website_allow_private`` setting), synced into a real kno
 unstructured, llama-index, MiniLM, chromadb, SQLite and PostgreSQL), changed, and synced again."""
 from __future__ import annotations
 
+import os
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -205,6 +207,15 @@ def test_sources_are_checked_before_they_are_stored(sqlite_services, site, tmp_p
     site.overrides["/away.html"] = (301, {"Location": "https://elsewhere.example/"}, b"")
     with pytest.raises(InvalidRequest, match="redirected off-site to https://elsewhere.example/"):
         check_source(settings, f"{site.url}/away.html", "crawl")
+    # an index is checked by its own file: its children are the run's to read (an API request is no crawl)
+    site.write("/index.xml", "<sitemapindex>" + "".join(
+        f"<sitemap><loc>/s{i}.xml</loc></sitemap>" for i in range(3)) + "</sitemapindex>")
+    site.requests.clear()
+    check_source(settings, f"{site.url}/index.xml", "sitemap")
+    assert site.requests == ["/robots.txt", "/index.xml"]
+    site.write("/empty.xml", "<urlset></urlset>")
+    with pytest.raises(InvalidRequest, match="lists no pages"):
+        check_source(settings, f"{site.url}/empty.xml", "sitemap")
     with local_site(tmp_path / "closed") as closed:
         url = closed.url
     with pytest.raises(InvalidRequest, match="the site is unreachable: could not connect"):
@@ -297,3 +308,45 @@ def test_the_assistant_deleted_mid_sync_ends_the_run_quietly(sqlite_services, si
     with services.session() as session:
         assert session.scalar(select(WebsiteSyncRun.id)) is None
         assert session.get(KnowledgeBase, kb_id) is None
+
+
+def test_unchanged_pages_answer_304_to_their_validators_and_are_not_downloaded(sqlite_services, site):
+    services = sqlite_services
+    services.settings.website_allow_private = True
+    hour_ago = time.time() - 3600
+    for path in site.pages():  # Last-Modified an hour before the Date: a strong validator
+        os.utime(site.root / path.lstrip("/"), (hour_ago, hour_ago))
+    pages = ["/horarios.html", "/ideias.html", "/relatorio.html", "/cp1252.html"]
+    kb_id, source_id = new_source(services, site=site)
+    assert counts(sync(services, source_id))["added"] == 4
+    site.answers.clear()
+    again = sync(services, source_id)
+    assert counts(again) == {"seen": 4, "added": 0, "changed": 0, "unchanged": 4, "removed": 0, "failed": 0}
+    assert sorted(p for p, status in site.answers if status == 304) == sorted(pages)  # none downloaded
+
+    site.write("/horarios.html", page_html("Horários", HOURS.format(open="8h"), []))  # modified now
+    site.answers.clear()
+    edited = sync(services, source_id)
+    assert counts(edited) == {"seen": 4, "added": 0, "changed": 1, "unchanged": 3, "removed": 0, "failed": 0}
+    assert ("/horarios.html", 200) in site.answers
+    assert "8h" in find(services, kb_id, "A que horas a loja abre no sábado?")[0].text
+    # modified within the minute before the Date: a weak Last-Modified, not sent back (the page is asked in full)
+    site.answers.clear()
+    assert counts(sync(services, source_id))["unchanged"] == 4
+    assert ("/horarios.html", 200) in site.answers
+
+
+def test_a_crawl_follows_the_links_of_a_page_that_answered_304(sqlite_services, site):
+    services = sqlite_services
+    services.settings.website_allow_private = True
+    site.etags = True
+    kb_id, source_id = new_source(services, kind="crawl", path="/index.html", site=site, exclude=["/cp1252*"])
+    first = sync(services, source_id)
+    assert counts(first)["added"] == 4
+    site.answers.clear()
+    again = sync(services, source_id)  # the start page answers 304: its links are those it had
+    assert again.status == "succeeded", again.failures
+    assert counts(again) == {"seen": 4, "added": 0, "changed": 0, "unchanged": 4, "removed": 0, "failed": 0}
+    assert {status for path, status in site.answers if path.endswith(".html")} == {304}
+    with services.session() as session:
+        assert len(list(session.scalars(select(Document)))) == 4  # nothing removed for want of links
