@@ -141,7 +141,7 @@ class Robots:
         rules: list[tuple[bool, str]] = []
         delay: float | None = None
         in_rules = False
-        for raw in text[:MAX_ROBOTS_BYTES].splitlines():
+        for raw in text[:MAX_ROBOTS_BYTES].removeprefix("\ufeff").splitlines():  # a BOM would hide the first line
             key, _, value = raw.split("#", 1)[0].partition(":")
             key, value = key.strip().lower(), value.strip()
             if key == "user-agent":

@@ -206,9 +206,10 @@ class _Walk:
             outcome = self.site.page(url, known.etag, known.last_modified) if known else self.site.page(url)
             if isinstance(outcome, PageUnchanged) and known:
                 outcome = replace(outcome, links=tuple(known.links or ()))
-        if (isinstance(outcome, Page) and outcome.canonical and self.site.allowed(outcome.canonical)
+        if (isinstance(outcome, Page) and outcome.canonical and not outcome.noindex
+                and self.site.allowed(outcome.canonical)
                 and wanted(outcome.canonical, self.source.include, self.source.exclude)):
-            # the validators are the other URL's: not sent to the canonical one
+            # (not a noindex variant: it would remove the canonical page); the validators are the other URL's
             outcome = replace(outcome, url=outcome.canonical, etag=None, last_modified=None)
         if outcome.url in self.seen:
             return None

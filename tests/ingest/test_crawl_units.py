@@ -118,6 +118,7 @@ def test_robots_longest_match_wildcards_and_groups():
     assert Robots.parse("User-agent: a\nDisallow: /\n").allowed("https://l.example/p")
     assert not Robots.parse("User-agent: *\nDisallow: /ação/\n").allowed("https://l.example/a%C3%A7%C3%A3o/x")
     assert Robots().allowed("https://l.example/anything")  # no robots.txt: everything
+    assert not Robots.parse("\ufeffUser-agent: *\nDisallow: /\n").allowed("https://l.example/p")  # after a BOM
 
 
 def test_charset_from_header_meta_or_guess():

@@ -243,11 +243,14 @@ def test_a_page_naming_another_canonical_url_is_stored_once(sqlite_services, sit
     canonical = '<head><link rel="canonical" href="/horarios.html">'
     site.write("/horarios.html", page_html("Horários", HOURS.format(open="9h"), []).replace("<head>", canonical))
     # the variant first: its content is taken under the canonical URL, and the canonical page is then a repeat
-    site.write_sitemap(["/horarios.html?ref=menu", "/horarios.html", "/ideias.html"])
+    site.write_sitemap(["/print.html", "/horarios.html?ref=menu", "/horarios.html", "/ideias.html"])
+    # a variant that asks not to be indexed is left alone, and does not take its canonical page out of search
+    site.write("/print.html", page_html("Horários", HOURS.format(open="9h"), []).replace(
+        "<head>", '<head><meta name="robots" content="noindex"><link rel="canonical" href="/horarios.html">'))
     kb_id, source_id = new_source(services, site=site)
     run = sync(services, source_id)
-    assert run.status == "succeeded", run.failures
-    assert counts(run) == {"seen": 2, "added": 2, "changed": 0, "unchanged": 0, "removed": 0, "failed": 0}
+    assert run.status == "partial" and [f["url"] for f in run.failures] == [f"{site.url}/print.html"]
+    assert counts(run) == {"seen": 3, "added": 2, "changed": 0, "unchanged": 0, "removed": 0, "failed": 1}
     with services.session() as session:
         names = sorted(d.filename.removeprefix(site.url) for d in session.scalars(select(Document)))
         pages = sorted(p.url.removeprefix(site.url) for p in websites.pages_of(
