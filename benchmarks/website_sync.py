@@ -10,12 +10,13 @@ Run: ``python -m benchmarks.website_sync [--pages 200] [--model all-minilm-l6-v2
 from __future__ import annotations
 
 import argparse
+import hashlib
 import html
 import http.server
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -65,6 +66,18 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     site: LocalSite
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        hook = self.site.hooks.get(self.path)
+        if hook is not None:
+            hook()
+        self._etag = None
+        if self.site.etags and self.path not in self.site.overrides:
+            file = Path(self.translate_path(self.path))
+            if file.is_file():
+                self._etag = f'"{hashlib.sha256(file.read_bytes()).hexdigest()[:16]}"'
+                if self._etag in self.headers.get("If-None-Match", ""):
+                    self.send_response(304)
+                    self.end_headers()
+                    return
         override = self.site.overrides.get(self.path)
         if override is None:
             super().do_GET()
@@ -77,18 +90,33 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def end_headers(self) -> None:
+        if getattr(self, "_etag", None):
+            self.send_header("ETag", self._etag)
+        super().end_headers()
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        if isinstance(code, int):
+            self.site.answers.append((self.path, int(code)))
+        super().log_request(code, size)
+
     def log_message(self, format: str, *args) -> None:  # noqa: A002
         self.site.requests.append(self.path)
 
 
 class LocalSite:
     """A website on loopback, served from a directory: ``write``/``remove`` pages, ``write_sitemap``,
-    ``overrides`` to answer a path with (status, headers, body) instead; ``requests`` lists the paths asked."""
+    ``overrides`` to answer a path with (status, headers, body) instead, ``hooks`` to call something before a path
+    is answered; ``requests`` lists the paths asked, ``answers`` (path, status) the answers; ``etags`` makes it
+    send ETags and answer If-None-Match (http.server answers If-Modified-Since itself)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self.overrides: dict[str, tuple[int, dict[str, str], bytes]] = {}
+        self.hooks: dict[str, Callable[[], object]] = {}
+        self.answers: list[tuple[str, int]] = []
+        self.etags = False
         self.requests: list[str] = []
         handler = type("Handler", (_Handler,), {"site": self})
         self.server = http.server.ThreadingHTTPServer(

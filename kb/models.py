@@ -152,6 +152,11 @@ class WebsitePage(Base):
     document_id: Mapped[str | None] = mapped_column(ForeignKey("documents.id", ondelete="SET NULL"), nullable=True,
                                                     index=True)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # the validators of the response its current document was made from (sent back as If-None-Match /
+    # If-Modified-Since: a 304 is not downloaded again), and its same-site links (followed when it answers 304)
+    etag: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    last_modified: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    links: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
 
 
 class WebsiteSyncRun(Base):

@@ -3,16 +3,19 @@ guard by the explicit ``website_allow_private`` setting), synced into a real kno
 unstructured, llama-index, MiniLM, chromadb, SQLite and PostgreSQL), changed, and synced again."""
 from __future__ import annotations
 
+import os
+import time
 import uuid
+from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from benchmarks.website_sync import LocalSite, local_site, page_html
 from core.errors import InvalidRequest
 from ingest.website_sync import check_source, run_sync
 from kb import registry, search, websites
-from kb.models import Document, DocumentVersion, WebsiteSyncRun
+from kb.models import Document, DocumentVersion, KnowledgeBase, WebsiteSyncRun
 from tests.conftest import requires_shared, shared_doc
 
 pytestmark = requires_shared
@@ -204,7 +207,149 @@ def test_sources_are_checked_before_they_are_stored(sqlite_services, site, tmp_p
     site.overrides["/away.html"] = (301, {"Location": "https://elsewhere.example/"}, b"")
     with pytest.raises(InvalidRequest, match="redirected off-site to https://elsewhere.example/"):
         check_source(settings, f"{site.url}/away.html", "crawl")
+    # an index is checked by its own file: its children are the run's to read (an API request is no crawl)
+    site.write("/index.xml", "<sitemapindex>" + "".join(
+        f"<sitemap><loc>/s{i}.xml</loc></sitemap>" for i in range(3)) + "</sitemapindex>")
+    site.requests.clear()
+    check_source(settings, f"{site.url}/index.xml", "sitemap")
+    assert site.requests == ["/robots.txt", "/index.xml"]
+    site.write("/empty.xml", "<urlset></urlset>")
+    with pytest.raises(InvalidRequest, match="lists no pages"):
+        check_source(settings, f"{site.url}/empty.xml", "sitemap")
     with local_site(tmp_path / "closed") as closed:
         url = closed.url
     with pytest.raises(InvalidRequest, match="the site is unreachable: could not connect"):
         check_source(settings, f"{url}/", "crawl")
+
+
+def test_a_page_turned_noindex_is_removed_from_search(sqlite_services, site):
+    services = sqlite_services
+    services.settings.website_allow_private = True
+    kb_id, source_id = new_source(services, site=site)
+    assert sync(services, source_id).pages_added == 4
+    hours_url = f"{site.url}/horarios.html"
+    site.write("/horarios.html", page_html("Horários", HOURS.format(open="9h"), []).replace(
+        "<head>", '<head><meta name="robots" content="noindex">'))
+    run = sync(services, source_id)
+    assert counts(run) == {"seen": 4, "added": 0, "changed": 0, "unchanged": 3, "removed": 1, "failed": 1}
+    assert all(s.filename != hours_url for s in find(services, kb_id, "A que horas a loja abre no sábado?", 20))
+    with services.session() as session:
+        assert hours_url not in {d.filename for d in session.scalars(select(Document))}
+
+
+def test_a_page_naming_another_canonical_url_is_stored_once(sqlite_services, site):
+    services = sqlite_services
+    services.settings.website_allow_private = True
+    canonical = '<head><link rel="canonical" href="/horarios.html">'
+    site.write("/horarios.html", page_html("Horários", HOURS.format(open="9h"), []).replace("<head>", canonical))
+    # the variant first: its content is taken under the canonical URL, and the canonical page is then a repeat
+    site.write_sitemap(["/print.html", "/horarios.html?ref=menu", "/horarios.html", "/ideias.html"])
+    # a variant that asks not to be indexed is left alone, and does not take its canonical page out of search
+    site.write("/print.html", page_html("Horários", HOURS.format(open="9h"), []).replace(
+        "<head>", '<head><meta name="robots" content="noindex"><link rel="canonical" href="/horarios.html">'))
+    kb_id, source_id = new_source(services, site=site)
+    run = sync(services, source_id)
+    assert run.status == "partial" and [f["url"] for f in run.failures] == [f"{site.url}/print.html"]
+    assert counts(run) == {"seen": 3, "added": 2, "changed": 0, "unchanged": 0, "removed": 0, "failed": 1}
+    with services.session() as session:
+        names = sorted(d.filename.removeprefix(site.url) for d in session.scalars(select(Document)))
+        pages = sorted(p.url.removeprefix(site.url) for p in websites.pages_of(
+            session, websites.get_source(session, source_id)))
+    assert names == pages == ["/horarios.html", "/ideias.html"]
+
+
+def test_a_second_run_of_a_source_does_not_start_while_one_runs(sqlite_services, site):
+    services = sqlite_services
+    services.settings.website_allow_private = True
+    kb_id, source_id = new_source(services, site=site)
+    with services.session() as session:  # two runs queued at once (two requests each checked, then inserted)
+        first = WebsiteSyncRun(id=uuid.uuid4().hex, source_id=source_id, failures=[])
+        second = WebsiteSyncRun(id=uuid.uuid4().hex, source_id=source_id, failures=[])
+        session.add_all([first, second])
+        session.commit()
+        first.status = "running"  # a worker has the first
+        session.commit()
+        second_id = second.id
+    run = run_sync(services, second_id)
+    assert run.status == "failed" and run.error == "not started: another sync of this website was running"
+    assert site.requests == []
+
+
+def test_the_lease_is_renewed_before_each_request(sqlite_services, site):
+    services = sqlite_services
+    services.settings.website_allow_private = True
+    kb_id, source_id = new_source(services, site=site)
+    past = datetime(2000, 1, 1, tzinfo=UTC)
+    leases = []
+
+    def expire() -> None:  # as if robots.txt had taken longer than the lease
+        with services.session() as session:
+            session.execute(update(WebsiteSyncRun).values(lease_until=past))
+            session.commit()
+
+    def look() -> None:
+        with services.session() as session:
+            leases.append(session.scalar(select(WebsiteSyncRun.lease_until)))
+
+    site.hooks["/robots.txt"], site.hooks["/sitemap.xml"] = expire, look
+    assert sync(services, source_id).status == "succeeded"
+    assert len(leases) == 1 and leases[0] > datetime.now(UTC)  # renewed before the sitemap was asked for
+
+
+def test_the_assistant_deleted_mid_sync_ends_the_run_quietly(sqlite_services, site):
+    services = sqlite_services
+    services.settings.website_allow_private = True
+    kb_id, source_id = new_source(services, site=site)
+
+    def delete() -> None:
+        with services.session() as session:
+            kb = session.get(KnowledgeBase, kb_id)
+            registry.delete_assistant(session, services.vectors, services.blobs, kb.assistant)
+
+    site.hooks["/ideias.html"] = delete
+    assert sync(services, source_id) is None  # the run went with its source: nothing raised
+    with services.session() as session:
+        assert session.scalar(select(WebsiteSyncRun.id)) is None
+        assert session.get(KnowledgeBase, kb_id) is None
+
+
+def test_unchanged_pages_answer_304_to_their_validators_and_are_not_downloaded(sqlite_services, site):
+    services = sqlite_services
+    services.settings.website_allow_private = True
+    hour_ago = time.time() - 3600
+    for path in site.pages():  # Last-Modified an hour before the Date: a strong validator
+        os.utime(site.root / path.lstrip("/"), (hour_ago, hour_ago))
+    pages = ["/horarios.html", "/ideias.html", "/relatorio.html", "/cp1252.html"]
+    kb_id, source_id = new_source(services, site=site)
+    assert counts(sync(services, source_id))["added"] == 4
+    site.answers.clear()
+    again = sync(services, source_id)
+    assert counts(again) == {"seen": 4, "added": 0, "changed": 0, "unchanged": 4, "removed": 0, "failed": 0}
+    assert sorted(p for p, status in site.answers if status == 304) == sorted(pages)  # none downloaded
+
+    site.write("/horarios.html", page_html("Horários", HOURS.format(open="8h"), []))  # modified now
+    site.answers.clear()
+    edited = sync(services, source_id)
+    assert counts(edited) == {"seen": 4, "added": 0, "changed": 1, "unchanged": 3, "removed": 0, "failed": 0}
+    assert ("/horarios.html", 200) in site.answers
+    assert "8h" in find(services, kb_id, "A que horas a loja abre no sábado?")[0].text
+    # modified within the minute before the Date: a weak Last-Modified, not sent back (the page is asked in full)
+    site.answers.clear()
+    assert counts(sync(services, source_id))["unchanged"] == 4
+    assert ("/horarios.html", 200) in site.answers
+
+
+def test_a_crawl_follows_the_links_of_a_page_that_answered_304(sqlite_services, site):
+    services = sqlite_services
+    services.settings.website_allow_private = True
+    site.etags = True
+    kb_id, source_id = new_source(services, kind="crawl", path="/index.html", site=site, exclude=["/cp1252*"])
+    first = sync(services, source_id)
+    assert counts(first)["added"] == 4
+    site.answers.clear()
+    again = sync(services, source_id)  # the start page answers 304: its links are those it had
+    assert again.status == "succeeded", again.failures
+    assert counts(again) == {"seen": 4, "added": 0, "changed": 0, "unchanged": 4, "removed": 0, "failed": 0}
+    assert {status for path, status in site.answers if path.endswith(".html")} == {304}
+    with services.session() as session:
+        assert len(list(session.scalars(select(Document)))) == 4  # nothing removed for want of links
