@@ -60,7 +60,7 @@ class Page:
     html: str
     links: tuple[str, ...]  # same-site links, normalized, in order (none when the page says nofollow)
     noindex: bool  # <meta name="robots" content="noindex">
-    canonical: str | None = None  # its <link rel="canonical">, normalized, when on the same site and not itself
+    canonical: str | None = None  # its <link rel="canonical">, normalized, when a variant of it (same path) on the site
     etag: str | None = None  # the response's validators, to send back next time (``Site.page``)
     last_modified: str | None = None  # only when strong: at least a minute before the response's Date
 
@@ -373,10 +373,23 @@ def parse_sitemap(data: bytes) -> tuple[list[str], list[str]]:
     return (locs, []) if name == "sitemapindex" else ([], locs)
 
 
+_INDEX_FILE = re.compile(r"/(index|default)\.(html?|php|aspx?)$", re.IGNORECASE)
+
+
+def _same_path(a: str, b: str) -> bool:
+    """Whether two URLs name the same path (a trailing slash and an index file aside): a canonical link is taken only
+    between such variants (a query, http/https), never to another page. Sites that wrongly point every page's
+    canonical at the home page are common, and following them would keep one page of the whole site."""
+    def path(url: str) -> str:
+        return _INDEX_FILE.sub("/", urlsplit(url).path).rstrip("/") or "/"
+
+    return path(a) == path(b)
+
+
 def page_links(html: str, url: str, root: str) -> tuple[tuple[str, ...], bool, str | None]:
     """The page's same-site links (``<a href>``, resolved against ``<base>``, normalized, in order), none when its
     robots meta says nofollow; whether it says noindex; and its ``<link rel="canonical">`` when that is another
-    URL of the site."""
+    URL of the site with the same path (``_same_path``)."""
     try:  # lxml refuses a str that declares its encoding (XHTML's <?xml ... encoding="utf-8"?>): it is decoded
         doc = lxml.html.fromstring(_XML_DECLARATION.sub("", html, count=1))
     except (lxml.etree.ParserError, ValueError):
@@ -388,7 +401,7 @@ def page_links(html: str, url: str, root: str) -> tuple[tuple[str, ...], bool, s
     href = next((link.get("href") for link in doc.iter("link") if link.get("href")
                  and "canonical" in (link.get("rel") or "").lower().split()), None)
     canonical = normalize(href, base) if href else None
-    if canonical is not None and (canonical == url or not same_site(canonical, root)):
+    if canonical is not None and (canonical == url or not same_site(canonical, root) or not _same_path(canonical, url)):
         canonical = None
     if "nofollow" in robots or "none" in robots:
         return (), "noindex" in robots or "none" in robots, canonical

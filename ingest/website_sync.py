@@ -7,10 +7,11 @@ document named by its URL (``kb.registry.register_page``): content unchanged aft
 and re-embeds nothing; a new or changed page is ingested at once by the ordinary job (``ingest.pipeline.run_job``:
 parse, chunk, embed, then swapped in atomically). A page is asked for with the validators (ETag, Last-Modified) of
 the response its ready document was made from: a 304 is unchanged without a download (a crawl follows the links it
-had). A page whose ``<link rel="canonical">`` is another URL of the site is taken as that URL (stored once). A page
-answering 404/410, or now asking not to be indexed, is removed from search. Pages of the
-source the run did not see are removed at the end, but only when the run saw the whole site (no site error, the
-page cap not reached): a run that fails part-way has swapped in what it finished and removed nothing else.
+had). A page whose ``<link rel="canonical">`` names a variant of it (the same path with another query, or http
+for https) is taken as that URL (stored once); a canonical naming another page is ignored. A page answering
+404/410, or now asking not to be indexed, is removed from search. Pages of the source the run did not see are
+removed at the end, but only when the run saw the whole site (no site error, the page cap not reached): a run
+that fails part-way has swapped in what it finished and removed nothing else.
 
 The run row is the record (``kb.models.WebsiteSyncRun``): counts updated page by page (progress), failures with
 their reasons, the final status: ``succeeded``, ``partial`` (some pages failed) or ``failed`` (the site itself).
@@ -197,7 +198,7 @@ class _Walk:
 
     def _fetch(self, url: str) -> Outcome | None:
         """The page at ``url``, or None when it is one already taken (two URLs redirecting to one page, or naming
-        one canonical URL). A page whose ``<link rel="canonical">`` is another URL of the site (that robots.txt and
+        one canonical URL). A page whose ``<link rel="canonical">`` names a variant of it on the site (that robots.txt and
         the patterns let in) is taken as that URL: the same content under two URLs is stored once."""
         if not self.site.allowed(url):
             outcome: Outcome = PageFailed(url, "robots.txt disallows it")

@@ -94,7 +94,11 @@ def test_canonical_link_on_the_site_only():
         return page_links(f"<html><head>{head}</head><body><p>x</p></body></html>", url, "https://l.example/")[2]
 
     assert canonical('<link rel="canonical" href="/p#top">') == "https://l.example/p"
-    assert canonical('<link rel="Canonical" href="https://l.example/produtos/cafe">') == "https://l.example/produtos/cafe"
+    assert canonical('<link rel="Canonical" href="https://l.example/p/">') == "https://l.example/p/"
+    assert canonical('<link rel="canonical" href="/p/index.html">') == "https://l.example/p/index.html"
+    # another page: not followed (a site pointing every page's canonical at its home page would collapse to one)
+    assert canonical('<link rel="canonical" href="https://l.example/produtos/cafe">') is None
+    assert canonical('<link rel="canonical" href="/">', url="https://l.example/loja/cafe.html") is None
     assert canonical('<link rel="canonical" href="https://other.example/p">') is None  # another site: ignored
     assert canonical('<link rel="canonical" href="/p">', url="https://l.example/p") is None  # itself
     assert canonical('<link rel="alternate" href="/en/p">') is None
