@@ -385,14 +385,16 @@ def _hand_to_outbox(services: Services, message_id: str) -> None:
 
 def queue_due(services: Services) -> int:
     """The sweep: queue the message follow-ups whose time has come (their job lost, or run where the queue could not
-    wait) and those whose stored message never reached the outbox; how many."""
+    wait) and those whose stored WhatsApp message never reached the outbox (the other channels have none); how
+    many."""
     now = services.clock()
     with services.session() as session:
         due = list(session.scalars(select(FollowUp.id).where(
             FollowUp.kind == "message", FollowUp.status == "open", FollowUp.due_at <= now)))
-        unsent = list(session.scalars(select(FollowUp.id).join(Message, Message.id == FollowUp.message_id).where(
+        unsent = list(session.scalars(select(FollowUp.id).join(Message, Message.id == FollowUp.message_id)
+                                      .join(Conversation, Conversation.id == Message.conversation_id).where(
             FollowUp.kind == "message", FollowUp.status == "done", Message.kind == "followup",
-            Message.status == "answered", ~Message.parts.any())))
+            Message.status == "answered", Conversation.channel == "whatsapp", ~Message.parts.any())))
     for followup_id in [*due, *unsent]:
         services.queue.schedule_followup(followup_id, 0)
     return len(due) + len(unsent)

@@ -187,3 +187,23 @@ def test_the_model_schedules_a_followup_with_its_tool(env):
         (followup,) = followups.list_followups(session, conversation_id=cid)
     assert (followup.kind, followup.created_by, followup.text) == ("message", "assistant", "Your order is ready.")
     assert abs((followup.due_at - (clock.now + timedelta(hours=2))).total_seconds()) < 60
+
+
+def test_a_message_sent_on_a_channel_without_an_outbox_is_not_queued_again_by_every_sweep(env):
+    """A follow-up of a widget/API conversation is stored and done (no outbox: the channel reads its messages); the
+    sweep looks for WhatsApp messages never handed to the outbox, not for those."""
+    services, graph, clock, cid = env
+    with services.session() as session:
+        a = session.get(Conversation, cid).assistant_id
+        web = find_or_create_conversation(session, assistant_id=a, channel="api", sender="api", customer_id="c1")
+        session.commit()
+        web_id = web.id
+    followup = _schedule(services, web_id, clock, 1)
+    clock.now += timedelta(minutes=2)
+    assert followups.queue_due(services) == 1
+    with services.session() as session:
+        row = session.get(FollowUp, followup.id)
+        assert (row.status, row.result) == ("done", "sent as a message")
+        assert session.get(Message, row.message_id).status == "answered"
+    assert followups.queue_due(services) == 0  # done: never queued again
+    assert _sent(graph) == []
