@@ -142,6 +142,15 @@ def _attempt(services: Services, event_id: str) -> str:
             return event.status
         if _earlier_pending(session, event):
             return "waiting"
+        if event.subscription_id is None:
+            secret = settings.webhook_secret
+        elif (subscription := session.get(EventSubscription, event.subscription_id)) is not None:
+            secret = subscription.secret
+        else:  # deleted since (a re-send): fails here, or the sweep would queue it forever
+            event.status, event.next_attempt_at, event.claimed_until = "failed", None, None
+            event.last_error = "the subscription was deleted"
+            session.commit()
+            return "failed"
         lease = now + timedelta(seconds=settings.events_timeout_s + settings.recovery_margin_s)
         claimed = session.execute(update(OutboundEvent).where(
             OutboundEvent.id == event_id, OutboundEvent.status == "pending",
@@ -151,7 +160,6 @@ def _attempt(services: Services, event_id: str) -> str:
         if not claimed:
             return "waiting"
         url, payload, kind = event.url, event.payload, event.kind
-        secret = _secret(session, event, settings)
     started = time.perf_counter()
     status_code, error, permanent = None, None, False
     try:
@@ -161,15 +169,6 @@ def _attempt(services: Services, event_id: str) -> str:
         status_code, error, permanent = exc.status_code, str(exc), isinstance(exc, RefusedAddress)
     duration_ms = round((time.perf_counter() - started) * 1000)
     return _record(services, event_id, status_code, error, permanent, duration_ms)
-
-
-def _secret(session: Session, event: OutboundEvent, settings: Settings) -> str | None:
-    if event.subscription_id is None:
-        return settings.webhook_secret
-    subscription = session.get(EventSubscription, event.subscription_id)
-    if subscription is None:
-        raise LookupError(f"the subscription of event {event.id!r} was deleted")
-    return subscription.secret
 
 
 def _stream(event: OutboundEvent) -> list:
@@ -210,6 +209,8 @@ def _record(services: Services, event_id: str, status_code: int | None, error: s
     delay = None
     with services.session() as session:
         event = session.get(OutboundEvent, event_id)
+        if event is None:  # its conversation was deleted meanwhile
+            return "failed"
         session.add(EventAttempt(id=new_id(), event_id=event_id, at=now, status_code=status_code,
                                  error=error[:1000] if error else None, duration_ms=duration_ms))
         event.attempts += 1
@@ -217,6 +218,8 @@ def _record(services: Services, event_id: str, status_code: int | None, error: s
         if error is None:
             event.status, event.delivered_at, event.next_attempt_at = "delivered", now, None
             outcome = "delivered"
+        elif event.status != "pending":  # settled meanwhile (its subscription deleted): the attempt is only logged
+            outcome = event.status
         else:
             event.last_error = error[:1000]
             due = now + timedelta(seconds=retry_delay_s(settings, event.attempts))
@@ -260,6 +263,19 @@ def queue_due(services: Services) -> int:
     if event_ids:
         services.queue.deliver_events(event_ids)
     return len(event_ids)
+
+
+def delete_subscription(session: Session, subscription_id: str) -> None:
+    """Delete the subscription; its events still pending fail (their log stays). Raises NotFound. The caller
+    commits."""
+    subscription = session.get(EventSubscription, subscription_id)
+    if subscription is None:
+        raise NotFound(f"event subscription {subscription_id!r} not found")
+    session.execute(update(OutboundEvent).where(OutboundEvent.subscription_id == subscription_id,
+                                                OutboundEvent.status == "pending")
+                    .values(status="failed", next_attempt_at=None, last_error="the subscription was deleted")
+                    .execution_options(synchronize_session=False))
+    session.delete(subscription)
 
 
 def resend(services: Services, event_id: str) -> OutboundEvent:

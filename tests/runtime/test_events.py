@@ -178,3 +178,50 @@ def test_an_address_the_guard_refuses_fails_at_once(env):
     clock.now = datetime.now(UTC)
     assert event.status == "failed" and "loopback" in event.last_error and event.next_attempt_at is None
     assert cid and due_events(services) == []
+
+
+def test_an_event_of_a_deleted_subscription_resent_fails_once_and_is_not_swept_forever(env):
+    """An operator re-sends an event whose subscription was deleted since: it fails, saying why, instead of raising
+    in every attempt the sweep queues again."""
+    services, receiver, clock, kept, aid = env
+    receiver.start()
+    _conversation(services, aid)
+    (event_id,) = kept.handed[0][0]
+    clock.now = datetime.now(UTC)
+    assert deliver_event(services, event_id) is True
+    with services.session() as session:
+        events.delete_subscription(session, "crm")
+        session.commit()
+    assert events.resend(services, event_id).status == "pending"
+    assert deliver_event(services, event_id) is False
+    with services.session() as session:
+        event = session.get(OutboundEvent, event_id)
+        assert (event.status, event.last_error, event.claimed_until) == ("failed", "the subscription was deleted",
+                                                                         None)
+    clock.now += timedelta(hours=1)
+    assert due_events(services) == [] and len(receiver.received) == 1  # the first delivery only
+
+
+def test_a_subscription_deleted_while_its_event_is_in_flight_leaves_the_event_failed(env, monkeypatch):
+    """The attempt fails after the subscription was deleted (its pending events failed): logged, not retried."""
+    services, receiver, clock, kept, aid = env
+    _conversation(services, aid)
+    (event_id,) = kept.handed[0][0]
+    clock.now = datetime.now(UTC)
+    post = events.post_json
+
+    def deleted_meanwhile(*args, **kwargs):
+        with services.session() as session:
+            events.delete_subscription(session, "crm")
+            session.commit()
+        return post(*args, **kwargs)  # nothing listens
+
+    monkeypatch.setattr(events, "post_json", deleted_meanwhile)
+    handed = len(kept.handed)
+    assert deliver_event(services, event_id) is False
+    with services.session() as session:
+        event = session.get(OutboundEvent, event_id)
+        assert (event.status, event.last_error, event.next_attempt_at) == ("failed", "the subscription was deleted",
+                                                                           None)
+        assert event.attempts == 1 and session.scalar(select(EventAttempt.error)) is not None
+    assert len(kept.handed) == handed  # no retry queued
