@@ -9,7 +9,9 @@
   :data:`EVENT_TYPES`. The legacy ``handoff_url`` gets the flat ``handoff`` body it always had.
 - Each delivery is signed: ``X-Atende-Timestamp`` (Unix seconds) and ``X-Atende-Signature`` = ``sha256=`` + hex
   HMAC-SHA256 of ``f"{timestamp}."`` + the raw body, keyed by the subscription's secret
-  (``runtime.http_tools.sign``); ``X-Atende-Event-Id`` lets a receiver drop a repeat.
+  (``runtime.http_tools.sign``); ``X-Atende-Event-Id`` lets a receiver drop a repeat. Each attempt goes to the
+  subscription's address and secret as they are then: a corrected address gets the events still pending and
+  those re-sent (the event records where it last went).
 - :func:`deliver_event` makes one attempt, logged as a :class:`runtime.models.EventAttempt`, in its own short
   transactions (a slow receiver never holds a database lock). A failure is retried after exponentially growing
   delays (``Settings.events_retry_first_delay_s`` doubling up to ``events_retry_max_delay_s``) for
@@ -143,9 +145,9 @@ def _attempt(services: Services, event_id: str) -> str:
         if _earlier_pending(session, event):
             return "waiting"
         if event.subscription_id is None:
-            secret = settings.webhook_secret
+            url, secret = event.url, settings.webhook_secret
         elif (subscription := session.get(EventSubscription, event.subscription_id)) is not None:
-            secret = subscription.secret
+            url, secret = subscription.url, subscription.secret  # where it is now (a corrected address)
         else:  # deleted since (a re-send): fails here, or the sweep would queue it forever
             event.status, event.next_attempt_at, event.claimed_until = "failed", None, None
             event.last_error = "the subscription was deleted"
@@ -155,11 +157,11 @@ def _attempt(services: Services, event_id: str) -> str:
         claimed = session.execute(update(OutboundEvent).where(
             OutboundEvent.id == event_id, OutboundEvent.status == "pending",
             or_(OutboundEvent.claimed_until.is_(None), OutboundEvent.claimed_until <= now))
-            .values(claimed_until=lease).execution_options(synchronize_session=False)).rowcount  # type: ignore[attr-defined]
+            .values(claimed_until=lease, url=url).execution_options(synchronize_session=False)).rowcount  # type: ignore[attr-defined]
         session.commit()
         if not claimed:
             return "waiting"
-        url, payload, kind = event.url, event.payload, event.kind
+        payload, kind = event.payload, event.kind
     started = time.perf_counter()
     status_code, error, permanent = None, None, False
     try:

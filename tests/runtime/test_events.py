@@ -225,3 +225,34 @@ def test_a_subscription_deleted_while_its_event_is_in_flight_leaves_the_event_fa
                                                                            None)
         assert event.attempts == 1 and session.scalar(select(EventAttempt.error)) is not None
     assert len(kept.handed) == handed  # no retry queued
+
+
+def test_a_subscription_whose_url_is_corrected_gets_its_pending_and_resent_events_there(env):
+    """The receiver's address was wrong: once the operator corrects the subscription, the event retrying and an
+    event that failed for good (re-sent) go to the new address, signed with its secret."""
+    services, receiver, clock, kept, aid = env
+    receiver.start()
+    with services.session() as session:
+        session.get(EventSubscription, "crm").url = f"http://127.0.0.1:{free_port()}/wrong"
+        session.commit()
+    cid = _conversation(services, aid)
+    (first,) = kept.handed[0][0]
+    clock.now = datetime.now(UTC)
+    assert deliver_event(services, first) is False  # nothing listens there: retried later
+    with services.session() as session:
+        old = session.get(OutboundEvent, first)
+        old.status, old.next_attempt_at = "failed", None  # given up, as after the retry period
+        session.commit()
+    second = _emit(services, cid, "message.received", n=1)
+    clock.now = datetime.now(UTC)
+    assert deliver_event(services, second[0]) is False
+    with services.session() as session:
+        session.get(EventSubscription, "crm").url = receiver.url
+        session.commit()
+    clock.now += timedelta(minutes=1)
+    assert deliver_event(services, second[0]) is True
+    events.resend(services, first)
+    assert deliver_event(services, first) is True
+    assert [e["id"] for e in receiver.events(cid)] == [second[0], first]
+    with services.session() as session:
+        assert {session.get(OutboundEvent, i).url for i in (first, *second)} == {receiver.url}
