@@ -287,8 +287,8 @@ def resend(services: Services, event_id: str) -> OutboundEvent:
         event = session.get(OutboundEvent, event_id)
         if event is None:
             raise NotFound(f"event {event_id!r} not found")
-        event.status, event.next_attempt_at, event.claimed_until = "pending", services.clock(), None
-        event.delivered_at = None
+        # an attempt in flight keeps its claim: it settles the event, and no other worker sends it meanwhile
+        event.status, event.next_attempt_at, event.delivered_at = "pending", services.clock(), None
         queue_on_commit(session, [event_id])
         session.commit()
         session.refresh(event)

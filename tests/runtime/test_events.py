@@ -256,3 +256,19 @@ def test_a_subscription_whose_url_is_corrected_gets_its_pending_and_resent_event
     assert [e["id"] for e in receiver.events(cid)] == [second[0], first]
     with services.session() as session:
         assert {session.get(OutboundEvent, i).url for i in (first, *second)} == {receiver.url}
+
+
+def test_a_resend_while_an_attempt_is_in_flight_sends_it_once(env):
+    """Re-send pressed while a worker is sending the event (its claim held): no second worker sends it meanwhile."""
+    services, receiver, clock, kept, aid = env
+    receiver.start()
+    cid = _conversation(services, aid)
+    (event_id,) = kept.handed[0][0]
+    clock.now = datetime.now(UTC)
+    with services.session() as session:  # what an attempt in flight holds
+        session.get(OutboundEvent, event_id).claimed_until = clock.now + timedelta(seconds=30)
+        session.commit()
+    assert events.resend(services, event_id).status == "pending"
+    assert deliver_event(services, event_id) is False and receiver.events(cid) == []
+    clock.now += timedelta(seconds=31)  # the claim lapsed (the worker died): the sweep's job sends it
+    assert due_events(services) == [event_id] and deliver_event(services, event_id) is True
