@@ -20,6 +20,7 @@ collected, and an operator task (a :class:`runtime.models.FollowUp`) is left for
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
@@ -204,17 +205,21 @@ def _plan_reminder(services: Services, session: Session, conv: Conversation, con
 
 
 def list_followups(session: Session, *, status: str | None = None, assistant_id: str | None = None,
-                   conversation_id: str | None = None) -> list[FollowUp]:
-    """Follow-ups, soonest due first (those without an opening last), optionally by status, assistant and
-    conversation."""
+                   conversation_id: str | None = None, assistant_ids: Collection[str] | None = None,
+                   limit: int | None = None) -> list[FollowUp]:
+    """Follow-ups, soonest due first (those without an opening last), optionally by status, assistant, conversation,
+    the assistants a user sees (``assistant_ids``; None: all), at most ``limit``."""
     query = select(FollowUp).join(Conversation, Conversation.id == FollowUp.conversation_id)
     if status:
         query = query.where(FollowUp.status == status)
     if assistant_id:
         query = query.where(Conversation.assistant_id == assistant_id)
+    if assistant_ids is not None:
+        query = query.where(Conversation.assistant_id.in_(sorted(assistant_ids)))
     if conversation_id:
         query = query.where(FollowUp.conversation_id == conversation_id)
-    return list(session.scalars(query.order_by(FollowUp.due_at.is_(None), FollowUp.due_at, FollowUp.created_at)))
+    query = query.order_by(FollowUp.due_at.is_(None), FollowUp.due_at, FollowUp.created_at, FollowUp.id)
+    return list(session.scalars(query.limit(limit)))
 
 
 def close(services: Services, followup_id: str, *, actor: str) -> FollowUp:
