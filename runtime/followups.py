@@ -254,6 +254,7 @@ def close(services: Services, followup_id: str, *, actor: str) -> FollowUp:
 KINDS = ("message", "call")
 MAX_AHEAD = timedelta(days=90)
 MAX_TEXT = 4096
+SWEEP_LIMIT = 500  # follow-ups queued by one sweep; the next sweep takes the rest
 
 
 def schedule(services: Services, conversation_id: str, *, due_at: datetime, kind: str, text: str | None,
@@ -390,16 +391,19 @@ def _hand_to_outbox(services: Services, message_id: str) -> None:
 
 def queue_due(services: Services) -> int:
     """The sweep: queue the message follow-ups whose time has come (their job lost, or run where the queue could not
-    wait) and those whose stored WhatsApp message never reached the outbox (the other channels have none); how
-    many."""
+    wait) and those whose stored WhatsApp message never reached the outbox within the retry period (the other
+    channels have none), at most ``SWEEP_LIMIT`` (the next sweep takes the rest); how many."""
     now = services.clock()
+    since = now - timedelta(seconds=services.settings.whatsapp_retry_for_s)  # later, the outbox would not send it
     with services.session() as session:
         due = list(session.scalars(select(FollowUp.id).where(
-            FollowUp.kind == "message", FollowUp.status == "open", FollowUp.due_at <= now)))
+            FollowUp.kind == "message", FollowUp.status == "open", FollowUp.due_at <= now)
+            .order_by(FollowUp.due_at, FollowUp.id).limit(SWEEP_LIMIT)))
         unsent = list(session.scalars(select(FollowUp.id).join(Message, Message.id == FollowUp.message_id)
                                       .join(Conversation, Conversation.id == Message.conversation_id).where(
             FollowUp.kind == "message", FollowUp.status == "done", Message.kind == "followup",
-            Message.status == "answered", Conversation.channel == "whatsapp", ~Message.parts.any())))
+            Message.status == "answered", Message.created_at >= since, Conversation.channel == "whatsapp",
+            ~Message.parts.any()).order_by(Message.created_at, Message.id).limit(SWEEP_LIMIT - len(due))))
     for followup_id in [*due, *unsent]:
         services.queue.schedule_followup(followup_id, 0)
     return len(due) + len(unsent)

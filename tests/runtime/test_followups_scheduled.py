@@ -207,3 +207,26 @@ def test_a_message_sent_on_a_channel_without_an_outbox_is_not_queued_again_by_ev
         assert session.get(Message, row.message_id).status == "answered"
     assert followups.queue_due(services) == 0  # done: never queued again
     assert _sent(graph) == []
+
+
+def test_the_sweep_leaves_a_message_older_than_the_retry_period_and_takes_a_bounded_batch(env, monkeypatch):
+    """A follow-up's message never handed to the outbox is sent by the sweep within WhatsApp's retry period only
+    (like a turn's reply); each sweep queues at most ``SWEEP_LIMIT`` follow-ups, the soonest due first."""
+    services, graph, clock, cid = env
+    old = _schedule(services, cid, clock, 1)
+    clock.now += timedelta(minutes=2)
+    with services.session() as session:  # stored, then the process died
+        row = session.get(FollowUp, old.id)
+        followups._send(services, session, row, clock.now)
+        row.status = "done"
+        session.commit()
+    clock.now += timedelta(seconds=services.settings.whatsapp_retry_for_s + 60)
+    with services.session() as session:
+        session.get(Conversation, cid).last_inbound_at = clock.now
+        session.commit()
+    _later, sooner = _schedule(services, cid, clock, 20), _schedule(services, cid, clock, 10)
+    clock.now += timedelta(minutes=30)
+    monkeypatch.setattr(followups, "SWEEP_LIMIT", 1, raising=False)
+    queued = []
+    monkeypatch.setattr(services.queue, "schedule_followup", lambda fid, delay: queued.append(fid))
+    assert followups.queue_due(services) == 1 and queued == [sooner.id]  # not the old message, not ``later`` yet
