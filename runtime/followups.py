@@ -356,13 +356,20 @@ def _send(services: Services, session: Session, followup: FollowUp, now: datetim
         return
     try:
         template = _approved_template(session, conv, chosen["name"], chosen["language"])
-        parameters = [fill_variables(p.replace("{text}", text), variables) for p in chosen.get("parameters") or []]
+        parameters = [_fill_parameter(p, text, variables) for p in chosen.get("parameters") or []]
         msg = schedule_template(services, session, conv, template, parameters, now)
     except (InvalidRequest, NotFound) as exc:
         followup.status, followup.result = "failed", f"not sent: template {chosen['name']!r}: {exc}"
         return
     followup.message_id = msg.id
     followup.result = f"sent as template {template.name!r} ({template.language}): the 24-hour window was closed"
+
+
+def _fill_parameter(parameter: str, text: str, variables: dict) -> str:
+    """A template parameter with ``{text}`` (the message, filled already) and its ``{{variables}}``, in one pass:
+    what was put in is never filled again."""
+    return "".join(text if part == "{text}" else fill_variables(part, variables)
+                   for part in re.split(r"(\{text\})", parameter))
 
 
 def _approved_template(session: Session, conv: Conversation, name: str, language: str) -> WhatsAppTemplate:

@@ -230,3 +230,18 @@ def test_the_sweep_leaves_a_message_older_than_the_retry_period_and_takes_a_boun
     queued = []
     monkeypatch.setattr(services.queue, "schedule_followup", lambda fid, delay: queued.append(fid))
     assert followups.queue_due(services) == 1 and queued == [sooner.id]  # not the old message, not ``later`` yet
+
+
+def test_a_variable_s_value_is_sent_as_written_in_the_template_never_filled_again(env):
+    """A value that looks like a placeholder (``{{order_id}}`` given as a name) is text: the message and the
+    template parameters are filled once, not again with what the first pass put in."""
+    services, graph, clock, cid = env
+    with services.session() as session:
+        session.get(Conversation, cid).variables = {"first_name": "{{order_id}}", "order_id": "AZ-1"}
+        session.commit()
+    _schedule(services, cid, clock, 60 * 25, text="Hi {{first_name}}.")
+    clock.now += timedelta(hours=26)  # the window closed: the template, with {{first_name}} and {text}
+    followups.queue_due(services)
+    (send,) = _sent(graph)
+    assert [p["text"] for p in send["template"]["components"][0]["parameters"]] == ["{{order_id}}",
+                                                                                     "Hi {{order_id}}."]
