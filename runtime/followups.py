@@ -23,7 +23,7 @@ import re
 from collections.abc import Collection
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from core.db import new_id, utcnow
@@ -254,6 +254,7 @@ def close(services: Services, followup_id: str, *, actor: str) -> FollowUp:
 KINDS = ("message", "call")
 MAX_AHEAD = timedelta(days=90)
 MAX_TEXT = 4096
+MAX_OPEN = 20  # open message and call follow-ups of one conversation (each may be a paid template)
 SWEEP_LIMIT = 500  # follow-ups queued by one sweep; the next sweep takes the rest
 
 
@@ -279,6 +280,10 @@ def schedule(services: Services, conversation_id: str, *, due_at: datetime, kind
     with services.session() as session:
         if session.get(Conversation, conversation_id) is None:
             raise NotFound(f"conversation {conversation_id!r} not found")
+        open_ = session.scalar(select(func.count()).select_from(FollowUp).where(
+            FollowUp.conversation_id == conversation_id, FollowUp.status == "open", FollowUp.kind.in_(KINDS)))
+        if open_ >= MAX_OPEN:
+            raise InvalidRequest(f"the conversation already has {MAX_OPEN} follow-ups scheduled: cancel one first")
         followup = FollowUp(id=new_id(), conversation_id=conversation_id, reason=text[:500], details={},
                             status="open", kind=kind, text=text or None, template=template, due_at=due_at,
                             created_at=now, created_by=created_by[:100])

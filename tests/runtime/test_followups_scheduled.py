@@ -245,3 +245,14 @@ def test_a_variable_s_value_is_sent_as_written_in_the_template_never_filled_agai
     (send,) = _sent(graph)
     assert [p["text"] for p in send["template"]["components"][0]["parameters"]] == ["{{order_id}}",
                                                                                      "Hi {{order_id}}."]
+
+
+def test_a_conversation_has_a_bounded_number_of_open_scheduled_followups(env):
+    """A customer cannot have the model schedule message after message (each outside the window a paid template):
+    at most ``MAX_OPEN`` open at once; one cancelled makes room."""
+    services, graph, clock, cid = env
+    scheduled = [_schedule(services, cid, clock, 60 + n) for n in range(followups.MAX_OPEN)]
+    with pytest.raises(InvalidRequest, match=f"already has {followups.MAX_OPEN} follow-ups scheduled"):
+        _schedule(services, cid, clock, 90)
+    followups.cancel(services, scheduled[0].id, actor="maria")
+    assert _schedule(services, cid, clock, 90).status == "open"
