@@ -9,7 +9,9 @@
   :data:`EVENT_TYPES`. The legacy ``handoff_url`` gets the flat ``handoff`` body it always had.
 - Each delivery is signed: ``X-Atende-Timestamp`` (Unix seconds) and ``X-Atende-Signature`` = ``sha256=`` + hex
   HMAC-SHA256 of ``f"{timestamp}."`` + the raw body, keyed by the subscription's secret
-  (``runtime.http_tools.sign``); ``X-Atende-Event-Id`` lets a receiver drop a repeat.
+  (``runtime.http_tools.sign``); ``X-Atende-Event-Id`` lets a receiver drop a repeat. Each attempt goes to the
+  subscription's address and secret as they are then: a corrected address gets the events still pending and
+  those re-sent (the event records where it last went).
 - :func:`deliver_event` makes one attempt, logged as a :class:`runtime.models.EventAttempt`, in its own short
   transactions (a slow receiver never holds a database lock). A failure is retried after exponentially growing
   delays (``Settings.events_retry_first_delay_s`` doubling up to ``events_retry_max_delay_s``) for
@@ -142,16 +144,24 @@ def _attempt(services: Services, event_id: str) -> str:
             return event.status
         if _earlier_pending(session, event):
             return "waiting"
+        if event.subscription_id is None:
+            url, secret = event.url, settings.webhook_secret
+        elif (subscription := session.get(EventSubscription, event.subscription_id)) is not None:
+            url, secret = subscription.url, subscription.secret  # where it is now (a corrected address)
+        else:  # deleted since (a re-send): fails here, or the sweep would queue it forever
+            event.status, event.next_attempt_at, event.claimed_until = "failed", None, None
+            event.last_error = "the subscription was deleted"
+            session.commit()
+            return "failed"
         lease = now + timedelta(seconds=settings.events_timeout_s + settings.recovery_margin_s)
         claimed = session.execute(update(OutboundEvent).where(
             OutboundEvent.id == event_id, OutboundEvent.status == "pending",
             or_(OutboundEvent.claimed_until.is_(None), OutboundEvent.claimed_until <= now))
-            .values(claimed_until=lease).execution_options(synchronize_session=False)).rowcount  # type: ignore[attr-defined]
+            .values(claimed_until=lease, url=url).execution_options(synchronize_session=False)).rowcount  # type: ignore[attr-defined]
         session.commit()
         if not claimed:
             return "waiting"
-        url, payload, kind = event.url, event.payload, event.kind
-        secret = _secret(session, event, settings)
+        payload, kind = event.payload, event.kind
     started = time.perf_counter()
     status_code, error, permanent = None, None, False
     try:
@@ -161,15 +171,6 @@ def _attempt(services: Services, event_id: str) -> str:
         status_code, error, permanent = exc.status_code, str(exc), isinstance(exc, RefusedAddress)
     duration_ms = round((time.perf_counter() - started) * 1000)
     return _record(services, event_id, status_code, error, permanent, duration_ms)
-
-
-def _secret(session: Session, event: OutboundEvent, settings: Settings) -> str | None:
-    if event.subscription_id is None:
-        return settings.webhook_secret
-    subscription = session.get(EventSubscription, event.subscription_id)
-    if subscription is None:
-        raise LookupError(f"the subscription of event {event.id!r} was deleted")
-    return subscription.secret
 
 
 def _stream(event: OutboundEvent) -> list:
@@ -210,6 +211,8 @@ def _record(services: Services, event_id: str, status_code: int | None, error: s
     delay = None
     with services.session() as session:
         event = session.get(OutboundEvent, event_id)
+        if event is None:  # its conversation was deleted meanwhile
+            return "failed"
         session.add(EventAttempt(id=new_id(), event_id=event_id, at=now, status_code=status_code,
                                  error=error[:1000] if error else None, duration_ms=duration_ms))
         event.attempts += 1
@@ -217,6 +220,8 @@ def _record(services: Services, event_id: str, status_code: int | None, error: s
         if error is None:
             event.status, event.delivered_at, event.next_attempt_at = "delivered", now, None
             outcome = "delivered"
+        elif event.status != "pending":  # settled meanwhile (its subscription deleted): the attempt is only logged
+            outcome = event.status
         else:
             event.last_error = error[:1000]
             due = now + timedelta(seconds=retry_delay_s(settings, event.attempts))
@@ -262,6 +267,19 @@ def queue_due(services: Services) -> int:
     return len(event_ids)
 
 
+def delete_subscription(session: Session, subscription_id: str) -> None:
+    """Delete the subscription; its events still pending fail (their log stays). Raises NotFound. The caller
+    commits."""
+    subscription = session.get(EventSubscription, subscription_id)
+    if subscription is None:
+        raise NotFound(f"event subscription {subscription_id!r} not found")
+    session.execute(update(OutboundEvent).where(OutboundEvent.subscription_id == subscription_id,
+                                                OutboundEvent.status == "pending")
+                    .values(status="failed", next_attempt_at=None, last_error="the subscription was deleted")
+                    .execution_options(synchronize_session=False))
+    session.delete(subscription)
+
+
 def resend(services: Services, event_id: str) -> OutboundEvent:
     """Deliver the event again (an operator's "re-send"): pending and due now, queued; its attempts stay logged.
     Raises NotFound."""
@@ -269,8 +287,8 @@ def resend(services: Services, event_id: str) -> OutboundEvent:
         event = session.get(OutboundEvent, event_id)
         if event is None:
             raise NotFound(f"event {event_id!r} not found")
-        event.status, event.next_attempt_at, event.claimed_until = "pending", services.clock(), None
-        event.delivered_at = None
+        # an attempt in flight keeps its claim: it settles the event, and no other worker sends it meanwhile
+        event.status, event.next_attempt_at, event.delivered_at = "pending", services.clock(), None
         queue_on_commit(session, [event_id])
         session.commit()
         session.refresh(event)

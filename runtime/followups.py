@@ -20,9 +20,10 @@ collected, and an operator task (a :class:`runtime.models.FollowUp`) is left for
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from core.db import new_id, utcnow
@@ -204,17 +205,21 @@ def _plan_reminder(services: Services, session: Session, conv: Conversation, con
 
 
 def list_followups(session: Session, *, status: str | None = None, assistant_id: str | None = None,
-                   conversation_id: str | None = None) -> list[FollowUp]:
-    """Follow-ups, soonest due first (those without an opening last), optionally by status, assistant and
-    conversation."""
+                   conversation_id: str | None = None, assistant_ids: Collection[str] | None = None,
+                   limit: int | None = None) -> list[FollowUp]:
+    """Follow-ups, soonest due first (those without an opening last), optionally by status, assistant, conversation,
+    the assistants a user sees (``assistant_ids``; None: all), at most ``limit``."""
     query = select(FollowUp).join(Conversation, Conversation.id == FollowUp.conversation_id)
     if status:
         query = query.where(FollowUp.status == status)
     if assistant_id:
         query = query.where(Conversation.assistant_id == assistant_id)
+    if assistant_ids is not None:
+        query = query.where(Conversation.assistant_id.in_(sorted(assistant_ids)))
     if conversation_id:
         query = query.where(FollowUp.conversation_id == conversation_id)
-    return list(session.scalars(query.order_by(FollowUp.due_at.is_(None), FollowUp.due_at, FollowUp.created_at)))
+    query = query.order_by(FollowUp.due_at.is_(None), FollowUp.due_at, FollowUp.created_at, FollowUp.id)
+    return list(session.scalars(query.limit(limit)))
 
 
 def close(services: Services, followup_id: str, *, actor: str) -> FollowUp:
@@ -249,6 +254,8 @@ def close(services: Services, followup_id: str, *, actor: str) -> FollowUp:
 KINDS = ("message", "call")
 MAX_AHEAD = timedelta(days=90)
 MAX_TEXT = 4096
+MAX_OPEN = 20  # open message and call follow-ups of one conversation (each may be a paid template)
+SWEEP_LIMIT = 500  # follow-ups queued by one sweep; the next sweep takes the rest
 
 
 def schedule(services: Services, conversation_id: str, *, due_at: datetime, kind: str, text: str | None,
@@ -273,6 +280,10 @@ def schedule(services: Services, conversation_id: str, *, due_at: datetime, kind
     with services.session() as session:
         if session.get(Conversation, conversation_id) is None:
             raise NotFound(f"conversation {conversation_id!r} not found")
+        open_ = session.scalar(select(func.count()).select_from(FollowUp).where(
+            FollowUp.conversation_id == conversation_id, FollowUp.status == "open", FollowUp.kind.in_(KINDS)))
+        if open_ >= MAX_OPEN:
+            raise InvalidRequest(f"the conversation already has {MAX_OPEN} follow-ups scheduled: cancel one first")
         followup = FollowUp(id=new_id(), conversation_id=conversation_id, reason=text[:500], details={},
                             status="open", kind=kind, text=text or None, template=template, due_at=due_at,
                             created_at=now, created_by=created_by[:100])
@@ -350,13 +361,20 @@ def _send(services: Services, session: Session, followup: FollowUp, now: datetim
         return
     try:
         template = _approved_template(session, conv, chosen["name"], chosen["language"])
-        parameters = [fill_variables(p.replace("{text}", text), variables) for p in chosen.get("parameters") or []]
+        parameters = [_fill_parameter(p, text, variables) for p in chosen.get("parameters") or []]
         msg = schedule_template(services, session, conv, template, parameters, now)
     except (InvalidRequest, NotFound) as exc:
         followup.status, followup.result = "failed", f"not sent: template {chosen['name']!r}: {exc}"
         return
     followup.message_id = msg.id
     followup.result = f"sent as template {template.name!r} ({template.language}): the 24-hour window was closed"
+
+
+def _fill_parameter(parameter: str, text: str, variables: dict) -> str:
+    """A template parameter with ``{text}`` (the message, filled already) and its ``{{variables}}``, in one pass:
+    what was put in is never filled again."""
+    return "".join(text if part == "{text}" else fill_variables(part, variables)
+                   for part in re.split(r"(\{text\})", parameter))
 
 
 def _approved_template(session: Session, conv: Conversation, name: str, language: str) -> WhatsAppTemplate:
@@ -385,14 +403,19 @@ def _hand_to_outbox(services: Services, message_id: str) -> None:
 
 def queue_due(services: Services) -> int:
     """The sweep: queue the message follow-ups whose time has come (their job lost, or run where the queue could not
-    wait) and those whose stored message never reached the outbox; how many."""
+    wait) and those whose stored WhatsApp message never reached the outbox within the retry period (the other
+    channels have none), at most ``SWEEP_LIMIT`` (the next sweep takes the rest); how many."""
     now = services.clock()
+    since = now - timedelta(seconds=services.settings.whatsapp_retry_for_s)  # later, the outbox would not send it
     with services.session() as session:
         due = list(session.scalars(select(FollowUp.id).where(
-            FollowUp.kind == "message", FollowUp.status == "open", FollowUp.due_at <= now)))
-        unsent = list(session.scalars(select(FollowUp.id).join(Message, Message.id == FollowUp.message_id).where(
+            FollowUp.kind == "message", FollowUp.status == "open", FollowUp.due_at <= now)
+            .order_by(FollowUp.due_at, FollowUp.id).limit(SWEEP_LIMIT)))
+        unsent = list(session.scalars(select(FollowUp.id).join(Message, Message.id == FollowUp.message_id)
+                                      .join(Conversation, Conversation.id == Message.conversation_id).where(
             FollowUp.kind == "message", FollowUp.status == "done", Message.kind == "followup",
-            Message.status == "answered", ~Message.parts.any())))
+            Message.status == "answered", Message.created_at >= since, Conversation.channel == "whatsapp",
+            ~Message.parts.any()).order_by(Message.created_at, Message.id).limit(SWEEP_LIMIT - len(due))))
     for followup_id in [*due, *unsent]:
         services.queue.schedule_followup(followup_id, 0)
     return len(due) + len(unsent)

@@ -153,8 +153,10 @@ def call_tool(server: McpServer, name: str, arguments: dict, settings: Settings,
     result = _run(server, settings, seconds, calling)
     texts = [part.text for part in getattr(result, "content", None) or [] if getattr(part, "text", None)]
     text = "\n".join(texts) or json.dumps(getattr(result, "structured_content", None), ensure_ascii=False)
-    log.info("MCP tool %s of %s called with %s in %.0f ms: %s", name, server.name,
-             json.dumps(arguments, ensure_ascii=False)[:500], (time.perf_counter() - started) * 1000, text[:500])
+    # its arguments and result are the customer's data: logged with the turn (kept, erased as it is), not here
+    log.info("MCP tool %s of %s called in %.0f ms: %d characters back%s", name, server.name,
+             (time.perf_counter() - started) * 1000, len(text), " (an error)" if getattr(result, "is_error", False)
+             else "")
     if getattr(result, "is_error", False):
         raise HttpToolError(f"the tool {name} failed: {text}"[:500])
     if len(text) > MAX_RESULT_CHARS:

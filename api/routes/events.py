@@ -146,11 +146,7 @@ def update_subscription(subscription_id: str, body: SubscriptionUpdate, session:
 @router.delete("/api/event-subscriptions/{subscription_id}", status_code=204)
 def delete_subscription(subscription_id: str, session: SessionDep):
     """Stop sending; its events still pending fail (their log stays)."""
-    subscription = _subscription(session, subscription_id)
-    for event in session.scalars(select(OutboundEvent).where(OutboundEvent.subscription_id == subscription.id,
-                                                             OutboundEvent.status == "pending")):
-        event.status, event.next_attempt_at, event.last_error = "failed", None, "the subscription was deleted"
-    session.delete(subscription)
+    events.delete_subscription(session, subscription_id)
     session.commit()
     return Response(status_code=204)
 

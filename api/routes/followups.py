@@ -7,9 +7,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import RedirectResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from sqlalchemy import select
 
 from api import scopes
 from api.deps import CurrentUser, ServicesDep, SessionDep, SignedIn, allow
@@ -21,6 +22,7 @@ from runtime.models import Conversation, FollowUp, Message
 
 router = APIRouter(tags=["followups"], dependencies=[SignedIn])
 pages = APIRouter(prefix="/dashboard", include_in_schema=False, dependencies=[Depends(require_page_session)])
+PAGE = 200  # follow-ups on the dashboard's page, the soonest due first
 
 
 class FollowUpPublic(BaseModel):
@@ -51,15 +53,30 @@ class FollowUpPublic(BaseModel):
     reminder_note: str | None = Field(description="what became of the reminder, or why there is none")
 
     @classmethod
-    def of(cls, session, followup: FollowUp) -> FollowUpPublic:
-        conv = session.get(Conversation, followup.conversation_id)
-        reminder = session.get(Message, followup.reminder_message_id) if followup.reminder_message_id else None
+    def of(cls, session, followup: FollowUp, conv: Conversation | None = None,
+           reminder_status: str | None = None) -> FollowUpPublic:
+        """The follow-up as the API shows it (``conv`` and ``reminder_status`` when the caller read them)."""
+        conv = conv or session.get(Conversation, followup.conversation_id)
+        if reminder_status is None and followup.reminder_message_id:
+            reminder = session.get(Message, followup.reminder_message_id)
+            reminder_status = reminder.status if reminder else None
         fields = {k: getattr(followup, k) for k in ("id", "conversation_id", "reason", "due_at", "details", "asking",
                                                    "status", "created_at", "created_by", "closed_at", "closed_by",
                                                    "reminder_message_id", "reminder_note", "kind", "text",
                                                    "template", "message_id", "result")}
         return cls(**fields, assistant_id=conv.assistant_id, channel=conv.channel, customer_id=conv.customer_id,
-                   reminder_status=reminder.status if reminder else None)
+                   reminder_status=reminder_status)
+
+    @classmethod
+    def many(cls, session, rows: list[FollowUp]) -> list[FollowUpPublic]:
+        """``of`` for a page of follow-ups: their conversations and reminders read in one query each."""
+        convs = {c.id: c for c in session.scalars(select(Conversation).where(
+            Conversation.id.in_({f.conversation_id for f in rows})))} if rows else {}
+        reminder_ids = {f.reminder_message_id for f in rows if f.reminder_message_id}
+        statuses = dict(session.execute(select(Message.id, Message.status).where(
+            Message.id.in_(reminder_ids))).all()) if reminder_ids else {}
+        return [cls.of(session, f, convs[f.conversation_id], statuses.get(f.reminder_message_id or ""))
+                for f in rows]
 
 
 class FollowUpDone(BaseModel):
@@ -88,14 +105,16 @@ class FollowUpCreate(BaseModel):
 @router.get("/api/followups", response_model=list[FollowUpPublic], dependencies=[allow(VIEWER)])
 def list_followups(session: SessionDep, principal: CurrentUser,
                    status: Literal["open", "done", "cancelled", "failed"] | None = None,
-                   assistant_id: str | None = None, conversation_id: str | None = None):
-    """Follow-ups of the assistants the user sees, soonest due first; by ``status``, assistant (id or name) and
-    conversation when given."""
+                   assistant_id: str | None = None, conversation_id: str | None = None,
+                   limit: Annotated[int, Query(ge=1, le=500)] = 100):
+    """Follow-ups of the assistants the user sees, soonest due first (at most ``limit``); by ``status``, assistant
+    (id or name) and conversation when given."""
     assistant = registry.get_assistant(session, assistant_id).id if assistant_id else None
     if assistant:
         principal.require_assistant(assistant)
-    return principal.visible(FollowUpPublic.of(session, f) for f in followups.list_followups(
-        session, status=status, assistant_id=assistant, conversation_id=conversation_id))
+    return FollowUpPublic.many(session, followups.list_followups(
+        session, status=status, assistant_id=assistant, conversation_id=conversation_id,
+        assistant_ids=principal.assistant_ids, limit=limit))
 
 
 @router.post("/api/conversations/{conversation_id}/followups", status_code=201, response_model=FollowUpPublic,
@@ -130,8 +149,8 @@ def mark_done(followup_id: str, services: ServicesDep, session: SessionDep, body
 def followups_page(request: Request, session: SessionDep, principal: CurrentUser,
                    status: Literal["open", "done", "cancelled", "failed", "all"] = "open"):
     """The follow-ups to make, soonest due first (``status``: open, done or all)."""
-    rows = principal.visible(FollowUpPublic.of(session, f)
-                             for f in followups.list_followups(session, status=None if status == "all" else status))
+    rows = FollowUpPublic.many(session, followups.list_followups(
+        session, status=None if status == "all" else status, assistant_ids=principal.assistant_ids, limit=PAGE))
     return render(request, "followups.html", followups=rows, status=status)
 
 

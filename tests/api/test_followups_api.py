@@ -63,3 +63,14 @@ def test_the_dashboard_page_shows_follow_ups_and_closes_one(served):
         assert len(re.findall(r'data-status="open"', browser.get("/dashboard/followups").text)) == 1
         done = browser.get("/dashboard/followups", params={"status": "done"}).text
         assert f'<tr data-id="{ids[0]}" data-status="done">' in done and "by maria" in done
+
+
+def test_the_list_is_bounded(served):
+    """The follow-ups listed are at most ``limit`` (100 by default, up to 500), the soonest due first."""
+    base, _ = served
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as admin:
+        both = admin.get("/api/followups").json()
+        assert len(both) == 2
+        assert [f["id"] for f in admin.get("/api/followups", params={"limit": 1}).json()] == [both[0]["id"]]
+        assert admin.get("/api/followups", params={"limit": 501}).status_code == 422
+        assert admin.get("/api/followups", params={"limit": 0}).status_code == 422

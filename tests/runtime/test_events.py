@@ -178,3 +178,97 @@ def test_an_address_the_guard_refuses_fails_at_once(env):
     clock.now = datetime.now(UTC)
     assert event.status == "failed" and "loopback" in event.last_error and event.next_attempt_at is None
     assert cid and due_events(services) == []
+
+
+def test_an_event_of_a_deleted_subscription_resent_fails_once_and_is_not_swept_forever(env):
+    """An operator re-sends an event whose subscription was deleted since: it fails, saying why, instead of raising
+    in every attempt the sweep queues again."""
+    services, receiver, clock, kept, aid = env
+    receiver.start()
+    _conversation(services, aid)
+    (event_id,) = kept.handed[0][0]
+    clock.now = datetime.now(UTC)
+    assert deliver_event(services, event_id) is True
+    with services.session() as session:
+        events.delete_subscription(session, "crm")
+        session.commit()
+    assert events.resend(services, event_id).status == "pending"
+    assert deliver_event(services, event_id) is False
+    with services.session() as session:
+        event = session.get(OutboundEvent, event_id)
+        assert (event.status, event.last_error, event.claimed_until) == ("failed", "the subscription was deleted",
+                                                                         None)
+    clock.now += timedelta(hours=1)
+    assert due_events(services) == [] and len(receiver.received) == 1  # the first delivery only
+
+
+def test_a_subscription_deleted_while_its_event_is_in_flight_leaves_the_event_failed(env, monkeypatch):
+    """The attempt fails after the subscription was deleted (its pending events failed): logged, not retried."""
+    services, receiver, clock, kept, aid = env
+    _conversation(services, aid)
+    (event_id,) = kept.handed[0][0]
+    clock.now = datetime.now(UTC)
+    post = events.post_json
+
+    def deleted_meanwhile(*args, **kwargs):
+        with services.session() as session:
+            events.delete_subscription(session, "crm")
+            session.commit()
+        return post(*args, **kwargs)  # nothing listens
+
+    monkeypatch.setattr(events, "post_json", deleted_meanwhile)
+    handed = len(kept.handed)
+    assert deliver_event(services, event_id) is False
+    with services.session() as session:
+        event = session.get(OutboundEvent, event_id)
+        assert (event.status, event.last_error, event.next_attempt_at) == ("failed", "the subscription was deleted",
+                                                                           None)
+        assert event.attempts == 1 and session.scalar(select(EventAttempt.error)) is not None
+    assert len(kept.handed) == handed  # no retry queued
+
+
+def test_a_subscription_whose_url_is_corrected_gets_its_pending_and_resent_events_there(env):
+    """The receiver's address was wrong: once the operator corrects the subscription, the event retrying and an
+    event that failed for good (re-sent) go to the new address, signed with its secret."""
+    services, receiver, clock, kept, aid = env
+    receiver.start()
+    with services.session() as session:
+        session.get(EventSubscription, "crm").url = f"http://127.0.0.1:{free_port()}/wrong"
+        session.commit()
+    cid = _conversation(services, aid)
+    (first,) = kept.handed[0][0]
+    clock.now = datetime.now(UTC)
+    assert deliver_event(services, first) is False  # nothing listens there: retried later
+    with services.session() as session:
+        old = session.get(OutboundEvent, first)
+        old.status, old.next_attempt_at = "failed", None  # given up, as after the retry period
+        session.commit()
+    second = _emit(services, cid, "message.received", n=1)
+    clock.now = datetime.now(UTC)
+    assert deliver_event(services, second[0]) is False
+    with services.session() as session:
+        session.get(EventSubscription, "crm").url = receiver.url
+        session.commit()
+    clock.now += timedelta(minutes=1)
+    assert deliver_event(services, second[0]) is True
+    events.resend(services, first)
+    assert deliver_event(services, first) is True
+    assert [e["id"] for e in receiver.events(cid)] == [second[0], first]
+    with services.session() as session:
+        assert {session.get(OutboundEvent, i).url for i in (first, *second)} == {receiver.url}
+
+
+def test_a_resend_while_an_attempt_is_in_flight_sends_it_once(env):
+    """Re-send pressed while a worker is sending the event (its claim held): no second worker sends it meanwhile."""
+    services, receiver, clock, kept, aid = env
+    receiver.start()
+    cid = _conversation(services, aid)
+    (event_id,) = kept.handed[0][0]
+    clock.now = datetime.now(UTC)
+    with services.session() as session:  # what an attempt in flight holds
+        session.get(OutboundEvent, event_id).claimed_until = clock.now + timedelta(seconds=30)
+        session.commit()
+    assert events.resend(services, event_id).status == "pending"
+    assert deliver_event(services, event_id) is False and receiver.events(cid) == []
+    clock.now += timedelta(seconds=31)  # the claim lapsed (the worker died): the sweep's job sends it
+    assert due_events(services) == [event_id] and deliver_event(services, event_id) is True

@@ -70,6 +70,8 @@ def test_the_fallback_streak_outside_hours_leaves_a_follow_up(scripted_model):
     with services.session() as session:
         assert [x.id for x in list_followups(session, status="open", assistant_id=aid)] == [f.id]
         assert list_followups(session, status="done") == []
+        assert [x.id for x in list_followups(session, assistant_ids={aid})] == [f.id]  # a user who sees it
+        assert list_followups(session, assistant_ids={"another"}) == list_followups(session, assistant_ids=set()) == []
 
 
 def test_no_idle_hand_back_before_the_opening(scripted_model):

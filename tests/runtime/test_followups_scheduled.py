@@ -187,3 +187,72 @@ def test_the_model_schedules_a_followup_with_its_tool(env):
         (followup,) = followups.list_followups(session, conversation_id=cid)
     assert (followup.kind, followup.created_by, followup.text) == ("message", "assistant", "Your order is ready.")
     assert abs((followup.due_at - (clock.now + timedelta(hours=2))).total_seconds()) < 60
+
+
+def test_a_message_sent_on_a_channel_without_an_outbox_is_not_queued_again_by_every_sweep(env):
+    """A follow-up of a widget/API conversation is stored and done (no outbox: the channel reads its messages); the
+    sweep looks for WhatsApp messages never handed to the outbox, not for those."""
+    services, graph, clock, cid = env
+    with services.session() as session:
+        a = session.get(Conversation, cid).assistant_id
+        web = find_or_create_conversation(session, assistant_id=a, channel="api", sender="api", customer_id="c1")
+        session.commit()
+        web_id = web.id
+    followup = _schedule(services, web_id, clock, 1)
+    clock.now += timedelta(minutes=2)
+    assert followups.queue_due(services) == 1
+    with services.session() as session:
+        row = session.get(FollowUp, followup.id)
+        assert (row.status, row.result) == ("done", "sent as a message")
+        assert session.get(Message, row.message_id).status == "answered"
+    assert followups.queue_due(services) == 0  # done: never queued again
+    assert _sent(graph) == []
+
+
+def test_the_sweep_leaves_a_message_older_than_the_retry_period_and_takes_a_bounded_batch(env, monkeypatch):
+    """A follow-up's message never handed to the outbox is sent by the sweep within WhatsApp's retry period only
+    (like a turn's reply); each sweep queues at most ``SWEEP_LIMIT`` follow-ups, the soonest due first."""
+    services, graph, clock, cid = env
+    old = _schedule(services, cid, clock, 1)
+    clock.now += timedelta(minutes=2)
+    with services.session() as session:  # stored, then the process died
+        row = session.get(FollowUp, old.id)
+        followups._send(services, session, row, clock.now)
+        row.status = "done"
+        session.commit()
+    clock.now += timedelta(seconds=services.settings.whatsapp_retry_for_s + 60)
+    with services.session() as session:
+        session.get(Conversation, cid).last_inbound_at = clock.now
+        session.commit()
+    _later, sooner = _schedule(services, cid, clock, 20), _schedule(services, cid, clock, 10)
+    clock.now += timedelta(minutes=30)
+    monkeypatch.setattr(followups, "SWEEP_LIMIT", 1, raising=False)
+    queued = []
+    monkeypatch.setattr(services.queue, "schedule_followup", lambda fid, delay: queued.append(fid))
+    assert followups.queue_due(services) == 1 and queued == [sooner.id]  # not the old message, not ``later`` yet
+
+
+def test_a_variable_s_value_is_sent_as_written_in_the_template_never_filled_again(env):
+    """A value that looks like a placeholder (``{{order_id}}`` given as a name) is text: the message and the
+    template parameters are filled once, not again with what the first pass put in."""
+    services, graph, clock, cid = env
+    with services.session() as session:
+        session.get(Conversation, cid).variables = {"first_name": "{{order_id}}", "order_id": "AZ-1"}
+        session.commit()
+    _schedule(services, cid, clock, 60 * 25, text="Hi {{first_name}}.")
+    clock.now += timedelta(hours=26)  # the window closed: the template, with {{first_name}} and {text}
+    followups.queue_due(services)
+    (send,) = _sent(graph)
+    assert [p["text"] for p in send["template"]["components"][0]["parameters"]] == ["{{order_id}}",
+                                                                                     "Hi {{order_id}}."]
+
+
+def test_a_conversation_has_a_bounded_number_of_open_scheduled_followups(env):
+    """A customer cannot have the model schedule message after message (each outside the window a paid template):
+    at most ``MAX_OPEN`` open at once; one cancelled makes room."""
+    services, graph, clock, cid = env
+    scheduled = [_schedule(services, cid, clock, 60 + n) for n in range(followups.MAX_OPEN)]
+    with pytest.raises(InvalidRequest, match=f"already has {followups.MAX_OPEN} follow-ups scheduled"):
+        _schedule(services, cid, clock, 90)
+    followups.cancel(services, scheduled[0].id, actor="maria")
+    assert _schedule(services, cid, clock, 90).status == "open"

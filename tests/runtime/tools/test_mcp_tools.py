@@ -47,8 +47,9 @@ def _assistant(services, url: str, tools=("order_status",)) -> str:
         "mcp_servers": [{"name": "shop", "url": url, "tools": list(tools), "timeout_s": 5}]})
 
 
-def test_an_mcp_tool_is_called_in_a_turn_and_logged_with_its_arguments_and_result(services, mcp_server):
+def test_an_mcp_tool_is_called_in_a_turn_and_logged_with_its_arguments_and_result(services, mcp_server, caplog):
     url, log = mcp_server
+    caplog.set_level(logging.INFO, "runtime.mcp_tools")
     services.settings.http_tools_allow_private = True  # the server listens on loopback
     aid = _assistant(services, url)
     offered = []
@@ -70,6 +71,9 @@ def test_an_mcp_tool_is_called_in_a_turn_and_logged_with_its_arguments_and_resul
     assert record.result == "Order AZ-1042: shipped on Monday by courier; arrives Thursday"
     assert record.duration_ms > 0
     assert "order_status AZ-1042" in log.read_text() and "cancel_order" not in log.read_text()
+    # the customer's data stays in the turn's log (retention, erasure), out of the process log
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "runtime.mcp_tools"]
+    assert line.startswith("MCP tool order_status of shop called") and "AZ-1042" not in line
 
 
 def test_a_tool_off_the_allow_list_is_never_called(sqlite_services, mcp_server):
