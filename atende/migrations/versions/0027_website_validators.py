@@ -4,14 +4,14 @@
 unchanged page answers 304 and is not downloaded again) and ``links`` (the page's same-site links, which a crawl
 follows when the page answered 304). All nullable: a page synced before has none and is fetched in full once.
 
-Revision ID: 0027_rev_web
+Revision ID: 0027_website_validators
 Revises: 0026_website_sources
 """
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0027_rev_web'
+revision = '0027_website_validators'
 down_revision = '0026_website_sources'
 branch_labels = None
 depends_on = None
