@@ -76,18 +76,18 @@ def cmd_retention_run(args) -> int:
 
 def cmd_worker(args) -> int:
     """Consume the queue(s) ``--queue`` names (default: both) until stopped by a signal."""
-    from atende.jobs import CUSTOMER, INGEST, HueyQueue, run_workers, warn_pool_shortfall, worker_consumers
+    from atende.jobs import CUSTOMER, INGEST, HueyQueue, fit_to_pool, run_workers, worker_consumers
     from atende.warm import start_warm_up
     from runtime.recovery import recover
 
     services = _services(args)
     services.queue = queue = HueyQueue.from_settings(services)
     queues = _worker_queues(args.queue)
-    warn_pool_shortfall(services.settings, args.workers if CUSTOMER in queues else 0,
-                        args.ingest_workers if INGEST in queues else 0)
+    workers = fit_to_pool(services.settings, args.workers if CUSTOMER in queues else 0,
+                          args.ingest_workers if INGEST in queues else 0)
     start_warm_up(services, parsers="ingest" in queues)  # turns search, ingestion embeds (and parses)
     recover(services, sends=True)  # at start, what dead workers left owed (then "recovery.sweep" periodically)
-    run_workers(worker_consumers(queue, queues, args.workers, args.ingest_workers,
+    run_workers(worker_consumers(queue, queues, workers, args.ingest_workers,
                                  services.settings.recovery_interval_s))
     return 0
 

@@ -289,38 +289,37 @@ def connections_needed(settings: Settings, workers: int, ingest_workers: int) ->
     """The database connections ``workers`` customer-queue threads and ``ingest_workers`` ingest threads may hold
     at once: on PostgreSQL a turn holds its conversation's advisory lock on one connection while its session
     uses another, so two per customer thread; one per ingest thread; one for the periodic sweeps."""
-    per_turn = 2 if settings.resolved_database_url.startswith("postgresql") else 1
-    return per_turn * workers + ingest_workers + 1
+    return _per_turn(settings) * workers + ingest_workers + 1
 
 
-def pool_shortfall(settings: Settings, workers: int, ingest_workers: int) -> str | None:
-    """Why this process's connection pool (``db_pool_size`` + ``db_max_overflow``) is too small for its consumer
-    threads, or None: threads that each hold one connection while waiting for another stall on a full pool
-    ("QueuePool limit reached" after a minute, the queue no longer draining), so this is said at start-up."""
+def _per_turn(settings: Settings) -> int:
+    return 2 if settings.resolved_database_url.startswith("postgresql") else 1
+
+
+def fit_to_pool(settings: Settings, workers: int, ingest_workers: int) -> int:
+    """The customer-queue threads this process runs: ``workers``, or as many as its connection pool
+    (``db_pool_size`` + ``db_max_overflow``) can serve beside ``ingest_workers`` (at least one), said at start-up.
+    Threads that each hold one connection while they wait for another would stall on a full pool ("QueuePool limit
+    reached" after a minute, the queue no longer draining): fewer threads keep the queue moving."""
     have = settings.db_pool_size + settings.db_max_overflow
     need = connections_needed(settings, workers, ingest_workers)
-    if have >= need:
-        return None
-    return (f"{workers} customer and {ingest_workers} ingest worker threads may hold {need} database connections at "
-            f"once, but ATENDE_DB_POOL_SIZE + ATENDE_DB_MAX_OVERFLOW allow {have}: turns would stall waiting for "
-            f"a connection; raise the pool (within the server's max_connections) or run fewer threads")
-
-
-def warn_pool_shortfall(settings: Settings, workers: int, ingest_workers: int) -> None:
-    """Log :func:`pool_shortfall`'s warning, if any."""
-    problem = pool_shortfall(settings, workers, ingest_workers)
-    if problem:
-        log.warning("%s", problem)
+    if workers <= 0 or have >= need:
+        return workers
+    fitted = max(1, (have - ingest_workers - 1) // _per_turn(settings))
+    log.warning("%d customer and %d ingest worker threads may hold %d database connections at once, but "
+                "ATENDE_DB_POOL_SIZE + ATENDE_DB_MAX_OVERFLOW allow %d: running %d customer thread(s) instead; raise "
+                "the pool (within the server's max_connections) to run more", workers, ingest_workers, need, have, fitted)
+    return fitted
 
 
 def start_embedded_consumers(queue: HueyQueue, settings: Settings) -> list[EmbeddedConsumer]:
     """The API process's consumers: ``settings.workers`` threads on the customer queue (with its periodic
     sweeps, every ``settings.recovery_interval_s``) and ``settings.ingest_workers`` on the ingest queue; none at
-    all when ``workers`` is 0, none on a queue whose count is 0. A pool too small for them is warned of."""
+    all when ``workers`` is 0, none on a queue whose count is 0. A pool too small for them runs fewer
+    (:func:`fit_to_pool`)."""
     if settings.workers <= 0:
         return []
-    counts = {CUSTOMER: settings.workers, INGEST: settings.ingest_workers}
-    warn_pool_shortfall(settings, settings.workers, settings.ingest_workers)
+    counts = {CUSTOMER: fit_to_pool(settings, settings.workers, settings.ingest_workers), INGEST: settings.ingest_workers}
     return [start_embedded_consumer(queue.hueys[name], n, _MAX_POLL_S[name], periodic=True,
                                     periodic_s=settings.recovery_interval_s)
             for name, n in counts.items() if n > 0]

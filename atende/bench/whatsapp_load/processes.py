@@ -26,6 +26,12 @@ STARTED = "Application startup complete"  # uvicorn's line, once per API process
 
 PG_CONNECTIONS = 90  # of PostgreSQL's default max_connections (100), left for the processes; the rest for psql & co
 INGEST_CONNECTIONS = 4  # of an ingest worker process (one thread)
+API_CONNECTIONS = 4  # of an API process besides its webhook intake's (app keys, health checks)
+
+
+def _pool(connections: int) -> dict[str, str]:
+    """The environment giving a process ``connections`` database connections at most."""
+    return {"ATENDE_DB_POOL_SIZE": str(connections // 2), "ATENDE_DB_MAX_OVERFLOW": str(connections - connections // 2)}
 
 
 def free_port() -> int:
@@ -52,21 +58,24 @@ class ScaleProcesses:
     def __init__(self, env: dict[str, str], log_dir: Path, api_processes: int = 2, worker_processes: int = 2,
                  workers: int = 32, start_timeout_s: float = 180.0, ingest_processes: int = 0,
                  worker_nice: int = 0) -> None:
-        # PostgreSQL allows 100 connections in all by default: each process gets its share (the bench's own too);
-        # an ingest worker (one thread) gets INGEST_CONNECTIONS only, as a customer worker whose threads outnumber
-        # its connections stalls (a thread holds one connection while it waits for another: "QueuePool limit
-        # reached, connection timed out" after 60 s, seen with 16 threads and 15 connections)
-        # (an API process also holds up to sum(INTAKE_CONNECTIONS) for the webhook intake)
-        share = max(4, (PG_CONNECTIONS - INGEST_CONNECTIONS * ingest_processes - sum(INTAKE_CONNECTIONS) * api_processes)
-                    // (api_processes + worker_processes + 1))
-        self.env = child_env({"ATENDE_DB_POOL_SIZE": str(share // 2), "ATENDE_DB_MAX_OVERFLOW": str(share - share // 2),
-                              **env})
+        # PostgreSQL allows 100 connections in all by default: each process gets what its threads may hold at once
+        # (atende.jobs.connections_needed: a turn thread holds two), an API process API_CONNECTIONS besides its
+        # webhook intake's, an ingest worker INGEST_CONNECTIONS; a worker given fewer runs fewer threads
+        # (atende.jobs.fit_to_pool), so a run that does not fit is refused here rather than measured short
+        self.threads = [workers // worker_processes + (i < workers % worker_processes) for i in range(worker_processes)]
+        self.worker_connections = [2 * max(t, 1) + 1 for t in self.threads]
+        total = (sum(self.worker_connections) + (API_CONNECTIONS + sum(INTAKE_CONNECTIONS)) * api_processes
+                 + INGEST_CONNECTIONS * ingest_processes)
+        if total > PG_CONNECTIONS:
+            raise ValueError(f"{workers} worker threads in {worker_processes} processes, {api_processes} API and "
+                             f"{ingest_processes} ingest processes may hold {total} PostgreSQL connections, over the "
+                             f"{PG_CONNECTIONS} left for them: run fewer --workers")
+        self.env = child_env({**_pool(API_CONNECTIONS), **env})
         self.log_dir = log_dir
         self.api_processes, self.worker_processes = api_processes, worker_processes
         self.ingest_processes = ingest_processes
         # the workers' CPU priority below the API's (nice runs the worker in its own process: its pid is the worker's)
         self.nice = ["nice", "-n", str(worker_nice)] if worker_nice else []
-        self.threads = [workers // worker_processes + (i < workers % worker_processes) for i in range(worker_processes)]
         self.start_timeout_s = start_timeout_s
         self.port = free_port()
         self.procs: dict[str, subprocess.Popen] = {}  # by name (its log is <name>.log)
@@ -81,14 +90,13 @@ class ScaleProcesses:
 
     def __enter__(self) -> str:
         try:
-            for i, threads in enumerate(self.threads):
+            for i, (threads, connections) in enumerate(zip(self.threads, self.worker_connections, strict=True)):
                 self._spawn(f"worker-{i}", [*self.nice, sys.executable, "-m", "atende.cli", "worker", "--queue",
-                                            "customer", "--workers", str(max(threads, 1))])
+                                            "customer", "--workers", str(max(threads, 1))], _pool(connections))
             for i in range(self.ingest_processes):
                 self._spawn(f"ingest-{i}", [sys.executable, "-m", "atende.cli", "worker", "--queue", "ingest",
                                             "--ingest-workers", "1"],
-                            {"ATENDE_DB_POOL_SIZE": str(INGEST_CONNECTIONS // 2),
-                             "ATENDE_DB_MAX_OVERFLOW": str(INGEST_CONNECTIONS - INGEST_CONNECTIONS // 2)})
+                            _pool(INGEST_CONNECTIONS))
             self._spawn("api", [sys.executable, "-m", "uvicorn", "atende.app:create_server_app", "--factory",
                                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.api_processes),
                                 "--log-level", "info", "--no-access-log", "--no-proxy-headers",
