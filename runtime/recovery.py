@@ -6,7 +6,7 @@ What is owed (``owed_work``), each compared with ``services.clock()``:
 - **turns**: WhatsApp conversations with the AI on where (a) an inbound message no turn covered is older than
   ``whatsapp_debounce_max_s`` + ``recovery_margin_s`` (its scheduled turn should long have answered it), or
   (b) a turn's lease has expired (``conversations.turn_lease_until``: the turn deadline + the margin; its process
-  died mid-turn), or (c) a turn's reply (or an automation's message) was logged but never handed to the outbox
+  died mid-turn), or (c) a turn's reply was logged but never handed to the outbox
   (``runtime.whatsapp.turns.unsent_replies``) and is older than the margin -- and no live lease says a turn is
   running. The turn is queued at once (``WorkQueue.schedule_turn``, delay 0).
 - **ingestion jobs** ``processing`` past their lease (``ingest_jobs.lease_until``: ``ingest_timeout_s`` + the

@@ -154,14 +154,12 @@ def release_turn(services: Services, conversation_id: str) -> None:
 
 def unsent_replies(services: Services, conversation_id: str | None = None) -> list[str]:
     """Turn replies logged but never handed to the outbox (``answered`` with no part: the process died between
-    ``runtime.store.log_turn`` and ``send_reply``), and automations' messages likewise (stored with their run,
-    ``runtime.automations``), at most ``whatsapp_retry_for_s`` old, oldest first; of one WhatsApp conversation, or
-    of all."""
+    ``runtime.store.log_turn`` and ``send_reply``), at most ``whatsapp_retry_for_s`` old, oldest first; of one
+    WhatsApp conversation, or of all."""
     since = services.clock() - timedelta(seconds=services.settings.whatsapp_retry_for_s)
     query = (select(Message.id).join(Conversation, Conversation.id == Message.conversation_id)
              .where(Conversation.channel == "whatsapp", Message.direction == "outbound",
-                    Message.status == "answered", or_(Message.turn_id.is_not(None), Message.kind == "automation"),
-                    Message.created_at >= since,
+                    Message.status == "answered", Message.turn_id.is_not(None), Message.created_at >= since,
                     ~select(MessagePart.id).where(MessagePart.message_id == Message.id).exists())
              .order_by(Message.created_at, Message.id))
     if conversation_id is not None:

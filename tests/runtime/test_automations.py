@@ -217,27 +217,3 @@ def test_a_run_whose_process_died_once_stored_is_finished_by_the_same_key_again(
     again, _ = world.trigger(automation)
     assert again.finished_at == run.finished_at and len(world.sends()) == 1
     assert len(world.receiver.events(run.conversation_id, "automation.run_finished")) == 1
-
-
-def test_a_message_stored_by_a_run_whose_process_died_is_sent_by_the_recovery_sweep(world, monkeypatch):
-    """Without the caller retrying: the recovery sweep hands the run's stored message to the outbox, like a turn's
-    reply logged but never sent."""
-    from datetime import UTC, datetime
-
-    from runtime.recovery import recover
-
-    world.customer_wrote(timedelta(hours=2))
-    automation = world.automation(inside_window="message", message="Hi {{first_name}}, order {{order_id}} shipped.")
-
-    def died(*args, **kwargs):
-        raise SystemExit("the process died")
-
-    monkeypatch.setattr(automations, "_act", died)
-    with pytest.raises(SystemExit):
-        world.trigger(automation)
-    later = datetime.now(UTC) + timedelta(seconds=world.services.settings.recovery_margin_s + 60)
-    world.services.clock = lambda: later
-    recover(world.services)
-    assert [s["text"]["body"] for s in world.sends()] == ["Hi Ana, order AZ-1 shipped."]
-    recover(world.services)
-    assert len(world.sends()) == 1
