@@ -12,15 +12,10 @@ and template parameters, and go with every event), then:
 - outside it, the approved template, its parameters filled from the variables; with no template the run is
   refused (nothing can reach the customer).
 
-What the run sends (the message, the template, the AI's note) is stored with the run, in one transaction, then
-handed over (:func:`_act`): a process that dies in between loses nothing -- the outbox's sweep sends a stored
-template, the recovery sweep has a turn answer the note, and the caller's retry with the same key hands over a
-stored message and finishes the run (once: the ``automation.run_finished`` event goes out once).
-
 Everything that can be checked is checked before anything is stored, and refused with a message saying what is
 wrong (``InvalidRequest``: an unreadable number, a variable a parameter or the message names and the request does
 not give; ``Conflict``: a closed window without a template, a template not approved). A run is stored once per
-idempotency key: the same key again returns the stored run and sends nothing again (``Conflict`` if its number or
+idempotency key: the same key again returns the stored run and does nothing (``Conflict`` if its number or
 variables differ). Each run ends with the ``automation.run_finished`` event (``runtime.events``).
 """
 from __future__ import annotations
@@ -31,7 +26,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -44,7 +39,7 @@ from runtime.services import Services
 from runtime.store import find_or_create_conversation
 from runtime.validators import InvalidValue, validate_value
 from runtime.whatsapp.models import WhatsAppSender, WhatsAppTemplate
-from runtime.whatsapp.outbound import fill_template, schedule_template, send_due, send_reply, window_open
+from runtime.whatsapp.outbound import fill_template, send_reply, send_template, window_open
 
 ACTIONS = ("message", "ai", "template")
 SENT = ("sent", "delivered", "read", "played")
@@ -166,7 +161,6 @@ class Plan:
     action: str  # template | message | ai
     text: str | None = None  # the message (action message)
     parameters: list[str] | None = None  # the template's (action template)
-    template: WhatsAppTemplate | None = None  # the approved template (action template)
 
 
 def plan(session: Session, automation: Automation, conversation: Conversation | None, variables: dict[str, str],
@@ -188,7 +182,7 @@ def plan(session: Session, automation: Automation, conversation: Conversation | 
         parameters = [fill(p, variables, f"template parameter {{{{{i}}}}}")
                       for i, p in enumerate(automation.template_parameters or [], start=1)]
         fill_template(template.body, parameters)  # every {{n}} of the template has its parameter
-        return Plan("template", parameters=parameters, template=template)
+        return Plan("template", parameters=parameters)
     if action == "message":
         return Plan("message", text=fill(automation.message or "", variables, "the message"))
     return Plan("ai")
@@ -212,13 +206,8 @@ def trigger(services: Services, automation: Automation, *, to: str, variables: d
     digest = request_hash(customer_id, variables)
     with services.session() as session:
         earlier = _existing(session, automation.id, key, digest)
-        if earlier is not None and earlier.finished_at is not None:
+        if earlier is not None:
             return earlier, False
-    if earlier is not None:  # stored, and its process died before it finished (or it is finishing now)
-        _act(services, automation, earlier.id)
-        with services.session() as session:
-            return session.get(AutomationRun, earlier.id), False
-    with services.session() as session:
         sender = session.get(WhatsAppSender, automation.sender_id)
         conversation = session.scalar(select(Conversation).where(
             Conversation.assistant_id == sender.assistant_id, Conversation.channel == "whatsapp",
@@ -230,8 +219,7 @@ def trigger(services: Services, automation: Automation, *, to: str, variables: d
         run = AutomationRun(id=new_id(), automation_id=automation.id, idempotency_key=key, request_hash=digest,
                             customer_id=customer_id, variables=variables, triggered_by=triggered_by[:200],
                             conversation_id=conversation.id, action=decided.action, status="queued",
-                            created_at=utcnow(), message_id=_store(services, session, automation, decided,
-                                                                  conversation))
+                            created_at=utcnow())
         session.add(run)
         try:
             session.commit()
@@ -241,7 +229,8 @@ def trigger(services: Services, automation: Automation, *, to: str, variables: d
             if earlier is None:
                 raise
             return earlier, False
-    _act(services, automation, run.id)
+        sender_id, conversation_id = sender.id, conversation.id
+    _act(services, automation, run.id, decided, sender_id, customer_id, conversation_id)
     with services.session() as session:
         return session.get(AutomationRun, run.id), True
 
@@ -254,68 +243,61 @@ def _existing(session: Session, automation_id: str, key: str, digest: str) -> Au
     return run
 
 
-def _store(services: Services, session: Session, automation: Automation, decided: Plan,
-           conversation: Conversation) -> str | None:
-    """Store what the run sends, in the run's own transaction (a process that dies once it is stored leaves
-    nothing lost: :func:`_act` hands it over, again if need be): the template (its part scheduled for now, released
-    by the outbox), the message, or for the AI a note saying who started the conversation and why (a pending
-    inbound message of kind ``automation``: the window does not move; a turn answers it, the recovery sweep's if
-    no other). The message's id (None for the AI)."""
-    now = utcnow()
-    if decided.template is not None:
-        return schedule_template(services, session, conversation, decided.template, decided.parameters or [],
-                                 services.clock()).id
-    if decided.action == "message":
-        message = Message(id=new_id(), conversation_id=conversation.id, direction="outbound", text=decided.text or "",
-                          kind="automation", status="answered", created_at=now)
-        session.add(message)
-        session.flush()  # before the run that names it
-        return message.id
-    note = f"[The conversation was started by the automation {automation.name!r}"
-    if automation.ai_instruction:
-        note += f": {automation.ai_instruction}"
-    note += ". Write the first message to the customer.]"
-    session.add(Message(id=new_id(), conversation_id=conversation.id, direction="inbound", text=note,
-                        kind="automation", status="received", created_at=now, received_at=now))
-    return None
-
-
-def _act(services: Services, automation: Automation, run_id: str) -> None:
-    """Hand what the run stored to the outbox (the message) or the AI (a turn), then record how it went, once, with
-    the ``automation.run_finished`` event. Safe to repeat: a message is sent once, a turn answers what is pending."""
-    with services.session() as session:
-        run = session.get(AutomationRun, run_id)
-        action, message_id, conversation_id = run.action, run.message_id, run.conversation_id
-    error = None
+def _act(services: Services, automation: Automation, run_id: str, decided: Plan, sender_id: str, customer_id: str,
+         conversation_id: str) -> None:
+    """Do what was planned and record how it went; the ``automation.run_finished`` event goes out with it."""
+    message_id, error = None, None
     try:
-        if action == "template":
-            send_due(services, conversation_id)
-        elif action == "message" and message_id:
-            send_reply(services, message_id)
-        elif action == "ai":
-            services.queue.schedule_turn(conversation_id, 0)
-    except (InvalidRequest, Conflict, NotFound) as exc:
+        if decided.action == "template":
+            message_id = send_template(services, sender_id=sender_id, customer_id=customer_id,
+                                       name=automation.template_name or "", language=automation.template_language or "",
+                                       parameters=decided.parameters or []).id
+        elif decided.action == "message":
+            message_id = _send_message(services, conversation_id, decided.text or "")
+        else:
+            _open_with_ai(services, automation, conversation_id)
+    except (InvalidRequest, Conflict, NotFound) as exc:  # e.g. the template changed in between
         error = str(exc)
     with services.session() as session:
         run = session.get(AutomationRun, run_id)
         message = session.get(Message, message_id) if message_id else None
+        run.message_id = message_id
         if error is not None or (message is not None and message.status in ("failed", "not_sent")):
-            status, run_error = "failed", error or message.error_title or message.status
+            run.status, run.error = "failed", error or message.error_title or message.status
         else:  # a message Meta has not taken yet is in the outbox, retried there
-            status, run_error = ("sent" if message is not None and message.status in SENT else "queued"), None
-        finished = session.execute(update(AutomationRun).where(  # once: a repeated key may be finishing it too
-            AutomationRun.id == run_id, AutomationRun.finished_at.is_(None)).values(
-            status=status, error=run_error, finished_at=utcnow()).execution_options(
-            synchronize_session=False)).rowcount  # type: ignore[attr-defined]
-        if not finished:
-            return
+            run.status = "sent" if message is not None and message.status in SENT else "queued"
+        run.finished_at = utcnow()
         conversation = session.get(Conversation, conversation_id)
-        if conversation is not None:
-            emit(session, conversation, "automation.run_finished", {
-                "automation_id": automation.id, "automation": automation.name, "run_id": run.id,
-                "action": action, "status": status, "error": run_error, "message_id": message_id,
-                "message_status": message.status if message else None, "idempotency_key": run.idempotency_key})
+        emit(session, conversation, "automation.run_finished", {
+            "automation_id": automation.id, "automation": automation.name, "run_id": run.id, "action": run.action,
+            "status": run.status, "error": run.error, "message_id": message_id,
+            "message_status": message.status if message else None, "idempotency_key": run.idempotency_key})
         session.commit()
+
+
+def _send_message(services: Services, conversation_id: str, text: str) -> str:
+    """The automation's message, through the outbox like any reply; its id."""
+    with services.session() as session:
+        message = Message(id=new_id(), conversation_id=conversation_id, direction="outbound", text=text,
+                          kind="automation", status="answered", created_at=utcnow())
+        session.add(message)
+        session.commit()
+    send_reply(services, message.id)
+    return message.id
+
+
+def _open_with_ai(services: Services, automation: Automation, conversation_id: str) -> None:
+    """A note for the AI saying who started the conversation and why (a pending inbound message of kind
+    ``automation``: the window does not move), then a turn queued to answer it."""
+    note = f"[The conversation was started by the automation {automation.name!r}"
+    if automation.ai_instruction:
+        note += f": {automation.ai_instruction}"
+    note += ". Write the first message to the customer.]"
+    with services.session() as session:
+        session.add(Message(id=new_id(), conversation_id=conversation_id, direction="inbound", text=note,
+                            kind="automation", status="received", created_at=utcnow(), received_at=utcnow()))
+        session.commit()
+    services.queue.schedule_turn(conversation_id, 0)
 
 
 def list_runs(session: Session, automation_id: str, limit: int = 100) -> list[AutomationRun]:

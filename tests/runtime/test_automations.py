@@ -191,29 +191,3 @@ def test_tokens_are_stored_hashed_and_rotate(world):
 def test_an_inconsistent_automation_is_refused(world, fields, message):
     with world.services.session() as session, pytest.raises(InvalidRequest, match=message):
         automations.create(session, sender_id="snd1", name="x", **fields)
-
-
-@pytest.mark.parametrize("inside_window, wrote", [("template", None), ("message", timedelta(hours=2))])
-def test_a_run_whose_process_died_once_stored_is_finished_by_the_same_key_again(world, monkeypatch, inside_window,
-                                                                                wrote):
-    """The process dies right after the run is stored: what it sends was stored with it, and the caller's retry
-    with the same key hands it over (once) and finishes the run, instead of returning it queued forever."""
-    if wrote:
-        world.customer_wrote(wrote)
-    automation = world.automation(**TEMPLATE, inside_window=inside_window, message="Hi {{first_name}}.")
-    act = automations._act
-
-    def died(*args, **kwargs):
-        raise SystemExit("the process died")
-
-    monkeypatch.setattr(automations, "_act", died)
-    with pytest.raises(SystemExit):
-        world.trigger(automation)
-    assert world.sends() == []
-    monkeypatch.setattr(automations, "_act", act)
-    run, new = world.trigger(automation)
-    assert not new and (run.status, run.error) == ("sent", None) and run.finished_at is not None
-    assert len(world.sends()) == 1
-    again, _ = world.trigger(automation)
-    assert again.finished_at == run.finished_at and len(world.sends()) == 1
-    assert len(world.receiver.events(run.conversation_id, "automation.run_finished")) == 1
