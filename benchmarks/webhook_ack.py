@@ -29,7 +29,8 @@ from pathlib import Path
 
 from atende.bench.whatsapp_load.harness import BackgroundServer, throwaway_postgres
 from atende.bench.whatsapp_load.load import post_status
-from atende.bench.whatsapp_load.payloads import ADMIN_TOKEN, PHONE_ID, SECRET, numbered_post
+from atende.bench.whatsapp_load.payloads import ADMIN_TOKEN, numbered_post
+from atende.bench.whatsapp_load.stack import register_sender
 from atende.bench.whatsapp_load.verify import summarize
 
 WAYS = ("intake", "pinged")
@@ -52,13 +53,10 @@ async def _block(port: int, first: int, count: int, run_id: str) -> tuple[list[f
 def run_benchmark(postgres: str, redis: str, blocks: int = 4, posts: int = 500, quiet: bool = False) -> dict:
     """Serve the app, post ``blocks`` x ``posts`` webhooks each way (alternating), return (and print) the figures."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import httpx
-
     from atende.app import create_app
     from atende.jobs import flush_redis_queues
     from atende.services import build_services
     from core.settings import Settings
-    from kb import registry
 
     database_url, drop = throwaway_postgres(postgres)
     prefix = f"bench_ack_{uuid.uuid4().hex[:8]}"
@@ -73,19 +71,10 @@ def run_benchmark(postgres: str, redis: str, blocks: int = 4, posts: int = 500, 
             services = build_services(settings)
             intake = services.intake_engine
             assert intake is not None, "the intake has a pool of its own on a database server"
-            with services.session() as session:
-                registry.create_assistant(session, name="bench", embedding_model=settings.embedding_model,
-                                          chunk_size=settings.chunk_size, chunk_overlap=settings.chunk_overlap)
-                session.commit()
             app = create_app(services=services)
             try:
                 with BackgroundServer(app) as base:
-                    with httpx.Client(base_url=base, trust_env=False, timeout=30,
-                                      headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as admin:
-                        admin.post("/api/whatsapp/senders", json={
-                            "assistant_id": "bench", "phone_number_id": PHONE_ID, "display_phone_number": "15550001111",
-                            "access_token": "bench-token", "app_secret": SECRET, "verify_token": "bench-verify",
-                        }).raise_for_status()
+                    register_sender(base)
                     port = int(base.rsplit(":", 1)[1])
                     asyncio.run(_block(port, 0, 50, run_id))  # warm: connections, compiled statements
                     n = 50
